@@ -1,0 +1,85 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "bgworker",
+    products: [
+        .library(name: "DBus", targets: ["DBus"]),
+        .executable(name: "bgworkerd", targets: ["bgworkerd"]),
+        .executable(name: "bgworkerctl", targets: ["bgworkerctl"]),
+        .executable(name: "bgworker-example", targets: ["bgworker-example"]),
+        .executable(name: "bgworker-ha-sim", targets: ["bgworker-ha-sim"]),
+        .executable(name: "bgworker-bench", targets: ["bgworker-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    ],
+    targets: [
+        // System libraries and the tiny C shim.
+        .systemLibrary(name: "CDBus", pkgConfig: "dbus-1", providers: [.apt(["libdbus-1-dev"])]),
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+        .target(name: "CShims"),
+
+        // Our D-Bus layer on libdbus: knows nothing of workers.
+        .target(name: "DBus", dependencies: ["CDBus"]),
+
+        // Pure logic: config, state machine, restart policy, run rule, reconcile, reload diff.
+        .target(name: "BgWorkerCore"),
+
+        // The supervisor, runners, HA sources, the bus service, journal, sd_notify.
+        .target(
+            name: "BgWorkerDaemon",
+            dependencies: [
+                "DBus", "BgWorkerCore", "CShims", "CSystemd",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+
+        // Thin executables.
+        .executableTarget(
+            name: "bgworkerd",
+            dependencies: [
+                "BgWorkerDaemon",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "bgworkerctl",
+            dependencies: [
+                "DBus",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "bgworker-example",
+            dependencies: [
+                "DBus",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "bgworker-ha-sim",
+            dependencies: [
+                "DBus",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "bgworker-bench",
+            dependencies: [
+                "DBus", "BgWorkerCore", "TestSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+
+        // Starts real components for tests and the benchmark: buses, keepalived pairs, systemd.
+        .target(name: "TestSupport", dependencies: ["CShims"]),
+
+        .testTarget(name: "DBusTests", dependencies: ["DBus", "TestSupport"]),
+        .testTarget(name: "BgWorkerCoreTests", dependencies: ["BgWorkerCore"]),
+        .testTarget(name: "BgWorkerDaemonTests", dependencies: ["BgWorkerDaemon", "TestSupport"]),
+    ]
+)

@@ -1,0 +1,1 @@
+// Pure logic: no I/O, no clock, no files. Depends on the standard library only.

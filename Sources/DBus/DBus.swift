@@ -1,0 +1,2 @@
+// The D-Bus layer on libdbus. See Connection.swift.
+import CDBus

@@ -1,0 +1,279 @@
+import CShims
+import Foundation
+import Glibc
+import Synchronization
+
+/// Errors from starting or waiting for a helper process in tests.
+public struct TestProcessError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// A real child process started by a test: spawned with `posix_spawn` (a clean signal mask and
+/// default dispositions, unlike Foundation.Process), its own process group, optional pipes for
+/// stdout and stderr, and a pidfd for waiting on its exit without polling or reaping others.
+///
+/// Blocking waits run on a thread of their own, so async tests never block the cooperative pool.
+public final class ChildProcess: Sendable {
+    public let pid: pid_t
+    public let argv: [String]
+    private let pidfd: Int32
+    private let stdoutReader: LineReader?
+    private let stderrReader: LineReader?
+    private let exitStatus = Mutex<Int32?>(nil)
+
+    /// Starts `argv[0]` (searched in PATH) with the given environment (default: ours plus `extraEnvironment`).
+    public init(
+        _ argv: [String],
+        environment: [String: String]? = nil,
+        extraEnvironment: [String: String] = [:],
+        captureStdout: Bool = true,
+        captureStderr: Bool = false,
+        newProcessGroup: Bool = true
+    ) throws {
+        precondition(!argv.isEmpty)
+        self.argv = argv
+        var env = environment ?? ProcessInfo.processInfo.environment
+        for (k, v) in extraEnvironment { env[k] = v }
+
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+
+        var emptyMask = sigset_t()
+        sigemptyset(&emptyMask)
+        posix_spawnattr_setsigmask(&attr, &emptyMask)
+        var allSignals = sigset_t()
+        sigfillset(&allSignals)
+        posix_spawnattr_setsigdefault(&attr, &allSignals)
+        var flags = Int32(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)
+        if newProcessGroup {
+            flags |= Int32(POSIX_SPAWN_SETPGROUP)
+            posix_spawnattr_setpgroup(&attr, 0)
+        }
+        posix_spawnattr_setflags(&attr, Int16(flags))
+
+        var outPipe: [Int32] = [-1, -1]
+        var errPipe: [Int32] = [-1, -1]
+        let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer { close(devNull) }
+        posix_spawn_file_actions_adddup2(&actions, devNull, 0)
+        if captureStdout {
+            guard _bgw_pipe_cloexec(&outPipe) == 0 else { throw TestProcessError("pipe2: \(errno)") }
+            posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
+        }
+        if captureStderr {
+            guard _bgw_pipe_cloexec(&errPipe) == 0 else { throw TestProcessError("pipe2: \(errno)") }
+            posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
+        }
+
+        let cArgv = argv.map { strdup($0) } + [nil]
+        let cEnv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            cArgv.forEach { free($0) }
+            cEnv.forEach { free($0) }
+        }
+        var child: pid_t = 0
+        let rc = posix_spawnp(&child, argv[0], &actions, &attr, cArgv, cEnv)
+        if captureStdout { close(outPipe[1]) }
+        if captureStderr { close(errPipe[1]) }
+        guard rc == 0 else {
+            if captureStdout { close(outPipe[0]) }
+            if captureStderr { close(errPipe[0]) }
+            throw TestProcessError("cannot start \(argv[0]): \(String(cString: strerror(rc)))")
+        }
+        pid = child
+        // The child is ours and unreaped, so its pid cannot be reused before this call.
+        pidfd = _bgw_pidfd_open(child, 0)
+        stdoutReader = captureStdout ? LineReader(fd: outPipe[0]) : nil
+        stderrReader = captureStderr ? LineReader(fd: errPipe[0]) : nil
+    }
+
+    deinit {
+        if exitStatus.withLock({ $0 }) == nil {
+            _ = _bgw_pidfd_send_signal(pidfd, SIGKILL)
+            var status: Int32 = 0
+            _ = waitpid(pid, &status, 0)
+        }
+        close(pidfd)
+    }
+
+    /// Sends a signal to the process (not its group).
+    public func signal(_ sig: Int32) {
+        if exitStatus.withLock({ $0 }) == nil { _ = _bgw_pidfd_send_signal(pidfd, sig) }
+    }
+
+    /// The next line of standard output, or nil at end of file; throws after `timeout`.
+    public func readLine(timeout: Duration = .seconds(10)) async throws -> String? {
+        guard let r = stdoutReader else { throw TestProcessError("stdout of \(argv[0]) is not captured") }
+        return try await r.readLine(timeout: timeout, what: "a line from \(argv[0])")
+    }
+
+    /// The next line of standard error, or nil at end of file; throws after `timeout`.
+    public func readErrorLine(timeout: Duration = .seconds(10)) async throws -> String? {
+        guard let r = stderrReader else { throw TestProcessError("stderr of \(argv[0]) is not captured") }
+        return try await r.readLine(timeout: timeout, what: "a stderr line from \(argv[0])")
+    }
+
+    /// Reads stdout lines until one satisfies `predicate`; returns it.
+    public func readLine(
+        until predicate: @Sendable (String) -> Bool, timeout: Duration = .seconds(10)
+    ) async throws -> String {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let left = deadline - ContinuousClock.now
+            guard let line = try await readLine(timeout: max(left, .zero)) else {
+                throw TestProcessError("\(argv[0]) closed stdout before the expected line")
+            }
+            if predicate(line) { return line }
+        }
+    }
+
+    /// Waits for the process to exit; returns its raw wait status. Throws after `timeout`.
+    @discardableResult
+    public func waitForExit(timeout: Duration = .seconds(10)) async throws -> Int32 {
+        if let s = exitStatus.withLock({ $0 }) { return s }
+        let fd = pidfd
+        let ms = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+        let ready = await onThread { () -> Bool in
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            while true {
+                let rc = poll(&p, 1, ms)
+                if rc < 0 && errno == EINTR { continue }
+                return rc > 0
+            }
+        }
+        guard ready else { throw TestProcessError("\(argv[0]) (pid \(pid)) did not exit within \(timeout)") }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        exitStatus.withLock { $0 = status }
+        return status
+    }
+
+    /// Whether the process has exited (without reaping it).
+    public var hasExited: Bool {
+        if exitStatus.withLock({ $0 }) != nil { return true }
+        var p = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+        return poll(&p, 1, 0) > 0
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`; reaps it.
+    public func terminate(grace: Duration = .seconds(5)) async {
+        guard exitStatus.withLock({ $0 }) == nil else { return }
+        signal(SIGTERM)
+        if (try? await waitForExit(timeout: grace)) == nil {
+            signal(SIGKILL)
+            _ = try? await waitForExit(timeout: .seconds(30))
+        }
+    }
+}
+
+/// Decoded wait status helpers.
+public enum WaitStatus {
+    public static func exitCode(_ status: Int32) -> Int32? {
+        (status & 0x7f) == 0 ? (status >> 8) & 0xff : nil
+    }
+    public static func signal(_ status: Int32) -> Int32? {
+        let sig = status & 0x7f
+        return (sig != 0 && sig != 0x7f) ? sig : nil
+    }
+}
+
+/// Runs a blocking closure on a fresh thread and resumes with its result, so blocking waits
+/// never occupy a thread of Swift's cooperative pool (which has only as many threads as cores).
+public func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in
+        let thread = Thread { continuation.resume(returning: body()) }
+        thread.stackSize = 1 << 20
+        thread.start()
+    }
+}
+
+/// Buffered line reading from a pipe with a deadline (poll), one reader at a time.
+final class LineReader: Sendable {
+    private let fd: Int32
+    private let buffer = Mutex<[UInt8]>([])
+    private let eof = Mutex<Bool>(false)
+
+    init(fd: Int32) { self.fd = fd }
+    deinit { close(fd) }
+
+    func readLine(timeout: Duration, what: String) async throws -> String? {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            if let line = takeLine() { return line }
+            if eof.withLock({ $0 }) {
+                let rest = buffer.withLock { b -> [UInt8] in defer { b = [] }; return b }
+                return rest.isEmpty ? nil : String(decoding: rest, as: UTF8.self)
+            }
+            let left = deadline - ContinuousClock.now
+            guard left > .zero else { throw TestProcessError("timed out after \(timeout) waiting for \(what)") }
+            let fd = self.fd
+            let ms = Int32(clamping: left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
+            let chunk: [UInt8]? = await onThread {
+                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                let rc = poll(&p, 1, ms)
+                if rc <= 0 { return [] }
+                var bytes = [UInt8](repeating: 0, count: 65536)
+                let n = read(fd, &bytes, bytes.count)
+                if n <= 0 { return nil }
+                return Array(bytes[0..<n])
+            }
+            switch chunk {
+            case nil: eof.withLock { $0 = true }
+            case let bytes?: buffer.withLock { $0.append(contentsOf: bytes) }
+            }
+        }
+    }
+
+    private func takeLine() -> String? {
+        buffer.withLock { b in
+            guard let nl = b.firstIndex(of: UInt8(ascii: "\n")) else { return nil }
+            let line = String(decoding: b[..<nl], as: UTF8.self)
+            b.removeSubrange(...nl)
+            return line
+        }
+    }
+}
+
+/// A fresh, private temporary directory removed by `remove()`. Kept short so that unix socket
+/// paths inside it stay under 108 bytes.
+public struct TemporaryDirectory: Sendable {
+    public let path: String
+    public init(prefix: String = "bgw") throws {
+        var template = Array("/tmp/\(prefix)-XXXXXX".utf8CString)
+        guard let p = mkdtemp(&template) else { throw TestProcessError("mkdtemp: \(errno)") }
+        path = String(cString: p)
+        chmod(path, 0o755)
+    }
+    public func remove() { try? FileManager.default.removeItem(atPath: path) }
+    public func file(_ name: String) -> String { "\(path)/\(name)" }
+}
+
+/// Waits until `condition` holds, checking each time `events` yields; throws at the deadline.
+/// Use with a stream of real events (signals, state changes), never as a timed poll.
+public func waitFor<S: AsyncSequence & Sendable>(
+    _ what: String,
+    in events: S,
+    timeout: Duration = .seconds(10),
+    until condition: @escaping @Sendable (S.Element) -> Bool
+) async throws -> S.Element where S.Element: Sendable {
+    try await withThrowingTaskGroup(of: S.Element?.self) { group in
+        group.addTask {
+            for try await e in events where condition(e) { return e }
+            return nil
+        }
+        group.addTask {
+            try await Task.sleep(for: timeout)
+            throw TestProcessError("timed out after \(timeout) waiting for \(what)")
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let value = first else {
+            throw TestProcessError("the event stream ended before \(what)")
+        }
+        return value
+    }
+}

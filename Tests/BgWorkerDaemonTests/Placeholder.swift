@@ -1,0 +1,3 @@
+import Testing
+@testable import BgWorkerDaemon
+@Test func placeholderDaemon() {}

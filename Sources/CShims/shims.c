@@ -1,8 +1,18 @@
 #define _GNU_SOURCE
 #include "CShims.h"
 #include <sys/syscall.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
+#include <string.h>
 #include <unistd.h>
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
 
 int _bgw_pidfd_open(pid_t pid, unsigned int flags) {
     return (int)syscall(SYS_pidfd_open, pid, flags);
@@ -14,4 +24,151 @@ int _bgw_pidfd_send_signal(int pidfd, int sig) {
 
 int _bgw_pipe_cloexec(int fds[2]) {
     return pipe2(fds, O_CLOEXEC);
+}
+
+void _bgw_set_thread_name(const char *name) {
+    prctl(PR_SET_NAME, name, 0, 0, 0);
+}
+
+int _bgw_waitid_pidfd(int pidfd, int extra_flags, int *code, int *status) {
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    int rc;
+    do {
+        rc = waitid((idtype_t)P_PIDFD, (id_t)pidfd, &info, WEXITED | extra_flags);
+    } while (rc < 0 && errno == EINTR);
+    if (rc < 0) return -1;
+    *code = info.si_pid == 0 ? 0 : info.si_code;
+    *status = info.si_status;
+    return 0;
+}
+
+// ---- spawning -------------------------------------------------------------------------------
+
+struct spawn_context {
+    const struct _bgw_spawn_request *req;
+    pid_t parent_pid;
+    // Written by the child, read by the parent after the child has executed or exited: the
+    // child shares the parent's memory (CLONE_VM) and the parent is suspended meanwhile
+    // (CLONE_VFORK), so this needs no pipe and no synchronisation.
+    volatile int failed_step;
+    volatile int error;
+};
+
+// Raw syscalls for the id changes: glibc's setuid/setgid/setgroups broadcast the change to every
+// thread of the process (SIGSETXID), and in a CLONE_VM child "every thread" means the parent's.
+static int raw(long rc) { return rc < 0 ? -1 : 0; }
+
+static int child_fail(struct spawn_context *ctx, int step) {
+    ctx->error = errno;
+    ctx->failed_step = step;
+    _exit(127);
+}
+
+static int move_fd(int from, int to) {
+    if (from == to) {
+        // dup2 would be a no-op that keeps O_CLOEXEC; clear it instead.
+        int flags = fcntl(from, F_GETFD);
+        return flags < 0 ? -1 : fcntl(from, F_SETFD, flags & ~FD_CLOEXEC);
+    }
+    return dup2(from, to) < 0 ? -1 : 0;
+}
+
+static int spawn_child(void *arg) {
+    struct spawn_context *ctx = arg;
+    const struct _bgw_spawn_request *req = ctx->req;
+
+    // Every signal was blocked by the parent before clone. Reset all dispositions to the default
+    // (handlers are the parent's code in the parent's memory; ignored signals would be inherited
+    // by the program) before the mask is emptied just before execve.
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < _NSIG; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP) continue;
+        struct sigaction old;
+        if (sigaction(sig, NULL, &old) < 0) continue; // glibc-reserved signals: EINVAL
+        if (old.sa_handler != SIG_DFL) sigaction(sig, &dfl, NULL);
+    }
+
+    if (setpgid(0, 0) < 0) return child_fail(ctx, _BGW_SPAWN_SETPGID);
+
+    if (move_fd(req->stdin_fd, 0) < 0 || move_fd(req->stdout_fd, 1) < 0 ||
+        move_fd(req->stderr_fd, 2) < 0)
+        return child_fail(ctx, _BGW_SPAWN_STDIO);
+
+    if (req->working_directory && chdir(req->working_directory) < 0)
+        return child_fail(ctx, _BGW_SPAWN_CHDIR);
+
+    if (req->set_groups && raw(syscall(SYS_setgroups, req->ngroups, req->groups)) < 0)
+        return child_fail(ctx, _BGW_SPAWN_SETGROUPS);
+    if (req->set_gid && raw(syscall(SYS_setresgid, req->gid, req->gid, req->gid)) < 0)
+        return child_fail(ctx, _BGW_SPAWN_SETGID);
+    if (req->set_uid && raw(syscall(SYS_setresuid, req->uid, req->uid, req->uid)) < 0)
+        return child_fail(ctx, _BGW_SPAWN_SETUID);
+
+    // After the id change: changing credentials clears the parent-death signal.
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) return child_fail(ctx, _BGW_SPAWN_PDEATHSIG);
+    if (getppid() != ctx->parent_pid) {
+        errno = ESRCH;
+        return child_fail(ctx, _BGW_SPAWN_PARENT_GONE);
+    }
+
+    // Whatever another thread of the daemon opened without O_CLOEXEC must not leak into workers.
+    if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) < 0) return child_fail(ctx, _BGW_SPAWN_CLOSE_FDS);
+
+    sigset_t none;
+    sigemptyset(&none);
+    if (sigprocmask(SIG_SETMASK, &none, NULL) < 0) return child_fail(ctx, _BGW_SPAWN_SIGNALS);
+
+    execve(req->path, req->argv, req->envp);
+    return child_fail(ctx, _BGW_SPAWN_EXEC);
+}
+
+enum { CHILD_STACK_SIZE = 128 * 1024 };
+
+int _bgw_spawn(const struct _bgw_spawn_request *req, struct _bgw_spawn_result *result) {
+    result->pid = -1;
+    result->pidfd = -1;
+    result->failed_step = _BGW_SPAWN_OK;
+    result->error = 0;
+
+    void *stack = mmap(NULL, CHILD_STACK_SIZE, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stack == MAP_FAILED) {
+        result->failed_step = _BGW_SPAWN_STACK;
+        result->error = errno;
+        return -1;
+    }
+
+    // No signal handler may run in the child while it shares our memory.
+    sigset_t all, saved;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &saved);
+
+    struct spawn_context ctx = { .req = req, .parent_pid = getpid(), .failed_step = 0, .error = 0 };
+    int pidfd = -1;
+    pid_t pid = clone(spawn_child, (char *)stack + CHILD_STACK_SIZE,
+                      CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &ctx, &pidfd);
+    int clone_errno = errno;
+
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
+    munmap(stack, CHILD_STACK_SIZE);
+
+    if (pid < 0) {
+        result->failed_step = _BGW_SPAWN_CLONE;
+        result->error = clone_errno;
+        return -1;
+    }
+    if (ctx.failed_step != _BGW_SPAWN_OK) {
+        int code, status;
+        _bgw_waitid_pidfd(pidfd, 0, &code, &status);
+        close(pidfd);
+        result->failed_step = ctx.failed_step;
+        result->error = ctx.error;
+        return -1;
+    }
+    result->pid = pid;
+    result->pidfd = pidfd;
+    return 0;
 }

@@ -1,9 +1,14 @@
 #ifndef BGWORKER_CSHIMS_H
 #define BGWORKER_CSHIMS_H
-// Only what Swift cannot call directly: raw syscalls (syscall(2) is variadic)
-// and constants glibc 2.36 does not export to Swift. Keep each shim a few lines.
+// Only what Swift cannot call directly: raw syscalls (syscall(2) is variadic), code that must run
+// in a vfork-style child, and constants glibc 2.36 does not export to Swift. Keep each shim small.
 #include <sys/types.h>
 #include <signal.h>
+#include <stddef.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/timerfd.h>
+#include <sys/uio.h>
 
 /// pidfd_open(2). Returns a pidfd or -1 with errno set.
 int _bgw_pidfd_open(pid_t pid, unsigned int flags);
@@ -12,5 +17,68 @@ int _bgw_pidfd_send_signal(int pidfd, int sig);
 
 /// pipe2(fds, O_CLOEXEC): glibc declares pipe2 only under _GNU_SOURCE, which Swift does not set.
 int _bgw_pipe_cloexec(int fds[2]);
+
+/// Names the calling thread (prctl(PR_SET_NAME); at most 15 bytes are kept).
+void _bgw_set_thread_name(const char *name);
+
+/// waitid(P_PIDFD, pidfd, WEXITED | extra_flags): reaps exactly that child (never another one).
+/// On success returns 0 and sets *code (CLD_EXITED 1, CLD_KILLED 2, CLD_DUMPED 3) and *status
+/// (exit status or signal); with WNOHANG and no exit yet, returns 0 with *code = 0.
+/// Returns -1 with errno set on failure.
+int _bgw_waitid_pidfd(int pidfd, int extra_flags, int *code, int *status);
+
+/// The step of `_bgw_spawn` that failed, for the error message.
+enum {
+    _BGW_SPAWN_OK = 0,
+    _BGW_SPAWN_STACK,      // mmap of the child's stack
+    _BGW_SPAWN_CLONE,      // clone(2)
+    _BGW_SPAWN_SIGNALS,    // sigaction / sigprocmask
+    _BGW_SPAWN_SETPGID,    // setpgid(0, 0)
+    _BGW_SPAWN_STDIO,      // dup2 of stdin, stdout, stderr
+    _BGW_SPAWN_CHDIR,      // chdir(working_directory)
+    _BGW_SPAWN_SETGROUPS,  // setgroups(2)
+    _BGW_SPAWN_SETGID,     // setresgid(2)
+    _BGW_SPAWN_SETUID,     // setresuid(2)
+    _BGW_SPAWN_PDEATHSIG,  // prctl(PR_SET_PDEATHSIG)
+    _BGW_SPAWN_PARENT_GONE,// the parent died before the child could arm PDEATHSIG
+    _BGW_SPAWN_CLOSE_FDS,  // close_range(3, ~0, CLOSE_RANGE_CLOEXEC)
+    _BGW_SPAWN_EXEC,       // execve(2)
+};
+
+/// What `_bgw_spawn` runs. All strings and arrays are prepared by the caller before the call:
+/// the child runs in the parent's memory and may only do async-signal-safe, allocation-free work.
+struct _bgw_spawn_request {
+    const char *path;
+    char *const *argv;           // NULL-terminated
+    char *const *envp;           // NULL-terminated
+    const char *working_directory; // NULL: inherit
+    int stdin_fd, stdout_fd, stderr_fd;
+    int set_groups;              // nonzero: setgroups(ngroups, groups)
+    const gid_t *groups;
+    size_t ngroups;
+    int set_gid;                 // nonzero: setresgid(gid, gid, gid)
+    gid_t gid;
+    int set_uid;                 // nonzero: setresuid(uid, uid, uid)
+    uid_t uid;
+};
+
+/// What `_bgw_spawn` did: on success pid and pidfd of the new process (which has executed
+/// `path`); on failure the step and errno that failed (the child, if any, has been reaped).
+struct _bgw_spawn_result {
+    pid_t pid;
+    int pidfd;
+    int failed_step;
+    int error;
+};
+
+/// Starts `req->path` in a new process: clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD), then in the
+/// child: default signal dispositions, own process group, stdio, working directory, ids,
+/// PR_SET_PDEATHSIG(SIGKILL) (after the id change, which would clear it), check that the parent
+/// still lives, mark every other fd close-on-exec, empty signal mask, execve. The caller's
+/// thread is suspended until the child has executed the program or failed, so on return the
+/// outcome is known. PR_SET_PDEATHSIG fires when the calling *thread* exits: call this from a
+/// thread that lives as long as the workers. Returns 0 on success, -1 on failure.
+/// SIGCHLD must not be set to SIG_IGN in the process (it would reap the children behind our back).
+int _bgw_spawn(const struct _bgw_spawn_request *req, struct _bgw_spawn_result *result);
 
 #endif

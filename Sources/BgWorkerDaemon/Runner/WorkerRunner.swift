@@ -1,0 +1,167 @@
+// The seam between the supervisor and the two ways of running a worker (child processes, systemd
+// transient units). The supervisor sees only this protocol, so it cannot tell the runners apart.
+
+/// Everything a runner needs to start one worker. The runner adds nothing implicit: `environment`
+/// is the worker's complete environment (the supervisor adds `BGWORKER_NAME` and
+/// `BGWORKER_LOG_LEVEL`), and a nil `workingDirectory`, `user` or `group` means "the daemon's".
+public struct LaunchSpec: Sendable, Equatable {
+    /// The worker's name (`[A-Za-z0-9_.@-]{1,64}`); unique among running workers of one runner.
+    public var name: String
+    /// `argv[0]` is the absolute path of the program; it is executed as given (no PATH search).
+    public var argv: [String]
+    public var environment: [String: String]
+    public var workingDirectory: String?
+    /// A user name or a numeric uid. The worker gets that user's primary group and supplementary
+    /// groups unless `group` is also given.
+    public var user: String?
+    /// A group name or a numeric gid.
+    public var group: String?
+    /// Time between SIGTERM and SIGKILL when the worker is stopped.
+    public var stopTimeout: Duration
+    /// A hash of the worker's definition: the systemd runner stores it on the unit so that a new
+    /// daemon adopts only units that still match their definition.
+    public var definitionHash: UInt64
+
+    public init(
+        name: String,
+        argv: [String],
+        environment: [String: String] = [:],
+        workingDirectory: String? = nil,
+        user: String? = nil,
+        group: String? = nil,
+        stopTimeout: Duration = .seconds(5),
+        definitionHash: UInt64 = 0
+    ) {
+        self.name = name
+        self.argv = argv
+        self.environment = environment
+        self.workingDirectory = workingDirectory
+        self.user = user
+        self.group = group
+        self.stopTimeout = stopTimeout
+        self.definitionHash = definitionHash
+    }
+}
+
+/// How a worker's main process ended.
+public enum ExitStatus: Sendable, Equatable, Hashable, CustomStringConvertible {
+    /// It called exit with this status.
+    case exited(Int32)
+    /// A signal ended it.
+    case killed(Int32)
+    /// A signal ended it and it dumped core.
+    case dumped(Int32)
+
+    /// The contract's `LastExit` form: `exited 3`, `killed SIGKILL`, `dumped SIGSEGV`.
+    public var description: String {
+        switch self {
+        case .exited(let code): "exited \(code)"
+        case .killed(let signal): "killed \(signalName(signal))"
+        case .dumped(let signal): "dumped \(signalName(signal))"
+        }
+    }
+
+    /// The short human text of `WorkerStateChanged`'s `reason`: `exited with status 3`,
+    /// `killed by SIGSEGV`, `killed by SIGSEGV (core dumped)`.
+    public var reason: String {
+        switch self {
+        case .exited(let code): "exited with status \(code)"
+        case .killed(let signal): "killed by \(signalName(signal))"
+        case .dumped(let signal): "killed by \(signalName(signal)) (core dumped)"
+        }
+    }
+
+    /// Decodes a `waitid` result (`si_code`, `si_status`): `CLD_EXITED` = 1, `CLD_KILLED` = 2,
+    /// `CLD_DUMPED` = 3. Anything else (stop/continue codes, never asked for) reads as killed.
+    public init(siginfoCode code: Int32, status: Int32) {
+        switch code {
+        case 1: self = .exited(status)
+        case 3: self = .dumped(status)
+        default: self = .killed(status)
+        }
+    }
+}
+
+/// `SIGTERM` for 15, `SIGRTMIN+3` for 37, `SIG99` for what Linux does not define.
+public func signalName(_ signal: Int32) -> String {
+    let names = [
+        1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT", 7: "SIGBUS",
+        8: "SIGFPE", 9: "SIGKILL", 10: "SIGUSR1", 11: "SIGSEGV", 12: "SIGUSR2", 13: "SIGPIPE",
+        14: "SIGALRM", 15: "SIGTERM", 16: "SIGSTKFLT", 17: "SIGCHLD", 18: "SIGCONT", 19: "SIGSTOP",
+        20: "SIGTSTP", 21: "SIGTTIN", 22: "SIGTTOU", 23: "SIGURG", 24: "SIGXCPU", 25: "SIGXFSZ",
+        26: "SIGVTALRM", 27: "SIGPROF", 28: "SIGWINCH", 29: "SIGIO", 30: "SIGPWR", 31: "SIGSYS",
+    ] as [Int32: String]
+    if let name = names[signal] { return name }
+    // Linux's real-time signals are 32...64; glibc reserves the first two, so SIGRTMIN is 34.
+    if signal == 34 { return "SIGRTMIN" }
+    if signal > 34 && signal <= 64 { return "SIGRTMIN+\(signal - 34)" }
+    return "SIG\(signal)"
+}
+
+/// What a runner reports on its own, without being asked.
+public enum RunnerEvent: Sendable, Equatable {
+    /// The worker's main process ended (and, for the process runner, the rest of its process
+    /// group was killed). Comes once for every successful `start` and every adopted worker.
+    case exited(name: String, pid: Int32, status: ExitStatus)
+}
+
+/// Why a runner could not do what it was asked. Codes are open so that runners can add their own.
+public struct RunnerError: Error, Sendable, Equatable, CustomStringConvertible {
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        public var rawValue: String
+        public init(_ rawValue: String) { self.rawValue = rawValue }
+        public var description: String { rawValue }
+
+        /// The spec cannot be run: empty argv, a name already running, a user that does not exist.
+        public static let invalidSpec = Code("invalid-spec")
+        /// A worker of that name runs already.
+        public static let alreadyRunning = Code("already-running")
+        /// The OS refused a step of starting the process (pipe, clone, chdir, setuid, execve...).
+        public static let spawnFailed = Code("spawn-failed")
+        /// The runner has been shut down.
+        public static let shutDown = Code("shut-down")
+    }
+
+    public var code: Code
+    /// The worker concerned.
+    public var worker: String
+    /// What failed, e.g. `execve /usr/bin/nothing` or `user "nobody2"`.
+    public var context: String
+    /// The OS error, when there is one.
+    public var errno: Int32?
+
+    public init(_ code: Code, worker: String, context: String, errno: Int32? = nil) {
+        self.code = code
+        self.worker = worker
+        self.context = context
+        self.errno = errno
+    }
+
+    /// e.g. `cannot start worker "db-sync": execve /usr/bin/nothing: No such file or directory`.
+    public var description: String {
+        var text = "worker \"\(worker)\": \(context)"
+        if let errno { text += ": \(errnoText(errno))" }
+        return text
+    }
+}
+
+/// Runs workers. Both runners implement it; the supervisor cannot tell them apart.
+public protocol WorkerRunner: Sendable {
+    /// `process` or `systemd` (the manager's `Runner` property).
+    var kind: String { get }
+    /// Exits of started and adopted workers, in the order they happen. One consumer.
+    var events: AsyncStream<RunnerEvent> { get }
+    /// Starts a worker; returns its pid once the program has been executed, or throws with the
+    /// step and OS error that failed (e.g. `execve /x: No such file or directory`).
+    func start(_ spec: LaunchSpec) async throws(RunnerError) -> Int32
+    /// Sends SIGTERM to the worker (all of it: its process group or its unit), and SIGKILL after
+    /// its `stopTimeout`. Returns once SIGTERM is sent; the exit arrives as an event. Does nothing
+    /// for a name that does not run.
+    func stop(name: String) async
+    /// Takes over workers that still run from a previous daemon (systemd units whose definition
+    /// hash matches); returns their pids by name. Their exits then arrive as events.
+    func adopt(_ specs: [LaunchSpec]) async -> [String: Int32]
+    /// Stops every worker in parallel and returns when all are gone; the runner then refuses to
+    /// start more and finishes `events`.
+    func shutdown() async
+}

@@ -1,0 +1,144 @@
+// Thin wrappers over the Linux calls the runner's threads are built of: epoll, eventfd, timerfd,
+// a dedicated pthread. Each names the C function it wraps and retries EINTR where that is right.
+import CShims
+import Glibc
+import Synchronization
+
+/// The text of an errno value, e.g. "No such file or directory".
+public func errnoText(_ code: Int32) -> String {
+    String(cString: strerror(code))
+}
+
+/// A failed system call: the call and its errno.
+struct SystemCallError: Error, CustomStringConvertible {
+    var call: String
+    var errno: Int32
+    var description: String { "\(call): \(errnoText(errno))" }
+}
+
+/// Calls `body` until it does not fail with EINTR.
+@inline(__always)
+func retryOnInterrupt<T: BinaryInteger>(_ body: () -> T) -> T {
+    while true {
+        let rc = body()
+        if rc < 0 && errno == EINTR { continue }
+        return rc
+    }
+}
+
+/// An epoll instance (`epoll_create1(EPOLL_CLOEXEC)`); each registration carries a 64-bit token.
+struct Epoll: ~Copyable {
+    let fd: Int32
+
+    init() throws(SystemCallError) {
+        let fd = epoll_create1(Int32(EPOLL_CLOEXEC))
+        guard fd >= 0 else { throw SystemCallError(call: "epoll_create1", errno: errno) }
+        self.fd = fd
+    }
+
+    deinit { close(fd) }
+
+    /// `epoll_ctl(EPOLL_CTL_ADD)` for readability (level-triggered).
+    func add(_ watched: Int32, token: UInt64) throws(SystemCallError) {
+        var event = epoll_event()
+        event.events = EPOLLIN.rawValue
+        event.data.u64 = token
+        guard epoll_ctl(fd, EPOLL_CTL_ADD, watched, &event) == 0 else {
+            throw SystemCallError(call: "epoll_ctl(ADD)", errno: errno)
+        }
+    }
+
+    /// `epoll_ctl(EPOLL_CTL_DEL)`; closing the fd afterwards is the caller's job.
+    func remove(_ watched: Int32) {
+        _ = epoll_ctl(fd, EPOLL_CTL_DEL, watched, nil)
+    }
+
+    /// `epoll_wait` with no timeout: every wake-up is an event. Returns the ready tokens.
+    func wait(into buffer: inout [epoll_event]) -> ArraySlice<epoll_event> {
+        let count = buffer.withUnsafeMutableBufferPointer { events in
+            retryOnInterrupt { epoll_wait(fd, events.baseAddress, Int32(events.count), -1) }
+        }
+        return buffer[0..<max(Int(count), 0)]
+    }
+}
+
+/// An `eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)` used to wake a thread's epoll loop.
+struct EventFD: ~Copyable {
+    let fd: Int32
+
+    init() throws(SystemCallError) {
+        let fd = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
+        guard fd >= 0 else { throw SystemCallError(call: "eventfd", errno: errno) }
+        self.fd = fd
+    }
+
+    deinit { close(fd) }
+
+    /// Adds one to the counter (`write`): the epoll loop wakes.
+    func signal() {
+        var one: UInt64 = 1
+        _ = retryOnInterrupt { write(fd, &one, 8) }
+    }
+
+    /// Resets the counter (`read`).
+    func drain() {
+        var value: UInt64 = 0
+        _ = retryOnInterrupt { read(fd, &value, 8) }
+    }
+}
+
+/// A one-shot `timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK)`.
+struct OneShotTimer: ~Copyable {
+    let fd: Int32
+
+    /// Creates the timer and arms it to expire once after `delay` (at least 1 ns).
+    init(after delay: Duration) throws(SystemCallError) {
+        let fd = timerfd_create(CLOCK_MONOTONIC, Int32(TFD_CLOEXEC | TFD_NONBLOCK))
+        guard fd >= 0 else { throw SystemCallError(call: "timerfd_create", errno: errno) }
+        let (seconds, attoseconds) = delay.components
+        var nanoseconds = Int(attoseconds / 1_000_000_000)
+        var wholeSeconds = Int(seconds)
+        if wholeSeconds <= 0 && nanoseconds <= 0 { wholeSeconds = 0; nanoseconds = 1 }
+        var spec = itimerspec(
+            it_interval: timespec(tv_sec: 0, tv_nsec: 0),
+            it_value: timespec(tv_sec: wholeSeconds, tv_nsec: nanoseconds))
+        guard timerfd_settime(fd, 0, &spec, nil) == 0 else {
+            let code = errno
+            close(fd)
+            throw SystemCallError(call: "timerfd_settime", errno: code)
+        }
+        self.fd = fd
+    }
+
+    deinit { close(fd) }
+}
+
+/// Starts a detached pthread that runs `body` and exits. Unlike Dispatch workers or the
+/// cooperative pool, the thread lives exactly as long as `body` runs, which is what
+/// PR_SET_PDEATHSIG (armed per spawning *thread*) needs.
+func startDedicatedThread(
+    name: String, _ body: @escaping @Sendable () -> Void
+) throws(SystemCallError) {
+    final class Box: Sendable {
+        let name: String
+        let body: @Sendable () -> Void
+        init(name: String, body: @escaping @Sendable () -> Void) { self.name = name; self.body = body }
+    }
+    let box = Unmanaged.passRetained(Box(name: name, body: body)).toOpaque()
+    var attributes = pthread_attr_t()
+    pthread_attr_init(&attributes)
+    defer { pthread_attr_destroy(&attributes) }
+    pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
+    pthread_attr_setstacksize(&attributes, 512 * 1024)
+    var thread = pthread_t()
+    let rc = pthread_create(&thread, &attributes, { raw in
+        let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
+        _bgw_set_thread_name(box.name)
+        box.body()
+        return nil
+    }, box)
+    if rc != 0 {
+        Unmanaged<Box>.fromOpaque(box).release()
+        throw SystemCallError(call: "pthread_create", errno: rc)
+    }
+}

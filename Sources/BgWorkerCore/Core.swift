@@ -1,1 +1,0 @@
-// Pure logic: no I/O, no clock, no files. Depends on the standard library only.

@@ -1,0 +1,184 @@
+// Names derived from worker names: D-Bus object-path labels, systemd unit names, and the
+// definition hash the systemd runner stores in a unit to recognise an unchanged worker.
+
+private let hexDigits = Array("0123456789abcdef".utf8)
+
+/// The object-path label of a worker name, as systemd escapes unit names in object paths: every
+/// byte outside `[A-Za-z0-9]`, and a digit in first position, becomes `_` plus two lowercase hex
+/// digits (`db-sync` is `db_2dsync`). The empty string is `_`, as in systemd.
+public func objectPathLabel(forWorker name: String) -> String {
+    if name.isEmpty { return "_" }
+    var out: [UInt8] = []
+    for (position, byte) in name.utf8.enumerated() {
+        let isDigit = byte >= 0x30 && byte <= 0x39
+        if isAlphanumeric(byte) && !(position == 0 && isDigit) {
+            out.append(byte)
+        } else {
+            out.append(UInt8(ascii: "_"))
+            out.append(hexDigits[Int(byte >> 4)])
+            out.append(hexDigits[Int(byte & 0xF)])
+        }
+    }
+    return String(decoding: out, as: UTF8.self)
+}
+
+/// The inverse of `objectPathLabel(forWorker:)`; nil for a label that no name produces.
+public func workerName(fromObjectPathLabel label: String) -> String? {
+    if label == "_" { return "" }
+    let bytes = Array(label.utf8)
+    var out: [UInt8] = []
+    var index = 0
+    while index < bytes.count {
+        let byte = bytes[index]
+        if byte == UInt8(ascii: "_") {
+            guard index + 2 < bytes.count, let high = hexValue(bytes[index + 1]), let low = hexValue(bytes[index + 2]) else {
+                return nil
+            }
+            out.append(high << 4 | low)
+            index += 3
+        } else if isAlphanumeric(byte) {
+            out.append(byte)
+            index += 1
+        } else {
+            return nil
+        }
+    }
+    // Reject non-canonical labels (escaped bytes that need no escaping), so the mapping is 1:1.
+    guard let name = String(validating: out, as: UTF8.self),
+        objectPathLabel(forWorker: name) == label
+    else { return nil }
+    return name
+}
+
+private func hexValue(_ byte: UInt8) -> UInt8? {
+    switch byte {
+    case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+    case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+    default: nil
+    }
+}
+
+/// The prefix and suffix of every worker's transient unit.
+public let systemdUnitPrefix = "bgworker-"
+public let systemdUnitSuffix = ".service"
+
+/// The systemd unit name of a worker: `bgworker-<name>.service`.
+///
+/// systemd accepts `[A-Za-z0-9:_.\-]` in unit names and treats `@` as the template/instance
+/// separator, so `@` — and any byte outside that set, which valid worker names never contain — is
+/// written `\xNN` as `systemd-escape` does (`a@b` is `bgworker-a\x40b.service`). `-` stays as it
+/// is: it is valid in a unit name and the name is never unescaped as a path.
+public func systemdUnitName(forWorker name: String) -> String {
+    var out: [UInt8] = Array(systemdUnitPrefix.utf8)
+    for byte in name.utf8 {
+        if isAlphanumeric(byte) || byte == UInt8(ascii: ":") || byte == UInt8(ascii: "_")
+            || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "-")
+        {
+            out.append(byte)
+        } else {
+            out.append(contentsOf: Array("\\x".utf8))
+            out.append(hexDigits[Int(byte >> 4)])
+            out.append(hexDigits[Int(byte & 0xF)])
+        }
+    }
+    out.append(contentsOf: Array(systemdUnitSuffix.utf8))
+    return String(decoding: out, as: UTF8.self)
+}
+
+/// The worker name of one of our unit names, or nil when the unit is not one of ours.
+public func workerName(fromSystemdUnitName unit: String) -> String? {
+    guard unit.hasPrefix(systemdUnitPrefix), unit.hasSuffix(systemdUnitSuffix) else { return nil }
+    let escaped = Array(unit.utf8.dropFirst(systemdUnitPrefix.utf8.count).dropLast(systemdUnitSuffix.utf8.count))
+    var out: [UInt8] = []
+    var index = 0
+    while index < escaped.count {
+        if escaped[index] == UInt8(ascii: "\\") {
+            guard index + 3 < escaped.count, escaped[index + 1] == UInt8(ascii: "x"),
+                let high = hexValue(escaped[index + 2]), let low = hexValue(escaped[index + 3])
+            else { return nil }
+            out.append(high << 4 | low)
+            index += 4
+        } else {
+            out.append(escaped[index])
+            index += 1
+        }
+    }
+    let name = String(decoding: out, as: UTF8.self)
+    guard isValidWorkerName(name), systemdUnitName(forWorker: name) == unit else { return nil }
+    return name
+}
+
+extension WorkerDefinition {
+    /// The fields that shape the process itself: exec, environment, working directory, user,
+    /// group, stop timeout and resource/sandbox settings (and the name). A change in any of them
+    /// restarts a running worker on reload; `enabled`, `run-on` and the restart policy apply
+    /// without a restart.
+    ///
+    /// Encoded canonically (tagged, length-prefixed, environment sorted) so it can be compared
+    /// and hashed.
+    public var canonicalProcessEncoding: [UInt8] {
+        var encoder = CanonicalEncoder()
+        encoder.field("name", name)
+        encoder.field("exec", exec)
+        let sortedEnvironment = environment.sorted { $0.key < $1.key }
+        encoder.field("environment", sortedEnvironment.flatMap { [$0.key, $0.value] })
+        encoder.field("working-directory", workingDirectory)
+        encoder.field("user", user)
+        encoder.field("group", group)
+        encoder.field("stop-timeout", String(stopTimeout.bitPattern, radix: 16))
+        encoder.field("memory-max", resources.memoryMax.map { String($0) })
+        encoder.field("cpu-quota", resources.cpuQuotaPercent.map { String($0.bitPattern, radix: 16) })
+        encoder.field("tasks-max", resources.tasksMax.map { String($0) })
+        encoder.field("private-tmp", resources.privateTmp.map { String($0) })
+        encoder.field("protect-system", resources.protectSystem?.rawValue)
+        encoder.field("protect-home", resources.protectHome?.rawValue)
+        encoder.field("no-new-privileges", resources.noNewPrivileges.map { String($0) })
+        return encoder.bytes
+    }
+
+    /// Whether a running process of `self` must be restarted to become `other`.
+    public func processDiffers(from other: WorkerDefinition) -> Bool {
+        canonicalProcessEncoding != other.canonicalProcessEncoding
+    }
+
+    /// A stable hash of the process-shaping definition: FNV-1a 64 over
+    /// `canonicalProcessEncoding`, as 16 lowercase hex digits. Stable across runs and builds
+    /// (unlike `Hasher`), so the systemd runner can store it in a unit and compare it later.
+    public var definitionHash: String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in canonicalProcessEncoding {
+            hash ^= UInt64(byte)
+            hash = hash &* 0x0000_0100_0000_01b3
+        }
+        let digits = String(hash, radix: 16)
+        return String(repeating: "0", count: 16 - digits.count) + digits
+    }
+}
+
+private struct CanonicalEncoder {
+    var bytes: [UInt8] = []
+
+    mutating func string(_ text: String) {
+        let utf8 = Array(text.utf8)
+        bytes.append(contentsOf: Array(String(utf8.count).utf8))
+        bytes.append(UInt8(ascii: ":"))
+        bytes.append(contentsOf: utf8)
+    }
+
+    mutating func field(_ tag: String, _ value: String?) {
+        string(tag)
+        if let value {
+            bytes.append(UInt8(ascii: "="))
+            string(value)
+        } else {
+            bytes.append(UInt8(ascii: "-"))
+        }
+    }
+
+    mutating func field(_ tag: String, _ values: [String]) {
+        string(tag)
+        bytes.append(UInt8(ascii: "["))
+        string(String(values.count))
+        for value in values { string(value) }
+    }
+}

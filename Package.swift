@@ -75,6 +75,9 @@ let package = Package(
             ]
         ),
 
+        // Test helper: runs the process runner so that a test can SIGKILL it like the daemon.
+        .executableTarget(name: "bgworker-runner-probe", dependencies: ["BgWorkerDaemon"]),
+
         // Starts real components for tests and the benchmark: buses, keepalived pairs, systemd.
         .target(name: "TestSupport", dependencies: ["CShims"]),
 

@@ -44,7 +44,7 @@ public struct LaunchSpec: Sendable, Equatable {
 }
 
 /// How a worker's main process ended.
-public enum ExitStatus: Sendable, Equatable, Hashable, CustomStringConvertible {
+public enum WorkerExit: Sendable, Equatable, Hashable, CustomStringConvertible {
     /// It called exit with this status.
     case exited(Int32)
     /// A signal ended it.
@@ -102,7 +102,7 @@ public func signalName(_ signal: Int32) -> String {
 public enum RunnerEvent: Sendable, Equatable {
     /// The worker's main process ended (and, for the process runner, the rest of its process
     /// group was killed). Comes once for every successful `start` and every adopted worker.
-    case exited(name: String, pid: Int32, status: ExitStatus)
+    case exited(name: String, pid: Int32, status: WorkerExit)
 }
 
 /// Why a runner could not do what it was asked. Codes are open so that runners can add their own.
@@ -120,26 +120,28 @@ public struct RunnerError: Error, Sendable, Equatable, CustomStringConvertible {
         public static let spawnFailed = Code("spawn-failed")
         /// The runner has been shut down.
         public static let shutDown = Code("shut-down")
+        /// The runner itself could not be set up (threads, epoll, its runtime file).
+        public static let unavailable = Code("unavailable")
     }
 
     public var code: Code
-    /// The worker concerned.
-    public var worker: String
+    /// The worker concerned; nil for a failure of the runner itself (e.g. while it starts).
+    public var worker: String?
     /// What failed, e.g. `execve /usr/bin/nothing` or `user "nobody2"`.
     public var context: String
     /// The OS error, when there is one.
     public var errno: Int32?
 
-    public init(_ code: Code, worker: String, context: String, errno: Int32? = nil) {
+    public init(_ code: Code, worker: String?, context: String, errno: Int32? = nil) {
         self.code = code
         self.worker = worker
         self.context = context
         self.errno = errno
     }
 
-    /// e.g. `cannot start worker "db-sync": execve /usr/bin/nothing: No such file or directory`.
+    /// e.g. `worker "db-sync": execve /usr/bin/nothing: No such file or directory`.
     public var description: String {
-        var text = "worker \"\(worker)\": \(context)"
+        var text = worker.map { "worker \"\($0)\": \(context)" } ?? "runner: \(context)"
         if let errno { text += ": \(errnoText(errno))" }
         return text
     }

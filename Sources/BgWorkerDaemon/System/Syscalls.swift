@@ -87,30 +87,22 @@ struct EventFD: ~Copyable {
     }
 }
 
-/// A one-shot `timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK)`.
-struct OneShotTimer: ~Copyable {
-    let fd: Int32
-
-    /// Creates the timer and arms it to expire once after `delay` (at least 1 ns).
-    init(after delay: Duration) throws(SystemCallError) {
-        let fd = timerfd_create(CLOCK_MONOTONIC, Int32(TFD_CLOEXEC | TFD_NONBLOCK))
-        guard fd >= 0 else { throw SystemCallError(call: "timerfd_create", errno: errno) }
-        let (seconds, attoseconds) = delay.components
-        var nanoseconds = Int(attoseconds / 1_000_000_000)
-        var wholeSeconds = Int(seconds)
-        if wholeSeconds <= 0 && nanoseconds <= 0 { wholeSeconds = 0; nanoseconds = 1 }
-        var spec = itimerspec(
-            it_interval: timespec(tv_sec: 0, tv_nsec: 0),
-            it_value: timespec(tv_sec: wholeSeconds, tv_nsec: nanoseconds))
-        guard timerfd_settime(fd, 0, &spec, nil) == 0 else {
-            let code = errno
-            close(fd)
-            throw SystemCallError(call: "timerfd_settime", errno: code)
-        }
-        self.fd = fd
+/// `timerfd_create(CLOCK_MONOTONIC)` armed to expire once after `delay`; the caller closes it.
+func makeOneShotTimer(after delay: Duration) throws(SystemCallError) -> Int32 {
+    let fd = timerfd_create(CLOCK_MONOTONIC, Int32(TFD_CLOEXEC | TFD_NONBLOCK))
+    guard fd >= 0 else { throw SystemCallError(call: "timerfd_create", errno: errno) }
+    let (seconds, attoseconds) = delay.components
+    var nanoseconds = Int(attoseconds / 1_000_000_000)
+    if seconds <= 0 && nanoseconds <= 0 { nanoseconds = 1 }  // zero would disarm it
+    var spec = itimerspec(
+        it_interval: timespec(tv_sec: 0, tv_nsec: 0),
+        it_value: timespec(tv_sec: Int(max(seconds, 0)), tv_nsec: nanoseconds))
+    guard timerfd_settime(fd, 0, &spec, nil) == 0 else {
+        let code = errno
+        close(fd)
+        throw SystemCallError(call: "timerfd_settime", errno: code)
     }
-
-    deinit { close(fd) }
+    return fd
 }
 
 /// Starts a detached pthread that runs `body` and exits. Unlike Dispatch workers or the

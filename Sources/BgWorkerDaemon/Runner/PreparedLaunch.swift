@@ -1,0 +1,193 @@
+// Everything the vfork-style child needs, made before the clone: the child shares our memory and
+// may not allocate, look up users (NSS may open files or sockets) or touch Swift objects.
+import CShims
+import Glibc
+
+/// The ids a worker runs as, resolved from names in the parent.
+struct WorkerCredentials: Equatable {
+    var uid: uid_t?
+    var gid: gid_t?
+    /// Supplementary groups; nil keeps the daemon's.
+    var groups: [gid_t]?
+
+    static let inherited = WorkerCredentials(uid: nil, gid: nil, groups: nil)
+
+    /// Resolves `user` and `group` (names or numbers). A user brings its primary group and its
+    /// supplementary groups (getgrouplist) unless `group` is given; a group alone replaces the
+    /// supplementary groups with itself. Supplementary groups are left alone when the daemon is
+    /// not root (it could not change them).
+    static func resolve(user: String?, group: String?, worker: String) throws(RunnerError) -> Self {
+        var credentials = WorkerCredentials.inherited
+        var userName: String?
+        if let user {
+            if let entry = passwdEntry(user) {
+                credentials.uid = entry.uid
+                credentials.gid = entry.gid
+                userName = entry.name
+            } else if let uid = uid_t(user) {
+                credentials.uid = uid
+            } else {
+                throw RunnerError(.invalidSpec, worker: worker, context: "no such user \"\(user)\"")
+            }
+        }
+        if let group {
+            guard let gid = groupID(group) ?? gid_t(group) else {
+                throw RunnerError(.invalidSpec, worker: worker, context: "no such group \"\(group)\"")
+            }
+            credentials.gid = gid
+        }
+        if let uid = credentials.uid, credentials.gid == nil {
+            throw RunnerError(
+                .invalidSpec, worker: worker,
+                context: "uid \(uid) has no passwd entry, so no group: set group too")
+        }
+        if let gid = credentials.gid, geteuid() == 0 {
+            credentials.groups = userName.map { groupList(user: $0, gid: gid) } ?? [gid]
+        }
+        return credentials
+    }
+
+    /// getpwnam_r, or getpwuid_r for a number.
+    private static func passwdEntry(_ user: String) -> (name: String, uid: uid_t, gid: gid_t)? {
+        var entry = passwd()
+        var result: UnsafeMutablePointer<passwd>?
+        var buffer = [CChar](repeating: 0, count: 16 * 1024)
+        while true {
+            let rc: Int32 = buffer.withUnsafeMutableBufferPointer { raw in
+                if let uid = uid_t(user) {
+                    getpwuid_r(uid, &entry, raw.baseAddress!, raw.count, &result)
+                } else {
+                    getpwnam_r(user, &entry, raw.baseAddress!, raw.count, &result)
+                }
+            }
+            if rc == ERANGE && buffer.count < 1 << 20 {
+                buffer = [CChar](repeating: 0, count: buffer.count * 4)
+                continue
+            }
+            guard rc == 0, result != nil else { return nil }
+            return (String(cString: entry.pw_name), entry.pw_uid, entry.pw_gid)
+        }
+    }
+
+    /// getgrnam_r.
+    private static func groupID(_ name: String) -> gid_t? {
+        var entry = group()
+        var result: UnsafeMutablePointer<group>?
+        var buffer = [CChar](repeating: 0, count: 16 * 1024)
+        while true {
+            let rc = buffer.withUnsafeMutableBufferPointer { raw in
+                getgrnam_r(name, &entry, raw.baseAddress!, raw.count, &result)
+            }
+            if rc == ERANGE && buffer.count < 1 << 20 {
+                buffer = [CChar](repeating: 0, count: buffer.count * 4)
+                continue
+            }
+            guard rc == 0, result != nil else { return nil }
+            return entry.gr_gid
+        }
+    }
+
+    /// getgrouplist: `gid` plus every group that lists the user.
+    private static func groupList(user: String, gid: gid_t) -> [gid_t] {
+        var count: Int32 = 32
+        while true {
+            var groups = [gid_t](repeating: 0, count: Int(count))
+            let capacity = count
+            if getgrouplist(user, gid, &groups, &count) >= 0 { return Array(groups.prefix(Int(count))) }
+            if count <= capacity { count = capacity * 2 }
+        }
+    }
+}
+
+/// A launch ready for `_bgw_spawn`: NUL-terminated C strings and arrays that live as long as
+/// this object.
+final class PreparedLaunch: @unchecked Sendable {
+    // Safety of @unchecked Sendable: every property is set in init and never changed; the
+    // pointed-to memory is owned by this object, written only in init and read by one spawn.
+    let spec: LaunchSpec
+    let credentials: WorkerCredentials
+    private let argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>
+    private let envp: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>
+    private let workingDirectory: UnsafeMutablePointer<CChar>?
+    private let groups: [gid_t]
+
+    init(_ spec: LaunchSpec) throws(RunnerError) {
+        guard let program = spec.argv.first, program.hasPrefix("/") else {
+            throw RunnerError(.invalidSpec, worker: spec.name, context: "argv[0] is not an absolute path: \(spec.argv.first ?? "(empty argv)")")
+        }
+        guard !spec.argv.contains(where: { $0.utf8.contains(0) }),
+              !spec.environment.contains(where: { $0.key.utf8.contains(0) || $0.value.utf8.contains(0) || $0.key.contains("=") || $0.key.isEmpty })
+        else {
+            throw RunnerError(.invalidSpec, worker: spec.name, context: "a NUL byte in argv or an invalid environment name")
+        }
+        self.spec = spec
+        credentials = try WorkerCredentials.resolve(user: spec.user, group: spec.group, worker: spec.name)
+        groups = credentials.groups ?? []
+        argv = Self.cArray(spec.argv)
+        envp = Self.cArray(spec.environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })
+        workingDirectory = spec.workingDirectory.map { strdup($0)! }
+    }
+
+    deinit {
+        Self.freeArray(argv)
+        Self.freeArray(envp)
+        free(workingDirectory)
+    }
+
+    /// Calls `body` with the request for `_bgw_spawn`, valid only during the call.
+    func withRequest<T>(stdin: Int32, stdout: Int32, stderr: Int32, _ body: (inout _bgw_spawn_request) -> T) -> T {
+        groups.withUnsafeBufferPointer { groupBuffer in
+            var request = _bgw_spawn_request(
+                path: argv[0],
+                argv: UnsafePointer(argv),
+                envp: UnsafePointer(envp),
+                working_directory: workingDirectory,
+                stdin_fd: stdin, stdout_fd: stdout, stderr_fd: stderr,
+                set_groups: credentials.groups == nil ? 0 : 1,
+                groups: groupBuffer.baseAddress,
+                ngroups: groupBuffer.count,
+                set_gid: credentials.gid == nil ? 0 : 1,
+                gid: credentials.gid ?? 0,
+                set_uid: credentials.uid == nil ? 0 : 1,
+                uid: credentials.uid ?? 0)
+            return body(&request)
+        }
+    }
+
+    private static func cArray(_ strings: [String]) -> UnsafeMutablePointer<UnsafeMutablePointer<CChar>?> {
+        let array = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: strings.count + 1)
+        for (index, string) in strings.enumerated() { array[index] = strdup(string) }
+        array[strings.count] = nil
+        return array
+    }
+
+    private static func freeArray(_ array: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) {
+        var index = 0
+        while let string = array[index] {
+            free(string)
+            index += 1
+        }
+        array.deallocate()
+    }
+
+    /// What a failed step of `_bgw_spawn` was doing, for the error's context.
+    func describe(step: Int32) -> String {
+        let program = spec.argv.first ?? ""
+        switch Int(step) {
+        case _BGW_SPAWN_STACK: return "mmap of the child's stack"
+        case _BGW_SPAWN_CLONE: return "clone"
+        case _BGW_SPAWN_SIGNALS: return "resetting signals"
+        case _BGW_SPAWN_SETPGID: return "setpgid"
+        case _BGW_SPAWN_STDIO: return "dup2 of stdin/stdout/stderr"
+        case _BGW_SPAWN_CHDIR: return "chdir \(spec.workingDirectory ?? "")"
+        case _BGW_SPAWN_SETGROUPS: return "setgroups \(groups.map(String.init).joined(separator: ","))"
+        case _BGW_SPAWN_SETGID: return "setgid \(credentials.gid.map(String.init) ?? "")"
+        case _BGW_SPAWN_SETUID: return "setuid \(credentials.uid.map(String.init) ?? "")"
+        case _BGW_SPAWN_PDEATHSIG: return "prctl(PR_SET_PDEATHSIG)"
+        case _BGW_SPAWN_PARENT_GONE: return "the daemon exited during the spawn"
+        case _BGW_SPAWN_CLOSE_FDS: return "close_range"
+        case _BGW_SPAWN_EXEC: return "execve \(program)"
+        default: return "spawn step \(step)"
+        }
+    }
+}

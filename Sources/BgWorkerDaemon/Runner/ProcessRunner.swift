@@ -1,0 +1,307 @@
+// The embedded runner: each worker is a child process of the daemon in its own process group.
+//
+// One dedicated thread (the monitor) spawns every worker and watches them: PR_SET_PDEATHSIG fires
+// when the *thread* that spawned a process exits, so spawning happens on a thread that lives as
+// long as the workers (never on the cooperative pool or a Dispatch worker, which may retire).
+// The monitor's epoll loop waits on an eventfd (requests), each worker's pidfd (its exit; reaped
+// with waitid on that pidfd only, so other children of the process are never touched, and no
+// SIGCHLD handler is needed) and a timerfd per stopping worker (SIGKILL after the stop timeout).
+// A second thread reads the workers' output (WorkerOutputPump).
+import CShims
+import Glibc
+import Synchronization
+
+public final class ProcessRunner: WorkerRunner {
+    public let kind = "process"
+    public let events: AsyncStream<RunnerEvent>
+    private let monitor: ProcessMonitor
+
+    /// Starts the runner's threads.
+    /// - Parameters:
+    ///   - processGroupFile: the runtime file where live workers' process groups are written
+    ///     (e.g. `/run/bgworker/process-groups`). Groups recorded there by a previous daemon that
+    ///     still exist are killed now, before anything starts. nil: no record (tests).
+    ///   - output: where workers' stdout and stderr lines go.
+    public init(
+        processGroupFile: String? = nil, output: WorkerOutputDestination = .automatic
+    ) throws(RunnerError) {
+        let (stream, continuation) = AsyncStream.makeStream(of: RunnerEvent.self)
+        events = stream
+        do {
+            monitor = try ProcessMonitor(
+                processGroupFile: processGroupFile, output: output, events: continuation)
+        } catch {
+            throw RunnerError(.unavailable, worker: nil, context: error.description)
+        }
+    }
+
+    /// The process groups a previous daemon left that this runner killed when it started.
+    public var killedLeftoverGroups: [Int32] { monitor.killedLeftoverGroups }
+
+    public func start(_ spec: LaunchSpec) async throws(RunnerError) -> Int32 {
+        let launch = try PreparedLaunch(spec)
+        return try await monitor.request { .start(launch, $0) }.get()
+    }
+
+    public func stop(name: String) async {
+        await monitor.request { .stop(name, $0) }
+    }
+
+    public func adopt(_ specs: [LaunchSpec]) async -> [String: Int32] { [:] }
+
+    public func shutdown() async {
+        await monitor.request { .shutdown($0) }
+    }
+}
+
+/// A worker the monitor runs. Its pid is also its process group id.
+private struct RunningWorker {
+    var name: String
+    var pid: Int32
+    var pidfd: Int32
+    var stopTimeout: Duration
+    /// The timerfd that sends SIGKILL, while stopping.
+    var killTimer: Int32?
+    /// SIGTERM has been sent.
+    var stopping = false
+}
+
+/// The monitor thread and everything it owns.
+private final class ProcessMonitor: @unchecked Sendable {
+    // Safety of @unchecked Sendable: `pending` is a Mutex; `wake`, `epoll`, `devNull`,
+    // `eventSink`, `pump`, `killedLeftoverGroups` are immutable after init. Every `var` below is
+    // touched only on the monitor thread, which starts at the end of init.
+
+    enum Request {
+        case start(PreparedLaunch, CheckedContinuation<Result<Int32, RunnerError>, Never>)
+        case stop(String, CheckedContinuation<Void, Never>)
+        case shutdown(CheckedContinuation<Void, Never>)
+
+        /// Answers a request that came after the monitor ended.
+        func refuse() {
+            switch self {
+            case .start(let launch, let c):
+                c.resume(returning: .failure(RunnerError(.shutDown, worker: launch.spec.name, context: "the runner is shut down")))
+            case .stop(_, let c), .shutdown(let c):
+                c.resume()
+            }
+        }
+    }
+
+    /// Requests not yet taken by the monitor; nil once the monitor has ended.
+    private let pending = Mutex<[Request]?>([])
+    private let wake: EventFD
+    private let epoll: Epoll
+    private let devNull: Int32
+    private let eventSink: AsyncStream<RunnerEvent>.Continuation
+    private let pump: WorkerOutputPump
+    private let groupRecord: ProcessGroupRecord?
+    let killedLeftoverGroups: [Int32]
+
+    private var workers: [UInt64: RunningWorker] = [:]
+    private var idsByName: [String: UInt64] = [:]
+    private var nextID: UInt64 = 1
+    private var shutdownWaiters: [CheckedContinuation<Void, Never>] = []
+
+    // epoll tokens: the low bit tells a worker's pidfd from its kill timer.
+    private static let wakeToken = UInt64.max
+    private static func exitToken(_ id: UInt64) -> UInt64 { id << 1 }
+    private static func timerToken(_ id: UInt64) -> UInt64 { id << 1 | 1 }
+
+    init(
+        processGroupFile: String?, output: WorkerOutputDestination,
+        events: AsyncStream<RunnerEvent>.Continuation
+    ) throws(SystemCallError) {
+        if let processGroupFile {
+            let record = try ProcessGroupRecord(path: processGroupFile)
+            killedLeftoverGroups = record.killLeftovers()
+            groupRecord = consume record
+        } else {
+            killedLeftoverGroups = []
+            groupRecord = nil
+        }
+        devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
+        guard devNull >= 0 else { throw SystemCallError(call: "open /dev/null", errno: errno) }
+        eventSink = events
+        wake = try EventFD()
+        epoll = try Epoll()
+        try epoll.add(wake.fd, token: Self.wakeToken)
+        pump = try WorkerOutputPump(destination: output)
+        try startDedicatedThread(name: "bgw-monitor") { [self] in run() }
+    }
+
+    /// Queues a request for the monitor thread and waits for its answer.
+    func request<T>(_ make: (CheckedContinuation<T, Never>) -> Request) async -> T {
+        await withCheckedContinuation { continuation in
+            let request = make(continuation)
+            let queued = pending.withLock { queue -> Bool in
+                guard queue != nil else { return false }
+                queue!.append(request)
+                return true
+            }
+            if queued { wake.signal() } else { request.refuse() }
+        }
+    }
+
+    // MARK: the monitor thread
+
+    private func run() {
+        var ready = [epoll_event](repeating: epoll_event(), count: 64)
+        while true {
+            for event in epoll.wait(into: &ready) {
+                let token = event.data.u64
+                if token == Self.wakeToken {
+                    wake.drain()
+                    handleRequests()
+                } else if token & 1 == 0 {
+                    reap(id: token >> 1)
+                } else {
+                    stopTimeoutExpired(id: token >> 1)
+                }
+            }
+            if !shutdownWaiters.isEmpty && workers.isEmpty { break }
+        }
+        // Requests that raced with the end are refused; later ones are refused by `request`.
+        let late = pending.withLock { queue -> [Request] in defer { queue = nil }; return queue ?? [] }
+        late.forEach { $0.refuse() }
+        groupRecord?.write([])
+        close(devNull)
+        eventSink.finish()
+        let waiters = shutdownWaiters
+        pump.finish { waiters.forEach { $0.resume() } }
+    }
+
+    private func handleRequests() {
+        let requests = pending.withLock { queue -> [Request] in defer { queue = [] }; return queue ?? [] }
+        for request in requests {
+            switch request {
+            case let .start(launch, continuation):
+                continuation.resume(returning: spawn(launch))
+            case let .stop(name, continuation):
+                if let id = idsByName[name] { stop(id: id) }
+                continuation.resume()
+            case .shutdown(let continuation):
+                shutdownWaiters.append(continuation)
+                for id in workers.keys { stop(id: id) }
+            }
+        }
+    }
+
+    private func spawn(_ launch: PreparedLaunch) -> Result<Int32, RunnerError> {
+        let name = launch.spec.name
+        func failure(_ code: RunnerError.Code, _ context: String, _ errno: Int32? = nil) -> Result<Int32, RunnerError> {
+            .failure(RunnerError(code, worker: name, context: context, errno: errno))
+        }
+        guard shutdownWaiters.isEmpty else { return failure(.shutDown, "the runner is shutting down") }
+        guard idsByName[name] == nil else { return failure(.alreadyRunning, "it runs already") }
+
+        var stdoutPipe: [Int32] = [-1, -1]
+        var stderrPipe: [Int32] = [-1, -1]
+        guard _bgw_pipe_cloexec(&stdoutPipe) == 0 else { return failure(.spawnFailed, "pipe2", errno) }
+        guard _bgw_pipe_cloexec(&stderrPipe) == 0 else {
+            let code = errno
+            close(stdoutPipe[0]); close(stdoutPipe[1])
+            return failure(.spawnFailed, "pipe2", code)
+        }
+        var result = _bgw_spawn_result()
+        let rc = launch.withRequest(stdin: devNull, stdout: stdoutPipe[1], stderr: stderrPipe[1]) {
+            _bgw_spawn(&$0, &result)
+        }
+        close(stdoutPipe[1])
+        close(stderrPipe[1])
+        guard rc == 0 else {
+            close(stdoutPipe[0])
+            close(stderrPipe[0])
+            return failure(.spawnFailed, launch.describe(step: result.failed_step), result.error)
+        }
+
+        let id = nextID
+        nextID += 1
+        do {
+            try epoll.add(result.pidfd, token: Self.exitToken(id))
+        } catch {
+            // Cannot watch it, so it must not run.
+            _ = kill(-result.pid, SIGKILL)
+            var code: Int32 = 0, status: Int32 = 0
+            _ = _bgw_waitid_pidfd(result.pidfd, 0, &code, &status)
+            close(result.pidfd)
+            close(stdoutPipe[0])
+            close(stderrPipe[0])
+            return failure(.spawnFailed, error.call, error.errno)
+        }
+        for (fd, priority) in [(stdoutPipe[0], SyslogPriority.info), (stderrPipe[0], SyslogPriority.error)] {
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            pump.watch(fd: fd, worker: name, pid: result.pid, priority: priority)
+        }
+        workers[id] = RunningWorker(
+            name: name, pid: result.pid, pidfd: result.pidfd, stopTimeout: launch.spec.stopTimeout)
+        idsByName[name] = id
+        recordGroups()
+        return .success(result.pid)
+    }
+
+    /// SIGTERM (and SIGCONT, so that a stopped process sees it) to the worker's group, and a
+    /// timer for SIGKILL.
+    private func stop(id: UInt64) {
+        guard var worker = workers[id], !worker.stopping else { return }
+        worker.stopping = true
+        signalGroup(worker, SIGTERM)
+        signalGroup(worker, SIGCONT)
+        if worker.stopTimeout <= .zero {
+            signalGroup(worker, SIGKILL)
+        } else if let timer = try? makeOneShotTimer(after: worker.stopTimeout) {
+            if (try? epoll.add(timer, token: Self.timerToken(id))) != nil {
+                worker.killTimer = timer
+            } else {
+                close(timer)
+                signalGroup(worker, SIGKILL)
+            }
+        } else {
+            signalGroup(worker, SIGKILL)
+        }
+        workers[id] = worker
+    }
+
+    private func stopTimeoutExpired(id: UInt64) {
+        guard var worker = workers[id], let timer = worker.killTimer else { return }
+        signalGroup(worker, SIGKILL)
+        epoll.remove(timer)
+        close(timer)
+        worker.killTimer = nil
+        workers[id] = worker
+    }
+
+    /// The leader's pid is its group's id. It is safe to use until the leader is reaped: the
+    /// kernel does not reuse the pid of an unreaped process, nor a group id in use. A leader
+    /// that moved to another group still gets the signal through its pidfd.
+    private func signalGroup(_ worker: RunningWorker, _ signal: Int32) {
+        if kill(-worker.pid, signal) < 0 {
+            _ = _bgw_pidfd_send_signal(worker.pidfd, signal)
+        }
+    }
+
+    /// The worker's main process exited: kill what is left of its group (before reaping, while
+    /// the group id cannot be reused), reap it through its pidfd, report the exit.
+    private func reap(id: UInt64) {
+        guard let worker = workers.removeValue(forKey: id) else { return }
+        _ = kill(-worker.pid, SIGKILL)
+        var code: Int32 = 0
+        var status: Int32 = 0
+        let rc = _bgw_waitid_pidfd(worker.pidfd, 0, &code, &status)
+        epoll.remove(worker.pidfd)
+        close(worker.pidfd)
+        if let timer = worker.killTimer {
+            epoll.remove(timer)
+            close(timer)
+        }
+        idsByName[worker.name] = nil
+        recordGroups()
+        // waitid cannot fail for our own unreaped child; if it did, the process is gone anyway.
+        let exit = rc == 0 ? WorkerExit(siginfoCode: code, status: status) : .killed(SIGKILL)
+        eventSink.yield(.exited(name: worker.name, pid: worker.pid, status: exit))
+    }
+
+    private func recordGroups() {
+        groupRecord?.write(workers.values.map(\.pid))
+    }
+}

@@ -1,0 +1,400 @@
+import CShims
+import Foundation
+import Glibc
+import Synchronization
+import TestSupport
+import Testing
+
+@testable import BgWorkerDaemon
+
+/// Lines a runner delivers to a pipe (its `.fileDescriptor` output), read by a thread of their own.
+final class CapturedWorkerOutput: Sendable {
+    let destination: WorkerOutputDestination
+    let lines: AsyncStream<String>
+    private let writeEnd: Int32
+
+    init() throws {
+        var fds: [Int32] = [-1, -1]
+        guard _bgw_pipe_cloexec(&fds) == 0 else { throw TestProcessError("pipe2: \(errno)") }
+        writeEnd = fds[1]
+        destination = .fileDescriptor(fds[1])
+        let (stream, continuation) = AsyncStream.makeStream(of: String.self)
+        lines = stream
+        let readEnd = fds[0]
+        try startDedicatedThread(name: "test-output") {
+            var pending: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = chunk.withUnsafeMutableBytes { read(readEnd, $0.baseAddress, $0.count) }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { break }
+                pending += chunk[0..<n]
+                while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                    continuation.yield(String(decoding: pending[..<newline], as: UTF8.self))
+                    pending.removeSubrange(...newline)
+                }
+            }
+            Glibc.close(readEnd)
+            continuation.finish()
+        }
+    }
+
+    /// Ends the reader (call after the runner has shut down).
+    func close() { Glibc.close(writeEnd) }
+
+    /// The next line that satisfies `predicate`.
+    func line(
+        _ what: String, timeout: Duration = .seconds(10), where predicate: @escaping @Sendable (String) -> Bool
+    ) async throws -> String {
+        try await waitFor(what, in: lines, timeout: timeout, until: predicate)
+    }
+}
+
+/// The exit event of `name`.
+func exitEvent(
+    of name: String, in runner: ProcessRunner, timeout: Duration = .seconds(10)
+) async throws -> (pid: Int32, status: WorkerExit) {
+    let event = try await waitFor("the exit of \(name)", in: runner.events, timeout: timeout) {
+        if case .exited(name, _, _) = $0 { true } else { false }
+    }
+    guard case let .exited(_, pid, status) = event else { throw TestProcessError("unreachable") }
+    return (pid, status)
+}
+
+/// Waits (on the process's pidfd, no polling) until `pid` has exited, zombie or reaped. PID 1
+/// of these machines does not reap orphans, so a killed grandchild may stay a zombie.
+func waitUntilGone(_ pid: Int32, timeout: Duration = .seconds(10)) async throws {
+    let pidfd = _bgw_pidfd_open(pid, 0)
+    guard pidfd >= 0 else { return }  // already reaped
+    defer { close(pidfd) }
+    let ms = Int32(timeout.components.seconds * 1000)
+    let exited = await onThread {
+        var p = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+        return poll(&p, 1, ms) > 0
+    }
+    guard exited else { throw TestProcessError("process \(pid) still runs after \(timeout)") }
+}
+
+/// Whether `pid` is a live process (not a zombie, not gone).
+func isAlive(_ pid: Int32) -> Bool {
+    guard let state = ProcStat.read(pid: pid)?.state else { return false }
+    return state != "Z" && state != "X"
+}
+
+/// The path of an executable product built beside the test bundle.
+func builtProduct(_ name: String) -> String {
+    let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+    return bundle.deletingLastPathComponent().appendingPathComponent(name).path
+}
+
+func shell(_ name: String, _ script: String, stopTimeout: Duration = .seconds(5)) -> LaunchSpec {
+    LaunchSpec(
+        name: name, argv: ["/bin/sh", "-c", script], environment: ["PATH": "/usr/bin:/bin"],
+        stopTimeout: stopTimeout)
+}
+
+@Suite("ProcessRunner: starting")
+struct ProcessRunnerStartTests {
+    @Test func startReturnsThePidOnceTheProgramHasBeenExecuted() async throws {
+        let runner = try ProcessRunner(output: .fileDescriptor(2))
+        let pid = try await runner.start(LaunchSpec(name: "sleeper", argv: ["/bin/sleep", "1000"]))
+        // No wait: the process has executed sleep by the time start returns.
+        let exe = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe")
+        #expect(exe.hasSuffix("/sleep"))
+        #expect(getpgid(pid) == pid, "the worker leads its own process group")
+        await runner.stop(name: "sleeper")
+        let exit = try await exitEvent(of: "sleeper", in: runner)
+        #expect(exit.pid == pid)
+        #expect(exit.status == .killed(SIGTERM))
+        await runner.shutdown()
+    }
+
+    @Test func aMissingProgramFailsWithTheExecErrno() async throws {
+        let runner = try ProcessRunner(output: .fileDescriptor(2))
+        let error = await #expect(throws: RunnerError.self) {
+            try await runner.start(LaunchSpec(name: "ghost", argv: ["/nonexistent/program"]))
+        }
+        #expect(error?.code == .spawnFailed)
+        #expect(error?.errno == ENOENT)
+        #expect(error?.description == "worker \"ghost\": execve /nonexistent/program: No such file or directory")
+        await runner.shutdown()
+    }
+
+    @Test func aMissingWorkingDirectoryFailsWithTheChdirErrno() async throws {
+        let runner = try ProcessRunner(output: .fileDescriptor(2))
+        var spec = LaunchSpec(name: "lost", argv: ["/bin/true"])
+        spec.workingDirectory = "/nonexistent/dir"
+        let error = await #expect(throws: RunnerError.self) { try await runner.start(spec) }
+        #expect(error?.description == "worker \"lost\": chdir /nonexistent/dir: No such file or directory")
+        await runner.shutdown()
+    }
+
+    @Test func invalidSpecsAreRefusedBeforeSpawning() async throws {
+        let runner = try ProcessRunner(output: .fileDescriptor(2))
+        let relative = await #expect(throws: RunnerError.self) {
+            try await runner.start(LaunchSpec(name: "rel", argv: ["sleep", "1"]))
+        }
+        #expect(relative?.code == .invalidSpec)
+        var spec = LaunchSpec(name: "nobody", argv: ["/bin/true"])
+        spec.user = "no-such-user-here"
+        let user = await #expect(throws: RunnerError.self) { try await runner.start(spec) }
+        #expect(user?.description == "worker \"nobody\": no such user \"no-such-user-here\"")
+        await runner.shutdown()
+    }
+
+    @Test func aSecondStartOfARunningWorkerIsRefused() async throws {
+        let runner = try ProcessRunner(output: .fileDescriptor(2))
+        _ = try await runner.start(LaunchSpec(name: "once", argv: ["/bin/sleep", "1000"]))
+        let error = await #expect(throws: RunnerError.self) {
+            try await runner.start(LaunchSpec(name: "once", argv: ["/bin/sleep", "1000"]))
+        }
+        #expect(error?.code == .alreadyRunning)
+        await runner.shutdown()
+        let refused = await #expect(throws: RunnerError.self) {
+            try await runner.start(LaunchSpec(name: "late", argv: ["/bin/true"]))
+        }
+        #expect(refused?.code == .shutDown)
+    }
+
+    @Test func theEnvironmentAndWorkingDirectoryArriveAndNothingElse() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let output = try CapturedWorkerOutput()
+        let runner = try ProcessRunner(output: output.destination)
+        var spec = shell("env", #"echo "cwd=$(pwd -P)"; echo "greeting=$GREETING"; echo "home=${HOME-unset}"; echo "fds=$(ls /proc/self/fd | wc -l)""#)
+        spec.environment["GREETING"] = "hello world"
+        spec.workingDirectory = directory.path
+        _ = try await runner.start(spec)
+        #expect(try await output.line("cwd") { $0.hasPrefix("env: cwd=") } == "env: cwd=\(directory.path)")
+        #expect(try await output.line("greeting") { $0.hasPrefix("env: greeting=") } == "env: greeting=hello world")
+        #expect(try await output.line("home") { $0.hasPrefix("env: home=") } == "env: home=unset")
+        // 0, 1, 2, plus the one `ls` opens for /proc/self/fd: nothing of the daemon leaks.
+        #expect(try await output.line("fds") { $0.hasPrefix("env: fds=") } == "env: fds=4")
+        #expect(try await exitEvent(of: "env", in: runner).status == .exited(0))
+        await runner.shutdown()
+        output.close()
+    }
+
+    @Test func userAndGroupAreApplied() async throws {
+        guard geteuid() == 0 else {
+            #expect(Bool(!isCI), "CI must run as root")
+            return
+        }
+        let output = try CapturedWorkerOutput()
+        let runner = try ProcessRunner(output: output.destination)
+        var spec = shell("ids", #"echo "ids=$(id -u):$(id -g):$(id -G)""#)
+        spec.user = "nobody"
+        _ = try await runner.start(spec)
+        let line = try await output.line("ids") { $0.hasPrefix("ids: ids=") }
+        let nobody = getpwnam("nobody")!.pointee
+        #expect(line == "ids: ids=\(nobody.pw_uid):\(nobody.pw_gid):\(nobody.pw_gid)")
+        _ = try await exitEvent(of: "ids", in: runner)
+        await runner.shutdown()
+        output.close()
+    }
+
+    @Test func stdoutAndStderrLinesArePrefixedAndLongLinesCut() async throws {
+        let output = try CapturedWorkerOutput()
+        let runner = try ProcessRunner(output: output.destination)
+        _ = try await runner.start(shell("talk", #"echo out; echo err >&2; echo "<4>warned"; head -c 10000 /dev/zero | tr '\0' x; printf 'tail-without-newline'"#))
+        // stdout and stderr are two pipes: their lines may interleave in any order.
+        var lines: [String] = []
+        for _ in 0..<6 { lines.append(try await output.line("six lines") { _ in true }) }
+        #expect(Set(lines.filter { !$0.hasPrefix("talk: x") }) == ["talk: out", "talk: err", "talk: warned"])
+        let pieces = lines.filter { $0.hasPrefix("talk: x") }
+        #expect(pieces.map { $0.count - "talk: ".count } == [4096, 4096, 10000 - 8192 + "tail-without-newline".count])
+        let last = try #require(pieces.last)
+        #expect(last.hasSuffix("tail-without-newline"))
+        await runner.shutdown()
+        output.close()
+    }
+}
+
+@Suite("ProcessRunner: exits and stops")
+struct ProcessRunnerExitTests {
+    @Test func exitStatusesArriveAsEvents() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let runner = try ProcessRunner(output: .fileDescriptor(2))
+        _ = try await runner.start(shell("three", "exit 3"))
+        #expect(try await exitEvent(of: "three", in: runner).status == .exited(3))
+        _ = try await runner.start(shell("usr1", "kill -USR1 $$"))
+        #expect(try await exitEvent(of: "usr1", in: runner).status == .killed(SIGUSR1))
+        var dumper = shell("dumper", "ulimit -c unlimited 2>/dev/null; kill -SEGV $$")
+        dumper.workingDirectory = directory.path
+        _ = try await runner.start(dumper)
+        // Whether a core is written depends on the machine's core_pattern; the signal does not.
+        let status = try await exitEvent(of: "dumper", in: runner).status
+        #expect(status == .dumped(SIGSEGV) || status == .killed(SIGSEGV))
+        await runner.shutdown()
+    }
+
+    @Test func exitStatusTexts() {
+        #expect(WorkerExit.exited(3).description == "exited 3")
+        #expect(WorkerExit.killed(SIGKILL).description == "killed SIGKILL")
+        #expect(WorkerExit.dumped(SIGSEGV).description == "dumped SIGSEGV")
+        #expect(WorkerExit.exited(3).reason == "exited with status 3")
+        #expect(WorkerExit.killed(SIGSEGV).reason == "killed by SIGSEGV")
+        #expect(signalName(36) == "SIGRTMIN+2")
+    }
+
+    @Test func stopEndsACooperativeWorkerAtOnce() async throws {
+        let runner = try ProcessRunner(output: .fileDescriptor(2))
+        _ = try await runner.start(LaunchSpec(name: "polite", argv: ["/bin/sleep", "1000"], stopTimeout: .seconds(30)))
+        let clock = ContinuousClock()
+        let began = clock.now
+        await runner.stop(name: "polite")
+        #expect(try await exitEvent(of: "polite", in: runner).status == .killed(SIGTERM))
+        #expect(clock.now - began < .seconds(2))
+        await runner.shutdown()
+    }
+
+    @Test func aWorkerThatIgnoresSIGTERMIsKilledAfterItsStopTimeout() async throws {
+        let output = try CapturedWorkerOutput()
+        let runner = try ProcessRunner(output: output.destination)
+        _ = try await runner.start(shell("stubborn", #"trap "" TERM; echo ready; exec sleep 1000"#, stopTimeout: .seconds(1)))
+        _ = try await output.line("ready") { $0 == "stubborn: ready" }
+        let clock = ContinuousClock()
+        let began = clock.now
+        await runner.stop(name: "stubborn")
+        #expect(try await exitEvent(of: "stubborn", in: runner).status == .killed(SIGKILL))
+        let took = clock.now - began
+        #expect(took >= .milliseconds(990) && took < .milliseconds(1500), "SIGKILL after \(took)")
+        await runner.shutdown()
+        output.close()
+    }
+
+    @Test func grandchildrenDieWithTheirWorker() async throws {
+        let output = try CapturedWorkerOutput()
+        let runner = try ProcessRunner(output: output.destination)
+        _ = try await runner.start(shell("parent", #"sleep 1000 & echo "child=$!"; wait"#))
+        let line = try await output.line("child pid") { $0.hasPrefix("parent: child=") }
+        let grandchild = try #require(Int32(line.dropFirst("parent: child=".count)))
+        #expect(isAlive(grandchild))
+        await runner.stop(name: "parent")
+        _ = try await exitEvent(of: "parent", in: runner)
+        try await waitUntilGone(grandchild)
+        await runner.shutdown()
+        output.close()
+    }
+
+    @Test func whatAWorkerLeavesBehindWhenItExitsIsKilled() async throws {
+        let output = try CapturedWorkerOutput()
+        let runner = try ProcessRunner(output: output.destination)
+        _ = try await runner.start(shell("leaver", #"sleep 1000 & echo "child=$!"; exit 4"#))
+        let line = try await output.line("child pid") { $0.hasPrefix("leaver: child=") }
+        let grandchild = try #require(Int32(line.dropFirst("leaver: child=".count)))
+        #expect(try await exitEvent(of: "leaver", in: runner).status == .exited(4))
+        try await waitUntilGone(grandchild)
+        await runner.shutdown()
+        output.close()
+    }
+
+    @Test func shutdownStopsEveryWorkerInParallel() async throws {
+        let runner = try ProcessRunner(output: .fileDescriptor(2))
+        var pids: [Int32] = []
+        for index in 0..<3 {
+            pids.append(try await runner.start(shell("stubborn-\(index)", #"trap "" TERM; exec sleep 1000"#, stopTimeout: .milliseconds(500))))
+        }
+        pids.append(try await runner.start(LaunchSpec(name: "polite", argv: ["/bin/sleep", "1000"])))
+        let clock = ContinuousClock()
+        let began = clock.now
+        await runner.shutdown()
+        let took = clock.now - began
+        #expect(took < .milliseconds(1400), "three 0.5 s stop timeouts in parallel took \(took)")
+        for pid in pids { #expect(!isAlive(pid)) }
+        var exits = 0
+        for await event in runner.events { if case .exited = event { exits += 1 } }
+        #expect(exits == 4, "every exit is reported, then the stream ends")
+    }
+
+    @Test func aFloodingWorkerDelaysNeitherStartsNorStopsNorEvents() async throws {
+        // The output destination is a pipe nobody reads: the output thread blocks on it for good,
+        // and the flooding worker with it, yet the monitor thread goes on.
+        var fds: [Int32] = [-1, -1]
+        #expect(_bgw_pipe_cloexec(&fds) == 0)
+        let runner = try ProcessRunner(output: .fileDescriptor(fds[1]))
+        _ = try await runner.start(LaunchSpec(name: "flood", argv: ["/usr/bin/yes", "flooding the output"]))
+        let clock = ContinuousClock()
+        for round in 0..<5 {
+            let began = clock.now
+            _ = try await runner.start(LaunchSpec(name: "quiet-\(round)", argv: ["/bin/sleep", "1000"]))
+            await runner.stop(name: "quiet-\(round)")
+            #expect(try await exitEvent(of: "quiet-\(round)", in: runner).status == .killed(SIGTERM))
+            #expect(clock.now - began < .milliseconds(500))
+        }
+        let blocked = fds[0]
+        let drained = Task.detached { await onThread { drain(blocked) } }
+        await runner.shutdown()
+        close(fds[1])
+        await drained.value
+    }
+
+    @Test func spawnLatencyStaysCloseToAPlainSpawn() async throws {
+        let runner = try ProcessRunner(output: .fileDescriptor(2))
+        let clock = ContinuousClock()
+        var samples: [Duration] = []
+        for round in 0..<20 {
+            let name = "quick-\(round)"
+            let began = clock.now
+            _ = try await runner.start(LaunchSpec(name: name, argv: ["/bin/true"]))
+            samples.append(clock.now - began)
+            _ = try await exitEvent(of: name, in: runner)
+        }
+        samples.sort()
+        #expect(samples[samples.count / 2] < .milliseconds(20), "median spawn \(samples[samples.count / 2])")
+        await runner.shutdown()
+    }
+}
+
+/// Reads `fd` until end of file, then closes it.
+private func drain(_ fd: Int32) {
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while chunk.withUnsafeMutableBytes({ read(fd, $0.baseAddress, $0.count) }) > 0 {}
+    close(fd)
+}
+
+@Suite("ProcessRunner: the daemon killed")
+struct ProcessRunnerDaemonKilledTests {
+    @Test func sigkillOfTheDaemonKillsItsWorkersAndANewRunnerKillsWhatIsLeft() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let groupFile = directory.file("process-groups")
+        let probe = try ChildProcess(
+            [builtProduct("bgworker-runner-probe"), groupFile, "/bin/sh", "-c", #"sleep 1000 & echo "child=$!"; wait"#],
+            captureStdout: true, captureStderr: true)
+        let pidLine = try await probe.readLine(until: { $0.hasPrefix("pid=") })
+        let worker = try #require(Int32(pidLine.dropFirst("pid=".count)))
+        let childLine = try await probe.readErrorLine()
+        let grandchild = try #require(childLine.flatMap { Int32($0.dropFirst("probe: child=".count)) })
+        let recorded = try String(contentsOfFile: groupFile, encoding: .utf8)
+        #expect(recorded == "\(worker) \(getsid(probe.pid))\n")
+
+        probe.signal(SIGKILL)
+        try await probe.waitForExit()
+        try await waitUntilGone(worker)  // PR_SET_PDEATHSIG
+        #expect(isAlive(grandchild), "a grandchild outlives the daemon until a new runner starts")
+
+        let runner = try ProcessRunner(processGroupFile: groupFile, output: .fileDescriptor(2))
+        #expect(runner.killedLeftoverGroups == [worker])
+        #expect(!isAlive(grandchild), "the new runner waited for the leftover to die")
+        #expect(try String(contentsOfFile: groupFile, encoding: .utf8) == "")
+        await runner.shutdown()
+    }
+
+    @Test func theRecordFollowsTheLiveWorkers() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let groupFile = directory.file("process-groups")
+        let runner = try ProcessRunner(processGroupFile: groupFile, output: .fileDescriptor(2))
+        let first = try await runner.start(LaunchSpec(name: "a", argv: ["/bin/sleep", "1000"]))
+        let second = try await runner.start(LaunchSpec(name: "b", argv: ["/bin/sleep", "1000"]))
+        let lines = Set(try String(contentsOfFile: groupFile, encoding: .utf8).split(separator: "\n"))
+        #expect(lines == ["\(first) \(getsid(0))", "\(second) \(getsid(0))"])
+        await runner.stop(name: "a")
+        _ = try await exitEvent(of: "a", in: runner)
+        #expect(try String(contentsOfFile: groupFile, encoding: .utf8) == "\(second) \(getsid(0))\n")
+        await runner.shutdown()
+        #expect(try String(contentsOfFile: groupFile, encoding: .utf8) == "")
+    }
+}

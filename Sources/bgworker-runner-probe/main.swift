@@ -1,30 +1,59 @@
-// Test helper, not installed: a process that runs a ProcessRunner with one worker, so that a test
-// can SIGKILL it as the daemon would be killed and check what is left.
+// Test helper, not installed: runs the process runner (and the daemon's logging) in a process of
+// its own, so that a test can SIGKILL it as the daemon would be killed, or run it where journald
+// is a private one.
 //
-//   bgworker-runner-probe GROUP-FILE PROGRAM [ARG...]
-//
-// Starts PROGRAM as worker "probe" (its output on our stderr as `probe: line`), prints
-// `pid=<worker pid>` on stdout, then waits until killed.
+//   bgworker-runner-probe run GROUP-FILE PROGRAM [ARG...]
+//       Starts PROGRAM as worker "probe" (its output on our stderr as `probe: line`), prints
+//       `pid=<worker pid>` on stdout, then waits until killed.
+//   bgworker-runner-probe journal
+//       Logs one warning through the daemon's journal handler (identifier bgworker-probe) and
+//       runs worker "probe-worker", whose output goes to the journal; exits when all is sent.
 import BgWorkerDaemon
 import Glibc
+import Logging
 
 func say(_ text: String, to fd: Int32) {
     let bytes = Array(text.utf8)
     _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
 }
 
-let arguments = CommandLine.arguments
-guard arguments.count >= 3 else {
-    say("usage: bgworker-runner-probe GROUP-FILE PROGRAM [ARG...]\n", to: 2)
-    exit(2)
-}
-do {
-    let runner = try ProcessRunner(processGroupFile: arguments[1], output: .fileDescriptor(2))
-    let spec = LaunchSpec(
-        name: "probe", argv: Array(arguments[2...]), environment: ["PATH": "/usr/bin:/bin"])
+func runWorker(groupFile: String, argv: [String]) async throws {
+    let runner = try ProcessRunner(processGroupFile: groupFile, output: .fileDescriptor(2))
+    let spec = LaunchSpec(name: "probe", argv: argv, environment: ["PATH": "/usr/bin:/bin"])
     let pid = try await runner.start(spec)
     say("pid=\(pid)\n", to: 1)
     for await _ in runner.events {}
+}
+
+func logToJournal() async throws {
+    let writer = try LogWriter(destination: .journal(identifier: "bgworker-probe"))
+    let logger = Logger(label: "bgworkerd.probe") { label in
+        DaemonLogHandler(label: label, level: LogLevelControl(.info), writer: writer)
+    }
+    logger.warning("probe warning", metadata: ["worker": "demo", "restart-count": "3"])
+    await writer.flush()
+
+    let runner = try ProcessRunner(output: .journal)
+    let script = #"echo out-line; echo "<4>warn-line"; echo err-line >&2"#
+    _ = try await runner.start(
+        LaunchSpec(name: "probe-worker", argv: ["/bin/sh", "-c", script], environment: ["PATH": "/usr/bin:/bin"]))
+    for await event in runner.events {
+        if case .exited = event { break }
+    }
+    await runner.shutdown()
+}
+
+let arguments = CommandLine.arguments
+do {
+    switch arguments.dropFirst().first {
+    case "run" where arguments.count >= 4:
+        try await runWorker(groupFile: arguments[2], argv: Array(arguments[3...]))
+    case "journal":
+        try await logToJournal()
+    default:
+        say("usage: bgworker-runner-probe run GROUP-FILE PROGRAM [ARG...] | journal\n", to: 2)
+        exit(2)
+    }
 } catch {
     say("bgworker-runner-probe: \(error)\n", to: 2)
     exit(1)

@@ -361,7 +361,7 @@ struct ProcessRunnerDaemonKilledTests {
         defer { directory.remove() }
         let groupFile = directory.file("process-groups")
         let probe = try ChildProcess(
-            [builtProduct("bgworker-runner-probe"), groupFile, "/bin/sh", "-c", #"sleep 1000 & echo "child=$!"; wait"#],
+            [builtProduct("bgworker-runner-probe"), "run", groupFile, "/bin/sh", "-c", #"sleep 1000 & echo "child=$!"; wait"#],
             captureStdout: true, captureStderr: true)
         let pidLine = try await probe.readLine(until: { $0.hasPrefix("pid=") })
         let worker = try #require(Int32(pidLine.dropFirst("pid=".count)))

@@ -1,2 +1,0 @@
-// The D-Bus layer on libdbus. See Connection.swift.
-import CDBus

@@ -1,0 +1,293 @@
+import CDBus
+import Glibc
+
+/// Where a reply goes: enough to answer without keeping the call's message.
+struct ReplyAddress: Sendable {
+    var destination: String?
+    var serial: UInt32
+    var noReply: Bool
+}
+
+extension LoopState {
+    /// Answers a method call addressed to us: standard interfaces here on the connection thread,
+    /// user methods in a task on this connection's executor. Never trusts the message: every
+    /// mismatch is an error reply, never a crash.
+    func dispatchMethodCall(_ message: OpaquePointer) {
+        guard let pathC = dbus_message_get_path(message), let memberC = dbus_message_get_member(message) else { return }
+        let path = ObjectPath(trusted: String(cString: pathC))
+        let member = String(cString: memberC)
+        let interface = dbus_message_get_interface(message).map { String(cString: $0) }
+        let sender = dbus_message_get_sender(message).map { String(cString: $0) }
+        let signature = dbus_message_get_signature(message).map { String(cString: $0) } ?? ""
+        let reply = ReplyAddress(destination: sender, serial: dbus_message_get_serial(message),
+                                 noReply: dbus_message_get_no_reply(message) != 0)
+        // Property changes from Set go out before the reply, at once.
+        inlineAllowed = true
+        defer { inlineAllowed = false }
+
+        func fail(_ error: DBusError) { sendReply(reply, .failure(error), outTypes: []) }
+        func expect(_ wanted: String) -> Bool {
+            guard signature == wanted else {
+                fail(.invalidArgs("Invalid arguments for \(interface ?? "").\(member): expected '\(wanted)', got '\(signature)'"))
+                return false
+            }
+            return true
+        }
+
+        // Peer answers on every path, as libdbus' own connections do.
+        if interface == StandardInterface.peer || (interface == nil && (member == "Ping" || member == "GetMachineId")) {
+            switch member {
+            case "Ping":
+                if expect("") { sendReply(reply, .success([]), outTypes: []) }
+            case "GetMachineId":
+                if expect("") { sendReply(reply, .success([.string(localMachineID())]), outTypes: [.string]) }
+            default:
+                fail(.unknownMethod("Unknown method \(member) on \(StandardInterface.peer)"))
+            }
+            return
+        }
+
+        guard let object = core.exports.withLock({ $0[path] }) else {
+            // A path above exported objects still introspects, so tools can walk the tree.
+            if (interface == nil || interface == StandardInterface.introspectable) && member == "Introspect" {
+                let children = childNames(of: path)
+                if !children.isEmpty || path == .root {
+                    if expect("") { sendReply(reply, .success([.string(Introspection.xml(for: nil, children: children))]), outTypes: [.string]) }
+                    return
+                }
+            }
+            fail(.unknownObject("No object at path \(path)"))
+            return
+        }
+
+        // Resolve the interface when the caller named none: ours first, then the standard ones.
+        let resolved: String
+        if let interface {
+            resolved = interface
+        } else if let found = object.interfaces.first(where: { object.tables[$0.name]?.methods[member] != nil }) {
+            resolved = found.name
+        } else if member == "Introspect" {
+            resolved = StandardInterface.introspectable
+        } else if ["Get", "GetAll", "Set"].contains(member) {
+            resolved = StandardInterface.properties
+        } else if member == "GetManagedObjects" && object.isObjectManager {
+            resolved = StandardInterface.objectManager
+        } else {
+            fail(.unknownMethod("No method \(member) on \(path)"))
+            return
+        }
+
+        switch resolved {
+        case StandardInterface.introspectable:
+            guard member == "Introspect" else { return fail(.unknownMethod("Unknown method \(member) on \(resolved)")) }
+            if expect("") {
+                sendReply(reply, .success([.string(Introspection.xml(for: object, children: childNames(of: path)))]), outTypes: [.string])
+            }
+        case StandardInterface.properties:
+            handleProperties(message, object: object, member: member, signature: signature, sender: sender, reply: reply)
+        case StandardInterface.objectManager where object.isObjectManager:
+            guard member == "GetManagedObjects" else { return fail(.unknownMethod("Unknown method \(member) on \(resolved)")) }
+            if expect("") { sendReply(reply, .success([managedObjects(under: object.path)]), outTypes: [ManagedObjects.type]) }
+        default:
+            guard let table = object.tables[resolved] else {
+                return fail(.unknownInterface("No interface \(resolved) at \(path)"))
+            }
+            guard let method = table.methods[member] else {
+                return fail(.unknownMethod("No method \(member) in \(resolved) at \(path)"))
+            }
+            guard expect(method.inSignature) else { return }
+            let arguments: [DBusValue]
+            do { arguments = try Marshal.read(message) } catch {
+                return fail(.invalidArgs("Cannot read the arguments: \(error)"))
+            }
+            guard let connection = handle else {
+                Marshal.closeDescriptors(in: arguments)
+                return
+            }
+            let call = MethodCall(sender: sender ?? "", path: path, interface: resolved, member: member,
+                                  arguments: arguments, connection: connection, object: object)
+            runHandler(reply: reply, outTypes: method.outArgs.map(\.type)) { try await method.handler(call) }
+        }
+    }
+
+    /// Runs `body` as a task on this connection's executor and answers with its outcome.
+    private func runHandler(reply: ReplyAddress, outTypes: [DBusType],
+                            _ body: @escaping @Sendable () async throws -> [DBusValue]) {
+        let core = self.core!
+        Task(executorPreference: core) {
+            let result: Result<[DBusValue], any Error>
+            do { result = .success(try await body()) } catch { result = .failure(error) }
+            let sent = core.submit { state in state.sendReply(reply, result, outTypes: outTypes) }
+            if !sent, case .success(let values) = result { Marshal.closeDescriptors(in: values) }
+        }
+    }
+
+    private func handleProperties(_ message: OpaquePointer, object: ExportedObject, member: String,
+                                  signature: String, sender: String?, reply: ReplyAddress) {
+        func fail(_ error: DBusError) { sendReply(reply, .failure(error), outTypes: []) }
+        let wanted = ["Get": "ss", "GetAll": "s", "Set": "ssv"]
+        guard let expected = wanted[member] else {
+            return fail(.unknownMethod("Unknown method \(member) on \(StandardInterface.properties)"))
+        }
+        guard signature == expected else {
+            return fail(.invalidArgs("Invalid arguments for \(StandardInterface.properties).\(member): expected '\(expected)', got '\(signature)'"))
+        }
+        let args: [DBusValue]
+        do { args = try Marshal.read(message) } catch { return fail(.invalidArgs("Cannot read the arguments: \(error)")) }
+        guard let interfaceName = args.first?.stringValue else { return fail(.invalidArgs("No interface name")) }
+
+        if member == "GetAll" {
+            if interfaceName.isEmpty || StandardInterface.all.contains(interfaceName) && object.tables[interfaceName] == nil {
+                // Standard interfaces have no properties; "" means all of ours.
+                let all = interfaceName.isEmpty ? object.interfaces.flatMap { i in object.properties(i.name).map { ($0.key, $0.value) } } : []
+                sendReply(reply, .success([.variantDictionary(Dictionary(all, uniquingKeysWith: { a, _ in a }))]), outTypes: [.dictionary(key: .string, value: .variant)])
+                return
+            }
+            guard let table = object.tables[interfaceName] else {
+                return fail(.unknownInterface("No interface \(interfaceName) at \(object.path)"))
+            }
+            let values = object.properties(interfaceName)
+            let entries = table.interface.properties.compactMap { p -> DBusDictEntry? in
+                values[p.name].map { DBusDictEntry(.string(p.name), .variant($0)) }
+            }
+            sendReply(reply, .success([.dictionary(key: .string, value: .variant, entries)]), outTypes: [.dictionary(key: .string, value: .variant)])
+            return
+        }
+
+        guard let propertyName = args[1].stringValue else { return fail(.invalidArgs("No property name")) }
+        let table: ExportedObject.Table
+        if interfaceName.isEmpty {
+            guard let t = object.interfaces.lazy.compactMap({ object.tables[$0.name] }).first(where: { $0.properties[propertyName] != nil }) else {
+                return fail(.unknownProperty("No property \(propertyName) at \(object.path)"))
+            }
+            table = t
+        } else {
+            guard let t = object.tables[interfaceName] else {
+                return fail(.unknownInterface("No interface \(interfaceName) at \(object.path)"))
+            }
+            table = t
+        }
+        let iface = table.interface.name
+        guard let property = table.properties[propertyName] else {
+            return fail(.unknownProperty("No property \(propertyName) in \(iface)"))
+        }
+
+        if member == "Get" {
+            guard let value = object.property(iface, propertyName) else {
+                return fail(.unknownProperty("No property \(propertyName) in \(iface)"))
+            }
+            sendReply(reply, .success([.variant(value)]), outTypes: [.variant])
+            return
+        }
+
+        // Set
+        guard property.access == .readwrite else {
+            return fail(.propertyReadOnly("Property \(iface).\(propertyName) is read-only"))
+        }
+        guard case .variant(let newValue) = args[2], newValue.conforms(to: property.type) else {
+            let got = args[2].variantValue?.type.signature ?? "?"
+            Marshal.closeDescriptors(in: args)
+            return fail(.invalidArgs("Property \(iface).\(propertyName) is a '\(property.type)', not a '\(got)'"))
+        }
+        guard let setter = property.set else {
+            object.storeFromBus(interface: iface, name: propertyName, value: newValue)
+            sendReply(reply, .success([]), outTypes: [])
+            return
+        }
+        guard let connection = handle else { return }
+        let call = MethodCall(sender: sender ?? "", path: object.path, interface: StandardInterface.properties,
+                              member: "Set", arguments: args, connection: connection, object: object)
+        let type = property.type
+        runHandler(reply: reply, outTypes: []) {
+            let stored = try await setter(newValue, call)
+            guard stored.conforms(to: type) else {
+                throw DBusError.failed("the setter of \(iface).\(propertyName) returned a '\(stored.type)', not a '\(type)'")
+            }
+            object.storeFromBus(interface: iface, name: propertyName, value: stored)
+            return []
+        }
+    }
+
+    /// Sends a method return or an error reply; the outcome of a handler is checked first.
+    func sendReply(_ reply: ReplyAddress, _ result: Result<[DBusValue], any Error>, outTypes: [DBusType]) {
+        guard !reply.noReply, connection != nil else {
+            if case .success(let values) = result { Marshal.closeDescriptors(in: values) }
+            return
+        }
+        var outcome = result
+        if case .success(let values) = result {
+            if !ValueValidation.check(values, against: outTypes) {
+                outcome = .failure(DBusError.failed("the handler returned '\(values.signature)', not '\(outTypes.map(\.signature).joined())'"))
+            } else {
+                do { try ValueValidation.validateBody(values) } catch { outcome = .failure(DBusError.failed("\(error)")) }
+            }
+        }
+        switch outcome {
+        case .success(let values):
+            guard let m = dbus_message_new(DBUS_MESSAGE_TYPE_METHOD_RETURN) else { return }
+            address(m, reply)
+            do { try fill(m, with: values) } catch {
+                dbus_message_unref(m)
+                sendReply(reply, .failure(DBusError.failed("\(error)")), outTypes: [])
+                return
+            }
+            _ = sendAndRelease(m)
+        case .failure(let error):
+            var dbusError = (error as? DBusError) ?? DBusError.failed(String(describing: error))
+            if !NameRules.isValidInterfaceName(dbusError.name) {
+                dbusError = .failed("invalid error name '\(dbusError.name)': \(dbusError.message)")
+            }
+            guard let m = dbus_message_new(DBUS_MESSAGE_TYPE_ERROR) else { return }
+            address(m, reply)
+            dbus_message_set_error_name(m, dbusError.name)
+            let text = String(decoding: dbusError.message.utf8.filter { $0 != 0 }, as: UTF8.self)
+            try? Marshal.append([.string(text)], to: m)
+            _ = sendAndRelease(m)
+        }
+    }
+
+    private func address(_ m: OpaquePointer, _ reply: ReplyAddress) {
+        dbus_message_set_no_reply(m, 1)
+        dbus_message_set_reply_serial(m, reply.serial)
+        if let d = reply.destination { dbus_message_set_destination(m, d) }
+    }
+
+    /// Direct children (next path element) of `path` among exported objects.
+    func childNames(of path: ObjectPath) -> [String] {
+        let paths = core.exports.withLock { Array($0.keys) }
+        let prefix = path.rawValue == "/" ? "/" : path.rawValue + "/"
+        var names = Set<String>()
+        for p in paths where p.rawValue.hasPrefix(prefix) && p != path {
+            if let first = p.rawValue.dropFirst(prefix.count).split(separator: "/").first { names.insert(String(first)) }
+        }
+        return names.sorted()
+    }
+
+    /// GetManagedObjects: every object exported below `root`.
+    func managedObjects(under root: ObjectPath) -> DBusValue {
+        let objects = core.exports.withLock { $0.values.filter { $0.path.isDescendant(of: root) } }
+        let entries = objects.sorted { $0.path < $1.path }.map {
+            DBusDictEntry(.objectPath($0.path), $0.interfacesAndProperties())
+        }
+        return .dictionary(key: .objectPath, value: ManagedObjects.interfacesType, entries)
+    }
+
+    func localMachineID() -> String {
+        if let machineID { return machineID }
+        var error = CDBus.DBusError()
+        dbus_error_init(&error)
+        defer { dbus_error_free(&error) }
+        guard let raw = dbus_try_get_local_machine_id(&error) else { return "" }
+        defer { dbus_free(raw) }
+        let id = String(cString: raw)
+        machineID = id
+        return id
+    }
+}
+
+enum ManagedObjects {
+    /// `a{sa{sv}}`
+    static let interfacesType = DBusType.dictionary(key: .string, value: .dictionary(key: .string, value: .variant))
+    /// `a{oa{sa{sv}}}`
+    static let type = DBusType.dictionary(key: .objectPath, value: interfacesType)
+}

@@ -1,0 +1,127 @@
+import DBus
+import Foundation
+import Testing
+import TestSupport
+
+@Suite struct ConnectionTests {
+    @Test func connectsAndCallsTheBus() async throws {
+        try await withBus { fx in
+            let c = try await fx.connect()
+            #expect(c.uniqueName?.hasPrefix(":") == true)
+            let id = try await c.call(destination: "org.freedesktop.DBus", path: try ObjectPath("/org/freedesktop/DBus"),
+                                      interface: "org.freedesktop.DBus", member: "GetId")
+            #expect(id.first?.stringValue?.count == 32)
+            await expectDBusError("org.freedesktop.DBus.Error.ServiceUnknown") {
+                _ = try await c.call(destination: "org.example.Nobody", path: .root, interface: "org.example.X", member: "Y")
+            }
+            c.close()
+        }
+    }
+
+    @Test func connectFailureIsTyped() async throws {
+        do {
+            _ = try await DBusConnection.connect(.address("unix:path=/nonexistent/bus.sock"))
+            Issue.record("connected to nothing")
+        } catch let e as DBusConnectionError {
+            #expect(e.code == .connectFailed)
+        }
+    }
+
+    @Test func peerToPeerModeSkipsHello() async throws {
+        try await withBus { fx in
+            let c = try await fx.connect(busClient: false)
+            #expect(c.uniqueName == nil)
+            // The bus answers Hello for us by hand: we are a plain peer of the daemon.
+            let hello = try await c.call(destination: "org.freedesktop.DBus", path: try ObjectPath("/org/freedesktop/DBus"),
+                                         interface: "org.freedesktop.DBus", member: "Hello")
+            #expect(hello.first?.stringValue?.hasPrefix(":") == true)
+            c.close()
+        }
+    }
+
+    @Test func localValidationRefusesBadInput() async throws {
+        try await withBus { fx in
+            let c = try await fx.connect()
+            for (dest, iface, member) in [("bad name", "org.x.Y", "M"), ("org.x.Y", "noDots", "M"), ("org.x.Y", "org.x.Y", "1bad")] {
+                do {
+                    _ = try await c.call(destination: dest, path: .root, interface: iface, member: member)
+                    Issue.record("accepted \(dest) \(iface) \(member)")
+                } catch let e as DBusConnectionError {
+                    #expect(e.code == .invalidArgument)
+                }
+            }
+            let bad: [[DBusValue]] = [
+                [.string("nul\0inside")],
+                [.array(.int32, [.string("not an int")])],
+                [.structure([])],
+                [.dictionary(key: .variant, value: .int32, [])],
+            ]
+            for args in bad {
+                do {
+                    _ = try await c.call(destination: "org.freedesktop.DBus", path: .root, interface: nil, member: "Ping", arguments: args)
+                    Issue.record("accepted \(args)")
+                } catch let e as DBusConnectionError {
+                    #expect(e.code == .invalidArgument)
+                }
+            }
+            // Still usable afterwards.
+            _ = try await c.call(destination: "org.freedesktop.DBus", path: try ObjectPath("/org/freedesktop/DBus"),
+                                 interface: "org.freedesktop.DBus", member: "GetId")
+            c.close()
+        }
+    }
+
+    @Test func callTimesOutAtItsDeadline() async throws {
+        try await withBus { fx in
+            let server = try await fx.connect()
+            let client = try await fx.connect()
+            let object = try ExportedObject(path: Samples.path, interfaces: [
+                DBusInterface("org.example.Slow", methods: [
+                    DBusMethod("Hang") { _ in
+                        try await Task.sleep(for: .seconds(30))
+                        return []
+                    }
+                ])
+            ])
+            try server.export(object)
+            let start = ContinuousClock.now
+            do {
+                _ = try await client.call(destination: server.uniqueName, path: Samples.path, interface: "org.example.Slow",
+                                          member: "Hang", timeout: .milliseconds(200))
+                Issue.record("no timeout")
+            } catch let e as DBusConnectionError {
+                #expect(e.code == .timeout)
+            }
+            #expect(ContinuousClock.now - start < .seconds(5))
+            server.close()
+            client.close()
+        }
+    }
+
+    @Test func cancellingACallEndsItAtOnce() async throws {
+        try await withBus { fx in
+            let server = try await fx.connect()
+            let client = try await fx.connect()
+            let (started, startedContinuation) = AsyncStream<Void>.makeStream()
+            try server.export(try ExportedObject(path: Samples.path, interfaces: [
+                DBusInterface("org.example.Slow", methods: [
+                    DBusMethod("Hang") { _ in
+                        startedContinuation.yield()
+                        try await Task.sleep(for: .seconds(30))
+                        return []
+                    }
+                ])
+            ]))
+            let destination = server.uniqueName
+            let task = Task {
+                try await client.call(destination: destination, path: Samples.path, interface: "org.example.Slow", member: "Hang")
+            }
+            _ = try await next("the handler to start", of: started)
+            task.cancel()
+            let result = await task.result
+            #expect(throws: CancellationError.self) { try result.get() }
+            server.close()
+            client.close()
+        }
+    }
+}

@@ -17,22 +17,29 @@ public struct TestProcessError: Error, CustomStringConvertible {
 public final class ChildProcess: Sendable {
     public let pid: pid_t
     public let argv: [String]
+    /// Whether the child leads a process group of its own (`newProcessGroup`), so `signalGroup` reaches
+    /// everything it started that stayed in its group.
+    public let leadsProcessGroup: Bool
     private let pidfd: Int32
     private let stdoutReader: LineReader?
     private let stderrReader: LineReader?
     private let exitStatus = Mutex<Int32?>(nil)
 
     /// Starts `argv[0]` (searched in PATH) with the given environment (default: ours plus `extraEnvironment`).
+    /// `logFile`: where stdout and stderr go when not captured (appended), instead of the test's own
+    /// output; keeps chatty helpers (keepalived -l, systemd) out of the test log yet readable on failure.
     public init(
         _ argv: [String],
         environment: [String: String]? = nil,
         extraEnvironment: [String: String] = [:],
         captureStdout: Bool = true,
         captureStderr: Bool = false,
-        newProcessGroup: Bool = true
+        newProcessGroup: Bool = true,
+        logFile: String? = nil
     ) throws {
         precondition(!argv.isEmpty)
         self.argv = argv
+        leadsProcessGroup = newProcessGroup
         var env = environment ?? ProcessInfo.processInfo.environment
         for (k, v) in extraEnvironment { env[k] = v }
 
@@ -61,6 +68,13 @@ public final class ChildProcess: Sendable {
         let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
         defer { close(devNull) }
         posix_spawn_file_actions_adddup2(&actions, devNull, 0)
+        let logFD = logFile.map { open($0, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644) } ?? -1
+        defer { if logFD >= 0 { close(logFD) } }
+        if logFile != nil && logFD < 0 { throw TestProcessError("cannot open \(logFile ?? ""): \(errno)") }
+        if logFD >= 0 {
+            if !captureStdout { posix_spawn_file_actions_adddup2(&actions, logFD, 1) }
+            if !captureStderr { posix_spawn_file_actions_adddup2(&actions, logFD, 2) }
+        }
         if captureStdout {
             guard _bgw_pipe_cloexec(&outPipe) == 0 else { throw TestProcessError("pipe2: \(errno)") }
             posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
@@ -106,6 +120,24 @@ public final class ChildProcess: Sendable {
         if exitStatus.withLock({ $0 }) == nil { _ = _bgw_pidfd_send_signal(pidfd, sig) }
     }
 
+    /// Sends a signal to the child's whole process group (the child and what it started in its
+    /// group), e.g. to kill a daemon together with its worker children. Only for `newProcessGroup`.
+    public func signalGroup(_ sig: Int32) {
+        precondition(leadsProcessGroup, "\(argv[0]) was not started in a process group of its own")
+        if exitStatus.withLock({ $0 }) == nil { _ = Glibc.kill(-pid, sig) }
+    }
+
+    /// Waits for the exit on the calling thread (no deadline) and reaps the child: for
+    /// synchronous clean-up paths such as `deinit`. Prefer `waitForExit(timeout:)` in async code.
+    @discardableResult
+    public func waitBlocking() -> Int32 {
+        if let s = exitStatus.withLock({ $0 }) { return s }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        exitStatus.withLock { $0 = status }
+        return status
+    }
+
     /// The next line of standard output, or nil at end of file; throws after `timeout`.
     public func readLine(timeout: Duration = .seconds(10)) async throws -> String? {
         guard let r = stdoutReader else { throw TestProcessError("stdout of \(argv[0]) is not captured") }
@@ -136,16 +168,7 @@ public final class ChildProcess: Sendable {
     @discardableResult
     public func waitForExit(timeout: Duration = .seconds(10)) async throws -> Int32 {
         if let s = exitStatus.withLock({ $0 }) { return s }
-        let fd = pidfd
-        let ms = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
-        let ready = await onThread { () -> Bool in
-            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            while true {
-                let rc = poll(&p, 1, ms)
-                if rc < 0 && errno == EINTR { continue }
-                return rc > 0
-            }
-        }
+        let ready = try await awaitReadable(pidfd, timeout: timeout)
         guard ready else { throw TestProcessError("\(argv[0]) (pid \(pid)) did not exit within \(timeout)") }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
@@ -211,17 +234,11 @@ final class LineReader: Sendable {
             }
             let left = deadline - ContinuousClock.now
             guard left > .zero else { throw TestProcessError("timed out after \(timeout) waiting for \(what)") }
-            let fd = self.fd
-            let ms = Int32(clamping: left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
-            let chunk: [UInt8]? = await onThread {
-                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                let rc = poll(&p, 1, ms)
-                if rc <= 0 { return [] }
-                var bytes = [UInt8](repeating: 0, count: 65536)
-                let n = read(fd, &bytes, bytes.count)
-                if n <= 0 { return nil }
-                return Array(bytes[0..<n])
-            }
+            guard try await awaitReadable(fd, timeout: left) else { continue }
+            var bytes = [UInt8](repeating: 0, count: 65536)
+            let n = read(fd, &bytes, bytes.count)
+            if n < 0 && (errno == EINTR || errno == EAGAIN) { continue }
+            let chunk: [UInt8]? = n > 0 ? Array(bytes[0..<n]) : nil
             switch chunk {
             case nil: eof.withLock { $0 = true }
             case let bytes?: buffer.withLock { $0.append(contentsOf: bytes) }

@@ -56,7 +56,7 @@ public final class PrivateBus: Sendable {
         unlink(sock)
         process = try ChildProcess(
             ["dbus-daemon", "--config-file=\(configPath)", "--nofork", "--print-address=1"],
-            captureStdout: true, captureStderr: false)
+            captureStdout: true, captureStderr: false, logFile: dir.file("dbus-daemon.log"))
         guard let line = try await process.readLine(timeout: .seconds(20)), !line.isEmpty else {
             throw TestProcessError("dbus-daemon printed no address")
         }

@@ -1,0 +1,130 @@
+// Small value types the state machine is made of: monotonic time, HA roles and the run rule,
+// process exit statuses.
+
+/// A point on a monotonic clock, in nanoseconds from an arbitrary origin (the daemon uses
+/// `CLOCK_MONOTONIC`; tests use a fake clock). The core never reads a clock: every event carries one.
+public struct MonotonicInstant: Comparable, Hashable, Sendable, CustomStringConvertible {
+    public var nanoseconds: Int64
+
+    public init(nanoseconds: Int64) {
+        self.nanoseconds = nanoseconds
+    }
+
+    public static func seconds(_ seconds: Double) -> MonotonicInstant {
+        MonotonicInstant(nanoseconds: 0).advanced(bySeconds: seconds)
+    }
+
+    /// `self` plus a non-negative number of seconds, saturating instead of overflowing (a
+    /// configured delay may be huge).
+    public func advanced(bySeconds seconds: Double) -> MonotonicInstant {
+        let delta = seconds * 1e9
+        guard delta < Double(Int64.max - nanoseconds) else { return MonotonicInstant(nanoseconds: .max) }
+        return MonotonicInstant(nanoseconds: nanoseconds + Int64(delta.rounded()))
+    }
+
+    /// Seconds from `earlier` to `self`.
+    public func seconds(since earlier: MonotonicInstant) -> Double {
+        Double(nanoseconds - earlier.nanoseconds) / 1e9
+    }
+
+    public static func < (lhs: MonotonicInstant, rhs: MonotonicInstant) -> Bool {
+        lhs.nanoseconds < rhs.nanoseconds
+    }
+
+    public var description: String { "\(Double(nanoseconds) / 1e9)s" }
+}
+
+/// The `HARole` property: `standalone` without HA, else what the HA source reports.
+public enum HARole: String, Sendable, CaseIterable {
+    case standalone, primary, secondary, unknown
+}
+
+/// The role as reported by the HA source, and the role in force that the run rule uses.
+///
+/// They differ only under `on-lost = keep`: while the reported role is `unknown`, the last known
+/// role (`primary` or `secondary`) stays in force; before any was known, `unknown` is in force.
+/// `standalone` is not an HA role and is never "last known".
+public struct RoleState: Sendable, Equatable {
+    public private(set) var reported: HARole
+    /// The last `primary` or `secondary` reported, if any.
+    public private(set) var lastKnown: HARole?
+    public var onLost: OnLost
+
+    public init(reported: HARole, onLost: OnLost = .stop) {
+        self.reported = reported
+        self.onLost = onLost
+        lastKnown = reported == .primary || reported == .secondary ? reported : nil
+    }
+
+    public mutating func report(_ role: HARole) {
+        reported = role
+        if role == .primary || role == .secondary { lastKnown = role }
+    }
+
+    /// The role the run rule applies.
+    public var inForce: HARole {
+        guard reported == .unknown, onLost == .keep, let lastKnown else { return reported }
+        return lastKnown
+    }
+}
+
+/// The run rule: may a worker with this `run-on` run under this role in force?
+/// `standalone`: all; `primary`/`secondary`: matching or `any`; `unknown`: only `any`.
+public func mayRun(_ runOn: RunOn, roleInForce role: HARole) -> Bool {
+    switch role {
+    case .standalone: true
+    case .primary: runOn != .secondary
+    case .secondary: runOn != .primary
+    case .unknown: runOn == .any
+    }
+}
+
+/// How a worker's main process ended.
+public enum ExitStatus: Sendable, Hashable, CustomStringConvertible {
+    /// It called exit with this status.
+    case exited(Int32)
+    /// A signal ended it.
+    case killed(Int32)
+    /// A signal ended it and it dumped core.
+    case dumped(Int32)
+
+    /// The contract's `LastExit` form: `exited 3`, `killed SIGKILL`, `dumped SIGSEGV`.
+    public var description: String {
+        switch self {
+        case .exited(let code): "exited \(code)"
+        case .killed(let signal): "killed \(signalName(signal))"
+        case .dumped(let signal): "dumped \(signalName(signal))"
+        }
+    }
+
+    /// `WorkerStateChanged`'s reason: `exited with status 3`, `killed by SIGSEGV`,
+    /// `killed by SIGSEGV (core dumped)`.
+    public var reason: String {
+        switch self {
+        case .exited(let code): "exited with status \(code)"
+        case .killed(let signal): "killed by \(signalName(signal))"
+        case .dumped(let signal): "killed by \(signalName(signal)) (core dumped)"
+        }
+    }
+}
+
+/// `SIGTERM` for 15, `SIGRTMIN+3` for 37, `SIG99` for what Linux does not define.
+public func signalName(_ signal: Int32) -> String {
+    let names: [String] = [
+        "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE", "SIGKILL",
+        "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT", "SIGCHLD",
+        "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU", "SIGXFSZ",
+        "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
+    ]
+    if signal >= 1 && Int(signal) <= names.count { return names[Int(signal) - 1] }
+    // Linux's real-time signals are 32...64; glibc reserves the first two, so SIGRTMIN is 34.
+    if signal == 34 { return "SIGRTMIN" }
+    if signal > 34 && signal <= 64 { return "SIGRTMIN+\(signal - 34)" }
+    return "SIG\(signal)"
+}
+
+/// Seconds as people write them: `60`, `1.5`.
+func formatSeconds(_ seconds: Double) -> String {
+    if seconds == seconds.rounded(), abs(seconds) < 1e15 { return String(Int64(seconds)) }
+    return String(seconds)
+}

@@ -1,0 +1,191 @@
+@testable import BgWorkerCore
+
+func definition(
+    _ name: String = "w", runOn: RunOn = .primary, enabled: Bool = true, delay: Double = 1, delayMax: Double = 60,
+    stableAfter: Double = 10, burst: Int = 5, interval: Double = 60, exec: [String] = ["/bin/worker"]
+) -> WorkerDefinition {
+    var definition = WorkerDefinition(name: name, exec: exec)
+    definition.runOn = runOn
+    definition.enabled = enabled
+    definition.restartDelay = delay
+    definition.restartDelayMax = delayMax
+    definition.stableAfter = stableAfter
+    definition.startLimitBurst = burst
+    definition.startLimitInterval = interval
+    return definition
+}
+
+func configuration(_ workers: [WorkerDefinition], onLost: OnLost = .stop) -> Configuration {
+    Configuration(ha: HASettings(source: .none, onLost: onLost), workers: workers)
+}
+
+/// Drives a fleet with a fake clock and checks, after every step, the invariants that hold
+/// whatever happens: one stateChanged per real change, at most one process per worker, timers
+/// only for backoff workers, settled workers obeying the run rule.
+struct FleetHarness {
+    var fleet: Fleet
+    var now = MonotonicInstant(nanoseconds: 0)
+    /// States as announced by stateChanged actions (what a bus client would believe).
+    var announced: [String: WorkerState] = [:]
+    /// Timers armed by actions.
+    var timers: [String: MonotonicInstant] = [:]
+    /// Spawns awaiting processStarted/startFailed, and live pids, as the runner would see them.
+    var spawning: Set<String> = []
+    var live: [String: Int32] = [:]
+    /// Stops sent and not yet answered by an exit.
+    var stopsSent: [String: Int32] = [:]
+    var nextPid: Int32 = 100
+    var violations: [String] = []
+    var lastActions: [FleetAction] = []
+    var persisted: EnableState? = nil
+    var removed: Set<String> = []
+
+    init(_ configuration: Configuration, role: HARole = .standalone, enableState: EnableState = EnableState(), start: Bool = true) {
+        fleet = Fleet(configuration: configuration, enableState: enableState, role: role)
+        for status in fleet.workers { announced[status.name] = status.state }
+        if start { self.start() }
+    }
+
+    mutating func start(adopted: [String: Int32] = [:]) {
+        for (name, pid) in adopted { live[name] = pid }
+        apply(fleet.start(now: now, adopted: adopted))
+    }
+
+    @discardableResult
+    mutating func send(_ event: FleetEvent) throws(FleetError) -> [FleetAction] {
+        // A fired timer is consumed, as the daemon's would be.
+        if case .timerFired(let name) = event { timers[name] = nil }
+        let actions = try fleet.handle(event, now: now)
+        apply(actions)
+        return actions
+    }
+
+    /// Sends an event that must not throw.
+    @discardableResult
+    mutating func run(_ event: FleetEvent) -> [FleetAction] {
+        do {
+            return try send(event)
+        } catch {
+            violations.append("unexpected error \(error) for \(event)")
+            return []
+        }
+    }
+
+    mutating func advance(_ seconds: Double) {
+        now = now.advanced(bySeconds: seconds)
+    }
+
+    func state(_ name: String = "w") -> WorkerState? { fleet.status(of: name)?.state }
+    func pid(_ name: String = "w") -> Int32? { live[name] }
+
+    // MARK: The simulated runner
+
+    /// The runner reports the pending spawn as started.
+    @discardableResult
+    mutating func started(_ name: String = "w") -> Int32 {
+        nextPid += 1
+        if spawning.remove(name) != nil { live[name] = nextPid } else { violations.append("started(\(name)) without a spawn") }
+        run(.processStarted(name, pid: nextPid))
+        return nextPid
+    }
+
+    /// The runner reports the pending spawn as failed.
+    mutating func failsToStart(_ name: String = "w", _ reason: String = "No such file or directory") {
+        if spawning.remove(name) == nil { violations.append("failsToStart(\(name)) without a spawn") }
+        run(.startFailed(name, reason: reason))
+    }
+
+    /// The live process exits by itself (or after a stop).
+    mutating func exits(_ name: String = "w", _ status: ExitStatus = .exited(1)) {
+        guard let pid = live[name] else {
+            violations.append("exits(\(name)) without a live process")
+            return
+        }
+        live[name] = nil
+        stopsSent[name] = nil
+        run(.processExited(name, pid: pid, status: status))
+    }
+
+    mutating func fireDueTimers() {
+        for (name, due) in timers.sorted(by: { $0.value < $1.value }) where due <= now {
+            timers[name] = nil
+            run(.timerFired(name))
+        }
+    }
+
+    // MARK: Checking
+
+    private mutating func apply(_ actions: [FleetAction]) {
+        lastActions = actions
+        for action in actions {
+            switch action {
+            case .spawn(let name, _):
+                if spawning.contains(name) || live[name] != nil {
+                    violations.append("second process for \(name) at \(now)")
+                }
+                spawning.insert(name)
+            case .stop(let name, let pid):
+                if live[name] != pid { violations.append("stop of \(name) pid \(pid), live is \(String(describing: live[name]))") }
+                stopsSent[name] = pid
+            case .scheduleTimer(let name, let at):
+                timers[name] = at
+            case .cancelTimer(let name):
+                timers[name] = nil
+            case .stateChanged(let name, let state, let pid, _):
+                if announced[name] == state { violations.append("stateChanged \(name) to the same state \(state)") }
+                announced[name] = state
+                if state == .running && pid == nil { violations.append("running without pid: \(name)") }
+            case .propertiesChanged:
+                break
+            case .workerAdded(let status):
+                if announced[status.name] != nil { violations.append("workerAdded for existing \(status.name)") }
+                announced[status.name] = status.state
+                removed.remove(status.name)
+            case .workerRemoved(let name):
+                if spawning.contains(name) || live[name] != nil { violations.append("removed \(name) with a process") }
+                announced[name] = nil
+                removed.insert(name)
+            case .persist(let state):
+                persisted = state
+            }
+        }
+        checkInvariants()
+    }
+
+    mutating func checkInvariants() {
+        for status in fleet.workers {
+            let name = status.name
+            if announced[name] != status.state {
+                violations.append("\(name): announced \(String(describing: announced[name])) but state is \(status.state)")
+            }
+            let hasTimer = timers[name] != nil
+            if hasTimer != (status.state == .backoff) {
+                violations.append("\(name): timer \(hasTimer) in state \(status.state)")
+            }
+            let shouldRun = fleet.shouldRun(name)
+            let mayRunNow = mayRun(status.definition.runOn, roleInForce: fleet.roleState.inForce)
+            switch status.state {
+            case .running:
+                if !shouldRun { violations.append("\(name): running but should not run") }
+            case .standby:
+                if !status.enabled || (mayRunNow && !fleet.isShuttingDown) {
+                    violations.append("\(name): standby but enabled=\(status.enabled) mayRun=\(mayRunNow)")
+                }
+            case .disabled:
+                if status.enabled { violations.append("\(name): disabled but enabled") }
+            case .backoff:
+                if !shouldRun { violations.append("\(name): backoff but should not run") }
+            case .failed:
+                if !status.enabled { violations.append("\(name): failed but not enabled") }
+            case .starting, .stopping:
+                break
+            }
+            if status.state.isSettled && status.state != .running && status.pid != nil {
+                violations.append("\(name): \(status.state) with pid")
+            }
+        }
+        for name in announced.keys where fleet.status(of: name) == nil {
+            violations.append("\(name): announced but gone without workerRemoved")
+        }
+    }
+}

@@ -471,12 +471,10 @@ public struct Fleet: Sendable {
             }
             if old.runOn != definition.runOn {
                 effects.property(name, .runOn(definition.runOn))
-                if mayRun(old.runOn, roleInForce: roleAfter) != mayRun(definition.runOn, roleInForce: roleAfter) {
-                    cause = cause ?? "configuration changed"
-                }
             }
-            if mayRun(definition.runOn, roleInForce: roleBefore) != mayRun(definition.runOn, roleInForce: roleAfter) {
-                cause = cause ?? "HA role \(roleAfter.rawValue)"
+            // The run rule's answer may change through run-on, on-lost, or both at once.
+            if mayRun(old.runOn, roleInForce: roleBefore) != mayRun(definition.runOn, roleInForce: roleAfter) {
+                cause = cause ?? (old.runOn != definition.runOn ? "configuration changed" : "HA role \(roleAfter.rawValue)")
             }
             // A changed restart policy applies from now on.
             record.nextDelay = min(max(record.nextDelay, definition.restartDelay), definition.restartDelayMax)

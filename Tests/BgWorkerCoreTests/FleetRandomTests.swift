@@ -1,0 +1,116 @@
+import Testing
+
+@testable import BgWorkerCore
+
+/// SplitMix64: a small seeded generator so failures reproduce.
+private struct SeededGenerator: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+@Suite struct FleetRandomTests {
+    /// 2000 random event sequences of 120 steps — bus calls, role changes (incl. bursts), reloads that
+    /// add/remove/change workers, starts and exits delivered late and in any order, early and
+    /// late timers, shutdown — checking after every step that no worker has two processes, that
+    /// every state change is announced exactly once, that settled workers obey the run rule, and
+    /// that only backoff workers have a timer. At the end everything settles.
+    @Test(arguments: 0..<4)
+    func randomSequencesKeepTheInvariants(batch: UInt64) {
+        for seed in (batch * 500)..<(batch * 500 + 500) {
+            var rng = SeededGenerator(state: seed)
+            let violations = runSequence(&rng, steps: 120)
+            if !violations.isEmpty {
+                Issue.record("seed \(seed): \(violations.prefix(5))")
+                return
+            }
+        }
+    }
+
+    private func randomDefinition(_ name: String, _ rng: inout SeededGenerator) -> WorkerDefinition {
+        let delay = [0.0, 0.5, 1, 2].randomElement(using: &rng)!
+        return definition(
+            name, runOn: RunOn.allCases.randomElement(using: &rng)!, enabled: Int.random(in: 0..<4, using: &rng) != 0,
+            delay: delay, delayMax: delay * [1, 4, 16].randomElement(using: &rng)!,
+            stableAfter: [0.0, 1, 5].randomElement(using: &rng)!, burst: [0, 1, 3, 5].randomElement(using: &rng)!,
+            interval: [1.0, 10].randomElement(using: &rng)!,
+            exec: ["/bin/w", ["a", "b"].randomElement(using: &rng)!])
+    }
+
+    private func randomConfiguration(_ rng: inout SeededGenerator) -> Configuration {
+        let names = ["a", "b", "c", "d"].filter { _ in Int.random(in: 0..<5, using: &rng) != 0 }
+        return configuration(names.map { randomDefinition($0, &rng) }, onLost: OnLost.allCases.randomElement(using: &rng)!)
+    }
+
+    private func runSequence(_ rng: inout SeededGenerator, steps: Int) -> [String] {
+        let roles = HARole.allCases
+        var h = FleetHarness(randomConfiguration(&rng), role: roles.randomElement(using: &rng)!)
+        let allNames = ["a", "b", "c", "d", "nope"]
+        var trace: [(Int, [FleetAction], RoleState)] = []
+        for step in 0..<steps {
+            let name = allNames.randomElement(using: &rng)!
+            switch Int.random(in: 0..<16, using: &rng) {
+            case 0: _ = try? h.send(.enable(name))
+            case 1: _ = try? h.send(.disable(name))
+            case 2:
+                do {
+                    try h.send(.restart(name))
+                } catch .disabled(let worker) {
+                    if h.fleet.status(of: worker)?.enabled != false { h.violations.append("Disabled error for enabled \(worker)") }
+                } catch {}
+            case 3, 4:
+                // A single change or a burst of them.
+                for _ in 0..<Int.random(in: 1...4, using: &rng) { h.run(.roleChanged(roles.randomElement(using: &rng)!)) }
+            case 5, 6, 7:
+                if h.spawning.contains(name) {
+                    if Int.random(in: 0..<4, using: &rng) == 0 { h.failsToStart(name) } else { h.started(name) }
+                }
+            case 8, 9:
+                // An exit: by itself, or late after a stop.
+                if h.live[name] != nil {
+                    h.exits(name, [ExitStatus.exited(0), .exited(3), .killed(15), .killed(9), .dumped(11)].randomElement(using: &rng)!)
+                }
+            case 10, 11:
+                h.advance([0.1, 0.5, 1, 3, 20].randomElement(using: &rng)!)
+                if Bool.random(using: &rng) { h.fireDueTimers() }
+            case 12:
+                // A stale or early timer.
+                h.run(.timerFired(name))
+            case 13:
+                // Stale runner events must be ignored.
+                h.run(.processExited(name, pid: 1, status: .exited(0)))
+                if !h.spawning.contains(name) { h.run(.processStarted(name, pid: 2)) }
+            case 14:
+                h.run(.reload(randomConfiguration(&rng)))
+            default:
+                if Int.random(in: 0..<10, using: &rng) == 0 { h.run(.shutdown) }
+            }
+            // Kept cheap: turned into text only when something fails.
+            trace.append((step, h.lastActions, h.fleet.roleState))
+            if trace.count > 4 { trace.removeFirst() }
+            if !h.violations.isEmpty { return h.violations + trace.map { "step \($0.0): \($0.1) role \($0.2)" } }
+        }
+        // Settle: deliver every start and exit, fire every timer, until quiet.
+        h.run(.shutdown)
+        var rounds = 0
+        while h.fleet.hasProcesses || !h.spawning.isEmpty {
+            rounds += 1
+            if rounds > 100 {
+                h.violations.append("does not settle")
+                break
+            }
+            for name in h.spawning.sorted() { h.started(name) }
+            for name in h.live.keys.sorted() { h.exits(name, .killed(15)) }
+        }
+        if !h.timers.isEmpty { h.violations.append("timers left after shutdown: \(h.timers)") }
+        for status in h.fleet.workers where !status.state.isSettled || status.state == .running {
+            h.violations.append("\(status.name) not settled after shutdown: \(status.state)")
+        }
+        return h.violations
+    }
+}

@@ -142,15 +142,20 @@ extension WorkerDefinition {
     }
 
     /// A stable hash of the process-shaping definition: FNV-1a 64 over
-    /// `canonicalProcessEncoding`, as 16 lowercase hex digits. Stable across runs and builds
-    /// (unlike `Hasher`), so the systemd runner can store it in a unit and compare it later.
-    public var definitionHash: String {
+    /// `canonicalProcessEncoding`. Stable across runs and builds (unlike `Hasher`), so the
+    /// systemd runner can store it in a unit and compare it later.
+    public var definitionHash: UInt64 {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
         for byte in canonicalProcessEncoding {
             hash ^= UInt64(byte)
             hash = hash &* 0x0000_0100_0000_01b3
         }
-        let digits = String(hash, radix: 16)
+        return hash
+    }
+
+    /// `definitionHash` as 16 lowercase hex digits.
+    public var definitionHashText: String {
+        let digits = String(definitionHash, radix: 16)
         return String(repeating: "0", count: 16 - digits.count) + digits
     }
 }

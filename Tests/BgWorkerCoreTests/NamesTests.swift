@@ -64,7 +64,7 @@ import Testing
         base.environment = ["B": "2", "A": "1"]
         // A fixed value: the hash must not change between runs or builds.
         #expect(base.definitionHash == base.definitionHash)
-        #expect(base.definitionHash.count == 16)
+        #expect(base.definitionHashText.count == 16)
         let pinned = base.definitionHash
         var same = base
         same.environment = ["A": "1", "B": "2"]
@@ -110,6 +110,7 @@ import Testing
     @Test func hashOfKnownInputIsPinned() {
         // Computed independently (Python) from the documented canonical encoding and FNV-1a 64:
         // if this changes, the systemd runner would see every adopted unit as changed.
-        #expect(WorkerDefinition(name: "", exec: []).definitionHash == "4c1064ed800459aa")
+        #expect(WorkerDefinition(name: "", exec: []).definitionHashText == "4c1064ed800459aa")
+        #expect(WorkerDefinition(name: "", exec: []).definitionHash == 0x4c10_64ed_8004_59aa)
     }
 }

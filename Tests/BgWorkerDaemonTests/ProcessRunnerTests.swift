@@ -264,12 +264,20 @@ struct ProcessRunnerExitTests {
         output.close()
     }
 
+    /// Starts a shell worker that starts `sleep 1000` in the background, then runs `then`;
+    /// returns the pid of that grandchild.
+    private func startWorkerWithGrandchild(
+        _ name: String, then: String, in runner: ProcessRunner, output: CapturedWorkerOutput
+    ) async throws -> Int32 {
+        _ = try await runner.start(shell(name, #"sleep 1000 & echo "child=$!"; "# + then))
+        let line = try await output.line("child pid") { $0.hasPrefix("\(name): child=") }
+        return try #require(Int32(line.dropFirst("\(name): child=".count)))
+    }
+
     @Test func grandchildrenDieWithTheirWorker() async throws {
         let output = try CapturedWorkerOutput()
         let runner = try ProcessRunner(output: output.destination)
-        _ = try await runner.start(shell("parent", #"sleep 1000 & echo "child=$!"; wait"#))
-        let line = try await output.line("child pid") { $0.hasPrefix("parent: child=") }
-        let grandchild = try #require(Int32(line.dropFirst("parent: child=".count)))
+        let grandchild = try await startWorkerWithGrandchild("parent", then: "wait", in: runner, output: output)
         #expect(isAlive(grandchild))
         await runner.stop(name: "parent")
         _ = try await exitEvent(of: "parent", in: runner)
@@ -281,9 +289,7 @@ struct ProcessRunnerExitTests {
     @Test func whatAWorkerLeavesBehindWhenItExitsIsKilled() async throws {
         let output = try CapturedWorkerOutput()
         let runner = try ProcessRunner(output: output.destination)
-        _ = try await runner.start(shell("leaver", #"sleep 1000 & echo "child=$!"; exit 4"#))
-        let line = try await output.line("child pid") { $0.hasPrefix("leaver: child=") }
-        let grandchild = try #require(Int32(line.dropFirst("leaver: child=".count)))
+        let grandchild = try await startWorkerWithGrandchild("leaver", then: "exit 4", in: runner, output: output)
         #expect(try await exitEvent(of: "leaver", in: runner).status == .exited(4))
         try await waitUntilGone(grandchild)
         await runner.shutdown()

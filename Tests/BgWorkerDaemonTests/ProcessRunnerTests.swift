@@ -391,7 +391,7 @@ struct ProcessRunnerDaemonKilledTests {
     @Test func theRecordFollowsTheLiveWorkers() async throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
-        let groupFile = directory.file("process-groups")
+        let groupFile = directory.file("run/process-groups")  // its directory is made on demand
         let runner = try ProcessRunner(processGroupFile: groupFile, output: .fileDescriptor(2))
         let first = try await runner.start(LaunchSpec(name: "a", argv: ["/bin/sleep", "1000"]))
         let second = try await runner.start(LaunchSpec(name: "b", argv: ["/bin/sleep", "1000"]))

@@ -13,8 +13,14 @@ struct ProcessGroupRecord: ~Copyable {
     private let session: Int32
 
     /// Opens (creating) the file at `path`; the caller then calls `killLeftovers()`.
+    /// Creates the file's directory (0755) when it is missing, as when the daemon runs by hand
+    /// without systemd's `RuntimeDirectory=`.
     init(path: String) throws(SystemCallError) {
-        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        var fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        if fd < 0 && errno == ENOENT, let slash = path.lastIndex(of: "/"), slash != path.startIndex {
+            _ = mkdir(String(path[..<slash]), 0o755)
+            fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        }
         guard fd >= 0 else { throw SystemCallError(call: "open \(path)", errno: errno) }
         self.fd = fd
         self.path = path

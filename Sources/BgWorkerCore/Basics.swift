@@ -80,7 +80,7 @@ public func mayRun(_ runOn: RunOn, roleInForce role: HARole) -> Bool {
 }
 
 /// How a worker's main process ended.
-public enum ExitStatus: Sendable, Hashable, CustomStringConvertible {
+public enum WorkerExit: Sendable, Hashable, CustomStringConvertible {
     /// It called exit with this status.
     case exited(Int32)
     /// A signal ended it.
@@ -104,6 +104,16 @@ public enum ExitStatus: Sendable, Hashable, CustomStringConvertible {
         case .exited(let code): "exited with status \(code)"
         case .killed(let signal): "killed by \(signalName(signal))"
         case .dumped(let signal): "killed by \(signalName(signal)) (core dumped)"
+        }
+    }
+
+    /// Decodes a `waitid` result (`si_code`, `si_status`): `CLD_EXITED` = 1, `CLD_KILLED` = 2,
+    /// `CLD_DUMPED` = 3. Anything else (stop/continue codes, never asked for) reads as killed.
+    public init(siginfoCode code: Int32, status: Int32) {
+        switch code {
+        case 1: self = .exited(status)
+        case 3: self = .dumped(status)
+        default: self = .killed(status)
         }
     }
 }

@@ -22,7 +22,7 @@ public enum WorkerProperty: Sendable, Hashable {
     case pid(Int32?)
     case restarts(UInt32)
     /// nil: no exit yet (the bus shows "").
-    case lastExit(ExitStatus?)
+    case lastExit(WorkerExit?)
     case runOn(RunOn)
 }
 
@@ -36,7 +36,7 @@ public struct WorkerStatus: Sendable, Equatable {
     public var enabled: Bool
     public var pid: Int32?
     public var restarts: UInt32
-    public var lastExit: ExitStatus?
+    public var lastExit: WorkerExit?
 
     public var name: String { definition.name }
 }
@@ -56,7 +56,7 @@ public enum FleetEvent: Sendable, Equatable {
     /// A `spawn` action failed; `reason` is the runner's text (e.g. "No such file or directory").
     case startFailed(String, reason: String)
     /// A started (or adopted) process is gone.
-    case processExited(String, pid: Int32, status: ExitStatus)
+    case processExited(String, pid: Int32, status: WorkerExit)
     /// A timer set by `scheduleTimer` is due.
     case timerFired(String)
     /// A new, valid configuration (the daemon applies its own `[daemon]` settings and HA source).
@@ -520,7 +520,7 @@ private struct WorkerRecord: Sendable {
     var failureTimes: [MonotonicInstant] = []
     var startedAt: MonotonicInstant? = nil
     var restarts: UInt32 = 0
-    var lastExit: ExitStatus? = nil
+    var lastExit: WorkerExit? = nil
     /// The cause of the latest decision; reported when a requested stop completes.
     var cause = ""
 

@@ -96,7 +96,7 @@ struct FleetHarness {
     }
 
     /// The live process exits by itself (or after a stop).
-    mutating func exits(_ name: String = "w", _ status: ExitStatus = .exited(1)) {
+    mutating func exits(_ name: String = "w", _ status: WorkerExit = .exited(1)) {
         guard let pid = live[name] else {
             violations.append("exits(\(name)) without a live process")
             return

@@ -73,7 +73,7 @@ private struct SeededGenerator: RandomNumberGenerator {
             case 8, 9:
                 // An exit: by itself, or late after a stop.
                 if h.live[name] != nil {
-                    h.exits(name, [ExitStatus.exited(0), .exited(3), .killed(15), .killed(9), .dumped(11)].randomElement(using: &rng)!)
+                    h.exits(name, [WorkerExit.exited(0), .exited(3), .killed(15), .killed(9), .dumped(11)].randomElement(using: &rng)!)
                 }
             case 10, 11:
                 h.advance([0.1, 0.5, 1, 3, 20].randomElement(using: &rng)!)

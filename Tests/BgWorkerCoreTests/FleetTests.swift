@@ -156,7 +156,7 @@ private let transitions: [WorkerState: [TableEvent: WorkerState?]] = [
 
 @Suite struct RestartPolicyTests {
     @Test func anyExitIsUnexpectedAndBacksOff() {
-        for status in [ExitStatus.exited(0), .exited(3), .killed(11), .dumped(6)] {
+        for status in [WorkerExit.exited(0), .exited(3), .killed(11), .dumped(6)] {
             var h = FleetHarness(configuration([definition()]))
             h.started()
             h.advance(2)
@@ -166,10 +166,10 @@ private let transitions: [WorkerState: [TableEvent: WorkerState?]] = [
             #expect(h.fleet.status(of: "w")?.lastExit == status)
             #expect(h.fleet.status(of: "w")?.reason == status.reason)
         }
-        #expect(ExitStatus.exited(3).reason == "exited with status 3")
-        #expect(ExitStatus.killed(11).reason == "killed by SIGSEGV")
-        #expect(ExitStatus.killed(9).description == "killed SIGKILL")
-        #expect(ExitStatus.dumped(11).description == "dumped SIGSEGV")
+        #expect(WorkerExit.exited(3).reason == "exited with status 3")
+        #expect(WorkerExit.killed(11).reason == "killed by SIGSEGV")
+        #expect(WorkerExit.killed(9).description == "killed SIGKILL")
+        #expect(WorkerExit.dumped(11).description == "dumped SIGSEGV")
     }
 
     @Test func delayDoublesUpToTheMaximumAndRestartsAreCounted() {

@@ -1,3 +1,4 @@
+import BgWorkerCore
 import CShims
 import Foundation
 import Glibc

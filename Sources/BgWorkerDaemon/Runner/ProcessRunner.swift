@@ -7,6 +7,7 @@
 // with waitid on that pidfd only, so other children of the process are never touched, and no
 // SIGCHLD handler is needed) and a timerfd per stopping worker (SIGKILL after the stop timeout).
 // A second thread reads the workers' output (WorkerOutputPump).
+import BgWorkerCore
 import CShims
 import Glibc
 import Synchronization

@@ -1,3 +1,5 @@
+import BgWorkerCore
+
 // The seam between the supervisor and the two ways of running a worker (child processes, systemd
 // transient units). The supervisor sees only this protocol, so it cannot tell the runners apart.
 
@@ -41,61 +43,6 @@ public struct LaunchSpec: Sendable, Equatable {
         self.stopTimeout = stopTimeout
         self.definitionHash = definitionHash
     }
-}
-
-/// How a worker's main process ended.
-public enum WorkerExit: Sendable, Equatable, Hashable, CustomStringConvertible {
-    /// It called exit with this status.
-    case exited(Int32)
-    /// A signal ended it.
-    case killed(Int32)
-    /// A signal ended it and it dumped core.
-    case dumped(Int32)
-
-    /// The contract's `LastExit` form: `exited 3`, `killed SIGKILL`, `dumped SIGSEGV`.
-    public var description: String {
-        switch self {
-        case .exited(let code): "exited \(code)"
-        case .killed(let signal): "killed \(signalName(signal))"
-        case .dumped(let signal): "dumped \(signalName(signal))"
-        }
-    }
-
-    /// The short human text of `WorkerStateChanged`'s `reason`: `exited with status 3`,
-    /// `killed by SIGSEGV`, `killed by SIGSEGV (core dumped)`.
-    public var reason: String {
-        switch self {
-        case .exited(let code): "exited with status \(code)"
-        case .killed(let signal): "killed by \(signalName(signal))"
-        case .dumped(let signal): "killed by \(signalName(signal)) (core dumped)"
-        }
-    }
-
-    /// Decodes a `waitid` result (`si_code`, `si_status`): `CLD_EXITED` = 1, `CLD_KILLED` = 2,
-    /// `CLD_DUMPED` = 3. Anything else (stop/continue codes, never asked for) reads as killed.
-    public init(siginfoCode code: Int32, status: Int32) {
-        switch code {
-        case 1: self = .exited(status)
-        case 3: self = .dumped(status)
-        default: self = .killed(status)
-        }
-    }
-}
-
-/// `SIGTERM` for 15, `SIGRTMIN+3` for 37, `SIG99` for what Linux does not define.
-public func signalName(_ signal: Int32) -> String {
-    let names = [
-        1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT", 7: "SIGBUS",
-        8: "SIGFPE", 9: "SIGKILL", 10: "SIGUSR1", 11: "SIGSEGV", 12: "SIGUSR2", 13: "SIGPIPE",
-        14: "SIGALRM", 15: "SIGTERM", 16: "SIGSTKFLT", 17: "SIGCHLD", 18: "SIGCONT", 19: "SIGSTOP",
-        20: "SIGTSTP", 21: "SIGTTIN", 22: "SIGTTOU", 23: "SIGURG", 24: "SIGXCPU", 25: "SIGXFSZ",
-        26: "SIGVTALRM", 27: "SIGPROF", 28: "SIGWINCH", 29: "SIGIO", 30: "SIGPWR", 31: "SIGSYS",
-    ] as [Int32: String]
-    if let name = names[signal] { return name }
-    // Linux's real-time signals are 32...64; glibc reserves the first two, so SIGRTMIN is 34.
-    if signal == 34 { return "SIGRTMIN" }
-    if signal > 34 && signal <= 64 { return "SIGRTMIN+\(signal - 34)" }
-    return "SIG\(signal)"
 }
 
 /// What a runner reports on its own, without being asked.

@@ -28,6 +28,34 @@ public final class PrivateBus: Sendable {
           </policy>
         """
 
+    /// The real system bus's default policy (Debian's /usr/share/dbus-1/system.conf): nobody may
+    /// own a name or send a method call unless a service's policy file allows it; signals and
+    /// replies pass; everyone may talk to the bus itself. Then the given policy files, included
+    /// after it as the system bus includes system.d/: for tests of a project's own policy file.
+    public static func systemBusPolicy(including files: [String]) -> String {
+        """
+          <policy context="default">
+            <allow user="*"/>
+            <deny own="*"/>
+            <deny send_type="method_call"/>
+            <allow send_type="signal"/>
+            <allow send_requested_reply="true" send_type="method_return"/>
+            <allow send_requested_reply="true" send_type="error"/>
+            <allow receive_type="method_call"/>
+            <allow receive_type="method_return"/>
+            <allow receive_type="error"/>
+            <allow receive_type="signal"/>
+            <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+            <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+            <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+            <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"
+                  send_member="UpdateActivationEnvironment"/>
+            <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Debug.Stats"/>
+          </policy>
+
+        """ + files.map { "  <include>\($0)</include>\n" }.joined()
+    }
+
     /// Starts a bus. `policy` replaces the permissive policy (e.g. with an `<include>` of the
     /// project's own policy file and a deny-by-default context, as the real system bus has).
     /// `socketPath` lets a restarted bus reuse the address of a previous one.
@@ -91,6 +119,16 @@ public func which(_ program: String) -> String? {
         if access(candidate, X_OK) == 0 { return candidate }
     }
     return nil
+}
+
+/// The root of the repository that holds `file` (the nearest folder above it with a
+/// Package.swift), so tests can read the project's shipped files (dbus/, config/).
+public func repositoryRoot(file: String = #filePath) -> String {
+    var dir = (file as NSString).deletingLastPathComponent
+    while dir != "/" && !FileManager.default.fileExists(atPath: "\(dir)/Package.swift") {
+        dir = (dir as NSString).deletingLastPathComponent
+    }
+    return dir
 }
 
 /// True when running in CI (`CI=true`): tests that would skip elsewhere must run.

@@ -310,3 +310,26 @@ import TestSupport
         #expect(unit.contains("\nWatchdogSec="))
     }
 }
+
+extension ShippedFilesTests {
+    @Test func demoConfigurationIsValidAndPointsAtTheBuiltWorker() async throws {
+        let directory = try TemporaryDirectory(prefix: "bgw-demo")
+        defer { directory.remove() }
+        let bin = "/nonexistent/bin"
+        let r = try await run(["bash", "-c",
+                               "cd \"$1\" && source scripts/lib/demo-config.sh && write_demo_config \"$2\" \"$3\" staff",
+                               "bash", Self.root, directory.path, bin])
+        #expect(r.status == 0, "\(r.stderr)")
+        let mainPath = directory.file("bgworkerd.toml")
+        let main = SourceFile(path: mainPath, text: try String(contentsOfFile: mainPath, encoding: .utf8))
+        let dropIns = try FileManager.default.contentsOfDirectory(atPath: directory.file("workers.d")).sorted().map {
+            SourceFile(path: $0, text: try String(contentsOfFile: directory.file("workers.d/\($0)"), encoding: .utf8))
+        }
+        let configuration = try Configuration.parse(main: main, dropIns: dropIns).get()
+        #expect(configuration.ha.source == .none)
+        #expect(configuration.daemon.stateDirectory == directory.file("state"))
+        #expect(configuration.daemon.adminGroup == "staff")
+        #expect(!configuration.workers.isEmpty)
+        for worker in configuration.workers { #expect(worker.exec[0] == "\(bin)/bgworker-example") }
+    }
+}

@@ -1,0 +1,58 @@
+# Shared by scripts/test and scripts/demo (sourced, not run): Debian packages and the toolchain.
+
+log() { printf '==> %s\n' "$*"; }
+
+# Debian packages: build (libdbus, libsystemd headers), real components the tests and the demo
+# start, and the real clients they talk with (busctl, gdbus, dbus-send, python3-dbus with
+# python3-gi for GLib, setpriv, nsenter, pgrep).
+DEBIAN_PACKAGES=(
+    libdbus-1-dev libsystemd-dev
+    dbus dbus-daemon dbus-bin
+    keepalived iproute2 systemd
+    python3-dbus python3-gi libglib2.0-bin
+    util-linux procps
+)
+
+# Installs DEBIAN_PACKAGES when root (apt-get update first); says so and goes on otherwise.
+install_packages() {
+    if [[ $(id -u) -ne 0 ]]; then
+        log "not root: skipping apt-get (needs: ${DEBIAN_PACKAGES[*]})"
+        return
+    fi
+    if ! command -v apt-get >/dev/null; then
+        log "no apt-get here: skipping package installs (needs: ${DEBIAN_PACKAGES[*]})"
+        return
+    fi
+    log "apt-get update"
+    apt-get update -qq
+    # Package scripts must not start services (keepalived, dbus) on a machine without an init
+    # that would supervise them: a policy-rc.d that says "no" (exit 101) for the install only.
+    local policy=/usr/sbin/policy-rc.d created_policy=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        created_policy=1
+    fi
+    log "apt-get install ${DEBIAN_PACKAGES[*]}"
+    local rc=0 apt_log
+    apt_log=$(mktemp /tmp/bgworker-apt.XXXXXX)
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${DEBIAN_PACKAGES[@]}" >"$apt_log" 2>&1 || rc=$?
+    [[ $created_policy -eq 1 ]] && rm -f "$policy"
+    if [[ $rc -ne 0 ]]; then
+        tail -n 40 "$apt_log"
+        rm -f "$apt_log"
+        log "apt-get install failed (exit $rc)"
+        exit "$rc"
+    fi
+    rm -f "$apt_log"
+}
+
+# Puts Swift on PATH (it lives in /opt/swift/usr/bin on these machines) and names its version.
+ensure_swift() {
+    if ! command -v swift >/dev/null; then
+        export PATH="$PATH:/opt/swift/usr/bin"
+    fi
+    command -v swift >/dev/null || { log "swift not found (looked in PATH and /opt/swift/usr/bin)"; exit 1; }
+    log "$(swift --version 2>&1 | head -n 1)"
+}

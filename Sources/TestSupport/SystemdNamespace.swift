@@ -28,7 +28,8 @@ public final class SystemdNamespace: Sendable {
     /// Host-side folder: systemd's console output (`log`) and the copies of extra units.
     public let directory: TemporaryDirectory
     private let systemdPidfd: Int32
-    private let cgroupDirectories: [String]
+    /// The namespace's own cgroup subtree, one folder per hierarchy; removed by `stop`.
+    public let cgroupDirectories: [String]
     private let stopped = Mutex(false)
 
     /// systemd's system bus, reachable from outside through /proc/PID/root.

@@ -71,8 +71,11 @@ import TestSupport
         defer { unlink(canary) }
 
         var systemdPid: pid_t = 0
+        var cgroups: [String] = []
         try await SystemdNamespace.with { ns in
             systemdPid = ns.systemdPid
+            cgroups = ns.cgroupDirectories
+            #expect(!cgroups.isEmpty)
             let subscriber = try await ns.keepSubscribed()
             let monitor = try await BusMonitor(address: ns.busAddress, matches: [
                 "type='signal',sender='org.freedesktop.systemd1',interface='org.freedesktop.systemd1.Manager',member='JobRemoved'",
@@ -103,6 +106,9 @@ import TestSupport
             // The MainPID is the namespace's pid of the sleep.
             let comm = try await ns.run(inside: ["cat", "/proc/\(pid)/comm"])
             #expect(comm.stdout == "sleep")
+            // The unit's cgroup is in this namespace's own subtree, not shared with another systemd.
+            #expect(cgroups.contains { FileManager.default.fileExists(atPath: "\($0)/system.slice/\(unit)") },
+                    "\(unit) under \(cgroups)")
 
             // Its /tmp is not ours.
             let inside = try await ns.run(inside: ["ls", "-A", "/tmp"])
@@ -113,8 +119,7 @@ import TestSupport
         }
         #expect(kill(systemdPid, 0) != 0, "systemd is gone")
         #expect(access(canary, F_OK) == 0, "the canary in the real /tmp survived systemd")
-        let leftovers = try await run(["find", "/sys/fs/cgroup", "-maxdepth", "6", "-name", "bgw-systemd-*"])
-        #expect(leftovers.stdout.isEmpty, "cgroups left behind: \(leftovers.stdout)")
+        for dir in cgroups { #expect(access(dir, F_OK) != 0, "cgroup left behind: \(dir)") }
     }
 
     // MARK: smaller pieces, no root needed

@@ -67,6 +67,7 @@ public struct Credentials: Sendable, Hashable {
 public final class DBusConnection: Sendable {
     let core: ConnectionCore
     private static let nextID = Atomic<UInt64>(1)
+    static func newID() -> UInt64 { nextID.add(1, ordering: .relaxed).newValue }
 
     private init(core: ConnectionCore) { self.core = core }
 
@@ -219,32 +220,46 @@ public final class DBusConnection: Sendable {
     /// Follows the owner of `name`: the owner now (`initialOwner`) and, in bus order, each
     /// owner change and each signal matching `signals` that the current owner sends. Subscribes
     /// before it asks for the owner, so no change is lost in between.
-    public func watchNameOwner(_ name: String, signals: [MatchRule] = []) async throws -> NameOwnerWatch {
+    ///
+    /// With `reportingOthers`, the bus delivers matching signals from every sender, and those
+    /// not sent by the current owner are yielded as `.ignoredSignal` (for a log line naming the
+    /// sender) instead of being dropped unseen by the bus.
+    public func watchNameOwner(_ name: String, signals: [MatchRule] = [], reportingOthers: Bool = false) async throws -> NameOwnerWatch {
         guard NameRules.isValidBusName(name), !name.hasPrefix(":") else {
             throw DBusConnectionError(.invalidArgument, "'\(name)' is not a well-known bus name")
         }
+        // Locally the sender is always the followed name (checked against the owner by the
+        // route); the bus filters by it too unless other senders are to be reported.
         let rules = signals.map { r -> MatchRule in
             var r = r
             r.sender = name
             return r
         }
+        let busSignalRules = reportingOthers ? signals.map { r -> MatchRule in
+            var r = r
+            r.sender = nil
+            return r
+        } : rules
         let (stream, continuation) = AsyncStream<NameOwnerEvent>.makeStream()
         let owner = OwnerBox()
-        let id = try await subscribe(rules: rules, followed: name, output: .ownerEvents(continuation, ownerBox: owner))
+        let id = try await subscribe(rules: rules, busSignalRules: busSignalRules, followed: name, reportsOthers: reportingOthers,
+                                     output: .ownerEvents(continuation, ownerBox: owner))
         return NameOwnerWatch(name: name, initialOwner: owner.value.withLock { $0 }, owner: owner, stream: stream,
-                              cancel: SubscriptionCanceller(core: core, id: id))
+                              core: core, id: id)
     }
 
-    private func subscribe(rules: [MatchRule], followed: String?, output: SignalRoute.Output) async throws -> UInt64 {
+    private func subscribe(rules: [MatchRule], busSignalRules: [MatchRule]? = nil, followed: String?, reportsOthers: Bool = false,
+                           output: SignalRoute.Output) async throws -> UInt64 {
         for r in rules { try r.validate() }
         let id = Self.nextID.add(1, ordering: .relaxed).newValue
-        var allRules = rules.map(\.description)
+        var allRules = (busSignalRules ?? rules).map(\.description)
         if let followed {
             allRules.append(MatchRule(sender: BusDaemon.name, path: BusDaemon.path, interface: BusDaemon.interface,
                                       member: "NameOwnerChanged", arguments: [0: followed]).description)
         }
         let busRules = allRules
-        let route = SendableRoute(route: SignalRoute(id: id, rules: rules, followed: followed, output: output))
+        let route = SendableRoute(route: SignalRoute(id: id, rules: rules, busRules: busRules, followed: followed,
+                                                     reportsOthers: reportsOthers, output: output))
         let core = self.core
         // Registered locally first, so nothing matching is dropped once the bus has the rule.
         guard core.submit({ state in state.subscriptions[id] = route.route }) else { throw core.endedError }
@@ -442,13 +457,17 @@ public struct NameOwnerWatch: AsyncSequence, Sendable {
     let owner: OwnerBox
     let stream: AsyncStream<NameOwnerEvent>
     let canceller: SubscriptionCanceller
+    let core: ConnectionCore
+    let id: UInt64
 
-    init(name: String, initialOwner: String?, owner: OwnerBox, stream: AsyncStream<NameOwnerEvent>, cancel: SubscriptionCanceller) {
+    init(name: String, initialOwner: String?, owner: OwnerBox, stream: AsyncStream<NameOwnerEvent>, core: ConnectionCore, id: UInt64) {
         self.name = name
         self.initialOwner = initialOwner
         self.owner = owner
         self.stream = stream
-        self.canceller = cancel
+        self.core = core
+        self.id = id
+        self.canceller = SubscriptionCanceller(core: core, id: id)
     }
 
     /// The owner as of the last message the connection processed (it may be ahead of the
@@ -456,6 +475,33 @@ public struct NameOwnerWatch: AsyncSequence, Sendable {
     public var currentOwner: String? { owner.value.withLock { $0 } }
 
     public func cancel() { canceller.cancel() }
+
+    /// Calls a method of the current owner (its unique name, as of the last message the
+    /// connection processed) and yields the reply into this sequence as `.ownerReply` at the
+    /// place the reply has in the message stream. As the bus keeps one sender's messages in
+    /// order, a reply comes after every signal the owner sent before answering and before
+    /// every signal it sent after: a state read this way and the change signals fall into one
+    /// order, and a read can neither hide a newer signal nor be hidden by an older one.
+    ///
+    /// Returns the number that the reply carries. With no owner the reply is
+    /// `NameHasNoOwner`; if the watch or the connection has ended, nothing is yielded.
+    @discardableResult
+    public func callOwner(path: ObjectPath, interface: String?, member: String, arguments: [DBusValue] = [],
+                          timeout: Duration = .seconds(25)) throws(DBusConnectionError) -> UInt64 {
+        if let interface, !NameRules.isValidInterfaceName(interface) {
+            throw DBusConnectionError(.invalidArgument, "invalid interface '\(interface)'")
+        }
+        guard NameRules.isValidMemberName(member) else {
+            throw DBusConnectionError(.invalidArgument, "invalid member '\(member)'")
+        }
+        if !arguments.isEmpty { try ValueValidation.validateBody(arguments) }
+        let callID = DBusConnection.newID()
+        let routeID = id
+        let template = OutgoingCall(destination: nil, path: path, interface: interface, member: member,
+                                    arguments: arguments, timeoutNanoseconds: nanoseconds(timeout))
+        core.submit { state in state.callOwner(route: routeID, callID: callID, template) }
+        return callID
+    }
 
     public struct AsyncIterator: AsyncIteratorProtocol {
         var base: AsyncStream<NameOwnerEvent>.AsyncIterator
@@ -492,14 +538,40 @@ extension LoopState {
         })
     }
 
+    /// `NameOwnerWatch.callOwner` on the connection thread: the owner is taken from the route
+    /// as of this point of the message stream, and the reply is yielded in message order.
+    func callOwner(route routeID: UInt64, callID: UInt64, _ template: OutgoingCall) {
+        guard let route = subscriptions[routeID] else { return }
+        guard let owner = route.owner else {
+            route.deliverReply(OwnerCallReply(id: callID, owner: nil, result: .failure(
+                DBusError(DBusError.Name.nameHasNoOwner, "\(route.followed ?? "the name") has no owner"))))
+            return
+        }
+        var call = template
+        call.destination = owner
+        startCall(call, id: callID, completion: .callback { state, result in
+            guard let route = state.subscriptions[routeID] else { return }
+            route.deliverReply(OwnerCallReply(id: callID, owner: owner, result: result.mapError(Self.asDBusError)))
+        })
+    }
+
+    /// A local failure in the words libdbus uses for it, so a reply carries one error type.
+    static func asDBusError(_ error: any Error) -> DBusError {
+        if let error = error as? DBusError { return error }
+        if let error = error as? DBusConnectionError {
+            switch error.code {
+            case .timeout: return DBusError(DBusError.Name.noReply, error.message)
+            case .disconnected, .closed: return DBusError("org.freedesktop.DBus.Error.Disconnected", error.message)
+            default: return DBusError.failed(error.description)
+            }
+        }
+        return DBusError.failed("\(error)")
+    }
+
     func removeSubscription(_ id: UInt64, busRules: [String]?) {
         guard let route = subscriptions.removeValue(forKey: id) else { return }
         route.finish()
-        var rules = busRules ?? route.rules.map(\.description)
-        if busRules == nil, let followed = route.followed {
-            rules.append(MatchRule(sender: BusDaemon.name, path: BusDaemon.path, interface: BusDaemon.interface,
-                                   member: "NameOwnerChanged", arguments: [0: followed]).description)
-        }
+        let rules = busRules ?? route.busRules
         for rule in rules {
             sendNoReply(OutgoingCall(destination: BusDaemon.name, path: BusDaemon.path, interface: BusDaemon.interface,
                                      member: "RemoveMatch", arguments: [.string(rule)], timeoutNanoseconds: 0))

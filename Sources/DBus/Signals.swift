@@ -174,6 +174,30 @@ public enum NameOwnerEvent: Sendable, Hashable {
     case ownerChanged(old: String?, new: String?)
     /// A signal matching one of the watch's rules, sent by the current owner.
     case signal(DBusSignal)
+    /// A signal matching one of the watch's rules from a sender that is not the current owner
+    /// (`owner`, nil when the name has none). Only with `reportingOthers`; never to be trusted,
+    /// only to be logged.
+    case ignoredSignal(DBusSignal, owner: String?)
+    /// The reply to `NameOwnerWatch.callOwner`, at its place in the message stream: after every
+    /// signal the owner sent before it, before every signal the owner sent after it.
+    case ownerReply(OwnerCallReply)
+}
+
+/// The reply to a call made with `NameOwnerWatch.callOwner`. Local failures (no owner, timeout,
+/// connection lost) are reported as the D-Bus errors libdbus uses for them (`NameHasNoOwner`,
+/// `NoReply`, `Disconnected`), so one `DBusError` covers every way the call can fail.
+public struct OwnerCallReply: Sendable, Hashable {
+    /// The number `callOwner` returned.
+    public var id: UInt64
+    /// The unique name the call went to (nil when the name had no owner).
+    public var owner: String?
+    public var result: Result<[DBusValue], DBusError>
+
+    public init(id: UInt64, owner: String?, result: Result<[DBusValue], DBusError>) {
+        self.id = id
+        self.owner = owner
+        self.result = result
+    }
 }
 
 /// The connection thread's side of a subscription.
@@ -185,17 +209,23 @@ final class SignalRoute {
 
     let id: UInt64
     let rules: [MatchRule]
+    /// The rules as given to AddMatch (RemoveMatch needs the same text).
+    let busRules: [String]
     let output: Output
     /// The followed well-known name and its owner as of the last message processed.
     let followed: String?
     var owner: String?
     /// GetNameOwner has answered; until then signals from the followed name are not trusted.
     var ownerKnown = false
+    /// Matching signals from senders other than the owner are yielded as `.ignoredSignal`.
+    let reportsOthers: Bool
 
-    init(id: UInt64, rules: [MatchRule], followed: String?, output: Output) {
+    init(id: UInt64, rules: [MatchRule], busRules: [String], followed: String?, reportsOthers: Bool = false, output: Output) {
         self.id = id
         self.rules = rules
+        self.busRules = busRules
         self.followed = followed
+        self.reportsOthers = reportsOthers
         self.output = output
     }
 
@@ -221,6 +251,14 @@ final class SignalRoute {
         case .ownerEvents(let c, _): c.yield(.signal(signal))
         }
     }
+
+    func deliverIgnored(_ signal: DBusSignal) {
+        if case .ownerEvents(let c, _) = output { c.yield(.ignoredSignal(signal, owner: owner)) }
+    }
+
+    func deliverReply(_ reply: OwnerCallReply) {
+        if case .ownerEvents(let c, _) = output { c.yield(.ownerReply(reply)) }
+    }
 }
 
 extension LoopState {
@@ -244,7 +282,11 @@ extension LoopState {
         for route in subscriptions.values.sorted(by: { $0.id < $1.id }) {
             guard route.rules.contains(where: { $0.matches(signal) }) else { continue }
             if route.followed != nil {
-                guard route.ownerKnown, let owner = route.owner, owner == signal.sender else { continue }
+                guard route.ownerKnown else { continue }
+                guard let owner = route.owner, owner == signal.sender else {
+                    if route.reportsOthers, let deliverable = signal.deliverable() { route.deliverIgnored(deliverable) }
+                    continue
+                }
             }
             if let deliverable = signal.deliverable() { route.deliver(deliverable) }
         }

@@ -66,11 +66,12 @@ import TestSupport
             #expect(try await first.requestName(name) == .primaryOwner)
             let owned = try await next("first owns", of: watch)
             #expect(owned == .ownerChanged(old: nil, new: first.uniqueName))
+            // The bus orders one sender's messages, not two senders': wait for each in turn.
             try role(second, "fake-primary")   // not the owner
-            try role(first, "primary")
-            // The broad subscription sees both, in order; the watch only the owner's.
             let s1 = try await next("fake", of: all)
             #expect(s1.sender == second.uniqueName)
+            try role(first, "primary")
+            // The broad subscription sees both; the watch only the owner's.
             let s2 = try await next("real", of: all)
             #expect(s2.sender == first.uniqueName)
             let fromOwner = try await next("owner's RoleChanged", of: watch)

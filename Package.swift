@@ -38,6 +38,12 @@ let package = Package(
             ]
         ),
 
+        // What the small clients share: --bus parsing, termination signals, whole-line output.
+        .target(
+            name: "ClientSupport",
+            dependencies: ["DBus", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+
         // Thin executables.
         .executableTarget(
             name: "bgworkerd",
@@ -49,21 +55,21 @@ let package = Package(
         .executableTarget(
             name: "bgworkerctl",
             dependencies: [
-                "DBus",
+                "DBus", "ClientSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(
             name: "bgworker-example",
             dependencies: [
-                "DBus",
+                "DBus", "ClientSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(
             name: "bgworker-ha-sim",
             dependencies: [
-                "DBus",
+                "DBus", "ClientSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -84,5 +90,7 @@ let package = Package(
         .testTarget(name: "DBusTests", dependencies: ["DBus", "TestSupport"]),
         .testTarget(name: "BgWorkerCoreTests", dependencies: ["BgWorkerCore"]),
         .testTarget(name: "BgWorkerDaemonTests", dependencies: ["BgWorkerDaemon", "TestSupport"]),
+        // bgworkerctl, bgworker-example and bgworker-ha-sim, run as real processes.
+        .testTarget(name: "ClientsTests", dependencies: ["DBus", "TestSupport"]),
     ]
 )

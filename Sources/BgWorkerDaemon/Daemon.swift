@@ -1,2 +1,0 @@
-import BgWorkerCore
-import DBus

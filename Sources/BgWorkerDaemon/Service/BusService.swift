@@ -1,0 +1,187 @@
+// The org.example.BgWorker service: the manager object and one object per worker, as the
+// contract (docs/interface.md, dbus/*.xml) describes them. Methods only check who calls and
+// hand over to the supervisor; property values live in the exported objects and the supervisor
+// updates them, so reads never wait for the supervisor.
+import BgWorkerCore
+import DBus
+
+/// Names of the service on the bus.
+public enum BgWorkerBus {
+    public static let busName = "org.example.BgWorker"
+    public static let managerPath = "/org/example/BgWorker"
+    public static let managerInterface = "org.example.BgWorker"
+    public static let workerInterface = "org.example.BgWorker.Worker"
+    public static let workerPathPrefix = "/org/example/BgWorker/worker/"
+
+    /// `/org/example/BgWorker/worker/<label>`.
+    public static func workerPath(_ name: String) -> String {
+        workerPathPrefix + objectPathLabel(forWorker: name)
+    }
+
+    public enum ErrorName {
+        public static let noSuchWorker = "org.example.BgWorker.Error.NoSuchWorker"
+        public static let invalidConfig = "org.example.BgWorker.Error.InvalidConfig"
+        public static let disabled = "org.example.BgWorker.Error.Disabled"
+    }
+}
+
+extension FleetError {
+    /// The contract's error reply.
+    var busError: DBusError {
+        switch self {
+        case .noSuchWorker: DBusError(BgWorkerBus.ErrorName.noSuchWorker, description)
+        case .disabled: DBusError(BgWorkerBus.ErrorName.disabled, description)
+        }
+    }
+}
+
+/// The values a worker object shows, from the fleet's status of the worker.
+struct WorkerPropertyValues {
+    static func all(of status: WorkerStatus, stateChangedAt: UInt64) -> [(String, DBusValue)] {
+        [
+            ("Name", .string(status.name)),
+            ("State", .string(status.state.rawValue)),
+            ("Enabled", .bool(status.enabled)),
+            ("Pid", .uint32(busPid(status.pid))),
+            ("Restarts", .uint32(status.restarts)),
+            ("LastExit", .string(status.lastExit?.description ?? "")),
+            ("RunOn", .string(status.definition.runOn.rawValue)),
+            ("StateChangedAt", .uint64(stateChangedAt)),
+        ]
+    }
+
+    static func value(of property: WorkerProperty) -> (String, DBusValue) {
+        switch property {
+        case .enabled(let enabled): ("Enabled", .bool(enabled))
+        case .pid(let pid): ("Pid", .uint32(busPid(pid)))
+        case .restarts(let count): ("Restarts", .uint32(count))
+        case .lastExit(let exit): ("LastExit", .string(exit?.description ?? ""))
+        case .runOn(let runOn): ("RunOn", .string(runOn.rawValue))
+        }
+    }
+}
+
+/// 0 when there is no process (the contract's `Pid`).
+func busPid(_ pid: Int32?) -> UInt32 {
+    pid.map { UInt32(bitPattern: $0) } ?? 0
+}
+
+/// Builds the exported objects. Handlers hold the supervisor weakly: the supervisor holds the
+/// objects, and a call that arrives while the daemon winds down gets an error, not a crash.
+struct BusServiceFactory: Sendable {
+    weak var supervisor: Supervisor?
+    let access: AccessPolicy
+
+    private func requireSupervisor() throws(DBusError) -> Supervisor {
+        guard let supervisor else { throw DBusError.failed("bgworkerd is shutting down") }
+        return supervisor
+    }
+
+    /// The name argument of a manager method (its type was checked by the DBus layer).
+    private static func nameArgument(_ call: MethodCall) throws(DBusError) -> String {
+        guard let name = call.arguments.first?.stringValue else { throw DBusError.invalidArgs("expected a worker name") }
+        return name
+    }
+
+    /// The manager object `/org/example/BgWorker`.
+    func makeManager(version: String, runner: String, logLevel: LogLevel, role: HARole) throws -> ExportedObject {
+        let nameArgument = [DBusArgument("name", .string)]
+        let interface = DBusInterface(
+            BgWorkerBus.managerInterface,
+            methods: [
+                DBusMethod("Enable", in: nameArgument) { call in
+                    try await access.authorize(call)
+                    try await requireSupervisor().enable(try Self.nameArgument(call))
+                    return []
+                },
+                DBusMethod("Disable", in: nameArgument) { call in
+                    try await access.authorize(call)
+                    try await requireSupervisor().disable(try Self.nameArgument(call))
+                    return []
+                },
+                DBusMethod("Restart", in: nameArgument) { call in
+                    try await access.authorize(call)
+                    try await requireSupervisor().restart(try Self.nameArgument(call))
+                    return []
+                },
+                DBusMethod("Reload") { call in
+                    try await access.authorize(call)
+                    try await requireSupervisor().reloadForBus()
+                    return []
+                },
+                DBusMethod(
+                    "ListWorkers",
+                    out: [DBusArgument("workers", .array(.structure([.string, .string, .bool, .uint32, .objectPath])))]
+                ) { _ in
+                    let workers = try await requireSupervisor().workerList()
+                    var rows: [DBusValue] = []
+                    for worker in workers {
+                        rows.append(.structure([
+                            .string(worker.name), .string(worker.state.rawValue), .bool(worker.enabled),
+                            .uint32(busPid(worker.pid)), .objectPath(try ObjectPath(BgWorkerBus.workerPath(worker.name))),
+                        ]))
+                    }
+                    return [.array(.structure([.string, .string, .bool, .uint32, .objectPath]), rows)]
+                },
+                DBusMethod("GetWorker", in: nameArgument, out: [DBusArgument("path", .objectPath)]) { call in
+                    let name = try Self.nameArgument(call)
+                    guard try await requireSupervisor().isConfigured(name) else {
+                        throw FleetError.noSuchWorker(name).busError
+                    }
+                    return [.objectPath(try ObjectPath(BgWorkerBus.workerPath(name)))]
+                },
+            ],
+            properties: [
+                DBusProperty("Version", .string, initial: .string(version), changeSignal: .const),
+                DBusProperty("HARole", .string, initial: .string(role.rawValue)),
+                DBusProperty("LogLevel", .string, access: .readwrite, initial: .string(logLevel.rawValue)) { value, call in
+                    try await access.authorize(call)
+                    guard let text = value.stringValue, let level = LogLevel(rawValue: text) else {
+                        let known = LogLevel.allCases.map(\.rawValue).joined(separator: " ")
+                        throw DBusError.invalidArgs("unknown log level '\(value.stringValue ?? "?")'; known: \(known)")
+                    }
+                    try await requireSupervisor().setLogLevel(level, by: call.sender)
+                    return .string(level.rawValue)
+                },
+                DBusProperty("Runner", .string, initial: .string(runner), changeSignal: .const),
+            ],
+            signals: [
+                DBusSignalDeclaration(
+                    "WorkerStateChanged",
+                    [DBusArgument("name", .string), DBusArgument("state", .string), DBusArgument("pid", .uint32),
+                     DBusArgument("reason", .string)]),
+                DBusSignalDeclaration("HARoleChanged", [DBusArgument("role", .string)]),
+            ])
+        return try ExportedObject(path: ObjectPath(BgWorkerBus.managerPath), interfaces: [interface], objectManager: true)
+    }
+
+    /// A worker object `/org/example/BgWorker/worker/<label>`.
+    func makeWorker(_ status: WorkerStatus, stateChangedAt: UInt64) throws -> ExportedObject {
+        let name = status.name
+        var properties: [DBusProperty] = []
+        for (property, value) in WorkerPropertyValues.all(of: status, stateChangedAt: stateChangedAt) {
+            properties.append(DBusProperty(property, value.type, initial: value, changeSignal: property == "Name" ? .const : .emits))
+        }
+        let interface = DBusInterface(
+            BgWorkerBus.workerInterface,
+            methods: [
+                DBusMethod("Enable") { call in
+                    try await access.authorize(call)
+                    try await requireSupervisor().enable(name)
+                    return []
+                },
+                DBusMethod("Disable") { call in
+                    try await access.authorize(call)
+                    try await requireSupervisor().disable(name)
+                    return []
+                },
+                DBusMethod("Restart") { call in
+                    try await access.authorize(call)
+                    try await requireSupervisor().restart(name)
+                    return []
+                },
+            ],
+            properties: properties)
+        return try ExportedObject(path: ObjectPath(BgWorkerBus.workerPath(name)), interfaces: [interface])
+    }
+}

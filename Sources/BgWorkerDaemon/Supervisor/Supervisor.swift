@@ -1,0 +1,584 @@
+// The one owner of the daemon's state. Everything that happens reaches it as an event (a bus
+// call, a worker's exit, a start result, a due timer, an HA role report, a reload, SIGTERM); it
+// asks the pure core (`Fleet`) what to do and carries the answer out: start and stop workers,
+// arm timers, emit signals and PropertiesChanged, write the state file, tell systemd.
+// See docs/design.md.
+import BgWorkerCore
+import DBus
+import Glibc
+import Logging
+
+/// What the supervisor needs to know about the daemon it runs in.
+public struct SupervisorSettings: Sendable {
+    /// Where the configuration comes from (Reload and SIGHUP read it again).
+    public var loader: ConfigurationLoader
+    /// The runner kind in use (`process` or `systemd`); a reload validates against it.
+    public var runnerKind: RunnerKind
+    /// Put into every worker's environment as `DBUS_SYSTEM_BUS_ADDRESS`, so that workers follow
+    /// the daemon's bus; nil when the daemon uses the default system bus.
+    public var busAddressForWorkers: String?
+    public var version: String
+
+    public init(loader: ConfigurationLoader, runnerKind: RunnerKind, busAddressForWorkers: String?, version: String) {
+        self.loader = loader
+        self.runnerKind = runnerKind
+        self.busAddressForWorkers = busAddressForWorkers
+        self.version = version
+    }
+}
+
+/// A runner request, carried out in order by one task: a `stop` can never overtake the `start`
+/// that came before it, nor be overtaken by the next start of the same worker.
+private enum RunnerCommand: Sendable {
+    case start(LaunchSpec)
+    case stop(String)
+}
+
+/// The supervisor actor. Create it, `prepare()` its bus objects, `attach` a connection,
+/// `start()` the workers; `shutdown()` stops them all.
+public actor Supervisor {
+    private var fleet: Fleet
+    private var configuration: Configuration
+    private let runner: any WorkerRunner
+    private let settings: SupervisorSettings
+    private let logger: Logger
+    private let logLevel: LogLevelControl
+    private let notifier: ServiceNotifier
+    private let access = AccessPolicy()
+    private var stateStore: StateStore
+    /// The origin of the fleet's monotonic time (ContinuousClock, never adjusted).
+    private let clockOrigin = ContinuousClock.now
+
+    private var manager: ExportedObject?
+    private var workerObjects: [String: ExportedObject] = [:]
+    private var connection: DBusConnection?
+
+    private let runnerCommands: AsyncStream<RunnerCommand>
+    private let runnerCommandSink: AsyncStream<RunnerCommand>.Continuation
+    /// Workers with a start in flight (a `spawn` went to the runner, no answer yet).
+    private var spawning: Set<String> = []
+    /// Exits the runner reported before the start that made the process was answered.
+    private var earlyExits: [String: (pid: Int32, status: WorkerExit)] = [:]
+    private var timers: [String: (token: UInt64, task: Task<Void, Never>)] = [:]
+    private var nextTimerToken: UInt64 = 0
+
+    private var settleWaiters: [String: [CheckedContinuation<Void, Never>]] = [:]
+    private var drainWaiters: [CheckedContinuation<Void, Never>] = []
+    private var isStarted = false
+    private var isShuttingDown = false
+
+    private var roleSourceTask: Task<Void, Never>?
+    /// Reports of a role source that was replaced (reload, reconnect) are ignored.
+    private var roleGeneration: UInt64 = 0
+    private var lastStatusText = ""
+
+    public init(
+        configuration: Configuration, runner: any WorkerRunner, settings: SupervisorSettings,
+        logger: Logger, logLevel: LogLevelControl, notifier: ServiceNotifier = ServiceNotifier()
+    ) {
+        self.configuration = configuration
+        self.runner = runner
+        self.settings = settings
+        self.logger = logger
+        self.logLevel = logLevel
+        self.notifier = notifier
+        stateStore = StateStore(directory: configuration.daemon.stateDirectory)
+        let (persisted, problem) = stateStore.load()
+        if let problem { logger.warning("state file: \(problem)") }
+        let role: HARole = configuration.ha.source == .none ? .standalone : .unknown
+        fleet = Fleet(configuration: configuration, enableState: persisted, role: role)
+        (runnerCommands, runnerCommandSink) = AsyncStream.makeStream(of: RunnerCommand.self)
+        if let warning = access.configure(adminGroup: configuration.daemon.adminGroup) { logger.warning("\(warning)") }
+    }
+
+    // MARK: - Life cycle
+
+    /// Builds the manager object and one object per worker, with their current values.
+    public func prepare() throws {
+        guard manager == nil else { return }
+        let factory = BusServiceFactory(supervisor: self, access: access)
+        manager = try factory.makeManager(
+            version: settings.version, runner: runner.kind, logLevel: configuration.daemon.logLevel,
+            role: fleet.roleState.reported)
+        let now = wallClockMicroseconds()
+        for status in fleet.workers {
+            workerObjects[status.name] = try factory.makeWorker(status, stateChangedAt: now)
+        }
+    }
+
+    /// Exports every object on `connection` (workers first, then the manager) and starts the HA
+    /// source on it. Call before requesting the bus name, so that whoever sees the name sees
+    /// every worker.
+    public func attach(_ connection: DBusConnection) {
+        self.connection = connection
+        for object in workerObjects.values {
+            exportObject(object, on: connection)
+        }
+        if let manager { exportObject(manager, on: connection) }
+        restartRoleSource()
+    }
+
+    /// The daemon's bus connection is gone: objects are unexported from it, the HA source stops
+    /// and, with HA configured, the role is `unknown` until a new connection reads it again.
+    /// Workers go on as the run rule says (with `on-lost = keep`, they keep running).
+    public func connectionLost() {
+        roleSourceTask?.cancel()
+        roleSourceTask = nil
+        roleGeneration &+= 1
+        if let connection {
+            for path in ([manager] + workerObjects.values.map { Optional($0) }).compactMap({ $0?.path }) {
+                connection.unexport(path)
+            }
+        }
+        connection = nil
+        if configuration.ha.source != .none {
+            setRole(HARoleReport(.unknown, why: "the daemon's bus connection is down"))
+        }
+    }
+
+    /// Starts the runner plumbing and every worker that should run (after adopting what a
+    /// previous daemon left running, for runners that can); returns once every start has been
+    /// answered.
+    public func start() async {
+        guard !isStarted else { return }
+        isStarted = true
+        startRunnerLoops()
+        let specs = configuration.workers.map(launchSpec)
+        let adopted = await runner.adopt(specs)
+        for (name, pid) in adopted.sorted(by: { $0.key < $1.key }) {
+            logger.notice("adopted worker \(name) (pid \(pid))", metadata: ["worker": "\(name)"])
+        }
+        perform(fleet.start(now: now(), adopted: adopted))
+        // READY=1 follows this: every start has been answered (running, or backoff...).
+        for worker in fleet.workers { await settled(worker.name) }
+    }
+
+    /// Stops every worker in parallel (SIGTERM, SIGKILL after each one's stop timeout) and
+    /// returns once all are gone and the runner has shut down.
+    public func shutdown() async {
+        guard !isShuttingDown else { return }
+        isShuttingDown = true
+        logger.notice("stopping every worker")
+        apply(.shutdown)
+        if fleet.hasProcesses {
+            await withCheckedContinuation { drainWaiters.append($0) }
+        }
+        for (_, timer) in timers { timer.task.cancel() }
+        timers = [:]
+        roleSourceTask?.cancel()
+        await runner.shutdown()
+        runnerCommandSink.finish()
+    }
+
+    // MARK: - Bus methods (called by the service after authorization)
+
+    /// Enables the worker; returns once it is settled (running, standby, ...).
+    func enable(_ name: String) async throws(DBusError) {
+        try applyRequest(.enable(name))
+        await settled(name)
+    }
+
+    /// Disables the worker; returns once its process is gone.
+    func disable(_ name: String) async throws(DBusError) {
+        try applyRequest(.disable(name))
+        await settled(name)
+    }
+
+    /// Restarts the worker; returns once it runs again (or rests, as the rules say).
+    func restart(_ name: String) async throws(DBusError) {
+        try applyRequest(.restart(name))
+        await settled(name)
+    }
+
+    /// `Reload`: an invalid configuration changes nothing and answers InvalidConfig.
+    func reloadForBus() throws(DBusError) {
+        do {
+            try reload(trigger: "Reload over the bus")
+        } catch {
+            throw DBusError(BgWorkerBus.ErrorName.invalidConfig, error.description)
+        }
+    }
+
+    func workerList() -> [WorkerStatus] { fleet.workers }
+
+    func isConfigured(_ name: String) -> Bool { configuration.worker(named: name) != nil }
+
+    /// `LogLevel` set over the bus: the daemon's level changes at once (the DBus layer stores
+    /// the property and emits PropertiesChanged, which running workers follow).
+    func setLogLevel(_ level: LogLevel, by sender: String) {
+        applyLogLevel(level)
+        logger.notice("log level set to \(level.rawValue) by \(sender)")
+    }
+
+    // MARK: - Reload
+
+    /// SIGHUP: as `Reload`; problems are logged.
+    public func reloadFromSignal() {
+        do {
+            try reload(trigger: "SIGHUP")
+        } catch {
+            // Each problem was logged by `reload`.
+        }
+    }
+
+    /// Reads the configuration again and applies it; an invalid one changes nothing. The files
+    /// are read on the actor: they are small, and a reload then applies atomically.
+    private func reload(trigger: String) throws(ConfigErrors) {
+        notifier.reloading(status: "reloading the configuration")
+        defer { notifier.ready(status: statusText()) }
+        logger.notice("reloading the configuration (\(trigger))")
+        let new: Configuration
+        switch settings.loader.load(validatingFor: settings.runnerKind) {
+        case .success(let configuration):
+            new = configuration
+        case .failure(let errors):
+            for error in errors.errors { logger.error("invalid configuration, nothing changed: \(error)") }
+            throw errors
+        }
+        let old = configuration
+        configuration = new
+        if new.daemon.logLevel != old.daemon.logLevel {
+            applyLogLevel(new.daemon.logLevel)
+            setManagerProperty("LogLevel", .string(new.daemon.logLevel.rawValue))
+        }
+        if new.daemon.stateDirectory != old.daemon.stateDirectory {
+            stateStore = StateStore(directory: new.daemon.stateDirectory)
+        }
+        if let warning = access.configure(adminGroup: new.daemon.adminGroup) { logger.warning("\(warning)") }
+        if new.daemon.runner != old.daemon.runner {
+            logger.warning("[daemon] runner changed to '\(new.daemon.runner.rawValue)': it takes effect when bgworkerd restarts")
+        }
+        apply(.reload(new))
+        if new.ha.source != old.ha.source {
+            if new.ha.source == .none {
+                restartRoleSource()
+                setRole(HARoleReport(.standalone, why: "HA is no longer configured"))
+            } else {
+                setRole(HARoleReport(.unknown, why: "HA source changed"))
+                restartRoleSource()
+            }
+        }
+        logger.notice("configuration reloaded: \(new.workers.count) workers")
+    }
+
+    // MARK: - HA role
+
+    /// Runs the configured HA source on the current connection (replacing any previous one).
+    private func restartRoleSource() {
+        roleSourceTask?.cancel()
+        roleSourceTask = nil
+        roleGeneration &+= 1
+        guard let connection, configuration.ha.source != .none else { return }
+        guard let source = makeRoleSource(for: configuration.ha) else {
+            logger.warning("no HA source for \(configuration.ha.source) in this build; the role stays unknown")
+            return
+        }
+        let generation = roleGeneration
+        // Strong: the task ends when it is cancelled (reload, reconnect, shutdown) or its
+        // connection ends, and the supervisor lives as long as the daemon anyway.
+        roleSourceTask = Task.detached { [self] in
+            await source.run(on: connection) { report in
+                await self.roleReported(report, generation: generation)
+            }
+        }
+    }
+
+    private func roleReported(_ report: HARoleReport, generation: UInt64) {
+        guard generation == roleGeneration else { return }
+        setRole(report)
+    }
+
+    private func setRole(_ report: HARoleReport) {
+        if report.role != fleet.roleState.reported {
+            logger.notice("HA role \(report.role.rawValue) (\(report.why))", metadata: ["role": "\(report.role.rawValue)"])
+            setManagerProperty("HARole", .string(report.role.rawValue))
+            emitManagerSignal("HARoleChanged", [.string(report.role.rawValue)])
+        }
+        apply(.roleChanged(report.role))
+    }
+
+    // MARK: - Events from the runner and timers
+
+    private func startRunnerLoops() {
+        let runner = self.runner
+        let commands = runnerCommands
+        Task {
+            for await command in commands {
+                switch command {
+                case .start(let spec):
+                    do throws(RunnerError) {
+                        let pid = try await runner.start(spec)
+                        self.startSucceeded(spec.name, pid: pid)
+                    } catch {
+                        self.startFailed(spec.name, error)
+                    }
+                case .stop(let name):
+                    await runner.stop(name: name)
+                }
+            }
+        }
+        Task {
+            for await event in runner.events {
+                self.runnerReported(event)
+            }
+        }
+    }
+
+    private func startSucceeded(_ name: String, pid: Int32) {
+        spawning.remove(name)
+        apply(.processStarted(name, pid: pid))
+        if let early = earlyExits.removeValue(forKey: name), early.pid == pid {
+            apply(.processExited(name, pid: pid, status: ExitStatus(early.status)))
+        }
+    }
+
+    private func startFailed(_ name: String, _ error: RunnerError) {
+        spawning.remove(name)
+        earlyExits[name] = nil
+        logger.error("cannot start worker \(name): \(error)", metadata: ["worker": "\(name)"])
+        let reason = error.errno.map { "\(error.context): \(errnoText($0))" } ?? error.context
+        apply(.startFailed(name, reason: reason))
+    }
+
+    private func runnerReported(_ event: RunnerEvent) {
+        switch event {
+        case .exited(let name, let pid, let status):
+            if fleet.status(of: name)?.pid == pid {
+                apply(.processExited(name, pid: pid, status: ExitStatus(status)))
+            } else if spawning.contains(name) {
+                // The exit overtook the answer to `start`: keep it until the pid is known.
+                earlyExits[name] = (pid, status)
+            } else {
+                logger.debug("ignoring the exit of pid \(pid) of worker \(name): not its process")
+            }
+        }
+    }
+
+    private func timerDue(_ name: String, token: UInt64) {
+        guard timers[name]?.token == token else { return }
+        timers[name] = nil
+        apply(.timerFired(name))
+    }
+
+    // MARK: - Carrying out the core's answers
+
+    /// The fleet's monotonic time: nanoseconds of ContinuousClock since the supervisor was made.
+    private func now() -> MonotonicInstant {
+        MonotonicInstant(nanoseconds: nanoseconds(ContinuousClock.now - clockOrigin))
+    }
+
+    /// A bus request: its errors are the contract's.
+    private func applyRequest(_ event: FleetEvent) throws(DBusError) {
+        let actions: [FleetAction]
+        do {
+            actions = try fleet.handle(event, now: now())
+        } catch {
+            throw error.busError
+        }
+        perform(actions)
+    }
+
+    /// An event that cannot be refused (anything but enable/disable/restart).
+    private func apply(_ event: FleetEvent) {
+        do {
+            perform(try fleet.handle(event, now: now()))
+        } catch {
+            logger.error("unexpected refusal of \(event): \(error)")
+        }
+    }
+
+    private func perform(_ actions: [FleetAction]) {
+        for action in actions {
+            switch action {
+            case .spawn(let name, let definition):
+                spawning.insert(name)
+                earlyExits[name] = nil
+                runnerCommandSink.yield(.start(launchSpec(definition)))
+            case .stop(let name, let pid):
+                logger.info("stopping worker \(name) (pid \(pid))", metadata: ["worker": "\(name)"])
+                runnerCommandSink.yield(.stop(name))
+            case .scheduleTimer(let name, let at):
+                schedule(name, at: at)
+            case .cancelTimer(let name):
+                timers.removeValue(forKey: name)?.task.cancel()
+            case .stateChanged(let name, let state, let pid, let reason):
+                stateChanged(name, state: state, pid: pid, reason: reason)
+            case .propertiesChanged(let name, let properties):
+                setWorkerProperties(name, properties.map(WorkerPropertyValues.value))
+            case .workerAdded(let status):
+                workerAdded(status)
+            case .workerRemoved(let name):
+                if let object = workerObjects.removeValue(forKey: name) {
+                    connection?.unexport(object.path)
+                }
+                logger.info("worker \(name) removed", metadata: ["worker": "\(name)"])
+            case .persist(let state):
+                do {
+                    try stateStore.save(state)
+                } catch {
+                    logger.error("cannot write the state file \(stateStore.path): \(error)")
+                }
+            }
+        }
+        resumeWaiters()
+        updateStatus()
+    }
+
+    /// One Task per due timer, sleeping on ContinuousClock until the instant: an event, not a
+    /// poll. Re-scheduling replaces (cancels) the previous timer of the worker.
+    private func schedule(_ name: String, at instant: MonotonicInstant) {
+        timers.removeValue(forKey: name)?.task.cancel()
+        nextTimerToken &+= 1
+        let token = nextTimerToken
+        let deadline = clockOrigin.advanced(by: .nanoseconds(instant.nanoseconds))
+        let task = Task { [weak self] in
+            do {
+                try await Task.sleep(until: deadline, clock: .continuous)
+            } catch {
+                return  // cancelled
+            }
+            await self?.timerDue(name, token: token)
+        }
+        timers[name] = (token, task)
+    }
+
+    private func stateChanged(_ name: String, state: WorkerState, pid: Int32?, reason: String) {
+        var metadata: Logger.Metadata = ["worker": "\(name)", "state": "\(state.rawValue)"]
+        if let pid { metadata["pid"] = "\(pid)" }
+        let level: Logger.Level = state == .failed ? .error : (state == .backoff ? .warning : .info)
+        logger.log(level: level, "worker \(name): \(state.rawValue) (\(reason))", metadata: metadata)
+        emitManagerSignal("WorkerStateChanged", [.string(name), .string(state.rawValue), .uint32(busPid(pid)), .string(reason)])
+        setWorkerProperties(name, [
+            ("State", .string(state.rawValue)), ("Pid", .uint32(busPid(pid))),
+            ("StateChangedAt", .uint64(wallClockMicroseconds())),
+        ])
+    }
+
+    private func workerAdded(_ status: WorkerStatus) {
+        let factory = BusServiceFactory(supervisor: self, access: access)
+        do {
+            let object = try factory.makeWorker(status, stateChangedAt: wallClockMicroseconds())
+            workerObjects[status.name] = object
+            if let connection { exportObject(object, on: connection) }
+            logger.info("worker \(status.name) added", metadata: ["worker": "\(status.name)"])
+        } catch {
+            logger.error("cannot make the bus object of worker \(status.name): \(error)")
+        }
+    }
+
+    private func exportObject(_ object: ExportedObject, on connection: DBusConnection) {
+        do {
+            try connection.export(object)
+        } catch {
+            logger.error("cannot export \(object.path): \(error)")
+        }
+    }
+
+    private func setWorkerProperties(_ name: String, _ values: [(String, DBusValue)]) {
+        guard let object = workerObjects[name] else { return }
+        do {
+            try object.setProperties(BgWorkerBus.workerInterface, values)
+        } catch {
+            logger.error("cannot update the properties of worker \(name): \(error)")
+        }
+    }
+
+    private func setManagerProperty(_ property: String, _ value: DBusValue) {
+        do {
+            try manager?.setProperty(BgWorkerBus.managerInterface, property, value)
+        } catch {
+            logger.error("cannot update \(property): \(error)")
+        }
+    }
+
+    private func emitManagerSignal(_ member: String, _ arguments: [DBusValue]) {
+        do {
+            try manager?.emitSignal(interface: BgWorkerBus.managerInterface, member: member, arguments: arguments)
+        } catch {
+            logger.error("cannot emit \(member): \(error)")
+        }
+    }
+
+    private func applyLogLevel(_ level: LogLevel) {
+        if let swiftLogLevel = Logger.Level(rawValue: level.rawValue) { logLevel.level = swiftLogLevel }
+    }
+
+    /// The worker's whole environment: a default PATH (as systemd gives services), the daemon's
+    /// bus when it is not the default system bus, the configured variables, then
+    /// `BGWORKER_NAME` and `BGWORKER_LOG_LEVEL`.
+    private func launchSpec(_ definition: WorkerDefinition) -> LaunchSpec {
+        var environment = ["PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+        if let address = settings.busAddressForWorkers { environment["DBUS_SYSTEM_BUS_ADDRESS"] = address }
+        environment.merge(definition.environment) { _, configured in configured }
+        environment["BGWORKER_NAME"] = definition.name
+        environment["BGWORKER_LOG_LEVEL"] = logLevel.level.rawValue
+        return LaunchSpec(
+            name: definition.name, argv: definition.exec, environment: environment,
+            workingDirectory: definition.workingDirectory, user: definition.user, group: definition.group,
+            stopTimeout: .nanoseconds(Int64(min(definition.stopTimeout, 1e9) * 1e9)),
+            definitionHash: definition.definitionHash)
+    }
+
+    // MARK: - Waiting for settled workers and for the end
+
+    /// Returns once the worker is settled (see `WorkerState.isSettled`).
+    private func settled(_ name: String) async {
+        guard !fleet.isSettled(name) else { return }
+        await withCheckedContinuation { settleWaiters[name, default: []].append($0) }
+    }
+
+    private func resumeWaiters() {
+        for name in Array(settleWaiters.keys) where fleet.isSettled(name) {
+            settleWaiters.removeValue(forKey: name)?.forEach { $0.resume() }
+        }
+        if isShuttingDown, !fleet.hasProcesses, !drainWaiters.isEmpty {
+            let waiters = drainWaiters
+            drainWaiters = []
+            waiters.forEach { $0.resume() }
+        }
+    }
+
+    // MARK: - Status for systemd
+
+    /// `3 workers: 2 running, 1 standby`.
+    public func statusText() -> String {
+        let workers = fleet.workers
+        var counts: [WorkerState: Int] = [:]
+        for worker in workers { counts[worker.state, default: 0] += 1 }
+        let parts = WorkerState.allCases.compactMap { state in counts[state].map { "\($0) \(state.rawValue)" } }
+        let head = workers.count == 1 ? "1 worker" : "\(workers.count) workers"
+        return parts.isEmpty ? head : head + ": " + parts.joined(separator: ", ")
+    }
+
+    private func updateStatus() {
+        let text = statusText()
+        guard text != lastStatusText else { return }
+        lastStatusText = text
+        notifier.status(text)
+    }
+}
+
+extension ExitStatus {
+    init(_ exit: WorkerExit) {
+        switch exit {
+        case .exited(let code): self = .exited(code)
+        case .killed(let signal): self = .killed(signal)
+        case .dumped(let signal): self = .dumped(signal)
+        }
+    }
+}
+
+/// Whole nanoseconds of a duration (saturating).
+func nanoseconds(_ duration: Duration) -> Int64 {
+    let (seconds, attoseconds) = duration.components
+    let (scaled, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+    if overflow { return seconds < 0 ? .min : .max }
+    return scaled &+ attoseconds / 1_000_000_000
+}
+
+/// Microseconds since the Unix epoch (`StateChangedAt`).
+func wallClockMicroseconds() -> UInt64 {
+    var now = timespec()
+    clock_gettime(CLOCK_REALTIME, &now)
+    return UInt64(max(now.tv_sec, 0)) * 1_000_000 + UInt64(max(now.tv_nsec, 0)) / 1000
+}

@@ -1,0 +1,257 @@
+import Foundation
+import Glibc
+import Synchronization
+import Testing
+import TestSupport
+
+// The fixture of the daemon tests: a real dbus-daemon, the real built `bgworkerd`, its
+// configuration in a temporary folder, and real clients (busctl, dbus-send, gdbus, python3-dbus).
+
+/// A worker row of `ListWorkers` (`a(ssbuo)`), as busctl prints it.
+struct WorkerRow: Equatable, CustomStringConvertible {
+    var name: String
+    var state: String
+    var enabled: Bool
+    var pid: UInt32
+    var path: String
+    var description: String { "\(name) \(state) enabled=\(enabled) pid=\(pid) \(path)" }
+}
+
+/// One `WorkerStateChanged` signal.
+struct StateChange: Equatable, CustomStringConvertible {
+    var name: String
+    var state: String
+    var pid: UInt32
+    var reason: String
+    var description: String { "\(name) \(state) pid=\(pid) (\(reason))" }
+
+    init?(_ message: BusMessage) {
+        guard message.type == "signal", message.member == "WorkerStateChanged", message.body.count == 4,
+              let name = message.body[0].string, let state = message.body[1].string,
+              let pid = message.body[2].uint32, let reason = message.body[3].string
+        else { return nil }
+        self.name = name
+        self.state = state
+        self.pid = pid
+        self.reason = reason
+    }
+}
+
+/// `[daemon]` lines every test config has: its own state folder.
+final class DaemonFixture: Sendable {
+    static let manager = "/org/example/BgWorker"
+    static let interface = "org.example.BgWorker"
+    static let busName = "org.example.BgWorker"
+
+    let bus: PrivateBus
+    let directory: TemporaryDirectory
+    let configPath: String
+    private let current: Mutex<DaemonProcess?>
+
+    var daemon: DaemonProcess {
+        get throws {
+            guard let daemon = current.withLock({ $0 }) else { throw TestProcessError("no daemon runs") }
+            return daemon
+        }
+    }
+
+    /// Writes `bgworkerd.toml` (a `[daemon]` table with a state folder of its own plus
+    /// `daemonSettings`, then `configuration`) and starts the daemon, unless `start` is false.
+    init(_ configuration: String, daemonSettings: String = "", dropIns: [String: String] = [:],
+         arguments: [String] = [], start: Bool = true) async throws {
+        directory = try TemporaryDirectory(prefix: "bgw-daemon")
+        chmod(directory.path, 0o755)
+        bus = try await PrivateBus(directory: directory)
+        configPath = directory.file("bgworkerd.toml")
+        current = Mutex(nil)
+        try writeConfiguration(configuration, daemonSettings: daemonSettings)
+        if !dropIns.isEmpty {
+            try FileManager.default.createDirectory(atPath: directory.file("workers.d"), withIntermediateDirectories: true)
+            for (name, text) in dropIns { try text.write(toFile: directory.file("workers.d/\(name)"), atomically: true, encoding: .utf8) }
+        }
+        if start { try await startDaemon(arguments: arguments) }
+    }
+
+    var stateDirectory: String { directory.file("state") }
+
+    func writeConfiguration(_ configuration: String, daemonSettings: String = "") throws {
+        let text = """
+            [daemon]
+            state-directory = "\(stateDirectory)"
+            \(daemonSettings)
+
+            \(configuration)
+            """
+        try text.write(toFile: configPath, atomically: true, encoding: .utf8)
+    }
+
+    @discardableResult
+    func startDaemon(arguments: [String] = [], waitUntilReady: Bool = true) async throws -> DaemonProcess {
+        let daemon = try await DaemonProcess(
+            bus: bus, configPath: configPath, arguments: ["--runner", "process"] + arguments,
+            runtimeDirectory: directory.file("run"), waitUntilReady: waitUntilReady)
+        current.withLock { $0 = daemon }
+        return daemon
+    }
+
+    /// Stops the daemon (SIGTERM unless told otherwise) and returns its wait status.
+    @discardableResult
+    func stopDaemon(signal: Int32 = SIGTERM) async throws -> Int32 {
+        let daemon = try daemon
+        let status = try await daemon.stop(signal: signal)
+        current.withLock { $0 = nil }
+        return status
+    }
+
+    func teardown() async {
+        if let daemon = current.withLock({ $0 }) { await daemon.process.terminate(grace: .seconds(10)) }
+        await bus.stop()
+    }
+
+    /// Runs `body` with a fixture and always tears it down; on failure the daemon's log is printed.
+    static func with(
+        _ configuration: String, daemonSettings: String = "", dropIns: [String: String] = [:],
+        arguments: [String] = [], _ body: (DaemonFixture) async throws -> Void
+    ) async throws {
+        let fixture = try await DaemonFixture(configuration, daemonSettings: daemonSettings, dropIns: dropIns, arguments: arguments)
+        do {
+            try await body(fixture)
+        } catch {
+            print("--- bgworkerd log ---\n\((try? fixture.daemon.log) ?? "")")
+            await fixture.teardown()
+            throw error
+        }
+        await fixture.teardown()
+    }
+
+    // MARK: Clients
+
+    /// `busctl --address=... ARGS`.
+    func busctl(_ arguments: [String]) async throws -> (status: Int32, stdout: String, stderr: String) {
+        try await run(["busctl", "--address=\(bus.unixAddress)"] + arguments)
+    }
+
+    /// `busctl --json=short call` on the manager; returns the reply's data, throws with busctl's
+    /// message on an error reply.
+    @discardableResult
+    func call(_ member: String, _ signature: String = "", _ arguments: [String] = [],
+              path: String = DaemonFixture.manager, interface: String = DaemonFixture.interface) async throws -> [BusValue] {
+        var argv = ["--json=short", "call", Self.busName, path, interface, member]
+        if !signature.isEmpty { argv += [signature] + arguments }
+        let result = try await busctl(argv)
+        guard result.status == 0 else { throw TestProcessError("\(member) failed: \(result.stderr)") }
+        return try Self.decodeReply(result.stdout)
+    }
+
+    static func decodeReply(_ text: String) throws -> [BusValue] {
+        guard !text.isEmpty else { return [] }
+        let top = try JSONDecoder().decode([String: BusValue].self, from: Data(text.utf8))
+        return top["data"]?.array ?? []
+    }
+
+    /// `dbus-send --print-reply` on the manager (or `path`/`interface`); returns (status, output)
+    /// where a failure's output starts with `Error <error name>: <message>`.
+    func dbusSend(_ member: String, _ arguments: [String] = [], path: String = DaemonFixture.manager,
+                  interface: String = DaemonFixture.interface, asUser uid: Int? = nil) async throws -> (status: Int32, output: String) {
+        var argv = ["dbus-send", "--address=\(bus.unixAddress)", "--print-reply", "--dest=\(Self.busName)", path,
+                    "\(interface).\(member)"] + arguments
+        if let uid { argv = ["setpriv", "--reuid=\(uid)", "--regid=\(uid)", "--clear-groups"] + argv }
+        let result = try await run(argv)
+        return (result.status, result.stdout + result.stderr)
+    }
+
+    func listWorkers() async throws -> [WorkerRow] {
+        let reply = try await call("ListWorkers")
+        guard let rows = reply.first?.array else { throw TestProcessError("ListWorkers answered \(reply)") }
+        return try rows.map { row in
+            guard let fields = row.array, fields.count == 5, let name = fields[0].string, let state = fields[1].string,
+                  let enabled = fields[2].bool, let pid = fields[3].uint32, let path = fields[4].string
+            else { throw TestProcessError("bad ListWorkers row \(row)") }
+            return WorkerRow(name: name, state: state, enabled: enabled, pid: pid, path: path)
+        }
+    }
+
+    func worker(_ name: String) async throws -> WorkerRow {
+        guard let row = try await listWorkers().first(where: { $0.name == name }) else {
+            throw TestProcessError("no worker \(name) in ListWorkers")
+        }
+        return row
+    }
+
+    /// A property of a worker object (by its label) or of the manager.
+    func property(_ name: String, worker label: String? = nil) async throws -> BusValue {
+        let path = label.map { "\(Self.manager)/worker/\($0)" } ?? Self.manager
+        let interface = label == nil ? Self.interface : "\(Self.interface).Worker"
+        let result = try await busctl(["--json=short", "get-property", Self.busName, path, interface, name])
+        guard result.status == 0 else { throw TestProcessError("get-property \(name) failed: \(result.stderr)") }
+        let top = try JSONDecoder().decode([String: BusValue].self, from: Data(result.stdout.utf8))
+        guard let data = top["data"] else { throw TestProcessError("get-property \(name) printed \(result.stdout)") }
+        return data
+    }
+
+    /// A monitor of the daemon's signals, method calls, replies and errors.
+    func monitor() async throws -> BusMonitor {
+        try await BusMonitor(address: bus.unixAddress, matches: [
+            "type='signal',sender='\(Self.busName)'",
+            "type='method_call',destination='\(Self.busName)'",
+            "type='method_return'", "type='error'",
+        ])
+    }
+
+    /// The daemon's unique name.
+    func daemonUniqueName() async throws -> String {
+        let reply = try await run(["busctl", "--address=\(bus.unixAddress)", "--json=short", "call", "org.freedesktop.DBus",
+                                   "/org/freedesktop/DBus", "org.freedesktop.DBus", "GetNameOwner", "s", Self.busName])
+        guard let name = try Self.decodeReply(reply.stdout).first?.string else { throw TestProcessError("no owner: \(reply.stderr)") }
+        return name
+    }
+}
+
+extension BusMonitor {
+    /// The next `WorkerStateChanged` of `worker` (earlier messages are consumed).
+    func stateChange(of worker: String, to state: String? = nil, timeout: Duration = .seconds(10)) async throws -> StateChange {
+        let message = try await waitFor("WorkerStateChanged \(worker) \(state ?? "*")", timeout: timeout) { message in
+            guard let change = StateChange(message) else { return false }
+            return change.name == worker && (state == nil || change.state == state)
+        }
+        guard let change = StateChange(message) else { throw TestProcessError("unreachable") }
+        return change
+    }
+
+    /// Every `WorkerStateChanged` up to the reply (method_return or error) the daemon sends to a
+    /// call of `member`; the reply is the last element's `reply`.
+    func changes(untilReplyTo member: String, daemon: String, timeout: Duration = .seconds(20)) async throws -> (changes: [StateChange], reply: BusMessage) {
+        var caller: String?
+        var changes: [StateChange] = []
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let left = deadline - ContinuousClock.now
+            guard left > .zero, let message = try await next(timeout: left) else {
+                throw TestProcessError("no reply to \(member); seen \(changes)")
+            }
+            if message.type == "method_call", message.member == member, caller == nil { caller = message.sender }
+            if let change = StateChange(message) { changes.append(change) }
+            if (message.type == "method_return" || message.type == "error"), message.sender == daemon,
+               let caller, message.destination == caller {
+                return (changes, message)
+            }
+        }
+    }
+}
+
+/// A /bin/sh worker table.
+func shellWorker(_ name: String, _ script: String, extra: String = "") -> String {
+    let escaped = script.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+    return """
+        [worker.\(name)]
+        exec = ["/bin/sh", "-c", "\(escaped)"]
+        \(extra)
+
+        """
+}
+
+/// The command line of a live process (for "is it our worker" checks), or nil.
+func commandLine(of pid: UInt32) -> String? {
+    guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline"), !data.isEmpty else { return nil }
+    return String(decoding: data, as: UTF8.self).replacingOccurrences(of: "\0", with: " ")
+}

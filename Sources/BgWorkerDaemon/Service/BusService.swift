@@ -143,7 +143,7 @@ struct BusServiceFactory: Sendable {
                     try await requireSupervisor().setLogLevel(level, by: call.sender)
                     return .string(level.rawValue)
                 },
-                DBusProperty("Runner", .string, initial: .string(runner), changeSignal: .const),
+                DBusProperty("Runner", .string, initial: .string(runner)),
             ],
             signals: [
                 DBusSignalDeclaration(

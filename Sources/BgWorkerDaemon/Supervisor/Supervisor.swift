@@ -328,7 +328,7 @@ public actor Supervisor {
         spawning.remove(name)
         apply(.processStarted(name, pid: pid))
         if let early = earlyExits.removeValue(forKey: name), early.pid == pid {
-            apply(.processExited(name, pid: pid, status: ExitStatus(early.status)))
+            apply(.processExited(name, pid: pid, status: early.status))
         }
     }
 
@@ -344,7 +344,7 @@ public actor Supervisor {
         switch event {
         case .exited(let name, let pid, let status):
             if fleet.status(of: name)?.pid == pid {
-                apply(.processExited(name, pid: pid, status: ExitStatus(status)))
+                apply(.processExited(name, pid: pid, status: status))
             } else if spawning.contains(name) {
                 // The exit overtook the answer to `start`: keep it until the pid is known.
                 earlyExits[name] = (pid, status)
@@ -555,16 +555,6 @@ public actor Supervisor {
         guard text != lastStatusText else { return }
         lastStatusText = text
         notifier.status(text)
-    }
-}
-
-extension ExitStatus {
-    init(_ exit: WorkerExit) {
-        switch exit {
-        case .exited(let code): self = .exited(code)
-        case .killed(let signal): self = .killed(signal)
-        case .dumped(let signal): self = .dumped(signal)
-        }
     }
 }
 

@@ -3,6 +3,8 @@ import BgWorkerCore
 // The seam between the supervisor and the two ways of running a worker (child processes, systemd
 // transient units). The supervisor sees only this protocol, so it cannot tell the runners apart.
 
+import BgWorkerCore
+
 /// Everything a runner needs to start one worker. The runner adds nothing implicit: `environment`
 /// is the worker's complete environment (the supervisor adds `BGWORKER_NAME` and
 /// `BGWORKER_LOG_LEVEL`), and a nil `workingDirectory`, `user` or `group` means "the daemon's".
@@ -23,6 +25,9 @@ public struct LaunchSpec: Sendable, Equatable {
     /// A hash of the worker's definition: the systemd runner stores it on the unit so that a new
     /// daemon adopts only units that still match their definition.
     public var definitionHash: UInt64
+    /// Resource and sandbox settings (memory-max, cpu-quota, ...). Only the systemd runner can
+    /// apply them; the configuration refuses them for the process runner (`validate(for:)`).
+    public var resources: ResourceControls
 
     public init(
         name: String,
@@ -32,7 +37,8 @@ public struct LaunchSpec: Sendable, Equatable {
         user: String? = nil,
         group: String? = nil,
         stopTimeout: Duration = .seconds(5),
-        definitionHash: UInt64 = 0
+        definitionHash: UInt64 = 0,
+        resources: ResourceControls = ResourceControls()
     ) {
         self.name = name
         self.argv = argv
@@ -42,6 +48,7 @@ public struct LaunchSpec: Sendable, Equatable {
         self.group = group
         self.stopTimeout = stopTimeout
         self.definitionHash = definitionHash
+        self.resources = resources
     }
 }
 

@@ -1,0 +1,233 @@
+// Following one transient unit from the signals systemd sends: its start job's end (JobRemoved)
+// and its properties (PropertiesChanged on the unit's object, Unit and Service interfaces).
+// Pure: the runner feeds it what arrived, in bus order, and carries out the outcomes.
+//
+// Facts it relies on (systemd 252, seen in tests):
+// - systemd flushes a unit's pending PropertiesChanged before the JobRemoved of its job
+//   (bus_job_send_removed_signal), so when a start job ends "done" the unit's MainPID is known.
+// - A new unit's first PropertiesChanged can read `inactive`/`dead` while its start job runs, so
+//   states seen before the start job ended say nothing about an exit.
+// - When the main process ends, the Service interface's ExecMainCode/ExecMainStatus change in
+//   the same flush as, or before, the Unit interface's ActiveState `inactive` or `failed`; with
+//   KillMode=control-group the unit stays `deactivating` until the rest of its cgroup is gone.
+
+import BgWorkerCore
+import DBus
+
+/// The last values systemd announced for the unit properties the runner follows.
+struct UnitStatus: Sendable, Equatable {
+    var activeState = ""
+    var subState = ""
+    /// The Service's `Result`: `success`, `exit-code`, `signal`, `core-dump`, `timeout`, ...
+    var result = ""
+    var mainPID: UInt32 = 0
+    var execMainPID: UInt32 = 0
+    /// `CLD_EXITED` = 1, `CLD_KILLED` = 2, `CLD_DUMPED` = 3; 0 before the main process ended.
+    var execMainCode: Int32 = 0
+    var execMainStatus: Int32 = 0
+
+    /// Takes the values of a PropertiesChanged's `a{sv}` (or a GetAll). Unknown names and values
+    /// of an unexpected type are ignored: a peer's odd message must not crash us.
+    mutating func apply(_ changed: [String: DBusValue]) {
+        for (key, wrapped) in changed {
+            let value = wrapped.unwrappingVariant
+            switch key {
+            case "ActiveState": if let v = value.stringValue { activeState = v }
+            case "SubState": if let v = value.stringValue { subState = v }
+            case "Result": if let v = value.stringValue { result = v }
+            case "MainPID": if let v = value.uint32Value { mainPID = v }
+            case "ExecMainPID": if let v = value.uint32Value { execMainPID = v }
+            case "ExecMainCode": if let v = value.int32Value { execMainCode = v }
+            case "ExecMainStatus": if let v = value.int32Value { execMainStatus = v }
+            default: break
+            }
+        }
+    }
+
+    /// The unit has ended: nothing of it runs any more.
+    var hasEnded: Bool { activeState == "inactive" || activeState == "failed" }
+
+    /// How the main process ended.
+    var exit: WorkerExit {
+        switch execMainCode {
+        case 1: .exited(execMainStatus)
+        case 2: .killed(execMainStatus)
+        case 3: .dumped(execMainStatus)
+        // systemd recorded no end of a main process (never seen with Type=exec once the start
+        // job is done); the unit is gone all the same.
+        default: .killed(9)
+        }
+    }
+
+    /// `exited with status 203 (EXEC)`, `killed by SIGSEGV`, or nil before the main process ended.
+    var exitText: String? {
+        guard (1...3).contains(execMainCode) else { return nil }
+        if execMainCode == 1, let meaning = systemdExitStatusName(execMainStatus) {
+            return "exited with status \(execMainStatus) (\(meaning))"
+        }
+        return exit.reason
+    }
+}
+
+/// The names systemd gives the exit statuses its own service setup uses (systemd.exec(5),
+/// "Process Exit Codes"), e.g. 203 `EXEC`: the program could not be executed.
+func systemdExitStatusName(_ status: Int32) -> String? {
+    let names: [Int32: String] = [
+        200: "CHDIR", 201: "NICE", 202: "FDS", 203: "EXEC", 204: "MEMORY", 205: "LIMITS",
+        206: "OOM_ADJUST", 207: "SIGNAL_MASK", 208: "STDIN", 209: "STDOUT", 210: "CHROOT",
+        211: "IOPRIO", 212: "TIMERSLACK", 213: "SECUREBITS", 214: "SETSCHEDULER",
+        215: "CPUAFFINITY", 216: "GROUP", 217: "USER", 218: "CAPABILITIES", 219: "CGROUP",
+        220: "SETSID", 221: "CONFIRM", 222: "STDERR", 224: "PAM", 225: "NETWORK", 226: "NAMESPACE",
+        227: "NO_NEW_PRIVILEGES", 228: "SECCOMP", 229: "SELINUX_CONTEXT", 230: "PERSONALITY",
+        231: "APPARMOR", 232: "ADDRESS_FAMILIES", 233: "RUNTIME_DIRECTORY", 235: "CHOWN",
+        236: "SMACK_PROCESS_LABEL", 237: "KEYRING", 238: "STATE_DIRECTORY", 239: "CACHE_DIRECTORY",
+        240: "LOGS_DIRECTORY", 241: "CONFIGURATION_DIRECTORY", 242: "NUMA_POLICY",
+        243: "CREDENTIALS", 245: "BPF",
+    ]
+    return names[status]
+}
+
+/// One unit's life as the runner sees it: starting (its start job runs), running (with the pid
+/// the runner reported), ended.
+struct UnitTracker: Sendable, Equatable {
+    enum Phase: Sendable, Equatable {
+        /// The start job was asked for and has not ended yet (or, for a unit found at adoption,
+        /// the runner has not read its state yet).
+        case starting
+        /// Started (or adopted) with this main pid; its end is the worker's exit.
+        case running(pid: Int32)
+        case ended
+    }
+
+    enum Outcome: Sendable, Equatable {
+        /// The start job ended `done`: the worker runs with this pid.
+        case started(pid: Int32)
+        /// The start job ended otherwise; the text says why, in systemd's words.
+        case startFailed(String)
+        /// The running unit ended.
+        case exited(pid: Int32, WorkerExit)
+        /// The start job is done but no pid was announced: read the Service's properties and
+        /// pass them to `propertiesRead`.
+        case needsProperties
+    }
+
+    private(set) var phase: Phase = .starting
+    private(set) var status = UnitStatus()
+    /// The start job's object path, once StartTransientUnit answered.
+    private(set) var startJob: String?
+    /// Results of this unit's jobs that ended before StartTransientUnit's reply was seen.
+    private var endedJobs: [String: String] = [:]
+    /// The start job ended `done`, but its pid is not known yet.
+    private var awaitingPid = false
+
+    init() {}
+
+    /// A PropertiesChanged of the unit's object.
+    mutating func propertiesChanged(_ changed: [String: DBusValue]) -> [Outcome] {
+        status.apply(changed)
+        if awaitingPid { return startDone() }
+        if case .running(let pid) = phase, status.hasEnded {
+            phase = .ended
+            return [.exited(pid: pid, status.exit)]
+        }
+        return []
+    }
+
+    /// The answer to `needsProperties`: the Service's (and Unit's) current properties.
+    mutating func propertiesRead(_ values: [String: DBusValue]) -> [Outcome] {
+        status.apply(values)
+        guard awaitingPid else { return propertiesChanged([:]) }
+        awaitingPid = false
+        let pid = status.mainPID != 0 ? status.mainPID : status.execMainPID
+        guard pid != 0, let pid = Int32(exactly: pid) else {
+            phase = .ended
+            return [.startFailed("the start job is done but systemd reports no main process")]
+        }
+        return enterRunning(pid: pid)
+    }
+
+    /// A JobRemoved for this unit.
+    mutating func jobRemoved(job: String, result: String) -> [Outcome] {
+        guard phase == .starting else { return [] }
+        guard let startJob else {
+            endedJobs[job] = result
+            return []
+        }
+        return job == startJob ? startJobEnded(result) : []
+    }
+
+    /// StartTransientUnit answered with the start job's path.
+    mutating func startJobCreated(_ job: String) -> [Outcome] {
+        guard phase == .starting, startJob == nil else { return [] }
+        startJob = job
+        if let result = endedJobs.removeValue(forKey: job) { return startJobEnded(result) }
+        endedJobs = [:]
+        return []
+    }
+
+    /// The runner found this unit running with `pid` when it adopted it. Signals that came in
+    /// meanwhile were applied already; if one of them says this very process ended, so did the unit.
+    mutating func adopted(pid: Int32) -> [Outcome] {
+        guard phase == .starting else { return [] }
+        phase = .running(pid: pid)
+        if status.hasEnded && status.execMainPID == UInt32(bitPattern: pid) {
+            phase = .ended
+            return [.exited(pid: pid, status.exit)]
+        }
+        return []
+    }
+
+    /// A unit found at adoption that the runner stops: followed until it ends, whatever runs in it.
+    mutating func leaving() -> [Outcome] {
+        guard phase == .starting else { return [] }
+        let pid = Int32(bitPattern: status.mainPID)
+        phase = .running(pid: pid)
+        if status.hasEnded {
+            phase = .ended
+            return [.exited(pid: pid, status.exit)]
+        }
+        return []
+    }
+
+    /// The runner gives up on the unit (its start was refused, the bus went away).
+    mutating func abandon() { phase = .ended }
+
+    private mutating func startJobEnded(_ result: String) -> [Outcome] {
+        guard result == "done" else {
+            phase = .ended
+            return [.startFailed(failureText(jobResult: result))]
+        }
+        return startDone()
+    }
+
+    private mutating func startDone() -> [Outcome] {
+        let pid = status.mainPID != 0 ? status.mainPID : status.execMainPID
+        guard pid != 0, let pid = Int32(exactly: pid) else {
+            awaitingPid = true
+            return [.needsProperties]
+        }
+        awaitingPid = false
+        return enterRunning(pid: pid)
+    }
+
+    private mutating func enterRunning(pid: Int32) -> [Outcome] {
+        phase = .running(pid: pid)
+        var outcomes: [Outcome] = [.started(pid: pid)]
+        // Only when systemd's order was broken (a read after the fact): it ran and ended already.
+        if status.hasEnded && status.execMainCode != 0 {
+            phase = .ended
+            outcomes.append(.exited(pid: pid, status.exit))
+        }
+        return outcomes
+    }
+
+    /// e.g. `start job failed: exit-code, main process exited with status 203 (EXEC)`.
+    private func failureText(jobResult: String) -> String {
+        var text = "start job \(jobResult)"
+        var details: [String] = []
+        if !status.result.isEmpty && status.result != "success" { details.append(status.result) }
+        if let exit = status.exitText { details.append("main process \(exit)") }
+        if !details.isEmpty { text += ": " + details.joined(separator: ", ") }
+        return text
+    }
+}

@@ -1,0 +1,237 @@
+import BgWorkerCore
+import DBus
+import Foundation
+import TestSupport
+import Testing
+
+@testable import BgWorkerDaemon
+
+/// The pure parts of the systemd runner: the unit's properties, the hash read back, and the
+/// tracking of a unit from the signals systemd sends (sequences as systemd 252 sent them).
+@Suite("SystemdRunner: units and tracking (no systemd)")
+struct SystemdRunnerUnitTests {
+    private func properties(_ spec: LaunchSpec, daemonDirectory: String? = nil) -> [String: DBusValue] {
+        var out: [String: DBusValue] = [:]
+        for item in WorkerUnit.properties(for: spec, daemonDirectory: daemonDirectory) {
+            guard let fields = item.structureValue, fields.count == 2, let key = fields[0].stringValue else {
+                Issue.record("not an (sv): \(item)")
+                continue
+            }
+            #expect(out[key] == nil, "\(key) given twice")
+            out[key] = fields[1].unwrappingVariant
+        }
+        return out
+    }
+
+    @Test func unitNamesAndPaths() {
+        let plain = WorkerUnit(worker: "db-sync")
+        #expect(plain.name == "bgworker-db-sync.service")
+        #expect(plain.path.rawValue == "/org/freedesktop/systemd1/unit/bgworker_2ddb_2dsync_2eservice")
+        let odd = WorkerUnit(worker: "a@b")
+        #expect(odd.name == "bgworker-a\\x40b.service")
+        #expect(odd.path.rawValue == "/org/freedesktop/systemd1/unit/bgworker_2da_5cx40b_2eservice")
+        #expect(WorkerUnit(worker: "x.y-z_1").name == "bgworker-x.y-z_1.service")
+    }
+
+    @Test func propertiesOfAPlainWorker() throws {
+        let spec = LaunchSpec(name: "dice", argv: ["/usr/bin/env", "$HOME", "${X}", "$$", "%n"],
+                              environment: ["B": "2", "A": "1"], stopTimeout: .milliseconds(2500),
+                              definitionHash: 0xab)
+        let p = properties(spec)
+        #expect(p["Description"]?.stringValue == "bgworker worker dice")
+        #expect(p["Type"]?.stringValue == "exec")
+        #expect(p["Slice"]?.stringValue == "bgworker.slice")
+        #expect(p["KillMode"]?.stringValue == "control-group")
+        #expect(p["CollectMode"]?.stringValue == "inactive-or-failed")
+        #expect(p["Restart"]?.stringValue == "no")
+        #expect(p["SyslogIdentifier"]?.stringValue == "dice")
+        #expect(p["TimeoutStopUSec"] == .uint64(2_500_000))
+        #expect(p["Environment"]?.stringArrayValue == ["A=1", "B=2", "BGWORKER_DEFINITION_HASH=00000000000000ab"])
+        let exec = try #require(p["ExecStartEx"])
+        #expect(exec.signature.rawValue == "a(sasas)")
+        let command = try #require(exec.arrayValue?.first?.structureValue)
+        #expect(command[0].stringValue == "/usr/bin/env")
+        #expect(command[1].stringArrayValue == spec.argv, "argv goes as given; no-env-expand keeps the $ forms")
+        #expect(command[2].stringArrayValue == ["no-env-expand"])
+        for key in ["WorkingDirectory", "User", "Group", "MemoryMax", "CPUQuotaPerSecUSec", "TasksMax", "PrivateTmp",
+                    "ProtectSystem", "ProtectHome", "NoNewPrivileges"] {
+            #expect(p[key] == nil, "\(key) is not set when not configured")
+        }
+    }
+
+    @Test func propertiesOfAFullyConfiguredWorker() {
+        var resources = ResourceControls()
+        resources.memoryMax = 64 << 20
+        resources.cpuQuotaPercent = 150
+        resources.tasksMax = 20
+        resources.privateTmp = true
+        resources.protectSystem = .strict
+        resources.protectHome = .readOnly
+        resources.noNewPrivileges = true
+        let spec = LaunchSpec(name: "w", argv: ["/bin/true"], workingDirectory: "/srv", user: "nobody",
+                              group: "nogroup", resources: resources)
+        let p = properties(spec, daemonDirectory: "/ignored")
+        #expect(p["WorkingDirectory"]?.stringValue == "/srv")
+        #expect(p["User"]?.stringValue == "nobody")
+        #expect(p["Group"]?.stringValue == "nogroup")
+        #expect(p["MemoryMax"] == .uint64(64 << 20))
+        #expect(p["CPUQuotaPerSecUSec"] == .uint64(1_500_000))
+        #expect(p["TasksMax"] == .uint64(20))
+        #expect(p["PrivateTmp"] == .bool(true))
+        #expect(p["ProtectSystem"]?.stringValue == "strict")
+        #expect(p["ProtectHome"]?.stringValue == "read-only")
+        #expect(p["NoNewPrivileges"] == .bool(true))
+        #expect(properties(LaunchSpec(name: "w", argv: ["/bin/true"]), daemonDirectory: "/var/lib/x")["WorkingDirectory"]?
+            .stringValue == "/var/lib/x", "no working-directory: the daemon's")
+    }
+
+    @Test func protectValuesInSystemdsSpelling() {
+        #expect([ProtectSystem.off, .on, .full, .strict].map(WorkerUnit.systemdValue) == ["no", "yes", "full", "strict"])
+        #expect([ProtectHome.off, .on, .readOnly, .tmpfs].map(WorkerUnit.systemdValue) == ["no", "yes", "read-only", "tmpfs"])
+    }
+
+    @Test func definitionHashReadBack() {
+        var definition = WorkerDefinition(name: "w", exec: ["/bin/true"])
+        definition.environment = ["K": "v"]
+        let spec = LaunchSpec(name: "w", argv: ["/bin/true"], definitionHash: definition.definitionHash)
+        let environment = WorkerUnit.environment(for: spec)
+        #expect(environment.last == "BGWORKER_DEFINITION_HASH=\(definition.definitionHashText)")
+        #expect(WorkerUnit.definitionHash(inEnvironment: environment) == definition.definitionHash)
+        #expect(WorkerUnit.definitionHash(inEnvironment: ["A=1"]) == nil)
+        #expect(WorkerUnit.definitionHash(inEnvironment: ["BGWORKER_DEFINITION_HASH=xyz"]) == nil)
+        #expect(WorkerUnit.definitionHash(inEnvironment: ["BGWORKER_DEFINITION_HASH=12"]) == nil)
+    }
+
+    @Test func durationsInMicroseconds() {
+        #expect(WorkerUnit.microseconds(.seconds(5)) == 5_000_000)
+        #expect(WorkerUnit.microseconds(.zero) == 0)
+        #expect(WorkerUnit.microseconds(.seconds(Int64.max)) == .max)
+    }
+
+    // MARK: Tracking
+
+    private static func service(mainPID: UInt32, result: String = "success", code: Int32 = 0, status: Int32 = 0,
+                                execMainPID: UInt32? = nil) -> [String: DBusValue] {
+        ["MainPID": .variant(.uint32(mainPID)), "Result": .variant(.string(result)),
+         "ExecMainPID": .variant(.uint32(execMainPID ?? mainPID)), "ExecMainCode": .variant(.int32(code)),
+         "ExecMainStatus": .variant(.int32(status))]
+    }
+
+    private static func unit(_ active: String, _ sub: String) -> [String: DBusValue] {
+        ["ActiveState": .variant(.string(active)), "SubState": .variant(.string(sub))]
+    }
+
+    @Test func aStartThatRunsAndExits() {
+        var t = UnitTracker()
+        // The new unit's first announcement reads inactive: no exit.
+        #expect(t.propertiesChanged(Self.service(mainPID: 39)) == [])
+        #expect(t.propertiesChanged(Self.unit("inactive", "dead")) == [])
+        #expect(t.startJobCreated("/org/freedesktop/systemd1/job/26") == [])
+        #expect(t.propertiesChanged(Self.unit("activating", "start")) == [])
+        #expect(t.propertiesChanged(Self.unit("active", "running")) == [])
+        #expect(t.jobRemoved(job: "/org/freedesktop/systemd1/job/25", result: "done") == [], "another job")
+        #expect(t.jobRemoved(job: "/org/freedesktop/systemd1/job/26", result: "done") == [.started(pid: 39)])
+        #expect(t.propertiesChanged(Self.service(mainPID: 0, result: "exit-code", code: 1, status: 3, execMainPID: 39)) == [])
+        #expect(t.propertiesChanged(Self.unit("failed", "failed")) == [.exited(pid: 39, .exited(3))])
+        #expect(t.phase == .ended)
+        #expect(t.propertiesChanged(Self.unit("failed", "failed")) == [], "once only")
+    }
+
+    @Test func theJobCanEndBeforeStartTransientUnitsReplyIsSeen() {
+        var t = UnitTracker()
+        _ = t.propertiesChanged(Self.service(mainPID: 7))
+        _ = t.propertiesChanged(Self.unit("active", "running"))
+        #expect(t.jobRemoved(job: "/j/1", result: "done") == [])
+        #expect(t.startJobCreated("/j/1") == [.started(pid: 7)])
+    }
+
+    @Test func aMissingProgramFailsTheStart() {
+        var t = UnitTracker()
+        _ = t.startJobCreated("/j/13")
+        _ = t.propertiesChanged(Self.service(mainPID: 37))
+        _ = t.propertiesChanged(Self.unit("activating", "start"))
+        _ = t.propertiesChanged(Self.service(mainPID: 0, result: "exit-code", code: 1, status: 203, execMainPID: 37))
+        #expect(t.propertiesChanged(Self.unit("failed", "failed")) == [], "an end before the job's end is no exit")
+        #expect(t.jobRemoved(job: "/j/13", result: "failed")
+                == [.startFailed("start job failed: exit-code, main process exited with status 203 (EXEC)")])
+        #expect(t.phase == .ended)
+    }
+
+    @Test func aStopEndsWithTheSignalThatEndedIt() {
+        var t = UnitTracker()
+        _ = t.startJobCreated("/j/61")
+        _ = t.propertiesChanged(Self.service(mainPID: 48))
+        _ = t.propertiesChanged(Self.unit("active", "running"))
+        #expect(t.jobRemoved(job: "/j/61", result: "done") == [.started(pid: 48)])
+        _ = t.propertiesChanged(Self.unit("deactivating", "stop-sigterm"))
+        _ = t.propertiesChanged(Self.service(mainPID: 48, result: "timeout"))
+        #expect(t.propertiesChanged(Self.unit("deactivating", "stop-sigkill")) == [])
+        _ = t.propertiesChanged(Self.service(mainPID: 0, result: "timeout", code: 2, status: 9, execMainPID: 48))
+        #expect(t.propertiesChanged(Self.unit("failed", "failed")) == [.exited(pid: 48, .killed(9))])
+    }
+
+    @Test func aDoneJobWithoutAPidAsksForARead() {
+        var t = UnitTracker()
+        _ = t.startJobCreated("/j/1")
+        #expect(t.jobRemoved(job: "/j/1", result: "done") == [.needsProperties])
+        #expect(t.propertiesRead(Self.service(mainPID: 5).merging(Self.unit("active", "running")) { a, _ in a })
+                == [.started(pid: 5)])
+        var gone = UnitTracker()
+        _ = gone.startJobCreated("/j/1")
+        _ = gone.jobRemoved(job: "/j/1", result: "done")
+        #expect(gone.propertiesRead(Self.service(mainPID: 0, result: "exit-code", code: 1, status: 0, execMainPID: 9)
+            .merging(Self.unit("inactive", "dead")) { a, _ in a }) == [.started(pid: 9), .exited(pid: 9, .exited(0))])
+    }
+
+    @Test func adoptionAndLeaving() {
+        var adopted = UnitTracker()
+        _ = adopted.propertiesChanged(Self.unit("active", "running"))
+        #expect(adopted.adopted(pid: 12) == [])
+        _ = adopted.propertiesChanged(Self.service(mainPID: 0, result: "signal", code: 2, status: 15, execMainPID: 12))
+        #expect(adopted.propertiesChanged(Self.unit("inactive", "dead")) == [.exited(pid: 12, .killed(15))])
+
+        var endedMeanwhile = UnitTracker()
+        _ = endedMeanwhile.propertiesChanged(Self.service(mainPID: 0, result: "exit-code", code: 1, status: 1, execMainPID: 12))
+        _ = endedMeanwhile.propertiesChanged(Self.unit("failed", "failed"))
+        #expect(endedMeanwhile.adopted(pid: 12) == [.exited(pid: 12, .exited(1))])
+
+        var leaving = UnitTracker()
+        _ = leaving.propertiesChanged(Self.service(mainPID: 30))
+        #expect(leaving.leaving() == [])
+        #expect(leaving.propertiesChanged(Self.unit("inactive", "dead")).count == 1)
+    }
+
+    @Test func oddValuesFromThePeerAreIgnored() {
+        var t = UnitTracker()
+        _ = t.startJobCreated("/j/1")
+        #expect(t.propertiesChanged(["MainPID": .variant(.string("x")), "ActiveState": .uint32(3)]) == [])
+        #expect(t.status == UnitStatus())
+    }
+
+    @Test func exitTexts() {
+        var s = UnitStatus()
+        #expect(s.exitText == nil)
+        s.execMainCode = 1; s.execMainStatus = 217
+        #expect(s.exitText == "exited with status 217 (USER)")
+        s.execMainStatus = 3
+        #expect(s.exitText == "exited with status 3")
+        s.execMainCode = 3; s.execMainStatus = 11
+        #expect(s.exit == .dumped(11))
+        #expect(s.exitText == "killed by SIGSEGV (core dumped)")
+    }
+
+    // MARK: Detection
+
+    @Test func pid1Detection() throws {
+        let root = try TemporaryDirectory(prefix: "bgw-sd-detect")
+        defer { root.remove() }
+        let proc = root.file("proc"), run = root.file("run")
+        try FileManager.default.createDirectory(atPath: "\(proc)/1", withIntermediateDirectories: true)
+        try "init\n".write(toFile: "\(proc)/1/comm", atomically: true, encoding: .utf8)
+        #expect(SystemdRunner.pid1IsNotSystemd(procRoot: proc, runRoot: run) == "PID 1 is 'init', not systemd")
+        try "systemd\n".write(toFile: "\(proc)/1/comm", atomically: true, encoding: .utf8)
+        #expect(SystemdRunner.pid1IsNotSystemd(procRoot: proc, runRoot: run)?.contains("was not booted with systemd") == true)
+        try FileManager.default.createDirectory(atPath: "\(run)/systemd/system", withIntermediateDirectories: true)
+        #expect(SystemdRunner.pid1IsNotSystemd(procRoot: proc, runRoot: run) == nil)
+    }
+}

@@ -157,6 +157,20 @@ struct SystemdRunnerUnitTests {
         #expect(t.phase == .ended)
     }
 
+    @Test func aProgramThatDiesRightAfterExecStartedAndExited() {
+        // systemd 252 saw the SIGCHLD before the exec: the start job "failed", yet the program ran.
+        var t = UnitTracker()
+        _ = t.startJobCreated("/j/5")
+        _ = t.propertiesChanged(Self.service(mainPID: 0, result: "signal", code: 2, status: 11, execMainPID: 40))
+        _ = t.propertiesChanged(Self.unit("failed", "failed"))
+        #expect(t.jobRemoved(job: "/j/5", result: "failed") == [.started(pid: 40), .exited(pid: 40, .killed(11))])
+        var exited = UnitTracker()
+        _ = exited.startJobCreated("/j/6")
+        _ = exited.propertiesChanged(Self.service(mainPID: 0, result: "exit-code", code: 1, status: 3, execMainPID: 41))
+        _ = exited.propertiesChanged(Self.unit("failed", "failed"))
+        #expect(exited.jobRemoved(job: "/j/6", result: "failed") == [.started(pid: 41), .exited(pid: 41, .exited(3))])
+    }
+
     @Test func aStopEndsWithTheSignalThatEndedIt() {
         var t = UnitTracker()
         _ = t.startJobCreated("/j/61")
@@ -191,7 +205,9 @@ struct SystemdRunnerUnitTests {
         #expect(adopted.propertiesChanged(Self.unit("inactive", "dead")) == [.exited(pid: 12, .killed(15))])
 
         var endedMeanwhile = UnitTracker()
-        _ = endedMeanwhile.propertiesChanged(Self.service(mainPID: 0, result: "exit-code", code: 1, status: 1, execMainPID: 12))
+        _ = endedMeanwhile.propertiesRead(Self.service(mainPID: 0, result: "exit-code", code: 1, status: 1, execMainPID: 12)
+            .merging(["Environment": .variant(.stringArray(["BGWORKER_DEFINITION_HASH=00000000000000aa"]))]) { a, _ in a })
+        #expect(WorkerUnit.definitionHash(inEnvironment: endedMeanwhile.status.environment) == 0xaa)
         _ = endedMeanwhile.propertiesChanged(Self.unit("failed", "failed"))
         #expect(endedMeanwhile.adopted(pid: 12) == [.exited(pid: 12, .exited(1))])
 

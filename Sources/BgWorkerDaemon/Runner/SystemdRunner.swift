@@ -118,18 +118,20 @@ public final class SystemdRunner: WorkerRunner {
                 watch.cancel()
                 throw RunnerError(.shutDown, worker: unit.worker, context: "the runner is shut down")
             }
-            Task { [table, connection, logger] in
+            Task { [table, logger] in
                 for await event in watch {
                     switch event {
                     case .signal(let signal):
                         await table.handle(signal, id: id)
+                    case .ownerReply(let reply):
+                        await table.handleReply(reply, id: id)
                     case .ownerChanged(_, let owner?):
                         // systemd re-executed or restarted: signals may have been lost meanwhile.
                         logger.notice("systemd has a new bus connection; reading the unit's state again",
                                       metadata: ["unit": "\(unit.name)", "owner": "\(owner)"])
                         await table.resubscribe()
-                        await table.handleRead(await readStatus(unit, on: connection), id: id)
-                    case .ownerChanged(_, nil):
+                        await table.refresh(id: id)
+                    case .ownerChanged(_, nil), .ignoredSignal:
                         break
                     }
                 }
@@ -168,9 +170,7 @@ public final class SystemdRunner: WorkerRunner {
                                       context: "\(unit.name) exists already (\(state.isEmpty ? "state unknown" : state)) and was not started by this runner")
                 }
                 logger.notice("resetting a leftover unit", metadata: ["unit": "\(unit.name)", "state": "\(state)"])
-                _ = try? await connection.call(destination: SystemdBus.name, path: SystemdBus.managerPath,
-                                               interface: SystemdBus.manager, member: "ResetFailedUnit",
-                                               arguments: [.string(unit.name)])
+                await resetFailed(unit)
             } catch let error as RunnerError {
                 throw error
             } catch let error as DBusError {
@@ -203,43 +203,32 @@ public final class SystemdRunner: WorkerRunner {
             await table.discard(id: id)
             return .nothing
         }
-        // Read only after the stream is in place: an end after the read is then seen.
-        let state = (try? await readProperty(unit, SystemdBus.unit, "ActiveState"))?.stringValue ?? ""
-        let pidValue = (try? await readProperty(unit, SystemdBus.service, "MainPID"))?.uint32Value ?? 0
-        let environment = (try? await readProperty(unit, SystemdBus.service, "Environment"))?.stringArrayValue ?? []
-        let hash = WorkerUnit.definitionHash(inEnvironment: environment)
-        let pid = Int32(exactly: pidValue) ?? 0
-
-        let why: String
-        if let spec {
-            if state == "active" && pid > 0 && hash == spec.definitionHash {
-                if await table.adopt(id: id, pid: pid) {
-                    logger.info("adopted a running worker", metadata: ["worker": "\(unit.worker)", "unit": "\(unit.name)", "pid": "\(pid)"])
-                    return .adopted(pid)
-                }
-                return .nothing  // it ended meanwhile; the supervisor starts it anew
-            }
-            why = hash == spec.definitionHash ? "its unit is \(state.isEmpty ? "in an unknown state" : state)" : "its definition changed"
-        } else {
-            why = "no such worker is configured"
+        // Read through the unit's stream, once it is in place: the values are those at the
+        // reply's place among the unit's signals, and every change after it is seen.
+        guard await table.readState(id: id) else {
+            logger.warning("cannot read a worker unit's state; leaving it alone", metadata: ["unit": "\(unit.name)"])
+            await table.discard(id: id)
+            return .nothing
         }
-        await table.willLeave(id: id)
-        switch state {
-        case "inactive", "":
-            await table.discard(id: id)
+        switch await table.decideAdoption(id: id, definitionHash: spec?.definitionHash) {
+        case .adopted(let pid):
+            logger.info("adopted a running worker", metadata: ["worker": "\(unit.worker)", "unit": "\(unit.name)", "pid": "\(pid)"])
+            return .adopted(pid)
+        case .ended(let state):
+            if state == "failed" { await resetFailed(unit) }
             return .nothing
-        case "failed":
-            _ = try? await connection.call(destination: SystemdBus.name, path: SystemdBus.managerPath,
-                                           interface: SystemdBus.manager, member: "ResetFailedUnit",
-                                           arguments: [.string(unit.name)])
-            await table.discard(id: id)
-            return .nothing
-        default:
+        case .leave(let state, let why):
             logger.notice("stopping a worker unit left by a previous daemon: \(why)",
                           metadata: ["worker": "\(unit.worker)", "unit": "\(unit.name)", "state": "\(state)"])
             await stopUnit(unit, worker: unit.worker)
             return .leaving(id)
         }
+    }
+
+    private func resetFailed(_ unit: WorkerUnit) async {
+        _ = try? await connection.call(destination: SystemdBus.name, path: SystemdBus.managerPath,
+                                       interface: SystemdBus.manager, member: "ResetFailedUnit",
+                                       arguments: [.string(unit.name)])
     }
 
     private struct ListedUnit {
@@ -295,17 +284,6 @@ func stopUnit(_ unit: WorkerUnit, on connection: DBusConnection, logger: Logger)
 
 private let unitPropertyType = DBusType.structure([.string, .variant])
 private let auxiliaryUnitType = DBusType.structure([.string, .array(.structure([.string, .variant]))])
-
-/// The Unit's and Service's properties of a unit now (empty when they cannot be read).
-func readStatus(_ unit: WorkerUnit, on connection: DBusConnection) async -> [String: DBusValue] {
-    var values: [String: DBusValue] = [:]
-    for interface in [SystemdBus.service, SystemdBus.unit] {
-        let reply = try? await connection.call(destination: SystemdBus.name, path: unit.path, interface: SystemdBus.properties,
-                                               member: "GetAll", arguments: [.string(interface)])
-        if let all = reply?.first?.stringKeyedDictionary { values.merge(all) { _, new in new } }
-    }
-    return values
-}
 
 private func currentDirectory() -> String? {
     guard let pointer = getcwd(nil, 0) else { return nil }

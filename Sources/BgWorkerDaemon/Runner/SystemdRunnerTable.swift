@@ -29,6 +29,9 @@ actor SystemdUnitTable {
     private var nextID: UInt64 = 1
     private var shuttingDown = false
     private var emptyWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Reads of units' properties sent with `callOwner`, by call id: their replies come through
+    /// the unit's stream, in order among its signals.
+    private var pendingReads: [UInt64: (entry: UInt64, waiter: CheckedContinuation<Bool, Never>?)] = [:]
     private var subscribed = false
     private var subscribing: Task<Void, any Error>?
 
@@ -117,18 +120,37 @@ actor SystemdUnitTable {
         return entry.unit
     }
 
-    /// The unit found at adoption runs `pid` with the current definition: follow it as started.
-    func adopt(id: UInt64, pid: Int32) -> Bool {
-        guard entries[id] != nil else { return false }
-        update(id) { $0.adopted(pid: pid) }
-        return entries[id] != nil
+    enum AdoptionDecision: Sendable, Equatable {
+        /// Followed as started, with this pid.
+        case adopted(Int32)
+        /// To be stopped (`why`); its end is no event. `state` is its ActiveState.
+        case leave(state: String, why: String)
+        /// It has ended already; nothing to do.
+        case ended(state: String)
     }
 
-    /// The unit found at adoption will be stopped; its end is no event.
-    func willLeave(id: UInt64) {
-        guard entries[id] != nil else { return }
+    /// Decides, on the unit's state as read (`readState`) and announced since, whether the unit
+    /// found at adoption is adopted (its worker exists, `active` with a main pid, same definition
+    /// hash) or stopped; in one step, so no signal comes between the decision and its effect.
+    func decideAdoption(id: UInt64, definitionHash: UInt64?) -> AdoptionDecision {
+        guard let entry = entries[id] else { return .ended(state: "gone") }
+        let status = entry.tracker.status
+        let hash = WorkerUnit.definitionHash(inEnvironment: status.environment)
+        let state = status.activeState
+        if let definitionHash, state == "active", status.mainPID != 0, let pid = Int32(exactly: status.mainPID),
+           hash == definitionHash {
+            update(id) { $0.adopted(pid: pid) }
+            return .adopted(pid)
+        }
+        let why: String
+        switch definitionHash {
+        case nil: why = "no such worker is configured"
+        case hash: why = "its unit is \(state.isEmpty ? "in an unknown state" : state)"
+        default: why = "its definition changed"
+        }
         entries[id]?.reportsExit = false
         update(id) { $0.leaving() }
+        return entries[id] == nil ? .ended(state: state) : .leave(state: state, why: why)
     }
 
     func waitUntilGone(id: UInt64) async {
@@ -156,10 +178,50 @@ actor SystemdUnitTable {
         }
     }
 
-    /// Properties read with GetAll (after a re-executed systemd, or when a pid was missing).
-    func handleRead(_ values: [String: DBusValue], id: UInt64) {
-        guard entries[id] != nil, !values.isEmpty else { return }
-        update(id) { $0.propertiesRead(values) }
+    /// Reads the unit's Unit and Service properties through its stream and waits for both
+    /// replies; they are applied at their place among the unit's signals. False when a read failed.
+    func readState(id: UInt64) async -> Bool {
+        var complete = true
+        for interface in [SystemdBus.unit, SystemdBus.service] {
+            let read = await withCheckedContinuation { sendRead(id: id, interface: interface, waiter: $0) }
+            complete = complete && read
+        }
+        return complete
+    }
+
+    /// Reads the unit's properties anew without waiting (from the unit's own stream task, which
+    /// must go on to deliver the replies): after systemd re-executed.
+    func refresh(id: UInt64) {
+        for interface in [SystemdBus.unit, SystemdBus.service] { sendRead(id: id, interface: interface, waiter: nil) }
+    }
+
+    /// The reply to a read sent with `callOwner`.
+    func handleReply(_ reply: OwnerCallReply, id: UInt64) {
+        guard let pending = pendingReads.removeValue(forKey: reply.id) else { return }
+        switch reply.result {
+        case .success(let values):
+            if let all = values.first?.stringKeyedDictionary { update(id) { $0.propertiesRead(all) } }
+            pending.waiter?.resume(returning: true)
+        case .failure(let error):
+            if let unit = entries[id]?.unit {
+                logger.warning("cannot read a unit's properties", metadata: ["unit": "\(unit.name)", "error": "\(error)"])
+            }
+            pending.waiter?.resume(returning: false)
+        }
+    }
+
+    private func sendRead(id: UInt64, interface: String, waiter: CheckedContinuation<Bool, Never>?) {
+        guard let entry = entries[id], let watch = entry.watch else {
+            waiter?.resume(returning: false)
+            return
+        }
+        do {
+            let call = try watch.callOwner(path: entry.unit.path, interface: SystemdBus.properties, member: "GetAll",
+                                           arguments: [.string(interface)])
+            pendingReads[call] = (id, waiter)
+        } catch {
+            waiter?.resume(returning: false)
+        }
     }
 
     /// The entry's stream ended without the runner cancelling it: the bus connection is gone.
@@ -220,10 +282,7 @@ actor SystemdUnitTable {
             }
             remove(id, startFailure: nil)
         case .needsProperties:
-            Task { [connection] in
-                let values = await readStatus(unit, on: connection)
-                self.handleRead(values, id: id)
-            }
+            sendRead(id: id, interface: SystemdBus.service, waiter: nil)
         }
     }
 
@@ -236,6 +295,10 @@ actor SystemdUnitTable {
             starter.resume(returning: .failure(startFailure ?? RunnerError(.unavailable, worker: entry.unit.worker, context: "the unit ended before its start job")))
         }
         for waiter in entry.goneWaiters { waiter.resume() }
+        for (call, pending) in pendingReads where pending.entry == id {
+            pendingReads[call] = nil
+            pending.waiter?.resume(returning: false)
+        }
         if entries.isEmpty {
             for waiter in emptyWaiters { waiter.resume() }
             emptyWaiters = []

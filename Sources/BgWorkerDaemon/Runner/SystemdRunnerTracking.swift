@@ -25,6 +25,8 @@ struct UnitStatus: Sendable, Equatable {
     /// `CLD_EXITED` = 1, `CLD_KILLED` = 2, `CLD_DUMPED` = 3; 0 before the main process ended.
     var execMainCode: Int32 = 0
     var execMainStatus: Int32 = 0
+    /// The Service's `Environment` (read at adoption; carries the definition hash).
+    var environment: [String] = []
 
     /// Takes the values of a PropertiesChanged's `a{sv}` (or a GetAll). Unknown names and values
     /// of an unexpected type are ignored: a peer's odd message must not crash us.
@@ -39,6 +41,7 @@ struct UnitStatus: Sendable, Equatable {
             case "ExecMainPID": if let v = value.uint32Value { execMainPID = v }
             case "ExecMainCode": if let v = value.int32Value { execMainCode = v }
             case "ExecMainStatus": if let v = value.int32Value { execMainStatus = v }
+            case "Environment": if let v = value.stringArrayValue { environment = v }
             default: break
             }
         }
@@ -165,12 +168,11 @@ struct UnitTracker: Sendable, Equatable {
         return []
     }
 
-    /// The runner found this unit running with `pid` when it adopted it. Signals that came in
-    /// meanwhile were applied already; if one of them says this very process ended, so did the unit.
+    /// The runner adopts this unit, running `pid`: its end is the worker's exit from now on.
     mutating func adopted(pid: Int32) -> [Outcome] {
         guard phase == .starting else { return [] }
         phase = .running(pid: pid)
-        if status.hasEnded && status.execMainPID == UInt32(bitPattern: pid) {
+        if status.hasEnded {
             phase = .ended
             return [.exited(pid: pid, status.exit)]
         }
@@ -195,9 +197,26 @@ struct UnitTracker: Sendable, Equatable {
     private mutating func startJobEnded(_ result: String) -> [Outcome] {
         guard result == "done" else {
             phase = .ended
+            // With Type=exec, a program that dies right after its execve can end before systemd
+            // has seen the exec succeed: the start job then fails, though the program ran. When
+            // the main process ended by a signal, or with a status that is not one of systemd's
+            // own set-up failures (200-245), it did run: report a start and an exit, as the
+            // process runner would.
+            if status.hasEnded, programRan, status.execMainPID != 0, let pid = Int32(exactly: status.execMainPID) {
+                return [.started(pid: pid), .exited(pid: pid, status.exit)]
+            }
             return [.startFailed(failureText(jobResult: result))]
         }
         return startDone()
+    }
+
+    /// The main process's end shows the program itself ran (not a failure of systemd's set-up).
+    private var programRan: Bool {
+        switch status.execMainCode {
+        case 2, 3: true
+        case 1: systemdExitStatusName(status.execMainStatus) == nil
+        default: false
+        }
     }
 
     private mutating func startDone() -> [Outcome] {

@@ -97,6 +97,7 @@ private func follow(_ watch: NameOwnerWatch, _ manager: ManagerProtocol, connect
             case .failure(let error):
                 (role, why) = (.unknown, "\(manager.roleProperty) read failed: \(error)")
             }
+            logger.debug("read \(manager.roleProperty) of \(reply.owner ?? "nobody"): \(role.rawValue) (\(why))")
             await perform(state.readFinished(id: reply.id, role: role, why: why))
         }
     }

@@ -2,7 +2,9 @@
 // which HA source reports the role. Each is one small function, so that adding a runner or a
 // source changes nothing else.
 import BgWorkerCore
+import DBus
 import Glibc
+import Logging
 
 /// Why no runner could be made.
 public struct RunnerSelectionError: Error, Sendable, CustomStringConvertible {
@@ -45,14 +47,19 @@ public func makeRunner(
 }
 
 /// The HA source of an `[ha]` section: nil for `source = "none"` (the role is `standalone`).
-///
-/// The keepalived and org.example.HAManager sources have not landed yet: for those this returns
-/// nil too, and the daemon keeps the role `unknown` (only `run-on = "any"` workers run) and logs
-/// it. The HA helper fills this in.
-public func makeRoleSource(for settings: HASettings) -> (any HARoleSource)? {
+/// See docs/ha.md.
+public func makeRoleSource(for settings: HASettings, logger: Logger = Logger(label: "bgworkerd.ha")) -> (any HARoleSource)? {
     switch settings.source {
-    case .none: nil
-    case .keepalived: nil
-    case .dbus: nil
+    case .none:
+        return nil
+    case .keepalived(let instance):
+        // The configuration checked that it is an object path; should that ever not hold, the
+        // role stays unknown with the reason rather than the daemon crashing.
+        guard let path = try? ObjectPath(instance) else {
+            return UnknownRoleSource(why: "[ha] instance '\(instance)' is not an object path")
+        }
+        return KeepalivedRoleSource(instance: path, logger: logger)
+    case .dbus(let service):
+        return HAManagerRoleSource(service: service, logger: logger)
     }
 }

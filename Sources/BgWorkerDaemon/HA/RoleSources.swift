@@ -137,23 +137,6 @@ public struct HAManagerRoleSource: HARoleSource {
     }
 }
 
-/// The role source for `[ha]`: nil for `source = "none"` (the role is `standalone`).
-public func makeRoleSource(for settings: HASettings, logger: Logger = Logger(label: "bgworkerd.ha")) -> (any HARoleSource)? {
-    switch settings.source {
-    case .none:
-        return nil
-    case .keepalived(let instance):
-        // The configuration checked that it is an object path; should that ever not hold, the
-        // role stays unknown with the reason rather than the daemon crashing.
-        guard let path = try? ObjectPath(instance) else {
-            return UnknownRoleSource(why: "[ha] instance '\(instance)' is not an object path")
-        }
-        return KeepalivedRoleSource(instance: path, logger: logger)
-    case .dbus(let service):
-        return HAManagerRoleSource(service: service, logger: logger)
-    }
-}
-
 /// Reports `unknown` once and waits for the connection to end (a configuration that cannot be
 /// followed; it never gives a role).
 struct UnknownRoleSource: HARoleSource {

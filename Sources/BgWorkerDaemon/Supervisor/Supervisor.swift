@@ -269,7 +269,7 @@ public actor Supervisor {
         roleSourceTask = nil
         roleGeneration &+= 1
         guard let connection, configuration.ha.source != .none else { return }
-        guard let source = makeRoleSource(for: configuration.ha) else {
+        guard let source = makeRoleSource(for: configuration.ha, logger: logger) else {
             logger.warning("no HA source for \(configuration.ha.source) in this build; the role stays unknown")
             return
         }

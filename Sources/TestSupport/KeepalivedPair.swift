@@ -186,15 +186,7 @@ public final class KeepalivedPair: Sendable {
     public static func with<T: Sendable>(
         startKeepalived: Bool = true, _ body: (KeepalivedPair) async throws -> T
     ) async throws -> T {
-        let pair = try await start(startKeepalived: startKeepalived)
-        do {
-            let result = try await body(pair)
-            await pair.teardown()
-            return result
-        } catch {
-            await pair.teardown()
-            throw error
-        }
+        try await withCleanup(try await start(startKeepalived: startKeepalived), cleanup: { await $0.teardown() }, body)
     }
 
     deinit {

@@ -50,6 +50,22 @@ public func uniqueID(_ length: Int = 8) -> String {
     String(UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(length))
 }
 
+/// An async `defer`: runs `body` with `resource`, then `cleanup`, whether `body` returned or
+/// threw; for test fixtures that must be torn down (processes, namespaces) even when a test fails.
+public func withCleanup<Resource, Result>(
+    _ resource: Resource, cleanup: (Resource) async -> Void, _ body: (Resource) async throws -> Result
+) async throws -> Result {
+    let result: Result
+    do {
+        result = try await body(resource)
+    } catch {
+        await cleanup(resource)
+        throw error
+    }
+    await cleanup(resource)
+    return result
+}
+
 /// Whether tests that need root should run: as root, or in CI (`CI=true`), where they must run
 /// and fail loudly if root is missing rather than skip.
 public var rootTestsEnabled: Bool { isRoot || isCI }

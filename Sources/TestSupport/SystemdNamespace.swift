@@ -122,15 +122,7 @@ public final class SystemdNamespace: Sendable {
     public static func with<T: Sendable>(
         extraUnits: [String: String] = [:], _ body: (SystemdNamespace) async throws -> T
     ) async throws -> T {
-        let namespace = try await start(extraUnits: extraUnits)
-        do {
-            let result = try await body(namespace)
-            await namespace.stop()
-            return result
-        } catch {
-            await namespace.stop()
-            throw error
-        }
+        try await withCleanup(try await start(extraUnits: extraUnits), cleanup: { await $0.stop() }, body)
     }
 
     deinit {

@@ -72,7 +72,8 @@ import TestSupport
 
         var systemdPid: pid_t = 0
         var cgroups: [String] = []
-        try await SystemdNamespace.with { ns in
+        let slice = "[Unit]\nDescription=bgworker test slice\n"
+        try await SystemdNamespace.with(extraUnits: ["bgworker-test.slice": slice]) { ns in
             systemdPid = ns.systemdPid
             cgroups = ns.cgroupDirectories
             #expect(!cgroups.isEmpty)
@@ -109,6 +110,14 @@ import TestSupport
             // The unit's cgroup is in this namespace's own subtree, not shared with another systemd.
             #expect(cgroups.contains { FileManager.default.fileExists(atPath: "\($0)/system.slice/\(unit)") },
                     "\(unit) under \(cgroups)")
+
+            // Extra units are there for systemd to load.
+            let loaded = try await ns.busctl(["call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+                                              "org.freedesktop.systemd1.Manager", "LoadUnit", "s", "bgworker-test.slice"])
+            let slicePath = try #require(loaded.stdout.split(separator: "\"").dropFirst().first.map(String.init), "\(loaded)")
+            let loadState = try await ns.busctl(["get-property", "org.freedesktop.systemd1", slicePath,
+                                                 "org.freedesktop.systemd1.Unit", "LoadState"])
+            #expect(loadState.stdout == "s \"loaded\"")
 
             // Its /tmp is not ours.
             let inside = try await ns.run(inside: ["ls", "-A", "/tmp"])

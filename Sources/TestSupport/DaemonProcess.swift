@@ -1,6 +1,7 @@
 import CShims
 import Foundation
 import Glibc
+import Synchronization
 
 /// The path of an executable product built beside the test bundle (or the benchmark), e.g.
 /// `builtExecutablePath("bgworkerd")`.
@@ -53,8 +54,13 @@ public final class DaemonProcess: Sendable {
         }
     }
 
-    /// Waits for READY=1 (or for the daemon to exit, which fails at once).
-    public func waitUntilReady(timeout: Duration = .seconds(30)) async throws {
+    /// The READY=1 message the daemon sent at start (with its STATUS=), once it was received.
+    public var readyMessage: [(key: String, value: String)] { ready.withLock { $0 } }
+    private let ready = Mutex<[(key: String, value: String)]>([])
+
+    /// Waits for READY=1 (or for the daemon to exit, which fails at once); returns that message.
+    @discardableResult
+    public func waitUntilReady(timeout: Duration = .seconds(30)) async throws -> [(key: String, value: String)] {
         let deadline = ContinuousClock.now + timeout
         while true {
             let left = deadline - ContinuousClock.now
@@ -68,7 +74,10 @@ public final class DaemonProcess: Sendable {
                 }
                 continue
             }
-            if message.contains(where: { $0.key == "READY" && $0.value == "1" }) { return }
+            if message.contains(where: { $0.key == "READY" && $0.value == "1" }) {
+                ready.withLock { $0 = message }
+                return message
+            }
         }
     }
 

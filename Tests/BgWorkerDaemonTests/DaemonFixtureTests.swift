@@ -25,6 +25,13 @@ struct StateChange: Equatable, CustomStringConvertible {
     var reason: String
     var description: String { "\(name) \(state) pid=\(pid) (\(reason))" }
 
+    init(name: String, state: String, pid: UInt32, reason: String) {
+        self.name = name
+        self.state = state
+        self.pid = pid
+        self.reason = reason
+    }
+
     init?(_ message: BusMessage) {
         guard message.type == "signal", message.member == "WorkerStateChanged", message.body.count == 4,
               let name = message.body[0].string, let state = message.body[1].string,
@@ -153,7 +160,7 @@ final class DaemonFixture: Sendable {
     /// where a failure's output starts with `Error <error name>: <message>`.
     func dbusSend(_ member: String, _ arguments: [String] = [], path: String = DaemonFixture.manager,
                   interface: String = DaemonFixture.interface, asUser uid: Int? = nil) async throws -> (status: Int32, output: String) {
-        var argv = ["dbus-send", "--address=\(bus.unixAddress)", "--print-reply", "--dest=\(Self.busName)", path,
+        var argv = ["dbus-send", "--bus=\(bus.unixAddress)", "--print-reply", "--dest=\(Self.busName)", path,
                     "\(interface).\(member)"] + arguments
         if let uid { argv = ["setpriv", "--reuid=\(uid)", "--regid=\(uid)", "--clear-groups"] + argv }
         let result = try await run(argv)
@@ -254,4 +261,73 @@ func shellWorker(_ name: String, _ script: String, extra: String = "") -> String
 func commandLine(of pid: UInt32) -> String? {
     guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline"), !data.isEmpty else { return nil }
     return String(decoding: data, as: UTF8.self).replacingOccurrences(of: "\0", with: " ")
+}
+
+/// A named pipe a worker script writes lines into (`echo $$ > FIFO`), read by the test with a
+/// deadline: how a worker says "I got this far" without the test polling.
+final class Fifo: Sendable {
+    let path: String
+    private let readEnd: Int32
+    /// Held open so that the reader never sees end-of-file between two writers.
+    private let writeEnd: Int32
+    private let pending = Mutex<[UInt8]>([])
+
+    init(_ path: String) throws {
+        self.path = path
+        guard mkfifo(path, 0o666) == 0 else { throw TestProcessError("mkfifo \(path): \(errno)") }
+        chmod(path, 0o666)
+        readEnd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        writeEnd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC)
+        guard readEnd >= 0, writeEnd >= 0 else { throw TestProcessError("open \(path): \(errno)") }
+    }
+
+    deinit {
+        close(readEnd)
+        close(writeEnd)
+        unlink(path)
+    }
+
+    /// Writes a line for a worker to read (`read x < FIFO`): it waits in the pipe until then.
+    func writeLine(_ line: String) {
+        let bytes = Array((line + "\n").utf8)
+        _ = bytes.withUnsafeBytes { write(writeEnd, $0.baseAddress, $0.count) }
+    }
+
+    /// The next line written into the pipe.
+    func readLine(timeout: Duration = .seconds(10)) async throws -> String {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            if let line = pending.withLock({ buffer -> String? in
+                guard let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) else { return nil }
+                defer { buffer.removeSubrange(...newline) }
+                return String(decoding: buffer[..<newline], as: UTF8.self)
+            }) { return line }
+            let left = deadline - ContinuousClock.now
+            guard left > .zero, try await awaitReadable(readEnd, timeout: left) else {
+                throw TestProcessError("nothing written into \(path) within \(timeout)")
+            }
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            let count = read(readEnd, &chunk, chunk.count)
+            if count > 0 { pending.withLock { $0 += chunk[0..<count] } }
+        }
+    }
+}
+
+/// Reads `/proc/PID/environ`.
+func environment(of pid: UInt32) -> [String: String] {
+    guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return [:] }
+    var result: [String: String] = [:]
+    for entry in data.split(separator: 0) {
+        let text = String(decoding: entry, as: UTF8.self)
+        guard let equals = text.firstIndex(of: "=") else { continue }
+        result[String(text[..<equals])] = String(text[text.index(after: equals)...])
+    }
+    return result
+}
+
+/// The time `body` takes.
+func elapsed(_ body: () async throws -> Void) async rethrows -> Duration {
+    let start = ContinuousClock.now
+    try await body()
+    return ContinuousClock.now - start
 }

@@ -1,0 +1,212 @@
+import Foundation
+import Glibc
+import Testing
+import TestSupport
+
+/// The service as clients no one here wrote see it: errors, authorization, property writes,
+/// introspection against the shipped XML, ObjectManager, the workers' environment.
+@Suite(.timeLimit(.minutes(2)))
+struct DaemonBusApiTests {
+    static let twoWorkers = shellWorker("db-sync", "exec sleep 1000", extra: "environment = { EXAMPLE = \"1\" }")
+        + shellWorker("quiet", "exec sleep 1000", extra: "enabled = false")
+
+    @Test func unknownNamesAreNoSuchWorkerAndRestartOfADisabledWorkerIsDisabled() async throws {
+        try await DaemonFixture.with(Self.twoWorkers) { fixture in
+            for member in ["Enable", "Disable", "Restart", "GetWorker"] {
+                let result = try await fixture.dbusSend(member, ["string:nope"])
+                #expect(result.status != 0)
+                #expect(result.output.contains("Error org.example.BgWorker.Error.NoSuchWorker"), "\(member): \(result.output)")
+            }
+            let restart = try await fixture.dbusSend("Restart", ["string:quiet"])
+            #expect(restart.output.contains("Error org.example.BgWorker.Error.Disabled"), "\(restart.output)")
+            #expect(try await fixture.worker("quiet").state == "disabled")
+        }
+    }
+
+    @Test func wrongArgumentTypesAndUnknownLogLevelsAreInvalidArgs() async throws {
+        try await DaemonFixture.with(Self.twoWorkers) { fixture in
+            let wrongType = try await fixture.dbusSend("Enable", ["int32:5"])
+            #expect(wrongType.output.contains("Error org.freedesktop.DBus.Error.InvalidArgs"), "\(wrongType.output)")
+            let missing = try await fixture.dbusSend("GetWorker")
+            #expect(missing.output.contains("Error org.freedesktop.DBus.Error.InvalidArgs"), "\(missing.output)")
+
+            func set(_ property: String, _ value: String) async throws -> (status: Int32, output: String) {
+                try await fixture.dbusSend(
+                    "Set", ["string:org.example.BgWorker", "string:\(property)", "variant:\(value)"],
+                    interface: "org.freedesktop.DBus.Properties")
+            }
+            let unknownLevel = try await set("LogLevel", "string:loud")
+            #expect(unknownLevel.output.contains("Error org.freedesktop.DBus.Error.InvalidArgs"), "\(unknownLevel.output)")
+            let wrongLevelType = try await set("LogLevel", "int32:3")
+            #expect(wrongLevelType.output.contains("Error org.freedesktop.DBus.Error.InvalidArgs"), "\(wrongLevelType.output)")
+            let readOnly = try await set("Version", "string:9")
+            #expect(readOnly.output.contains("Error org.freedesktop.DBus.Error.PropertyReadOnly"), "\(readOnly.output)")
+            #expect(try await fixture.property("LogLevel").string == "info")
+        }
+    }
+
+    @Test(.enabled(if: rootTestsEnabled, "needs root: setpriv to a real non-root caller"))
+    func nonRootCallersMayReadButNotChange() async throws {
+        try await DaemonFixture.with(Self.twoWorkers, daemonSettings: #"admin-group = "4242""#) { fixture in
+            let nobody = 65534
+            // Authorization comes first: even a name that does not exist is AccessDenied.
+            for (member, argument) in [("Disable", "db-sync"), ("Enable", "nope"), ("Restart", "db-sync")] {
+                let result = try await fixture.dbusSend(member, ["string:\(argument)"], asUser: nobody)
+                #expect(result.output.contains("Error org.freedesktop.DBus.Error.AccessDenied"), "\(member): \(result.output)")
+            }
+            let reload = try await fixture.dbusSend("Reload", asUser: nobody)
+            #expect(reload.output.contains("Error org.freedesktop.DBus.Error.AccessDenied"), "\(reload.output)")
+            let worker = try await fixture.dbusSend(
+                "Disable", path: "/org/example/BgWorker/worker/db_2dsync", interface: "org.example.BgWorker.Worker", asUser: nobody)
+            #expect(worker.output.contains("Error org.freedesktop.DBus.Error.AccessDenied"), "\(worker.output)")
+            let setLevel = try await fixture.dbusSend(
+                "Set", ["string:org.example.BgWorker", "string:LogLevel", "variant:string:debug"],
+                interface: "org.freedesktop.DBus.Properties", asUser: nobody)
+            #expect(setLevel.output.contains("Error org.freedesktop.DBus.Error.AccessDenied"), "\(setLevel.output)")
+            #expect(try await fixture.worker("db-sync").state == "running")
+            #expect(try await fixture.property("LogLevel").string == "info")
+
+            // Reading is open.
+            let list = try await fixture.dbusSend("ListWorkers", asUser: nobody)
+            #expect(list.status == 0 && list.output.contains("db-sync"), "\(list.output)")
+            let get = try await run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "busctl",
+                                     "--address=\(fixture.bus.unixAddress)", "get-property", DaemonFixture.busName,
+                                     DaemonFixture.manager, DaemonFixture.interface, "HARole"])
+            #expect(get.status == 0 && get.stdout.contains("standalone"), "\(get.stderr)")
+
+            // A member of the admin group may change state.
+            let admin = try await run([
+                "setpriv", "--reuid=65534", "--regid=65534", "--groups=4242", "dbus-send", "--bus=\(fixture.bus.unixAddress)",
+                "--print-reply", "--dest=\(DaemonFixture.busName)", DaemonFixture.manager, "org.example.BgWorker.Disable",
+                "string:db-sync"])
+            #expect(admin.status == 0, "\(admin.stderr)")
+            #expect(try await fixture.worker("db-sync").state == "disabled")
+        }
+    }
+
+    @Test func logLevelChangesAtOnceAndReachesNewWorkers() async throws {
+        try await DaemonFixture.with(Self.twoWorkers) { fixture in
+            let monitor = try await fixture.monitor()
+            defer { Task { await monitor.stop() } }
+            let set = try await fixture.busctl(["set-property", DaemonFixture.busName, DaemonFixture.manager,
+                                                DaemonFixture.interface, "LogLevel", "s", "debug"])
+            #expect(set.status == 0, "\(set.stderr)")
+            let changed = try await monitor.waitFor("PropertiesChanged LogLevel") { message in
+                message.member == "PropertiesChanged" && message.path == DaemonFixture.manager
+            }
+            #expect(changed.body.first?.string == DaemonFixture.interface)
+            #expect(changed.body.dropFirst().first?.description.contains("debug") == true, "\(changed)")
+            #expect(try await fixture.property("LogLevel").string == "debug")
+
+            try await fixture.call("Restart", "s", ["db-sync"])
+            let pid = try await fixture.worker("db-sync").pid
+            #expect(environment(of: pid)["BGWORKER_LOG_LEVEL"] == "debug")
+        }
+    }
+
+    @Test func workersGetTheirEnvironmentAndTheDaemonsBus() async throws {
+        try await DaemonFixture.with(Self.twoWorkers) { fixture in
+            let pid = try await fixture.worker("db-sync").pid
+            let environment = environment(of: pid)
+            #expect(environment["BGWORKER_NAME"] == "db-sync")
+            #expect(environment["BGWORKER_LOG_LEVEL"] == "info")
+            #expect(environment["EXAMPLE"] == "1")
+            #expect(environment["DBUS_SYSTEM_BUS_ADDRESS"] == fixture.bus.unixAddress, "workers follow the daemon's bus")
+            #expect(environment["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            // PWD is the shell's own doing.
+            #expect(Set(environment.keys).subtracting(["PWD"]).count == 5, "nothing of the daemon's own environment leaks: \(environment)")
+        }
+    }
+
+    @Test func theObjectManagerListsEveryWorkerForPython() async throws {
+        try await DaemonFixture.with(Self.twoWorkers) { fixture in
+            let script = """
+                import dbus, sys
+                bus = dbus.bus.BusConnection(sys.argv[1])
+                manager = bus.get_object("org.example.BgWorker", "/org/example/BgWorker")
+                objects = dbus.Interface(manager, "org.freedesktop.DBus.ObjectManager").GetManagedObjects()
+                for path in sorted(objects):
+                    worker = objects[path]["org.example.BgWorker.Worker"]
+                    print(path, worker["Name"], worker["State"], bool(worker["Enabled"]), worker["RunOn"])
+                props = dbus.Interface(manager, "org.freedesktop.DBus.Properties")
+                print(props.Get("org.example.BgWorker", "Version"), props.Get("org.example.BgWorker", "Runner"))
+                """
+            let result = try await run(["/usr/bin/python3", "-c", script, fixture.bus.unixAddress])
+            #expect(result.status == 0, "\(result.stderr)")
+            #expect(result.stdout.split(separator: "\n").map(String.init) == [
+                "/org/example/BgWorker/worker/db_2dsync db-sync running True primary",
+                "/org/example/BgWorker/worker/quiet quiet disabled False primary",
+                "0.1.0 process",
+            ])
+        }
+    }
+
+    @Test func introspectionMatchesTheShippedXML() async throws {
+        try await DaemonFixture.with(Self.twoWorkers) { fixture in
+            let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+                .deletingLastPathComponent()
+            for (path, interface, file) in [
+                (DaemonFixture.manager, "org.example.BgWorker", "dbus/org.example.BgWorker.xml"),
+                ("/org/example/BgWorker/worker/db_2dsync", "org.example.BgWorker.Worker", "dbus/org.example.BgWorker.Worker.xml"),
+            ] {
+                let shipped = try String(contentsOf: root.appendingPathComponent(file), encoding: .utf8)
+                let live = try await fixture.busctl(["introspect", "--xml-interface", DaemonFixture.busName, path])
+                #expect(live.status == 0, "\(live.stderr)")
+                let expected = InterfaceShape(xml: shipped, interface: interface)
+                let actual = InterfaceShape(xml: live.stdout, interface: interface)
+                #expect(!expected.members.isEmpty, "\(file) declares \(interface)")
+                #expect(actual.members == expected.members, "\(path) against \(file)")
+            }
+            // The manager also answers ObjectManager; gdbus, another client, sees it too.
+            let gdbus = try await run(["gdbus", "introspect", "--address", fixture.bus.unixAddress, "--dest",
+                                       DaemonFixture.busName, "--object-path", DaemonFixture.manager])
+            #expect(gdbus.stdout.contains("interface org.freedesktop.DBus.ObjectManager"), "\(gdbus.stdout)")
+            #expect(gdbus.stdout.contains("node worker"), "\(gdbus.stdout)")
+        }
+    }
+}
+
+/// The methods (with argument types and directions), properties (type, access, change
+/// annotation) and signals of one interface in introspection XML, as comparable text.
+struct InterfaceShape {
+    var members: Set<String> = []
+
+    init(xml: String, interface: String) {
+        guard let start = xml.range(of: "<interface name=\"\(interface)\">"),
+              let end = xml.range(of: "</interface>", range: start.upperBound..<xml.endIndex)
+        else { return }
+        let body = String(xml[start.upperBound..<end.lowerBound])
+            .replacingOccurrences(of: "<!--[\\s\\S]*?-->", with: "", options: .regularExpression)
+        let element = try! NSRegularExpression(pattern: "<(method|signal|property)\\s+name=\"([^\"]+)\"([^>]*?)(/>|>([\\s\\S]*?)</\\1>)")
+        let argument = try! NSRegularExpression(pattern: "<arg\\s([^>]*)/>")
+        let annotation = try! NSRegularExpression(pattern: "<annotation\\s+name=\"org.freedesktop.DBus.Property.EmitsChangedSignal\"\\s+value=\"([^\"]+)\"")
+        let nsBody = body as NSString
+        for match in element.matches(in: body, range: NSRange(location: 0, length: nsBody.length)) {
+            let kind = nsBody.substring(with: match.range(at: 1))
+            let name = nsBody.substring(with: match.range(at: 2))
+            let attributes = nsBody.substring(with: match.range(at: 3))
+            let inner = match.range(at: 5).location == NSNotFound ? "" : nsBody.substring(with: match.range(at: 5))
+            let nsInner = inner as NSString
+            switch kind {
+            case "property":
+                var emits = "true"
+                if let a = annotation.firstMatch(in: inner, range: NSRange(location: 0, length: nsInner.length)) {
+                    emits = nsInner.substring(with: a.range(at: 1))
+                }
+                members.insert("property \(name) \(Self.attribute("type", in: attributes)) \(Self.attribute("access", in: attributes)) emits=\(emits)")
+            default:
+                let arguments = argument.matches(in: inner, range: NSRange(location: 0, length: nsInner.length)).map { m -> String in
+                    let text = nsInner.substring(with: m.range(at: 1))
+                    let direction = Self.attribute("direction", in: text)
+                    return "\(kind == "signal" ? "" : (direction.isEmpty ? "in" : direction) + " ")\(Self.attribute("type", in: text))"
+                }
+                members.insert("\(kind) \(name)(\(arguments.joined(separator: ", ")))")
+            }
+        }
+    }
+
+    private static func attribute(_ name: String, in text: String) -> String {
+        guard let range = text.range(of: "\(name)=\"([^\"]*)\"", options: .regularExpression) else { return "" }
+        return String(text[range].dropFirst(name.count + 2).dropLast())
+    }
+}

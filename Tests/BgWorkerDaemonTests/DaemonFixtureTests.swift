@@ -257,6 +257,17 @@ func shellWorker(_ name: String, _ script: String, extra: String = "") -> String
         """
 }
 
+/// A worker that runs a program directly (no shell in between), so its command line is known
+/// as soon as it runs.
+func execWorker(_ name: String, _ argv: [String], extra: String = "") -> String {
+    """
+    [worker.\(name)]
+    exec = [\(argv.map { "\"\($0)\"" }.joined(separator: ", "))]
+    \(extra)
+
+    """
+}
+
 /// The command line of a live process (for "is it our worker" checks), or nil.
 func commandLine(of pid: UInt32) -> String? {
     guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline"), !data.isEmpty else { return nil }

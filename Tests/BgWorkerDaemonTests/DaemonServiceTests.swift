@@ -8,7 +8,7 @@ import TestSupport
 struct DaemonServiceTests {
     @Test func startsWorkersAndListsThem() async throws {
         try await DaemonFixture.with(
-            shellWorker("db-sync", "exec sleep 1000", extra: #"run-on = "any""#)
+            execWorker("db-sync", ["/bin/sleep", "1000"], extra: #"run-on = "any""#)
                 + shellWorker("quiet", "exec sleep 1000", extra: "enabled = false")
         ) { fixture in
             let workers = try await fixture.listWorkers()
@@ -16,7 +16,7 @@ struct DaemonServiceTests {
             let sync = try #require(workers.first)
             #expect(sync.state == "running" && sync.enabled)
             #expect(sync.path == "/org/example/BgWorker/worker/db_2dsync")
-            #expect(commandLine(of: sync.pid) == "sleep 1000 ", "the pid is the worker's own process")
+            #expect(commandLine(of: sync.pid) == "/bin/sleep 1000 ", "the pid is the worker's own process")
             #expect(workers[1] == WorkerRow(name: "quiet", state: "disabled", enabled: false, pid: 0,
                                             path: "/org/example/BgWorker/worker/quiet"))
 

@@ -1,0 +1,142 @@
+import Foundation
+import Glibc
+import Testing
+import TestSupport
+
+/// The daemon process itself: start (READY=1, STATUS=, an invalid configuration), stop (SIGTERM,
+/// SIGKILL), what survives a restart, and its bus connection going away and coming back.
+@Suite(.timeLimit(.minutes(2)))
+struct DaemonLifecycleTests {
+    @Test func readyAndStatusAndStoppingReachSystemd() async throws {
+        try await DaemonFixture.with(
+            shellWorker("one", "exec sleep 1000") + shellWorker("two", "exec sleep 1000")
+                + shellWorker("three", "exec sleep 1000", extra: "enabled = false")
+        ) { fixture in
+            let daemon = try fixture.daemon
+            let ready = daemon.readyMessage
+            #expect(ready.contains { $0 == ("READY", "1") })
+            #expect(ready.contains { $0 == ("STATUS", "3 workers: 1 disabled, 2 running") }, "\(ready)")
+
+            try await fixture.call("Disable", "s", ["two"])
+            try await daemon.notifications.waitFor("STATUS", value: "3 workers: 2 disabled, 1 running")
+
+            daemon.signal(SIGHUP)
+            try await daemon.notifications.waitFor("RELOADING", value: "1")
+            try await daemon.notifications.waitFor("READY", value: "1")
+
+            daemon.signal(SIGTERM)
+            let stopping = try await daemon.notifications.waitFor("STOPPING", value: "1")
+            #expect(stopping.contains { $0.key == "STATUS" })
+            let status = try await daemon.process.waitForExit()
+            #expect(WaitStatus.exitCode(status) == 0)
+        }
+    }
+
+    @Test func sigtermStopsManyCooperativeWorkersWellUnderASecond() async throws {
+        let workers = (1...20).map { shellWorker("w\($0)", "exec sleep 1000") }.joined()
+        try await DaemonFixture.with(workers) { fixture in
+            let rows = try await fixture.listWorkers()
+            #expect(rows.count == 20 && rows.allSatisfy { $0.state == "running" })
+            var status: Int32 = 0
+            let took = try await elapsed { status = try await fixture.stopDaemon() }
+            #expect(took < .milliseconds(800), "stopping 20 workers took \(took)")
+            #expect(WaitStatus.exitCode(status) == 0)
+            for row in rows { #expect(!isAlive(Int32(row.pid)), "worker \(row.name) is gone") }
+        }
+    }
+
+    @Test func anInvalidConfigurationAtStartExitsWithEveryError() async throws {
+        let fixture = try await DaemonFixture(
+            shellWorker("good", "exec sleep 1000") + shellWorker("bad", "exec sleep 1000", extra: "exec-start = 1\nrun-on = \"sometimes\""),
+            start: false)
+        defer { Task { await fixture.teardown() } }
+        let result = try await run([builtExecutablePath("bgworkerd"), "--config", fixture.configPath, "--bus",
+                                    fixture.bus.unixAddress, "--runner", "process"],
+                                   environment: ["RUNTIME_DIRECTORY": fixture.directory.file("run")])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("\(fixture.configPath):"), "\(result.stderr)")
+        #expect(result.stderr.contains("exec-start"), "\(result.stderr)")
+        #expect(result.stderr.contains("sometimes"), "\(result.stderr)")
+        let owner = try await fixture.busctl(["status", DaemonFixture.busName])
+        #expect(owner.status != 0, "nobody took the name")
+    }
+
+    @Test func sigkillOfTheDaemonLeavesNoWorkerBehind() async throws {
+        let directory = try TemporaryDirectory(prefix: "bgw-kill")
+        defer { directory.remove() }
+        let fifo = try Fifo(directory.file("child"))
+        let script = "sleep 1000 & echo $! > \(fifo.path); wait"
+        let fixture = try await DaemonFixture(shellWorker("parent", script))
+        defer { Task { await fixture.teardown() } }
+        let worker = try await fixture.worker("parent")
+        let grandchild = try #require(Int32(try await fifo.readLine()))
+
+        try await fixture.stopDaemon(signal: SIGKILL)
+        try await waitUntilGone(Int32(worker.pid))  // the worker dies with the daemon
+
+        // A new daemon kills what the old one's workers left (the grandchild) before it starts
+        // anything, and then runs exactly one copy of the worker.
+        try await fixture.startDaemon()
+        #expect(!isAlive(grandchild), "a new daemon never finds an old copy still running")
+        let again = try await fixture.worker("parent")
+        #expect(again.state == "running" && again.pid != worker.pid)
+        let newGrandchild = try #require(Int32(try await fifo.readLine()))
+        #expect(newGrandchild != grandchild && isAlive(newGrandchild))
+    }
+
+    @Test func enableStateSurvivesADaemonRestart() async throws {
+        let fixture = try await DaemonFixture(
+            shellWorker("on", "exec sleep 1000") + shellWorker("off", "exec sleep 1000", extra: "enabled = false"))
+        defer { Task { await fixture.teardown() } }
+        try await fixture.call("Disable", "s", ["on"])
+        try await fixture.call("Enable", "s", ["off"])
+        let saved = try String(contentsOfFile: fixture.stateDirectory + "/enable-state", encoding: .utf8)
+        #expect(saved.contains("disabled on configured=true") && saved.contains("enabled off configured=false"), "\(saved)")
+        try await fixture.stopDaemon()
+
+        try await fixture.startDaemon()
+        let workers = try await fixture.listWorkers()
+        #expect(workers.map { "\($0.name) \($0.state) \($0.enabled)" } == ["off running true", "on disabled false"])
+    }
+
+    @Test func aCorruptStateFileIsLoggedAndIgnored() async throws {
+        let fixture = try await DaemonFixture(shellWorker("on", "exec sleep 1000"), start: false)
+        defer { Task { await fixture.teardown() } }
+        try FileManager.default.createDirectory(atPath: fixture.stateDirectory, withIntermediateDirectories: true)
+        try "garbage\n".write(toFile: fixture.stateDirectory + "/enable-state", atomically: true, encoding: .utf8)
+        let daemon = try await fixture.startDaemon()
+        #expect(try await fixture.worker("on").state == "running")
+        #expect(daemon.log.contains("state file"), "\(daemon.log)")
+    }
+
+    @Test func theDaemonReconnectsWhenItsBusRestartsAndWorkersNeverStop() async throws {
+        let fixture = try await DaemonFixture(shellWorker("steady", "exec sleep 1000", extra: #"run-on = "any""#))
+        defer { Task { await fixture.teardown() } }
+        let before = try await fixture.worker("steady")
+
+        await fixture.bus.kill()
+        let newBus = try await PrivateBus(socketPath: fixture.bus.socketPath, directory: fixture.directory)
+        defer { Task { await newBus.kill() } }
+        // Watch the name before reading its owner, so that the daemon's return is not missed.
+        let monitor = try await BusMonitor(address: newBus.unixAddress, matches: [
+            "type='signal',interface='org.freedesktop.DBus',member='NameOwnerChanged',arg0='\(DaemonFixture.busName)'",
+        ])
+        defer { Task { await monitor.stop() } }
+        let owner = try await fixture.busctl(["status", DaemonFixture.busName])
+        if owner.status != 0 {
+            _ = try await monitor.waitFor("the daemon owning its name again", timeout: .seconds(10)) { message in
+                message.member == "NameOwnerChanged" && message.body.count == 3 && message.body[2].string?.isEmpty == false
+            }
+        }
+        let after = try await fixture.worker("steady")
+        #expect(after == before, "the worker never stopped: \(before) then \(after)")
+        #expect(isAlive(Int32(before.pid)))
+        // And the daemon is fully back: a change works and its signals reach the new bus.
+        let daemon = try await fixture.daemonUniqueName()
+        let watcher = try await fixture.monitor()
+        defer { Task { await watcher.stop() } }
+        try await fixture.call("Restart", "s", ["steady"])
+        let restarted = try await watcher.changes(untilReplyTo: "Restart", daemon: daemon)
+        #expect(restarted.changes.map(\.state) == ["stopping", "starting", "running"])
+    }
+}

@@ -1,0 +1,101 @@
+import Foundation
+import Glibc
+import Testing
+import TestSupport
+
+/// Reload (the method and SIGHUP): only what changed is touched; an invalid configuration
+/// changes nothing.
+@Suite(.timeLimit(.minutes(2)))
+struct DaemonReloadTests {
+    static let alpha = execWorker("alpha", ["/bin/sleep", "1000"])
+    static let beta = shellWorker("beta", "exec sleep 1000")
+
+    @Test func aReloadThatChangesOneWorkerRestartsOnlyThatOne() async throws {
+        try await DaemonFixture.with(Self.alpha + Self.beta) { fixture in
+            let before = try await fixture.listWorkers()
+            let monitor = try await fixture.monitor()
+            defer { Task { await monitor.stop() } }
+            try fixture.writeConfiguration(execWorker("alpha", ["/bin/sleep", "1001"]) + Self.beta)
+            try await fixture.call("Reload")
+
+            let stopping = try await monitor.stateChange(of: "alpha", to: "stopping")
+            #expect(stopping.reason == "configuration changed")
+            let running = try await monitor.stateChange(of: "alpha", to: "running")
+            #expect(commandLine(of: running.pid) == "/bin/sleep 1001 ")
+            // beta: the same process, and no signal about it anywhere in between.
+            let after = try await fixture.listWorkers()
+            #expect(after[1] == before[1])
+            #expect(after[0].pid == running.pid && after[0].pid != before[0].pid)
+            try await fixture.call("Disable", "s", ["alpha"])
+            let next = try await monitor.waitFor("the next WorkerStateChanged") { StateChange($0) != nil }
+            #expect(StateChange(next)?.name == "alpha", "no signal about beta: \(next)")
+        }
+    }
+
+    @Test func aReloadAddsAndRemovesWorkersAndTheirObjects() async throws {
+        try await DaemonFixture.with(Self.alpha + Self.beta) { fixture in
+            let beta = try await fixture.worker("beta")
+            let monitor = try await fixture.monitor()
+            defer { Task { await monitor.stop() } }
+            // gamma arrives in a drop-in; beta leaves.
+            try FileManager.default.createDirectory(atPath: fixture.directory.file("workers.d"), withIntermediateDirectories: true)
+            try shellWorker("gamma", "exec sleep 1000").write(
+                toFile: fixture.directory.file("workers.d/10-gamma.toml"), atomically: true, encoding: .utf8)
+            try fixture.writeConfiguration(Self.alpha)
+            try await fixture.call("Reload")
+
+            // Both happen, in either order: beta's object goes once its process is gone; gamma starts.
+            var removedBy: String?
+            var gamma: StateChange?
+            while removedBy == nil || gamma == nil {
+                let message = try await monitor.waitFor("InterfacesRemoved of beta and gamma running") { message in
+                    (message.member == "InterfacesRemoved" && message.body.first?.string == "/org/example/BgWorker/worker/beta")
+                        || StateChange(message).map { $0.name == "gamma" && $0.state == "running" } == true
+                }
+                if message.member == "InterfacesRemoved" { removedBy = message.path } else { gamma = StateChange(message) }
+            }
+            #expect(removedBy == DaemonFixture.manager)
+            #expect(!isAlive(Int32(beta.pid)))
+            let workers = try await fixture.listWorkers()
+            #expect(workers.map(\.name) == ["alpha", "gamma"])
+            #expect(workers[1].pid == gamma?.pid)
+            let gone = try await fixture.dbusSend("GetWorker", ["string:beta"])
+            #expect(gone.output.contains("org.example.BgWorker.Error.NoSuchWorker"), "\(gone.output)")
+        }
+    }
+
+    @Test func aBrokenReloadChangesNothingAndSaysWhy() async throws {
+        try await DaemonFixture.with(Self.alpha + Self.beta) { fixture in
+            let before = try await fixture.listWorkers()
+            try fixture.writeConfiguration(
+                shellWorker("alpha", "exec sleep 1001", extra: "restart-dealy = 2") + shellWorker("delta", "exec sleep 1000"))
+            let result = try await fixture.dbusSend("Reload")
+            #expect(result.status != 0)
+            #expect(result.output.contains("Error org.example.BgWorker.Error.InvalidConfig"), "\(result.output)")
+            #expect(result.output.contains("\(fixture.configPath):"), "the reason names the file and line: \(result.output)")
+            #expect(result.output.contains("restart-dealy"), "\(result.output)")
+            #expect(try await fixture.listWorkers() == before)
+
+            // SIGHUP with the same file: logged, nothing changes either.
+            let daemon = try fixture.daemon
+            daemon.signal(SIGHUP)
+            try await daemon.notifications.waitFor("READY", value: "1")
+            #expect(try await fixture.listWorkers() == before)
+        }
+    }
+
+    @Test func sighupReloadsAndAConfiguredEnabledChangeIsTheNewIntent() async throws {
+        try await DaemonFixture.with(Self.alpha + Self.beta) { fixture in
+            let monitor = try await fixture.monitor()
+            defer { Task { await monitor.stop() } }
+            try fixture.writeConfiguration(
+                Self.alpha + shellWorker("beta", "exec sleep 1000", extra: "enabled = false"))
+            try fixture.daemon.signal(SIGHUP)
+            let stopping = try await monitor.stateChange(of: "beta", to: "stopping")
+            #expect(stopping.reason == "disabled in configuration")
+            _ = try await monitor.stateChange(of: "beta", to: "disabled")
+            #expect(try await fixture.property("Enabled", worker: "beta").bool == false)
+            #expect(try await fixture.worker("alpha").state == "running")
+        }
+    }
+}

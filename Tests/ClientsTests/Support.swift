@@ -32,25 +32,35 @@ func withBus<T>(_ body: (PrivateBus) async throws -> T) async throws -> T {
 /// /dev/null): the test writes lines, and closing it is the child's end of input.
 final class StandardInputFeed: Sendable {
     let path: String
-    private let fd: Int32
+    /// -1 once ended: closing a descriptor twice would close whatever reused its number.
+    private let fd: Mutex<Int32>
 
     init(in directory: TemporaryDirectory, name: String = "stdin") throws {
         path = directory.file(name)
         guard mkfifo(path, 0o600) == 0 else { throw TestProcessError("mkfifo \(path): \(errno)") }
         // O_RDWR: the open does not wait for a reader, and the pipe has no end until we close it.
-        fd = open(path, O_RDWR | O_CLOEXEC)
-        guard fd >= 0 else { throw TestProcessError("open \(path): \(errno)") }
+        let opened = open(path, O_RDWR | O_CLOEXEC)
+        guard opened >= 0 else { throw TestProcessError("open \(path): \(errno)") }
+        fd = Mutex(opened)
     }
 
-    deinit { close(fd) }
+    deinit { end() }
 
     func send(_ line: String) {
         let bytes = Array((line + "\n").utf8)
-        _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        fd.withLock { fd in
+            guard fd >= 0 else { return }
+            _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        }
     }
 
-    /// Ends the reader's input. (The feed must not be used afterwards.)
-    func end() { close(fd) }
+    /// Ends the reader's input.
+    func end() {
+        fd.withLock { fd in
+            if fd >= 0 { close(fd) }
+            fd = -1
+        }
+    }
 
     /// `argv` run with this pipe as standard input.
     func wrap(_ argv: [String]) -> [String] {

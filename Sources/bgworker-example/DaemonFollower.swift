@@ -1,0 +1,153 @@
+import DBus
+import Synchronization
+
+/// Follows the daemon's `LogLevel` over the bus for as long as the worker runs.
+///
+/// The pattern every long-lived bus client needs: a libdbus connection that has failed stays
+/// failed (there is no reconnect on it), so when it ends, drop it and open a new one, after a
+/// delay that doubles up to a cap (plus a little jitter, so that a bus restart does not see
+/// every worker at the same instant). Meanwhile the worker's own work goes on untouched.
+final class DaemonFollower: Sendable {
+    static let service = "org.example.BgWorker"
+    static let managerPath = try! ObjectPath("/org/example/BgWorker")
+
+    private let bus: BusAddress
+    private let log: WorkerLog
+    private let backoff: Backoff
+    /// The connection in use, so that `close()` can end it from another task.
+    private let current = Mutex<DBusConnection?>(nil)
+
+    init(bus: BusAddress, log: WorkerLog, backoff: Backoff = Backoff()) {
+        self.bus = bus
+        self.log = log
+        self.backoff = backoff
+    }
+
+    /// Connects, follows, reconnects; returns only when the task is cancelled.
+    func run() async {
+        var failures = 0
+        while !Task.isCancelled {
+            if failures > 0 {
+                let delay = backoff.delay(afterFailures: failures)
+                log.debug("reconnecting to the bus in \(delay)")
+                do { try await Task.sleep(for: delay) } catch { return }
+            }
+            let connection: DBusConnection
+            do {
+                connection = try await DBusConnection.connect(bus, timeout: .seconds(10))
+            } catch {
+                // Said once per outage at warning level; every further attempt at debug.
+                log.log(failures == 0 ? .warning : .debug, "cannot connect to the bus: \(error)")
+                failures += 1
+                continue
+            }
+            current.withLock { $0 = connection }
+            log.info("connected to the bus as \(connection.uniqueName ?? "?")")
+            let lasted = await follow(on: connection)
+            current.withLock { $0 = nil }
+            connection.close()
+            if Task.isCancelled { return }
+            log.warning("lost the bus connection; opening a new one")
+            // A connection that lasted resets the delay; one that fails at once keeps doubling it.
+            failures = lasted >= backoff.stableAfter ? 1 : failures + 1
+        }
+    }
+
+    /// Ends the connection in use (at shutdown).
+    func close() {
+        current.withLock { $0 }?.close()
+    }
+
+    /// Follows the daemon on one connection until it ends; returns how long that was.
+    private func follow(on connection: DBusConnection) async -> Duration {
+        let started = ContinuousClock.now
+        let watch: NameOwnerWatch
+        do {
+            // Only the current owner of the name is believed; a PropertiesChanged that another
+            // connection sends with the same path and interface is reported, and ignored.
+            watch = try await connection.watchNameOwner(Self.service, signals: [
+                MatchRule(path: Self.managerPath, interface: "org.freedesktop.DBus.Properties",
+                          member: "PropertiesChanged", arguments: [0: Self.service]),
+            ], reportingOthers: true)
+        } catch {
+            log.warning("cannot follow \(Self.service): \(error)")
+            return ContinuousClock.now - started
+        }
+        // Subscribed first, read second: no change between the two is lost, and the reply
+        // comes in message order among the owner's signals, so neither can undo the other.
+        if watch.initialOwner != nil {
+            readLevel(through: watch)
+        } else {
+            log.info("\(Self.service) is not on the bus; log level stays \(log.level.name)")
+        }
+        // Ends when the connection ends (or the task is cancelled).
+        for await event in watch {
+            switch event {
+            case .ownerChanged(_, _?):
+                readLevel(through: watch)
+            case .ownerChanged(_, nil):
+                log.info("\(Self.service) left the bus; log level stays \(log.level.name)")
+            case .signal(let signal):
+                apply(signal, watch: watch)
+            case .ignoredSignal(let signal, let owner):
+                log.warning("ignored a PropertiesChanged from \(signal.sender), which does not own \(Self.service) (owner: \(owner ?? "none"))")
+            case .ownerReply(let reply):
+                switch reply.result {
+                case .success(let values):
+                    setLevel(values.first?.unwrappingVariant.stringValue, from: reply.owner ?? "?")
+                    log.info("following \(Self.service) at \(reply.owner ?? "?"); log level \(log.level.name)")
+                case .failure(let error):
+                    log.warning("cannot read LogLevel from \(reply.owner ?? Self.service): \(error); log level stays \(log.level.name)")
+                }
+            }
+        }
+        return ContinuousClock.now - started
+    }
+
+    /// Asks the owner for `LogLevel`; the answer comes as an `.ownerReply` event.
+    private func readLevel(through watch: NameOwnerWatch) {
+        do {
+            try watch.callOwner(path: Self.managerPath, interface: "org.freedesktop.DBus.Properties", member: "Get",
+                                arguments: [.string(Self.service), .string("LogLevel")], timeout: .seconds(10))
+        } catch {
+            log.warning("cannot ask \(Self.service) for LogLevel: \(error)")
+        }
+    }
+
+    /// `PropertiesChanged(s interface, a{sv} changed, as invalidated)` of the manager object.
+    private func apply(_ signal: DBusSignal, watch: NameOwnerWatch) {
+        let args = signal.arguments
+        guard args.count == 3 else { return }
+        if let value = args[1].stringKeyedDictionary?["LogLevel"] {
+            setLevel(value.unwrappingVariant.stringValue, from: signal.sender)
+        } else if args[2].stringArrayValue?.contains("LogLevel") == true {
+            readLevel(through: watch)
+        }
+    }
+
+    private func setLevel(_ name: String?, from owner: String) {
+        guard let name, let level = LogLevel(name: name) else {
+            log.warning("\(owner) announced an unknown log level \(name.map { "'\($0)'" } ?? "(not a string)"); keeping \(log.level.name)")
+            return
+        }
+        let old = log.level
+        log.level = level
+        if level != old { log.announce("log level \(level.name) (from \(owner), was \(old.name))") }
+    }
+}
+
+/// Delays between reconnection attempts: `initial`, doubled per failure up to `maximum`, plus
+/// up to a quarter more at random.
+struct Backoff: Sendable {
+    var initial: Duration = .milliseconds(100)
+    var maximum: Duration = .seconds(5)
+    /// A connection that lasted this long counts as healthy: the next delay starts small again.
+    var stableAfter: Duration = .seconds(10)
+
+    func delay(afterFailures failures: Int) -> Duration {
+        var delay = initial
+        for _ in 1..<max(failures, 1) where delay < maximum { delay *= 2 }
+        delay = min(delay, maximum)
+        return delay + delay * Double.random(in: 0..<0.25)
+    }
+}

@@ -1,0 +1,174 @@
+import DBus
+import Foundation
+import Glibc
+import Testing
+import TestSupport
+
+/// bgworker-example as a real process: its exit on a bad roll, its log level followed over a
+/// real bus from the owner of org.example.BgWorker (our stand-in here; the real daemon in the
+/// end-to-end tests), spoofing ignored, the bus restarted under it, SIGTERM.
+@Suite("bgworker-example")
+struct ClientsExampleTests {
+    /// A running example worker and its output.
+    struct Example {
+        let process: ChildProcess
+        let output: OutputLines
+
+        static func start(bus: String, level: String? = "info", _ arguments: [String] = []) throws -> Example {
+            var environment = ["BGWORKER_NAME": "dice"]
+            if let level { environment["BGWORKER_LOG_LEVEL"] = level }
+            let process = try ChildProcess([builtProduct("bgworker-example"), "--bus", bus, "--interval", "0.05"] + arguments,
+                                           extraEnvironment: environment, captureStdout: true, captureStderr: false)
+            return Example(process: process, output: OutputLines(of: process))
+        }
+
+        /// Waits for the line saying that the daemon's level has been read from `owner`.
+        func waitUntilFollowing(after: Int = 0) async throws -> Int {
+            try await output.wait("following org.example.BgWorker", after: after) { $0.contains("following org.example.BgWorker at :1.") }
+        }
+
+        /// Waits for the announcement of `level`; returns its index.
+        @discardableResult
+        func waitForLevel(_ level: String, after: Int = 0) async throws -> Int {
+            try await output.wait("log level \(level)", after: after) { $0.hasPrefix("<5>log level \(level) (from :1.") }
+        }
+
+        /// Waits for two complete cycles after line `after` and returns the lines of the second,
+        /// which started wholly after that line.
+        func secondCycle(after: Int) async throws -> ArraySlice<String> {
+            let first = try await output.wait("a cycle", after: after) { $0.hasPrefix("<6>cycle ") }
+            let second = try await output.wait("another cycle", after: first + 1) { $0.hasPrefix("<6>cycle ") }
+            return output.all[(first + 1)...second]
+        }
+    }
+
+    @Test func aBadDiceValueExitsWithStatusOne() async throws {
+        let result = try await run([builtProduct("bgworker-example"), "--die-one-in", "1", "--bus", "/nonexistent/bus.sock"])
+        #expect(result.status == 1)
+        let lines = result.stdout.split(separator: "\n")
+        #expect(lines.contains("<3>Bad dice value"))
+        #expect(lines.last == "<3>Bad dice value")
+    }
+
+    @Test func followsTheDaemonsLogLevel() async throws {
+        try await withBus { bus in
+            let daemon = try await StandInDaemon.start(on: bus, workers: [], logLevel: "info")
+            let example = try Example.start(bus: bus.address, ["--die-one-in", "1000000"])
+            defer { Task { await example.process.terminate() } }
+            let following = try await example.waitUntilFollowing()
+            #expect(example.output.all[...following].allSatisfy { !$0.hasPrefix("<7>") })
+
+            try daemon.setLogLevel("debug")
+            let debug = try await example.waitForLevel("debug")
+            #expect(example.output.all[debug].hasSuffix("was info)"))
+            let verbose = try await example.secondCycle(after: debug)
+            #expect(verbose.contains { $0.hasPrefix("<7>cycle ") && $0.hasSuffix(": working") })
+            #expect(verbose.contains { $0.hasPrefix("<7>cycle ") && $0.contains(": rolled ") })
+
+            try daemon.setLogLevel("warning")
+            let warning = try await example.waitForLevel("warning")
+            // Nothing below warning is printed any more: two level changes later, only the
+            // announcements (which show at every level) stand between them.
+            try daemon.setLogLevel("info")
+            let info = try await example.waitForLevel("info", after: warning)
+            #expect(Array(example.output.all[(warning + 1)..<info]).allSatisfy { !$0.hasPrefix("<7>") && !$0.hasPrefix("<6>") },
+                    "\(example.output.all[(warning + 1)..<info])")
+            let quiet = try await example.secondCycle(after: info)
+            #expect(quiet.allSatisfy { !$0.hasPrefix("<7>") }, "\(quiet)")
+            daemon.detach()
+        }
+    }
+
+    @Test func aPropertiesChangedFromAConnectionThatDoesNotOwnTheNameIsIgnored() async throws {
+        try await withBus { bus in
+            let daemon = try await StandInDaemon.start(on: bus, workers: [], logLevel: "info")
+            let example = try Example.start(bus: bus.address)
+            defer { Task { await example.process.terminate() } }
+            try await example.waitUntilFollowing()
+
+            let spoofer = try await DBusConnection.connect(.address(bus.address))
+            try spoofer.emitSignal(path: StandInDaemon.managerPath, interface: "org.freedesktop.DBus.Properties",
+                                   member: "PropertiesChanged",
+                                   arguments: [.string("org.example.BgWorker"), .variantDictionary(["LogLevel": .string("debug")]),
+                                               .stringArray([])])
+            let spoofed = try await example.output.wait("the spoofed signal reported") {
+                $0.hasPrefix("<4>ignored a PropertiesChanged from \(spoofer.uniqueName ?? "?"), which does not own org.example.BgWorker")
+            }
+            spoofer.close()
+
+            // The owner's change is followed, and nothing ever switched to debug.
+            try daemon.setLogLevel("notice")
+            let notice = try await example.waitForLevel("notice", after: spoofed)
+            #expect(example.output.all[notice].hasSuffix("was info)"))
+            #expect(example.output.all.allSatisfy { !$0.hasPrefix("<7>") && !$0.contains("log level debug") })
+            daemon.detach()
+        }
+    }
+
+    @Test func theBusRestartedOnTheSameSocketIsReconnectedAndFollowedAgain() async throws {
+        try await withBus { bus in
+            let daemon = try await StandInDaemon.start(on: bus, workers: [], logLevel: "info")
+            let example = try Example.start(bus: bus.socketPath)
+            defer { Task { await example.process.terminate() } }
+            try await example.waitUntilFollowing()
+
+            await bus.kill()
+            let lost = try await example.output.wait("the connection lost") { $0 == "<4>lost the bus connection; opening a new one" }
+            // The daemon's level changed while the bus was down: read anew once back.
+            try daemon.setLogLevel("debug")
+            let again = try await PrivateBus(socketPath: bus.socketPath, directory: bus.directory)
+            do {
+                try await daemon.attach(to: again.address)
+                try await example.waitForLevel("debug", after: lost)
+                let reconnected = try await example.waitUntilFollowing(after: lost)
+                #expect(example.output.all[lost...].contains { $0.hasPrefix("<6>connected to the bus as :1.") })
+                try daemon.setLogLevel("warning")
+                try await example.waitForLevel("warning", after: reconnected)
+                // The work went on throughout.
+                #expect(!example.process.hasExited)
+                daemon.detach()
+                await again.kill()
+            } catch {
+                await again.kill()
+                throw error
+            }
+        }
+    }
+
+    @Test func withoutABusTheWorkGoesOnAndTheFailureIsSaidOnce() async throws {
+        let example = try Example.start(bus: "/nonexistent/bus.sock", level: "info")
+        defer { Task { await example.process.terminate() } }
+        let warned = try await example.output.wait("the warning") { $0.hasPrefix("<4>cannot connect to the bus:") }
+        // Three cycles later (a few reconnection attempts too), still one warning.
+        let a = try await example.output.wait("a cycle", after: warned) { $0.hasPrefix("<6>cycle ") }
+        let b = try await example.output.wait("a cycle", after: a + 1) { $0.hasPrefix("<6>cycle ") }
+        try await example.output.wait("a cycle", after: b + 1) { $0.hasPrefix("<6>cycle ") }
+        #expect(example.output.all.filter { $0.hasPrefix("<4>") }.count == 1)
+    }
+
+    @Test func sigtermEndsItPromptlyWithStatusZero() async throws {
+        try await withBus { bus in
+            let daemon = try await StandInDaemon.start(on: bus, workers: [], logLevel: "info")
+            let example = try Example.start(bus: bus.address, level: "debug")
+            try await example.waitUntilFollowing()
+            #expect(example.output.all.first == "<6>dice starting: every 0.05s, log level debug")
+            let clock = ContinuousClock()
+            let start = clock.now
+            example.process.signal(SIGTERM)
+            let status = try await example.process.waitForExit(timeout: .seconds(2))
+            #expect(WaitStatus.exitCode(status) == 0)
+            #expect(clock.now - start < .seconds(1))
+            try await example.output.wait("the last line") { $0 == "<6>stopped" }
+            #expect(example.output.all.suffix(2) == ["<6>SIGTERM received; stopping", "<6>stopped"])
+            daemon.detach()
+        }
+    }
+
+    @Test func aBadLevelInTheEnvironmentIsSaidAndInfoIsUsed() async throws {
+        let example = try Example.start(bus: "/nonexistent/bus.sock", level: "loud")
+        defer { Task { await example.process.terminate() } }
+        try await example.output.wait("a cycle") { $0.hasPrefix("<6>cycle ") }
+        #expect(example.output.all.first == "<4>BGWORKER_LOG_LEVEL=loud is not a log level; using info")
+        #expect(example.output.all.contains("<6>dice starting: every 0.05s, log level info"))
+    }
+}

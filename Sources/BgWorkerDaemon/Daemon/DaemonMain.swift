@@ -42,20 +42,28 @@ public enum DaemonMain {
     public static func run(_ options: DaemonOptions, logLevel: LogLevelControl, logger: Logger) async -> Int32 {
         let loader = ConfigurationLoader(mainPath: options.configPath)
         let configuration: Configuration
-        let runnerKind: RunnerKind
+        let runnerChoice: RunnerChoice
         switch loader.load(validatingFor: .auto) {
         case .failure(let errors):
             printErrors(["invalid configuration:"] + errors.errors.map(\.description))
             return 1
         case .success(let loaded):
-            runnerKind = resolveRunnerKind(options.runner ?? loaded.daemon.runner)
-            let problems = loaded.validate(for: runnerKind)
+            do {
+                runnerChoice = try await chooseRunner(options.runner ?? loaded.daemon.runner, daemonBus: options.bus)
+            } catch {
+                printErrors([error.description])
+                return 1
+            }
+            logger.notice("runner: \(runnerChoice.kind.rawValue) (\(runnerChoice.reason))")
+            let problems = loaded.validate(for: runnerChoice.kind)
             guard problems.isEmpty else {
-                printErrors(["invalid configuration for the \(runnerKind.rawValue) runner:"] + problems.map(\.description))
+                printErrors(["invalid configuration for the \(runnerChoice.kind.rawValue) runner:"] + problems.map(\.description))
+                await runnerChoice.discard()
                 return 1
             }
             configuration = loaded
         }
+        let runnerKind = runnerChoice.kind
         if let level = Logger.Level(rawValue: configuration.daemon.logLevel.rawValue) { logLevel.level = level }
 
         let busAddress: String
@@ -63,11 +71,12 @@ public enum DaemonMain {
             busAddress = try options.bus.resolve()
         } catch {
             printErrors(["cannot use the bus: \(error)"])
+            await runnerChoice.discard()
             return 1
         }
         let runner: any WorkerRunner
         do {
-            runner = try makeRunner(kind: runnerKind, runtimeDirectory: options.runtimeDirectory, busAddress: busAddress)
+            runner = try makeRunner(runnerChoice, runtimeDirectory: options.runtimeDirectory)
         } catch {
             printErrors([error.description])
             return 1

@@ -11,38 +11,48 @@ public struct RunnerSelectionError: Error, Sendable, CustomStringConvertible {
     public var description: String
 }
 
-/// The runner kind `auto` stands for on this machine: systemd transient units where systemd is
-/// PID 1 and reachable, else child processes.
-///
-/// The systemd runner has not landed yet, so `auto` means `process`. The systemd helper replaces
-/// this with its check (e.g. `/run/systemd/system` exists and the system bus answers).
-public func resolveRunnerKind(_ requested: RunnerKind) -> RunnerKind {
-    switch requested {
-    case .auto: .process
-    case .process, .systemd: requested
+/// The runner chosen for a requested kind, and why (for the log).
+public struct RunnerChoice: Sendable {
+    /// `process` or `systemd`.
+    public var kind: RunnerKind
+    public var reason: String
+    /// The systemd runner, ready, when `kind` is `systemd`.
+    let systemdRunner: SystemdRunner?
+
+    /// Lets go of what was prepared when the runner will not be used after all (the systemd
+    /// runner's bus connection).
+    public func discard() async { await systemdRunner?.shutdown() }
+}
+
+/// What `requested` stands for on this machine: `auto` is the systemd runner where systemd is
+/// PID 1 and answers on the system bus, else the process runner; `systemd` needs systemd to
+/// answer on the system bus (else the daemon cannot start); `process` is the process runner.
+/// See docs/systemd-runner.md.
+public func chooseRunner(_ requested: RunnerKind, daemonBus: BusAddress) async throws(RunnerSelectionError) -> RunnerChoice {
+    if requested == .process { return RunnerChoice(kind: .process, reason: "as configured", systemdRunner: nil) }
+    // The runner keeps a system bus connection of its own: the daemon's connection is made later
+    // and replaced when it reconnects, which would end the runner's view of its units.
+    switch await SystemdRunner.detect(daemonBus: daemonBus, daemonConnection: nil, requirePID1: requested == .auto) {
+    case .available(let runner, _, _, let why):
+        return RunnerChoice(kind: .systemd, reason: requested == .auto ? "auto: \(why)" : why, systemdRunner: runner)
+    case .unavailable(let why):
+        guard requested == .auto else { throw RunnerSelectionError(description: "the systemd runner cannot be used: \(why)") }
+        return RunnerChoice(kind: .process, reason: "auto: \(why)", systemdRunner: nil)
     }
 }
 
-/// Makes the runner of a resolved kind (`process` or `systemd`).
+/// Makes the chosen runner.
 ///
 /// - Parameters:
 ///   - runtimeDirectory: the daemon's runtime folder (systemd's `RuntimeDirectory=`, passed in
 ///     `$RUNTIME_DIRECTORY`; `/run/bgworker` by default): the process runner keeps its record of
 ///     live process groups there, to kill what a SIGKILLed daemon left behind.
-///   - busAddress: the daemon's own bus (the systemd runner talks to systemd on the system bus).
-public func makeRunner(
-    kind: RunnerKind, runtimeDirectory: String, busAddress: String
-) throws(RunnerSelectionError) -> any WorkerRunner {
-    switch kind {
-    case .auto, .process:
-        do {
-            return try ProcessRunner(processGroupFile: runtimeDirectory + "/process-groups")
-        } catch {
-            throw RunnerSelectionError(description: "cannot start the process runner: \(error)")
-        }
-    case .systemd:
-        throw RunnerSelectionError(
-            description: "the systemd runner is not available in this build; use --runner process")
+public func makeRunner(_ choice: RunnerChoice, runtimeDirectory: String) throws(RunnerSelectionError) -> any WorkerRunner {
+    if let runner = choice.systemdRunner { return runner }
+    do {
+        return try ProcessRunner(processGroupFile: runtimeDirectory + "/process-groups")
+    } catch {
+        throw RunnerSelectionError(description: "cannot start the process runner: \(error)")
     }
 }
 

@@ -21,6 +21,7 @@ public final class SystemdRunner: WorkerRunner {
     private let connection: DBusConnection
     private let table: SystemdUnitTable
     private let logger: Logger
+    private let closesConnection: Bool
     /// Where workers without a `working-directory` run: the daemon's directory when it started.
     private let daemonDirectory: String?
 
@@ -28,10 +29,16 @@ public final class SystemdRunner: WorkerRunner {
     /// (the system bus). The daemon passes its own connection when it serves on the system bus,
     /// and a connection of the runner's own otherwise. Nothing is sent until the first `start`
     /// or `adopt` (which subscribe to systemd's signals).
-    public init(connection: DBusConnection, logger: Logger = Logger(label: "bgworkerd.systemd-runner")) {
+    public convenience init(connection: DBusConnection, logger: Logger = Logger(label: "bgworkerd.systemd-runner")) {
+        self.init(connection: connection, closesConnection: false, logger: logger)
+    }
+
+    /// `closesConnection`: the connection is the runner's own; `shutdown` closes it.
+    init(connection: DBusConnection, closesConnection: Bool, logger: Logger) {
         let (stream, continuation) = AsyncStream.makeStream(of: RunnerEvent.self)
         events = stream
         self.connection = connection
+        self.closesConnection = closesConnection
         self.logger = logger
         table = SystemdUnitTable(connection: connection, events: continuation, logger: logger)
         daemonDirectory = currentDirectory()
@@ -99,8 +106,12 @@ public final class SystemdRunner: WorkerRunner {
         }
         await table.waitUntilEmpty()
         await table.finishEvents()
-        _ = try? await connection.call(destination: SystemdBus.name, path: SystemdBus.managerPath,
-                                       interface: SystemdBus.manager, member: "Unsubscribe")
+        if closesConnection {
+            connection.close()
+        } else {
+            _ = try? await connection.call(destination: SystemdBus.name, path: SystemdBus.managerPath,
+                                           interface: SystemdBus.manager, member: "Unsubscribe")
+        }
     }
 
     // MARK: Steps

@@ -44,7 +44,7 @@ extension SystemdRunner {
                                                             interface: SystemdBus.manager, name: "Version",
                                                             timeout: timeout)
             let text = version.stringValue ?? "\(version)"
-            let runner = SystemdRunner(connection: connection, logger: logger)
+            let runner = SystemdRunner(connection: connection, closesConnection: own, logger: logger)
             let via = own ? "a connection of its own to the system bus" : "the daemon's system bus connection"
             return .available(runner, connection: connection, ownConnection: own,
                               reason: "systemd \(text) answers on the system bus (via \(via))")

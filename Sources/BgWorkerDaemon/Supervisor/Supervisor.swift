@@ -516,7 +516,7 @@ public actor Supervisor {
             name: definition.name, argv: definition.exec, environment: environment,
             workingDirectory: definition.workingDirectory, user: definition.user, group: definition.group,
             stopTimeout: .nanoseconds(Int64(min(definition.stopTimeout, 1e9) * 1e9)),
-            definitionHash: definition.definitionHash)
+            definitionHash: definition.definitionHash, resources: definition.resources)
     }
 
     // MARK: - Waiting for settled workers and for the end

@@ -169,7 +169,8 @@ final class SystemdDaemonFixture: Sendable {
     }
 
     func isAliveInside(_ pid: UInt32) async throws -> Bool {
-        try await namespace.run(inside: ["kill", "-0", "\(pid)"]).status == 0
+        guard let pid = Int32(exactly: pid), pid > 0 else { return false }
+        return try await isRunningInside(namespace, pid)
     }
 }
 

@@ -2,6 +2,7 @@ import BgWorkerCore
 import DBus
 import Foundation
 import Glibc
+import Synchronization
 import TestSupport
 import Testing
 
@@ -55,6 +56,12 @@ struct SystemdRunnerTests {
         return r.stdout.split(separator: "\n").compactMap { $0.split(separator: " ").first.map(String.init) }
     }
 
+    /// Whether `pid` runs inside the namespace: it exists and is not a zombie (an ended process
+    /// that systemd, PID 1 there, has not reaped yet).
+    func isRunning(_ ns: SystemdNamespace, _ pid: Int32) async throws -> Bool {
+        try await isRunningInside(ns, pid)
+    }
+
     func comm(_ ns: SystemdNamespace, _ pid: Int32) async throws -> String {
         try await ns.run(inside: ["cat", "/proc/\(pid)/comm"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
     }
@@ -101,8 +108,7 @@ struct SystemdRunnerTests {
             let ended = try await exit(of: "stubborn", in: runner)
             #expect(ended.pid == pid)
             #expect(ended.status == .killed(SIGKILL), "SIGKILL after the stop timeout")
-            let alive = try await ns.run(inside: ["kill", "-0", "\(child)"])
-            #expect(alive.status != 0, "the child in the unit's cgroup is gone too")
+            #expect(try await !isRunning(ns, child), "the child in the unit's cgroup is gone too")
         }
     }
 
@@ -174,7 +180,14 @@ struct SystemdRunnerTests {
                 #expect(r.stdout.contains(WorkerUnit(worker: name).path.rawValue), "\(r)")
             }
             for name in pids.keys { await runner.stop(name: name) }
-            for name in pids.keys { _ = try await exit(of: name, in: runner) }
+            let started = pids
+            let ended = Mutex<Set<String>>([])
+            _ = try await waitFor("the exits of \(started.keys.sorted())", in: runner.events, timeout: .seconds(20)) { event in
+                ended.withLock { ended in
+                    if case .exited(let name, let pid, _) = event, started[name] == pid { ended.insert(name) }
+                    return ended.count == started.count
+                }
+            }
         }
     }
 
@@ -255,7 +268,7 @@ struct SystemdRunnerTests {
             // adopt returns once the others are gone, so the new definition can start at once.
             #expect(try await listedUnits(ns) == ["bgworker-keep.service"])
             for pid in [changed, removed] {
-                #expect(try await ns.run(inside: ["kill", "-0", "\(pid)"]).status != 0, "pid \(pid) is gone")
+                #expect(try await !isRunning(ns, pid), "pid \(pid) is gone")
             }
             #expect(try await comm(ns, keep) == "sleep", "the adopted worker never stopped")
             let restarted = try await runner.start(Self.spec("changed", ["/bin/sleep", "300"], hash: 23))
@@ -298,4 +311,13 @@ struct SystemdRunnerTests {
             #expect(ended.pid == pid && ended.status == .killed(SIGTERM))
         }
     }
+}
+
+/// Whether `pid` runs inside the namespace: `/proc/PID/stat` exists there and its state is not
+/// `Z` (ended, not yet reaped by the namespace's PID 1, which happens a moment after the unit ended).
+func isRunningInside(_ ns: SystemdNamespace, _ pid: Int32) async throws -> Bool {
+    let stat = try await ns.run(inside: ["cat", "/proc/\(pid)/stat"])
+    guard stat.status == 0, let close = stat.stdout.lastIndex(of: ")") else { return false }
+    let state = stat.stdout[stat.stdout.index(after: close)...].split(separator: " ").first
+    return state != "Z"
 }

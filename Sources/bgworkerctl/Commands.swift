@@ -1,0 +1,223 @@
+import ArgumentParser
+import ClientSupport
+import DBus
+import Glibc
+
+/// Options of every command, accepted before or after the command's name.
+struct GlobalOptions: ParsableArguments {
+    @Option(help: ArgumentHelp(
+        "The bus: system, session, a D-Bus address or a socket path.",
+        discussion: "Default: $BGWORKER_BUS, else the system bus.", valueName: "bus"))
+    var bus: BusOption?
+
+    @Flag(help: "Machine-readable output: one JSON document (watch: one JSON object per line).")
+    var json = false
+}
+
+/// Exit statuses (and, for every failure, the D-Bus error's text on standard error).
+enum Exit {
+    static let failure: Int32 = 1
+    static let noSuchWorker: Int32 = 4
+}
+
+/// A failure already explained to the user, with the status to exit with.
+struct CommandFailure: Error {
+    var message: String
+    var status: Int32
+}
+
+/// What every command does around its own work: one connection, output, and errors turned into
+/// a message on standard error and an exit status.
+struct Session {
+    let client: ServiceClient
+    let json: Bool
+
+    static func run(_ options: GlobalOptions, _ body: (Session) async throws -> Void) async throws {
+        let bus = try BusOption.resolve(options.bus, environment: "BGWORKER_BUS")
+        let connection: DBusConnection
+        do {
+            connection = try await DBusConnection.connect(bus.address, timeout: .seconds(10))
+        } catch {
+            throw CommandFailure(message: "cannot connect to the \(bus) bus: \(error)", status: Exit.failure)
+        }
+        defer { connection.close() }
+        do {
+            try await body(Session(client: ServiceClient(connection: connection), json: options.json))
+        } catch let error as DBusError {
+            let text = error.message.isEmpty ? error.name : "\(error.message) (\(error.name))"
+            throw CommandFailure(message: text, status: error.name == Service.noSuchWorker ? Exit.noSuchWorker : Exit.failure)
+        } catch let error as DBusConnectionError {
+            throw CommandFailure(message: "\(error)", status: Exit.failure)
+        }
+    }
+
+    /// Prints text, or the JSON document with --json.
+    func print(_ text: @autoclosure () -> String, json document: @autoclosure () -> JSON) {
+        writeLine(json ? document().rendered : text())
+    }
+}
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the daemon and every worker, or one worker in detail.")
+
+    @OptionGroup var options: GlobalOptions
+
+    @Argument(help: "A worker's name.")
+    var name: String?
+
+    func run() async throws {
+        try await Self.show(name, options)
+    }
+
+    static func show(_ name: String?, _ options: GlobalOptions) async throws {
+        try await Session.run(options) { session in
+            if let name {
+                let worker = try await session.client.worker(named: name)
+                session.print(fields([
+                    ("Name", worker.name), ("State", worker.state),
+                    ("Since", Time.local(microseconds: worker.stateChangedAt)),
+                    ("Pid", worker.pid == 0 ? "-" : String(worker.pid)), ("Enabled", worker.enabled ? "yes" : "no"),
+                    ("Restarts", String(worker.restarts)), ("Last exit", worker.lastExit.isEmpty ? "-" : worker.lastExit),
+                    ("Run on", worker.runOn), ("Object", worker.path),
+                ]), json: worker.json)
+                return
+            }
+            async let managerInfo = session.client.manager()
+            async let workerInfos = session.client.workers()
+            let (manager, workers) = try await (managerInfo, workerInfos)
+            let summary = fields([("Version", manager.version), ("Runner", manager.runner),
+                                  ("HA role", manager.haRole), ("Log level", manager.logLevel)])
+            let body = workers.isEmpty ? "No workers." : table(WorkerInfo.header, workers.map(\.row))
+            session.print(summary + "\n\n" + body,
+                          json: .object(manager.jsonMembers + [("workers", .array(workers.map(\.json)))]))
+        }
+    }
+}
+
+struct List: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the workers with their state.")
+
+    @OptionGroup var options: GlobalOptions
+
+    func run() async throws {
+        try await Session.run(options) { session in
+            let workers = try await session.client.list()
+            session.print(workers.isEmpty ? "No workers." : table(ListedWorker.header, workers.map(\.row)),
+                          json: .array(workers.map(\.json)))
+        }
+    }
+}
+
+/// Enable, Disable, Restart: silent on success; with --json, the worker as `status NAME` shows it.
+protocol WorkerAction: AsyncParsableCommand {
+    static var method: String { get }
+    var options: GlobalOptions { get }
+    var name: String { get }
+}
+
+extension WorkerAction {
+    func run() async throws {
+        try await Session.run(options) { session in
+            _ = try await session.client.callManager(Self.method, [.string(name)], timeout: ServiceClient.changeTimeout)
+            if session.json { writeLine(try await session.client.worker(named: name).json.rendered) }
+        }
+    }
+}
+
+struct Enable: WorkerAction {
+    static let configuration = CommandConfiguration(
+        abstract: "Enable a worker (persisted); it starts when the HA role allows. Restarts a failed one.")
+    static let method = "Enable"
+    @OptionGroup var options: GlobalOptions
+    @Argument(help: "The worker's name.") var name: String
+}
+
+struct Disable: WorkerAction {
+    static let configuration = CommandConfiguration(abstract: "Disable a worker (persisted) and stop it.")
+    static let method = "Disable"
+    @OptionGroup var options: GlobalOptions
+    @Argument(help: "The worker's name.") var name: String
+}
+
+struct Restart: WorkerAction {
+    static let configuration = CommandConfiguration(
+        abstract: "Stop and start a worker again; clears failed and its restart counter.")
+    static let method = "Restart"
+    @OptionGroup var options: GlobalOptions
+    @Argument(help: "The worker's name.") var name: String
+}
+
+struct Reload: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Re-read the configuration (an invalid one changes nothing and is reported).")
+
+    @OptionGroup var options: GlobalOptions
+
+    func run() async throws {
+        try await Session.run(options) { session in
+            _ = try await session.client.callManager("Reload", timeout: ServiceClient.changeTimeout)
+            if session.json { writeLine(JSON.array(try await session.client.list().map(\.json)).rendered) }
+        }
+    }
+}
+
+struct LogLevel: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "log-level",
+        abstract: "Show the daemon's log level, or set it (for the daemon and its workers).",
+        discussion: "Levels: trace debug info notice warning error critical.")
+
+    @OptionGroup var options: GlobalOptions
+
+    @Argument(help: "The new level.")
+    var level: String?
+
+    func run() async throws {
+        try await Session.run(options) { session in
+            if let level {
+                try await session.client.setManagerProperty("LogLevel", level)
+                if session.json { writeLine(JSON.object([("logLevel", .string(level))]).rendered) }
+            } else {
+                let current = try await session.client.managerProperty("LogLevel")
+                session.print(current, json: .object([("logLevel", .string(current))]))
+            }
+        }
+    }
+}
+
+struct HA: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ha",
+        abstract: "Show the HA role: standalone, primary, secondary or unknown.")
+
+    @OptionGroup var options: GlobalOptions
+
+    func run() async throws {
+        try await Session.run(options) { session in
+            let role = try await session.client.managerProperty("HARole")
+            session.print(role, json: .object([("haRole", .string(role))]))
+        }
+    }
+}
+
+struct BgWorkerCtl: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bgworkerctl",
+        abstract: "Control bgworkerd, the background worker supervisor, over D-Bus.",
+        discussion: """
+            Options are accepted before or after the command. Exit status: 0 on success, 4 for an \
+            unknown worker (org.example.BgWorker.Error.NoSuchWorker), 1 for any other failure, with \
+            the D-Bus error's text on standard error.
+            """,
+        subcommands: [Status.self, List.self, Enable.self, Disable.self, Restart.self, Reload.self,
+                      LogLevel.self, HA.self, Watch.self])
+
+    @OptionGroup var options: GlobalOptions
+
+    /// No command is `status` (not a default subcommand, which would take an unknown command
+    /// for a worker's name).
+    func run() async throws {
+        try await Status.show(nil, options)
+    }
+}

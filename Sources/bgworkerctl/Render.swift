@@ -1,0 +1,194 @@
+import DBus
+import Glibc
+
+/// A JSON value with its keys in the order given (stable, readable output), rendered on one line.
+indirect enum JSON {
+    case string(String)
+    case int(Int64)
+    case uint(UInt64)
+    case double(Double)
+    case bool(Bool)
+    case null
+    case array([JSON])
+    case object([(String, JSON)])
+
+    var rendered: String {
+        var out = ""
+        render(into: &out)
+        return out
+    }
+
+    private func render(into out: inout String) {
+        switch self {
+        case .string(let s): Self.quote(s, into: &out)
+        case .int(let v): out += String(v)
+        case .uint(let v): out += String(v)
+        case .double(let v): out += v.isFinite ? String(v) : "null"
+        case .bool(let v): out += v ? "true" : "false"
+        case .null: out += "null"
+        case .array(let items):
+            out += "["
+            for (i, item) in items.enumerated() {
+                if i > 0 { out += "," }
+                item.render(into: &out)
+            }
+            out += "]"
+        case .object(let members):
+            out += "{"
+            for (i, (key, value)) in members.enumerated() {
+                if i > 0 { out += "," }
+                Self.quote(key, into: &out)
+                out += ":"
+                value.render(into: &out)
+            }
+            out += "}"
+        }
+    }
+
+    static func quote(_ s: String, into out: inout String) {
+        out += "\""
+        for scalar in s.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20:
+                let hex = String(scalar.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        out += "\""
+    }
+
+    /// Any D-Bus value: variants unwrapped, structures as arrays, dictionaries with string-like
+    /// keys as objects (others as arrays of [key, value] pairs), paths and signatures as strings.
+    init(_ value: DBusValue) {
+        switch value {
+        case .byte(let v): self = .uint(UInt64(v))
+        case .bool(let v): self = .bool(v)
+        case .int16(let v): self = .int(Int64(v))
+        case .uint16(let v): self = .uint(UInt64(v))
+        case .int32(let v): self = .int(Int64(v))
+        case .uint32(let v): self = .uint(UInt64(v))
+        case .int64(let v): self = .int(v)
+        case .uint64(let v): self = .uint(v)
+        case .double(let v): self = .double(v)
+        case .string(let v): self = .string(v)
+        case .objectPath(let v): self = .string(v.rawValue)
+        case .signature(let v): self = .string(v.description)
+        case .unixFD(let v): self = .int(Int64(v))
+        case .array(_, let items): self = .array(items.map(JSON.init))
+        case .dictionary(_, _, let entries):
+            if entries.allSatisfy({ Self.keyText($0.key) != nil }) {
+                self = .object(entries.map { (Self.keyText($0.key) ?? "", JSON($0.value)) })
+            } else {
+                self = .array(entries.map { .array([JSON($0.key), JSON($0.value)]) })
+            }
+        case .structure(let fields): self = .array(fields.map(JSON.init))
+        case .variant(let inner): self = JSON(inner)
+        }
+    }
+
+    private static func keyText(_ key: DBusValue) -> String? {
+        switch key {
+        case .string(let s): s
+        case .objectPath(let p): p.rawValue
+        default: nil
+        }
+    }
+}
+
+extension WorkerInfo {
+    var json: JSON {
+        .object([
+            ("name", .string(name)), ("state", .string(state)), ("enabled", .bool(enabled)), ("pid", .uint(UInt64(pid))),
+            ("restarts", .uint(UInt64(restarts))), ("lastExit", .string(lastExit)), ("runOn", .string(runOn)),
+            ("stateChangedAt", .uint(stateChangedAt)), ("path", .string(path)),
+        ])
+    }
+
+    /// A row of the status table.
+    var row: [String] {
+        [name, state, pid == 0 ? "-" : String(pid), enabled ? "yes" : "no", String(restarts),
+         lastExit.isEmpty ? "-" : lastExit, runOn, Time.local(microseconds: stateChangedAt)]
+    }
+
+    static let header = ["NAME", "STATE", "PID", "ENABLED", "RESTARTS", "LAST-EXIT", "RUN-ON", "SINCE"]
+}
+
+extension ListedWorker {
+    var json: JSON {
+        .object([("name", .string(name)), ("state", .string(state)), ("enabled", .bool(enabled)),
+                 ("pid", .uint(UInt64(pid))), ("path", .string(path))])
+    }
+
+    var row: [String] { [name, state, pid == 0 ? "-" : String(pid), enabled ? "yes" : "no"] }
+
+    static let header = ["NAME", "STATE", "PID", "ENABLED"]
+}
+
+extension ManagerInfo {
+    var jsonMembers: [(String, JSON)] {
+        [("version", .string(version)), ("haRole", .string(haRole)), ("runner", .string(runner)), ("logLevel", .string(logLevel))]
+    }
+}
+
+/// Left-aligned columns two spaces apart, as systemctl and supervisorctl print them.
+func table(_ header: [String], _ rows: [[String]]) -> String {
+    var widths = header.map(\.count)
+    for row in rows {
+        for (i, cell) in row.enumerated() where i < widths.count { widths[i] = max(widths[i], cell.count) }
+    }
+    return ([header] + rows).map { row in
+        var line = ""
+        for (i, cell) in row.enumerated() {
+            if i == row.count - 1 {
+                line += cell
+            } else {
+                line += cell + String(repeating: " ", count: widths[i] - cell.count + 2)
+            }
+        }
+        return line
+    }.joined(separator: "\n")
+}
+
+/// `key: value` lines with the values aligned.
+func fields(_ pairs: [(String, String)]) -> String {
+    let width = pairs.map(\.0.count).max() ?? 0
+    return pairs.map { String(repeating: " ", count: width - $0.0.count) + $0.0 + ": " + $0.1 }.joined(separator: "\n")
+}
+
+enum Time {
+    /// `YYYY-MM-DD HH:MM:SS` in local time, `-` for 0.
+    static func local(microseconds: UInt64) -> String {
+        guard microseconds > 0 else { return "-" }
+        return format(seconds: Int(microseconds / 1_000_000), "%Y-%m-%d %H:%M:%S", utc: false)
+    }
+
+    /// Now, as `YYYY-MM-DD HH:MM:SS.mmm` local time (text) or RFC 3339 UTC with microseconds (JSON).
+    static func now() -> (text: String, json: String) {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        let millis = String(ts.tv_nsec / 1_000_000)
+        let micros = String(ts.tv_nsec / 1_000)
+        let text = format(seconds: ts.tv_sec, "%Y-%m-%d %H:%M:%S", utc: false) + "." + pad(millis, 3)
+        let json = format(seconds: ts.tv_sec, "%Y-%m-%dT%H:%M:%S", utc: true) + "." + pad(micros, 6) + "Z"
+        return (text, json)
+    }
+
+    private static func pad(_ digits: String, _ width: Int) -> String {
+        String(repeating: "0", count: max(0, width - digits.count)) + digits
+    }
+
+    private static func format(seconds: Int, _ pattern: String, utc: Bool) -> String {
+        var t = time_t(seconds)
+        var parts = tm()
+        if utc { gmtime_r(&t, &parts) } else { localtime_r(&t, &parts) }
+        var buffer = [CChar](repeating: 0, count: 64)
+        let n = strftime(&buffer, buffer.count, pattern, &parts)
+        return String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}

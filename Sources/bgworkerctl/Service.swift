@@ -1,0 +1,154 @@
+import DBus
+
+/// bgworkerd's names on the bus (see the project's interface contract).
+enum Service {
+    static let name = "org.example.BgWorker"
+    static let managerPath = try! ObjectPath("/org/example/BgWorker")
+    static let managerInterface = "org.example.BgWorker"
+    static let workerInterface = "org.example.BgWorker.Worker"
+    static let properties = "org.freedesktop.DBus.Properties"
+    static let noSuchWorker = "org.example.BgWorker.Error.NoSuchWorker"
+}
+
+/// The manager's properties.
+struct ManagerInfo {
+    var version: String
+    var haRole: String
+    var runner: String
+    var logLevel: String
+
+    init(_ properties: [String: DBusValue]) {
+        func text(_ key: String) -> String { properties[key]?.unwrappingVariant.stringValue ?? "" }
+        version = text("Version")
+        haRole = text("HARole")
+        runner = text("Runner")
+        logLevel = text("LogLevel")
+    }
+}
+
+/// A worker object's properties. Values of an unexpected type read as empty or zero: a daemon
+/// that sends something odd gets an odd table, never a crash.
+struct WorkerInfo {
+    var path: String
+    var name: String
+    var state: String
+    var enabled: Bool
+    var pid: UInt32
+    var restarts: UInt32
+    var lastExit: String
+    var runOn: String
+    /// Microseconds since the Unix epoch; 0 when unknown.
+    var stateChangedAt: UInt64
+
+    init(path: String, properties: [String: DBusValue]) {
+        func value(_ key: String) -> DBusValue? { properties[key]?.unwrappingVariant }
+        self.path = path
+        name = value("Name")?.stringValue ?? ""
+        state = value("State")?.stringValue ?? ""
+        enabled = value("Enabled")?.boolValue ?? false
+        pid = value("Pid")?.uint32Value ?? 0
+        restarts = value("Restarts")?.uint32Value ?? 0
+        lastExit = value("LastExit")?.stringValue ?? ""
+        runOn = value("RunOn")?.stringValue ?? ""
+        stateChangedAt = value("StateChangedAt")?.uint64Value ?? 0
+    }
+}
+
+/// One row of ListWorkers (`a(ssbuo)`).
+struct ListedWorker {
+    var name: String
+    var state: String
+    var enabled: Bool
+    var pid: UInt32
+    var path: String
+
+    init?(_ row: DBusValue) {
+        guard let fields = row.structureValue, fields.count == 5,
+              let name = fields[0].stringValue, let state = fields[1].stringValue,
+              let enabled = fields[2].boolValue, let pid = fields[3].uint32Value,
+              let path = fields[4].objectPathValue
+        else { return nil }
+        self.name = name
+        self.state = state
+        self.enabled = enabled
+        self.pid = pid
+        self.path = path.rawValue
+    }
+}
+
+/// One connection to the bus and the few calls the commands make on it.
+struct ServiceClient {
+    let connection: DBusConnection
+
+    /// Reads are quick; a state change waits for the worker to start or stop (up to its stop
+    /// timeout), so it may take much longer.
+    static let readTimeout: Duration = .seconds(25)
+    static let changeTimeout: Duration = .seconds(300)
+
+    func callManager(_ member: String, _ arguments: [DBusValue] = [], timeout: Duration = readTimeout) async throws -> [DBusValue] {
+        try await connection.call(destination: Service.name, path: Service.managerPath, interface: Service.managerInterface,
+                                  member: member, arguments: arguments, timeout: timeout)
+    }
+
+    func allProperties(of path: ObjectPath, _ interface: String) async throws -> [String: DBusValue] {
+        let reply = try await connection.call(destination: Service.name, path: path, interface: Service.properties,
+                                              member: "GetAll", arguments: [.string(interface)], timeout: Self.readTimeout)
+        guard let properties = reply.first?.stringKeyedDictionary else {
+            throw DBusConnectionError(.invalidMessage, "GetAll of \(interface) answered \(reply)")
+        }
+        return properties
+    }
+
+    func managerProperty(_ name: String) async throws -> String {
+        let reply = try await connection.call(destination: Service.name, path: Service.managerPath, interface: Service.properties,
+                                              member: "Get", arguments: [.string(Service.managerInterface), .string(name)],
+                                              timeout: Self.readTimeout)
+        guard let value = reply.first?.unwrappingVariant.stringValue else {
+            throw DBusConnectionError(.invalidMessage, "\(name) is not a string: \(reply)")
+        }
+        return value
+    }
+
+    func setManagerProperty(_ name: String, _ value: String) async throws {
+        _ = try await connection.call(destination: Service.name, path: Service.managerPath, interface: Service.properties,
+                                      member: "Set", arguments: [.string(Service.managerInterface), .string(name), .variant(.string(value))],
+                                      timeout: Self.changeTimeout)
+    }
+
+    func manager() async throws -> ManagerInfo {
+        ManagerInfo(try await allProperties(of: Service.managerPath, Service.managerInterface))
+    }
+
+    /// Every worker with all its properties, in one call (ObjectManager), sorted by name.
+    func workers() async throws -> [WorkerInfo] {
+        let reply = try await connection.call(destination: Service.name, path: Service.managerPath,
+                                              interface: "org.freedesktop.DBus.ObjectManager", member: "GetManagedObjects",
+                                              timeout: Self.readTimeout)
+        guard let objects = reply.first?.dictionaryEntries else {
+            throw DBusConnectionError(.invalidMessage, "GetManagedObjects answered \(reply)")
+        }
+        return objects.compactMap { entry -> WorkerInfo? in
+            guard let path = entry.key.objectPathValue,
+                  let properties = entry.value.stringKeyedDictionary?[Service.workerInterface]?.stringKeyedDictionary
+            else { return nil }
+            return WorkerInfo(path: path.rawValue, properties: properties)
+        }.sorted { $0.name < $1.name }
+    }
+
+    func list() async throws -> [ListedWorker] {
+        let reply = try await callManager("ListWorkers")
+        guard let rows = reply.first?.arrayValue else {
+            throw DBusConnectionError(.invalidMessage, "ListWorkers answered \(reply)")
+        }
+        return rows.compactMap(ListedWorker.init)
+    }
+
+    /// GetWorker (NoSuchWorker for an unknown name), then the worker object's properties.
+    func worker(named name: String) async throws -> WorkerInfo {
+        let reply = try await callManager("GetWorker", [.string(name)])
+        guard let path = reply.first?.objectPathValue else {
+            throw DBusConnectionError(.invalidMessage, "GetWorker answered \(reply)")
+        }
+        return WorkerInfo(path: path.rawValue, properties: try await allProperties(of: path, Service.workerInterface))
+    }
+}

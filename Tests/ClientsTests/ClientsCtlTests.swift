@@ -195,7 +195,7 @@ struct ClientsCtlTests {
     @Test func optionsBeforeOrAfterTheCommandAndTheBusFromTheEnvironment() async throws {
         try await Self.withDaemon { bus, _ in
             let expected = try await ctl(bus, ["list", "--json"]).stdout
-            let binary = builtProduct("bgworkerctl")
+            let binary = builtExecutablePath("bgworkerctl")
             for argv in [[binary, "--json", "list", "--bus", bus.address], [binary, "--bus", bus.address, "--json", "list"],
                          [binary, "list", "--bus", bus.socketPath, "--json"], [binary, "--bus=\(bus.address)", "list", "--json"]] {
                 let r = try await run(argv)
@@ -217,20 +217,20 @@ struct ClientsCtlTests {
             #expect(r.status == 1)
             #expect(r.stderr.hasPrefix("bgworkerctl: ") && r.stderr.contains("org.freedesktop.DBus.Error.ServiceUnknown"), "\(r.stderr)")
             // No bus.
-            r = try await run([builtProduct("bgworkerctl"), "--bus", "/nonexistent/bus.sock", "list"])
+            r = try await run([builtExecutablePath("bgworkerctl"), "--bus", "/nonexistent/bus.sock", "list"])
             #expect(r.status == 1)
             #expect(r.stderr.hasPrefix("bgworkerctl: cannot connect to the /nonexistent/bus.sock bus"), "\(r.stderr)")
-            r = try await run([builtProduct("bgworkerctl"), "list"], environment: ["BGWORKER_BUS": "nonsense"])
+            r = try await run([builtExecutablePath("bgworkerctl"), "list"], environment: ["BGWORKER_BUS": "nonsense"])
             #expect(r.status == 1)
             #expect(r.stderr.contains("BGWORKER_BUS=nonsense"))
             // Usage errors (an unknown command is not taken for a worker's name).
             for argv in [["frobnicate"], ["enable"], ["status", "a", "b"], ["list", "--bus", "nonsense"]] {
-                r = try await run([builtProduct("bgworkerctl"), "--bus", bus.address] + argv)
+                r = try await run([builtExecutablePath("bgworkerctl"), "--bus", bus.address] + argv)
                 #expect(r.status == 1, "\(argv)")
                 #expect(r.stderr.hasPrefix("Error: "), "\(argv): \(r.stderr)")
                 #expect(r.stdout.isEmpty)
             }
-            r = try await run([builtProduct("bgworkerctl"), "--help"])
+            r = try await run([builtExecutablePath("bgworkerctl"), "--help"])
             #expect(r.status == 0)
             #expect(r.stdout.contains("USAGE: bgworkerctl"))
         }
@@ -238,7 +238,7 @@ struct ClientsCtlTests {
 
     @Test func watchPrintsEachSignalOfTheOwnerAsItComes() async throws {
         try await Self.withDaemon { bus, daemon in
-            let watch = try ChildProcess([builtProduct("bgworkerctl"), "watch", "--bus", bus.address], extraEnvironment: ["TZ": "UTC"],
+            let watch = try ChildProcess([builtExecutablePath("bgworkerctl"), "watch", "--bus", bus.address], extraEnvironment: ["TZ": "UTC"],
                                          captureStdout: true, captureStderr: true)
             defer { Task { await watch.terminate() } }
             let lines = OutputLines(of: watch)
@@ -275,7 +275,7 @@ struct ClientsCtlTests {
 
     @Test func watchJSONLines() async throws {
         try await Self.withDaemon { bus, daemon in
-            let watch = try ChildProcess([builtProduct("bgworkerctl"), "--json", "--bus", bus.address, "watch"],
+            let watch = try ChildProcess([builtExecutablePath("bgworkerctl"), "--json", "--bus", bus.address, "watch"],
                                          captureStdout: true, captureStderr: true)
             defer { Task { await watch.terminate() } }
             let lines = OutputLines(of: watch)
@@ -307,5 +307,5 @@ struct ClientsCtlTests {
 
 /// Runs bgworkerctl on `bus` (with --bus after the arguments, in UTC so times are fixed).
 func ctl(_ bus: PrivateBus, _ arguments: [String]) async throws -> (status: Int32, stdout: String, stderr: String) {
-    try await run([builtProduct("bgworkerctl")] + arguments + ["--bus", bus.address], environment: ["TZ": "UTC"])
+    try await run([builtExecutablePath("bgworkerctl")] + arguments + ["--bus", bus.address], environment: ["TZ": "UTC"])
 }

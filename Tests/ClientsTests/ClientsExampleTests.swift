@@ -17,7 +17,7 @@ struct ClientsExampleTests {
         static func start(bus: String, level: String? = "info", _ arguments: [String] = []) throws -> Example {
             var environment = ["BGWORKER_NAME": "dice"]
             if let level { environment["BGWORKER_LOG_LEVEL"] = level }
-            let process = try ChildProcess([builtProduct("bgworker-example"), "--bus", bus, "--interval", "0.05"] + arguments,
+            let process = try ChildProcess([builtExecutablePath("bgworker-example"), "--bus", bus, "--interval", "0.05"] + arguments,
                                            extraEnvironment: environment, captureStdout: true, captureStderr: false)
             return Example(process: process, output: OutputLines(of: process))
         }
@@ -43,7 +43,7 @@ struct ClientsExampleTests {
     }
 
     @Test func aBadDiceValueExitsWithStatusOne() async throws {
-        let result = try await run([builtProduct("bgworker-example"), "--die-one-in", "1", "--bus", "/nonexistent/bus.sock"])
+        let result = try await run([builtExecutablePath("bgworker-example"), "--die-one-in", "1", "--bus", "/nonexistent/bus.sock"])
         #expect(result.status == 1)
         let lines = result.stdout.split(separator: "\n")
         #expect(lines.contains("<3>Bad dice value"))

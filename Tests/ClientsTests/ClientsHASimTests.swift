@@ -19,7 +19,7 @@ struct ClientsHASimTests {
 
         static func start(on bus: PrivateBus, _ arguments: [String], directory: TemporaryDirectory) async throws -> Simulator {
             let input = try StandardInputFeed(in: directory, name: "stdin-\(uniqueID(4))")
-            let process = try ChildProcess(input.wrap([builtProduct("bgworker-ha-sim"), "--bus", bus.address] + arguments),
+            let process = try ChildProcess(input.wrap([builtExecutablePath("bgworker-ha-sim"), "--bus", bus.address] + arguments),
                                            captureStdout: true, captureStderr: true)
             let output = OutputLines(of: process)
             let index = try await output.wait("ready") { $0.hasPrefix("ready ") }
@@ -165,7 +165,7 @@ struct ClientsHASimTests {
             defer { dir.remove() }
             let first = try await Simulator.start(on: bus, [], directory: dir)
             defer { Task { await first.process.terminate() } }
-            let second = try await run([builtProduct("bgworker-ha-sim"), "--bus", bus.address])
+            let second = try await run([builtExecutablePath("bgworker-ha-sim"), "--bus", bus.address])
             #expect(second.status == 1)
             #expect(second.stderr.contains("org.example.HAManager is owned by another connection"))
             #expect(second.stdout.isEmpty)
@@ -177,14 +177,14 @@ struct ClientsHASimTests {
             let dir = try TemporaryDirectory(prefix: "bgw-sim")
             defer { dir.remove() }
             let input = try StandardInputFeed(in: dir)
-            let sim = try ChildProcess(input.wrap([builtProduct("bgworker-ha-sim"), "--exit-on-eof"]),
+            let sim = try ChildProcess(input.wrap([builtExecutablePath("bgworker-ha-sim"), "--exit-on-eof"]),
                                        extraEnvironment: ["BGWORKER_BUS": bus.socketPath], captureStdout: true)
             let ready = try await sim.readLine(timeout: .seconds(15))
             #expect(ready?.hasPrefix("ready :1.") == true)
             input.end()
             #expect(WaitStatus.exitCode(try await sim.waitForExit()) == 0)
 
-            let bad = try await run([builtProduct("bgworker-ha-sim"), "--bus", "nonsense"])
+            let bad = try await run([builtExecutablePath("bgworker-ha-sim"), "--bus", "nonsense"])
             #expect(bad.status != 0)
             #expect(bad.stderr.contains("--bus"))
         }

@@ -5,12 +5,6 @@ import Synchronization
 import Testing
 import TestSupport
 
-/// The path of an executable of this package, built beside the test bundle.
-func builtProduct(_ name: String) -> String {
-    let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-    return bundle.deletingLastPathComponent().appendingPathComponent(name).path
-}
-
 /// The package's root folder (for the files it ships, e.g. `dbus/*.xml`).
 let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .deletingLastPathComponent().path

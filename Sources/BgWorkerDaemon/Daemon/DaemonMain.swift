@@ -140,6 +140,9 @@ struct DaemonService: Service {
     }
 
     private func serve(until shutdownRequests: AsyncStream<Void>) async throws {
+        // Trapped before anything else: a SIGHUP during the start reloads once the daemon is up,
+        // instead of killing it (its default action).
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
         let connection: DBusConnection
         do {
             connection = try await DBusConnection.connect(.address(busAddress))
@@ -167,7 +170,7 @@ struct DaemonService: Service {
                 await BusLink(supervisor: supervisor, address: busAddress, logger: logger).follow(connection)
             }
             group.addTask {
-                for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                for await _ in hangups {
                     await supervisor.reloadFromSignal()
                 }
             }

@@ -215,6 +215,19 @@ final class DaemonFixture: Sendable {
 }
 
 extension BusMonitor {
+    /// Returns once `worker` is in `state`: reads it (ListWorkers), and after each of its
+    /// WorkerStateChanged reads it again. Start the monitor before the change can happen.
+    func waitUntil(_ fixture: DaemonFixture, worker: String, is state: String, timeout: Duration = .seconds(15)) async throws -> WorkerRow {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let row = try await fixture.worker(worker)
+            if row.state == state { return row }
+            let left = deadline - ContinuousClock.now
+            guard left > .zero else { throw TestProcessError("\(worker) is \(row.state), not \(state), after \(timeout)") }
+            _ = try await stateChange(of: worker, timeout: left)
+        }
+    }
+
     /// The next `WorkerStateChanged` of `worker` (earlier messages are consumed).
     func stateChange(of worker: String, to state: String? = nil, timeout: Duration = .seconds(10)) async throws -> StateChange {
         let message = try await waitFor("WorkerStateChanged \(worker) \(state ?? "*")", timeout: timeout) { message in

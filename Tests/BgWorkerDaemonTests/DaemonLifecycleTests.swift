@@ -32,6 +32,30 @@ struct DaemonLifecycleTests {
         }
     }
 
+    @Test func watchdogKeepAlivesGoOutWhenSystemdAsksForThem() async throws {
+        let fixture = try await DaemonFixture(execWorker("one", ["/bin/sleep", "1000"]), start: false)
+        defer { Task { await fixture.teardown() } }
+        let daemon = try await DaemonProcess(
+            bus: fixture.bus, configPath: fixture.configPath, arguments: ["--runner", "process"],
+            environment: ["WATCHDOG_USEC": "200000"], runtimeDirectory: fixture.directory.file("run"))
+        defer { Task { await daemon.process.terminate() } }
+        try await daemon.notifications.waitFor("WATCHDOG", value: "1", timeout: .seconds(2))
+        try await daemon.notifications.waitFor("WATCHDOG", value: "1", timeout: .seconds(2))
+    }
+
+    @Test func aSecondDaemonOnTheSameBusExitsAndTouchesNothing() async throws {
+        try await DaemonFixture.with(execWorker("one", ["/bin/sleep", "1000"])) { fixture in
+            let before = try await fixture.worker("one")
+            let second = try await run(
+                [builtExecutablePath("bgworkerd"), "--config", fixture.configPath, "--bus", fixture.bus.unixAddress,
+                 "--runner", "process"],
+                environment: ["RUNTIME_DIRECTORY": fixture.directory.file("run-second")])
+            #expect(second.status == 1)
+            #expect(second.stderr.contains("owned by another process"), "\(second.stderr)")
+            #expect(try await fixture.worker("one") == before)
+        }
+    }
+
     @Test func sigtermStopsManyCooperativeWorkersWellUnderASecond() async throws {
         let workers = (1...20).map { shellWorker("w\($0)", "exec sleep 1000") }.joined()
         try await DaemonFixture.with(workers) { fixture in
@@ -138,5 +162,62 @@ struct DaemonLifecycleTests {
         try await fixture.call("Restart", "s", ["steady"])
         let restarted = try await watcher.changes(untilReplyTo: "Restart", daemon: daemon)
         #expect(restarted.changes.map(\.state) == ["stopping", "starting", "running"])
+    }
+}
+
+/// The daemon with an HA source when its own bus connection goes away and comes back.
+@Suite(.timeLimit(.minutes(2)))
+struct DaemonBusLossWithHATests {
+    @Test func theRoleIsUnknownWhileTheBusIsGoneAndIsReadAgainAfterReconnecting() async throws {
+        let fixture = try await DaemonFixture(
+            execWorker("main", ["/bin/sleep", "1000"], extra: #"run-on = "primary""#)
+                + execWorker("always", ["/bin/sleep", "1000"], extra: #"run-on = "any""#),
+            daemonSettings: "\n[ha]\nsource = \"dbus\"\non-lost = \"stop\"", start: false)
+        defer { Task { await fixture.teardown() } }
+        let manager = try await startHASimulator(on: fixture.bus, role: "primary")
+        defer { Task { await manager.terminate(grace: .seconds(2)) } }
+        let monitor = try await fixture.monitor()
+        defer { Task { await monitor.stop() } }
+        try await fixture.startDaemon()
+        let main = try await monitor.waitUntil(fixture, worker: "main", is: "running")
+        let always = try await fixture.worker("always")
+        #expect(try await fixture.property("HARole").string == "primary")
+
+        await fixture.bus.kill()
+        // Role unknown under on-lost = stop: the primary worker stops, the `any` one runs on.
+        try await waitUntilGone(Int32(main.pid))
+        #expect(isAlive(Int32(always.pid)))
+
+        let newBus = try await PrivateBus(socketPath: fixture.bus.socketPath, directory: fixture.directory)
+        defer { Task { await newBus.kill() } }
+        let names = try await BusMonitor(address: newBus.unixAddress, matches: [
+            "type='signal',interface='org.freedesktop.DBus',member='NameOwnerChanged',arg0='\(DaemonFixture.busName)'",
+        ])
+        defer { Task { await names.stop() } }
+        if try await fixture.busctl(["status", DaemonFixture.busName]).status != 0 {
+            _ = try await names.waitFor("the daemon owning its name again") { message in
+                message.body.count == 3 && message.body[2].string?.isEmpty == false
+            }
+        }
+        #expect(try await fixture.property("HARole").string == "unknown")
+        #expect(try await fixture.worker("main").state == "standby")
+        #expect(try await fixture.worker("always") == always, "the any worker never stopped")
+
+        // An HA manager on the new bus is followed: the source was restarted on the new connection.
+        let watcher = try await fixture.monitor()
+        defer { Task { await watcher.stop() } }
+        let newManager = try await startHASimulator(on: newBus, role: "primary")
+        defer { Task { await newManager.terminate(grace: .seconds(2)) } }
+        _ = try await watcher.waitUntil(fixture, worker: "main", is: "running")
+        #expect(try await fixture.property("HARole").string == "primary")
+    }
+
+    /// `bgworker-ha-sim` owning org.example.HAManager with `role`, once it says it is ready.
+    private func startHASimulator(on bus: PrivateBus, role: String) async throws -> ChildProcess {
+        let process = try ChildProcess(
+            [builtExecutablePath("bgworker-ha-sim"), "--bus", bus.unixAddress, "--role", role], captureStdout: true)
+        let line = try await process.readLine(until: { $0.hasPrefix("ready") })
+        #expect(line.hasPrefix("ready"))
+        return process
     }
 }

@@ -113,6 +113,22 @@ struct DaemonWorkerTests {
         }
     }
 
+    @Test func aProgramThatCannotStartBacksOffWithTheReason() async throws {
+        try await DaemonFixture.with(execWorker("missing", ["/nonexistent/program"], extra: "restart-delay = 30")) { fixture in
+            // READY=1 came: the failed start was answered.
+            let row = try await fixture.worker("missing")
+            #expect(row.state == "backoff" && row.pid == 0)
+            let monitor = try await fixture.monitor()
+            defer { Task { await monitor.stop() } }
+            let daemon = try await fixture.daemonUniqueName()
+            try await fixture.call("Restart", "s", ["missing"])
+            let restarted = try await monitor.changes(untilReplyTo: "Restart", daemon: daemon)
+            #expect(restarted.changes.map(\.state) == ["starting", "backoff"])
+            let reason = restarted.changes.last?.reason ?? ""
+            #expect(reason.hasPrefix("failed to start: ") && reason.contains("No such file or directory"), "\(reason)")
+        }
+    }
+
     @Test func aWorkerIgnoringSIGTERMIsKilledAfterItsStopTimeout() async throws {
         let directory = try TemporaryDirectory(prefix: "bgw-stubborn")
         defer { directory.remove() }

@@ -65,6 +65,9 @@ public actor Supervisor {
     private var settleWaiters: [String: [CheckedContinuation<Void, Never>]] = [:]
     private var drainWaiters: [CheckedContinuation<Void, Never>] = []
     private var isStarted = false
+    /// Workers whose first start (at `start()`) has not been answered yet, and who waits for that.
+    private var awaitingFirstStart: Set<String> = []
+    private var firstStartsAnswered: CheckedContinuation<Void, Never>?
     private var isShuttingDown = false
 
     private var roleSourceTask: Task<Void, Never>?
@@ -137,8 +140,8 @@ public actor Supervisor {
     }
 
     /// Starts the runner plumbing and every worker that should run (after adopting what a
-    /// previous daemon left running, for runners that can); returns once every start has been
-    /// answered.
+    /// previous daemon left running, for runners that can); returns once each of those starts
+    /// has been answered.
     public func start() async {
         guard !isStarted else { return }
         isStarted = true
@@ -148,9 +151,22 @@ public actor Supervisor {
         for (name, pid) in adopted.sorted(by: { $0.key < $1.key }) {
             logger.notice("adopted worker \(name) (pid \(pid))", metadata: ["worker": "\(name)"])
         }
-        perform(fleet.start(now: now(), adopted: adopted))
-        // READY=1 follows this: every start has been answered (running, or backoff...).
-        for worker in fleet.workers { await settled(worker.name) }
+        let actions = fleet.start(now: now(), adopted: adopted)
+        awaitingFirstStart = Set(actions.compactMap { action -> String? in
+            if case .spawn(let name, _) = action { name } else { nil }
+        })
+        perform(actions)
+        // READY=1 follows this: every first start has been answered (running, or backoff...).
+        // Not "every worker settled": a worker restarting with no delay may never be.
+        if !awaitingFirstStart.isEmpty {
+            await withCheckedContinuation { firstStartsAnswered = $0 }
+        }
+    }
+
+    private func firstStartAnswered(_ name: String) {
+        guard awaitingFirstStart.remove(name) != nil, awaitingFirstStart.isEmpty else { return }
+        firstStartsAnswered?.resume()
+        firstStartsAnswered = nil
     }
 
     /// Stops every worker in parallel (SIGTERM, SIGKILL after each one's stop timeout) and
@@ -330,6 +346,7 @@ public actor Supervisor {
         if let early = earlyExits.removeValue(forKey: name), early.pid == pid {
             apply(.processExited(name, pid: pid, status: early.status))
         }
+        firstStartAnswered(name)
     }
 
     private func startFailed(_ name: String, _ error: RunnerError) {
@@ -338,6 +355,7 @@ public actor Supervisor {
         logger.error("cannot start worker \(name): \(error)", metadata: ["worker": "\(name)"])
         let reason = error.errno.map { "\(error.context): \(errnoText($0))" } ?? error.context
         apply(.startFailed(name, reason: reason))
+        firstStartAnswered(name)
     }
 
     private func runnerReported(_ event: RunnerEvent) {

@@ -171,12 +171,15 @@ struct DaemonWorkerTests {
             runtimeDirectory: fixture.directory.file("run"), logPath: "/dev/null")
         defer { Task { await daemon.process.terminate() } }
         #expect(try await fixture.worker("flood").state == "running")
+        // The bounds include starting busctl and leave room for a loaded machine (the suites run
+        // in parallel on two cores); a daemon held up by the flood would not answer at all.
         for _ in 0..<5 {
             let took = try await elapsed { _ = try await fixture.listWorkers() }
-            #expect(took < .milliseconds(500), "ListWorkers took \(took) during the flood")
+            #expect(took < .seconds(2), "ListWorkers took \(took) during the flood")
         }
         let took = try await elapsed { try await fixture.call("Restart", "s", ["calm"]) }
-        #expect(took < .seconds(1), "Restart took \(took) during the flood")
+        #expect(took < .seconds(2), "Restart took \(took) during the flood")
+        #expect(try await fixture.worker("flood").state == "running", "the flood still runs")
         _ = try await daemon.stop()
     }
 }

@@ -87,7 +87,6 @@ struct DaemonBusApiTests {
     @Test func logLevelChangesAtOnceAndReachesNewWorkers() async throws {
         try await DaemonFixture.with(Self.twoWorkers) { fixture in
             let monitor = try await fixture.monitor()
-            defer { Task { await monitor.stop() } }
             let set = try await fixture.busctl(["set-property", DaemonFixture.busName, DaemonFixture.manager,
                                                 DaemonFixture.interface, "LogLevel", "s", "debug"])
             #expect(set.status == 0, "\(set.stderr)")

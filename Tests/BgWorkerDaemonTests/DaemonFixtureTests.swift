@@ -54,6 +54,7 @@ final class DaemonFixture: Sendable {
     let directory: TemporaryDirectory
     let configPath: String
     private let current: Mutex<DaemonProcess?>
+    private let cleanups = Mutex<[@Sendable () async -> Void]>([])
 
     var daemon: DaemonProcess {
         get throws {
@@ -110,7 +111,14 @@ final class DaemonFixture: Sendable {
         return status
     }
 
+    /// Runs `action` at teardown (in reverse order of registration, before the daemon and the bus
+    /// stop): for the extra processes a test starts (monitors, a second bus, an HA manager).
+    func atTeardown(_ action: @escaping @Sendable () async -> Void) {
+        cleanups.withLock { $0.append(action) }
+    }
+
     func teardown() async {
+        for action in cleanups.withLock({ list in defer { list = [] }; return list }).reversed() { await action() }
         if let daemon = current.withLock({ $0 }) { await daemon.process.terminate(grace: .seconds(10)) }
         await bus.stop()
     }
@@ -118,9 +126,10 @@ final class DaemonFixture: Sendable {
     /// Runs `body` with a fixture and always tears it down; on failure the daemon's log is printed.
     static func with(
         _ configuration: String, daemonSettings: String = "", dropIns: [String: String] = [:],
-        arguments: [String] = [], _ body: (DaemonFixture) async throws -> Void
+        arguments: [String] = [], start: Bool = true, _ body: (DaemonFixture) async throws -> Void
     ) async throws {
-        let fixture = try await DaemonFixture(configuration, daemonSettings: daemonSettings, dropIns: dropIns, arguments: arguments)
+        let fixture = try await DaemonFixture(
+            configuration, daemonSettings: daemonSettings, dropIns: dropIns, arguments: arguments, start: start)
         do {
             try await body(fixture)
         } catch {
@@ -198,11 +207,17 @@ final class DaemonFixture: Sendable {
 
     /// A monitor of the daemon's signals, method calls, replies and errors.
     func monitor() async throws -> BusMonitor {
-        try await BusMonitor(address: bus.unixAddress, matches: [
+        try await track(BusMonitor(address: bus.unixAddress, matches: [
             "type='signal',sender='\(Self.busName)'",
             "type='method_call',destination='\(Self.busName)'",
             "type='method_return'", "type='error'",
-        ])
+        ]))
+    }
+
+    /// Stops `monitor` at teardown.
+    func track(_ monitor: BusMonitor) -> BusMonitor {
+        atTeardown { await monitor.stop() }
+        return monitor
     }
 
     /// The daemon's unique name.

@@ -33,14 +33,14 @@ struct DaemonLifecycleTests {
     }
 
     @Test func watchdogKeepAlivesGoOutWhenSystemdAsksForThem() async throws {
-        let fixture = try await DaemonFixture(execWorker("one", ["/bin/sleep", "1000"]), start: false)
-        defer { Task { await fixture.teardown() } }
-        let daemon = try await DaemonProcess(
-            bus: fixture.bus, configPath: fixture.configPath, arguments: ["--runner", "process"],
-            environment: ["WATCHDOG_USEC": "200000"], runtimeDirectory: fixture.directory.file("run"))
-        defer { Task { await daemon.process.terminate() } }
-        try await daemon.notifications.waitFor("WATCHDOG", value: "1", timeout: .seconds(2))
-        try await daemon.notifications.waitFor("WATCHDOG", value: "1", timeout: .seconds(2))
+        try await DaemonFixture.with(execWorker("one", ["/bin/sleep", "1000"]), start: false) { fixture in
+            let daemon = try await DaemonProcess(
+                bus: fixture.bus, configPath: fixture.configPath, arguments: ["--runner", "process"],
+                environment: ["WATCHDOG_USEC": "200000"], runtimeDirectory: fixture.directory.file("run"))
+            fixture.atTeardown { await daemon.process.terminate() }
+            try await daemon.notifications.waitFor("WATCHDOG", value: "1", timeout: .seconds(2))
+            try await daemon.notifications.waitFor("WATCHDOG", value: "1", timeout: .seconds(2))
+        }
     }
 
     @Test func aSecondDaemonOnTheSameBusExitsAndTouchesNothing() async throws {
@@ -70,19 +70,19 @@ struct DaemonLifecycleTests {
     }
 
     @Test func anInvalidConfigurationAtStartExitsWithEveryError() async throws {
-        let fixture = try await DaemonFixture(
+        try await DaemonFixture.with(
             shellWorker("good", "exec sleep 1000") + shellWorker("bad", "exec sleep 1000", extra: "exec-start = 1\nrun-on = \"sometimes\""),
-            start: false)
-        defer { Task { await fixture.teardown() } }
-        let result = try await run([builtExecutablePath("bgworkerd"), "--config", fixture.configPath, "--bus",
-                                    fixture.bus.unixAddress, "--runner", "process"],
-                                   environment: ["RUNTIME_DIRECTORY": fixture.directory.file("run")])
-        #expect(result.status == 1)
-        #expect(result.stderr.contains("\(fixture.configPath):"), "\(result.stderr)")
-        #expect(result.stderr.contains("exec-start"), "\(result.stderr)")
-        #expect(result.stderr.contains("sometimes"), "\(result.stderr)")
-        let owner = try await fixture.busctl(["status", DaemonFixture.busName])
-        #expect(owner.status != 0, "nobody took the name")
+            start: false) { fixture in
+            let result = try await run([builtExecutablePath("bgworkerd"), "--config", fixture.configPath, "--bus",
+                                        fixture.bus.unixAddress, "--runner", "process"],
+                                       environment: ["RUNTIME_DIRECTORY": fixture.directory.file("run")])
+            #expect(result.status == 1)
+            #expect(result.stderr.contains("\(fixture.configPath):"), "\(result.stderr)")
+            #expect(result.stderr.contains("exec-start"), "\(result.stderr)")
+            #expect(result.stderr.contains("sometimes"), "\(result.stderr)")
+            let owner = try await fixture.busctl(["status", DaemonFixture.busName])
+            #expect(owner.status != 0, "nobody took the name")
+        }
     }
 
     @Test func sigkillOfTheDaemonLeavesNoWorkerBehind() async throws {
@@ -90,78 +90,76 @@ struct DaemonLifecycleTests {
         defer { directory.remove() }
         let fifo = try Fifo(directory.file("child"))
         let script = "sleep 1000 & echo $! > \(fifo.path); wait"
-        let fixture = try await DaemonFixture(shellWorker("parent", script))
-        defer { Task { await fixture.teardown() } }
-        let worker = try await fixture.worker("parent")
-        let grandchild = try #require(Int32(try await fifo.readLine()))
+        try await DaemonFixture.with(shellWorker("parent", script)) { fixture in
+            let worker = try await fixture.worker("parent")
+            let grandchild = try #require(Int32(try await fifo.readLine()))
 
-        try await fixture.stopDaemon(signal: SIGKILL)
-        try await waitUntilGone(Int32(worker.pid))  // the worker dies with the daemon
+            try await fixture.stopDaemon(signal: SIGKILL)
+            try await waitUntilGone(Int32(worker.pid))  // the worker dies with the daemon
 
-        // A new daemon kills what the old one's workers left (the grandchild) before it starts
-        // anything, and then runs exactly one copy of the worker.
-        try await fixture.startDaemon()
-        #expect(!isAlive(grandchild), "a new daemon never finds an old copy still running")
-        let again = try await fixture.worker("parent")
-        #expect(again.state == "running" && again.pid != worker.pid)
-        let newGrandchild = try #require(Int32(try await fifo.readLine()))
-        #expect(newGrandchild != grandchild && isAlive(newGrandchild))
+            // A new daemon kills what the old one's workers left (the grandchild) before it starts
+            // anything, and then runs exactly one copy of the worker.
+            try await fixture.startDaemon()
+            #expect(!isAlive(grandchild), "a new daemon never finds an old copy still running")
+            let again = try await fixture.worker("parent")
+            #expect(again.state == "running" && again.pid != worker.pid)
+            let newGrandchild = try #require(Int32(try await fifo.readLine()))
+            #expect(newGrandchild != grandchild && isAlive(newGrandchild))
+        }
     }
 
     @Test func enableStateSurvivesADaemonRestart() async throws {
-        let fixture = try await DaemonFixture(
-            shellWorker("on", "exec sleep 1000") + shellWorker("off", "exec sleep 1000", extra: "enabled = false"))
-        defer { Task { await fixture.teardown() } }
-        try await fixture.call("Disable", "s", ["on"])
-        try await fixture.call("Enable", "s", ["off"])
-        let saved = try String(contentsOfFile: fixture.stateDirectory + "/enable-state", encoding: .utf8)
-        #expect(saved.contains("disabled on configured=true") && saved.contains("enabled off configured=false"), "\(saved)")
-        try await fixture.stopDaemon()
+        try await DaemonFixture.with(
+            shellWorker("on", "exec sleep 1000") + shellWorker("off", "exec sleep 1000", extra: "enabled = false")) { fixture in
+            try await fixture.call("Disable", "s", ["on"])
+            try await fixture.call("Enable", "s", ["off"])
+            let saved = try String(contentsOfFile: fixture.stateDirectory + "/enable-state", encoding: .utf8)
+            #expect(saved.contains("disabled on configured=true") && saved.contains("enabled off configured=false"), "\(saved)")
+            try await fixture.stopDaemon()
 
-        try await fixture.startDaemon()
-        let workers = try await fixture.listWorkers()
-        #expect(workers.map { "\($0.name) \($0.state) \($0.enabled)" } == ["off running true", "on disabled false"])
+            try await fixture.startDaemon()
+            let workers = try await fixture.listWorkers()
+            #expect(workers.map { "\($0.name) \($0.state) \($0.enabled)" } == ["off running true", "on disabled false"])
+        }
     }
 
     @Test func aCorruptStateFileIsLoggedAndIgnored() async throws {
-        let fixture = try await DaemonFixture(shellWorker("on", "exec sleep 1000"), start: false)
-        defer { Task { await fixture.teardown() } }
-        try FileManager.default.createDirectory(atPath: fixture.stateDirectory, withIntermediateDirectories: true)
-        try "garbage\n".write(toFile: fixture.stateDirectory + "/enable-state", atomically: true, encoding: .utf8)
-        let daemon = try await fixture.startDaemon()
-        #expect(try await fixture.worker("on").state == "running")
-        #expect(daemon.log.contains("state file"), "\(daemon.log)")
+        try await DaemonFixture.with(shellWorker("on", "exec sleep 1000"), start: false) { fixture in
+            try FileManager.default.createDirectory(atPath: fixture.stateDirectory, withIntermediateDirectories: true)
+            try "garbage\n".write(toFile: fixture.stateDirectory + "/enable-state", atomically: true, encoding: .utf8)
+            let daemon = try await fixture.startDaemon()
+            #expect(try await fixture.worker("on").state == "running")
+            #expect(daemon.log.contains("state file"), "\(daemon.log)")
+        }
     }
 
     @Test func theDaemonReconnectsWhenItsBusRestartsAndWorkersNeverStop() async throws {
-        let fixture = try await DaemonFixture(shellWorker("steady", "exec sleep 1000", extra: #"run-on = "any""#))
-        defer { Task { await fixture.teardown() } }
-        let before = try await fixture.worker("steady")
+        try await DaemonFixture.with(shellWorker("steady", "exec sleep 1000", extra: #"run-on = "any""#)) { fixture in
+            let before = try await fixture.worker("steady")
 
-        await fixture.bus.kill()
-        let newBus = try await PrivateBus(socketPath: fixture.bus.socketPath, directory: fixture.directory)
-        defer { Task { await newBus.kill() } }
-        // Watch the name before reading its owner, so that the daemon's return is not missed.
-        let monitor = try await BusMonitor(address: newBus.unixAddress, matches: [
-            "type='signal',interface='org.freedesktop.DBus',member='NameOwnerChanged',arg0='\(DaemonFixture.busName)'",
-        ])
-        defer { Task { await monitor.stop() } }
-        let owner = try await fixture.busctl(["status", DaemonFixture.busName])
-        if owner.status != 0 {
-            _ = try await monitor.waitFor("the daemon owning its name again", timeout: .seconds(10)) { message in
-                message.member == "NameOwnerChanged" && message.body.count == 3 && message.body[2].string?.isEmpty == false
+            await fixture.bus.kill()
+            let newBus = try await PrivateBus(socketPath: fixture.bus.socketPath, directory: fixture.directory)
+            fixture.atTeardown { await newBus.kill() }
+            // Watch the name before reading its owner, so that the daemon's return is not missed.
+            let monitor = try await BusMonitor(address: newBus.unixAddress, matches: [
+                "type='signal',interface='org.freedesktop.DBus',member='NameOwnerChanged',arg0='\(DaemonFixture.busName)'",
+            ])
+            let owner = try await fixture.busctl(["status", DaemonFixture.busName])
+            if owner.status != 0 {
+                _ = try await monitor.waitFor("the daemon owning its name again", timeout: .seconds(10)) { message in
+                    message.member == "NameOwnerChanged" && message.body.count == 3 && message.body[2].string?.isEmpty == false
+                }
             }
+            let after = try await fixture.worker("steady")
+            #expect(after == before, "the worker never stopped: \(before) then \(after)")
+            #expect(isAlive(Int32(before.pid)))
+            // And the daemon is fully back: a change works and its signals reach the new bus.
+            let daemon = try await fixture.daemonUniqueName()
+            let watcher = try await fixture.monitor()
+            try await fixture.call("Restart", "s", ["steady"])
+            let restarted = try await watcher.changes(untilReplyTo: "Restart", daemon: daemon)
+            #expect(restarted.changes.map(\.state) == ["stopping", "starting", "running"])
         }
-        let after = try await fixture.worker("steady")
-        #expect(after == before, "the worker never stopped: \(before) then \(after)")
-        #expect(isAlive(Int32(before.pid)))
-        // And the daemon is fully back: a change works and its signals reach the new bus.
-        let daemon = try await fixture.daemonUniqueName()
-        let watcher = try await fixture.monitor()
-        defer { Task { await watcher.stop() } }
-        try await fixture.call("Restart", "s", ["steady"])
-        let restarted = try await watcher.changes(untilReplyTo: "Restart", daemon: daemon)
-        #expect(restarted.changes.map(\.state) == ["stopping", "starting", "running"])
     }
 }
 
@@ -169,47 +167,45 @@ struct DaemonLifecycleTests {
 @Suite(.timeLimit(.minutes(2)))
 struct DaemonBusLossWithHATests {
     @Test func theRoleIsUnknownWhileTheBusIsGoneAndIsReadAgainAfterReconnecting() async throws {
-        let fixture = try await DaemonFixture(
+        try await DaemonFixture.with(
             execWorker("main", ["/bin/sleep", "1000"], extra: #"run-on = "primary""#)
                 + execWorker("always", ["/bin/sleep", "1000"], extra: #"run-on = "any""#),
-            daemonSettings: "\n[ha]\nsource = \"dbus\"\non-lost = \"stop\"", start: false)
-        defer { Task { await fixture.teardown() } }
-        let manager = try await startHASimulator(on: fixture.bus, role: "primary")
-        defer { Task { await manager.terminate(grace: .seconds(2)) } }
-        let monitor = try await fixture.monitor()
-        defer { Task { await monitor.stop() } }
-        try await fixture.startDaemon()
-        let main = try await monitor.waitUntil(fixture, worker: "main", is: "running")
-        let always = try await fixture.worker("always")
-        #expect(try await fixture.property("HARole").string == "primary")
+            daemonSettings: "\n[ha]\nsource = \"dbus\"\non-lost = \"stop\"", start: false) { fixture in
+            let manager = try await startHASimulator(on: fixture.bus, role: "primary")
+            fixture.atTeardown { await manager.terminate(grace: .seconds(2)) }
+            let monitor = try await fixture.monitor()
+            try await fixture.startDaemon()
+            let main = try await monitor.waitUntil(fixture, worker: "main", is: "running")
+            let always = try await fixture.worker("always")
+            #expect(try await fixture.property("HARole").string == "primary")
 
-        await fixture.bus.kill()
-        // Role unknown under on-lost = stop: the primary worker stops, the `any` one runs on.
-        try await waitUntilGone(Int32(main.pid))
-        #expect(isAlive(Int32(always.pid)))
+            await fixture.bus.kill()
+            // Role unknown under on-lost = stop: the primary worker stops, the `any` one runs on.
+            try await waitUntilGone(Int32(main.pid))
+            #expect(isAlive(Int32(always.pid)))
 
-        let newBus = try await PrivateBus(socketPath: fixture.bus.socketPath, directory: fixture.directory)
-        defer { Task { await newBus.kill() } }
-        let names = try await BusMonitor(address: newBus.unixAddress, matches: [
-            "type='signal',interface='org.freedesktop.DBus',member='NameOwnerChanged',arg0='\(DaemonFixture.busName)'",
-        ])
-        defer { Task { await names.stop() } }
-        if try await fixture.busctl(["status", DaemonFixture.busName]).status != 0 {
-            _ = try await names.waitFor("the daemon owning its name again") { message in
-                message.body.count == 3 && message.body[2].string?.isEmpty == false
+            let newBus = try await PrivateBus(socketPath: fixture.bus.socketPath, directory: fixture.directory)
+            fixture.atTeardown { await newBus.kill() }
+            let names = try await BusMonitor(address: newBus.unixAddress, matches: [
+                "type='signal',interface='org.freedesktop.DBus',member='NameOwnerChanged',arg0='\(DaemonFixture.busName)'",
+            ])
+            fixture.atTeardown { await names.stop() }
+            if try await fixture.busctl(["status", DaemonFixture.busName]).status != 0 {
+                _ = try await names.waitFor("the daemon owning its name again") { message in
+                    message.body.count == 3 && message.body[2].string?.isEmpty == false
+                }
             }
-        }
-        #expect(try await fixture.property("HARole").string == "unknown")
-        #expect(try await fixture.worker("main").state == "standby")
-        #expect(try await fixture.worker("always") == always, "the any worker never stopped")
+            #expect(try await fixture.property("HARole").string == "unknown")
+            #expect(try await fixture.worker("main").state == "standby")
+            #expect(try await fixture.worker("always") == always, "the any worker never stopped")
 
-        // An HA manager on the new bus is followed: the source was restarted on the new connection.
-        let watcher = try await fixture.monitor()
-        defer { Task { await watcher.stop() } }
-        let newManager = try await startHASimulator(on: newBus, role: "primary")
-        defer { Task { await newManager.terminate(grace: .seconds(2)) } }
-        _ = try await watcher.waitUntil(fixture, worker: "main", is: "running")
-        #expect(try await fixture.property("HARole").string == "primary")
+            // An HA manager on the new bus is followed: the source was restarted on the new connection.
+            let watcher = try await fixture.monitor()
+            let newManager = try await startHASimulator(on: newBus, role: "primary")
+            fixture.atTeardown { await newManager.terminate(grace: .seconds(2)) }
+            _ = try await watcher.waitUntil(fixture, worker: "main", is: "running")
+            #expect(try await fixture.property("HARole").string == "primary")
+        }
     }
 
     /// `bgworker-ha-sim` owning org.example.HAManager with `role`, once it says it is ready.

@@ -14,7 +14,6 @@ struct DaemonReloadTests {
         try await DaemonFixture.with(Self.alpha + Self.beta) { fixture in
             let before = try await fixture.listWorkers()
             let monitor = try await fixture.monitor()
-            defer { Task { await monitor.stop() } }
             try fixture.writeConfiguration(execWorker("alpha", ["/bin/sleep", "1001"]) + Self.beta)
             try await fixture.call("Reload")
 
@@ -36,7 +35,6 @@ struct DaemonReloadTests {
         try await DaemonFixture.with(Self.alpha + Self.beta) { fixture in
             let beta = try await fixture.worker("beta")
             let monitor = try await fixture.monitor()
-            defer { Task { await monitor.stop() } }
             // gamma arrives in a drop-in; beta leaves.
             try FileManager.default.createDirectory(atPath: fixture.directory.file("workers.d"), withIntermediateDirectories: true)
             try shellWorker("gamma", "exec sleep 1000").write(
@@ -87,7 +85,6 @@ struct DaemonReloadTests {
     @Test func sighupReloadsAndAConfiguredEnabledChangeIsTheNewIntent() async throws {
         try await DaemonFixture.with(Self.alpha + Self.beta) { fixture in
             let monitor = try await fixture.monitor()
-            defer { Task { await monitor.stop() } }
             try fixture.writeConfiguration(
                 Self.alpha + shellWorker("beta", "exec sleep 1000", extra: "enabled = false"))
             try fixture.daemon.signal(SIGHUP)

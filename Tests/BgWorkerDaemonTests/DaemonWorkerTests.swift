@@ -12,7 +12,6 @@ struct DaemonWorkerTests {
             let before = try await fixture.worker("sleeper")
             let daemon = try await fixture.daemonUniqueName()
             let monitor = try await fixture.monitor()
-            defer { Task { await monitor.stop() } }
 
             let disable = try await fixture.dbusSend("Disable", ["string:sleeper"])
             #expect(disable.status == 0, "\(disable.output)")
@@ -45,7 +44,6 @@ struct DaemonWorkerTests {
             let before = try await fixture.worker("sleeper")
             let daemon = try await fixture.daemonUniqueName()
             let monitor = try await fixture.monitor()
-            defer { Task { await monitor.stop() } }
             // Through the worker object's own method this time.
             let result = try await fixture.dbusSend(
                 "Restart", path: before.path, interface: "org.example.BgWorker.Worker")
@@ -69,7 +67,6 @@ struct DaemonWorkerTests {
         let script = "echo $$ > \(started.path); if [ -e \(crashed) ]; then exec sleep 1000; fi; touch \(crashed); read x < \(go.path); exit 3"
         try await DaemonFixture.with(shellWorker("crasher", script, extra: "restart-delay = 0.2")) { fixture in
             let monitor = try await fixture.monitor()
-            defer { Task { await monitor.stop() } }
             let firstPid = try await started.readLine()
             #expect(try await fixture.worker("crasher").pid == UInt32(firstPid))
             go.writeLine("crash now")
@@ -96,7 +93,6 @@ struct DaemonWorkerTests {
         let settings = "restart-delay = 0.05\nrestart-delay-max = 0.05\nstart-limit-burst = 3\nstart-limit-interval = 60"
         try await DaemonFixture.with(shellWorker("looper", script, extra: settings)) { fixture in
             let monitor = try await fixture.monitor()
-            defer { Task { await monitor.stop() } }
             for run in 1...3 { go.writeLine("exit \(run)") }
             let failed = try await monitor.stateChange(of: "looper", to: "failed", timeout: .seconds(20))
             #expect(failed.reason == "start limit hit: 3 exits in 60 s")
@@ -119,7 +115,6 @@ struct DaemonWorkerTests {
             let row = try await fixture.worker("missing")
             #expect(row.state == "backoff" && row.pid == 0)
             let monitor = try await fixture.monitor()
-            defer { Task { await monitor.stop() } }
             let daemon = try await fixture.daemonUniqueName()
             try await fixture.call("Restart", "s", ["missing"])
             let restarted = try await monitor.changes(untilReplyTo: "Restart", daemon: daemon)
@@ -162,24 +157,24 @@ struct DaemonWorkerTests {
     }
 
     @Test func aWorkerFloodingItsOutputDoesNotDelayMethodCalls() async throws {
-        let fixture = try await DaemonFixture(
-            shellWorker("flood", "exec yes flooding-the-output") + shellWorker("calm", "exec sleep 1000"), start: false)
-        defer { Task { await fixture.teardown() } }
-        // The flood goes to the daemon's stderr: /dev/null here, so it costs CPU but no disk.
-        let daemon = try await DaemonProcess(
-            bus: fixture.bus, configPath: fixture.configPath, arguments: ["--runner", "process"],
-            runtimeDirectory: fixture.directory.file("run"), logPath: "/dev/null")
-        defer { Task { await daemon.process.terminate() } }
-        #expect(try await fixture.worker("flood").state == "running")
-        // The bounds include starting busctl and leave room for a loaded machine (the suites run
-        // in parallel on two cores); a daemon held up by the flood would not answer at all.
-        for _ in 0..<5 {
-            let took = try await elapsed { _ = try await fixture.listWorkers() }
-            #expect(took < .seconds(2), "ListWorkers took \(took) during the flood")
+        try await DaemonFixture.with(
+            shellWorker("flood", "exec yes flooding-the-output") + shellWorker("calm", "exec sleep 1000"), start: false) { fixture in
+            // The flood goes to the daemon's stderr: /dev/null here, so it costs CPU but no disk.
+            let daemon = try await DaemonProcess(
+                bus: fixture.bus, configPath: fixture.configPath, arguments: ["--runner", "process"],
+                runtimeDirectory: fixture.directory.file("run"), logPath: "/dev/null")
+            fixture.atTeardown { await daemon.process.terminate() }
+            #expect(try await fixture.worker("flood").state == "running")
+            // The bounds include starting busctl and leave room for a loaded machine (the suites run
+            // in parallel on two cores); a daemon held up by the flood would not answer at all.
+            for _ in 0..<5 {
+                let took = try await elapsed { _ = try await fixture.listWorkers() }
+                #expect(took < .seconds(2), "ListWorkers took \(took) during the flood")
+            }
+            let took = try await elapsed { try await fixture.call("Restart", "s", ["calm"]) }
+            #expect(took < .seconds(2), "Restart took \(took) during the flood")
+            #expect(try await fixture.worker("flood").state == "running", "the flood still runs")
+            _ = try await daemon.stop()
         }
-        let took = try await elapsed { try await fixture.call("Restart", "s", ["calm"]) }
-        #expect(took < .seconds(2), "Restart took \(took) during the flood")
-        #expect(try await fixture.worker("flood").state == "running", "the flood still runs")
-        _ = try await daemon.stop()
     }
 }

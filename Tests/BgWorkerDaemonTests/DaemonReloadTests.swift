@@ -15,16 +15,24 @@ struct DaemonReloadTests {
             let before = try await fixture.listWorkers()
             let monitor = try await fixture.monitor()
             try fixture.writeConfiguration(execWorker("alpha", ["/bin/sleep", "1001"]) + Self.beta)
+            let daemon = try await fixture.daemonUniqueName()
             try await fixture.call("Reload")
 
-            let stopping = try await monitor.stateChange(of: "alpha", to: "stopping")
-            #expect(stopping.reason == "configuration changed")
-            let running = try await monitor.stateChange(of: "alpha", to: "running")
-            #expect(commandLine(of: running.pid) == "/bin/sleep 1001 ")
+            // The reply comes once the new configuration is applied: the stop went out before it;
+            // the new start follows the old process's exit, after the reply.
+            let applied = try await monitor.changes(untilReplyTo: "Reload", daemon: daemon)
+            #expect(applied.reply.type == "method_return")
+            let stopping = try #require(applied.changes.first)
+            #expect(stopping == StateChange(name: "alpha", state: "stopping", pid: before[0].pid, reason: "configuration changed"))
+            #expect(applied.changes.allSatisfy { $0.name == "alpha" })
+            var running = applied.changes.first { $0.state == "running" }
+            if running == nil { running = try await monitor.stateChange(of: "alpha", to: "running") }
+            let runningPid = try #require(running?.pid)
+            #expect(commandLine(of: runningPid) == "/bin/sleep 1001 ")
             // beta: the same process, and no signal about it anywhere in between.
             let after = try await fixture.listWorkers()
             #expect(after[1] == before[1])
-            #expect(after[0].pid == running.pid && after[0].pid != before[0].pid)
+            #expect(after[0].pid == runningPid && after[0].pid != before[0].pid)
             try await fixture.call("Disable", "s", ["alpha"])
             let next = try await monitor.waitFor("the next WorkerStateChanged") { StateChange($0) != nil }
             #expect(StateChange(next)?.name == "alpha", "no signal about beta: \(next)")

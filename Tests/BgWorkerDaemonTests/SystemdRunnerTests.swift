@@ -284,6 +284,38 @@ struct SystemdRunnerTests {
     }
 
     @Test(.enabled(if: rootTestsEnabled, needsRoot))
+    func aStartThatFindsItsUnitRunningTakesItOverOrStopsIt() async throws {
+        try await SystemdNamespace.with { ns in
+            // Units left running by a start whose caller is gone (its answer lost with its bus).
+            let first = try await DBusConnection.connect(.address(ns.busAddress))
+            let old = SystemdRunner(connection: first)
+            let same = try await old.start(Self.spec("same", ["/bin/sleep", "300"], hash: 5))
+            let other = try await old.start(Self.spec("other", ["/bin/sleep", "300"], hash: 6))
+            first.close()
+
+            let second = try await DBusConnection.connect(.address(ns.busAddress))
+            defer { second.close() }
+            let runner = SystemdRunner(connection: second)
+            #expect(try await runner.start(Self.spec("same", ["/bin/sleep", "300"], hash: 5)) == same,
+                    "the very definition runs already: taken over, not started twice")
+            do {
+                _ = try await runner.start(Self.spec("other", ["/bin/sleep", "301"], hash: 7))
+                Issue.record("started a second unit of the same name")
+            } catch let error as RunnerError {
+                #expect(error.code == .alreadyRunning)
+                #expect(error.context.contains("definition changed"), "\(error)")
+            }
+            try await waitUntilGoneInside(ns, other)
+            let fresh = try await runner.start(Self.spec("other", ["/bin/sleep", "301"], hash: 7))
+            #expect(fresh != other)
+            _ = try await ns.run(inside: ["kill", "-KILL", "\(same)"])
+            let ended = try await exit(of: "same", in: runner)
+            #expect(ended.pid == same && ended.status == .killed(SIGKILL))
+            await runner.shutdown()
+        }
+    }
+
+    @Test(.enabled(if: rootTestsEnabled, needsRoot))
     func shutdownStopsEveryWorkerAndRefusesNewOnes() async throws {
         try await withRunner { ns, runner, _ in
             for name in ["s1", "s2", "s3"] { _ = try await runner.start(Self.spec(name, ["/bin/sleep", "300"])) }
@@ -320,4 +352,63 @@ func isRunningInside(_ ns: SystemdNamespace, _ pid: Int32) async throws -> Bool 
     guard stat.status == 0, let close = stat.stdout.lastIndex(of: ")") else { return false }
     let state = stat.stdout[stat.stdout.index(after: close)...].split(separator: " ").first
     return state != "Z"
+}
+
+@Suite("SystemdRunner: the bus connection", .timeLimit(.minutes(3)))
+struct SystemdRunnerConnectionTests {
+    @Test(.enabled(if: rootTestsEnabled, SystemdRunnerTests.needsRoot))
+    func aLostBusConnectionIsReplacedAndEveryUnitFollowedAgain() async throws {
+        try await SystemdNamespace.with { ns in
+            let address = ns.busAddress
+            let runner = try await SystemdRunner(connect: { try await DBusConnection.connect(.address(address)) })
+            let stays = try await runner.start(SystemdRunnerTests.spec("stays", ["/bin/sleep", "300"]))
+            let dies = try await runner.start(SystemdRunnerTests.spec("dies", ["/bin/sleep", "300"]))
+            let stopped = try await runner.start(SystemdRunnerTests.spec("stopped", ["/bin/sleep", "300"]))
+
+            // The system bus goes away (dbus-daemon killed; dbus.socket starts it again on the
+            // next connection). While it is away, one worker dies and one is asked to stop.
+            let kill = try await ns.run(inside: ["systemctl", "kill", "--signal=KILL", "dbus.service"])
+            #expect(kill.status == 0, "\(kill.stderr)")
+            _ = try await ns.run(inside: ["kill", "-TERM", "\(dies)"])
+            await runner.stop(name: "stopped")
+
+            // Every end is reported once the runner is back on the bus and systemd with it.
+            let ended = Mutex<[String: (Int32, WorkerExit)]>([:])
+            _ = try await waitFor("the exits of dies and stopped", in: runner.events, timeout: .seconds(60)) { event in
+                ended.withLock { ended in
+                    if case .exited(let name, let pid, let status) = event { ended[name] = (pid, status) }
+                    return ended["dies"] != nil && ended["stopped"] != nil
+                }
+            }
+            let seen = ended.withLock { $0 }
+            print("after the bus came back: \(seen)")
+            #expect(seen["dies"]?.0 == dies)
+            #expect(seen["stopped"]?.0 == stopped)
+            #expect(seen["stays"] == nil)
+            #expect(try await isRunningInside(ns, stays))
+
+            // The worker that stayed is followed on the new connection.
+            await runner.stop(name: "stays")
+            let last = try await waitFor("the exit of stays", in: runner.events, timeout: .seconds(20)) {
+                if case .exited("stays", _, _) = $0 { true } else { false }
+            }
+            #expect(last == .exited(name: "stays", pid: stays, status: .killed(SIGTERM)))
+            await runner.shutdown()
+        }
+    }
+}
+
+/// Waits until `pid` (of the namespace) has ended: python3 inside waits on a pidfd (no polling).
+func waitUntilGoneInside(_ ns: SystemdNamespace, _ pid: Int32, timeout: Duration = .seconds(20)) async throws {
+    let seconds = timeout.components.seconds
+    let script = """
+        import os, select, sys
+        try:
+            fd = os.pidfd_open(int(sys.argv[1]))
+        except ProcessLookupError:
+            sys.exit(0)
+        sys.exit(0 if select.select([fd], [], [], float(sys.argv[2]))[0] else 1)
+        """
+    let r = try await ns.run(inside: ["/usr/bin/python3", "-c", script, "\(pid)", "\(seconds)"], timeout: timeout + .seconds(5))
+    guard r.status == 0 else { throw TestProcessError("pid \(pid) still runs after \(timeout): \(r.stderr)") }
 }

@@ -18,29 +18,38 @@ import Logging
 public final class SystemdRunner: WorkerRunner {
     public let kind = "systemd"
     public let events: AsyncStream<RunnerEvent>
-    private let connection: DBusConnection
     private let table: SystemdUnitTable
     private let logger: Logger
-    private let closesConnection: Bool
+    /// The connection is the runner's own: `shutdown` closes it.
+    private let ownsConnection: Bool
     /// Where workers without a `working-directory` run: the daemon's directory when it started.
     private let daemonDirectory: String?
 
     /// A runner on `connection`, a connection to the bus where the systemd that is PID 1 answers
-    /// (the system bus). The daemon passes its own connection when it serves on the system bus,
-    /// and a connection of the runner's own otherwise. Nothing is sent until the first `start`
-    /// or `adopt` (which subscribe to systemd's signals).
+    /// (the system bus), which the caller owns. If that connection ends, the runner cannot follow
+    /// the units any more (it logs it); `init(connect:)` makes a runner that reconnects. Nothing
+    /// is sent until the first `start` or `adopt` (which subscribe to systemd's signals).
     public convenience init(connection: DBusConnection, logger: Logger = Logger(label: "bgworkerd.systemd-runner")) {
-        self.init(connection: connection, closesConnection: false, logger: logger)
+        self.init(connection: connection, reconnect: nil, logger: logger)
     }
 
-    /// `closesConnection`: the connection is the runner's own; `shutdown` closes it.
-    init(connection: DBusConnection, closesConnection: Bool, logger: Logger) {
+    /// A runner on a connection of its own, made with `connect` (e.g. to `.system`); when the
+    /// connection ends, it makes a new one (after 0.1 s, doubling up to 5 s between attempts),
+    /// follows every unit again and reads its state anew (an end meanwhile is reported).
+    /// `shutdown` closes the connection.
+    public convenience init(
+        connect: @escaping @Sendable () async throws -> DBusConnection,
+        logger: Logger = Logger(label: "bgworkerd.systemd-runner")
+    ) async throws {
+        self.init(connection: try await connect(), reconnect: connect, logger: logger)
+    }
+
+    init(connection: DBusConnection, reconnect: (@Sendable () async throws -> DBusConnection)?, logger: Logger) {
         let (stream, continuation) = AsyncStream.makeStream(of: RunnerEvent.self)
         events = stream
-        self.connection = connection
-        self.closesConnection = closesConnection
+        ownsConnection = reconnect != nil
         self.logger = logger
-        table = SystemdUnitTable(connection: connection, events: continuation, logger: logger)
+        table = SystemdUnitTable(connection: connection, reconnect: reconnect, events: continuation, logger: logger)
         daemonDirectory = currentDirectory()
     }
 
@@ -54,10 +63,15 @@ public final class SystemdRunner: WorkerRunner {
         let unit = WorkerUnit(worker: spec.name)
         let id = try await table.reserve(unit, reportsExit: true)
         do {
-            try await follow(id: id, unit: unit)
-            let job = try await createUnit(unit, spec: spec)
-            logger.debug("start job queued", metadata: ["worker": "\(spec.name)", "unit": "\(unit.name)", "job": "\(job)"])
-            return try await table.waitForStart(id: id, job: job).get()
+            try await table.follow(id: id)
+            let connection = try await table.currentConnection(for: spec.name)
+            switch try await createUnit(unit, spec: spec, on: connection) {
+            case .job(let job):
+                logger.debug("start job queued", metadata: ["worker": "\(spec.name)", "unit": "\(unit.name)", "job": "\(job)"])
+                return try await table.waitForStart(id: id, job: job).get()
+            case .running(let state):
+                return try await takeOver(id: id, unit: unit, spec: spec, state: state, on: connection)
+            }
         } catch {
             await table.discard(id: id)
             throw error
@@ -65,15 +79,17 @@ public final class SystemdRunner: WorkerRunner {
     }
 
     public func stop(name: String) async {
-        guard let unit = await table.requestStop(name: name) else { return }
-        await stopUnit(unit, worker: name)
+        guard let unit = await table.requestStop(name: name),
+              let connection = try? await table.currentConnection(for: name)
+        else { return }  // not created yet, or no bus now: stopped once it started / the bus is back
+        await stopUnit(unit, on: connection, logger: logger)
     }
 
     public func adopt(_ specs: [LaunchSpec]) async -> [String: Int32] {
-        let listed: [ListedUnit]
+        let listed: [String]
         do {
             try await table.ensureSubscribed()
-            listed = try await listWorkerUnits()
+            listed = try await listWorkerUnits(on: try await table.currentConnection())
         } catch {
             logger.error("cannot list the worker units: \(error)")
             return [:]
@@ -81,9 +97,9 @@ public final class SystemdRunner: WorkerRunner {
         let specs = Dictionary(specs.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         var adopted: [String: Int32] = [:]
         var leaving: [UInt64] = []
-        for listedUnit in listed {
-            guard let worker = workerName(fromSystemdUnitName: listedUnit.name) else {
-                logger.notice("leaving alone a unit bgworkerd does not name", metadata: ["unit": "\(listedUnit.name)"])
+        for unitName in listed {
+            guard let worker = workerName(fromSystemdUnitName: unitName) else {
+                logger.notice("leaving alone a unit bgworkerd does not name", metadata: ["unit": "\(unitName)"])
                 continue
             }
             switch await adoptOrRemove(WorkerUnit(worker: worker), spec: specs[worker]) {
@@ -101,12 +117,15 @@ public final class SystemdRunner: WorkerRunner {
 
     public func shutdown() async {
         let units = await table.beginShutdown()
-        await withTaskGroup(of: Void.self) { group in
-            for (worker, unit) in units { group.addTask { await self.stopUnit(unit, worker: worker) } }
+        if let connection = try? await table.currentConnection() {
+            await withTaskGroup(of: Void.self) { group in
+                for unit in units { group.addTask { [logger] in await stopUnit(unit, on: connection, logger: logger) } }
+            }
         }
+        // Without a connection now, the units are stopped once it is back (they are marked).
         await table.waitUntilEmpty()
-        await table.finishEvents()
-        if closesConnection {
+        guard let connection = await table.finish() else { return }
+        if ownsConnection {
             connection.close()
         } else {
             _ = try? await connection.call(destination: SystemdBus.name, path: SystemdBus.managerPath,
@@ -116,48 +135,16 @@ public final class SystemdRunner: WorkerRunner {
 
     // MARK: Steps
 
-    /// Subscribes the unit's stream and starts the task that feeds it to the table.
-    private func follow(id: UInt64, unit: WorkerUnit) async throws(RunnerError) {
-        do {
-            try await table.ensureSubscribed()
-            let watch = try await connection.watchNameOwner(SystemdBus.name, signals: [
-                MatchRule(path: unit.path, interface: SystemdBus.properties, member: "PropertiesChanged"),
-                MatchRule(path: SystemdBus.managerPath, interface: SystemdBus.manager, member: "JobRemoved",
-                          arguments: [2: unit.name]),
-            ])
-            guard await table.attach(watch, id: id) else {
-                watch.cancel()
-                throw RunnerError(.shutDown, worker: unit.worker, context: "the runner is shut down")
-            }
-            Task { [table, logger] in
-                for await event in watch {
-                    switch event {
-                    case .signal(let signal):
-                        await table.handle(signal, id: id)
-                    case .ownerReply(let reply):
-                        await table.handleReply(reply, id: id)
-                    case .ownerChanged(_, let owner?):
-                        // systemd re-executed or restarted: signals may have been lost meanwhile.
-                        logger.notice("systemd has a new bus connection; reading the unit's state again",
-                                      metadata: ["unit": "\(unit.name)", "owner": "\(owner)"])
-                        await table.resubscribe()
-                        await table.refresh(id: id)
-                    case .ownerChanged(_, nil), .ignoredSignal:
-                        break
-                    }
-                }
-                await table.streamEnded(id: id)
-            }
-        } catch let error as RunnerError {
-            throw error
-        } catch {
-            throw RunnerError(.unavailable, worker: unit.worker, context: "following \(unit.name) on systemd's bus: \(error)")
-        }
+    private enum Creation {
+        case job(String)
+        /// The unit exists and is in this (not final) state.
+        case running(String)
     }
 
     /// StartTransientUnit; returns the start job's path. A unit of that name left over in a
-    /// final state (failed, or inactive but still loaded) is reset and the call made once more.
-    private func createUnit(_ unit: WorkerUnit, spec: LaunchSpec) async throws(RunnerError) -> String {
+    /// final state (failed, or inactive but still loaded) is reset and the call made once more;
+    /// one that still runs is reported as such.
+    private func createUnit(_ unit: WorkerUnit, spec: LaunchSpec, on connection: DBusConnection) async throws(RunnerError) -> Creation {
         let properties = WorkerUnit.properties(for: spec, daemonDirectory: daemonDirectory)
         var retried = false
         while true {
@@ -172,16 +159,14 @@ public final class SystemdRunner: WorkerRunner {
                 guard let job = reply.first?.objectPathValue else {
                     throw RunnerError(.spawnFailed, worker: unit.worker, context: "StartTransientUnit \(unit.name): unexpected reply \(reply)")
                 }
-                return job.rawValue
+                return .job(job.rawValue)
             } catch let error as DBusError where error.name == SystemdBus.unitExists && !retried {
                 retried = true
-                let state = (try? await readProperty(unit, SystemdBus.unit, "ActiveState"))?.stringValue ?? ""
-                guard state == "failed" || state == "inactive" else {
-                    throw RunnerError(.alreadyRunning, worker: unit.worker,
-                                      context: "\(unit.name) exists already (\(state.isEmpty ? "state unknown" : state)) and was not started by this runner")
-                }
+                let state = (try? await SystemdBus.readProperty(on: connection, path: unit.path, interface: SystemdBus.unit,
+                                                                 name: "ActiveState"))?.stringValue ?? ""
+                guard state == "failed" || state == "inactive" else { return .running(state) }
                 logger.notice("resetting a leftover unit", metadata: ["unit": "\(unit.name)", "state": "\(state)"])
-                await resetFailed(unit)
+                await resetFailed(unit, on: connection)
             } catch let error as RunnerError {
                 throw error
             } catch let error as DBusError {
@@ -192,8 +177,29 @@ public final class SystemdRunner: WorkerRunner {
         }
     }
 
-    private func stopUnit(_ unit: WorkerUnit, worker: String) async {
-        await BgWorkerDaemon.stopUnit(unit, on: connection, logger: logger)
+    /// The unit a start wanted to create runs already (a start whose answer was lost with the
+    /// bus connection, or a unit someone started by hand): with this very definition it is taken
+    /// over as it runs; otherwise it is stopped and the start fails (the supervisor's next start,
+    /// after its back-off, finds the name free).
+    private func takeOver(id: UInt64, unit: WorkerUnit, spec: LaunchSpec, state: String,
+                          on connection: DBusConnection) async throws(RunnerError) -> Int32 {
+        guard await table.readState(id: id) else {
+            throw RunnerError(.alreadyRunning, worker: unit.worker, context: "\(unit.name) exists (\(state)) and cannot be read")
+        }
+        switch await table.decideAdoption(id: id, definitionHash: spec.definitionHash) {
+        case .adopted(let pid):
+            logger.notice("took over the worker's unit, which was running already",
+                          metadata: ["worker": "\(unit.worker)", "unit": "\(unit.name)", "pid": "\(pid)"])
+            return pid
+        case .ended(let state):
+            throw RunnerError(.alreadyRunning, worker: unit.worker, context: "\(unit.name) existed (\(state)); try again")
+        case .leave(let state, let why):
+            logger.notice("stopping a unit of the worker that runs already: \(why)",
+                          metadata: ["worker": "\(unit.worker)", "unit": "\(unit.name)", "state": "\(state)"])
+            await stopUnit(unit, on: connection, logger: logger)
+            throw RunnerError(.alreadyRunning, worker: unit.worker,
+                              context: "\(unit.name) was running (\(state)) but \(why); it is being stopped")
+        }
     }
 
     private enum AdoptionResult {
@@ -207,8 +213,10 @@ public final class SystemdRunner: WorkerRunner {
     private func adoptOrRemove(_ unit: WorkerUnit, spec: LaunchSpec?) async -> AdoptionResult {
         // Already followed (adopt called twice): nothing to decide.
         guard let id = try? await table.reserve(unit, reportsExit: spec != nil) else { return .nothing }
+        let connection: DBusConnection
         do {
-            try await follow(id: id, unit: unit)
+            try await table.follow(id: id)
+            connection = try await table.currentConnection()
         } catch {
             logger.warning("cannot follow a worker unit", metadata: ["unit": "\(unit.name)", "error": "\(error)"])
             await table.discard(id: id)
@@ -226,52 +234,43 @@ public final class SystemdRunner: WorkerRunner {
             logger.info("adopted a running worker", metadata: ["worker": "\(unit.worker)", "unit": "\(unit.name)", "pid": "\(pid)"])
             return .adopted(pid)
         case .ended(let state):
-            if state == "failed" { await resetFailed(unit) }
+            if state == "failed" { await resetFailed(unit, on: connection) }
             return .nothing
         case .leave(let state, let why):
             logger.notice("stopping a worker unit left by a previous daemon: \(why)",
                           metadata: ["worker": "\(unit.worker)", "unit": "\(unit.name)", "state": "\(state)"])
-            await stopUnit(unit, worker: unit.worker)
+            await stopUnit(unit, on: connection, logger: logger)
             return .leaving(id)
         }
     }
 
-    private func resetFailed(_ unit: WorkerUnit) async {
+    private func resetFailed(_ unit: WorkerUnit, on connection: DBusConnection) async {
         _ = try? await connection.call(destination: SystemdBus.name, path: SystemdBus.managerPath,
                                        interface: SystemdBus.manager, member: "ResetFailedUnit",
                                        arguments: [.string(unit.name)])
     }
+}
 
-    private struct ListedUnit {
-        var name: String
-        var activeState: String
+/// Loaded units named `bgworker-*.service`.
+private func listWorkerUnits(on connection: DBusConnection) async throws -> [String] {
+    let pattern = systemdUnitPrefix + "*" + systemdUnitSuffix
+    let reply: [DBusValue]
+    do {
+        reply = try await connection.call(destination: SystemdBus.name, path: SystemdBus.managerPath,
+                                          interface: SystemdBus.manager, member: "ListUnitsByPatterns",
+                                          arguments: [.stringArray([]), .stringArray([pattern])])
+    } catch let error as DBusError where error.name == DBusError.Name.unknownMethod {
+        // systemd before 230 has no ListUnitsByPatterns.
+        reply = try await connection.call(destination: SystemdBus.name, path: SystemdBus.managerPath,
+                                          interface: SystemdBus.manager, member: "ListUnits")
     }
-
-    /// Loaded units named `bgworker-*.service`.
-    private func listWorkerUnits() async throws -> [ListedUnit] {
-        let pattern = systemdUnitPrefix + "*" + systemdUnitSuffix
-        let reply: [DBusValue]
-        do {
-            reply = try await connection.call(destination: SystemdBus.name, path: SystemdBus.managerPath,
-                                              interface: SystemdBus.manager, member: "ListUnitsByPatterns",
-                                              arguments: [.stringArray([]), .stringArray([pattern])])
-        } catch let error as DBusError where error.name == DBusError.Name.unknownMethod {
-            // systemd before 230 has no ListUnitsByPatterns.
-            reply = try await connection.call(destination: SystemdBus.name, path: SystemdBus.managerPath,
-                                              interface: SystemdBus.manager, member: "ListUnits")
-        }
-        // a(ssssssouso): name, description, load state, active state, sub state, following, path, ...
-        let rows = reply.first?.arrayValue ?? []
-        return rows.compactMap { row in
-            guard let fields = row.structureValue, fields.count >= 4, let name = fields[0].stringValue,
-                  name.hasPrefix(systemdUnitPrefix), name.hasSuffix(systemdUnitSuffix)
-            else { return nil }
-            return ListedUnit(name: name, activeState: fields[3].stringValue ?? "")
-        }
-    }
-
-    private func readProperty(_ unit: WorkerUnit, _ interface: String, _ name: String) async throws -> DBusValue {
-        try await SystemdBus.readProperty(on: connection, path: unit.path, interface: interface, name: name)
+    // a(ssssssouso): name, description, load state, active state, sub state, following, path, ...
+    let rows = reply.first?.arrayValue ?? []
+    return rows.compactMap { row in
+        guard let name = row.structureValue?.first?.stringValue,
+              name.hasPrefix(systemdUnitPrefix), name.hasSuffix(systemdUnitSuffix)
+        else { return nil }
+        return name
     }
 }
 

@@ -6,8 +6,9 @@ import Logging
 
 /// The outcome of looking for a systemd that can run workers.
 public enum SystemdDetection: Sendable {
-    /// systemd answered; `runner` is ready, on `connection` (the daemon's own when it serves on
-    /// the system bus, else one of the runner's own: close it when the runner is done).
+    /// systemd answered; `runner` is ready, on `connection`: the daemon's own when it was passed
+    /// and serves on the system bus, else one of the runner's own (`ownConnection`), which the
+    /// runner replaces when it ends and closes at `shutdown`.
     case available(SystemdRunner, connection: DBusConnection, ownConnection: Bool, reason: String)
     /// Why not, in a short text for the log ("/proc/1/comm is 'init', not systemd").
     case unavailable(reason: String)
@@ -33,7 +34,7 @@ extension SystemdRunner {
             own = false
         } else {
             do {
-                connection = try await DBusConnection.connect(.system, timeout: timeout)
+                connection = try await connectToSystemBus(timeout: timeout)
                 own = true
             } catch {
                 return .unavailable(reason: "cannot connect to the system bus: \(error)")
@@ -44,7 +45,9 @@ extension SystemdRunner {
                                                             interface: SystemdBus.manager, name: "Version",
                                                             timeout: timeout)
             let text = version.stringValue ?? "\(version)"
-            let runner = SystemdRunner(connection: connection, closesConnection: own, logger: logger)
+            let reconnect: (@Sendable () async throws -> DBusConnection)? =
+                own ? { @Sendable in try await SystemdRunner.connectToSystemBus(timeout: timeout) } : nil
+            let runner = SystemdRunner(connection: connection, reconnect: reconnect, logger: logger)
             let via = own ? "a connection of its own to the system bus" : "the daemon's system bus connection"
             return .available(runner, connection: connection, ownConnection: own,
                               reason: "systemd \(text) answers on the system bus (via \(via))")
@@ -52,6 +55,10 @@ extension SystemdRunner {
             if own { connection.close() }
             return .unavailable(reason: "systemd does not answer on the system bus: \(error)")
         }
+    }
+
+    static func connectToSystemBus(timeout: Duration) async throws -> DBusConnection {
+        try await DBusConnection.connect(.system, timeout: timeout)
     }
 
     /// nil when PID 1 is systemd, else why not.

@@ -1,6 +1,6 @@
-// The systemd runner's one owner of state: the units it follows, the starts waiting for their
-// job, the waiters for units to end, and the events stream. Signals come in through `handle`,
-// one task per unit feeding its ordered stream.
+// The systemd runner's one owner of state: the units it follows (each with its ordered signal
+// stream and the task that feeds it here), the starts waiting for their job, the waiters for units
+// to end, the bus connection (and getting a new one when it ends), and the events stream.
 
 import BgWorkerCore
 import DBus
@@ -11,17 +11,26 @@ actor SystemdUnitTable {
         let unit: WorkerUnit
         var tracker = UnitTracker()
         var watch: NameOwnerWatch?
+        /// Counts the streams the entry had; a stream that ends after it was replaced is ignored.
+        var generation: UInt64 = 0
         /// The caller of `start`, waiting for the start job's end.
         var starter: CheckedContinuation<Result<Int32, RunnerError>, Never>?
         /// False for units found at adoption that are being stopped: the supervisor does not
         /// know them, so their end is not an event.
         var reportsExit: Bool
-        /// A stop was asked for; if the unit only starts later, it is stopped then.
+        /// A stop was asked for; if the unit only starts later (or the bus comes back), it is
+        /// stopped then.
         var stopRequested = false
         var goneWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
-    private let connection: DBusConnection
+    /// nil while there is none (the bus connection ended and a new one is being made).
+    private var connection: DBusConnection?
+    /// Makes a new connection to systemd's bus; nil when the runner was given a connection it
+    /// does not own (then an ended connection cannot be replaced).
+    private let reconnect: (@Sendable () async throws -> DBusConnection)?
+    private var watchedConnection: ObjectIdentifier?
+    private var reconnecting: Task<Void, Never>?
     private let eventSink: AsyncStream<RunnerEvent>.Continuation
     private let logger: Logger
     private var entries: [UInt64: Entry] = [:]
@@ -35,34 +44,129 @@ actor SystemdUnitTable {
     private var subscribed = false
     private var subscribing: Task<Void, any Error>?
 
-    init(connection: DBusConnection, events: AsyncStream<RunnerEvent>.Continuation, logger: Logger) {
+    init(connection: DBusConnection, reconnect: (@Sendable () async throws -> DBusConnection)?,
+         events: AsyncStream<RunnerEvent>.Continuation, logger: Logger) {
         self.connection = connection
+        self.reconnect = reconnect
         eventSink = events
         self.logger = logger
     }
 
-    // MARK: Subscription
+    // MARK: The connection
 
-    /// Calls systemd's `Subscribe()` once (systemd sends JobRemoved and PropertiesChanged only
-    /// while a client is subscribed). Concurrent callers share the one call.
+    /// The connection to systemd's bus; throws while there is none.
+    func currentConnection(for worker: String? = nil) throws(RunnerError) -> DBusConnection {
+        guard let connection else {
+            throw RunnerError(.unavailable, worker: worker, context: "no connection to systemd's bus (reconnecting)")
+        }
+        if watchedConnection != ObjectIdentifier(connection) {
+            watchedConnection = ObjectIdentifier(connection)
+            Task { [weak self] in
+                for await event in connection.events {
+                    if case .disconnected = event { await self?.connectionEnded(connection) }
+                }
+            }
+        }
+        return connection
+    }
+
+    /// Calls systemd's `Subscribe()` once per connection (systemd sends JobRemoved and
+    /// PropertiesChanged only while a client is subscribed). Concurrent callers share the call.
     func ensureSubscribed() async throws {
+        let connection = try currentConnection()
         if subscribed { return }
         if let subscribing { return try await subscribing.value }
-        let task = Task { [connection] in try await subscribeToSystemd(connection) }
+        let task = Task { try await subscribeToSystemd(connection) }
         subscribing = task
         defer { subscribing = nil }
         try await task.value
-        subscribed = true
+        if self.connection === connection { subscribed = true }
     }
 
     /// After systemd got a new bus connection: subscribe again (a restarted systemd forgot us;
     /// a re-executed one answers AlreadySubscribed, which is fine).
     func resubscribe() async {
+        guard let connection else { return }
         do {
             try await subscribeToSystemd(connection)
         } catch {
             logger.error("cannot subscribe to systemd's signals again: \(error)")
         }
+    }
+
+    /// The connection ended: every stream with it. Starts in flight fail; units that run are
+    /// followed again on a new connection, their state read anew (an end meanwhile is reported).
+    private func connectionEnded(_ ended: DBusConnection) {
+        guard let current = connection, current === ended else { return }
+        connection = nil
+        subscribed = false
+        for id in entries.keys.sorted() {
+            guard var entry = entries[id] else { continue }
+            entry.watch?.cancel()
+            entry.watch = nil
+            entry.generation += 1
+            entries[id] = entry
+            if entry.tracker.phase == .starting {
+                remove(id, startFailure: RunnerError(.unavailable, worker: entry.unit.worker, context: "the bus connection to systemd ended"))
+            }
+        }
+        for (call, pending) in pendingReads {
+            pendingReads[call] = nil
+            pending.waiter?.resume(returning: false)
+        }
+        guard let reconnect, !shuttingDown || !entries.isEmpty else {
+            if !entries.isEmpty {
+                logger.error("lost the bus connection to systemd; no longer following the workers' units",
+                             metadata: ["units": "\(entries.values.map(\.unit.name).sorted())"])
+            }
+            for id in entries.keys.sorted() { entries[id]?.tracker.abandon(); remove(id, startFailure: nil) }
+            return
+        }
+        logger.error("lost the bus connection to systemd; connecting again")
+        reconnecting = Task { [weak self] in
+            // A due timer between attempts, doubling up to 5 s.
+            var delay = Duration.milliseconds(100)
+            while !Task.isCancelled {
+                if let new = try? await reconnect() {
+                    await self?.connected(new)
+                    return
+                }
+                try? await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(5))
+            }
+        }
+    }
+
+    /// A new connection: follow every unit again and read its state.
+    private func connected(_ new: DBusConnection) async {
+        reconnecting = nil
+        connection = new
+        logger.notice("connected to systemd's bus again; reading the workers' units anew")
+        // systemd may not be back on the bus yet: then each unit's stream reports its owner when
+        // it comes, which subscribes again and reads the unit (`ownerChanged` in `follow`).
+        try? await ensureSubscribed()
+        for id in entries.keys.sorted() {
+            guard let entry = entries[id] else { continue }
+            let systemdIsThere: Bool
+            do {
+                systemdIsThere = try await follow(id: id, afterReconnect: true)
+            } catch {
+                logger.error("cannot follow a unit again: \(error)", metadata: ["unit": "\(entry.unit.name)"])
+                continue  // the connection ended again: the next connection picks it up
+            }
+            guard systemdIsThere else { continue }
+            await resynchronize(id: id)
+        }
+    }
+
+    /// Reads a unit that may have changed while nothing was heard of it; stops it if that was asked.
+    private func resynchronize(id: UInt64) async {
+        if await !readState(id: id) {
+            // The unit cannot be read: report its end; a start then finds (and takes over) the
+            // unit if it still runs.
+            update(id) { $0.lost() }
+        }
+        stopIfAsked(id: id)
     }
 
     // MARK: Entries
@@ -82,12 +186,64 @@ actor SystemdUnitTable {
         return id
     }
 
-    /// Keeps the entry's signal stream; false when the entry is gone or the runner shuts down
-    /// (then no unit may be created for it).
-    func attach(_ watch: NameOwnerWatch, id: UInt64) -> Bool {
-        guard entries[id] != nil, !shuttingDown else { return false }
+    /// Opens the entry's stream (the unit's PropertiesChanged and the JobRemoved naming it,
+    /// from the owner of org.freedesktop.systemd1) and starts the task that feeds it here.
+    /// Returns whether systemd owns its name now.
+    @discardableResult
+    func follow(id: UInt64, afterReconnect: Bool = false) async throws(RunnerError) -> Bool {
+        guard let unit = entries[id]?.unit else {
+            throw RunnerError(.unavailable, worker: nil, context: "the unit is no longer followed")
+        }
+        let connection = try currentConnection(for: unit.worker)
+        let watch: NameOwnerWatch
+        do {
+            if !afterReconnect { try await ensureSubscribed() }
+            watch = try await connection.watchNameOwner(SystemdBus.name, signals: [
+                MatchRule(path: unit.path, interface: SystemdBus.properties, member: "PropertiesChanged"),
+                MatchRule(path: SystemdBus.managerPath, interface: SystemdBus.manager, member: "JobRemoved",
+                          arguments: [2: unit.name]),
+            ])
+        } catch {
+            throw RunnerError(.unavailable, worker: unit.worker, context: "following \(unit.name) on systemd's bus: \(error)")
+        }
+        guard entries[id] != nil, self.connection === connection else {
+            watch.cancel()
+            throw RunnerError(.unavailable, worker: unit.worker, context: "the unit is no longer followed, or the connection ended")
+        }
+        guard afterReconnect || !shuttingDown else {
+            watch.cancel()
+            throw RunnerError(.shutDown, worker: unit.worker, context: "the runner is shut down")
+        }
         entries[id]?.watch = watch
-        return true
+        entries[id]?.generation += 1
+        let generation = entries[id]?.generation ?? 0
+        Task { [weak self, logger] in
+            for await event in watch {
+                guard let self else { return }
+                switch event {
+                case .signal(let signal):
+                    await self.handle(signal, id: id)
+                case .ownerReply(let reply):
+                    await self.handleReply(reply, id: id)
+                case .ownerChanged(_, let owner?):
+                    // systemd re-executed or restarted: signals may have been lost meanwhile.
+                    logger.notice("systemd has a new bus connection; reading the unit's state again",
+                                  metadata: ["unit": "\(unit.name)", "owner": "\(owner)"])
+                    await self.resubscribe()
+                    await self.refresh(id: id)
+                    await self.stopIfAsked(id: id)
+                case .ownerChanged(_, nil), .ignoredSignal:
+                    break
+                }
+            }
+            await self?.streamEnded(id: id, generation: generation, connection: connection)
+        }
+        return watch.initialOwner != nil
+    }
+
+    private func stopIfAsked(id: UInt64) {
+        guard let entry = entries[id], entry.stopRequested, let connection else { return }
+        Task { [logger] in await stopUnit(entry.unit, on: connection, logger: logger) }
     }
 
     /// StartTransientUnit answered with `job`: waits until the job ended and returns the pid.
@@ -102,20 +258,18 @@ actor SystemdUnitTable {
         }
     }
 
-    /// Forgets an entry (its start failed before a job existed, or it needs no more following).
+    /// Forgets an entry (its start failed, or it needs no more following).
     func discard(id: UInt64) {
-        guard var entry = entries[id] else { return }
-        entry.tracker.abandon()
-        entries[id] = entry
+        guard let entry = entries[id] else { return }
+        entries[id]?.tracker.abandon()
         remove(id, startFailure: RunnerError(.unavailable, worker: entry.unit.worker, context: "the start was abandoned"))
     }
 
     /// Marks a worker to stop; returns its unit when systemd may have it now (nil when the
     /// worker is not followed, or its unit is not created yet: then it is stopped once started).
     func requestStop(name: String) -> WorkerUnit? {
-        guard let id = idsByWorker[name], var entry = entries[id] else { return nil }
-        entry.stopRequested = true
-        entries[id] = entry
+        guard let id = idsByWorker[name], let entry = entries[id] else { return nil }
+        entries[id]?.stopRequested = true
         if entry.tracker.phase == .starting && entry.tracker.startJob == nil { return nil }
         return entry.unit
     }
@@ -129,8 +283,8 @@ actor SystemdUnitTable {
         case ended(state: String)
     }
 
-    /// Decides, on the unit's state as read (`readState`) and announced since, whether the unit
-    /// found at adoption is adopted (its worker exists, `active` with a main pid, same definition
+    /// Decides, on the unit's state as read (`readState`) and announced since, whether a unit
+    /// found running is taken over (its worker exists, `active` with a main pid, same definition
     /// hash) or stopped; in one step, so no signal comes between the decision and its effect.
     func decideAdoption(id: UInt64, definitionHash: UInt64?) -> AdoptionDecision {
         guard let entry = entries[id] else { return .ended(state: "gone") }
@@ -140,7 +294,7 @@ actor SystemdUnitTable {
         if let definitionHash, state == "active", status.mainPID != 0, let pid = Int32(exactly: status.mainPID),
            hash == definitionHash {
             update(id) { $0.adopted(pid: pid) }
-            return .adopted(pid)
+            return entries[id] == nil ? .ended(state: "inactive") : .adopted(pid)
         }
         let why: String
         switch definitionHash {
@@ -158,10 +312,10 @@ actor SystemdUnitTable {
         await withCheckedContinuation { entries[id]?.goneWaiters.append($0) }
     }
 
-    // MARK: Signals
+    // MARK: Signals and reads
 
     /// A signal of the entry's stream: the unit's PropertiesChanged or its JobRemoved.
-    func handle(_ signal: DBusSignal, id: UInt64) {
+    private func handle(_ signal: DBusSignal, id: UInt64) {
         guard entries[id] != nil else { return }
         let args = signal.arguments
         switch signal.member {
@@ -191,12 +345,12 @@ actor SystemdUnitTable {
 
     /// Reads the unit's properties anew without waiting (from the unit's own stream task, which
     /// must go on to deliver the replies): after systemd re-executed.
-    func refresh(id: UInt64) {
+    private func refresh(id: UInt64) {
         for interface in [SystemdBus.unit, SystemdBus.service] { sendRead(id: id, interface: interface, waiter: nil) }
     }
 
     /// The reply to a read sent with `callOwner`.
-    func handleReply(_ reply: OwnerCallReply, id: UInt64) {
+    private func handleReply(_ reply: OwnerCallReply, id: UInt64) {
         guard let pending = pendingReads.removeValue(forKey: reply.id) else { return }
         switch reply.result {
         case .success(let values):
@@ -205,6 +359,9 @@ actor SystemdUnitTable {
         case .failure(let error):
             if let unit = entries[id]?.unit {
                 logger.warning("cannot read a unit's properties", metadata: ["unit": "\(unit.name)", "error": "\(error)"])
+            }
+            if pending.waiter == nil && [SystemdBus.noSuchUnit, DBusError.Name.unknownObject].contains(error.name) {
+                update(id) { $0.lost() }  // a refresh found the unit gone
             }
             pending.waiter?.resume(returning: false)
         }
@@ -224,25 +381,21 @@ actor SystemdUnitTable {
         }
     }
 
-    /// The entry's stream ended without the runner cancelling it: the bus connection is gone.
-    /// Nothing more can be learned about the unit; its worker keeps running under systemd.
-    func streamEnded(id: UInt64) {
-        guard let entry = entries[id] else { return }
-        logger.error("lost the bus connection to systemd; no longer following the unit",
-                     metadata: ["unit": "\(entry.unit.name)"])
-        entries[id]?.tracker.abandon()
-        remove(id, startFailure: RunnerError(.unavailable, worker: entry.unit.worker, context: "the bus connection to systemd ended"))
+    /// An entry's stream ended. Unless the runner replaced or cancelled it, the connection is gone.
+    private func streamEnded(id: UInt64, generation: UInt64, connection ended: DBusConnection) {
+        guard let entry = entries[id], entry.generation == generation, entry.watch != nil else { return }
+        connectionEnded(ended)
     }
 
     // MARK: Shutdown
 
     /// Refuses new starts and marks every unit to stop; returns the units to stop now.
-    func beginShutdown() -> [(String, WorkerUnit)] {
+    func beginShutdown() -> [WorkerUnit] {
         shuttingDown = true
-        var units: [(String, WorkerUnit)] = []
+        var units: [WorkerUnit] = []
         for id in entries.keys.sorted() {
             entries[id]?.stopRequested = true
-            if let entry = entries[id] { units.append((entry.unit.worker, entry.unit)) }
+            if let entry = entries[id] { units.append(entry.unit) }
         }
         return units
     }
@@ -252,7 +405,13 @@ actor SystemdUnitTable {
         await withCheckedContinuation { emptyWaiters.append($0) }
     }
 
-    func finishEvents() { eventSink.finish() }
+    /// Ends the events stream and any reconnection; returns the connection, if any.
+    func finish() -> DBusConnection? {
+        eventSink.finish()
+        reconnecting?.cancel()
+        reconnecting = nil
+        return connection
+    }
 
     // MARK: Outcomes
 
@@ -261,6 +420,7 @@ actor SystemdUnitTable {
         let outcomes = change(&entry.tracker)
         entries[id] = entry
         for outcome in outcomes { carryOut(outcome, id: id) }
+        if entries[id]?.tracker.phase == .ended { remove(id, startFailure: nil) }
     }
 
     private func carryOut(_ outcome: UnitTracker.Outcome, id: UInt64) {
@@ -271,8 +431,8 @@ actor SystemdUnitTable {
             logger.debug("worker unit started", metadata: ["unit": "\(unit.name)", "pid": "\(pid)"])
             entries[id]?.starter?.resume(returning: .success(pid))
             entries[id]?.starter = nil
-            if entry.stopRequested {
-                Task { [connection, logger] in await stopUnit(unit, on: connection, logger: logger) }
+            if entry.stopRequested, let connection {
+                Task { [logger] in await stopUnit(unit, on: connection, logger: logger) }
             }
         case .startFailed(let why):
             remove(id, startFailure: RunnerError(.spawnFailed, worker: unit.worker, context: "systemd: \(unit.name): \(why)"))

@@ -191,6 +191,14 @@ struct UnitTracker: Sendable, Equatable {
         return []
     }
 
+    /// The unit can no longer be read (a new bus connection found nothing to read): if it ran,
+    /// that is its end, with a status nobody can know any more (reported as SIGKILL).
+    mutating func lost() -> [Outcome] {
+        defer { phase = .ended }
+        guard case .running(let pid) = phase else { return [] }
+        return [.exited(pid: pid, .killed(9))]
+    }
+
     /// The runner gives up on the unit (its start was refused, the bus went away).
     mutating func abandon() { phase = .ended }
 

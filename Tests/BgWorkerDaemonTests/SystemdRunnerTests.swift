@@ -94,6 +94,24 @@ struct SystemdRunnerTests {
         }
     }
 
+    /// Start latency through systemd (StartTransientUnit to the start job's end), for the docs.
+    @Test(.enabled(if: rootTestsEnabled, needsRoot))
+    func startLatency() async throws {
+        try await withRunner { _, runner, _ in
+            var samples: [Duration] = []
+            for round in 0..<11 {
+                let began = ContinuousClock.now
+                _ = try await runner.start(Self.spec("timed", ["/bin/sleep", "300"]))
+                if round > 0 { samples.append(ContinuousClock.now - began) }  // the first also makes the slice
+                await runner.stop(name: "timed")
+                _ = try await exit(of: "timed", in: runner)
+            }
+            samples.sort()
+            print("systemd runner: start -> running, median of \(samples.count): \(samples[samples.count / 2]), max \(samples.last ?? .zero)")
+            #expect(samples[samples.count / 2] < .seconds(2))
+        }
+    }
+
     @Test(.enabled(if: rootTestsEnabled, needsRoot))
     func stopKillsTheWholeCgroupAndEscalatesToSIGKILL() async throws {
         try await withRunner { ns, runner, _ in
@@ -244,16 +262,24 @@ struct SystemdRunnerTests {
 
     // MARK: adoption
 
+    /// Units of `/bin/sleep 300` workers (name: definition hash) started by a runner whose
+    /// daemon then vanished without stopping them (its bus connection closed); their pids.
+    func unitsLeftBehind(_ ns: SystemdNamespace, _ workers: [String: UInt64]) async throws -> [String: Int32] {
+        let connection = try await DBusConnection.connect(.address(ns.busAddress))
+        defer { connection.close() }
+        let old = SystemdRunner(connection: connection)
+        var pids: [String: Int32] = [:]
+        for (name, hash) in workers.sorted(by: { $0.key < $1.key }) {
+            pids[name] = try await old.start(Self.spec(name, ["/bin/sleep", "300"], hash: hash))
+        }
+        return pids
+    }
+
     @Test(.enabled(if: rootTestsEnabled, needsRoot))
     func aNewRunnerAdoptsMatchingUnitsAndStopsTheRest() async throws {
         try await SystemdNamespace.with { ns in
-            // The first "daemon": starts three workers, then vanishes without stopping them.
-            let first = try await DBusConnection.connect(.address(ns.busAddress))
-            let old = SystemdRunner(connection: first)
-            let keep = try await old.start(Self.spec("keep", ["/bin/sleep", "300"], hash: 11))
-            let changed = try await old.start(Self.spec("changed", ["/bin/sleep", "300"], hash: 22))
-            let removed = try await old.start(Self.spec("removed", ["/bin/sleep", "300"], hash: 33))
-            first.close()
+            let left = try await unitsLeftBehind(ns, ["keep": 11, "changed": 22, "removed": 33])
+            let (keep, changed, removed) = (left["keep"] ?? 0, left["changed"] ?? 0, left["removed"] ?? 0)
             #expect(Set(try await listedUnits(ns)) == ["bgworker-keep.service", "bgworker-changed.service", "bgworker-removed.service"])
 
             let second = try await DBusConnection.connect(.address(ns.busAddress))
@@ -287,11 +313,8 @@ struct SystemdRunnerTests {
     func aStartThatFindsItsUnitRunningTakesItOverOrStopsIt() async throws {
         try await SystemdNamespace.with { ns in
             // Units left running by a start whose caller is gone (its answer lost with its bus).
-            let first = try await DBusConnection.connect(.address(ns.busAddress))
-            let old = SystemdRunner(connection: first)
-            let same = try await old.start(Self.spec("same", ["/bin/sleep", "300"], hash: 5))
-            let other = try await old.start(Self.spec("other", ["/bin/sleep", "300"], hash: 6))
-            first.close()
+            let left = try await unitsLeftBehind(ns, ["same": 5, "other": 6])
+            let (same, other) = (left["same"] ?? 0, left["other"] ?? 0)
 
             let second = try await DBusConnection.connect(.address(ns.busAddress))
             defer { second.close() }

@@ -14,8 +14,9 @@ final class DaemonFollower: Sendable {
     private let bus: BusAddress
     private let log: WorkerLog
     private let backoff: Backoff
-    /// The connection in use, so that `close()` can end it from another task.
-    private let current = Mutex<DBusConnection?>(nil)
+    /// The connection in use, so that `stop()` can end it from another thread; nil and
+    /// `stopped` once stopped.
+    private let current = Mutex<(connection: DBusConnection?, stopped: Bool)>((nil, false))
 
     init(bus: BusAddress, log: WorkerLog, backoff: Backoff = Backoff()) {
         self.bus = bus
@@ -29,7 +30,7 @@ final class DaemonFollower: Sendable {
         while !Task.isCancelled {
             if failures > 0 {
                 let delay = backoff.delay(afterFailures: failures)
-                log.debug("reconnecting to the bus in \(delay)")
+                log.debug("reconnecting to the bus in \(Int(delay / .milliseconds(1))) ms")
                 do { try await Task.sleep(for: delay) } catch { return }
             }
             let connection: DBusConnection
@@ -41,21 +42,36 @@ final class DaemonFollower: Sendable {
                 failures += 1
                 continue
             }
-            current.withLock { $0 = connection }
+            let stopped = current.withLock { current in
+                if !current.stopped { current.connection = connection }
+                return current.stopped
+            }
+            if stopped {
+                connection.close()
+                return
+            }
             log.info("connected to the bus as \(connection.uniqueName ?? "?")")
             let lasted = await follow(on: connection)
-            current.withLock { $0 = nil }
             connection.close()
-            if Task.isCancelled { return }
+            let stoppedMeanwhile = current.withLock { current in
+                current.connection = nil
+                return current.stopped
+            }
+            if stoppedMeanwhile || Task.isCancelled { return }
             log.warning("lost the bus connection; opening a new one")
             // A connection that lasted resets the delay; one that fails at once keeps doubling it.
             failures = lasted >= backoff.stableAfter ? 1 : failures + 1
         }
     }
 
-    /// Ends the connection in use (at shutdown).
-    func close() {
-        current.withLock { $0 }?.close()
+    /// Stops following (at shutdown): the connection in use is closed at once, and no new one
+    /// is opened.
+    func stop() {
+        let connection = current.withLock { current -> DBusConnection? in
+            current.stopped = true
+            return current.connection
+        }
+        connection?.close()
     }
 
     /// Follows the daemon on one connection until it ends; returns how long that was.

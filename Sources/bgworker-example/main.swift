@@ -6,6 +6,7 @@
 import ArgumentParser
 import ClientSupport
 import DBus
+import Dispatch
 import Glibc
 
 struct ExampleOptions: ParsableArguments {
@@ -33,8 +34,9 @@ struct ExampleOptions: ParsableArguments {
     }
 }
 
-/// The worker's own job: one cycle per interval, on a fixed schedule.
-func work(log: WorkerLog, interval: Duration, dieOneIn: Int) async -> Int32 {
+/// The worker's own job: one cycle per interval, on a fixed schedule. Returns the exit status
+/// when the job itself ends the process, nil when cancelled (between two cycles).
+func work(log: WorkerLog, interval: Duration, dieOneIn: Int) async -> Int32? {
     let clock = ContinuousClock()
     var due = clock.now
     var cycle = 0
@@ -52,17 +54,8 @@ func work(log: WorkerLog, interval: Duration, dieOneIn: Int) async -> Int32 {
         }
         log.info("cycle \(cycle): work done")
         due += interval
-        do { try await Task.sleep(until: due, clock: clock) } catch { return 0 }
+        do { try await Task.sleep(until: due, clock: clock) } catch { return nil }
     }
-}
-
-/// Starts the worker: its work, and the follower of the daemon's log level beside it.
-func start(_ options: ExampleOptions, log: WorkerLog, follower: DaemonFollower) {
-    Task.detached {
-        let status = await work(log: log, interval: .seconds(options.interval), dieOneIn: options.dieOneIn)
-        exit(status)
-    }
-    Task.detached { await follower.run() }
 }
 
 TerminationSignals.prepare()
@@ -74,13 +67,29 @@ if let raw = environment.level, LogLevel(name: raw) == nil {
     log.warning("BGWORKER_LOG_LEVEL=\(raw) is not a log level; using info")
 }
 log.info("\(environment.name ?? "bgworker-example") starting: every \(options.interval)s, log level \(log.level.name)")
-let follower = DaemonFollower(bus: options.bus.address, log: log)
-start(options, log: log, follower: follower)
 
-// The main thread waits for SIGTERM. Between two cycles nothing is half done: close the
-// connection (the bus sees us leave at once) and exit.
+// The work, and beside it the follower of the daemon's log level; each says when it has ended.
+let follower = DaemonFollower(bus: options.bus.address, log: log)
+let ended = DispatchSemaphore(value: 0)
+let worker = Task.detached {
+    if let status = await work(log: log, interval: .seconds(options.interval), dieOneIn: options.dieOneIn) {
+        exit(status)
+    }
+    ended.signal()
+}
+let following = Task.detached {
+    await follower.run()
+    ended.signal()
+}
+
+// The main thread waits for SIGTERM. Between two cycles nothing is half done: stop the work,
+// close the connection (the bus sees us leave at once), let both finish (briefly), exit.
 let number = TerminationSignals.wait()
 log.info("\(TerminationSignals.name(number)) received; stopping")
-follower.close()
+worker.cancel()
+following.cancel()
+follower.stop()
+let deadline = DispatchTime.now() + .milliseconds(500)
+for _ in 0..<2 { _ = ended.wait(timeout: deadline) }
 log.info("stopped")
 exit(0)

@@ -13,13 +13,13 @@ struct ClientsHASimTests {
     /// A running simulator with its standard input and output.
     struct Simulator {
         let process: ChildProcess
-        let input: StandardInputFeed
+        let input: NamedPipe
         let output: OutputLines
         let uniqueName: String
 
         static func start(on bus: PrivateBus, _ arguments: [String], directory: TemporaryDirectory) async throws -> Simulator {
-            let input = try StandardInputFeed(in: directory, name: "stdin-\(uniqueID(4))")
-            let process = try ChildProcess(input.wrap([builtExecutablePath("bgworker-ha-sim"), "--bus", bus.address] + arguments),
+            let input = try NamedPipe(in: directory, name: "stdin-\(uniqueID(4))")
+            let process = try ChildProcess(input.asStandardInput(of: [builtExecutablePath("bgworker-ha-sim"), "--bus", bus.address] + arguments),
                                            captureStdout: true, captureStderr: true)
             let output = OutputLines(of: process)
             let index = try await output.wait("ready") { $0.hasPrefix("ready ") }
@@ -176,8 +176,8 @@ struct ClientsHASimTests {
         try await withBus { bus in
             let dir = try TemporaryDirectory(prefix: "bgw-sim")
             defer { dir.remove() }
-            let input = try StandardInputFeed(in: dir)
-            let sim = try ChildProcess(input.wrap([builtExecutablePath("bgworker-ha-sim"), "--exit-on-eof"]),
+            let input = try NamedPipe(in: dir)
+            let sim = try ChildProcess(input.asStandardInput(of: [builtExecutablePath("bgworker-ha-sim"), "--exit-on-eof"]),
                                        extraEnvironment: ["BGWORKER_BUS": bus.socketPath], captureStdout: true)
             let ready = try await sim.readLine(timeout: .seconds(15))
             #expect(ready?.hasPrefix("ready :1.") == true)

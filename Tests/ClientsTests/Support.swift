@@ -22,17 +22,18 @@ func withBus<T>(_ body: (PrivateBus) async throws -> T) async throws -> T {
     }
 }
 
-/// A named pipe that a child reads as its standard input (ChildProcess gives children
-/// /dev/null): the test writes lines, and closing it is the child's end of input.
-final class StandardInputFeed: Sendable {
+/// A named pipe held open by the test for reading and writing: a child reads it as its standard
+/// input (ChildProcess gives children /dev/null), or writes its output into it (a worker started
+/// by the daemon, whose own output goes elsewhere). Held open, it has no end until `end()`.
+final class NamedPipe: Sendable {
     let path: String
     /// -1 once ended: closing a descriptor twice would close whatever reused its number.
     private let fd: Mutex<Int32>
 
-    init(in directory: TemporaryDirectory, name: String = "stdin") throws {
+    init(in directory: TemporaryDirectory, name: String = "pipe") throws {
         path = directory.file(name)
         guard mkfifo(path, 0o600) == 0 else { throw TestProcessError("mkfifo \(path): \(errno)") }
-        // O_RDWR: the open does not wait for a reader, and the pipe has no end until we close it.
+        // O_RDWR: the open does not wait for the other side.
         let opened = open(path, O_RDWR | O_CLOEXEC)
         guard opened >= 0 else { throw TestProcessError("open \(path): \(errno)") }
         fd = Mutex(opened)
@@ -57,8 +58,19 @@ final class StandardInputFeed: Sendable {
     }
 
     /// `argv` run with this pipe as standard input.
-    func wrap(_ argv: [String]) -> [String] {
+    func asStandardInput(of argv: [String]) -> [String] {
         ["/bin/sh", "-c", "exec \"$0\" \"$@\" < '\(path)'"] + argv
+    }
+
+    /// `argv` run with its standard output into this pipe.
+    func asStandardOutput(of argv: [String]) -> [String] {
+        ["/bin/sh", "-c", "exec \"$0\" \"$@\" > '\(path)'"] + argv
+    }
+
+    /// What is written into the pipe, line by line (read by `cat`, a child of the test).
+    func reader() throws -> (process: ChildProcess, lines: OutputLines) {
+        let cat = try ChildProcess(["cat", path], captureStdout: true)
+        return (cat, OutputLines(of: cat))
     }
 }
 

@@ -1,0 +1,239 @@
+import Foundation
+import Glibc
+import Testing
+import TestSupport
+
+/// The clients against the real bgworkerd (the built executable, a child of the test) on a
+/// private bus, with real workers: /bin/sleep, bgworker-example, and bgworker-ha-sim as the HA
+/// manager.
+@Suite("clients end to end with bgworkerd")
+struct ClientsEndToEndTests {
+    /// A bus, a folder, the daemon with a configuration, and bgworkerctl on that bus.
+    struct Setup {
+        let bus: PrivateBus
+        let directory: TemporaryDirectory
+        let daemon: DaemonProcess
+
+        static func with(_ configuration: (TemporaryDirectory) -> String, _ body: (Setup) async throws -> Void) async throws {
+            let directory = try TemporaryDirectory(prefix: "bgw-e2e")
+            let bus = try await PrivateBus(directory: directory)
+            var daemon: DaemonProcess?
+            do {
+                let configPath = directory.file("bgworkerd.toml")
+                try """
+                    [daemon]
+                    state-directory = "\(directory.file("state"))"
+
+                    \(configuration(directory))
+                    """.write(toFile: configPath, atomically: true, encoding: .utf8)
+                daemon = try await DaemonProcess(bus: bus, configPath: configPath, arguments: ["--runner", "process"],
+                                                 runtimeDirectory: directory.file("run"))
+                try await body(Setup(bus: bus, directory: directory, daemon: daemon!))
+            } catch {
+                print("--- bgworkerd log ---\n\(daemon?.log ?? "")")
+                await daemon?.process.terminate(grace: .seconds(10))
+                await bus.stop()
+                throw error
+            }
+            await daemon?.process.terminate(grace: .seconds(10))
+            await bus.stop()
+        }
+
+        func ctl(_ arguments: [String]) async throws -> (status: Int32, stdout: String, stderr: String) {
+            try await ClientsTests.ctl(bus, arguments)
+        }
+
+        /// `status NAME --json` as a dictionary.
+        func worker(_ name: String) async throws -> [String: Any] {
+            let r = try await ctl(["status", name, "--json"])
+            guard r.status == 0, let object = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any] else {
+                throw TestProcessError("status \(name): \(r)")
+            }
+            return object
+        }
+
+        /// `bgworkerctl watch`, started and past its first line (so it sees what follows).
+        func watch() async throws -> (process: ChildProcess, lines: OutputLines) {
+            let process = try ChildProcess([builtExecutablePath("bgworkerctl"), "watch", "--bus", bus.address],
+                                           captureStdout: true, captureStderr: true)
+            let lines = OutputLines(of: process)
+            try await lines.wait("the owner line") { $0.contains(" owner :1.") }
+            return (process, lines)
+        }
+    }
+
+    @Test func everyCommandAgainstTheDaemon() async throws {
+        try await Setup.with({ _ in
+            """
+            [worker.sleeper]
+            exec = ["/bin/sleep", "1000"]
+            run-on = "any"
+
+            [worker.off]
+            exec = ["/bin/sleep", "1000"]
+            enabled = false
+            """
+        }) { setup in
+            let watch = try await setup.watch()
+            defer { Task { await watch.process.terminate() } }
+
+            var r = try await setup.ctl(["status"])
+            #expect(r.status == 0, "\(r.stderr)")
+            let lines = r.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+            #expect(lines[0].hasPrefix("  Version: ") && lines[0].count > "  Version: ".count)
+            try #require(lines.count == 8, "\(r.stdout)")
+            #expect(Array(lines[1...4]) == ["   Runner: process", "  HA role: standalone", "Log level: info", ""])
+            #expect(lines[5].range(of: #"^NAME +STATE +PID +ENABLED +RESTARTS +LAST-EXIT +RUN-ON +SINCE$"#, options: .regularExpression) != nil)
+            #expect(lines[6].range(of: #"^off +disabled +- +no +0 +- +primary +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$"#, options: .regularExpression) != nil,
+                    "\(lines[6])")
+            #expect(lines[7].range(of: #"^sleeper +running +\d+ +yes +0 +- +any +\d{4}-"#, options: .regularExpression) != nil, "\(lines[7])")
+
+            let sleeper = try await setup.worker("sleeper")
+            let firstPid = try #require(sleeper["pid"] as? Int)
+            #expect(firstPid > 0)
+            #expect(sleeper["state"] as? String == "running")
+            #expect(sleeper["path"] as? String == "/org/example/BgWorker/worker/sleeper")
+
+            r = try await setup.ctl(["list", "--json"])
+            let rows = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]])
+            #expect(rows.compactMap { $0["name"] as? String }.sorted() == ["off", "sleeper"])
+
+            // Unknown workers: 4.
+            for command in [["status", "nope"], ["enable", "nope"], ["disable", "nope"], ["restart", "nope"]] {
+                r = try await setup.ctl(command)
+                #expect(r.status == 4, "\(command)")
+                #expect(r.stderr.hasPrefix("bgworkerctl: ") && r.stderr.hasSuffix("(org.example.BgWorker.Error.NoSuchWorker)"), "\(r.stderr)")
+            }
+
+            // Enable replies once it runs; the watch saw the transition.
+            r = try await setup.ctl(["enable", "off"])
+            #expect(r.status == 0 && r.stdout.isEmpty && r.stderr.isEmpty, "\(r)")
+            let enabled = try await setup.worker("off")
+            #expect(enabled["state"] as? String == "running")
+            #expect(enabled["enabled"] as? Bool == true)
+            try await watch.lines.wait("off running") { $0.contains(" worker off: running, pid ") }
+
+            r = try await setup.ctl(["--json", "disable", "off"])
+            #expect(r.status == 0)
+            #expect(r.stdout.contains(#""state":"disabled""#), "\(r.stdout)")
+            try await watch.lines.wait("off stopping") { $0.contains(" worker off: stopping, pid ") }
+            try await watch.lines.wait("off disabled") { $0.contains(" worker off: disabled") }
+            r = try await setup.ctl(["restart", "off"])
+            #expect(r.status == 1)
+            #expect(r.stderr.hasSuffix("(org.example.BgWorker.Error.Disabled)"), "\(r.stderr)")
+
+            r = try await setup.ctl(["restart", "sleeper"])
+            #expect(r.status == 0, "\(r.stderr)")
+            let restarted = try await setup.worker("sleeper")
+            #expect(restarted["state"] as? String == "running")
+            #expect(restarted["pid"] as? Int != firstPid)
+
+            // Log level and HA role.
+            #expect(try await setup.ctl(["log-level"]).stdout == "info")
+            #expect(try await setup.ctl(["log-level", "debug"]).status == 0)
+            #expect(try await setup.ctl(["log-level", "--json"]).stdout == #"{"logLevel":"debug"}"#)
+            try await watch.lines.wait("the level change") { $0.hasSuffix(" properties manager: LogLevel=debug") }
+            r = try await setup.ctl(["log-level", "loud"])
+            #expect(r.status == 1)
+            #expect(r.stderr.hasSuffix("(org.freedesktop.DBus.Error.InvalidArgs)"), "\(r.stderr)")
+            #expect(try await setup.ctl(["ha"]).stdout == "standalone")
+
+            // Reload: fine, then an invalid file changes nothing and says why.
+            r = try await setup.ctl(["reload"])
+            #expect(r.status == 0 && r.stdout.isEmpty, "\(r)")
+            try "[worker.sleeper]\nexex = 1\n".write(toFile: setup.daemon.configPath, atomically: true, encoding: .utf8)
+            r = try await setup.ctl(["reload"])
+            #expect(r.status == 1)
+            #expect(r.stderr.hasSuffix("(org.example.BgWorker.Error.InvalidConfig)") && r.stderr.contains("exex"), "\(r.stderr)")
+            #expect(try await setup.worker("sleeper")["state"] as? String == "running")
+        }
+    }
+
+    @Test func theExampleWorkerUnderTheDaemonFollowsItsLogLevelAndStopsCleanly() async throws {
+        let example = builtExecutablePath("bgworker-example")
+        var pipe: NamedPipe?
+        try await Setup.with({ directory in
+            pipe = try? NamedPipe(in: directory, name: "dice.out")
+            let run = pipe!.asStandardOutput(of: [example, "--interval", "0.05", "--die-one-in", "1000000"])
+            return """
+                [worker.dice]
+                exec = [\(run.map(tomlString).joined(separator: ", "))]
+
+                [worker.bad]
+                exec = ["\(example)", "--die-one-in", "1"]
+                restart-delay = 600
+                restart-delay-max = 600
+                """
+        }) { setup in
+            let output = try #require(pipe).reader()
+            defer { Task { await output.process.terminate() } }
+            let watch = try await setup.watch()
+            defer { Task { await watch.process.terminate() } }
+
+            // The environment the daemon gives: BGWORKER_NAME, BGWORKER_LOG_LEVEL, and the bus.
+            try await output.lines.wait("following the daemon") { $0.hasPrefix("<6>following org.example.BgWorker at :1.") }
+            #expect(output.lines.all.first == "<6>dice starting: every 0.05s, log level info")
+            #expect(output.lines.all.allSatisfy { !$0.hasPrefix("<7>") })
+
+            #expect(try await setup.ctl(["log-level", "debug"]).status == 0)
+            let changed = try await output.lines.wait("the new level") { $0.hasPrefix("<5>log level debug (from :1.") }
+            try await output.lines.wait("a debug line", after: changed) { $0.hasPrefix("<7>cycle ") }
+
+            // The bad one exits 1 at its first cycle and waits in backoff.
+            let bad = try await setup.worker("bad")
+            if bad["state"] as? String != "backoff" {
+                try await watch.lines.wait("bad in backoff") { $0.contains(" worker bad: backoff (exited with status 1)") }
+            }
+            #expect(try await setup.worker("bad")["lastExit"] as? String == "exited 1")
+
+            // Disable sends SIGTERM: the example says so and exits 0.
+            let r = try await setup.ctl(["disable", "dice"])
+            #expect(r.status == 0, "\(r.stderr)")
+            try await output.lines.wait("the last line") { $0 == "<6>stopped" }
+            #expect(ClientsExampleTests.quietStop(output.lines.all), "\(output.lines.all.suffix(5))")
+            #expect(try await setup.worker("dice")["lastExit"] as? String == "exited 0")
+        }
+    }
+
+    @Test func theHASimulatorDrivesTheDaemonsRole() async throws {
+        try await Setup.with({ _ in
+            """
+            [ha]
+            source = "dbus"
+
+            [worker.p]
+            exec = ["/bin/sleep", "1000"]
+            run-on = "primary"
+
+            [worker.s]
+            exec = ["/bin/sleep", "1000"]
+            run-on = "secondary"
+            """
+        }) { setup in
+            let watch = try await setup.watch()
+            defer { Task { await watch.process.terminate() } }
+            #expect(try await setup.ctl(["ha"]).stdout == "unknown")
+
+            let sim = try await ClientsHASimTests.Simulator.start(on: setup.bus, ["--role", "primary"], directory: setup.directory)
+            defer { Task { await sim.process.terminate() } }
+            try await watch.lines.wait("primary") { $0.hasSuffix(" ha-role primary") }
+            try await watch.lines.wait("p running") { $0.contains(" worker p: running, pid ") }
+            #expect(try await setup.ctl(["ha", "--json"]).stdout == #"{"haRole":"primary"}"#)
+
+            try await sim.send("secondary", expecting: "secondary")
+            try await watch.lines.wait("secondary") { $0.hasSuffix(" ha-role secondary") }
+            try await watch.lines.wait("s running") { $0.contains(" worker s: running, pid ") }
+            try await watch.lines.wait("p in standby") { $0.contains(" worker p: standby") }
+            #expect(try await setup.worker("p")["state"] as? String == "standby")
+
+            sim.input.send("quit")
+            try await watch.lines.wait("unknown") { $0.hasSuffix(" ha-role unknown") }
+            #expect(try await setup.ctl(["ha"]).stdout == "unknown")
+        }
+    }
+}
+
+/// A TOML basic string.
+func tomlString(_ s: String) -> String {
+    "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+}

@@ -49,6 +49,8 @@ final class ConnectionCore: TaskExecutor, Sendable {
 
     var isOnLoopThread: Bool { loopThread.load(ordering: .acquiring) == UInt(pthread_self()) }
 
+    func forgetLoopThread() { loopThread.store(0, ordering: .releasing) }
+
     /// Only before the thread starts (setting the handle) or on the connection thread.
     var loopStateForSetup: LoopState { stateBox.state }
 

@@ -185,6 +185,8 @@ final class LoopState {
         if deadlineTimerFD >= 0 { Glibc.close(deadlineTimerFD) }
         epollFD = -1
         deadlineTimerFD = -1
+        // The thread ends; its id may be given to another thread.
+        core.forgetLoopThread()
     }
 
     /// Ends the connection: every call fails, every subscription ends, owners hear of it.

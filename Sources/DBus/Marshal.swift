@@ -73,6 +73,7 @@ enum Marshal {
         case .signature(let s): try appendString(&iter, TypeCode.signature, s.rawValue)
         case .array(let element, let items):
             try container(&iter, TypeCode.array, element.signature) { (sub) throws(DBusConnectionError) in
+                if try appendFixedArray(element, items, to: &sub) { return }
                 for item in items { try append(item, to: &sub) }
             }
         case .dictionary(let k, let v, let entries):
@@ -92,6 +93,60 @@ enum Marshal {
             try container(&iter, TypeCode.variant, inner.type.signature) { (sub) throws(DBusConnectionError) in
                 try append(inner, to: &sub)
             }
+        }
+    }
+
+    /// Arrays of fixed-size numbers in one copy (dbus_message_iter_append_fixed_array).
+    private static func appendFixedArray(_ element: DBusType, _ items: [DBusValue],
+                                         to sub: inout DBusMessageIter) throws(DBusConnectionError) -> Bool {
+        func put<T: BitwiseCopyable>(_ code: UInt8, _ extract: (DBusValue) -> T?) throws(DBusConnectionError) -> Bool {
+            var values: [T] = []
+            values.reserveCapacity(items.count)
+            for item in items {
+                guard let v = extract(item) else { return false }
+                values.append(v)
+            }
+            let ok = values.withUnsafeBufferPointer { buffer -> Bool in
+                var base = buffer.baseAddress
+                return dbus_message_iter_append_fixed_array(&sub, Int32(code), &base, Int32(buffer.count)) != 0
+            }
+            guard ok else { throw noMemory() }
+            return true
+        }
+        guard items.count > 16 else { return false }
+        switch element {
+        case .byte: return try put(TypeCode.byte) { if case .byte(let v) = $0 { v } else { nil } }
+        case .int16: return try put(TypeCode.int16) { if case .int16(let v) = $0 { v } else { nil } }
+        case .uint16: return try put(TypeCode.uint16) { if case .uint16(let v) = $0 { v } else { nil } }
+        case .int32: return try put(TypeCode.int32) { if case .int32(let v) = $0 { v } else { nil } }
+        case .uint32: return try put(TypeCode.uint32) { if case .uint32(let v) = $0 { v } else { nil } }
+        case .int64: return try put(TypeCode.int64) { if case .int64(let v) = $0 { v } else { nil } }
+        case .uint64: return try put(TypeCode.uint64) { if case .uint64(let v) = $0 { v } else { nil } }
+        case .double: return try put(TypeCode.double) { if case .double(let v) = $0 { v } else { nil } }
+        default: return false
+        }
+    }
+
+    /// Reads an array of fixed-size numbers in one go (dbus_message_iter_get_fixed_array).
+    private static func readFixedArray(_ element: DBusType, _ sub: inout DBusMessageIter) -> [DBusValue]? {
+        func get<T: BitwiseCopyable>(_: T.Type, _ make: (T) -> DBusValue) -> [DBusValue] {
+            var pointer: UnsafeRawPointer? = nil
+            var count: Int32 = 0
+            dbus_message_iter_get_fixed_array(&sub, &pointer, &count)
+            guard let pointer, count > 0 else { return [] }
+            let typed = pointer.bindMemory(to: T.self, capacity: Int(count))
+            return UnsafeBufferPointer(start: typed, count: Int(count)).map(make)
+        }
+        switch element {
+        case .byte: return get(UInt8.self) { .byte($0) }
+        case .int16: return get(Int16.self) { .int16($0) }
+        case .uint16: return get(UInt16.self) { .uint16($0) }
+        case .int32: return get(Int32.self) { .int32($0) }
+        case .uint32: return get(UInt32.self) { .uint32($0) }
+        case .int64: return get(Int64.self) { .int64($0) }
+        case .uint64: return get(UInt64.self) { .uint64($0) }
+        case .double: return get(Double.self) { .double($0) }
+        default: return nil
         }
     }
 
@@ -175,6 +230,7 @@ enum Marshal {
             dbus_message_iter_recurse(&iter, &sub)
             switch type {
             case .array(let element):
+                if let fixed = readFixedArray(element, &sub) { return .array(element, fixed) }
                 return .array(element, try readAll(&sub))
             case .dictionary(let k, let v):
                 var entries: [DBusDictEntry] = []

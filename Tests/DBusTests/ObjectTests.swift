@@ -88,6 +88,33 @@ enum TestObject {
         }
     }
 
+    /// Bigger than the socket buffers: libdbus writes in pieces (the write watch is enabled and
+    /// toggled) and reads in pieces; several such calls in flight at once.
+    @Test func largeMessagesCrossInPieces() async throws {
+        try await withBus { fx in
+            let server = try await fx.connect()
+            let client = try await fx.connect()
+            try server.export(try TestObject.make())
+            let big = DBusValue.array(.byte, (0..<(1 << 19)).map { .byte(UInt8(truncatingIfNeeded: $0 &* 7)) })
+            let strings = DBusValue.array(.string, (0..<20_000).map { .string("item \($0)") })
+            let replies = try await withThrowingTaskGroup(of: [DBusValue].self) { group in
+                for value in [big, strings, big] {
+                    group.addTask {
+                        try await client.call(destination: server.uniqueName, path: TestObject.path, interface: TestObject.interface,
+                                              member: "Echo", arguments: [.variant(value)], timeout: .seconds(60))
+                    }
+                }
+                var all: [[DBusValue]] = []
+                for try await r in group { all.append(r) }
+                return all
+            }
+            #expect(replies.filter { $0 == [.variant(big)] }.count == 2)
+            #expect(replies.filter { $0 == [.variant(strings)] }.count == 1)
+            server.close()
+            client.close()
+        }
+    }
+
     @Test func unixFileDescriptorsPass() async throws {
         try await withBus { fx in
             let server = try await fx.connect()

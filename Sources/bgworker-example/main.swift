@@ -73,6 +73,7 @@ let follower = DaemonFollower(bus: options.bus.address, log: log)
 let ended = DispatchSemaphore(value: 0)
 let worker = Task.detached {
     if let status = await work(log: log, interval: .seconds(options.interval), dieOneIn: options.dieOneIn) {
+        follower.stop()
         exit(status)
     }
     ended.signal()

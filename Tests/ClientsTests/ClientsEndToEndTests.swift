@@ -149,12 +149,17 @@ struct ClientsEndToEndTests {
         }
     }
 
-    @Test func theExampleWorkerUnderTheDaemonFollowsItsLogLevelAndStopsCleanly() async throws {
+    @Test(arguments: ClientsExampleTests.Program.allCases)
+    func theExampleWorkerUnderTheDaemonFollowsItsLogLevelAndStopsCleanly(_ program: ClientsExampleTests.Program) async throws {
         let example = builtExecutablePath("bgworker-example")
+        let argv = switch program {
+        case .swift: [example, "--interval", "0.05", "--die-one-in", "1000000"]
+        case .python: ["/usr/bin/python3", "\(packageRoot)/\(program.rawValue)", "0.05"]
+        }
         var pipe: NamedPipe?
         try await Setup.with({ directory in
             pipe = try? NamedPipe(in: directory, name: "dice.out")
-            let run = pipe!.asStandardOutput(of: [example, "--interval", "0.05", "--die-one-in", "1000000"])
+            let run = pipe!.asStandardOutput(of: argv)
             return """
                 [worker.dice]
                 exec = [\(run.map(tomlString).joined(separator: ", "))]

@@ -24,7 +24,7 @@ final class DaemonFollower: Sendable {
         self.backoff = backoff
     }
 
-    /// Connects, follows, reconnects; returns only when the task is cancelled.
+    /// Connects, follows, reconnects; returns only when the task is cancelled or `stop()` was called.
     func run() async {
         var failures = 0
         while !Task.isCancelled {

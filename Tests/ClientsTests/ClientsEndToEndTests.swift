@@ -16,9 +16,7 @@ struct ClientsEndToEndTests {
 
         static func with(_ configuration: (TemporaryDirectory) -> String, _ body: (Setup) async throws -> Void) async throws {
             let directory = try TemporaryDirectory(prefix: "bgw-e2e")
-            let bus = try await PrivateBus(directory: directory)
-            var daemon: DaemonProcess?
-            do {
+            try await withCleanup(try await PrivateBus(directory: directory), cleanup: { await $0.stop() }) { bus in
                 let configPath = directory.file("bgworkerd.toml")
                 try """
                     [daemon]
@@ -26,17 +24,17 @@ struct ClientsEndToEndTests {
 
                     \(configuration(directory))
                     """.write(toFile: configPath, atomically: true, encoding: .utf8)
-                daemon = try await DaemonProcess(bus: bus, configPath: configPath, arguments: ["--runner", "process"],
-                                                 runtimeDirectory: directory.file("run"))
-                try await body(Setup(bus: bus, directory: directory, daemon: daemon!))
-            } catch {
-                print("--- bgworkerd log ---\n\(daemon?.log ?? "")")
-                await daemon?.process.terminate(grace: .seconds(10))
-                await bus.stop()
-                throw error
+                let daemon = try await DaemonProcess(bus: bus, configPath: configPath, arguments: ["--runner", "process"],
+                                                     runtimeDirectory: directory.file("run"))
+                try await withCleanup(daemon, cleanup: { await $0.process.terminate(grace: .seconds(10)) }) { daemon in
+                    do {
+                        try await body(Setup(bus: bus, directory: directory, daemon: daemon))
+                    } catch {
+                        print("--- bgworkerd log ---\n\(daemon.log)")
+                        throw error
+                    }
+                }
             }
-            await daemon?.process.terminate(grace: .seconds(10))
-            await bus.stop()
         }
 
         func ctl(_ arguments: [String]) async throws -> (status: Int32, stdout: String, stderr: String) {

@@ -150,7 +150,7 @@ struct ClientsExampleTests {
             // The daemon's level changed while the bus was down: read anew once back.
             try daemon.setLogLevel("debug")
             let again = try await PrivateBus(socketPath: bus.socketPath, directory: bus.directory)
-            do {
+            try await withCleanup(again, cleanup: { await $0.kill() }) { again in
                 try await daemon.attach(to: again.address)
                 try await example.waitForLevel("debug", after: lost)
                 let reconnected = try await example.waitUntilFollowing(after: lost)
@@ -160,10 +160,6 @@ struct ClientsExampleTests {
                 // The work went on throughout.
                 #expect(!example.process.hasExited)
                 daemon.detach()
-                await again.kill()
-            } catch {
-                await again.kill()
-                throw error
             }
         }
     }

@@ -11,15 +11,7 @@ let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().de
 
 /// Runs `body` with a fresh private bus that is stopped afterwards, whatever happens.
 func withBus<T>(_ body: (PrivateBus) async throws -> T) async throws -> T {
-    let bus = try await PrivateBus()
-    do {
-        let result = try await body(bus)
-        await bus.stop()
-        return result
-    } catch {
-        await bus.stop()
-        throw error
-    }
+    try await withCleanup(try await PrivateBus(), cleanup: { await $0.stop() }, body)
 }
 
 /// A named pipe held open by the test for reading and writing: a child reads it as its standard

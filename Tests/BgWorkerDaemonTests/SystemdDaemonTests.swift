@@ -174,132 +174,109 @@ final class SystemdDaemonFixture: Sendable {
     }
 }
 
-@Suite("bgworkerd with the systemd runner, inside a systemd namespace", .timeLimit(.minutes(5)))
-struct SystemdDaemonTests {
-    static let needsRoot: Comment = "needs root: PID and mount namespaces for a systemd of the test's own"
+extension SystemdNamespaceTests {
+    @Suite("bgworkerd with the systemd runner, inside a systemd namespace", .timeLimit(.minutes(5)))
+    struct SystemdDaemonTests {
+        static let needsRoot: Comment = "needs root: PID and mount namespaces for a systemd of the test's own"
 
-    @Test(.enabled(if: rootTestsEnabled, needsRoot))
-    func workersRunAsUnitsRestartAfterACrashAndDisableRemovesTheUnit() async throws {
-        let workers = """
-            [worker.steady]
-            exec = ["/bin/sleep", "300"]
-            stop-timeout = 2.0
+        @Test(.enabled(if: rootTestsEnabled, needsRoot))
+        func workersRunAsUnitsRestartAfterACrashAndDisableRemovesTheUnit() async throws {
+            let workers = """
+                [worker.steady]
+                exec = ["/bin/sleep", "300"]
+                stop-timeout = 2.0
 
-            [worker.crashy]
-            exec = ["/bin/sleep", "300"]
-            restart-delay = 0.3
-            """
-        try await SystemdDaemonFixture.with(workers) { f in
-            try await f.startDaemon()
-            #expect(try await f.managerProperty("Runner") == "s \"systemd\"")
-            #expect(f.daemonLog.contains("runner: systemd (auto: systemd 252"), "auto chose systemd and said why")
-            var listed = try await f.workers()
-            let steady = try #require(listed["steady"])
-            #expect(steady.state == "running")
-            #expect(try await f.units() == ["bgworker-steady.service", "bgworker-crashy.service"])
-            #expect(try await f.unitProperty("steady", "Service", "MainPID") == "u \(steady.pid)")
-            #expect(try await f.unitProperty("steady", "Service", "WorkingDirectory") == "s \"\(f.directory)\"",
-                    "no working-directory: the daemon's")
+                [worker.crashy]
+                exec = ["/bin/sleep", "300"]
+                restart-delay = 0.3
+                """
+            try await SystemdDaemonFixture.with(workers) { f in
+                try await f.startDaemon()
+                #expect(try await f.managerProperty("Runner") == "s \"systemd\"")
+                #expect(f.daemonLog.contains("runner: systemd (auto: systemd 252"), "auto chose systemd and said why")
+                var listed = try await f.workers()
+                let steady = try #require(listed["steady"])
+                #expect(steady.state == "running")
+                #expect(try await f.units() == ["bgworker-steady.service", "bgworker-crashy.service"])
+                #expect(try await f.unitProperty("steady", "Service", "MainPID") == "u \(steady.pid)")
+                #expect(try await f.unitProperty("steady", "Service", "WorkingDirectory") == "s \"\(f.directory)\"",
+                        "no working-directory: the daemon's")
 
-            // A crash: backoff with the reason, then a restart with a new pid in a new unit.
-            let monitor = try await f.monitor()
-            let crashy = try #require(listed["crashy"])
-            _ = try await f.namespace.run(inside: ["kill", "-SEGV", "\(crashy.pid)"])
-            let backoff = try await monitor.stateChange(of: "crashy", to: "backoff")
-            #expect(backoff.reason == "killed by SIGSEGV" || backoff.reason == "killed by SIGSEGV (core dumped)", "\(backoff)")
-            let restarted = try await monitor.stateChange(of: "crashy", to: "running")
-            #expect(restarted.pid != crashy.pid && restarted.pid != 0)
-            #expect(try await f.unitProperty("crashy", "Service", "MainPID") == "u \(restarted.pid)")
+                // A crash: backoff with the reason, then a restart with a new pid in a new unit.
+                let monitor = try await f.monitor()
+                let crashy = try #require(listed["crashy"])
+                _ = try await f.namespace.run(inside: ["kill", "-SEGV", "\(crashy.pid)"])
+                let backoff = try await monitor.stateChange(of: "crashy", to: "backoff")
+                #expect(backoff.reason == "killed by SIGSEGV" || backoff.reason == "killed by SIGSEGV (core dumped)", "\(backoff)")
+                let restarted = try await monitor.stateChange(of: "crashy", to: "running")
+                #expect(restarted.pid != crashy.pid && restarted.pid != 0)
+                #expect(try await f.unitProperty("crashy", "Service", "MainPID") == "u \(restarted.pid)")
 
-            // Disable: the unit is gone when the reply comes.
-            try await f.call("Disable", "s", ["steady"])
-            listed = try await f.workers()
-            #expect(listed["steady"]?.state == "disabled")
-            #expect(try await f.units() == ["bgworker-crashy.service"])
-            #expect(try await !f.isAliveInside(steady.pid))
+                // Disable: the unit is gone when the reply comes.
+                try await f.call("Disable", "s", ["steady"])
+                listed = try await f.workers()
+                #expect(listed["steady"]?.state == "disabled")
+                #expect(try await f.units() == ["bgworker-crashy.service"])
+                #expect(try await !f.isAliveInside(steady.pid))
 
-            // Enable: running through systemd when the reply comes.
-            let began = ContinuousClock.now
-            try await f.call("Enable", "s", ["steady"])
-            let took = ContinuousClock.now - began
-            print("bgworkerd + systemd runner: Enable -> running (busctl call round trip) took \(took)")
-            let again = try #require(try await f.workers()["steady"])
-            #expect(again.state == "running")
-            #expect(try await f.unitProperty("steady", "Service", "MainPID") == "u \(again.pid)")
-            await monitor.stop()
+                // Enable: running through systemd when the reply comes.
+                let began = ContinuousClock.now
+                try await f.call("Enable", "s", ["steady"])
+                let took = ContinuousClock.now - began
+                print("bgworkerd + systemd runner: Enable -> running (busctl call round trip) took \(took)")
+                let again = try #require(try await f.workers()["steady"])
+                #expect(again.state == "running")
+                #expect(try await f.unitProperty("steady", "Service", "MainPID") == "u \(again.pid)")
+                await monitor.stop()
 
-            // SIGTERM: every worker stops with the daemon.
-            try await f.stopDaemon()
-            #expect(try await f.units().isEmpty)
-        }
-    }
-
-    @Test(.enabled(if: rootTestsEnabled, needsRoot))
-    func reloadReplacesOnlyTheChangedWorkersUnit() async throws {
-        func workers(bArgument: String) -> String {
-            """
-            [worker.a]
-            exec = ["/bin/sleep", "300"]
-
-            [worker.b]
-            exec = ["/bin/sleep", "\(bArgument)"]
-            """
-        }
-        try await SystemdDaemonFixture.with(workers(bArgument: "300")) { f in
-            try await f.startDaemon()
-            let before = try await f.workers()
-            let hashA = try await f.unitProperty("a", "Service", "Environment")
-            let hashB = try await f.unitProperty("b", "Service", "Environment")
-            let monitor = try await f.monitor()
-            try f.writeConfiguration(workers(bArgument: "301"))
-            try await f.call("Reload")
-            let after = try await f.workers()
-            let b: (state: String, pid: UInt32)
-            if after["b"]?.state == "running" && after["b"]?.pid != before["b"]?.pid {
-                b = try #require(after["b"])
-            } else {
-                let change = try await monitor.stateChange(of: "b", to: "running")
-                b = (change.state, change.pid)
+                // SIGTERM: every worker stops with the daemon.
+                try await f.stopDaemon()
+                #expect(try await f.units().isEmpty)
             }
-            await monitor.stop()
-            #expect(after["a"]?.pid == before["a"]?.pid && after["a"]?.state == "running", "a is untouched")
-            #expect(try await f.unitProperty("a", "Service", "MainPID") == "u \(before["a"]?.pid ?? 0)")
-            #expect(try await f.unitProperty("a", "Service", "Environment") == hashA)
-            #expect(b.pid != before["b"]?.pid)
-            #expect(try await f.unitProperty("b", "Service", "MainPID") == "u \(b.pid)")
-            #expect(try await f.unitProperty("b", "Service", "Environment") != hashB, "b's unit carries the new hash")
-            let argv = try await f.namespace.run(inside: ["cat", "/proc/\(b.pid)/cmdline"]).stdout
-            #expect(argv.replacingOccurrences(of: "\0", with: " ") == "/bin/sleep 301 ")
         }
-    }
 
-    @Test(.enabled(if: rootTestsEnabled, needsRoot))
-    func aNewDaemonAfterSIGKILLAdoptsRunningWorkersAndStopsLeftovers() async throws {
-        let initial = """
-            [worker.keep]
-            exec = ["/bin/sleep", "300"]
+        @Test(.enabled(if: rootTestsEnabled, needsRoot))
+        func reloadReplacesOnlyTheChangedWorkersUnit() async throws {
+            func workers(bArgument: String) -> String {
+                """
+                [worker.a]
+                exec = ["/bin/sleep", "300"]
 
-            [worker."a@b"]
-            exec = ["/bin/sleep", "300"]
+                [worker.b]
+                exec = ["/bin/sleep", "\(bArgument)"]
+                """
+            }
+            try await SystemdDaemonFixture.with(workers(bArgument: "300")) { f in
+                try await f.startDaemon()
+                let before = try await f.workers()
+                let hashA = try await f.unitProperty("a", "Service", "Environment")
+                let hashB = try await f.unitProperty("b", "Service", "Environment")
+                let monitor = try await f.monitor()
+                try f.writeConfiguration(workers(bArgument: "301"))
+                try await f.call("Reload")
+                let after = try await f.workers()
+                let b: (state: String, pid: UInt32)
+                if after["b"]?.state == "running" && after["b"]?.pid != before["b"]?.pid {
+                    b = try #require(after["b"])
+                } else {
+                    let change = try await monitor.stateChange(of: "b", to: "running")
+                    b = (change.state, change.pid)
+                }
+                await monitor.stop()
+                #expect(after["a"]?.pid == before["a"]?.pid && after["a"]?.state == "running", "a is untouched")
+                #expect(try await f.unitProperty("a", "Service", "MainPID") == "u \(before["a"]?.pid ?? 0)")
+                #expect(try await f.unitProperty("a", "Service", "Environment") == hashA)
+                #expect(b.pid != before["b"]?.pid)
+                #expect(try await f.unitProperty("b", "Service", "MainPID") == "u \(b.pid)")
+                #expect(try await f.unitProperty("b", "Service", "Environment") != hashB, "b's unit carries the new hash")
+                let argv = try await f.namespace.run(inside: ["cat", "/proc/\(b.pid)/cmdline"]).stdout
+                #expect(argv.replacingOccurrences(of: "\0", with: " ") == "/bin/sleep 301 ")
+            }
+        }
 
-            [worker.changed]
-            exec = ["/bin/sleep", "300"]
-
-            [worker.removed]
-            exec = ["/bin/sleep", "300"]
-            """
-        try await SystemdDaemonFixture.with(initial) { f in
-            try await f.startDaemon()
-            let before = try await f.workers()
-            #expect(before.values.allSatisfy { $0.state == "running" }, "\(before)")
-
-            try await f.stopDaemon(signal: SIGKILL)
-            // The workers never stopped.
-            #expect(try await f.units() == ["bgworker-keep.service", "bgworker-a\\x40b.service",
-                                            "bgworker-changed.service", "bgworker-removed.service"])
-            for (_, worker) in before { #expect(try await f.isAliveInside(worker.pid)) }
-
-            try f.writeConfiguration("""
+        @Test(.enabled(if: rootTestsEnabled, needsRoot))
+        func aNewDaemonAfterSIGKILLAdoptsRunningWorkersAndStopsLeftovers() async throws {
+            let initial = """
                 [worker.keep]
                 exec = ["/bin/sleep", "300"]
 
@@ -307,30 +284,55 @@ struct SystemdDaemonTests {
                 exec = ["/bin/sleep", "300"]
 
                 [worker.changed]
-                exec = ["/bin/sleep", "302"]
-                """)
-            try await f.startDaemon()
-            let after = try await f.workers()
-            #expect(after["keep"]?.state == "running" && after["keep"]?.pid == before["keep"]?.pid, "adopted with its pid")
-            #expect(after["a@b"]?.state == "running" && after["a@b"]?.pid == before["a@b"]?.pid, "adopted with its pid")
-            #expect(try await f.unitProperty("keep", "Service", "MainPID") == "u \(before["keep"]?.pid ?? 0)")
-            #expect(after["changed"]?.state == "running")
-            #expect(after["changed"]?.pid != before["changed"]?.pid, "its definition changed: a new unit")
-            #expect(after["removed"] == nil)
-            #expect(try await f.units() == ["bgworker-keep.service", "bgworker-a\\x40b.service", "bgworker-changed.service"],
-                    "the removed worker's unit was stopped")
-            #expect(try await !f.isAliveInside(before["removed"]?.pid ?? 0))
-            #expect(try await !f.isAliveInside(before["changed"]?.pid ?? 0))
-            #expect(f.daemonLog.contains("adopted"), "the new daemon says what it adopted")
+                exec = ["/bin/sleep", "300"]
 
-            // The adopted worker is followed: its crash is seen and it restarts.
-            let monitor = try await f.monitor()
-            _ = try await f.namespace.run(inside: ["kill", "-KILL", "\(before["keep"]?.pid ?? 0)"])
-            let backoff = try await monitor.stateChange(of: "keep", to: "backoff")
-            #expect(backoff.reason == "killed by SIGKILL")
-            let running = try await monitor.stateChange(of: "keep", to: "running")
-            #expect(running.pid != before["keep"]?.pid)
-            await monitor.stop()
+                [worker.removed]
+                exec = ["/bin/sleep", "300"]
+                """
+            try await SystemdDaemonFixture.with(initial) { f in
+                try await f.startDaemon()
+                let before = try await f.workers()
+                #expect(before.values.allSatisfy { $0.state == "running" }, "\(before)")
+
+                try await f.stopDaemon(signal: SIGKILL)
+                // The workers never stopped.
+                #expect(try await f.units() == ["bgworker-keep.service", "bgworker-a\\x40b.service",
+                                                "bgworker-changed.service", "bgworker-removed.service"])
+                for (_, worker) in before { #expect(try await f.isAliveInside(worker.pid)) }
+
+                try f.writeConfiguration("""
+                    [worker.keep]
+                    exec = ["/bin/sleep", "300"]
+
+                    [worker."a@b"]
+                    exec = ["/bin/sleep", "300"]
+
+                    [worker.changed]
+                    exec = ["/bin/sleep", "302"]
+                    """)
+                try await f.startDaemon()
+                let after = try await f.workers()
+                #expect(after["keep"]?.state == "running" && after["keep"]?.pid == before["keep"]?.pid, "adopted with its pid")
+                #expect(after["a@b"]?.state == "running" && after["a@b"]?.pid == before["a@b"]?.pid, "adopted with its pid")
+                #expect(try await f.unitProperty("keep", "Service", "MainPID") == "u \(before["keep"]?.pid ?? 0)")
+                #expect(after["changed"]?.state == "running")
+                #expect(after["changed"]?.pid != before["changed"]?.pid, "its definition changed: a new unit")
+                #expect(after["removed"] == nil)
+                #expect(try await f.units() == ["bgworker-keep.service", "bgworker-a\\x40b.service", "bgworker-changed.service"],
+                        "the removed worker's unit was stopped")
+                #expect(try await !f.isAliveInside(before["removed"]?.pid ?? 0))
+                #expect(try await !f.isAliveInside(before["changed"]?.pid ?? 0))
+                #expect(f.daemonLog.contains("adopted"), "the new daemon says what it adopted")
+
+                // The adopted worker is followed: its crash is seen and it restarts.
+                let monitor = try await f.monitor()
+                _ = try await f.namespace.run(inside: ["kill", "-KILL", "\(before["keep"]?.pid ?? 0)"])
+                let backoff = try await monitor.stateChange(of: "keep", to: "backoff")
+                #expect(backoff.reason == "killed by SIGKILL")
+                let running = try await monitor.stateChange(of: "keep", to: "running")
+                #expect(running.pid != before["keep"]?.pid)
+                await monitor.stop()
+            }
         }
     }
 }

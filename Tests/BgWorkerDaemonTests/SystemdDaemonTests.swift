@@ -276,19 +276,11 @@ extension SystemdNamespaceTests {
 
         @Test(.enabled(if: rootTestsEnabled, needsRoot))
         func aNewDaemonAfterSIGKILLAdoptsRunningWorkersAndStopsLeftovers() async throws {
-            let initial = """
-                [worker.keep]
-                exec = ["/bin/sleep", "300"]
-
-                [worker."a@b"]
-                exec = ["/bin/sleep", "300"]
-
-                [worker.changed]
-                exec = ["/bin/sleep", "300"]
-
-                [worker.removed]
-                exec = ["/bin/sleep", "300"]
-                """
+            /// `/bin/sleep` workers: name and its argument.
+            func sleepers(_ workers: [(String, Int)]) -> String {
+                workers.map { "[worker.\"\($0.0)\"]\nexec = [\"/bin/sleep\", \"\($0.1)\"]\n" }.joined(separator: "\n")
+            }
+            let initial = sleepers([("keep", 300), ("a@b", 300), ("changed", 300), ("removed", 300)])
             try await SystemdDaemonFixture.with(initial) { f in
                 try await f.startDaemon()
                 let before = try await f.workers()
@@ -300,16 +292,7 @@ extension SystemdNamespaceTests {
                                                 "bgworker-changed.service", "bgworker-removed.service"])
                 for (_, worker) in before { #expect(try await f.isAliveInside(worker.pid)) }
 
-                try f.writeConfiguration("""
-                    [worker.keep]
-                    exec = ["/bin/sleep", "300"]
-
-                    [worker."a@b"]
-                    exec = ["/bin/sleep", "300"]
-
-                    [worker.changed]
-                    exec = ["/bin/sleep", "302"]
-                    """)
+                try f.writeConfiguration(sleepers([("keep", 300), ("a@b", 300), ("changed", 302)]))
                 try await f.startDaemon()
                 let after = try await f.workers()
                 #expect(after["keep"]?.state == "running" && after["keep"]?.pid == before["keep"]?.pid, "adopted with its pid")

@@ -219,14 +219,7 @@ extension SystemdNamespaceTests {
         @Test(.enabled(if: rootTestsEnabled, needsRoot))
         func propertiesAndResourceSettingsReachTheUnit() async throws {
             try await withRunner { ns, runner, _ in
-                var resources = ResourceControls()
-                resources.memoryMax = 100 << 20
-                resources.cpuQuotaPercent = 50
-                resources.tasksMax = 50
-                resources.privateTmp = true
-                resources.protectSystem = .full
-                resources.protectHome = .readOnly
-                resources.noNewPrivileges = true
+                let resources = SystemdRunnerUnitTests.everyResource
                 // The worker (user nobody) writes its arguments into a FIFO the test reads.
                 _ = try await ns.run(inside: ["mkfifo", "-m", "666", "/run/argv.fifo"])
                 let argv = ["/bin/sh", "-c", "printf '%s|' \"$@\" > /run/argv.fifo; exec /bin/sleep 300", "sh", "$HOME", "${X}", "$$", "%n"]
@@ -238,7 +231,7 @@ extension SystemdNamespaceTests {
                 let unit = "bgworker-limited.service"
                 func service(_ name: String) async throws -> String { try await property(ns, unit: unit, "Service", name) }
                 #expect(try await service("MemoryMax") == "t 104857600")
-                #expect(try await service("CPUQuotaPerSecUSec") == "t 500000")
+                #expect(try await service("CPUQuotaPerSecUSec") == "t 1500000")
                 #expect(try await service("TasksMax") == "t 50")
                 #expect(try await service("PrivateTmp") == "b true")
                 #expect(try await service("ProtectSystem") == "s \"full\"")

@@ -59,26 +59,31 @@ struct SystemdRunnerUnitTests {
         }
     }
 
-    @Test func propertiesOfAFullyConfiguredWorker() {
+    /// Every resource and sandbox setting, set (the real-systemd test reads these back too).
+    static var everyResource: ResourceControls {
         var resources = ResourceControls()
-        resources.memoryMax = 64 << 20
+        resources.memoryMax = 100 << 20
         resources.cpuQuotaPercent = 150
-        resources.tasksMax = 20
+        resources.tasksMax = 50
         resources.privateTmp = true
-        resources.protectSystem = .strict
+        resources.protectSystem = .full
         resources.protectHome = .readOnly
         resources.noNewPrivileges = true
+        return resources
+    }
+
+    @Test func propertiesOfAFullyConfiguredWorker() {
         let spec = LaunchSpec(name: "w", argv: ["/bin/true"], workingDirectory: "/srv", user: "nobody",
-                              group: "nogroup", resources: resources)
+                              group: "nogroup", resources: Self.everyResource)
         let p = properties(spec, daemonDirectory: "/ignored")
         #expect(p["WorkingDirectory"]?.stringValue == "/srv")
         #expect(p["User"]?.stringValue == "nobody")
         #expect(p["Group"]?.stringValue == "nogroup")
-        #expect(p["MemoryMax"] == .uint64(64 << 20))
+        #expect(p["MemoryMax"] == .uint64(100 << 20))
         #expect(p["CPUQuotaPerSecUSec"] == .uint64(1_500_000))
-        #expect(p["TasksMax"] == .uint64(20))
+        #expect(p["TasksMax"] == .uint64(50))
         #expect(p["PrivateTmp"] == .bool(true))
-        #expect(p["ProtectSystem"]?.stringValue == "strict")
+        #expect(p["ProtectSystem"]?.stringValue == "full")
         #expect(p["ProtectHome"]?.stringValue == "read-only")
         #expect(p["NoNewPrivileges"] == .bool(true))
         #expect(properties(LaunchSpec(name: "w", argv: ["/bin/true"]), daemonDirectory: "/var/lib/x")["WorkingDirectory"]?

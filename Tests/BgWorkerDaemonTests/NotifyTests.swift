@@ -116,7 +116,8 @@ struct NotifyTests {
             // One keep-alive at once, then one every 200 ms: the third comes 400 ms after the start.
             for _ in 0..<3 { #expect(try await socket.receive(containing: "WATCHDOG=1") == "WATCHDOG=1") }
             let took = clock.now - started
-            #expect(took >= .milliseconds(400) && took < .milliseconds(700), "three keep-alives took \(took)")
+            // Not faster than half the interval; the ceiling only catches a watchdog that stalls.
+            #expect(took >= .milliseconds(400) && took < .seconds(5), "three keep-alives took \(took)")
             task.cancel()
             try await task.value
         }

@@ -186,9 +186,10 @@ struct ClientsExampleTests {
             let clock = ContinuousClock()
             let start = clock.now
             example.process.signal(SIGTERM)
-            let status = try await example.process.waitForExit(timeout: .seconds(2))
+            let status = try await example.process.waitForExit(timeout: .seconds(10))
             #expect(WaitStatus.exitCode(status) == 0)
-            #expect(clock.now - start < .seconds(1))
+            // Its periodic work is 50 ms; it must not finish a long cycle or back off first.
+            #expect(clock.now - start < .seconds(5))
             try await example.output.wait("the last line") { $0 == "<6>stopped" }
             #expect(example.output.all.last == "<6>stopped")
             #expect(Self.quietStop(example.output.all), "\(example.output.all.suffix(5))")

@@ -56,3 +56,31 @@ ensure_swift() {
     command -v swift >/dev/null || { log "swift not found (looked in PATH and /opt/swift/usr/bin)"; exit 1; }
     log "$(swift --version 2>&1 | head -n 1)"
 }
+
+# Makes the machine fit for the suite (root only; says what it does):
+# - every dbus-daemon and systemd the tests start takes inotify instances, which all of root's
+#   processes share (128 by default); a test systemd that finds none left exits before it is
+#   ready, so raise the limit for this boot;
+# - test helpers orphaned by an earlier, killed run (their parent is gone, so they were adopted
+#   by PID 1) still hold sockets and inotify instances: end them. Only orphans whose command
+#   line names the suite's own temporary folders are touched.
+prepare_test_machine() {
+    [[ $(id -u) -eq 0 ]] || return 0
+    local limit
+    limit=$(cat /proc/sys/fs/inotify/max_user_instances 2>/dev/null || echo 0)
+    if [[ $limit -lt 1024 ]]; then
+        log "fs.inotify.max_user_instances $limit -> 1024"
+        sysctl -qw fs.inotify.max_user_instances=1024 || log "could not raise fs.inotify.max_user_instances"
+    fi
+    local pid ppid args orphans=()
+    while read -r pid ppid args; do
+        [[ $ppid == 1 ]] || continue
+        case $args in
+            *dbus-daemon*--config-file=/tmp/bgw*|*keepalived*/tmp/bgw*|*bgworkerd*/tmp/bgw*) orphans+=("$pid") ;;
+        esac
+    done < <(ps -eo pid=,ppid=,args=)
+    if [[ ${#orphans[@]} -gt 0 ]]; then
+        log "ending ${#orphans[@]} test helpers left by an earlier run"
+        kill -KILL "${orphans[@]}" 2>/dev/null || true
+    fi
+}

@@ -43,6 +43,12 @@ final class LoopState {
         static let timeout: UInt64 = 4 << 32
     }
 
+    deinit {
+        // Only when the thread never ran (it closes them itself when it ends).
+        if epollFD >= 0 { Glibc.close(epollFD) }
+        if deadlineTimerFD >= 0 { Glibc.close(deadlineTimerFD) }
+    }
+
     func setUp(core: ConnectionCore) throws(DBusConnectionError) {
         self.core = core
         epollFD = epoll_create1(Int32(EPOLL_CLOEXEC))

@@ -8,7 +8,8 @@ import Synchronization
 ///
 /// Safety, in this order, before systemd runs (see the recipe: a systemd with the normal unit
 /// directories runs systemd-tmpfiles and empties the machine's real /tmp):
-/// - the mount namespace is made private and gets tmpfs on /run, /tmp and /var/tmp;
+/// - the mount namespace is made private and gets tmpfs on /run, /tmp and /var/tmp (folders the
+///   test shares, `sharedPaths` and the current directory, are bind-mounted back into them);
 /// - `SYSTEMD_UNIT_PATH` points at a folder on that /run holding only stub targets, dbus.socket,
 ///   dbus.service and the caller's `extraUnits`;
 /// - systemd gets a cgroup subtree of its own (`.../bgw-systemd-ID` in every cgroup hierarchy), so
@@ -51,7 +52,13 @@ public final class SystemdNamespace: Sendable {
 
     /// Starts systemd and returns once it owns `org.freedesktop.systemd1` on its bus.
     /// `extraUnits`: unit file name to content, added to the unit folder (e.g. a slice).
-    public static func start(extraUnits: [String: String] = [:], timeout: Duration = .seconds(60)) async throws -> SystemdNamespace {
+    /// `sharedPaths`: folders of the test that units must see although they lie under /tmp,
+    /// /var/tmp or /run (a `TemporaryDirectory` with a worker's script, say); they are bind-mounted
+    /// at the same paths inside. The current directory (the repository, with `.build`, under
+    /// `swift test`) is always shared, so built programs run as units wherever the clone is.
+    public static func start(
+        extraUnits: [String: String] = [:], sharedPaths: [String] = [], timeout: Duration = .seconds(60)
+    ) async throws -> SystemdNamespace {
         let directory = try TemporaryDirectory(prefix: "bgw-sd")
         let extras = directory.file("units")
         try FileManager.default.createDirectory(atPath: extras, withIntermediateDirectories: true)
@@ -67,7 +74,8 @@ public final class SystemdNamespace: Sendable {
             // child must not lead a group already, or setsid would fork and we would lose its pid.
             process = try ChildProcess(
                 ["setsid", "unshare", "--pid", "--fork", "--mount", "--mount-proc", "--uts", "--ipc",
-                 "/bin/bash", "-c", initScript(extraUnits: extras, cgroups: cgroups.directories), "bgw-systemd-init"],
+                 "/bin/bash", "-c", initScript(cgroups: cgroups.directories), "bgw-systemd-init", extras]
+                    + foldersToShare(sharedPaths),
                 extraEnvironment: ["NOTIFY_SOCKET": notify.address],
                 captureStdout: false, captureStderr: false, newProcessGroup: false,
                 logFile: directory.file("systemd.log"))
@@ -120,9 +128,10 @@ public final class SystemdNamespace: Sendable {
 
     /// Starts a namespace, runs `body`, and stops the namespace whether `body` returns or throws.
     public static func with<T: Sendable>(
-        extraUnits: [String: String] = [:], _ body: (SystemdNamespace) async throws -> T
+        extraUnits: [String: String] = [:], sharedPaths: [String] = [], _ body: (SystemdNamespace) async throws -> T
     ) async throws -> T {
-        try await withCleanup(try await start(extraUnits: extraUnits), cleanup: { await $0.stop() }, body)
+        try await withCleanup(try await start(extraUnits: extraUnits, sharedPaths: sharedPaths),
+                              cleanup: { await $0.stop() }, body)
     }
 
     deinit {
@@ -185,24 +194,34 @@ public final class SystemdNamespace: Sendable {
     }
 
     /// The script run as the namespace's first process; it ends by exec'ing systemd (same pid).
-    private static func initScript(extraUnits: String, cgroups: [String]) -> String {
+    /// Arguments: the folder of extra units, then the folders to share.
+    private static func initScript(cgroups: [String]) -> String {
         let moves = cgroups.map { dir in
             "mkdir -p '\(dir)'; echo $$ > '\(dir)/cgroup.procs'"
         }.joined(separator: "\n")
         return """
             set -euo pipefail
+            extras=$1; shift
             # A cgroup subtree of our own in every hierarchy, so that this systemd's units never share
             # a cgroup with another test's systemd.
             \(moves)
             mount --make-rprivate /
+            # Shared folders under /run, /tmp or /var/tmp wait on a private staging mount while those
+            # get their own tmpfs, and then move back to the same paths.
+            mount -t tmpfs -o mode=700 tmpfs /mnt
+            i=0
+            for path in "$@"; do mkdir -p "/mnt/$i"; mount --bind "$path" "/mnt/$i"; i=$((i + 1)); done
             # Private /run, /tmp and /var/tmp BEFORE systemd runs: a systemd that sees the real /tmp
             # empties it (systemd-tmpfiles), and that deletion reaches the shared filesystem.
             mount -t tmpfs -o mode=755 tmpfs /run
             units=\(unitDirectory)
             mkdir -p "$units"
-            cp -a '\(extraUnits)'/. "$units"/
+            cp -a "$extras"/. "$units"/
             mount -t tmpfs -o mode=1777 tmpfs /tmp
             mount -t tmpfs -o mode=1777 tmpfs /var/tmp
+            i=0
+            for path in "$@"; do mkdir -p "$path"; mount --move "/mnt/$i" "$path"; i=$((i + 1)); done
+            umount /mnt
             printf '[Unit]\\nDescription=minimal\\nWants=dbus.socket dbus.service\\n' > "$units/minimal.target"
             for t in sysinit basic shutdown sockets timers paths local-fs remote-fs network slices; do
               [ -e "$units/$t.target" ] || printf '[Unit]\\nDescription=%s stub\\n' "$t" > "$units/$t.target"
@@ -211,6 +230,17 @@ public final class SystemdNamespace: Sendable {
             export container=other SYSTEMD_UNIT_PATH="$units"
             exec /lib/systemd/systemd --system --unit=minimal.target
             """
+    }
+
+    /// Of `paths` and the current directory, those the private mounts would hide (under /run,
+    /// /tmp or /var/tmp), without any that another one already contains.
+    static func foldersToShare(_ paths: [String]) -> [String] {
+        let hidden = ["/run", "/tmp", "/var/tmp"]
+        let candidates = (paths + [FileManager.default.currentDirectoryPath])
+            .map { URL(fileURLWithPath: $0).standardizedFileURL.resolvingSymlinksInPath().path }
+            .filter { path in hidden.contains { path.hasPrefix($0 + "/") } }
+        let unique = Set(candidates).sorted()
+        return unique.filter { path in !unique.contains { $0 != path && path.hasPrefix($0 + "/") } }
     }
 }
 

@@ -73,7 +73,9 @@ import TestSupport
         var systemdPid: pid_t = 0
         var cgroups: [String] = []
         let slice = "[Unit]\nDescription=bgworker test slice\n"
-        try await SystemdNamespace.with(extraUnits: ["bgworker-test.slice": slice]) { ns in
+        let shared = try TemporaryDirectory(prefix: "bgw-shared")
+        defer { shared.remove() }
+        try await SystemdNamespace.with(extraUnits: ["bgworker-test.slice": slice], sharedPaths: [shared.path]) { ns in
             systemdPid = ns.systemdPid
             cgroups = ns.cgroupDirectories
             #expect(!cgroups.isEmpty)
@@ -118,6 +120,23 @@ import TestSupport
             let loadState = try await ns.busctl(["get-property", "org.freedesktop.systemd1", slicePath,
                                                  "org.freedesktop.systemd1.Unit", "LoadState"])
             #expect(loadState.stdout == "s \"loaded\"")
+
+            // A shared folder of the test is there, at the same path, writable: a oneshot unit
+            // writes into it, and its JobRemoved comes once it has.
+            let writer = "bgworker-writer-\(uniqueID(6)).service"
+            // "--": the "-c" below is the shell's, not an option of busctl.
+            let wrote = try await ns.busctl([
+                "--", "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+                "org.freedesktop.systemd1.Manager", "StartTransientUnit", "ssa(sv)a(sa(sv))",
+                writer, "fail", "2",
+                "Type", "s", "oneshot",
+                "ExecStart", "a(sasb)", "1", "/bin/sh", "3", "/bin/sh", "-c", "echo written > \(shared.file("out"))", "false",
+                "0",
+            ])
+            let writerJob = try #require(wrote.stdout.split(separator: "\"").dropFirst().first.map(String.init), "\(wrote)")
+            let writerDone = try await monitor.waitFor("JobRemoved of \(writerJob)") { $0.body.count == 4 && $0.body[1].string == writerJob }
+            #expect(writerDone.body[3].string == "done")
+            #expect((try? String(contentsOfFile: shared.file("out"), encoding: .utf8)) == "written\n")
 
             // Its /tmp is not ours.
             let inside = try await ns.run(inside: ["ls", "-A", "/tmp"])

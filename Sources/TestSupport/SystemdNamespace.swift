@@ -38,7 +38,14 @@ public final class SystemdNamespace: Sendable {
     public var busSocketPath: String { "/proc/\(systemdPid)/root/run/dbus/system_bus_socket" }
     /// Where the units are inside the namespace (`SYSTEMD_UNIT_PATH`).
     public static let unitDirectory = "/run/bgw-test-units"
-    /// What systemd and the setup script printed.
+    /// Where systemd logs: `null` unless `BGWORKER_TEST_SYSTEMD_LOG` says otherwise (`kmsg` to
+    /// read it with dmesg while debugging). Not `console`: systemd, as PID 1 of a container, then
+    /// opens the machine's /dev/console, and under a loaded parallel test run such systemds were
+    /// seen to exit with status 255 before they were ready; with `kmsg` or `null` they never did.
+    public static var logTarget: String {
+        ProcessInfo.processInfo.environment["BGWORKER_TEST_SYSTEMD_LOG"] ?? "null"
+    }
+    /// What the setup script printed (systemd itself logs to `logTarget`).
     public var log: String { (try? String(contentsOfFile: directory.file("systemd.log"), encoding: .utf8)) ?? "" }
 
     private init(systemdPid: pid_t, systemdPidfd: Int32, process: ChildProcess, directory: TemporaryDirectory,
@@ -72,11 +79,12 @@ public final class SystemdNamespace: Sendable {
         do {
             // setsid: a session of its own, out of the test's terminal and process group. The
             // child must not lead a group already, or setsid would fork and we would lose its pid.
+            let logTarget = Self.logTarget
             process = try ChildProcess(
                 ["setsid", "unshare", "--pid", "--fork", "--mount", "--mount-proc", "--uts", "--ipc",
                  "/bin/bash", "-c", initScript(cgroups: cgroups.directories), "bgw-systemd-init", extras]
                     + foldersToShare(sharedPaths),
-                extraEnvironment: ["NOTIFY_SOCKET": notify.address],
+                extraEnvironment: ["NOTIFY_SOCKET": notify.address, "BGW_SYSTEMD_LOG_TARGET": logTarget],
                 captureStdout: false, captureStderr: false, newProcessGroup: false,
                 logFile: directory.file("systemd.log"))
         } catch {
@@ -87,11 +95,12 @@ public final class SystemdNamespace: Sendable {
 
         func fail(_ why: String) async -> TestProcessError {
             for child in childPids(of: process.pid) { kill(child, SIGKILL) }
-            _ = try? await process.waitForExit(timeout: .seconds(30))
+            let status = try? await process.waitForExit(timeout: .seconds(30))
             cgroups.remove()
             let log = (try? String(contentsOfFile: directory.file("systemd.log"), encoding: .utf8)) ?? ""
             directory.remove()
-            return TestProcessError("systemd namespace: \(why)\n--- its output ---\n\(log)")
+            let how = status.map { s in WaitStatus.exitCode(s).map { "exit status \($0)" } ?? "signal \(WaitStatus.signal(s) ?? 0)" } ?? "?"
+            return TestProcessError("systemd namespace: \(why) (unshare: \(how))\n--- its output ---\n\(log)")
         }
 
         // READY=1 from systemd, or the namespace dying first (a failed setup step), whichever comes.
@@ -228,7 +237,7 @@ public final class SystemdNamespace: Sendable {
             done
             cp /lib/systemd/system/dbus.socket /lib/systemd/system/dbus.service "$units"/
             export container=other SYSTEMD_UNIT_PATH="$units"
-            exec /lib/systemd/systemd --system --unit=minimal.target
+            exec /lib/systemd/systemd --system --unit=minimal.target --log-target="$BGW_SYSTEMD_LOG_TARGET" --show-status=no
             """
     }
 

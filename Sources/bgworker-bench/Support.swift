@@ -1,0 +1,400 @@
+// What the subcommands share: signals received with their arrival time, a daemon on a private
+// bus, the floor's own spawns, and readings of /proc.
+import CShims
+import DBus
+import Foundation
+import Glibc
+import Synchronization
+import TestSupport
+
+struct BenchError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+// MARK: - Signals with arrival times
+
+/// Every signal of a subscription, stamped (CLOCK_MONOTONIC) by the task that drains it as it
+/// arrives; waiters are woken by arrivals, never by a timer.
+final class SignalLog: Sendable {
+    struct Entry: Sendable {
+        var signal: DBusSignal
+        var at: UInt64
+        var index: Int
+    }
+
+    private struct Waiter {
+        var from: Int
+        var match: @Sendable (DBusSignal) -> Bool
+        var continuation: CheckedContinuation<Entry, any Error>
+    }
+
+    private struct State {
+        var entries: [Entry] = []
+        var waiters: [UInt64: Waiter] = [:]
+        var nextID: UInt64 = 0
+        var ended = false
+    }
+
+    private let state = Mutex(State())
+    private let subscription: SignalSubscription
+
+    /// Subscribes (returns once the bus has the rule) and starts draining.
+    init(_ connection: DBusConnection, _ rule: MatchRule) async throws {
+        subscription = try await connection.signals(rule)
+        let subscription = self.subscription
+        Task { [weak self] in
+            for await signal in subscription {
+                let at = monotonicNanoseconds()
+                guard let self else { return }
+                self.append(signal, at: at)
+            }
+            self?.end()
+        }
+    }
+
+    deinit { subscription.cancel() }
+
+    /// The index the next signal will get: pass it as `from` to wait only for later signals.
+    var nextIndex: Int { state.withLock { $0.entries.count } }
+
+    private func append(_ signal: DBusSignal, at: UInt64) {
+        let woken = state.withLock { s -> [(CheckedContinuation<Entry, any Error>, Entry)] in
+            let entry = Entry(signal: signal, at: at, index: s.entries.count)
+            s.entries.append(entry)
+            let ready = s.waiters.filter { $0.value.from <= entry.index && $0.value.match(signal) }
+            for id in ready.keys { s.waiters[id] = nil }
+            return ready.values.map { ($0.continuation, entry) }
+        }
+        for (continuation, entry) in woken { continuation.resume(returning: entry) }
+    }
+
+    private func end() {
+        let waiters = state.withLock { s -> [Waiter] in
+            s.ended = true
+            defer { s.waiters = [:] }
+            return Array(s.waiters.values)
+        }
+        for w in waiters { w.continuation.resume(throwing: BenchError("the signal subscription ended")) }
+    }
+
+    /// The first signal at index `from` or later that matches; waits for it until `timeout`.
+    func next(from: Int, timeout: Duration = .seconds(10), _ what: String,
+              where match: @escaping @Sendable (DBusSignal) -> Bool) async throws -> Entry {
+        let id = state.withLock { s -> UInt64 in s.nextID += 1; return s.nextID }
+        return try await withThrowingTaskGroup(of: Entry.self) { group in
+            group.addTask {
+                try await withTaskCancellationHandler {
+                    try await withCheckedThrowingContinuation { continuation in
+                        let found = self.state.withLock { s -> Result<Entry, any Error>? in
+                            if from < s.entries.count, let e = s.entries[from...].first(where: { match($0.signal) }) {
+                                return .success(e)
+                            }
+                            if s.ended { return .failure(BenchError("the signal subscription ended before \(what)")) }
+                            s.waiters[id] = Waiter(from: from, match: match, continuation: continuation)
+                            return nil
+                        }
+                        if let found { continuation.resume(with: found) }
+                    }
+                } onCancel: {
+                    let waiter = self.state.withLock { $0.waiters.removeValue(forKey: id) }
+                    waiter?.continuation.resume(throwing: CancellationError())
+                }
+            }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                throw BenchError("timed out after \(timeout) waiting for \(what)")
+            }
+            defer { group.cancelAll() }
+            guard let entry = try await group.next() else { throw CancellationError() }
+            return entry
+        }
+    }
+}
+
+/// A `WorkerStateChanged` signal's arguments.
+struct StateChange: Sendable {
+    var name: String
+    var state: String
+    var pid: UInt32
+    var reason: String
+
+    init?(_ signal: DBusSignal) {
+        guard signal.member == "WorkerStateChanged", signal.arguments.count == 4,
+              let name = signal.arguments[0].stringValue, let state = signal.arguments[1].stringValue,
+              let pid = signal.arguments[2].uint32Value, let reason = signal.arguments[3].stringValue
+        else { return nil }
+        self.name = name
+        self.state = state
+        self.pid = pid
+        self.reason = reason
+    }
+}
+
+// MARK: - A daemon on a private bus
+
+enum Manager {
+    static let name = "org.example.BgWorker"
+    static let path = try! ObjectPath("/org/example/BgWorker")
+    static let interface = "org.example.BgWorker"
+}
+
+/// bgworkerd (the release build beside the benchmark) with the process runner on a private bus
+/// of its own, a client connection, and every `WorkerStateChanged` with its arrival time.
+final class BenchDaemon: Sendable {
+    let bus: PrivateBus
+    let directory: TemporaryDirectory
+    let configPath: String
+    let daemon: DaemonProcess
+    let client: DBusConnection
+    let states: SignalLog
+
+    var pid: pid_t { daemon.process.pid }
+
+    /// Writes the configuration (`[daemon]` with a state folder of its own, then `body`) and
+    /// starts the daemon; returns once it sent READY=1 and the client is subscribed.
+    static func start(_ body: String, bus existing: PrivateBus? = nil, arguments: [String] = ["--runner", "process"],
+                      timeout: Duration = .seconds(60)) async throws -> BenchDaemon {
+        let directory = try TemporaryDirectory(prefix: "bgw-bench")
+        let bus: PrivateBus
+        if let existing { bus = existing } else { bus = try await PrivateBus(directory: directory) }
+        let configPath = directory.file("bgworkerd.toml")
+        try writeConfiguration(body, to: configPath, stateDirectory: directory.file("state"))
+        // Subscribed before the daemon starts, so that its first signals are seen too.
+        let client = try await DBusConnection.connect(.address(bus.unixAddress))
+        let states = try await SignalLog(client, MatchRule(interface: Manager.interface, member: "WorkerStateChanged"))
+        let daemon = try await DaemonProcess(bus: bus, configPath: configPath, arguments: arguments,
+                                             runtimeDirectory: directory.file("run"), timeout: timeout)
+        return BenchDaemon(bus: bus, directory: directory, configPath: configPath, daemon: daemon,
+                           client: client, states: states)
+    }
+
+    static func writeConfiguration(_ body: String, to path: String, stateDirectory: String) throws {
+        try """
+            [daemon]
+            state-directory = "\(stateDirectory)"
+
+            \(body)
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+    }
+
+    private init(bus: PrivateBus, directory: TemporaryDirectory, configPath: String, daemon: DaemonProcess,
+                 client: DBusConnection, states: SignalLog) {
+        self.bus = bus
+        self.directory = directory
+        self.configPath = configPath
+        self.daemon = daemon
+        self.client = client
+        self.states = states
+    }
+
+    func rewrite(_ body: String) throws {
+        try Self.writeConfiguration(body, to: configPath, stateDirectory: directory.file("state"))
+    }
+
+    @discardableResult
+    func call(_ member: String, _ arguments: [DBusValue] = [], timeout: Duration = .seconds(60)) async throws -> [DBusValue] {
+        try await client.call(destination: Manager.name, path: Manager.path, interface: Manager.interface,
+                              member: member, arguments: arguments, timeout: timeout)
+    }
+
+    /// name -> pid of every worker (ListWorkers).
+    func pids() async throws -> [String: UInt32] {
+        let rows = try await call("ListWorkers").first
+        guard case .array(_, let items)? = rows else { throw BenchError("ListWorkers: unexpected reply") }
+        var out: [String: UInt32] = [:]
+        for item in items {
+            guard case .structure(let fields) = item, fields.count == 5, let name = fields[0].stringValue,
+                  let pid = fields[3].uint32Value else { continue }
+            out[name] = pid
+        }
+        return out
+    }
+
+    /// Waits for `worker` to report `state` (with a pid other than `not`, when given) from signal `from` on.
+    @discardableResult
+    func waitForState(_ worker: String, _ state: String, from: Int, notPid: UInt32? = nil,
+                      timeout: Duration = .seconds(10)) async throws -> (change: StateChange, at: UInt64) {
+        let entry = try await states.next(from: from, timeout: timeout, "\(worker) \(state)") { signal in
+            guard let c = StateChange(signal) else { return false }
+            return c.name == worker && c.state == state && (notPid == nil || c.pid != notPid)
+        }
+        guard let change = StateChange(entry.signal) else { throw BenchError("bad WorkerStateChanged") }
+        return (change, entry.at)
+    }
+
+    /// Waits until `count` distinct workers whose names start with `prefix` reported `running`.
+    func waitForRunning(count: Int, prefix: String, from: Int, timeout: Duration) async throws -> UInt64 {
+        var seen = Set<String>()
+        var index = from
+        var last: UInt64 = 0
+        let deadline = ContinuousClock.now + timeout
+        while seen.count < count {
+            let left = deadline - ContinuousClock.now
+            guard left > .zero else { throw BenchError("only \(seen.count) of \(count) workers running after \(timeout)") }
+            let entry = try await states.next(from: index, timeout: left, "\(count) workers running") { signal in
+                guard let c = StateChange(signal) else { return false }
+                return c.state == "running" && c.name.hasPrefix(prefix)
+            }
+            if let c = StateChange(entry.signal) { seen.insert(c.name) }
+            index = entry.index + 1
+            last = entry.at
+        }
+        return last
+    }
+
+    /// SIGTERM, wait for the exit; then the bus (when this daemon made it) and the folder go.
+    func stop(ownBus: Bool = true) async {
+        if (try? await daemon.stop(timeout: .seconds(60))) == nil { await daemon.process.terminate(grace: .seconds(2)) }
+        client.close()
+        if ownBus { await bus.stop() }
+        directory.remove()
+    }
+}
+
+/// `count` worker tables named `<prefix>0001`... running `argv`.
+func workerTables(_ count: Int, prefix: String, argv: [String], extra: String = "") -> String {
+    (1...max(count, 1)).prefix(count).map { i in
+        let name = prefix + String(format: "%04d", i)
+        return """
+            [worker.\(name)]
+            exec = [\(argv.map { "\"\($0)\"" }.joined(separator: ", "))]
+            \(extra)
+
+            """
+    }.joined()
+}
+
+// MARK: - The floor's own spawns
+
+/// A process the benchmark spawned for a floor, as the process runner spawns a worker: a
+/// process group of its own, default signal dispositions and an empty mask, stdin /dev/null,
+/// stdout and stderr to pipes (kept open, as the daemon keeps them to read output).
+/// `posix_spawn` in glibc is `clone(CLONE_VM|CLONE_VFORK)` + exec, the technique of the runner's
+/// own spawn: it returns once the program has been exec'd.
+struct FloorProcess {
+    let pid: pid_t
+    let pidfd: Int32
+    let pipes: [Int32]
+
+    static func spawn(_ argv: [String], environment: [String]) throws -> FloorProcess {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var emptyMask = sigset_t()
+        sigemptyset(&emptyMask)
+        posix_spawnattr_setsigmask(&attr, &emptyMask)
+        var all = sigset_t()
+        sigfillset(&all)
+        posix_spawnattr_setsigdefault(&attr, &all)
+        posix_spawnattr_setpgroup(&attr, 0)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP))
+        var out: [Int32] = [-1, -1], err: [Int32] = [-1, -1]
+        guard _bgw_pipe_cloexec(&out) == 0, _bgw_pipe_cloexec(&err) == 0 else { throw BenchError("pipe2: \(errno)") }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, out[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, err[1], 2)
+        let cArgv = argv.map { strdup($0) } + [nil]
+        let cEnv = environment.map { strdup($0) } + [nil]
+        defer {
+            cArgv.forEach { free($0) }
+            cEnv.forEach { free($0) }
+        }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, argv[0], &actions, &attr, cArgv, cEnv)
+        close(out[1])
+        close(err[1])
+        guard rc == 0 else {
+            close(out[0]); close(err[0])
+            throw BenchError("posix_spawn \(argv[0]): \(String(cString: strerror(rc)))")
+        }
+        return FloorProcess(pid: pid, pidfd: _bgw_pidfd_open(pid, 0), pipes: [out[0], err[0]])
+    }
+
+    /// Sends `signal`, waits on the pidfd until the process is gone and reaps it (blocking).
+    func killAndReap(_ signal: Int32 = SIGKILL) {
+        _ = _bgw_pidfd_send_signal(pidfd, signal)
+        reap()
+    }
+
+    /// Waits (blocking, poll on the pidfd) for the exit, reaps, closes.
+    func reap() {
+        var fds = [pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)]
+        while poll(&fds, 1, -1) < 0 && errno == EINTR {}
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        close(pidfd)
+        pipes.forEach { close($0) }
+    }
+}
+
+/// The environment a worker gets from the daemon (a default PATH, the bus, its name and level).
+func workerEnvironment(name: String, bus: String) -> [String] {
+    ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "DBUS_SYSTEM_BUS_ADDRESS=\(bus)",
+     "BGWORKER_NAME=\(name)", "BGWORKER_LOG_LEVEL=info"]
+}
+
+/// Waits (blocking) until the process behind `pidfd` is gone; returns when. For a process that
+/// is not our child, whose exit only its parent reaps.
+func waitGone(pidfd: Int32, timeout: Duration) -> UInt64? {
+    var fds = [pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)]
+    let ms = Int32(timeout.components.seconds * 1000)
+    while true {
+        let rc = poll(&fds, 1, ms)
+        if rc < 0 && errno == EINTR { continue }
+        return rc > 0 ? monotonicNanoseconds() : nil
+    }
+}
+
+// MARK: - /proc
+
+enum ProcReading {
+    /// VmRSS of a process, in KiB.
+    static func residentKiB(_ pid: pid_t) -> Double? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+            return Double(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
+        }
+        return nil
+    }
+
+    struct ThreadSwitches: Sendable {
+        var tid: Int32
+        var name: String
+        var voluntary: Int
+        var nonvoluntary: Int
+        var total: Int { voluntary + nonvoluntary }
+    }
+
+    /// Context switches of every thread of `pid` (/proc/PID/task/*/status).
+    static func switches(_ pid: pid_t) -> [Int32: ThreadSwitches] {
+        let dir = "/proc/\(pid)/task"
+        var out: [Int32: ThreadSwitches] = [:]
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
+            guard let tid = Int32(entry),
+                  let text = try? String(contentsOfFile: "\(dir)/\(entry)/status", encoding: .utf8) else { continue }
+            var t = ThreadSwitches(tid: tid, name: "", voluntary: 0, nonvoluntary: 0)
+            for line in text.split(separator: "\n") {
+                let parts = line.split(separator: ":", maxSplits: 1)
+                guard parts.count == 2 else { continue }
+                let value = parts[1].trimmingCharacters(in: .whitespaces)
+                switch parts[0] {
+                case "Name": t.name = value
+                case "voluntary_ctxt_switches": t.voluntary = Int(value) ?? 0
+                case "nonvoluntary_ctxt_switches": t.nonvoluntary = Int(value) ?? 0
+                default: break
+                }
+            }
+            out[tid] = t
+        }
+        return out
+    }
+}
+
+/// Runs `body` on a thread of its own (blocking work that must not occupy the cooperative pool).
+func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await onThread { Result { try body() } }.get()
+}

@@ -77,7 +77,7 @@ let package = Package(
         .executableTarget(
             name: "bgworker-bench",
             dependencies: [
-                "DBus", "BgWorkerCore", "TestSupport", "CShims",
+                "DBus", "CDBus", "BgWorkerCore", "TestSupport", "CShims",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -65,7 +65,7 @@ struct DaemonBenchmark: AsyncParsableCommand {
         events?.watch(parent: d.pid)
         // The floor's notification: a signal from a second connection of ours to the same client.
         let notifier = try await DBusConnection.connect(.address(d.bus.unixAddress))
-        let floorSignals = try await SignalLog(d.client, MatchRule(interface: "org.example.BenchFloor", member: "Spawned"))
+        let floorSignals = try await SignalLog(address: d.bus.unixAddress, MatchRule(interface: "org.example.BenchFloor", member: "Spawned"))
         defer { notifier.close() }
 
         var daemonToExec = Samples(), daemonToSignal = Samples()
@@ -158,7 +158,7 @@ struct DaemonBenchmark: AsyncParsableCommand {
             disableReply.addInterval(from: t0, to: monotonicNanoseconds())
             let goneAt = try await gone
             close(pidfd)
-            if let exit = events?.exitTime(of: pid_t(pid)) { disableGone.addInterval(from: t0, to: exit) }
+            if let exit = await events?.exitTime(of: pid_t(pid)) { disableGone.addInterval(from: t0, to: exit) }
             else if let goneAt { disableGone.addInterval(from: t0, to: goneAt) }
             await pause(5)
 

@@ -66,7 +66,7 @@ struct HABenchmark: AsyncParsableCommand {
         }
         try await simSays("ready")
         let observer = try await DBusConnection.connect(.address(bus.unixAddress))
-        let roles = try await SignalLog(observer, MatchRule(interface: "org.example.HAManager", member: "RoleChanged"))
+        let roles = try await SignalLog(address: bus.unixAddress, MatchRule(interface: "org.example.HAManager", member: "RoleChanged"))
 
         /// Sends the role to ha-sim; returns when the write happened and the RoleChanged's arrival.
         func flip(to role: String) async throws -> (written: UInt64, signal: UInt64) {
@@ -94,7 +94,7 @@ struct HABenchmark: AsyncParsableCommand {
             let down = try await flip(to: "secondary")
             simLatency.addInterval(from: down.written, to: down.signal)
             let goneAt = try await blocking { () -> UInt64 in process.killAndReap(SIGTERM); return monotonicNanoseconds() }
-            floorStop.addInterval(from: down.signal, to: events.exitTime(of: process.pid) ?? goneAt)
+            floorStop.addInterval(from: down.signal, to: await events.exitTime(of: process.pid) ?? goneAt)
             await pause(5)
         }
 
@@ -121,7 +121,7 @@ struct HABenchmark: AsyncParsableCommand {
             let down = try await flip(to: "secondary")
             let standby = try await d.waitForState(name, "standby", from: downFrom)
             toStandby.addInterval(from: down.signal, to: standby.at)
-            if let exit = events.exitTime(of: pid_t(running.change.pid)) { toGone.addInterval(from: down.signal, to: exit) }
+            if let exit = await events.exitTime(of: pid_t(running.change.pid)) { toGone.addInterval(from: down.signal, to: exit) }
             await pause(5)
         }
         await d.stop(ownBus: false)
@@ -175,7 +175,7 @@ struct HABenchmark: AsyncParsableCommand {
                 let d = try await BenchDaemon.start(config, bus: node.bus)
                 events.watch(parent: d.pid)
                 daemons.append(d)
-                vrrp.append(try await SignalLog(d.client, MatchRule(
+                vrrp.append(try await SignalLog(address: node.bus.unixAddress, MatchRule(
                     path: try ObjectPath(node.instancePath), interface: "org.keepalived.Vrrp1.Instance", member: "VrrpStatusChange")))
             }
             do {

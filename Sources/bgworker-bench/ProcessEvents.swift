@@ -5,6 +5,7 @@
 import Foundation
 import Glibc
 import Synchronization
+import TestSupport
 
 struct ProcessEventError: Error, CustomStringConvertible {
     var description: String
@@ -32,6 +33,7 @@ final class ProcessEvents: Sendable {
         var execsByParent: [pid_t: [Exec]] = [:]
         var exits: [pid_t: UInt64] = [:]
         var waiters: [UInt64: Waiter] = [:]
+        var exitWaiters: [UInt64: (pid: pid_t, continuation: CheckedContinuation<UInt64?, Never>)] = [:]
         var nextID: UInt64 = 0
         var lost = 0
     }
@@ -89,8 +91,13 @@ final class ProcessEvents: Sendable {
     }
 
     /// Records forks, execs and exits of the children of `parent` from now on.
+    /// Its children that exist already count as known children (their exits are reported).
     func watch(parent: pid_t) {
-        state.withLock { _ = $0.watchedParents.insert(parent) }
+        let existing = childPids(of: parent)
+        state.withLock { s in
+            s.watchedParents.insert(parent)
+            for child in existing where s.parentOf[child] == nil { s.parentOf[child] = parent }
+        }
     }
 
     /// Events the kernel dropped because our buffer was full (ENOBUFS); figures are suspect if > 0.
@@ -125,8 +132,36 @@ final class ProcessEvents: Sendable {
         }
     }
 
-    /// When the kernel reported the exit of `pid` (a child of a watched parent), if it did.
-    func exitTime(of pid: pid_t) -> UInt64? { state.withLock { $0.exits[pid] } }
+    /// When the kernel reported the exit of `pid` (a child of a watched parent); waits for the
+    /// report (the reading thread may lag behind the exit) up to `timeout`, then nil.
+    func exitTime(of pid: pid_t, timeout: Duration = .seconds(5)) async -> UInt64? {
+        let id = state.withLock { s -> UInt64 in s.nextID += 1; return s.nextID }
+        return await withTaskGroup(of: UInt64?.self) { group in
+            group.addTask {
+                await withTaskCancellationHandler {
+                    await withCheckedContinuation { continuation in
+                        let known = self.state.withLock { s -> UInt64?? in
+                            if let at = s.exits[pid] { return .some(at) }
+                            if s.parentOf[pid] == nil { return .some(nil) }  // not a child we watch
+                            s.exitWaiters[id] = (pid, continuation)
+                            return nil
+                        }
+                        if let known { continuation.resume(returning: known) }
+                    }
+                } onCancel: {
+                    let waiter = self.state.withLock { $0.exitWaiters.removeValue(forKey: id) }
+                    waiter?.continuation.resume(returning: nil)
+                }
+            }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
+        }
+    }
 
     /// Forgets what was recorded (between phases, to keep lookups short).
     func reset() {
@@ -184,9 +219,14 @@ final class ProcessEvents: Sendable {
             let pid = pid_t(bitPattern: Self.u32(b, o + 16))
             let tgid = pid_t(bitPattern: Self.u32(b, o + 20))
             guard pid == tgid else { return }
-            state.withLock { s in
-                if s.parentOf[tgid] != nil { s.exits[tgid] = timestamp }
+            let woken = state.withLock { s -> [CheckedContinuation<UInt64?, Never>] in
+                guard s.parentOf[tgid] != nil else { return [] }
+                s.exits[tgid] = timestamp
+                let ready = s.exitWaiters.filter { $0.value.pid == tgid }
+                for id in ready.keys { s.exitWaiters[id] = nil }
+                return ready.values.map(\.continuation)
             }
+            for continuation in woken { continuation.resume(returning: timestamp) }
         default:
             return
         }

@@ -14,8 +14,8 @@ struct BenchError: Error, CustomStringConvertible {
 
 // MARK: - Signals with arrival times
 
-/// Every signal of a subscription, stamped (CLOCK_MONOTONIC) by the task that drains it as it
-/// arrives; waiters are woken by arrivals, never by a timer.
+/// Every signal matching a rule, with its arrival time (see `StampedSignals`: stamped on a
+/// thread of its own at the socket's readiness); waiters are woken by arrivals, never by a timer.
 final class SignalLog: Sendable {
     struct Entry: Sendable {
         var signal: DBusSignal
@@ -23,81 +23,70 @@ final class SignalLog: Sendable {
         var index: Int
     }
 
-    private struct Waiter {
-        var from: Int
-        var match: @Sendable (DBusSignal) -> Bool
-        var continuation: CheckedContinuation<Entry, any Error>
-    }
+    private final class Sink: Sendable {
+        struct Waiter {
+            var from: Int
+            var match: @Sendable (DBusSignal) -> Bool
+            var continuation: CheckedContinuation<Entry, any Error>
+        }
 
-    private struct State {
-        var entries: [Entry] = []
-        var waiters: [UInt64: Waiter] = [:]
-        var nextID: UInt64 = 0
-        var ended = false
-    }
+        struct State {
+            var entries: [Entry] = []
+            var waiters: [UInt64: Waiter] = [:]
+            var nextID: UInt64 = 0
+        }
 
-    private let state = Mutex(State())
-    private let subscription: SignalSubscription
+        let state = Mutex(State())
 
-    /// Subscribes (returns once the bus has the rule) and starts draining.
-    init(_ connection: DBusConnection, _ rule: MatchRule) async throws {
-        subscription = try await connection.signals(rule)
-        let subscription = self.subscription
-        Task { [weak self] in
-            for await signal in subscription {
-                let at = monotonicNanoseconds()
-                guard let self else { return }
-                self.append(signal, at: at)
+        func append(_ signal: DBusSignal, at: UInt64) {
+            let woken = state.withLock { s -> [(CheckedContinuation<Entry, any Error>, Entry)] in
+                let entry = Entry(signal: signal, at: at, index: s.entries.count)
+                s.entries.append(entry)
+                let ready = s.waiters.filter { $0.value.from <= entry.index && $0.value.match(signal) }
+                for id in ready.keys { s.waiters[id] = nil }
+                return ready.values.map { ($0.continuation, entry) }
             }
-            self?.end()
+            for (continuation, entry) in woken { continuation.resume(returning: entry) }
         }
     }
 
-    deinit { subscription.cancel() }
+    private let sink: Sink
+    private let stamped: StampedSignals
+
+    /// Subscribes on the bus at `address` (returns once the bus has the rule).
+    init(address: String, _ rule: MatchRule) async throws {
+        let sink = Sink()
+        stamped = try await StampedSignals.start(address: address, rules: [rule]) { signal, at in
+            sink.append(signal, at: at)
+        }
+        self.sink = sink
+    }
+
+    deinit { stamped.cancel() }
 
     /// The index the next signal will get: pass it as `from` to wait only for later signals.
-    var nextIndex: Int { state.withLock { $0.entries.count } }
-
-    private func append(_ signal: DBusSignal, at: UInt64) {
-        let woken = state.withLock { s -> [(CheckedContinuation<Entry, any Error>, Entry)] in
-            let entry = Entry(signal: signal, at: at, index: s.entries.count)
-            s.entries.append(entry)
-            let ready = s.waiters.filter { $0.value.from <= entry.index && $0.value.match(signal) }
-            for id in ready.keys { s.waiters[id] = nil }
-            return ready.values.map { ($0.continuation, entry) }
-        }
-        for (continuation, entry) in woken { continuation.resume(returning: entry) }
-    }
-
-    private func end() {
-        let waiters = state.withLock { s -> [Waiter] in
-            s.ended = true
-            defer { s.waiters = [:] }
-            return Array(s.waiters.values)
-        }
-        for w in waiters { w.continuation.resume(throwing: BenchError("the signal subscription ended")) }
-    }
+    var nextIndex: Int { sink.state.withLock { $0.entries.count } }
 
     /// The first signal at index `from` or later that matches; waits for it until `timeout`.
     func next(from: Int, timeout: Duration = .seconds(10), _ what: String,
               where match: @escaping @Sendable (DBusSignal) -> Bool) async throws -> Entry {
-        let id = state.withLock { s -> UInt64 in s.nextID += 1; return s.nextID }
+        let sink = self.sink
+        let id = sink.state.withLock { s -> UInt64 in s.nextID += 1; return s.nextID }
         return try await withThrowingTaskGroup(of: Entry.self) { group in
             group.addTask {
                 try await withTaskCancellationHandler {
                     try await withCheckedThrowingContinuation { continuation in
-                        let found = self.state.withLock { s -> Result<Entry, any Error>? in
+                        let found = sink.state.withLock { s -> Entry? in
                             if from < s.entries.count, let e = s.entries[from...].first(where: { match($0.signal) }) {
-                                return .success(e)
+                                return e
                             }
-                            if s.ended { return .failure(BenchError("the signal subscription ended before \(what)")) }
-                            s.waiters[id] = Waiter(from: from, match: match, continuation: continuation)
+                            s.waiters[id] = Sink.Waiter(from: from, match: match, continuation: continuation)
                             return nil
                         }
-                        if let found { continuation.resume(with: found) }
+                        if let found { continuation.resume(returning: found) }
                     }
                 } onCancel: {
-                    let waiter = self.state.withLock { $0.waiters.removeValue(forKey: id) }
+                    let waiter = sink.state.withLock { $0.waiters.removeValue(forKey: id) }
                     waiter?.continuation.resume(throwing: CancellationError())
                 }
             }
@@ -162,7 +151,7 @@ final class BenchDaemon: Sendable {
         try writeConfiguration(body, to: configPath, stateDirectory: directory.file("state"))
         // Subscribed before the daemon starts, so that its first signals are seen too.
         let client = try await DBusConnection.connect(.address(bus.unixAddress))
-        let states = try await SignalLog(client, MatchRule(interface: Manager.interface, member: "WorkerStateChanged"))
+        let states = try await SignalLog(address: bus.unixAddress, MatchRule(interface: Manager.interface, member: "WorkerStateChanged"))
         let daemon = try await DaemonProcess(bus: bus, configPath: configPath, arguments: arguments,
                                              runtimeDirectory: directory.file("run"), timeout: timeout)
         return BenchDaemon(bus: bus, directory: directory, configPath: configPath, daemon: daemon,

@@ -114,7 +114,7 @@ struct SystemdBenchmark: AsyncParsableCommand {
         let manager = try ObjectPath("/org/freedesktop/systemd1")
         let unit = "bgworker-bench-native.service"
         let unitPath = try ObjectPath("/org/freedesktop/systemd1/unit/" + ObjectPath.escapeElement(unit))
-        let changes = try await SignalLog(bus, MatchRule(path: unitPath, interface: "org.freedesktop.DBus.Properties",
+        let changes = try await SignalLog(address: ns.busAddress, MatchRule(path: unitPath, interface: "org.freedesktop.DBus.Properties",
                                                          member: "PropertiesChanged"))
         _ = try await bus.call(destination: "org.freedesktop.systemd1", path: manager,
                                interface: "org.freedesktop.systemd1.Manager", member: "Subscribe")
@@ -188,7 +188,7 @@ struct SystemdBenchmark: AsyncParsableCommand {
                 + workerTables(1, prefix: "toggler", argv: worker),
             to: configPath, stateDirectory: "\(run)/state")
         let client = try await DBusConnection.connect(.address(bus.unixAddress))
-        let states = try await SignalLog(client, MatchRule(interface: Manager.interface, member: "WorkerStateChanged"))
+        let states = try await SignalLog(address: bus.unixAddress, MatchRule(interface: Manager.interface, member: "WorkerStateChanged"))
         let notify = try NotifySocket()
         let nsenter = try ChildProcess(
             ns.nsenterArguments(["--wd=\(run)", builtExecutablePath("bgworkerd"), "--config", configPath,

@@ -216,8 +216,8 @@ struct HAKeepalivedDaemonTests {
                 #expect(try await b.haRole() == "secondary")
                 #expect(try await a.runningWorkers() == ["p"])
                 #expect(try await b.runningWorkers() == ["s"])
-                #expect(b.history.value.changes.contains { $0.name == "s" && $0.reason == "HA role secondary" },
-                        "\(b.history.value)")
+                // (Whether s started as "daemon started" or "HA role secondary" depends on whether
+                // the role was read before the daemon started its workers.)
 
                 // SIGTERM to the master's keepalived: B becomes primary, A is unknown (on-lost stop).
                 let oldP = a.history.value.pid("p")

@@ -119,63 +119,12 @@ import TestSupport
 
     // MARK: bus policy
 
-    /// STAND-IN, not the daemon: a tiny python3-dbus program that owns org.example.BgWorker (as
-    /// root) and answers the member names the policy mentions, so that the policy file can be
-    /// tested before bgworkerd exists. It is not a mock of any behaviour; only the bus's
-    /// decisions are under test. Replace it with bgworkerd once the daemon runs.
-    static let policyStandIn = """
-        import sys
-        import dbus, dbus.service, dbus.mainloop.glib
-        from gi.repository import GLib
-        dbus.mainloop.glib.DBusGMainLoop(set_as_default=True)
-        bus = dbus.bus.BusConnection(sys.argv[1])
-        M, W, P = "org.example.BgWorker", "org.example.BgWorker.Worker", "org.freedesktop.DBus.Properties"
-        def log(*a): print(*a, flush=True)
-        class Manager(dbus.service.Object):
-            props = {"Version": "stand-in", "HARole": "standalone", "LogLevel": "info", "Runner": "process"}
-            @dbus.service.method(M, in_signature="s")
-            def Enable(self, name): log("called Enable", name)
-            @dbus.service.method(M, in_signature="s")
-            def Disable(self, name): log("called Disable", name)
-            @dbus.service.method(M, in_signature="s")
-            def Restart(self, name): log("called Restart", name)
-            @dbus.service.method(M)
-            def Reload(self): log("called Reload")
-            @dbus.service.method(M, out_signature="a(ssbuo)")
-            def ListWorkers(self):
-                return [("dice", "running", True, dbus.UInt32(42), dbus.ObjectPath("/org/example/BgWorker/worker/dice"))]
-            @dbus.service.method(M, in_signature="s", out_signature="o")
-            def GetWorker(self, name): return dbus.ObjectPath("/org/example/BgWorker/worker/dice")
-            @dbus.service.method(P, in_signature="ss", out_signature="v")
-            def Get(self, iface, prop): return self.props[prop]
-            @dbus.service.method(P, in_signature="s", out_signature="a{sv}")
-            def GetAll(self, iface): return self.props
-            @dbus.service.method(P, in_signature="ssv")
-            def Set(self, iface, prop, value):
-                log("called Set", prop)
-                self.props[prop] = str(value)
-            @dbus.service.method("org.freedesktop.DBus.ObjectManager", out_signature="a{oa{sa{sv}}}")
-            def GetManagedObjects(self):
-                return {dbus.ObjectPath("/org/example/BgWorker/worker/dice"): {W: {"Name": "dice"}}}
-        class Worker(dbus.service.Object):
-            @dbus.service.method(W)
-            def Enable(self): log("called Worker.Enable")
-            @dbus.service.method(W)
-            def Disable(self): log("called Worker.Disable")
-            @dbus.service.method(W)
-            def Restart(self): log("called Worker.Restart")
-        Manager(bus, "/org/example/BgWorker")
-        Worker(bus, "/org/example/BgWorker/worker/dice")
-        name = dbus.service.BusName(M, bus, do_not_queue=True)
-        log("ready")
-        GLib.MainLoop().run()
-        """
-
-    /// A caller as another user, with a real client: `setpriv ... busctl --address=... ARGS`.
-    static func busctl(as user: (uid: Int, gid: Int, groups: [Int])?, on bus: PrivateBus, _ arguments: [String]) async throws
+    /// A caller: root (nil) or another user, with a client no one here wrote (gdbus, which prints
+    /// the bus's own error text), through `setpriv`.
+    static func gdbus(as user: (uid: Int, gid: Int, groups: [Int])?, on bus: PrivateBus, _ arguments: [String]) async throws
         -> (status: Int32, stdout: String, stderr: String)
     {
-        var argv = ["busctl", "--address=\(bus.unixAddress)"] + arguments
+        var argv = ["gdbus", "call", "--address", bus.unixAddress, "--dest", "org.example.BgWorker"] + arguments
         if let user {
             let groups = user.groups.isEmpty ? ["--clear-groups"] : ["--groups=\(user.groups.map(String.init).joined(separator: ","))"]
             argv = ["setpriv", "--reuid=\(user.uid)", "--regid=\(user.gid)"] + groups + argv
@@ -183,80 +132,93 @@ import TestSupport
         return try await run(argv)
     }
 
+    /// The shipped policy on a bus that denies by default as the real system bus does, with the
+    /// real daemon (as root) owning the name: everyone reads; a non-root caller's state-changing
+    /// calls are refused by the bus itself ("Rejected send message") before the daemon sees them;
+    /// root and the admin group get through (and the daemon, with the same admin group, obeys).
     @Test(.enabled(if: rootTestsEnabled, "needs root: the policy lets only root own the name, and callers switch users"),
-          .timeLimit(.minutes(1)))
+          .timeLimit(.minutes(2)))
     func busPolicyLetsEveryoneReadAndOnlyRootAndAdminsChangeState() async throws {
         // The shipped policy with its admin group renamed to one that exists on every Debian
         // machine ("users", gid 100), so the group rule is exercised without creating a group.
         let directory = try TemporaryDirectory(prefix: "bgw-policy")
-        defer { directory.remove() }
         let shipped = try String(contentsOfFile: "\(Self.root)/dbus/org.example.BgWorker.conf", encoding: .utf8)
         #expect(shipped.contains("group=\"bgworker-admin\""))
         let policyFile = directory.file("org.example.BgWorker.conf")
         try shipped.replacingOccurrences(of: "group=\"bgworker-admin\"", with: "group=\"users\"")
             .write(toFile: policyFile, atomically: true, encoding: .utf8)
-        let bus = try await PrivateBus(policy: PrivateBus.systemBusPolicy(including: [policyFile]))
-        defer { Task { await bus.stop() } }
+        let bus = try await PrivateBus(policy: PrivateBus.systemBusPolicy(including: [policyFile]), directory: directory)
+        let configPath = directory.file("bgworkerd.toml")
+        try """
+            [daemon]
+            state-directory = "\(directory.file("state"))"
+            admin-group = "users"
 
-        // Nobody but root may own the name.
-        let nobody = (uid: 65534, gid: 65534, groups: [Int]())
-        let admin = (uid: 65534, gid: 65534, groups: [100])
-        let ownAsNobody = try await run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                                         "/usr/bin/python3", "-c",
-                                         "import dbus,sys; b=dbus.bus.BusConnection(sys.argv[1]); b.request_name('org.example.BgWorker')",
-                                         bus.unixAddress])
-        #expect(ownAsNobody.status != 0 && ownAsNobody.stderr.contains("AccessDenied"), "\(ownAsNobody.stderr)")
+            [worker.dice]
+            exec = ["/bin/sleep", "1000"]
+            run-on = "any"
+            stop-timeout = 1.0
+            """.write(toFile: configPath, atomically: true, encoding: .utf8)
+        try await withCleanup(directory, cleanup: { _ in await bus.stop() }) { _ in
+            let nobody = (uid: 65534, gid: 65534, groups: [Int]())
+            let admin = (uid: 65534, gid: 65534, groups: [100])
 
-        let standIn = try ChildProcess(["/usr/bin/python3", "-c", Self.policyStandIn, bus.unixAddress],
-                                       captureStdout: true, logFile: directory.file("stand-in.log"))
-        defer { standIn.signal(SIGKILL) }
-        let ready = try await standIn.readLine(timeout: .seconds(20))
-        #expect(ready == "ready", "stand-in: \((try? String(contentsOfFile: directory.file("stand-in.log"), encoding: .utf8)) ?? "")")
+            // Nobody but root may own the name.
+            let ownAsNobody = try await run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                             "/usr/bin/python3", "-c",
+                                             "import dbus,sys; dbus.bus.BusConnection(sys.argv[1]).request_name('org.example.BgWorker')",
+                                             bus.unixAddress])
+            #expect(ownAsNobody.status != 0 && ownAsNobody.stderr.contains("AccessDenied"), "\(ownAsNobody.stderr)")
 
-        let manager = ["org.example.BgWorker", "/org/example/BgWorker"]
-        let reads: [[String]] = [
-            ["call"] + manager + ["org.example.BgWorker", "ListWorkers"],
-            ["call"] + manager + ["org.example.BgWorker", "GetWorker", "s", "dice"],
-            ["get-property"] + manager + ["org.example.BgWorker", "Version"],
-            ["call"] + manager + ["org.freedesktop.DBus.Properties", "GetAll", "s", "org.example.BgWorker"],
-            ["call"] + manager + ["org.freedesktop.DBus.ObjectManager", "GetManagedObjects"],
-            ["call"] + manager + ["org.freedesktop.DBus.Introspectable", "Introspect"],
-        ]
-        for read in reads {
-            let r = try await Self.busctl(as: nobody, on: bus, read)
-            #expect(r.status == 0, "nobody may \(read.joined(separator: " ")): \(r.stderr)")
-        }
+            let daemon = try await DaemonProcess(bus: bus, configPath: configPath, arguments: ["--runner", "process"])
+            try await withCleanup(daemon, cleanup: { await $0.process.terminate(grace: .seconds(10)) }) { daemon in
+                let manager = ["--object-path", "/org/example/BgWorker"]
+                let worker = ["--object-path", "/org/example/BgWorker/worker/dice"]
+                let reads: [[String]] = [
+                    manager + ["--method", "org.example.BgWorker.ListWorkers"],
+                    manager + ["--method", "org.example.BgWorker.GetWorker", "dice"],
+                    manager + ["--method", "org.freedesktop.DBus.Properties.Get", "org.example.BgWorker", "Version"],
+                    manager + ["--method", "org.freedesktop.DBus.Properties.GetAll", "org.example.BgWorker"],
+                    worker + ["--method", "org.freedesktop.DBus.Properties.GetAll", "org.example.BgWorker.Worker"],
+                    manager + ["--method", "org.freedesktop.DBus.ObjectManager.GetManagedObjects"],
+                    manager + ["--method", "org.freedesktop.DBus.Introspectable.Introspect"],
+                    manager + ["--method", "org.freedesktop.DBus.Peer.Ping"],
+                ]
+                for read in reads {
+                    let r = try await Self.gdbus(as: nobody, on: bus, read)
+                    #expect(r.status == 0, "nobody may \(read.joined(separator: " ")): \(r.stderr)")
+                }
 
-        let changes: [[String]] = [
-            ["call"] + manager + ["org.example.BgWorker", "Enable", "s", "dice"],
-            ["call"] + manager + ["org.example.BgWorker", "Disable", "s", "dice"],
-            ["call"] + manager + ["org.example.BgWorker", "Restart", "s", "dice"],
-            ["call"] + manager + ["org.example.BgWorker", "Reload"],
-            ["call", "org.example.BgWorker", "/org/example/BgWorker/worker/dice", "org.example.BgWorker.Worker", "Enable"],
-            ["call", "org.example.BgWorker", "/org/example/BgWorker/worker/dice", "org.example.BgWorker.Worker", "Disable"],
-            ["call", "org.example.BgWorker", "/org/example/BgWorker/worker/dice", "org.example.BgWorker.Worker", "Restart"],
-            ["set-property"] + manager + ["org.example.BgWorker", "LogLevel", "s", "debug"],
-        ]
-        for change in changes {
-            // The stand-in never denies anything, so an AccessDenied here comes from the bus.
-            let refused = try await Self.busctl(as: nobody, on: bus, change)
-            #expect(refused.status != 0 && refused.stderr.contains("Access denied"),
-                    "the bus must refuse nobody: \(change.joined(separator: " ")): \(refused.stderr)")
-            for caller in [admin, nil] {
-                let allowed = try await Self.busctl(as: caller, on: bus, change)
-                #expect(allowed.status == 0,
-                        "\(caller == nil ? "root" : "the admin group") may \(change.joined(separator: " ")): \(allowed.stderr)")
+                // In an order in which each succeeds for a caller who may: the worker runs throughout,
+                // but for the Disable/Enable pairs.
+                let changes: [[String]] = [
+                    manager + ["--method", "org.example.BgWorker.Restart", "dice"],
+                    manager + ["--method", "org.example.BgWorker.Reload"],
+                    worker + ["--method", "org.example.BgWorker.Worker.Restart"],
+                    worker + ["--method", "org.example.BgWorker.Worker.Disable"],
+                    worker + ["--method", "org.example.BgWorker.Worker.Enable"],
+                    manager + ["--method", "org.example.BgWorker.Disable", "dice"],
+                    manager + ["--method", "org.example.BgWorker.Enable", "dice"],
+                    manager + ["--method", "org.freedesktop.DBus.Properties.Set", "org.example.BgWorker", "LogLevel", "<'debug'>"],
+                ]
+                for change in changes {
+                    let refused = try await Self.gdbus(as: nobody, on: bus, change)
+                    #expect(refused.status != 0 && refused.stderr.contains("AccessDenied")
+                                && refused.stderr.contains("Rejected send message"),
+                            "the bus must refuse nobody: \(change.joined(separator: " ")): \(refused.stderr)")
+                }
+                for (who, caller) in [("the admin group", admin), ("root", nil)] {
+                    for change in changes {
+                        let allowed = try await Self.gdbus(as: caller, on: bus, change)
+                        #expect(allowed.status == 0, "\(who) may \(change.joined(separator: " ")): \(allowed.stderr)")
+                    }
+                }
+                // A member outside the policy is refused to the admin group too.
+                let other = try await Self.gdbus(as: admin, on: bus, manager + ["--method", "org.example.BgWorker.Shutdown"])
+                #expect(other.stderr.contains("Rejected send message"), "\(other.stderr)")
+                #expect(!daemon.process.hasExited, "bgworkerd runs on: \(daemon.log)")
             }
         }
-        // A member outside the policy is refused even to the admin group.
-        let other = try await Self.busctl(as: admin, on: bus, ["call"] + manager + ["org.example.BgWorker", "Shutdown"])
-        #expect(other.stderr.contains("Access denied"), "\(other.stderr)")
-
-        // The stand-in saw each change exactly twice (admin, root): none of nobody's got through.
-        standIn.signal(SIGTERM)
-        var calls: [String] = []
-        while let line = try await standIn.readLine(timeout: .seconds(10)) { calls.append(line) }
-        #expect(calls.count == changes.count * 2, "calls that reached the name owner: \(calls)")
     }
 
     @Test func busActivationFileNamesTheDaemonAndItsUnit() throws {

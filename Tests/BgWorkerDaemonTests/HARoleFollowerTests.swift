@@ -1,5 +1,6 @@
 import BgWorkerCore
 @testable import BgWorkerDaemon
+import TestSupport
 import Testing
 
 /// The role source's decisions without a bus: specific interleavings, then a seeded random
@@ -89,19 +90,6 @@ import Testing
 
     // MARK: Simulation
 
-    /// A small deterministic generator (SplitMix64), so a failing seed can be replayed.
-    struct Random {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-        mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
-    }
-
     /// One run: managers come and go and change roles; our reads reach the owner and are
     /// answered at arbitrary later points (from the state when answered, or — a threaded
     /// manager — from a snapshot taken on receipt); the bus delivers each manager's messages
@@ -109,7 +97,7 @@ import Testing
     func simulate(seed: UInt64, snapshotting: Bool) -> (reported: HARole?, truth: HARole, trace: [String]) {
         enum Event { case owner(String?), signal(HARole), reply(id: UInt64, role: HARole) }
         struct Get { var id: UInt64; var snapshot: HARole; var manager: Int }
-        var rng = Random(state: seed)
+        var rng = SeededRandom(seed: seed)
         var trace: [String] = []
         var stream: [Event] = []           // received by the connection, not yet consumed
         var owner: String? = nil           // as the connection knows it (ahead of the consumer)

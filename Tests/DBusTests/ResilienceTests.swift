@@ -174,9 +174,9 @@ struct Fuzzer {
         var failure: String?
     }
 
-    var rng: SplitMix
+    var rng: SeededRandom
 
-    init(seed: UInt64) { rng = SplitMix(seed: seed) }
+    init(seed: UInt64) { rng = SeededRandom(seed: seed) }
 
     mutating func pick<T>(_ items: [T]) -> T { items[Int(rng.next() % UInt64(items.count))] }
     mutating func chance(_ percent: UInt64) -> Bool { rng.next() % 100 < percent }
@@ -330,17 +330,5 @@ struct Fuzzer {
         dbus_error_init(&error)
         defer { dbus_error_free(&error) }
         return dbus_message_demarshal(raw, length, &error)
-    }
-}
-
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

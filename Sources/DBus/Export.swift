@@ -107,13 +107,19 @@ public struct DBusInterface: Sendable {
     public var methods: [DBusMethod]
     public var properties: [DBusProperty]
     public var signals: [DBusSignalDeclaration]
+    /// Runs first for every `Properties.Set` on this interface, before the read-only and type
+    /// checks: a caller it refuses (by throwing, e.g. `DBusError.accessDenied`) learns nothing
+    /// else from a Set, as systemd's services answer. Nil: no check beyond the property's own.
+    public var authorizeSet: (@Sendable (MethodCall) async throws -> Void)?
 
     public init(_ name: String, methods: [DBusMethod] = [], properties: [DBusProperty] = [],
-                signals: [DBusSignalDeclaration] = []) {
+                signals: [DBusSignalDeclaration] = [],
+                authorizeSet: (@Sendable (MethodCall) async throws -> Void)? = nil) {
         self.name = name
         self.methods = methods
         self.properties = properties
         self.signals = signals
+        self.authorizeSet = authorizeSet
     }
 }
 

@@ -181,15 +181,31 @@ extension LoopState {
         }
 
         // Set
-        guard property.access == .readwrite else {
-            return fail(.propertyReadOnly("Property \(iface).\(propertyName) is read-only"))
+        if let authorize = table.interface.authorizeSet {
+            // Authorization first, so it runs before the checks below: they go with it, async.
+            guard let connection = handle else { return Marshal.closeDescriptors(in: args) }
+            let call = MethodCall(sender: sender ?? "", path: object.path, interface: StandardInterface.properties,
+                                  member: "Set", arguments: args, connection: connection, object: object)
+            runHandler(reply: reply, outTypes: []) {
+                let newValue: DBusValue
+                do {
+                    try await authorize(call)
+                    newValue = try Self.checkedSetValue(args[2], for: property, in: iface)
+                } catch {
+                    Marshal.closeDescriptors(in: args)
+                    throw error
+                }
+                try await Self.store(newValue, for: property, in: iface, of: object, call: call)
+                return []
+            }
+            return
         }
-        guard case .variant(let newValue) = args[2], newValue.conforms(to: property.type) else {
-            let got = args[2].variantValue?.type.signature ?? "?"
+        let newValue: DBusValue
+        do { newValue = try Self.checkedSetValue(args[2], for: property, in: iface) } catch {
             Marshal.closeDescriptors(in: args)
-            return fail(.invalidArgs("Property \(iface).\(propertyName) is a '\(property.type)', not a '\(got)'"))
+            return fail(error)
         }
-        guard let setter = property.set else {
+        guard property.set != nil else {
             object.storeFromBus(interface: iface, name: propertyName, value: newValue)
             sendReply(reply, .success([]), outTypes: [])
             return
@@ -197,15 +213,33 @@ extension LoopState {
         guard let connection = handle else { return }
         let call = MethodCall(sender: sender ?? "", path: object.path, interface: StandardInterface.properties,
                               member: "Set", arguments: args, connection: connection, object: object)
-        let type = property.type
         runHandler(reply: reply, outTypes: []) {
-            let stored = try await setter(newValue, call)
-            guard stored.conforms(to: type) else {
-                throw DBusError.failed("the setter of \(iface).\(propertyName) returned a '\(stored.type)', not a '\(type)'")
-            }
-            object.storeFromBus(interface: iface, name: propertyName, value: stored)
+            try await Self.store(newValue, for: property, in: iface, of: object, call: call)
             return []
         }
+    }
+
+    /// The value a Set may store: the property must be writable and the variant of its type.
+    private static func checkedSetValue(_ argument: DBusValue, for property: DBusProperty, in iface: String) throws(DBusError) -> DBusValue {
+        guard property.access == .readwrite else {
+            throw .propertyReadOnly("Property \(iface).\(property.name) is read-only")
+        }
+        guard case .variant(let newValue) = argument, newValue.conforms(to: property.type) else {
+            let got = argument.variantValue?.type.signature ?? "?"
+            throw .invalidArgs("Property \(iface).\(property.name) is a '\(property.type)', not a '\(got)'")
+        }
+        return newValue
+    }
+
+    /// Runs the property's setter (which may refuse or adjust the value), then stores and announces
+    /// the value before the reply goes out.
+    private static func store(_ newValue: DBusValue, for property: DBusProperty, in iface: String,
+                              of object: ExportedObject, call: MethodCall) async throws {
+        let stored = try await property.set?(newValue, call) ?? newValue
+        guard stored.conforms(to: property.type) else {
+            throw DBusError.failed("the setter of \(iface).\(property.name) returned a '\(stored.type)', not a '\(property.type)'")
+        }
+        object.storeFromBus(interface: iface, name: property.name, value: stored)
     }
 
     /// Sends a method return or an error reply; the outcome of a handler is checked first.

@@ -63,6 +63,19 @@ struct DaemonBusApiTests {
                 "Set", ["string:org.example.BgWorker", "string:LogLevel", "variant:string:debug"],
                 interface: "org.freedesktop.DBus.Properties", asUser: nobody)
             #expect(setLevel.output.contains("Error org.freedesktop.DBus.Error.AccessDenied"), "\(setLevel.output)")
+            // ... before the type and read-only checks: a wrong type or a read-only property tells
+            // such a caller nothing more.
+            for (interface, property, value) in [("org.example.BgWorker", "LogLevel", "int32:3"),
+                                                 ("org.example.BgWorker", "Version", "string:9")] {
+                let refused = try await fixture.dbusSend(
+                    "Set", ["string:\(interface)", "string:\(property)", "variant:\(value)"],
+                    interface: "org.freedesktop.DBus.Properties", asUser: nobody)
+                #expect(refused.output.contains("Error org.freedesktop.DBus.Error.AccessDenied"), "\(property): \(refused.output)")
+            }
+            let workerSet = try await fixture.dbusSend(
+                "Set", ["string:org.example.BgWorker.Worker", "string:State", "variant:string:running"],
+                path: "/org/example/BgWorker/worker/db_2dsync", interface: "org.freedesktop.DBus.Properties", asUser: nobody)
+            #expect(workerSet.output.contains("Error org.freedesktop.DBus.Error.AccessDenied"), "\(workerSet.output)")
             #expect(try await fixture.worker("db-sync").state == "running")
             #expect(try await fixture.property("LogLevel").string == "info")
 

@@ -134,8 +134,8 @@ struct BusServiceFactory: Sendable {
             properties: [
                 DBusProperty("Version", .string, initial: .string(version), changeSignal: .const),
                 DBusProperty("HARole", .string, initial: .string(role.rawValue)),
+                // Authorized by `authorizeSet` below, before the type check.
                 DBusProperty("LogLevel", .string, access: .readwrite, initial: .string(logLevel.rawValue)) { value, call in
-                    try await access.authorize(call)
                     guard let text = value.stringValue, let level = LogLevel(rawValue: text) else {
                         let known = LogLevel.allCases.map(\.rawValue).joined(separator: " ")
                         throw DBusError.invalidArgs("unknown log level '\(value.stringValue ?? "?")'; known: \(known)")
@@ -151,7 +151,8 @@ struct BusServiceFactory: Sendable {
                     [DBusArgument("name", .string), DBusArgument("state", .string), DBusArgument("pid", .uint32),
                      DBusArgument("reason", .string)]),
                 DBusSignalDeclaration("HARoleChanged", [DBusArgument("role", .string)]),
-            ])
+            ],
+            authorizeSet: { call in try await access.authorize(call) })
         return try ExportedObject(path: ObjectPath(BgWorkerBus.managerPath), interfaces: [interface], objectManager: true)
     }
 
@@ -181,7 +182,8 @@ struct BusServiceFactory: Sendable {
                     return []
                 },
             ],
-            properties: properties)
+            properties: properties,
+            authorizeSet: { call in try await access.authorize(call) })
         return try ExportedObject(path: ObjectPath(BgWorkerBus.workerPath(name)), interfaces: [interface])
     }
 }

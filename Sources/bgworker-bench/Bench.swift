@@ -23,11 +23,16 @@ struct CommonOptions: ParsableArguments {
     @Flag(help: "Print JSON instead of a table.")
     var json = false
 
+    @Option(name: .customLong("json-file"), help: "Also write the JSON report to this file (the same run's figures).")
+    var jsonFile: String?
+
     /// Prints the sections with the run's context (machine, load before and after).
     func emit(_ sections: [Section], context: RunContext? = nil) async throws {
         var context = context ?? RunContext.now()
         context.loadAfter = RunContext.loadAverage()
-        Output.print(Report(context: context, sections: sections), json: json)
+        let report = Report(context: context, sections: sections)
+        Output.print(report, json: json)
+        if let jsonFile { try Output.json(report).write(toFile: jsonFile, atomically: true, encoding: .utf8) }
     }
 }
 

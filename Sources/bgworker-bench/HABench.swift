@@ -140,7 +140,7 @@ struct HABenchmark: AsyncParsableCommand {
         section.figures.append(Figure("  floor: signal -> posix_spawn exec'd", floorStart))
         section.figures.append(Figure("  floor: signal -> SIGTERM'd process exited", floorStop))
         section.figures.append(Figure("  bgworker-ha-sim: stdin line -> RoleChanged", simLatency))
-        section.notes.append("the role signal is timestamped when it reaches the bench's own subscription on the same bus (the daemon gets the same message from dbus-daemon at about the same moment; our timestamp is the later of the two when the bench's task runs after the daemon's, so the daemon's figure may be slightly understated, by tens of µs); exec and exit times are the kernel's")
+        section.notes.append("the time origin is RoleChanged as stamped on the bus (a thread of the bench waiting on its own connection's socket, stamped at readiness; dbus-daemon hands the message to the daemon in the same pass); exec and exit times are the kernel's")
         section.notes.append("floor: measured first, with no daemon running: the bench's task that receives RoleChanged spawns (posix_spawn, as the runner) or SIGTERMs and reaps the same program; ha-sim's own latency is shown for reference only and is in no figure")
         section.notes.append("worker: `\(worker.joined(separator: " "))`, run-on primary, default stop-timeout; \(settings.flips) flips, 5 ms pause after each change")
         return section
@@ -234,7 +234,7 @@ struct HABenchmark: AsyncParsableCommand {
             s.figures.append(Figure("VrrpStatusChange(2) -> worker exec'd (failover)", ours, aim: "< 50 ms", showMax: true))
             s.figures.append(Figure("VrrpStatusChange(2) -> worker exec'd (preemption back)", oursBack, aim: "< 50 ms", showMax: true))
             s.figures.append(Figure("  keepalived: SIGTERM -> VrrpStatusChange(2) on the other node", takeover, showMax: true))
-            s.notes.append("each failover: SIGTERM to node A's keepalived (master, priority 150); node B (100) takes over; then A is started again and preempts; VrrpStatusChange is timestamped on arrival at the bench's subscription on that node's bus, exec by the kernel")
+            s.notes.append("each failover: SIGTERM to node A's keepalived (master, priority 150); node B (100) takes over; then A is started again and preempts; VrrpStatusChange is stamped on arrival on that node's bus (socket readiness), exec by the kernel")
             s.notes.append("one bgworkerd per node on the node's own bus, [ha] source = \"keepalived\", worker run-on primary; \(settings.failovers) failovers")
             return s
     }

@@ -202,11 +202,15 @@ enum Output {
         return lines.joined(separator: "\n") + "\n"
     }
 
+    static func json(_ report: Report) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return (try? encoder.encode(report)).map { String(decoding: $0, as: UTF8.self) + "\n" } ?? "{}\n"
+    }
+
     static func print(_ report: Report, json: Bool) {
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            if let data = try? encoder.encode(report) { Swift.print(String(decoding: data, as: UTF8.self)) }
+            Swift.print(Self.json(report), terminator: "")
             return
         }
         Swift.print("bgworker-bench  \(report.context.date)  \(report.context.cpus) cpus  kernel \(report.context.kernel)  "

@@ -15,20 +15,31 @@ import Synchronization
 
 final class StampedSignals: Sendable {
     private let stop = Mutex(false)
+    /// The eventfd that wakes the thread for `cancel`; -1 once the thread closed it. Written and
+    /// closed under the lock: a late `cancel` must not write into a reused descriptor number
+    /// (another thread's eventfd, which it would stop).
+    private let wake: Mutex<Int32>
     private let wakeFD: Int32
 
-    private init(wakeFD: Int32) { self.wakeFD = wakeFD }
+    private init(wakeFD: Int32) {
+        self.wakeFD = wakeFD
+        wake = Mutex(wakeFD)
+    }
 
     /// Connects to `address`, adds `rules`, and calls `deliver` on the thread for every signal
     /// with its arrival time. Returns once the bus has the rules.
+    /// `ended` is called on the thread when it stops (cancelled, or the bus went away).
     static func start(address: String, rules: [MatchRule],
-                      deliver: @escaping @Sendable (DBusSignal, UInt64) -> Void) async throws -> StampedSignals {
+                      deliver: @escaping @Sendable (DBusSignal, UInt64) -> Void,
+                      ended: @escaping @Sendable () -> Void) async throws -> StampedSignals {
         let wake = eventfd(0, Int32(EFD_CLOEXEC))
         guard wake >= 0 else { throw BenchError("eventfd: \(errno)") }
         let stamped = StampedSignals(wakeFD: wake)
         let ruleTexts = rules.map(\.description)
         try await withCheckedThrowingContinuation { (ready: CheckedContinuation<Void, any Error>) in
-            let thread = Thread { stamped.run(address: address, rules: ruleTexts, ready: ready, deliver: deliver) }
+            let thread = Thread {
+                if stamped.run(address: address, rules: ruleTexts, ready: ready, deliver: deliver) { ended() }
+            }
             thread.name = "bench-stamps"
             thread.start()
         }
@@ -38,12 +49,22 @@ final class StampedSignals: Sendable {
     /// Ends the thread (and closes its connection there).
     func cancel() {
         stop.withLock { $0 = true }
-        var one: UInt64 = 1
-        _ = write(wakeFD, &one, 8)
+        wake.withLock { fd in
+            guard fd >= 0 else { return }
+            var one: UInt64 = 1
+            _ = write(fd, &one, 8)
+        }
     }
 
+    /// Returns whether it got ready (and so whether it ran until cancelled or disconnected).
     private func run(address: String, rules: [String], ready: CheckedContinuation<Void, any Error>,
-                     deliver: @Sendable (DBusSignal, UInt64) -> Void) {
+                     deliver: @Sendable (DBusSignal, UInt64) -> Void) -> Bool {
+        defer {
+            wake.withLock { fd in
+                if fd >= 0 { close(fd) }
+                fd = -1
+            }
+        }
         var error = CDBus.DBusError()
         dbus_error_init(&error)
         defer { dbus_error_free(&error) }
@@ -52,29 +73,28 @@ final class StampedSignals: Sendable {
         }
         guard let connection = dbus_connection_open_private(address, &error) else {
             ready.resume(throwing: failure("connect to \(address)"))
-            return
+            return false
         }
         defer {
             dbus_connection_close(connection)
             dbus_connection_unref(connection)
-            close(wakeFD)
         }
         dbus_connection_set_exit_on_disconnect(connection, 0)
         guard dbus_bus_register(connection, &error) != 0 else {
             ready.resume(throwing: failure("Hello"))
-            return
+            return false
         }
         for rule in rules {
             dbus_bus_add_match(connection, rule, &error)
             if dbus_error_is_set(&error) != 0 {
                 ready.resume(throwing: failure("AddMatch \(rule)"))
-                return
+                return false
             }
         }
         var fd: Int32 = -1
         guard dbus_connection_get_unix_fd(connection, &fd) != 0 else {
             ready.resume(throwing: BenchError("no socket for \(address)"))
-            return
+            return false
         }
         ready.resume()
 
@@ -90,14 +110,15 @@ final class StampedSignals: Sendable {
             fds[1].revents = 0
             let rc = poll(&fds, 2, -1)
             if rc < 0 && errno == EINTR { continue }
-            if rc < 0 || fds[1].revents != 0 { return }
+            if rc < 0 || fds[1].revents != 0 { return true }
             let readable = monotonicNanoseconds()
-            guard dbus_connection_read_write(connection, 0) != 0 else { return }  // disconnected
+            guard dbus_connection_read_write(connection, 0) != 0 else { return true }  // disconnected
             while let message = dbus_connection_pop_message(connection) {
                 if let signal = Self.signal(from: message) { deliver(signal, readable) }
                 dbus_message_unref(message)
             }
         }
+        return true
     }
 
     // MARK: - Reading a message's arguments (only what the benchmark's signals carry)

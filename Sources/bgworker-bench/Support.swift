@@ -34,9 +34,19 @@ final class SignalLog: Sendable {
             var entries: [Entry] = []
             var waiters: [UInt64: Waiter] = [:]
             var nextID: UInt64 = 0
+            var ended = false
         }
 
         let state = Mutex(State())
+
+        func end() {
+            let waiters = state.withLock { s -> [Waiter] in
+                s.ended = true
+                defer { s.waiters = [:] }
+                return Array(s.waiters.values)
+            }
+            for w in waiters { w.continuation.resume(throwing: BenchError("the signal subscription ended (bus gone)")) }
+        }
 
         func append(_ signal: DBusSignal, at: UInt64) {
             let woken = state.withLock { s -> [(CheckedContinuation<Entry, any Error>, Entry)] in
@@ -56,9 +66,9 @@ final class SignalLog: Sendable {
     /// Subscribes on the bus at `address` (returns once the bus has the rule).
     init(address: String, _ rule: MatchRule) async throws {
         let sink = Sink()
-        stamped = try await StampedSignals.start(address: address, rules: [rule]) { signal, at in
-            sink.append(signal, at: at)
-        }
+        stamped = try await StampedSignals.start(address: address, rules: [rule],
+                                                 deliver: { signal, at in sink.append(signal, at: at) },
+                                                 ended: { sink.end() })
         self.sink = sink
     }
 
@@ -76,14 +86,15 @@ final class SignalLog: Sendable {
             group.addTask {
                 try await withTaskCancellationHandler {
                     try await withCheckedThrowingContinuation { continuation in
-                        let found = sink.state.withLock { s -> Entry? in
+                        let found = sink.state.withLock { s -> Result<Entry, any Error>? in
                             if from < s.entries.count, let e = s.entries[from...].first(where: { match($0.signal) }) {
-                                return e
+                                return .success(e)
                             }
+                            if s.ended { return .failure(BenchError("the signal subscription ended before \(what)")) }
                             s.waiters[id] = Sink.Waiter(from: from, match: match, continuation: continuation)
                             return nil
                         }
-                        if let found { continuation.resume(returning: found) }
+                        if let found { continuation.resume(with: found) }
                     }
                 } onCancel: {
                     let waiter = sink.state.withLock { $0.waiters.removeValue(forKey: id) }
@@ -129,16 +140,22 @@ enum Manager {
 }
 
 /// bgworkerd (the release build beside the benchmark) with the process runner on a private bus
-/// of its own, a client connection, and every `WorkerStateChanged` with its arrival time.
+/// of its own, a client connection, and every `WorkerStateChanged` with its arrival time. Its
+/// NOTIFY_SOCKET is drained as systemd would (`NotifyDrain`); its output goes to a log file.
 final class BenchDaemon: Sendable {
     let bus: PrivateBus
     let directory: TemporaryDirectory
     let configPath: String
-    let daemon: DaemonProcess
+    let process: ChildProcess
+    let notify: NotifyDrain
     let client: DBusConnection
     let states: SignalLog
+    /// When the daemon was spawned and when its READY=1 arrived (CLOCK_MONOTONIC).
+    let spawnedAt: UInt64
+    let readyAt: UInt64
 
-    var pid: pid_t { daemon.process.pid }
+    var pid: pid_t { process.pid }
+    var logPath: String { directory.file("bgworkerd.log") }
 
     /// Writes the configuration (`[daemon]` with a state folder of its own, then `body`) and
     /// starts the daemon; returns once it sent READY=1 and the client is subscribed.
@@ -152,10 +169,26 @@ final class BenchDaemon: Sendable {
         // Subscribed before the daemon starts, so that its first signals are seen too.
         let client = try await DBusConnection.connect(.address(bus.unixAddress))
         let states = try await SignalLog(address: bus.unixAddress, MatchRule(interface: Manager.interface, member: "WorkerStateChanged"))
-        let daemon = try await DaemonProcess(bus: bus, configPath: configPath, arguments: arguments,
-                                             runtimeDirectory: directory.file("run"), timeout: timeout)
-        return BenchDaemon(bus: bus, directory: directory, configPath: configPath, daemon: daemon,
-                           client: client, states: states)
+        let notify = try NotifyDrain()
+        let spawnedAt = monotonicNanoseconds()
+        let process = try ChildProcess(
+            [builtExecutablePath("bgworkerd"), "--config", configPath, "--bus", bus.unixAddress] + arguments,
+            extraEnvironment: ["NOTIFY_SOCKET": notify.address, "RUNTIME_DIRECTORY": directory.file("run")],
+            captureStdout: false, captureStderr: false, logFile: directory.file("bgworkerd.log"))
+        let readyAt = try await withThrowingTaskGroup(of: UInt64?.self) { group in
+            group.addTask { await notify.ready() }
+            group.addTask { _ = try? await process.waitForExit(timeout: timeout); return nil }
+            defer { group.cancelAll() }
+            return try await group.next() ?? nil
+        }
+        guard let readyAt else {
+            let log = (try? String(contentsOfFile: directory.file("bgworkerd.log"), encoding: .utf8)) ?? ""
+            await process.terminate(grace: .seconds(2))
+            notify.close()
+            throw BenchError("bgworkerd sent no READY=1 within \(timeout) (or exited)\n--- log ---\n\(log.suffix(3000))")
+        }
+        return BenchDaemon(bus: bus, directory: directory, configPath: configPath, process: process, notify: notify,
+                           client: client, states: states, spawnedAt: spawnedAt, readyAt: readyAt)
     }
 
     static func writeConfiguration(_ body: String, to path: String, stateDirectory: String) throws {
@@ -167,14 +200,17 @@ final class BenchDaemon: Sendable {
             """.write(toFile: path, atomically: true, encoding: .utf8)
     }
 
-    private init(bus: PrivateBus, directory: TemporaryDirectory, configPath: String, daemon: DaemonProcess,
-                 client: DBusConnection, states: SignalLog) {
+    private init(bus: PrivateBus, directory: TemporaryDirectory, configPath: String, process: ChildProcess,
+                 notify: NotifyDrain, client: DBusConnection, states: SignalLog, spawnedAt: UInt64, readyAt: UInt64) {
         self.bus = bus
         self.directory = directory
         self.configPath = configPath
-        self.daemon = daemon
+        self.process = process
+        self.notify = notify
         self.client = client
         self.states = states
+        self.spawnedAt = spawnedAt
+        self.readyAt = readyAt
     }
 
     func rewrite(_ body: String) throws {
@@ -221,7 +257,8 @@ final class BenchDaemon: Sendable {
         while seen.count < count {
             let left = deadline - ContinuousClock.now
             guard left > .zero else { throw BenchError("only \(seen.count) of \(count) workers running after \(timeout)") }
-            let entry = try await states.next(from: index, timeout: left, "\(count) workers running") { signal in
+            let entry = try await states.next(from: index, timeout: left,
+                                              "\(count) workers running (\(seen.count) so far, \(states.nextIndex) signals)") { signal in
                 guard let c = StateChange(signal) else { return false }
                 return c.state == "running" && c.name.hasPrefix(prefix)
             }
@@ -234,7 +271,9 @@ final class BenchDaemon: Sendable {
 
     /// SIGTERM, wait for the exit; then the bus (when this daemon made it) and the folder go.
     func stop(ownBus: Bool = true) async {
-        if (try? await daemon.stop(timeout: .seconds(60))) == nil { await daemon.process.terminate(grace: .seconds(2)) }
+        process.signal(SIGTERM)
+        if (try? await process.waitForExit(timeout: .seconds(60))) == nil { await process.terminate(grace: .seconds(2)) }
+        notify.close()
         client.close()
         if ownBus { await bus.stop() }
         directory.remove()

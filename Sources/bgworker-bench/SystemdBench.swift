@@ -189,7 +189,7 @@ struct SystemdBenchmark: AsyncParsableCommand {
             to: configPath, stateDirectory: "\(run)/state")
         let client = try await DBusConnection.connect(.address(bus.unixAddress))
         let states = try await SignalLog(address: bus.unixAddress, MatchRule(interface: Manager.interface, member: "WorkerStateChanged"))
-        let notify = try NotifySocket()
+        let notify = try NotifyDrain()
         let nsenter = try ChildProcess(
             ns.nsenterArguments(["--wd=\(run)", builtExecutablePath("bgworkerd"), "--config", configPath,
                                  "--bus", bus.unixAddress, "--runner", runner]),
@@ -199,11 +199,16 @@ struct SystemdBenchmark: AsyncParsableCommand {
             if let daemon = childPids(of: nsenter.pid).first { kill(daemon, SIGTERM) }
             if (try? await nsenter.waitForExit(timeout: .seconds(30))) == nil { await nsenter.terminate(grace: .seconds(1)) }
             client.close()
+            notify.close()
             await bus.stop()
         }
-        do {
-            try await notify.waitFor("READY", value: "1", timeout: .seconds(60))
-        } catch {
+        let ready = await withTaskGroup(of: Bool.self) { group in
+            group.addTask { _ = await notify.ready(); return true }
+            group.addTask { _ = try? await nsenter.waitForExit(timeout: .seconds(60)); return false }
+            defer { group.cancelAll() }
+            return await group.next() ?? false
+        }
+        if !ready {
             await stop()
             throw BenchError("bgworkerd --runner \(runner) did not get ready: \((try? String(contentsOfFile: "\(run)/bgworkerd.log", encoding: .utf8)) ?? "")")
         }

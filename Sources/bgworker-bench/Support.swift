@@ -192,9 +192,12 @@ final class BenchDaemon: Sendable {
     }
 
     static func writeConfiguration(_ body: String, to path: String, stateDirectory: String) throws {
+        // Not root: the bench's own group may change state (else every Enable is AccessDenied).
+        let admin = geteuid() == 0 ? "" : "admin-group = \"\(getegid())\""
         try """
             [daemon]
             state-directory = "\(stateDirectory)"
+            \(admin)
 
             \(body)
             """.write(toFile: path, atomically: true, encoding: .utf8)

@@ -78,13 +78,17 @@ struct Figure: Encodable, Sendable {
         self.unit = unit
         p50 = samples.p50
         if showMax { max = samples.max } else { p99 = samples.p99 }
+        // With a handful of samples, every one is worth seeing.
+        if samples.count <= 10, note == nil {
+            self.note = "samples: " + samples.values.map { String(format: "%.3f", $0) }.joined(separator: ", ")
+        }
         mean = samples.mean
         n = samples.count
         self.direction = direction
         baselineName = baseline?.0
         self.baseline = baseline?.1
         self.aim = aim
-        self.note = note
+        if self.note == nil { self.note = note }
     }
 
     /// A single value (a memory size, a count over a window, a one-off time).

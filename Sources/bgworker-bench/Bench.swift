@@ -16,6 +16,20 @@ struct BgWorkerBench: AsyncParsableCommand {
             """,
         subcommands: [DBusBench.self, DaemonBenchmark.self, HABenchmark.self, SystemdBenchmark.self,
                       AllBenchmarks.self])
+
+    static func main() async {
+        Interrupt.install()
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
 }
 
 /// Options every subcommand has.

@@ -8,7 +8,7 @@ import TestSupport
 
 enum DBusRoundTrip {
     static func section(calls: Int = 20_000, rounds: Int = 3, inFlight: [Int] = [1, 16]) async throws -> Section {
-        let bus = try await PrivateBus()
+        let bus = try await PrivateBus(directory: Interrupt.directory(prefix: "bgw-bench-bus"))
         return try await withCleanup(bus, cleanup: { await $0.stop() }) { bus in
             let server = try await DBusConnection.connect(.address(bus.address))
             let client = try await DBusConnection.connect(.address(bus.address))

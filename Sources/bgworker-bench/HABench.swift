@@ -48,8 +48,8 @@ struct HABenchmark: AsyncParsableCommand {
             section.skipped = "needs root: the exec and exit times come from the kernel's process events (proc connector)"
             return section
         }
-        let bus = try await PrivateBus()
-        let directory = try TemporaryDirectory(prefix: "bgw-bench-ha")
+        let bus = try await PrivateBus(directory: Interrupt.directory(prefix: "bgw-bench-bus"))
+        let directory = try Interrupt.directory(prefix: "bgw-bench-ha")
         defer { directory.remove() }
         let feed = try StandardInputFeed(directory.file("ha-sim.stdin"))
         let sim = try ChildProcess(
@@ -160,6 +160,10 @@ struct HABenchmark: AsyncParsableCommand {
         }
         progress("ha: keepalived, \(settings.failovers) failovers")
         let outcome = try await KeepalivedPair.with { pair -> Section in
+            for node in pair.nodes {
+                Interrupt.registerNetworkNamespace(node.namespace)
+                Interrupt.register(node.bus.directory.path)
+            }
             let first = try await pair.waitForMaster(timeout: .seconds(30))
             guard first === pair.a else { throw BenchError("node B became master first") }
             var daemons: [BenchDaemon] = []

@@ -156,12 +156,13 @@ final class BenchDaemon: Sendable {
 
     var pid: pid_t { process.pid }
     var logPath: String { directory.file("bgworkerd.log") }
+    private let stopped = Mutex(false)
 
     /// Writes the configuration (`[daemon]` with a state folder of its own, then `body`) and
     /// starts the daemon; returns once it sent READY=1 and the client is subscribed.
     static func start(_ body: String, bus existing: PrivateBus? = nil, arguments: [String] = ["--runner", "process"],
                       timeout: Duration = .seconds(60)) async throws -> BenchDaemon {
-        let directory = try TemporaryDirectory(prefix: "bgw-bench")
+        let directory = try Interrupt.directory(prefix: "bgw-bench")
         let bus: PrivateBus
         if let existing { bus = existing } else { bus = try await PrivateBus(directory: directory) }
         let configPath = directory.file("bgworkerd.toml")
@@ -273,7 +274,19 @@ final class BenchDaemon: Sendable {
     }
 
     /// SIGTERM, wait for the exit; then the bus (when this daemon made it) and the folder go.
+    /// Safety net for a phase that threw before `stop`: the daemon's ChildProcess kills and reaps
+    /// it as it goes; the folder and the notify thread go here.
+    deinit {
+        if !stopped.withLock({ $0 }) {
+            process.signal(SIGKILL)
+            notify.close()
+            client.close()
+            directory.remove()
+        }
+    }
+
     func stop(ownBus: Bool = true) async {
+        stopped.withLock { $0 = true }
         process.signal(SIGTERM)
         if (try? await process.waitForExit(timeout: .seconds(60))) == nil { await process.terminate(grace: .seconds(2)) }
         notify.close()

@@ -41,6 +41,7 @@ struct SystemdBenchmark: AsyncParsableCommand {
         // Visible inside the namespace, where /tmp and /run are private tmpfs.
         let directory = "/var/lib/bgworker-bench-\(uniqueID(8))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
+        Interrupt.register(directory)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         progress("systemd: starting a systemd namespace")
         return try await SystemdNamespace.with { ns in

@@ -169,6 +169,12 @@ struct HABenchmark: AsyncParsableCommand {
             var daemons: [BenchDaemon] = []
             var vrrp: [SignalLog] = []
             for node in pair.nodes {
+                // Subscribed before the daemon: dbus-daemon hands a signal to its receivers one
+                // after the other in the order their rules were added, and on this busy 2-core
+                // machine it was once preempted for ~6 ms between two of them. The stamp must come
+                // from the first receiver, never after the daemon.
+                vrrp.append(try await SignalLog(address: node.bus.unixAddress, MatchRule(
+                    path: try ObjectPath(node.instancePath), interface: "org.keepalived.Vrrp1.Instance", member: "VrrpStatusChange")))
                 let config = """
                     [ha]
                     source = "keepalived"
@@ -179,8 +185,6 @@ struct HABenchmark: AsyncParsableCommand {
                 let d = try await BenchDaemon.start(config, bus: node.bus)
                 events.watch(parent: d.pid)
                 daemons.append(d)
-                vrrp.append(try await SignalLog(address: node.bus.unixAddress, MatchRule(
-                    path: try ObjectPath(node.instancePath), interface: "org.keepalived.Vrrp1.Instance", member: "VrrpStatusChange")))
             }
             do {
                 let s = try await failovers(pair, daemons: daemons, vrrp: vrrp, settings, events: events, into: section)

@@ -74,6 +74,9 @@ public actor Supervisor {
     /// Reports of a role source that was replaced (reload, reconnect) are ignored.
     private var roleGeneration: UInt64 = 0
     private var lastStatusText = ""
+    private var lastStatusSentAt: ContinuousClock.Instant?
+    private var statusFlush: Task<Void, Never>?
+    private static let statusInterval = Duration.milliseconds(100)
 
     public init(
         configuration: Configuration, runner: any WorkerRunner, settings: SupervisorSettings,
@@ -318,15 +321,18 @@ public actor Supervisor {
     private func startRunnerLoops() {
         let runner = self.runner
         let commands = runnerCommands
-        Task {
+        // Detached, not on the actor: a spawn or stop starts as soon as `perform` hands it over,
+        // while the actor goes on with the signals, logs and state file of the same step. One
+        // consumer keeps the commands in order; results come back to the actor one at a time.
+        Task.detached { [self] in
             for await command in commands {
                 switch command {
                 case .start(let spec):
                     do throws(RunnerError) {
                         let pid = try await runner.start(spec)
-                        self.startSucceeded(spec.name, pid: pid)
+                        await self.startSucceeded(spec.name, pid: pid)
                     } catch {
-                        self.startFailed(spec.name, error)
+                        await self.startFailed(spec.name, error)
                     }
                 case .stop(let name):
                     await runner.stop(name: name)
@@ -406,15 +412,26 @@ public actor Supervisor {
     }
 
     private func perform(_ actions: [FleetAction]) {
+        // Processes first: the runner starts or stops them while the rest of this step (signals,
+        // logs, the fsync'ed state file) is carried out. The order among them is kept.
         for action in actions {
             switch action {
             case .spawn(let name, let definition):
                 spawning.insert(name)
                 earlyExits[name] = nil
                 runnerCommandSink.yield(.start(launchSpec(definition)))
+            case .stop(let name, _):
+                runnerCommandSink.yield(.stop(name))
+            default:
+                continue
+            }
+        }
+        for action in actions {
+            switch action {
+            case .spawn:
+                continue
             case .stop(let name, let pid):
                 logger.info("stopping worker \(name) (pid \(pid))", metadata: ["worker": "\(name)"])
-                runnerCommandSink.yield(.stop(name))
             case .scheduleTimer(let name, let at):
                 schedule(name, at: at)
             case .cancelTimer(let name):
@@ -568,10 +585,33 @@ public actor Supervisor {
         return parts.isEmpty ? head : head + ": " + parts.joined(separator: ", ")
     }
 
+    /// STATUS= follows the counts, at most once per `statusInterval`: a burst of changes (1,000
+    /// workers starting) sends the latest text once at the end of the interval instead of a
+    /// datagram each, so NOTIFY_SOCKET is not flooded and a full socket (a reader that is slow or
+    /// gone) cannot block the supervisor for long.
     private func updateStatus() {
+        guard statusFlush == nil else { return }  // the flush that is due sends the latest text
+        let now = ContinuousClock.now
+        if let last = lastStatusSentAt, now - last < Self.statusInterval {
+            statusFlush = Task { [weak self] in
+                try? await Task.sleep(until: last + Self.statusInterval, clock: .continuous)
+                await self?.flushStatus()
+            }
+            return
+        }
+        sendStatusIfChanged()
+    }
+
+    private func flushStatus() {
+        statusFlush = nil
+        sendStatusIfChanged()
+    }
+
+    private func sendStatusIfChanged() {
         let text = statusText()
         guard text != lastStatusText else { return }
         lastStatusText = text
+        lastStatusSentAt = ContinuousClock.now
         notifier.status(text)
     }
 }

@@ -51,10 +51,9 @@ struct HABenchmark: AsyncParsableCommand {
         let bus = try await PrivateBus(directory: Interrupt.directory(prefix: "bgw-bench-bus"))
         let directory = try Interrupt.directory(prefix: "bgw-bench-ha")
         defer { directory.remove() }
-        let feed = try StandardInputFeed(directory.file("ha-sim.stdin"))
+        let feed = try NamedPipe(path: directory.file("ha-sim.stdin"))
         let sim = try ChildProcess(
-            ["/bin/sh", "-c", "exec \"$0\" \"$@\" < '\(feed.path)'", builtExecutablePath("bgworker-ha-sim"),
-             "--bus", bus.unixAddress, "--role", "secondary"],
+            feed.asStandardInput(of: [builtExecutablePath("bgworker-ha-sim"), "--bus", bus.unixAddress, "--role", "secondary"]),
             captureStdout: true, captureStderr: false)
         var simLines: [String] = []
         func simSays(_ prefix: String) async throws {
@@ -245,38 +244,5 @@ struct HABenchmark: AsyncParsableCommand {
             s.notes.append("each failover: SIGTERM to node A's keepalived (master, priority 150); node B (100) takes over; then A is started again and preempts; VrrpStatusChange is stamped on arrival on that node's bus (socket readiness), exec by the kernel")
             s.notes.append("one bgworkerd per node on the node's own bus, [ha] source = \"keepalived\", worker run-on primary; \(settings.failovers) failovers")
             return s
-    }
-}
-
-/// A named pipe that a child reads as its standard input (ChildProcess gives children /dev/null):
-/// lines written here reach it; `end()` is its end of input.
-final class StandardInputFeed: Sendable {
-    let path: String
-    private let fd: Mutex<Int32>
-
-    init(_ path: String) throws {
-        self.path = path
-        guard mkfifo(path, 0o600) == 0 else { throw BenchError("mkfifo \(path): \(errno)") }
-        // O_RDWR: the open does not wait for a reader, and the pipe has no end until we close it.
-        let opened = open(path, O_RDWR | O_CLOEXEC)
-        guard opened >= 0 else { throw BenchError("open \(path): \(errno)") }
-        fd = Mutex(opened)
-    }
-
-    deinit { end() }
-
-    func send(_ line: String) {
-        let bytes = Array((line + "\n").utf8)
-        fd.withLock { fd in
-            guard fd >= 0 else { return }
-            _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        }
-    }
-
-    func end() {
-        fd.withLock { fd in
-            if fd >= 0 { close(fd) }
-            fd = -1
-        }
     }
 }

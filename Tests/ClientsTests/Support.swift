@@ -14,51 +14,7 @@ func withBus<T>(_ body: (PrivateBus) async throws -> T) async throws -> T {
     try await withCleanup(try await PrivateBus(), cleanup: { await $0.stop() }, body)
 }
 
-/// A named pipe held open by the test for reading and writing: a child reads it as its standard
-/// input (ChildProcess gives children /dev/null), or writes its output into it (a worker started
-/// by the daemon, whose own output goes elsewhere). Held open, it has no end until `end()`.
-final class NamedPipe: Sendable {
-    let path: String
-    /// -1 once ended: closing a descriptor twice would close whatever reused its number.
-    private let fd: Mutex<Int32>
-
-    init(in directory: TemporaryDirectory, name: String = "pipe") throws {
-        path = directory.file(name)
-        guard mkfifo(path, 0o600) == 0 else { throw TestProcessError("mkfifo \(path): \(errno)") }
-        // O_RDWR: the open does not wait for the other side.
-        let opened = open(path, O_RDWR | O_CLOEXEC)
-        guard opened >= 0 else { throw TestProcessError("open \(path): \(errno)") }
-        fd = Mutex(opened)
-    }
-
-    deinit { end() }
-
-    func send(_ line: String) {
-        let bytes = Array((line + "\n").utf8)
-        fd.withLock { fd in
-            guard fd >= 0 else { return }
-            _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        }
-    }
-
-    /// Ends the reader's input.
-    func end() {
-        fd.withLock { fd in
-            if fd >= 0 { close(fd) }
-            fd = -1
-        }
-    }
-
-    /// `argv` run with this pipe as standard input.
-    func asStandardInput(of argv: [String]) -> [String] {
-        ["/bin/sh", "-c", "exec \"$0\" \"$@\" < '\(path)'"] + argv
-    }
-
-    /// `argv` run with its standard output into this pipe.
-    func asStandardOutput(of argv: [String]) -> [String] {
-        ["/bin/sh", "-c", "exec \"$0\" \"$@\" > '\(path)'"] + argv
-    }
-
+extension NamedPipe {
     /// What is written into the pipe, line by line (read by `cat`, a child of the test).
     func reader() throws -> (process: ChildProcess, lines: OutputLines) {
         let cat = try ChildProcess(["cat", path], captureStdout: true)

@@ -296,12 +296,11 @@ private final class ProcessMonitor: @unchecked Sendable {
             close(timer)
         }
         idsByName[worker.name] = nil
+        // Before the report: whoever learns of the exit finds the record without this worker.
+        recordGroups()
         // waitid cannot fail for our own unreaped child; if it did, the process is gone anyway.
         let exit = rc == 0 ? WorkerExit(siginfoCode: code, status: status) : .killed(SIGKILL)
         eventSink.yield(.exited(name: worker.name, pid: worker.pid, status: exit))
-        // After the report, so that the restart does not wait for this write; the group is
-        // already killed, so a record one write behind names nothing alive.
-        recordGroups()
     }
 
     private func recordGroups() {

@@ -5,6 +5,9 @@
 //   bgworker-runner-probe run GROUP-FILE PROGRAM [ARG...]
 //       Starts PROGRAM as worker "probe" (its output on our stderr as `probe: line`), prints
 //       `pid=<worker pid>` on stdout, then waits until killed.
+//   bgworker-runner-probe clean GROUP-FILE
+//       Starts a runner on GROUP-FILE, as a new daemon would, and prints `killed=<pgid,...>`: the
+//       leftover groups it killed.
 //   bgworker-runner-probe journal
 //       Logs one warning through the daemon's journal handler (identifier bgworker-probe) and
 //       runs worker "probe-worker", whose output goes to the journal; exits when all is sent.
@@ -48,10 +51,14 @@ do {
     switch arguments.dropFirst().first {
     case "run" where arguments.count >= 4:
         try await runWorker(groupFile: arguments[2], argv: Array(arguments[3...]))
+    case "clean" where arguments.count == 3:
+        let runner = try ProcessRunner(processGroupFile: arguments[2], output: .fileDescriptor(2))
+        say("killed=\(runner.killedLeftoverGroups.map(String.init).joined(separator: ","))\n", to: 1)
+        await runner.shutdown()
     case "journal":
         try await logToJournal()
     default:
-        say("usage: bgworker-runner-probe run GROUP-FILE PROGRAM [ARG...] | journal\n", to: 2)
+        say("usage: bgworker-runner-probe run GROUP-FILE PROGRAM [ARG...] | clean GROUP-FILE | journal\n", to: 2)
         exit(2)
     }
 } catch {

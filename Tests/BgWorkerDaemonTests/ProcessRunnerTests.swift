@@ -376,6 +376,50 @@ struct ProcessRunnerDaemonKilledTests {
         await runner.shutdown()
     }
 
+    /// In a PID namespace whose session leader is outside it (`unshare --pid --fork`, some CI
+    /// containers), every session id reads 0. The record must still find and kill the leftovers.
+    @Test func aNewRunnerKillsWhatIsLeftWhereSessionIdsReadZero() async throws {
+        guard isRoot else {
+            #expect(Bool(!isCI), "CI must run as root")
+            return
+        }
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let script = #"""
+            set -eu
+            D=$1; PROBE=$2
+            mkfifo "$D/lines"
+            "$PROBE" run "$D/groups" /bin/sh -c 'sleep 1000 & echo "child=$!" >&2; wait' >"$D/lines" 2>&1 &
+            probe=$!
+            pid=; child=
+            while [ -z "$pid" ] || [ -z "$child" ]; do
+                read -r line
+                case $line in
+                    pid=*) pid=${line#pid=} ;;
+                    "probe: child="*) child=${line#probe: child=} ;;
+                esac
+            done <"$D/lines"
+            echo "session=$(sed 's/.*) //' /proc/$child/stat | cut -d' ' -f4)"
+            echo "worker=$pid"
+            kill -KILL "$probe"
+            wait "$probe" || true
+            "$PROBE" clean "$D/groups"
+            state=$(sed 's/.*) //' /proc/$child/stat 2>/dev/null | cut -d' ' -f1 || true)
+            echo "child-state=${state:-gone}"
+            echo "record-bytes=$(wc -c <"$D/groups")"
+            """#
+        let result = try await run(
+            ["unshare", "--pid", "--fork", "--mount-proc", "/bin/sh", "-c", script, "sh", directory.path,
+             builtProduct("bgworker-runner-probe")])
+        #expect(result.status == 0, "\(result.stderr)")
+        let lines = result.stdout.split(separator: "\n").map(String.init)
+        let worker = try #require(lines.first { $0.hasPrefix("worker=") }?.dropFirst("worker=".count))
+        #expect(lines.contains("session=0"), "\(lines)")
+        #expect(lines.contains("killed=\(worker)"), "\(lines)")
+        #expect(lines.contains("child-state=Z") || lines.contains("child-state=gone"), "\(lines)")
+        #expect(lines.contains("record-bytes=0"), "\(lines)")
+    }
+
     @Test func theRecordFollowsTheLiveWorkers() async throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }

@@ -3,6 +3,9 @@
 // So the runner writes down every live worker's process group (with the daemon's session id, to
 // recognise the group later), and a new runner kills the groups it finds there that still exist
 // before it starts anything: a new daemon never finds an old copy of a worker still running.
+// The session id is 0 when the session's leader lives outside our PID namespace (a daemon started
+// by `unshare --pid --fork`, or in some containers): /proc then says 0 for every such process, so
+// 0 is recorded and matched like any other id.
 import CShims
 import Glibc
 
@@ -82,7 +85,7 @@ struct ProcessGroupRecord: ~Copyable {
         String(decoding: bytes, as: UTF8.self).split(separator: "\n").compactMap { line in
             let fields = line.split(separator: " ")
             guard fields.count == 2, let pgid = Int32(fields[0]), let session = Int32(fields[1]),
-                  pgid > 1, session > 0 else { return nil }
+                  pgid > 1, session >= 0 else { return nil }
             return (pgid, session)
         }
     }

@@ -251,6 +251,27 @@ struct ProcessRunnerExitTests {
         await runner.shutdown()
     }
 
+    /// Submitted without waiting, a start, a stop and a start again of the same worker are
+    /// carried out in that order: the stop lands on the first process, the second start finds
+    /// the name taken (the first has not been reaped yet) or starts a new process.
+    @Test func submittedRequestsAreCarriedOutInOrder() async throws {
+        let runner = try ProcessRunner(output: .fileDescriptor(2))
+        let answers = WatchedValue([Result<Int32, RunnerError>]())
+        let spec = LaunchSpec(name: "ordered", argv: ["/bin/sleep", "1000"])
+        runner.submitStart(spec) { result in answers.update { $0.append(result) } }
+        runner.submitStop(name: "ordered") {}
+        runner.submitStart(spec) { result in answers.update { $0.append(result) } }
+        let both = try await answers.wait("two answers", timeout: .seconds(10)) { $0.count == 2 }
+        let first = try both[0].get()
+        let exit = try await exitEvent(of: "ordered", in: runner)
+        #expect(exit.pid == first && exit.status == .killed(SIGTERM))
+        switch both[1] {
+        case .failure(let error): #expect(error.code == .alreadyRunning)
+        case .success(let second): #expect(second != first)
+        }
+        await runner.shutdown()
+    }
+
     @Test func aWorkerThatIgnoresSIGTERMIsKilledAfterItsStopTimeout() async throws {
         let output = try CapturedWorkerOutput()
         let runner = try ProcessRunner(output: output.destination)

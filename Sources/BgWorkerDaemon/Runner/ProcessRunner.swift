@@ -39,19 +39,26 @@ public final class ProcessRunner: WorkerRunner {
     /// The process groups a previous daemon left that this runner killed when it started.
     public var killedLeftoverGroups: [Int32] { monitor.killedLeftoverGroups }
 
-    public func start(_ spec: LaunchSpec) async throws(RunnerError) -> Int32 {
-        let launch = try PreparedLaunch(spec)
-        return try await monitor.request { .start(launch, $0) }.get()
+    public func submitStart(_ spec: LaunchSpec, answer: @escaping @Sendable (Result<Int32, RunnerError>) -> Void) {
+        let launch: PreparedLaunch
+        do {
+            launch = try PreparedLaunch(spec)
+        } catch {
+            return answer(.failure(error))
+        }
+        monitor.submit(.start(launch, answer))
     }
 
-    public func stop(name: String) async {
-        await monitor.request { .stop(name, $0) }
+    public func submitStop(name: String, done: @escaping @Sendable () -> Void) {
+        monitor.submit(.stop(name, done))
     }
 
     public func adopt(_ specs: [LaunchSpec]) async -> [String: Int32] { [:] }
 
     public func shutdown() async {
-        await monitor.request { .shutdown($0) }
+        await withCheckedContinuation { continuation in
+            monitor.submit(.shutdown({ continuation.resume() }))
+        }
     }
 }
 
@@ -74,17 +81,17 @@ private final class ProcessMonitor: @unchecked Sendable {
     // touched only on the monitor thread, which starts at the end of init.
 
     enum Request {
-        case start(PreparedLaunch, CheckedContinuation<Result<Int32, RunnerError>, Never>)
-        case stop(String, CheckedContinuation<Void, Never>)
-        case shutdown(CheckedContinuation<Void, Never>)
+        case start(PreparedLaunch, @Sendable (Result<Int32, RunnerError>) -> Void)
+        case stop(String, @Sendable () -> Void)
+        case shutdown(@Sendable () -> Void)
 
         /// Answers a request that came after the monitor ended.
         func refuse() {
             switch self {
-            case .start(let launch, let c):
-                c.resume(returning: .failure(RunnerError(.shutDown, worker: launch.spec.name, context: "the runner is shut down")))
-            case .stop(_, let c), .shutdown(let c):
-                c.resume()
+            case .start(let launch, let answer):
+                answer(.failure(RunnerError(.shutDown, worker: launch.spec.name, context: "the runner is shut down")))
+            case .stop(_, let done), .shutdown(let done):
+                done()
             }
         }
     }
@@ -102,7 +109,7 @@ private final class ProcessMonitor: @unchecked Sendable {
     private var workers: [UInt64: RunningWorker] = [:]
     private var idsByName: [String: UInt64] = [:]
     private var nextID: UInt64 = 1
-    private var shutdownWaiters: [CheckedContinuation<Void, Never>] = []
+    private var shutdownWaiters: [@Sendable () -> Void] = []
 
     // epoll tokens: the low bit tells a worker's pidfd from its kill timer.
     private static let wakeToken = UInt64.max
@@ -131,17 +138,14 @@ private final class ProcessMonitor: @unchecked Sendable {
         try startDedicatedThread(name: "bgw-monitor") { [self] in run() }
     }
 
-    /// Queues a request for the monitor thread and waits for its answer.
-    func request<T>(_ make: (CheckedContinuation<T, Never>) -> Request) async -> T {
-        await withCheckedContinuation { continuation in
-            let request = make(continuation)
-            let queued = pending.withLock { queue -> Bool in
-                guard queue != nil else { return false }
-                queue!.append(request)
-                return true
-            }
-            if queued { wake.signal() } else { request.refuse() }
+    /// Queues a request for the monitor thread; requests are carried out in the order queued.
+    func submit(_ request: Request) {
+        let queued = pending.withLock { queue -> Bool in
+            guard queue != nil else { return false }
+            queue!.append(request)
+            return true
         }
+        if queued { wake.signal() } else { request.refuse() }
     }
 
     // MARK: the monitor thread
@@ -169,20 +173,20 @@ private final class ProcessMonitor: @unchecked Sendable {
         close(devNull)
         eventSink.finish()
         let waiters = shutdownWaiters
-        pump.finish { waiters.forEach { $0.resume() } }
+        pump.finish { waiters.forEach { $0() } }
     }
 
     private func handleRequests() {
         let requests = pending.withLock { queue -> [Request] in defer { queue = [] }; return queue ?? [] }
         for request in requests {
             switch request {
-            case let .start(launch, continuation):
-                continuation.resume(returning: spawn(launch))
-            case let .stop(name, continuation):
+            case let .start(launch, answer):
+                answer(spawn(launch))
+            case let .stop(name, done):
                 if let id = idsByName[name] { stop(id: id) }
-                continuation.resume()
-            case .shutdown(let continuation):
-                shutdownWaiters.append(continuation)
+                done()
+            case .shutdown(let done):
+                shutdownWaiters.append(done)
                 for id in workers.keys { stop(id: id) }
             }
         }

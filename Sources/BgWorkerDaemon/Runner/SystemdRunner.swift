@@ -18,6 +18,9 @@ import Logging
 public final class SystemdRunner: WorkerRunner {
     public let kind = "systemd"
     public let events: AsyncStream<RunnerEvent>
+    /// Starts and stops, carried out one at a time in the order asked for by one task: a stop
+    /// never overtakes the start before it, though each takes several bus round trips.
+    private let commands: AsyncStream<Command>.Continuation
     private let table: SystemdUnitTable
     private let logger: Logger
     /// The connection is the runner's own: `shutdown` closes it.
@@ -51,9 +54,42 @@ public final class SystemdRunner: WorkerRunner {
         self.logger = logger
         table = SystemdUnitTable(connection: connection, reconnect: reconnect, events: continuation, logger: logger)
         daemonDirectory = currentDirectory()
+        let (queue, commands) = AsyncStream.makeStream(of: Command.self)
+        self.commands = commands
+        // Ends when `shutdown` finishes the queue; until then the task keeps the runner alive.
+        Task.detached { [self] in
+            for await command in queue {
+                switch command {
+                case let .start(spec, answer):
+                    do throws(RunnerError) {
+                        answer(.success(try await carryOutStart(spec)))
+                    } catch {
+                        answer(.failure(error))
+                    }
+                case let .stop(name, done):
+                    await carryOutStop(name: name)
+                    done()
+                }
+            }
+        }
     }
 
-    public func start(_ spec: LaunchSpec) async throws(RunnerError) -> Int32 {
+    private enum Command {
+        case start(LaunchSpec, @Sendable (Result<Int32, RunnerError>) -> Void)
+        case stop(String, @Sendable () -> Void)
+    }
+
+    public func submitStart(_ spec: LaunchSpec, answer: @escaping @Sendable (Result<Int32, RunnerError>) -> Void) {
+        if case .terminated = commands.yield(.start(spec, answer)) {
+            answer(.failure(RunnerError(.shutDown, worker: spec.name, context: "the runner is shut down")))
+        }
+    }
+
+    public func submitStop(name: String, done: @escaping @Sendable () -> Void) {
+        if case .terminated = commands.yield(.stop(name, done)) { done() }
+    }
+
+    private func carryOutStart(_ spec: LaunchSpec) async throws(RunnerError) -> Int32 {
         guard isValidWorkerName(spec.name) else {
             throw RunnerError(.invalidSpec, worker: spec.name, context: "not a valid worker name")
         }
@@ -78,7 +114,7 @@ public final class SystemdRunner: WorkerRunner {
         }
     }
 
-    public func stop(name: String) async {
+    private func carryOutStop(name: String) async {
         guard let unit = await table.requestStop(name: name),
               let connection = try? await table.currentConnection(for: name)
         else { return }  // not created yet, or no bus now: stopped once it started / the bus is back
@@ -124,6 +160,7 @@ public final class SystemdRunner: WorkerRunner {
         }
         // Without a connection now, the units are stopped once it is back (they are marked).
         await table.waitUntilEmpty()
+        commands.finish()
         guard let connection = await table.finish() else { return }
         if ownsConnection {
             connection.close()

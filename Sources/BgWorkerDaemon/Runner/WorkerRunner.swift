@@ -102,22 +102,43 @@ public struct RunnerError: Error, Sendable, Equatable, CustomStringConvertible {
 }
 
 /// Runs workers. Both runners implement it; the supervisor cannot tell them apart.
+///
+/// Starts and stops are submitted without waiting and carried out in the order submitted: a
+/// stop never overtakes the start submitted before it, so a caller that submits from one actor
+/// needs no queue of its own, and no task has to be woken to hand a request over.
 public protocol WorkerRunner: Sendable {
     /// `process` or `systemd` (the manager's `Runner` property).
     var kind: String { get }
     /// Exits of started and adopted workers, in the order they happen. One consumer.
     var events: AsyncStream<RunnerEvent> { get }
-    /// Starts a worker; returns its pid once the program has been executed, or throws with the
+    /// Queues a start. `answer` is called once, on any thread (a runner's own, or the caller's
+    /// for a spec refused at once), with the pid once the program has been executed, or with the
     /// step and OS error that failed (e.g. `execve /x: No such file or directory`).
-    func start(_ spec: LaunchSpec) async throws(RunnerError) -> Int32
-    /// Sends SIGTERM to the worker (all of it: its process group or its unit), and SIGKILL after
-    /// its `stopTimeout`. Returns once SIGTERM is sent; the exit arrives as an event. Does nothing
-    /// for a name that does not run.
-    func stop(name: String) async
+    func submitStart(_ spec: LaunchSpec, answer: @escaping @Sendable (Result<Int32, RunnerError>) -> Void)
+    /// Queues a stop: SIGTERM to the worker (all of it: its process group or its unit), and
+    /// SIGKILL after its `stopTimeout`. `done` is called once SIGTERM is sent; the exit arrives
+    /// as an event. Does nothing (but call `done`) for a name that does not run.
+    func submitStop(name: String, done: @escaping @Sendable () -> Void)
     /// Takes over workers that still run from a previous daemon (systemd units whose definition
     /// hash matches); returns their pids by name. Their exits then arrive as events.
     func adopt(_ specs: [LaunchSpec]) async -> [String: Int32]
     /// Stops every worker in parallel and returns when all are gone; the runner then refuses to
     /// start more and finishes `events`.
     func shutdown() async
+}
+
+extension WorkerRunner {
+    /// Starts a worker and waits for the answer (see `submitStart`).
+    public func start(_ spec: LaunchSpec) async throws(RunnerError) -> Int32 {
+        try await withCheckedContinuation { continuation in
+            submitStart(spec) { continuation.resume(returning: $0) }
+        }.get()
+    }
+
+    /// Stops a worker; returns once SIGTERM is sent (see `submitStop`).
+    public func stop(name: String) async {
+        await withCheckedContinuation { continuation in
+            submitStop(name: name) { continuation.resume() }
+        }
+    }
 }

@@ -27,13 +27,6 @@ public struct SupervisorSettings: Sendable {
     }
 }
 
-/// A runner request, carried out in order by one task: a `stop` can never overtake the `start`
-/// that came before it, nor be overtaken by the next start of the same worker.
-private enum RunnerCommand: Sendable {
-    case start(LaunchSpec)
-    case stop(String)
-}
-
 /// The supervisor actor. Create it, `prepare()` its bus objects, `attach` a connection,
 /// `start()` the workers; `shutdown()` stops them all.
 public actor Supervisor {
@@ -53,8 +46,6 @@ public actor Supervisor {
     private var workerObjects: [String: ExportedObject] = [:]
     private var connection: DBusConnection?
 
-    private let runnerCommands: AsyncStream<RunnerCommand>
-    private let runnerCommandSink: AsyncStream<RunnerCommand>.Continuation
     /// Workers with a start in flight (a `spawn` went to the runner, no answer yet).
     private var spawning: Set<String> = []
     /// Exits the runner reported before the start that made the process was answered.
@@ -93,7 +84,6 @@ public actor Supervisor {
         if let problem { logger.warning("state file: \(problem)") }
         let role: HARole = configuration.ha.source == .none ? .standalone : .unknown
         fleet = Fleet(configuration: configuration, enableState: persisted, role: role)
-        (runnerCommands, runnerCommandSink) = AsyncStream.makeStream(of: RunnerCommand.self)
         if let warning = access.configure(adminGroup: configuration.daemon.adminGroup) { logger.warning("\(warning)") }
     }
 
@@ -186,7 +176,6 @@ public actor Supervisor {
         timers = [:]
         roleSourceTask?.cancel()
         await runner.shutdown()
-        runnerCommandSink.finish()
     }
 
     // MARK: - Bus methods (called by the service after authorization)
@@ -319,30 +308,17 @@ public actor Supervisor {
     // MARK: - Events from the runner and timers
 
     private func startRunnerLoops() {
-        let runner = self.runner
-        let commands = runnerCommands
-        // Detached, not on the actor: a spawn or stop starts as soon as `perform` hands it over,
-        // while the actor goes on with the signals, logs and state file of the same step. One
-        // consumer keeps the commands in order; results come back to the actor one at a time.
-        Task.detached { [self] in
-            for await command in commands {
-                switch command {
-                case .start(let spec):
-                    do throws(RunnerError) {
-                        let pid = try await runner.start(spec)
-                        await self.startSucceeded(spec.name, pid: pid)
-                    } catch {
-                        await self.startFailed(spec.name, error)
-                    }
-                case .stop(let name):
-                    await runner.stop(name: name)
-                }
-            }
-        }
         Task {
             for await event in runner.events {
                 self.runnerReported(event)
             }
+        }
+    }
+
+    private func startAnswered(_ name: String, _ result: Result<Int32, RunnerError>) {
+        switch result {
+        case .success(let pid): startSucceeded(name, pid: pid)
+        case .failure(let error): startFailed(name, error)
         }
     }
 
@@ -413,15 +389,18 @@ public actor Supervisor {
 
     private func perform(_ actions: [FleetAction]) {
         // Processes first: the runner starts or stops them while the rest of this step (signals,
-        // logs, the fsync'ed state file) is carried out. The order among them is kept.
+        // logs, the fsync'ed state file) is carried out. Submitted in order, carried out in order
+        // (see `WorkerRunner`); the answer to a start comes back to the actor.
         for action in actions {
             switch action {
             case .spawn(let name, let definition):
                 spawning.insert(name)
                 earlyExits[name] = nil
-                runnerCommandSink.yield(.start(launchSpec(definition)))
+                runner.submitStart(launchSpec(definition)) { [weak self] result in
+                    Task { await self?.startAnswered(name, result) }
+                }
             case .stop(let name, _):
-                runnerCommandSink.yield(.stop(name))
+                runner.submitStop(name: name) {}
             default:
                 continue
             }

@@ -7,6 +7,29 @@ import Glibc
 import Logging
 
 @main
+enum Main {
+    /// Before anything else, and before any thread exists: the daemon's signals are blocked (they
+    /// are read from a signalfd) and Swift Concurrency runs on the daemon's own threads, not on
+    /// libdispatch, whose pool monitor would wake an idle daemon every second. This thread then
+    /// becomes one of those threads.
+    static func main() {
+        ProcessSignals.block(DaemonMain.daemonSignals)
+        do {
+            try TaskThreadPool.installAsGlobalExecutor(threads: 3)
+        } catch {
+            DaemonMain.printErrors(["cannot start the task threads: \(error)"])
+            exit(1)
+        }
+        // Detached: `main` is on the main actor, whose queue nothing drains here (no MainActor
+        // code runs in the daemon).
+        Task.detached {
+            await BgWorkerd.main()
+            exit(0)
+        }
+        TaskThreadPool.runJobsOnThisThread()
+    }
+}
+
 struct BgWorkerd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bgworkerd",

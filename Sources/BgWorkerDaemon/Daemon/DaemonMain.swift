@@ -5,7 +5,6 @@ import DBus
 import Glibc
 import Logging
 import ServiceLifecycle
-import UnixSignals
 
 /// The daemon's version (the manager's `Version` property).
 public let bgworkerVersion = "0.1.0"
@@ -34,6 +33,10 @@ public struct DaemonStartError: Error, Sendable, CustomStringConvertible {
 }
 
 public enum DaemonMain {
+    /// SIGHUP reloads; SIGTERM and SIGINT stop the daemon. The caller blocks them in `main`
+    /// before any thread starts (`ProcessSignals.block(DaemonMain.daemonSignals)`).
+    public static let daemonSignals = [SIGHUP, SIGTERM, SIGINT]
+
     /// The default system bus socket: workers need no `DBUS_SYSTEM_BUS_ADDRESS` for it.
     static let defaultSystemBusAddress = "unix:path=/run/dbus/system_bus_socket"
 
@@ -95,13 +98,32 @@ public enum DaemonMain {
             return 1
         }
 
-        let service = DaemonService(supervisor: supervisor, busAddress: busAddress, logger: logger)
+        let signals: ProcessSignals
+        do {
+            signals = try ProcessSignals(daemonSignals)
+        } catch {
+            printErrors(["cannot receive signals: \(error)"])
+            await runner.shutdown()
+            return 1
+        }
+        let (hangups, hangupSink) = AsyncStream.makeStream(of: Void.self)
+        let service = DaemonService(supervisor: supervisor, busAddress: busAddress, hangups: hangups, logger: logger)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if let watchdog = WatchdogService() { services.append(.init(service: watchdog)) }
         services.append(.init(service: service))
+        // No signals for the group itself: ours come from the signalfd (see ProcessSignals).
         let group = ServiceGroup(
-            configuration: ServiceGroupConfiguration(
-                services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            configuration: ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [], logger: logger))
+        let signalTask = Task {
+            for await signal in signals.received {
+                if signal == SIGHUP {
+                    hangupSink.yield()
+                } else {
+                    await group.triggerGracefulShutdown()
+                }
+            }
+        }
+        defer { signalTask.cancel() }
         do {
             try await group.run()
             logger.notice("bgworkerd stopped")
@@ -113,7 +135,7 @@ public enum DaemonMain {
         }
     }
 
-    static func printErrors(_ lines: [String]) {
+    public static func printErrors(_ lines: [String]) {
         for line in lines {
             let bytes = Array("bgworkerd: \(line)\n".utf8)
             _ = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
@@ -127,6 +149,9 @@ public enum DaemonMain {
 struct DaemonService: Service {
     let supervisor: Supervisor
     let busAddress: String
+    /// One element per SIGHUP, from the moment the daemon started (a SIGHUP during the start
+    /// reloads once the daemon is up, instead of killing it).
+    let hangups: AsyncStream<Void>
     let logger: Logger
     let notifier = ServiceNotifier()
 
@@ -140,9 +165,6 @@ struct DaemonService: Service {
     }
 
     private func serve(until shutdownRequests: AsyncStream<Void>) async throws {
-        // Trapped before anything else: a SIGHUP during the start reloads once the daemon is up,
-        // instead of killing it (its default action).
-        let hangups = await UnixSignalsSequence(trapping: .sighup)
         let connection: DBusConnection
         do {
             connection = try await DBusConnection.connect(.address(busAddress))
@@ -214,7 +236,7 @@ struct BusLink: Sendable {
         var attempts = 0
         while true {
             do {
-                try await Task.sleep(for: delay, clock: .continuous)
+                try await DaemonClock.sleep(for: delay)
             } catch {
                 return nil
             }

@@ -131,7 +131,7 @@ actor SystemdUnitTable {
                     await self?.connected(new)
                     return
                 }
-                try? await Task.sleep(for: delay)
+                try? await DaemonClock.sleep(for: delay)
                 delay = min(delay * 2, .seconds(5))
             }
         }

@@ -447,7 +447,7 @@ public actor Supervisor {
         let deadline = clockOrigin.advanced(by: .nanoseconds(instant.nanoseconds))
         let task = Task { [weak self] in
             do {
-                try await Task.sleep(until: deadline, clock: .continuous)
+                try await DaemonClock.sleep(until: deadline)
             } catch {
                 return  // cancelled
             }
@@ -573,7 +573,7 @@ public actor Supervisor {
         let now = ContinuousClock.now
         if let last = lastStatusSentAt, now - last < Self.statusInterval {
             statusFlush = Task { [weak self] in
-                try? await Task.sleep(until: last + Self.statusInterval, clock: .continuous)
+                try? await DaemonClock.sleep(until: last + Self.statusInterval)
                 await self?.flushStatus()
             }
             return

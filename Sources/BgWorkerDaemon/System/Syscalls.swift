@@ -109,7 +109,7 @@ func makeOneShotTimer(after delay: Duration) throws(SystemCallError) -> Int32 {
 /// cooperative pool, the thread lives exactly as long as `body` runs, which is what
 /// PR_SET_PDEATHSIG (armed per spawning *thread*) needs.
 func startDedicatedThread(
-    name: String, _ body: @escaping @Sendable () -> Void
+    name: String, stackSize: Int = 512 * 1024, _ body: @escaping @Sendable () -> Void
 ) throws(SystemCallError) {
     final class Box: Sendable {
         let name: String
@@ -121,7 +121,7 @@ func startDedicatedThread(
     pthread_attr_init(&attributes)
     defer { pthread_attr_destroy(&attributes) }
     pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
-    pthread_attr_setstacksize(&attributes, 512 * 1024)
+    pthread_attr_setstacksize(&attributes, stackSize)
     var thread = pthread_t()
     let rc = pthread_create(&thread, &attributes, { raw in
         let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()

@@ -8,6 +8,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/timerfd.h>
+#include <sys/signalfd.h>
 #include <sys/uio.h>
 
 /// pidfd_open(2). Returns a pidfd or -1 with errno set.
@@ -80,5 +81,16 @@ struct _bgw_spawn_result {
 /// thread that lives as long as the workers. Returns 0 on success, -1 on failure.
 /// SIGCHLD must not be set to SIG_IGN in the process (it would reap the children behind our back).
 int _bgw_spawn(const struct _bgw_spawn_request *req, struct _bgw_spawn_result *result);
+
+/// Takes over Swift Concurrency's default executor through the runtime's hook variables
+/// (swift_task_enqueueGlobal_hook, ...WithDelay_hook, ...WithDeadline_hook: function pointers of
+/// the Swift calling convention, which Swift code cannot declare). From then on the runtime hands
+/// every job meant for its global executor (libdispatch) to `enqueue`, and every delayed job
+/// (Task.sleep) to `enqueue_after` with its delay in nanoseconds (0 when already due). Call once,
+/// before the first task.
+void _bgw_install_global_executor(void (*enqueue)(void *job),
+                                  void (*enqueue_after)(void *job, unsigned long long delay_ns));
+/// Runs a job received through those hooks, on the generic executor (swift_job_run).
+void _bgw_run_global_job(void *job);
 
 #endif

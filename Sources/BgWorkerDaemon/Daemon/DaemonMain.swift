@@ -87,13 +87,14 @@ public enum DaemonMain {
         let settings = SupervisorSettings(
             loader: loader, runnerKind: runnerKind,
             busAddressForWorkers: busAddress == defaultSystemBusAddress ? nil : busAddress, version: bgworkerVersion)
-        let supervisor = Supervisor(
-            configuration: configuration, runner: runner, settings: settings,
-            logger: Logger(label: "bgworkerd.supervisor"), logLevel: logLevel)
+        let supervisor: Supervisor
         do {
+            supervisor = try Supervisor(
+                configuration: configuration, runner: runner, settings: settings,
+                logger: Logger(label: "bgworkerd.supervisor"), logLevel: logLevel)
             try await supervisor.prepare()
         } catch {
-            printErrors(["cannot build the bus objects: \(error)"])
+            printErrors(["cannot set up the supervisor or its bus objects: \(error)"])
             await runner.shutdown()
             return 1
         }

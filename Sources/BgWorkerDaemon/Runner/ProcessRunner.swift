@@ -55,6 +55,13 @@ public final class ProcessRunner: WorkerRunner {
 
     public func adopt(_ specs: [LaunchSpec]) async -> [String: Int32] { [:] }
 
+    /// The monitor thread: a supervisor that runs on it hears of an exit and hands over the
+    /// restart without a thread switch (see `WorkerRunner.callerExecutor`).
+    public var callerExecutor: (any SerialExecutor)? {
+        monitor.servesJobs.store(true, ordering: .relaxed)
+        return monitor
+    }
+
     public func shutdown() async {
         await withCheckedContinuation { continuation in
             monitor.submit(.shutdown({ continuation.resume() }))
@@ -74,11 +81,13 @@ private struct RunningWorker {
     var stopping = false
 }
 
-/// The monitor thread and everything it owns.
-private final class ProcessMonitor: @unchecked Sendable {
-    // Safety of @unchecked Sendable: `pending` is a Mutex; `wake`, `epoll`, `devNull`,
-    // `eventSink`, `pump`, `killedLeftoverGroups` are immutable after init. Every `var` below is
-    // touched only on the monitor thread, which starts at the end of init.
+/// The monitor thread and everything it owns. It is also a serial executor: its caller (the
+/// supervisor) may run its jobs on this thread, between two rounds of events.
+private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
+    // Safety of @unchecked Sendable: `pending` and `jobs` are Mutexes, `servesJobs` an Atomic;
+    // `wake`, `epoll`, `devNull`, `eventSink`, `pump`, `killedLeftoverGroups` are immutable after
+    // init. Every `var` below is touched only on the monitor thread, which starts at the end of
+    // init.
 
     enum Request {
         case start(PreparedLaunch, @Sendable (Result<Int32, RunnerError>) -> Void)
@@ -105,6 +114,14 @@ private final class ProcessMonitor: @unchecked Sendable {
     private let pump: WorkerOutputPump
     private let groupRecord: ProcessGroupRecord?
     let killedLeftoverGroups: [Int32]
+    /// Jobs of the actor that runs on this thread.
+    private let jobs = Mutex<[UnownedJob]>([])
+    /// Someone runs on this executor: the thread then outlives the runner's shutdown.
+    let servesJobs = Atomic<Bool>(false)
+    /// The monitor thread's pthread_t, set when it starts.
+    private let monitorThread = Atomic<UInt>(0)
+    /// The monitor thread is running the caller's jobs (read and written on that thread only).
+    private var runningJobs = false
 
     private var workers: [UInt64: RunningWorker] = [:]
     private var idsByName: [String: UInt64] = [:]
@@ -135,11 +152,21 @@ private final class ProcessMonitor: @unchecked Sendable {
         epoll = try Epoll()
         try epoll.add(wake.fd, token: Self.wakeToken)
         pump = try WorkerOutputPump(destination: output)
-        try startDedicatedThread(name: "bgw-monitor") { [self] in run() }
+        // The supervisor's synchronous work (a reload parses the configuration) may run here too.
+        try startDedicatedThread(name: "bgw-monitor", stackSize: 2 << 20) { [self] in run() }
     }
 
     /// Queues a request for the monitor thread; requests are carried out in the order queued.
+    /// A request made by a job running on the monitor thread (the supervisor, when it runs here)
+    /// is carried out at once, after those queued before it: the spawn of a restart then does not
+    /// wait for the rest of the supervisor's step (its log lines, signals and state file).
     func submit(_ request: Request) {
+        if pthread_equal(pthread_self(), monitorThread.load(ordering: .relaxed)) != 0 && runningJobs {
+            guard pending.withLock({ $0 != nil }) else { return request.refuse() }
+            handleRequests()
+            handle(request)
+            return
+        }
         let queued = pending.withLock { queue -> Bool in
             guard queue != nil else { return false }
             queue!.append(request)
@@ -148,25 +175,55 @@ private final class ProcessMonitor: @unchecked Sendable {
         if queued { wake.signal() } else { request.refuse() }
     }
 
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        jobs.withLock { $0.append(job) }
+        wake.signal()
+    }
+
     // MARK: the monitor thread
 
     private func run() {
+        monitorThread.store(pthread_self(), ordering: .relaxed)
         var ready = [epoll_event](repeating: epoll_event(), count: 64)
+        var runnerEnded = false
         while true {
             for event in epoll.wait(into: &ready) {
                 let token = event.data.u64
                 if token == Self.wakeToken {
                     wake.drain()
-                    handleRequests()
+                    if !runnerEnded { handleRequests() }
                 } else if token & 1 == 0 {
                     reap(id: token >> 1)
                 } else {
                     stopTimeoutExpired(id: token >> 1)
                 }
             }
-            if !shutdownWaiters.isEmpty && workers.isEmpty { break }
+            // The caller's jobs, after the round's exits were reported: a restart it decides is
+            // queued as a request, carried out at the next round (the eventfd is already set).
+            runJobs()
+            if !runnerEnded && !shutdownWaiters.isEmpty && workers.isEmpty {
+                endRunner()
+                runnerEnded = true
+                // A caller on this executor still needs it (it resumes from the shutdown here).
+                if !servesJobs.load(ordering: .relaxed) { break }
+            }
         }
-        // Requests that raced with the end are refused; later ones are refused by `request`.
+    }
+
+    private func runJobs() {
+        while true {
+            let batch = jobs.withLock { queue -> [UnownedJob] in defer { queue = [] }; return queue }
+            if batch.isEmpty { return }
+            let me = asUnownedSerialExecutor()
+            runningJobs = true
+            for job in batch { job.runSynchronously(on: me) }
+            runningJobs = false
+        }
+    }
+
+    private func endRunner() {
+        // Requests that raced with the end are refused; later ones are refused by `submit`.
         let late = pending.withLock { queue -> [Request] in defer { queue = nil }; return queue ?? [] }
         late.forEach { $0.refuse() }
         groupRecord?.write([])
@@ -177,18 +234,24 @@ private final class ProcessMonitor: @unchecked Sendable {
     }
 
     private func handleRequests() {
-        let requests = pending.withLock { queue -> [Request] in defer { queue = [] }; return queue ?? [] }
-        for request in requests {
-            switch request {
-            case let .start(launch, answer):
-                answer(spawn(launch))
-            case let .stop(name, done):
-                if let id = idsByName[name] { stop(id: id) }
-                done()
-            case .shutdown(let done):
-                shutdownWaiters.append(done)
-                for id in workers.keys { stop(id: id) }
-            }
+        let requests = pending.withLock { queue -> [Request] in
+            guard queue != nil else { return [] }
+            defer { queue = [] }
+            return queue!
+        }
+        requests.forEach(handle)
+    }
+
+    private func handle(_ request: Request) {
+        switch request {
+        case let .start(launch, answer):
+            answer(spawn(launch))
+        case let .stop(name, done):
+            if let id = idsByName[name] { stop(id: id) }
+            done()
+        case .shutdown(let done):
+            shutdownWaiters.append(done)
+            for id in workers.keys { stop(id: id) }
         }
     }
 

@@ -125,6 +125,15 @@ public protocol WorkerRunner: Sendable {
     /// Stops every worker in parallel and returns when all are gone; the runner then refuses to
     /// start more and finishes `events`.
     func shutdown() async
+    /// A serial executor for the runner's one caller (the supervisor) to run on, where that saves
+    /// thread switches: the process runner's monitor thread, so that an exit reaches the
+    /// supervisor and the restart it decides reaches the spawn on the same thread. nil: none.
+    /// Asking for it commits the runner to serve that executor for the life of the process.
+    var callerExecutor: (any SerialExecutor)? { get }
+}
+
+extension WorkerRunner {
+    public var callerExecutor: (any SerialExecutor)? { nil }
 }
 
 extension WorkerRunner {

@@ -33,6 +33,10 @@ public actor Supervisor {
     private var fleet: Fleet
     private var configuration: Configuration
     private let runner: any WorkerRunner
+    /// The runner's thread where it offers one (the process runner's monitor: an exit and the
+    /// restart it leads to then cost no thread switch), else a thread of the supervisor's own.
+    private let executor: any SerialExecutor
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
     private let settings: SupervisorSettings
     private let logger: Logger
     private let logLevel: LogLevelControl
@@ -46,6 +50,10 @@ public actor Supervisor {
     private var workerObjects: [String: ExportedObject] = [:]
     private var connection: DBusConnection?
 
+    /// The runner's answers to starts, in the order given, to one task on the actor (a stream
+    /// resumes it on the actor's executor directly: no detour through another thread).
+    private let startAnswerStream: AsyncStream<(String, Result<Int32, RunnerError>)>
+    private let startAnswers: AsyncStream<(String, Result<Int32, RunnerError>)>.Continuation
     /// Workers with a start in flight (a `spawn` went to the runner, no answer yet).
     private var spawning: Set<String> = []
     /// Exits the runner reported before the start that made the process was answered.
@@ -53,7 +61,7 @@ public actor Supervisor {
     private var timers: [String: (token: UInt64, task: Task<Void, Never>)] = [:]
     private var nextTimerToken: UInt64 = 0
 
-    private var settleWaiters: [String: [CheckedContinuation<Void, Never>]] = [:]
+    private var settleWaiters: [String: [CheckedContinuation<DBusError?, Never>]] = [:]
     private var drainWaiters: [CheckedContinuation<Void, Never>] = []
     private var isStarted = false
     /// Workers whose first start (at `start()`) has not been answered yet, and who waits for that.
@@ -72,9 +80,11 @@ public actor Supervisor {
     public init(
         configuration: Configuration, runner: any WorkerRunner, settings: SupervisorSettings,
         logger: Logger, logLevel: LogLevelControl, notifier: ServiceNotifier = ServiceNotifier()
-    ) {
+    ) throws {
         self.configuration = configuration
         self.runner = runner
+        executor = try runner.callerExecutor ?? SerialThreadExecutor(name: "bgw-supervisor")
+        (startAnswerStream, startAnswers) = AsyncStream.makeStream(of: (String, Result<Int32, RunnerError>).self)
         self.settings = settings
         self.logger = logger
         self.logLevel = logLevel
@@ -151,8 +161,10 @@ public actor Supervisor {
         perform(actions)
         // READY=1 follows this: every first start has been answered (running, or backoff...).
         // Not "every worker settled": a worker restarting with no delay may never be.
-        if !awaitingFirstStart.isEmpty {
-            await withCheckedContinuation { firstStartsAnswered = $0 }
+        // The check is inside the continuation's body: an `await` may let the answers' jobs run
+        // before the body does.
+        await withCheckedContinuation { continuation in
+            if awaitingFirstStart.isEmpty { continuation.resume() } else { firstStartsAnswered = continuation }
         }
     }
 
@@ -169,33 +181,31 @@ public actor Supervisor {
         isShuttingDown = true
         logger.notice("stopping every worker")
         apply(.shutdown)
-        if fleet.hasProcesses {
-            await withCheckedContinuation { drainWaiters.append($0) }
+        await withCheckedContinuation { continuation in
+            if fleet.hasProcesses { drainWaiters.append(continuation) } else { continuation.resume() }
         }
         for (_, timer) in timers { timer.task.cancel() }
         timers = [:]
         roleSourceTask?.cancel()
         await runner.shutdown()
+        startAnswers.finish()
     }
 
     // MARK: - Bus methods (called by the service after authorization)
 
     /// Enables the worker; returns once it is settled (running, standby, ...).
     func enable(_ name: String) async throws(DBusError) {
-        try applyRequest(.enable(name))
-        await settled(name)
+        try await applyAndWaitUntilSettled(.enable(name), name)
     }
 
     /// Disables the worker; returns once its process is gone.
     func disable(_ name: String) async throws(DBusError) {
-        try applyRequest(.disable(name))
-        await settled(name)
+        try await applyAndWaitUntilSettled(.disable(name), name)
     }
 
     /// Restarts the worker; returns once it runs again (or rests, as the rules say).
     func restart(_ name: String) async throws(DBusError) {
-        try applyRequest(.restart(name))
-        await settled(name)
+        try await applyAndWaitUntilSettled(.restart(name), name)
     }
 
     /// `Reload`: an invalid configuration changes nothing and answers InvalidConfig.
@@ -313,6 +323,11 @@ public actor Supervisor {
                 self.runnerReported(event)
             }
         }
+        Task {
+            for await (name, result) in startAnswerStream {
+                self.startAnswered(name, result)
+            }
+        }
     }
 
     private func startAnswered(_ name: String, _ result: Result<Int32, RunnerError>) {
@@ -396,8 +411,8 @@ public actor Supervisor {
             case .spawn(let name, let definition):
                 spawning.insert(name)
                 earlyExits[name] = nil
-                runner.submitStart(launchSpec(definition)) { [weak self] result in
-                    Task { await self?.startAnswered(name, result) }
+                runner.submitStart(launchSpec(definition)) { [startAnswers] result in
+                    startAnswers.yield((name, result))
                 }
             case .stop(let name, _):
                 runner.submitStop(name: name) {}
@@ -535,15 +550,30 @@ public actor Supervisor {
 
     // MARK: - Waiting for settled workers and for the end
 
-    /// Returns once the worker is settled (see `WorkerState.isSettled`).
-    private func settled(_ name: String) async {
-        guard !fleet.isSettled(name) else { return }
-        await withCheckedContinuation { settleWaiters[name, default: []].append($0) }
+    /// Applies a bus request and returns once its worker is settled (see `WorkerState.isSettled`).
+    /// The request and the registration of the waiter are one step: any `await` may let other
+    /// jobs of the actor run first (the answer to the very start this request made, with the
+    /// supervisor on the runner's thread), and the waiter must be in place before they do.
+    private func applyAndWaitUntilSettled(_ event: FleetEvent, _ name: String) async throws(DBusError) {
+        let refusal: DBusError? = await withCheckedContinuation { continuation in
+            do throws(DBusError) {
+                try applyRequest(event)
+            } catch {
+                continuation.resume(returning: error)
+                return
+            }
+            if fleet.isSettled(name) {
+                continuation.resume(returning: nil)
+            } else {
+                settleWaiters[name, default: []].append(continuation)
+            }
+        }
+        if let refusal { throw refusal }
     }
 
     private func resumeWaiters() {
         for name in Array(settleWaiters.keys) where fleet.isSettled(name) {
-            settleWaiters.removeValue(forKey: name)?.forEach { $0.resume() }
+            settleWaiters.removeValue(forKey: name)?.forEach { $0.resume(returning: nil) }
         }
         if isShuttingDown, !fleet.hasProcesses, !drainWaiters.isEmpty {
             let waiters = drainWaiters

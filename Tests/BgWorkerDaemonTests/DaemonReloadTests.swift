@@ -101,6 +101,18 @@ struct DaemonReloadTests {
             _ = try await monitor.stateChange(of: "beta", to: "disabled")
             #expect(try await fixture.property("Enabled", worker: "beta").bool == false)
             #expect(try await fixture.worker("alpha").state == "running")
+            // Neither the signal nor anything before it started libdispatch (its pool monitor
+            // would wake the idle daemon every second; docs/design.md).
+            #expect(libdispatchThreads(of: try fixture.daemon.process.pid) == [])
         }
     }
+}
+
+/// Threads of `pid` named by libdispatch (`com.apple.root.*-qos*`, cut to 15 bytes by the kernel).
+func libdispatchThreads(of pid: Int32) -> [String] {
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+    return names.compactMap { tid in
+        (try? String(contentsOfFile: "/proc/\(pid)/task/\(tid)/comm", encoding: .utf8))?
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+    }.filter { $0.contains("qos") || $0.hasPrefix("com.apple") }
 }

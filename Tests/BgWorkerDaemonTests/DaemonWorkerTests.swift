@@ -80,6 +80,8 @@ struct DaemonWorkerTests {
             #expect(running.pid == UInt32(secondPid))
             #expect(try await fixture.property("Restarts", worker: "crasher").uint32 == 1)
             #expect(try await fixture.property("LastExit", worker: "crasher").string == "exited 3")
+            // The restart delay was a timer of the daemon's own pool, not libdispatch's.
+            #expect(libdispatchThreads(of: try fixture.daemon.process.pid) == [])
         }
     }
 

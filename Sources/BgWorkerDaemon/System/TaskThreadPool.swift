@@ -144,6 +144,11 @@ public final class TaskThreadPool: @unchecked Sendable {
                     ready.removeAll(keepingCapacity: true)
                     readyHead = 0
                 } else {
+                    // A queue that never empties must not grow for ever.
+                    if readyHead >= 4096 && readyHead * 2 >= ready.count {
+                        ready.removeFirst(readyHead)
+                        readyHead = 0
+                    }
                     pthread_cond_signal(condition)  // more work: another thread may take it
                 }
                 pthread_mutex_unlock(mutex)

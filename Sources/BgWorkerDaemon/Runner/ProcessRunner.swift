@@ -55,6 +55,10 @@ public final class ProcessRunner: WorkerRunner {
 
     public func adopt(_ specs: [LaunchSpec]) async -> [String: Int32] { [:] }
 
+    public func deliverEvents(to handler: @escaping @Sendable (RunnerEvent) -> Void) {
+        monitor.eventHandler.withLock { $0 = handler }
+    }
+
     /// The monitor thread: a supervisor that runs on it hears of an exit and hands over the
     /// restart without a thread switch (see `WorkerRunner.callerExecutor`).
     public var callerExecutor: (any SerialExecutor)? {
@@ -84,7 +88,8 @@ private struct RunningWorker {
 /// The monitor thread and everything it owns. It is also a serial executor: its caller (the
 /// supervisor) may run its jobs on this thread, between two rounds of events.
 private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
-    // Safety of @unchecked Sendable: `pending` and `jobs` are Mutexes, `servesJobs` an Atomic;
+    // Safety of @unchecked Sendable: `pending`, `jobs`, `eventHandler` are Mutexes, `servesJobs`
+    // and `monitorThread` Atomics;
     // `wake`, `epoll`, `devNull`, `eventSink`, `pump`, `killedLeftoverGroups` are immutable after
     // init. Every `var` below is touched only on the monitor thread, which starts at the end of
     // init.
@@ -114,13 +119,16 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
     private let pump: WorkerOutputPump
     private let groupRecord: ProcessGroupRecord?
     let killedLeftoverGroups: [Int32]
+    /// Where events go instead of `eventSink`, once set (`deliverEvents`).
+    let eventHandler = Mutex<(@Sendable (RunnerEvent) -> Void)?>(nil)
     /// Jobs of the actor that runs on this thread.
     private let jobs = Mutex<[UnownedJob]>([])
     /// Someone runs on this executor: the thread then outlives the runner's shutdown.
     let servesJobs = Atomic<Bool>(false)
     /// The monitor thread's pthread_t, set when it starts.
     private let monitorThread = Atomic<UInt>(0)
-    /// The monitor thread is running the caller's jobs (read and written on that thread only).
+    /// The monitor thread is running the caller's jobs or its event handler (read and written on
+    /// that thread only).
     private var runningJobs = false
 
     private var workers: [UInt64: RunningWorker] = [:]
@@ -161,7 +169,7 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
     /// is carried out at once, after those queued before it: the spawn of a restart then does not
     /// wait for the rest of the supervisor's step (its log lines, signals and state file).
     func submit(_ request: Request) {
-        if pthread_equal(pthread_self(), monitorThread.load(ordering: .relaxed)) != 0 && runningJobs {
+        if onMonitorThread && runningJobs {
             guard pending.withLock({ $0 != nil }) else { return request.refuse() }
             handleRequests()
             handle(request)
@@ -179,6 +187,18 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
         let job = UnownedJob(job)
         jobs.withLock { $0.append(job) }
         wake.signal()
+    }
+
+    /// The monitor thread is this executor's only thread: code there is isolated to it (the
+    /// event handler is called there between jobs, see `WorkerRunner.deliverEvents`).
+    func checkIsolated() {
+        precondition(onMonitorThread, "not on the process runner's monitor thread")
+    }
+
+    func isIsolatingCurrentContext() -> Bool? { onMonitorThread }
+
+    private var onMonitorThread: Bool {
+        pthread_equal(pthread_self(), monitorThread.load(ordering: .relaxed)) != 0
     }
 
     // MARK: the monitor thread
@@ -367,7 +387,16 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
         recordGroups()
         // waitid cannot fail for our own unreaped child; if it did, the process is gone anyway.
         let exit = rc == 0 ? WorkerExit(siginfoCode: code, status: status) : .killed(SIGKILL)
-        eventSink.yield(.exited(name: worker.name, pid: worker.pid, status: exit))
+        let event = RunnerEvent.exited(name: worker.name, pid: worker.pid, status: exit)
+        if let handler = eventHandler.withLock({ $0 }) {
+            // The caller's code, run here as one of its jobs would be (this is the last step of
+            // the reap, so the monitor's state is whole): a start it submits is spawned at once.
+            runningJobs = true
+            handler(event)
+            runningJobs = false
+        } else {
+            eventSink.yield(event)
+        }
     }
 
     private func recordGroups() {

@@ -109,8 +109,14 @@ public struct RunnerError: Error, Sendable, Equatable, CustomStringConvertible {
 public protocol WorkerRunner: Sendable {
     /// `process` or `systemd` (the manager's `Runner` property).
     var kind: String { get }
-    /// Exits of started and adopted workers, in the order they happen. One consumer.
+    /// Exits of started and adopted workers, in the order they happen. One consumer; or none,
+    /// once `deliverEvents(to:)` was called.
     var events: AsyncStream<RunnerEvent> { get }
+    /// From now on, give every event to `handler` (in order, on a thread of the runner) instead
+    /// of `events`. Call it once, before the first start or adoption. A runner that offers a
+    /// `callerExecutor` calls `handler` on that executor's thread, between its jobs: a caller
+    /// running on that executor may treat the handler as isolated to it.
+    func deliverEvents(to handler: @escaping @Sendable (RunnerEvent) -> Void)
     /// Queues a start. `answer` is called once, on any thread (a runner's own, or the caller's
     /// for a spec refused at once), with the pid once the program has been executed, or with the
     /// step and OS error that failed (e.g. `execve /x: No such file or directory`).
@@ -134,6 +140,14 @@ public protocol WorkerRunner: Sendable {
 
 extension WorkerRunner {
     public var callerExecutor: (any SerialExecutor)? { nil }
+
+    /// For runners that only have `events`: a task forwards them.
+    public func deliverEvents(to handler: @escaping @Sendable (RunnerEvent) -> Void) {
+        let events = self.events
+        Task {
+            for await event in events { handler(event) }
+        }
+    }
 }
 
 extension WorkerRunner {

@@ -37,6 +37,7 @@ public actor Supervisor {
     /// restart it leads to then cost no thread switch), else a thread of the supervisor's own.
     private let executor: any SerialExecutor
     public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+    private let executorIsTheRunners: Bool
     private let settings: SupervisorSettings
     private let logger: Logger
     private let logLevel: LogLevelControl
@@ -50,10 +51,10 @@ public actor Supervisor {
     private var workerObjects: [String: ExportedObject] = [:]
     private var connection: DBusConnection?
 
-    /// The runner's answers to starts, in the order given, to one task on the actor (a stream
-    /// resumes it on the actor's executor directly: no detour through another thread).
-    private let startAnswerStream: AsyncStream<(String, Result<Int32, RunnerError>)>
-    private let startAnswers: AsyncStream<(String, Result<Int32, RunnerError>)>.Continuation
+    /// The runner's exits and its answers to starts, in the order given, each to one task on the
+    /// actor (see `Mailbox`: no detour through another thread).
+    private let runnerEvents = Mailbox<RunnerEvent>()
+    private let startAnswers = Mailbox<(String, Result<Int32, RunnerError>)>()
     /// Workers with a start in flight (a `spawn` went to the runner, no answer yet).
     private var spawning: Set<String> = []
     /// Exits the runner reported before the start that made the process was answered.
@@ -83,8 +84,13 @@ public actor Supervisor {
     ) throws {
         self.configuration = configuration
         self.runner = runner
-        executor = try runner.callerExecutor ?? SerialThreadExecutor(name: "bgw-supervisor")
-        (startAnswerStream, startAnswers) = AsyncStream.makeStream(of: (String, Result<Int32, RunnerError>).self)
+        if let runnerExecutor = runner.callerExecutor {
+            executor = runnerExecutor
+            executorIsTheRunners = true
+        } else {
+            executor = try SerialThreadExecutor(name: "bgw-supervisor")
+            executorIsTheRunners = false
+        }
         self.settings = settings
         self.logger = logger
         self.logLevel = logLevel
@@ -188,7 +194,8 @@ public actor Supervisor {
         timers = [:]
         roleSourceTask?.cancel()
         await runner.shutdown()
-        startAnswers.finish()
+        startAnswers.close()
+        runnerEvents.close()
     }
 
     // MARK: - Bus methods (called by the service after authorization)
@@ -318,14 +325,23 @@ public actor Supervisor {
     // MARK: - Events from the runner and timers
 
     private func startRunnerLoops() {
+        if executorIsTheRunners {
+            // Called between our jobs on our own executor's thread (see `deliverEvents`): the
+            // exit is handled at once, and a respawn is cloned without any thread switch.
+            runner.deliverEvents { [weak self] event in
+                self?.assumeIsolated { $0.runnerReported(event) }
+            }
+        } else {
+            runner.deliverEvents { [runnerEvents] in runnerEvents.post($0) }
+        }
         Task {
-            for await event in runner.events {
-                self.runnerReported(event)
+            while await runnerEvents.wait() {
+                for event in runnerEvents.takeNow() { self.runnerReported(event) }
             }
         }
         Task {
-            for await (name, result) in startAnswerStream {
-                self.startAnswered(name, result)
+            while await startAnswers.wait() {
+                for (name, result) in startAnswers.takeNow() { self.startAnswered(name, result) }
             }
         }
     }
@@ -412,7 +428,7 @@ public actor Supervisor {
                 spawning.insert(name)
                 earlyExits[name] = nil
                 runner.submitStart(launchSpec(definition)) { [startAnswers] result in
-                    startAnswers.yield((name, result))
+                    startAnswers.post((name, result))
                 }
             case .stop(let name, _):
                 runner.submitStop(name: name) {}
@@ -451,6 +467,9 @@ public actor Supervisor {
         }
         resumeWaiters()
         updateStatus()
+        // Answers the runner gave while this step ran (a start spawned at once on our thread):
+        // handled now rather than after a trip through another thread.
+        for (name, result) in startAnswers.takeNow() { startAnswered(name, result) }
     }
 
     /// One Task per due timer, sleeping on ContinuousClock until the instant: an event, not a

@@ -219,8 +219,8 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
                     stopTimeoutExpired(id: token >> 1)
                 }
             }
-            // The caller's jobs, after the round's exits were reported: a restart it decides is
-            // queued as a request, carried out at the next round (the eventfd is already set).
+            // The caller's jobs, after the round's events (a start or stop they submit is carried
+            // out at once, see `submit`).
             runJobs()
             if !runnerEnded && !shutdownWaiters.isEmpty && workers.isEmpty {
                 endRunner()

@@ -89,10 +89,9 @@ private struct RunningWorker {
 /// supervisor) may run its jobs on this thread, between two rounds of events.
 private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
     // Safety of @unchecked Sendable: `pending`, `jobs`, `eventHandler` are Mutexes, `servesJobs`
-    // and `monitorThread` Atomics;
-    // `wake`, `epoll`, `devNull`, `eventSink`, `pump`, `killedLeftoverGroups` are immutable after
-    // init. Every `var` below is touched only on the monitor thread, which starts at the end of
-    // init.
+    // and `monitorThread` Atomics; `wake`, `epoll`, `devNull`, `eventSink`, `pump`,
+    // `killedLeftoverGroups` are immutable after init. Every `var` below is touched only on the
+    // monitor thread, which starts at the end of init.
 
     enum Request {
         case start(PreparedLaunch, @Sendable (Result<Int32, RunnerError>) -> Void)

@@ -51,8 +51,8 @@ public actor Supervisor {
     private var workerObjects: [String: ExportedObject] = [:]
     private var connection: DBusConnection?
 
-    /// The runner's exits and its answers to starts, in the order given, each to one task on the
-    /// actor (see `Mailbox`: no detour through another thread).
+    /// The runner's answers to starts, and its exits when it does not run us on its own thread
+    /// (see `startRunnerLoops`), in the order given, each to one task on the actor.
     private let runnerEvents = Mailbox<RunnerEvent>()
     private let startAnswers = Mailbox<(String, Result<Int32, RunnerError>)>()
     /// Workers with a start in flight (a `spawn` went to the runner, no answer yet).
@@ -333,10 +333,10 @@ public actor Supervisor {
             }
         } else {
             runner.deliverEvents { [runnerEvents] in runnerEvents.post($0) }
-        }
-        Task {
-            while await runnerEvents.wait() {
-                for event in runnerEvents.takeNow() { self.runnerReported(event) }
+            Task {
+                while await runnerEvents.wait() {
+                    for event in runnerEvents.takeNow() { self.runnerReported(event) }
+                }
             }
         }
         Task {

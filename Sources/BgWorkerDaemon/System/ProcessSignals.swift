@@ -13,17 +13,20 @@ public final class ProcessSignals: Sendable {
     /// Blocks `signals` in the calling thread. Call it first thing in `main`, before any other
     /// thread exists, so that every thread inherits the mask and none of them takes the signals.
     public static func block(_ signals: [Int32]) {
+        var set = signalSet(signals)
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+    }
+
+    private static func signalSet(_ signals: [Int32]) -> sigset_t {
         var set = sigset_t()
         sigemptyset(&set)
         for signal in signals { sigaddset(&set, signal) }
-        pthread_sigmask(SIG_BLOCK, &set, nil)
+        return set
     }
 
     /// Starts reading `signals` (which must be blocked, see `block`).
     public init(_ signals: [Int32]) throws {
-        var set = sigset_t()
-        sigemptyset(&set)
-        for signal in signals { sigaddset(&set, signal) }
+        var set = Self.signalSet(signals)
         let fd = signalfd(-1, &set, Int32(SFD_CLOEXEC))
         guard fd >= 0 else { throw SystemCallError(call: "signalfd", errno: errno) }
         let (stream, continuation) = AsyncStream.makeStream(of: Int32.self)

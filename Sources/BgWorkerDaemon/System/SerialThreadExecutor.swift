@@ -3,39 +3,32 @@
 import Glibc
 
 final class SerialThreadExecutor: SerialExecutor, @unchecked Sendable {
-    // Safety of @unchecked Sendable: `jobs` is read and written only with `mutex` held; `mutex`
-    // and `condition` are pthread objects at stable heap addresses that live as long as the
-    // executor (its thread holds it, and never ends).
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    private let condition: UnsafeMutablePointer<pthread_cond_t>
+    // Safety of @unchecked Sendable: `jobs` is read and written only with `condition` locked.
+    private let condition = ThreadCondition()
     private var jobs: [UnownedJob] = []
 
     init(name: String) throws(SystemCallError) {
-        mutex = .allocate(capacity: 1)
-        pthread_mutex_init(mutex, nil)
-        condition = .allocate(capacity: 1)
-        pthread_cond_init(condition, nil)
         try startDedicatedThread(name: name, stackSize: 2 << 20) { [self] in run() }
     }
 
     func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
-        pthread_mutex_lock(mutex)
+        condition.lock()
         jobs.append(job)
-        pthread_cond_signal(condition)
-        pthread_mutex_unlock(mutex)
+        condition.signal()
+        condition.unlock()
     }
 
     private func run() {
         let me = asUnownedSerialExecutor()
-        pthread_mutex_lock(mutex)
+        condition.lock()
         while true {
-            while jobs.isEmpty { pthread_cond_wait(condition, mutex) }
+            while jobs.isEmpty { condition.wait() }
             let batch = jobs
             jobs.removeAll(keepingCapacity: true)
-            pthread_mutex_unlock(mutex)
+            condition.unlock()
             for job in batch { job.runSynchronously(on: me) }
-            pthread_mutex_lock(mutex)
+            condition.lock()
         }
     }
 }

@@ -17,10 +17,8 @@ import Synchronization
 /// short and of one kind); delayed jobs run once due on CLOCK_MONOTONIC.
 public final class TaskThreadPool: @unchecked Sendable {
     // Safety of @unchecked Sendable: every stored `var` (the queues, `timerWaiting`) is read and
-    // written only with `mutex` held; `mutex` and `condition` are pthread objects at stable heap
-    // addresses, made in init and never freed (the pool lives as long as the process).
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    private let condition: UnsafeMutablePointer<pthread_cond_t>
+    // written only with `condition` locked.
+    private let condition = ThreadCondition()
     private var ready: [UnsafeMutableRawPointer] = []
     private var readyHead = 0
     /// What is due at a deadline: a job, or an action (a sleeping task's resumption).
@@ -39,16 +37,7 @@ public final class TaskThreadPool: @unchecked Sendable {
     /// and before any thread of the pool exists; only read after that.
     nonisolated(unsafe) static private(set) var installed: TaskThreadPool?
 
-    private init() {
-        mutex = .allocate(capacity: 1)
-        pthread_mutex_init(mutex, nil)
-        condition = .allocate(capacity: 1)
-        var attributes = pthread_condattr_t()
-        pthread_condattr_init(&attributes)
-        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
-        pthread_cond_init(condition, &attributes)
-        pthread_condattr_destroy(&attributes)
-    }
+    private init() {}
 
     /// Makes a pool of `threads` threads (`bgw-task-N`) the global executor of this process.
     /// Call once, first thing in `main`, before any task exists; the calling thread then calls
@@ -73,36 +62,36 @@ public final class TaskThreadPool: @unchecked Sendable {
     }
 
     private func enqueue(_ job: UnsafeMutableRawPointer) {
-        pthread_mutex_lock(mutex)
+        condition.lock()
         ready.append(job)
-        pthread_cond_signal(condition)
-        pthread_mutex_unlock(mutex)
+        condition.signal()
+        condition.unlock()
     }
 
     private func enqueue(_ job: UnsafeMutableRawPointer, after delay: UInt64) {
-        pthread_mutex_lock(mutex)
+        condition.lock()
         insert(.job(job), at: monotonicNanoseconds() &+ delay)
-        pthread_mutex_unlock(mutex)
+        condition.unlock()
     }
 
     /// Runs `action` on a thread of the pool once `delay` has passed (on CLOCK_MONOTONIC); returns
     /// a token for `cancel`.
     func schedule(after delay: UInt64, _ action: @escaping @Sendable () -> Void) -> UInt64 {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
+        condition.lock()
+        defer { condition.unlock() }
         return insert(.action(action), at: monotonicNanoseconds() &+ delay)
     }
 
     /// Takes back a scheduled action; false when it has run (or is running) already.
     func cancel(_ token: UInt64) -> Bool {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
+        condition.lock()
+        defer { condition.unlock() }
         guard let index = delayed.firstIndex(where: { $0.sequence == token }) else { return false }
         delayed.remove(at: index)
         return true
     }
 
-    /// With `mutex` held.
+    /// With `condition` locked.
     @discardableResult
     private func insert(_ due: Due, at deadline: UInt64) -> UInt64 {
         nextSequence &+= 1
@@ -116,12 +105,12 @@ public final class TaskThreadPool: @unchecked Sendable {
         }
         delayed.insert((deadline, sequence, due), at: low)
         // A new earliest deadline: the thread waiting for the old one must look again.
-        if low == delayed.count - 1 { pthread_cond_broadcast(condition) }
+        if low == delayed.count - 1 { condition.broadcast() }
         return sequence
     }
 
     private func runJobs() -> Never {
-        pthread_mutex_lock(mutex)
+        condition.lock()
         while true {
             let now = monotonicNanoseconds()
             while let next = delayed.last, next.deadline <= now {
@@ -134,9 +123,9 @@ public final class TaskThreadPool: @unchecked Sendable {
             if !dueActions.isEmpty {
                 let actions = dueActions
                 dueActions = []
-                pthread_mutex_unlock(mutex)
+                condition.unlock()
                 actions.forEach { $0() }
-                pthread_mutex_lock(mutex)
+                condition.lock()
             } else if readyHead < ready.count {
                 let job = ready[readyHead]
                 readyHead += 1
@@ -149,20 +138,19 @@ public final class TaskThreadPool: @unchecked Sendable {
                         ready.removeFirst(readyHead)
                         readyHead = 0
                     }
-                    pthread_cond_signal(condition)  // more work: another thread may take it
+                    condition.signal()  // more work: another thread may take it
                 }
-                pthread_mutex_unlock(mutex)
+                condition.unlock()
                 _bgw_run_global_job(job)
-                pthread_mutex_lock(mutex)
+                condition.lock()
             } else if let next = delayed.last, !timerWaiting {
                 timerWaiting = true
-                var deadline = timespec(tv_sec: Int(next.deadline / 1_000_000_000), tv_nsec: Int(next.deadline % 1_000_000_000))
-                pthread_cond_timedwait(condition, mutex, &deadline)
+                condition.wait(until: next.deadline)
                 timerWaiting = false
                 // Someone must wait for the remaining deadlines if this thread goes to run a job.
-                if !delayed.isEmpty { pthread_cond_signal(condition) }
+                if !delayed.isEmpty { condition.signal() }
             } else {
-                pthread_cond_wait(condition, mutex)
+                condition.wait()
             }
         }
     }

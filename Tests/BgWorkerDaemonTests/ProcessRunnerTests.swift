@@ -213,6 +213,30 @@ struct ProcessRunnerStartTests {
 
 @Suite("ProcessRunner: exits and stops")
 struct ProcessRunnerExitTests {
+    /// Issue 8: the daemon died of a stack overflow after ~14,400 spawns, because every exit
+    /// wrapped the stored event handler in two more reabstraction thunks. Respawn from the
+    /// handler (as the supervisor does) and check the handler's stack depth does not grow.
+    @Test func theEventHandlerRunsAtAConstantStackDepthAcrossThousandsOfExits() async throws {
+        let runner = try ProcessRunner(output: .fileDescriptor(2))
+        let spec = LaunchSpec(name: "blink", argv: ["/bin/true"])
+        let rounds = 2_000
+        let depths = Mutex<[Int]>([])
+        let (finished, done) = AsyncStream.makeStream(of: Void.self)
+        runner.deliverEvents { _ in
+            var local = 0
+            let address = withUnsafeMutablePointer(to: &local) { Int(bitPattern: $0) }
+            let count = depths.withLock { $0.append(address); return $0.count }
+            if count < rounds { runner.submitStart(spec) { _ in } } else { done.yield() }
+        }
+        runner.submitStart(spec) { _ in }
+        _ = try await waitFor("\(rounds) exits", in: finished, timeout: .seconds(120)) { _ in true }
+        let seen = depths.withLock { $0 }
+        // Before the fix the handler ran ~64 bytes deeper per exit: 128 KB after 2,000 exits.
+        #expect(seen.count == rounds)
+        #expect(abs(seen[0] - seen[rounds - 1]) < 1024, "stack moved by \(seen[0] - seen[rounds - 1]) bytes")
+        await runner.shutdown()
+    }
+
     @Test func exitStatusesArriveAsEvents() async throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }

@@ -56,7 +56,7 @@ public final class ProcessRunner: WorkerRunner {
     public func adopt(_ specs: [LaunchSpec]) async -> [String: Int32] { [:] }
 
     public func deliverEvents(to handler: @escaping @Sendable (RunnerEvent) -> Void) {
-        monitor.eventHandler.withLock { $0 = handler }
+        monitor.eventHandler.withLock { $0 = EventHandler(deliver: handler) }
     }
 
     /// The monitor thread: a supervisor that runs on it hears of an exit and hands over the
@@ -71,6 +71,14 @@ public final class ProcessRunner: WorkerRunner {
             monitor.submit(.shutdown({ continuation.resume() }))
         }
     }
+}
+
+/// The handler of `deliverEvents`, boxed. Swift 6.3.1 stores a bare closure in a `Mutex` at the
+/// generic abstraction and wraps it in two reabstraction thunks on every `withLock { $0 }`, for
+/// good: after ~14,400 exits the handler's call nested deep enough to overflow the monitor's
+/// stack (issue 8). A struct field keeps its own abstraction, so no thunk is ever added.
+struct EventHandler: Sendable {
+    let deliver: @Sendable (RunnerEvent) -> Void
 }
 
 /// A worker the monitor runs. Its pid is also its process group id.
@@ -119,7 +127,7 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
     private let groupRecord: ProcessGroupRecord?
     let killedLeftoverGroups: [Int32]
     /// Where events go instead of `eventSink`, once set (`deliverEvents`).
-    let eventHandler = Mutex<(@Sendable (RunnerEvent) -> Void)?>(nil)
+    let eventHandler = Mutex<EventHandler?>(nil)
     /// Jobs of the actor that runs on this thread.
     private let jobs = Mutex<[UnownedJob]>([])
     /// Someone runs on this executor: the thread then outlives the runner's shutdown.
@@ -391,7 +399,7 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
             // The caller's code, run here as one of its jobs would be (this is the last step of
             // the reap, so the monitor's state is whole): a start it submits is spawned at once.
             runningJobs = true
-            handler(event)
+            handler.deliver(event)
             runningJobs = false
         } else {
             eventSink.yield(event)

@@ -22,6 +22,7 @@ public enum BgWorkerBus {
         public static let noSuchWorker = "org.example.BgWorker.Error.NoSuchWorker"
         public static let invalidConfig = "org.example.BgWorker.Error.InvalidConfig"
         public static let disabled = "org.example.BgWorker.Error.Disabled"
+        public static let stateNotSaved = "org.example.BgWorker.Error.StateNotSaved"
     }
 }
 

@@ -398,15 +398,41 @@ public actor Supervisor {
         MonotonicInstant(nanoseconds: nanoseconds(ContinuousClock.now - clockOrigin))
     }
 
-    /// A bus request: its errors are the contract's.
+    /// A bus request: its errors are the contract's. The request is worked out on a copy of the
+    /// fleet: a new intent (Enable/Disable) reaches the disk, fsync'ed, before the copy replaces
+    /// the fleet, so a choice that cannot be saved changes nothing (StateNotSaved) rather than
+    /// being lost at the next restart.
     private func applyRequest(_ event: FleetEvent) throws(DBusError) {
+        var candidate = fleet
         let actions: [FleetAction]
         do {
-            actions = try fleet.handle(event, now: now())
+            actions = try candidate.handle(event, now: now())
         } catch {
             throw error.busError
         }
-        perform(actions)
+        for case .persist(let state) in actions {
+            do {
+                try stateStore.save(state)
+            } catch {
+                logger.error("cannot write the state file \(stateStore.path): \(error); \(event) refused, nothing changed")
+                throw stateNotSaved(event, error)
+            }
+        }
+        fleet = candidate
+        perform(actions.filter { if case .persist = $0 { false } else { true } })
+    }
+
+    private func stateNotSaved(_ event: FleetEvent, _ error: SystemCallError) -> DBusError {
+        let (verb, name): (String, String) =
+            switch event {
+            case .enable(let name): ("enable", name)
+            case .disable(let name): ("disable", name)
+            default: ("change", "?")
+            }
+        return DBusError(
+            BgWorkerBus.ErrorName.stateNotSaved,
+            "cannot \(verb) worker '\(name)': its intent cannot be saved in \(stateStore.path) (\(error)); "
+                + "nothing changed. Stop (bgworkerctl stop \(name)) stops it without writing to disk")
     }
 
     /// An event that cannot be refused (anything but enable/disable/restart).

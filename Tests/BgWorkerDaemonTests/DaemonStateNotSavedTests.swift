@@ -1,0 +1,107 @@
+import Foundation
+import Glibc
+import Testing
+import TestSupport
+
+/// Enable/Disable whose intent cannot be written (read-only state folder, full file system, the
+/// state file replaced by a directory) answer StateNotSaved and change nothing: no signal, the
+/// worker's state and `Enabled` as before, and after a restart the old intent holds.
+@Suite(.timeLimit(.minutes(2)))
+struct DaemonStateNotSavedTests {
+    static let stateNotSaved = "org.example.BgWorker.Error.StateNotSaved"
+    /// `on` runs; `off` is disabled over the bus before the state folder breaks.
+    static let workers = shellWorker("on", "exec sleep 1000") + shellWorker("off", "exec sleep 1000")
+
+    @Test func stateFileReplacedByADirectory() async throws {
+        try await DaemonFixture.with(Self.workers) { fixture in
+            try await fixture.call("Disable", "s", ["off"])
+            let file = fixture.stateDirectory + "/enable-state"
+            try FileManager.default.removeItem(atPath: file)
+            try FileManager.default.createDirectory(atPath: file, withIntermediateDirectories: false)
+            let pid = try await fixture.worker("on").pid
+            try await Self.expectRefused(fixture, "Disable", "on", pathInMessage: file)
+            #expect(try await fixture.worker("on").state == "running")
+            #expect(try await fixture.worker("on").pid == pid)
+            #expect(try await fixture.property("Enabled", worker: "on").bool == true)
+
+            // bgworkerctl shows the daemon's text and the error's name, and exits 1.
+            let ctl = try await run([builtExecutablePath("bgworkerctl"), "--bus", fixture.bus.unixAddress, "disable", "on"])
+            #expect(ctl.status == 1, "\(ctl.stderr)")
+            #expect(ctl.stderr.contains(file) && ctl.stderr.contains("Is a directory") && ctl.stderr.contains(Self.stateNotSaved),
+                    "\(ctl.stderr)")
+            #expect(try await fixture.worker("on").state == "running")
+
+            // The file cannot be read either: a restart applies the configured values, and `on`
+            // (configured enabled, the intent in force before the refused Disable) runs.
+            try await fixture.stopDaemon()
+            try await fixture.startDaemon()
+            #expect(try await fixture.worker("on").state == "running")
+        }
+    }
+
+    @Test(.enabled(if: rootTestsEnabled, "needs root: a read-only bind mount of the state folder"))
+    func readOnlyStateFolder() async throws {
+        try await DaemonFixture.with(Self.workers) { fixture in
+            try await fixture.call("Disable", "s", ["off"])
+            let folder = fixture.stateDirectory
+            try await runChecked(["mount", "--bind", folder, folder])
+            fixture.atTeardown { runBlocking(["umount", "-l", folder]) }
+            try await runChecked(["mount", "-o", "remount,bind,ro", folder])
+            try await Self.expectNothingChanges(fixture, systemError: "Read-only file system")
+        }
+    }
+
+    @Test(.enabled(if: rootTestsEnabled, "needs root: mounts a tiny tmpfs as the state folder"))
+    func fullStateFileSystem() async throws {
+        try await DaemonFixture.with(Self.workers, start: false) { fixture in
+            let folder = fixture.stateDirectory
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+            try await runChecked(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", folder])
+            fixture.atTeardown { runBlocking(["umount", "-l", folder]) }
+            try await fixture.startDaemon()
+            try await fixture.call("Disable", "s", ["off"])
+            // Fill every block that is left (dd stops at ENOSPC).
+            _ = try await run(["dd", "if=/dev/zero", "of=\(folder)/filler", "bs=4096"])
+            try await Self.expectNothingChanges(fixture, systemError: "No space left on device")
+        }
+    }
+
+    /// Disable of a running worker and Enable of a disabled one are both refused and change
+    /// nothing, then and after a restart of the daemon.
+    static func expectNothingChanges(_ fixture: DaemonFixture, systemError: String) async throws {
+        let path = fixture.stateDirectory + "/enable-state"
+        let pid = try await fixture.worker("on").pid
+        let message = try await expectRefused(fixture, "Disable", "on", pathInMessage: path)
+        #expect(message.contains(systemError), "\(message)")
+        try await expectRefused(fixture, "Enable", "off", pathInMessage: path)
+        let on = try await fixture.worker("on")
+        #expect(on.state == "running" && on.pid == pid && on.enabled)
+        let off = try await fixture.worker("off")
+        #expect(off.state == "disabled" && !off.enabled)
+        #expect(try await fixture.property("Enabled", worker: "off").bool == false)
+
+        try await fixture.stopDaemon()
+        try await fixture.startDaemon()
+        #expect(try await fixture.worker("on").state == "running")
+        #expect(try await fixture.worker("off").state == "disabled")
+    }
+
+    /// Calls `member` on `worker`; expects StateNotSaved with no WorkerStateChanged and no
+    /// PropertiesChanged before the reply; returns the error's message.
+    @discardableResult
+    static func expectRefused(_ fixture: DaemonFixture, _ member: String, _ worker: String, pathInMessage path: String) async throws -> String {
+        let monitor = try await fixture.monitor()
+        let daemon = try await fixture.daemonUniqueName()
+        let result = try await fixture.dbusSend(member, ["string:\(worker)"])
+        #expect(result.output.contains("Error \(stateNotSaved)"), "\(member) \(worker): \(result.output)")
+        #expect(result.output.contains(path) && result.output.contains("Stop"), "\(result.output)")
+        var seen: [String] = []
+        while let message = try await monitor.next(timeout: .seconds(10)) {
+            if message.type == "signal", message.sender == daemon { seen.append("\(message)") }
+            if message.type == "error", message.sender == daemon { break }
+        }
+        #expect(seen.isEmpty, "signals before the refusal: \(seen)")
+        await monitor.stop()
+        return result.output
+    }
+}

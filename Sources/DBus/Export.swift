@@ -29,6 +29,11 @@ public struct MethodCall: Sendable {
 /// `inArgs`; what it returns must match `outArgs` (else the caller gets `Failed`). It throws
 /// `DBusError` to answer with that error; any other error answers `Failed`.
 ///
+/// `authorize`, when given, runs first, before the arguments are checked: a caller it refuses
+/// (by throwing, e.g. `DBusError.accessDenied`) gets that answer whatever the arguments, and
+/// learns nothing from an `InvalidArgs`. Its call carries the arguments as sent (empty when they
+/// cannot be read).
+///
 /// Handlers start on the connection's thread (the connection is their task executor), so one
 /// that answers without suspending costs no thread hop. A handler that does long synchronous
 /// work should move it elsewhere (an actor, a detached task): while it runs, the connection
@@ -38,12 +43,15 @@ public struct DBusMethod: Sendable {
     public var inArgs: [DBusArgument]
     public var outArgs: [DBusArgument]
     public var handler: @Sendable (MethodCall) async throws -> [DBusValue]
+    public var authorize: (@Sendable (MethodCall) async throws -> Void)?
 
     public init(_ name: String, in inArgs: [DBusArgument] = [], out outArgs: [DBusArgument] = [],
+                authorize: (@Sendable (MethodCall) async throws -> Void)? = nil,
                 handler: @escaping @Sendable (MethodCall) async throws -> [DBusValue]) {
         self.name = name
         self.inArgs = inArgs
         self.outArgs = outArgs
+        self.authorize = authorize
         self.handler = handler
     }
 

@@ -95,6 +95,10 @@ extension LoopState {
             guard let method = table.methods[member] else {
                 return fail(.unknownMethod("No method \(member) in \(resolved) at \(path)"))
             }
+            if let authorize = method.authorize {
+                return dispatchAuthorized(message, method: method, authorize: authorize, object: object,
+                                          interface: resolved, signature: signature, sender: sender, reply: reply)
+            }
             guard expect(method.inSignature) else { return }
             let arguments: [DBusValue]
             do { arguments = try Marshal.read(message) } catch {
@@ -107,6 +111,37 @@ extension LoopState {
             let call = MethodCall(sender: sender ?? "", path: path, interface: resolved, member: member,
                                   arguments: arguments, connection: connection, object: object)
             runHandler(reply: reply, outTypes: method.outArgs.map(\.type)) { try await method.handler(call) }
+        }
+    }
+
+    /// A method with an `authorize` hook: the hook runs before the signature check, so these
+    /// checks go with it into the handler's task. The arguments are read here, while the
+    /// message is alive.
+    private func dispatchAuthorized(_ message: OpaquePointer, method: DBusMethod,
+                                    authorize: @escaping @Sendable (MethodCall) async throws -> Void,
+                                    object: ExportedObject, interface: String, signature: String, sender: String?,
+                                    reply: ReplyAddress) {
+        var refusal: DBusError?
+        if signature != method.inSignature {
+            refusal = .invalidArgs("Invalid arguments for \(interface).\(method.name): expected '\(method.inSignature)', got '\(signature)'")
+        }
+        let arguments: [DBusValue]
+        do { arguments = try Marshal.read(message) } catch {
+            arguments = []
+            refusal = refusal ?? .invalidArgs("Cannot read the arguments: \(error)")
+        }
+        guard let connection = handle else { return Marshal.closeDescriptors(in: arguments) }
+        let call = MethodCall(sender: sender ?? "", path: object.path, interface: interface, member: method.name,
+                              arguments: arguments, connection: connection, object: object)
+        runHandler(reply: reply, outTypes: method.outArgs.map(\.type)) { [refusal] in
+            do {
+                try await authorize(call)
+                if let refusal { throw refusal }
+            } catch {
+                Marshal.closeDescriptors(in: arguments)
+                throw error
+            }
+            return try await method.handler(call)
         }
     }
 

@@ -97,6 +97,35 @@ struct DaemonBusApiTests {
         }
     }
 
+    /// The contract orders authorization first: a caller who may not change state gets
+    /// AccessDenied from a state-changing method even with arguments of the wrong type; root gets
+    /// InvalidArgs for the same call, and so does anyone from a method that only reads.
+    @Test(.enabled(if: rootTestsEnabled, "needs root: setpriv to a real non-root caller"))
+    func authorizationComesBeforeTheArgumentChecks() async throws {
+        try await DaemonFixture.with(Self.twoWorkers) { fixture in
+            let nobody = 65534
+            let worker = "/org/example/BgWorker/worker/db_2dsync"
+            let wrongCalls: [(member: String, arguments: [String], path: String, interface: String)] = [
+                ("Enable", ["int32:5"], DaemonFixture.manager, DaemonFixture.interface),
+                ("Disable", [], DaemonFixture.manager, DaemonFixture.interface),
+                ("Restart", ["string:db-sync", "string:again"], DaemonFixture.manager, DaemonFixture.interface),
+                ("Reload", ["string:now"], DaemonFixture.manager, DaemonFixture.interface),
+                ("Disable", ["string:db-sync"], worker, "org.example.BgWorker.Worker"),
+            ]
+            for call in wrongCalls {
+                let refused = try await fixture.dbusSend(call.member, call.arguments, path: call.path, interface: call.interface, asUser: nobody)
+                #expect(refused.output.contains("Error org.freedesktop.DBus.Error.AccessDenied"), "\(call.member) as nobody: \(refused.output)")
+                let asRoot = try await fixture.dbusSend(call.member, call.arguments, path: call.path, interface: call.interface)
+                #expect(asRoot.output.contains("Error org.freedesktop.DBus.Error.InvalidArgs"), "\(call.member) as root: \(asRoot.output)")
+            }
+            for (member, arguments) in [("GetWorker", ["int32:5"]), ("ListWorkers", ["string:all"])] {
+                let read = try await fixture.dbusSend(member, arguments, asUser: nobody)
+                #expect(read.output.contains("Error org.freedesktop.DBus.Error.InvalidArgs"), "\(member) as nobody: \(read.output)")
+            }
+            #expect(try await fixture.worker("db-sync").state == "running")
+        }
+    }
+
     @Test func logLevelChangesAtOnceAndReachesNewWorkers() async throws {
         try await DaemonFixture.with(Self.twoWorkers) { fixture in
             let monitor = try await fixture.monitor()

@@ -84,29 +84,31 @@ struct BusServiceFactory: Sendable {
         return name
     }
 
+    /// Runs before a state-changing method's argument checks (see `DBusMethod.authorize`): a
+    /// caller who may not change state gets AccessDenied whatever the arguments.
+    private var authorize: @Sendable (MethodCall) async throws -> Void {
+        { [access] call in try await access.authorize(call) }
+    }
+
     /// The manager object `/org/example/BgWorker`.
     func makeManager(version: String, runner: String, logLevel: LogLevel, role: HARole) throws -> ExportedObject {
         let nameArgument = [DBusArgument("name", .string)]
         let interface = DBusInterface(
             BgWorkerBus.managerInterface,
             methods: [
-                DBusMethod("Enable", in: nameArgument) { call in
-                    try await access.authorize(call)
+                DBusMethod("Enable", in: nameArgument, authorize: authorize) { call in
                     try await requireSupervisor().enable(try Self.nameArgument(call))
                     return []
                 },
-                DBusMethod("Disable", in: nameArgument) { call in
-                    try await access.authorize(call)
+                DBusMethod("Disable", in: nameArgument, authorize: authorize) { call in
                     try await requireSupervisor().disable(try Self.nameArgument(call))
                     return []
                 },
-                DBusMethod("Restart", in: nameArgument) { call in
-                    try await access.authorize(call)
+                DBusMethod("Restart", in: nameArgument, authorize: authorize) { call in
                     try await requireSupervisor().restart(try Self.nameArgument(call))
                     return []
                 },
-                DBusMethod("Reload") { call in
-                    try await access.authorize(call)
+                DBusMethod("Reload", authorize: authorize) { call in
                     try await requireSupervisor().reloadForBus()
                     return []
                 },
@@ -167,18 +169,15 @@ struct BusServiceFactory: Sendable {
         let interface = DBusInterface(
             BgWorkerBus.workerInterface,
             methods: [
-                DBusMethod("Enable") { call in
-                    try await access.authorize(call)
+                DBusMethod("Enable", authorize: authorize) { call in
                     try await requireSupervisor().enable(name)
                     return []
                 },
-                DBusMethod("Disable") { call in
-                    try await access.authorize(call)
+                DBusMethod("Disable", authorize: authorize) { call in
                     try await requireSupervisor().disable(name)
                     return []
                 },
-                DBusMethod("Restart") { call in
-                    try await access.authorize(call)
+                DBusMethod("Restart", authorize: authorize) { call in
                     try await requireSupervisor().restart(name)
                     return []
                 },

@@ -39,31 +39,81 @@ public enum HARole: String, Sendable, CaseIterable {
     case standalone, primary, secondary, unknown
 }
 
+extension HASource {
+    /// The role before the source has said anything: `standalone` without HA, else `unknown`.
+    /// Also the role right after a reload switched the source.
+    public var initialRole: HARole { self == .none ? .standalone : .unknown }
+}
+
 /// The role as reported by the HA source, and the role in force that the run rule uses.
 ///
 /// They differ only under `on-lost = keep`: while the reported role is `unknown`, the last known
 /// role (`primary` or `secondary`) stays in force; before any was known, `unknown` is in force.
-/// `standalone` is not an HA role and is never "last known".
+/// With `keep-for` > 0 it stays so for at most that many seconds after the role became
+/// `unknown`; then `unknown` is in force, as under `stop`, until a role is known again. The
+/// expiry is an input like any other (`reevaluate(at:)`): the owner arms a timer for
+/// `keepDeadline`. `standalone` is not an HA role and is never "last known"; it forgets the
+/// last known role, so HA configured again later starts from nothing.
 public struct RoleState: Sendable, Equatable {
     public private(set) var reported: HARole
     /// The last `primary` or `secondary` reported, if any.
     public private(set) var lastKnown: HARole?
-    public var onLost: OnLost
+    public private(set) var onLost: OnLost
+    /// Seconds; 0 is without limit.
+    public private(set) var keepFor: Double
+    /// When the reported role last became `unknown`; nil while a role is known.
+    public private(set) var unknownSince: MonotonicInstant?
+    /// The bounded keep ran out: `unknown` is in force until a role is known again.
+    public private(set) var keepExpired = false
 
-    public init(reported: HARole, onLost: OnLost = .stop) {
+    public init(reported: HARole, onLost: OnLost = .stop, keepFor: Double = 0) {
         self.reported = reported
         self.onLost = onLost
+        self.keepFor = keepFor
         lastKnown = reported == .primary || reported == .secondary ? reported : nil
     }
 
-    public mutating func report(_ role: HARole) {
+    public mutating func report(_ role: HARole, at now: MonotonicInstant) {
+        if role == .unknown {
+            // A repeated `unknown` does not extend the keep.
+            if unknownSince == nil { unknownSince = now }
+        } else {
+            unknownSince = nil
+        }
         reported = role
         if role == .primary || role == .secondary { lastKnown = role }
+        if role == .standalone { lastKnown = nil }
+        reevaluate(at: now)
+    }
+
+    /// A reload's `on-lost` and `keep-for`; the keep is measured from when the role became
+    /// `unknown`, so a shorter `keep-for` may end it at once and a longer one may restore it.
+    public mutating func configure(onLost: OnLost, keepFor: Double, at now: MonotonicInstant) {
+        self.onLost = onLost
+        self.keepFor = keepFor
+        reevaluate(at: now)
+    }
+
+    /// Ends the bounded keep when its time has come (and only then).
+    public mutating func reevaluate(at now: MonotonicInstant) {
+        keepExpired = boundedKeepEnd.map { now >= $0 } ?? false
+    }
+
+    /// The end of a bounded keep in progress, expired or not.
+    private var boundedKeepEnd: MonotonicInstant? {
+        guard reported == .unknown, onLost == .keep, keepFor > 0, lastKnown != nil, let unknownSince else { return nil }
+        return unknownSince.advanced(bySeconds: keepFor)
+    }
+
+    /// When the role in force will change by itself (the bounded keep ends), if it will: the
+    /// owner calls `reevaluate(at:)` then.
+    public var keepDeadline: MonotonicInstant? {
+        keepExpired ? nil : boundedKeepEnd
     }
 
     /// The role the run rule applies.
     public var inForce: HARole {
-        guard reported == .unknown, onLost == .keep, let lastKnown else { return reported }
+        guard reported == .unknown, onLost == .keep, !keepExpired, let lastKnown else { return reported }
         return lastKnown
     }
 }

@@ -96,10 +96,14 @@ public struct HASettings: Sendable, Equatable {
 
     public var source: HASource = .none
     public var onLost: OnLost = .stop
+    /// `keep-for`: seconds the last known role stays in force under `on-lost = keep` once the
+    /// role is `unknown`; 0 is without limit.
+    public var keepFor: Double = 0
 
-    public init(source: HASource = .none, onLost: OnLost = .stop) {
+    public init(source: HASource = .none, onLost: OnLost = .stop, keepFor: Double = 0) {
         self.source = source
         self.onLost = onLost
+        self.keepFor = keepFor
     }
 }
 
@@ -402,6 +406,8 @@ private struct ConfigDecoder {
                 }
             case "on-lost":
                 if let onLost: OnLost = enumeration(value, section, key) { settings.onLost = onLost }
+            case "keep-for":
+                if let seconds = duration(value, section, key) { settings.keepFor = seconds }
             default:
                 error(value.line, section, key, "unknown key '\(key)'")
             }

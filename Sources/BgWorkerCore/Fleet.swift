@@ -59,7 +59,11 @@ public enum FleetEvent: Sendable, Equatable {
     case processExited(String, pid: Int32, status: WorkerExit)
     /// A timer set by `scheduleTimer` is due.
     case timerFired(String)
-    /// A new, valid configuration (the daemon applies its own `[daemon]` settings and HA source).
+    /// The timer set by `scheduleRoleTimer` is due (the bounded `keep` may be over).
+    case roleTimerFired
+    /// A new, valid configuration (the daemon applies its own `[daemon]` settings and runs the HA
+    /// source). A changed `[ha] source` makes the role the new source's `initialRole` before any
+    /// worker is started or stopped for the new configuration.
     case reload(Configuration)
     /// Stop every worker; nothing starts any more. The daemon exits once `hasProcesses` is false.
     case shutdown
@@ -75,6 +79,10 @@ public enum FleetAction: Sendable, Equatable {
     /// Arm (or re-arm) the worker's single timer; deliver `timerFired` at or after `at`.
     case scheduleTimer(name: String, at: MonotonicInstant)
     case cancelTimer(name: String)
+    /// Arm (or re-arm) the fleet's one role timer: deliver `roleTimerFired` at or after `at`
+    /// (when the last known role stops being kept, `[ha] keep-for`).
+    case scheduleRoleTimer(at: MonotonicInstant)
+    case cancelRoleTimer
     /// Exactly one per state change: emit `WorkerStateChanged`, set `State`/`StateChangedAt`.
     case stateChanged(name: String, state: WorkerState, pid: Int32?, reason: String)
     /// Other properties of the worker changed to these values.
@@ -116,7 +124,7 @@ public struct Fleet: Sendable {
     /// state file; choices no longer in force are dropped (and persisted at `start`).
     public init(configuration: Configuration, enableState: EnableState, role: HARole) {
         self.configuration = configuration
-        roleState = RoleState(reported: role, onLost: configuration.ha.onLost)
+        roleState = RoleState(reported: role, onLost: configuration.ha.onLost, keepFor: configuration.ha.keepFor)
         self.enableState = enableState.pruned(for: configuration)
         needsPersist = self.enableState != enableState
         for definition in configuration.workers {
@@ -215,9 +223,9 @@ public struct Fleet: Sendable {
             if record.process != .none { record.restartPending = true }
             commit(&record, cause: "restart requested", now: now, &effects)
         case .roleChanged(let role):
-            let before = roleState.inForce
-            roleState.report(role)
-            applyRoleInForce(changedFrom: before, now: now, &effects)
+            updateRole(now: now, &effects) { $0.report(role, at: now) }
+        case .roleTimerFired:
+            updateRole(now: now, timerConsumed: true, &effects) { $0.reevaluate(at: now) }
         case .processStarted(let name, let pid):
             guard var record = records[name], record.process == .spawning else { break }
             record.process = .live(pid)
@@ -397,17 +405,33 @@ public struct Fleet: Sendable {
         }
     }
 
-    /// Reconciles every worker for which the run rule's answer changed.
-    private mutating func applyRoleInForce(changedFrom before: HARole, now: MonotonicInstant, _ effects: inout Effects) {
+    /// Changes the role state, re-arms or cancels the role timer when the keep's deadline moved
+    /// (`timerConsumed`: the daemon's timer just fired, so it is re-armed whenever a deadline
+    /// remains), and reconciles every worker for which the run rule's answer changed.
+    private mutating func updateRole(
+        now: MonotonicInstant, timerConsumed: Bool = false, _ effects: inout Effects, _ change: (inout RoleState) -> Void
+    ) {
+        let before = roleState.inForce
+        let deadlineBefore = timerConsumed ? nil : roleState.keepDeadline
+        change(&roleState)
+        roleTimerActions(deadlineBefore: deadlineBefore, &effects)
         let after = roleState.inForce
         guard before != after else { return }
+        let cause = roleState.keepExpired
+            ? "HA role unknown for \(formatSeconds(roleState.keepFor)) s (keep-for)" : "HA role \(after.rawValue)"
         for name in records.keys.sorted() {
             guard var record = records[name] else { continue }
             let runOn = record.definition.runOn
             if mayRun(runOn, roleInForce: before) != mayRun(runOn, roleInForce: after) {
-                commit(&record, cause: "HA role \(after.rawValue)", now: now, &effects)
+                commit(&record, cause: cause, now: now, &effects)
             }
         }
+    }
+
+    private func roleTimerActions(deadlineBefore: MonotonicInstant?, _ effects: inout Effects) {
+        let deadline = roleState.keepDeadline
+        guard deadline != deadlineBefore else { return }
+        effects.actions.append(deadline.map { .scheduleRoleTimer(at: $0) } ?? .cancelRoleTimer)
     }
 
     /// A bus choice: persisted with the configured value it was made against.
@@ -421,9 +445,14 @@ public struct Fleet: Sendable {
 
     private mutating func reload(_ newConfiguration: Configuration, now: MonotonicInstant, _ effects: inout Effects) {
         let roleBefore = roleState.inForce
+        let deadlineBefore = roleState.keepDeadline
         let previousEnableState = enableState
+        let sourceChanged = newConfiguration.ha.source != configuration.ha.source
         configuration = newConfiguration
-        roleState.onLost = newConfiguration.ha.onLost
+        roleState.configure(onLost: newConfiguration.ha.onLost, keepFor: newConfiguration.ha.keepFor, at: now)
+        // Before any worker starts: an added worker must not run under the old source's role.
+        if sourceChanged { roleState.report(newConfiguration.ha.source.initialRole, at: now) }
+        roleTimerActions(deadlineBefore: deadlineBefore, &effects)
         let roleAfter = roleState.inForce
         enableState = enableState.pruned(for: newConfiguration)
         let newNames = Set(newConfiguration.workers.map(\.name))

@@ -114,6 +114,9 @@ private func workerError(_ body: String) -> [String] {
         #expect(try load("[ha]\nsource = \"dbus\"").get().ha.source == .dbus(service: "org.example.HAManager"))
         #expect(try load("[ha]\nsource = \"dbus\"\nservice = \"com.acme.HA\"").get().ha.source == .dbus(service: "com.acme.HA"))
         #expect(try load("[ha]\nsource = \"none\"\non-lost = \"keep\"").get().ha == HASettings(source: .none, onLost: .keep))
+        #expect(try load("[ha]\nsource = \"dbus\"\non-lost = \"keep\"\nkeep-for = 2.5").get().ha.keepFor == 2.5)
+        #expect(try load("[ha]\nkeep-for = 30").get().ha.keepFor == 30)
+        #expect(try load("[ha]\nsource = \"dbus\"").get().ha.keepFor == 0)
     }
 
     @Test func resourceKeys() throws {
@@ -265,6 +268,9 @@ private func workerError(_ body: String) -> [String] {
         ("[ha]\ninstance = \"/a\"", "\(mainPath):2: [ha] 'instance' applies only to source = \"keepalived\""),
         ("[ha]\nsource = \"keepalived\"\ninstance = \"/a\"\nservice = \"a.b\"", "\(mainPath):4: [ha] 'service' applies only to source = \"dbus\""),
         ("[ha]\non-lost = \"panic\"", "\(mainPath):2: [ha] 'on-lost' must be one of \"stop\", \"keep\", not \"panic\""),
+        ("[ha]\nkeep-for = -1", "\(mainPath):2: [ha] 'keep-for' must not be negative"),
+        ("[ha]\nkeep-for = \"2s\"", "\(mainPath):2: [ha] 'keep-for' must be a number of seconds, not a string"),
+        ("[ha]\nkeep-for = inf", "\(mainPath):2: [ha] 'keep-for' must be a finite number of seconds"),
         ("daemon = 1", "\(mainPath):1: 'daemon' must be a table [daemon], not an integer"),
         ("worker = 1", "\(mainPath):1: 'worker' must be a table of workers [worker.NAME], not an integer"),
         ("[worker]\nw = 1", "\(mainPath):2: [worker] 'w' must be a worker table [worker.w], not an integer"),

@@ -15,8 +15,10 @@ func definition(
     return definition
 }
 
-func configuration(_ workers: [WorkerDefinition], onLost: OnLost = .stop) -> Configuration {
-    Configuration(ha: HASettings(source: .none, onLost: onLost), workers: workers)
+func configuration(
+    _ workers: [WorkerDefinition], onLost: OnLost = .stop, keepFor: Double = 0, source: HASource = .none
+) -> Configuration {
+    Configuration(ha: HASettings(source: source, onLost: onLost, keepFor: keepFor), workers: workers)
 }
 
 /// Drives a fleet with a fake clock and checks, after every step, the invariants that hold
@@ -29,6 +31,8 @@ struct FleetHarness {
     var announced: [String: WorkerState] = [:]
     /// Timers armed by actions.
     var timers: [String: MonotonicInstant] = [:]
+    /// The role timer armed by actions.
+    var roleTimer: MonotonicInstant? = nil
     /// Spawns awaiting processStarted/startFailed, and live pids, as the runner would see them.
     var spawning: Set<String> = []
     var live: [String: Int32] = [:]
@@ -55,6 +59,7 @@ struct FleetHarness {
     mutating func send(_ event: FleetEvent) throws(FleetError) -> [FleetAction] {
         // A fired timer is consumed, as the daemon's would be.
         if case .timerFired(let name) = event { timers[name] = nil }
+        if event == .roleTimerFired { roleTimer = nil }
         let actions = try fleet.handle(event, now: now)
         apply(actions)
         return actions
@@ -113,6 +118,11 @@ struct FleetHarness {
         }
     }
 
+    /// Delivers the role timer if it is due.
+    mutating func fireRoleTimerIfDue() {
+        if let due = roleTimer, due <= now { run(.roleTimerFired) }
+    }
+
     // MARK: Checking
 
     private mutating func apply(_ actions: [FleetAction]) {
@@ -131,6 +141,11 @@ struct FleetHarness {
                 timers[name] = at
             case .cancelTimer(let name):
                 timers[name] = nil
+            case .scheduleRoleTimer(let at):
+                roleTimer = at
+            case .cancelRoleTimer:
+                if roleTimer == nil { violations.append("cancelRoleTimer without a role timer at \(now)") }
+                roleTimer = nil
             case .stateChanged(let name, let state, let pid, _):
                 if announced[name] == state { violations.append("stateChanged \(name) to the same state \(state)") }
                 announced[name] = state
@@ -153,6 +168,9 @@ struct FleetHarness {
     }
 
     mutating func checkInvariants() {
+        if roleTimer != fleet.roleState.keepDeadline {
+            violations.append("role timer \(String(describing: roleTimer)), keep deadline \(String(describing: fleet.roleState.keepDeadline))")
+        }
         for status in fleet.workers {
             let name = status.name
             if announced[name] != status.state {

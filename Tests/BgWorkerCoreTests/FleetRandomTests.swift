@@ -33,7 +33,10 @@ import Testing
 
     private func randomConfiguration(_ rng: inout SeededRandom) -> Configuration {
         let names = ["a", "b", "c", "d"].filter { _ in Int.random(in: 0..<5, using: &rng) != 0 }
-        return configuration(names.map { randomDefinition($0, &rng) }, onLost: OnLost.allCases.randomElement(using: &rng)!)
+        let sources: [HASource] = [.none, .dbus(service: "org.example.HAManager")]
+        return configuration(
+            names.map { randomDefinition($0, &rng) }, onLost: OnLost.allCases.randomElement(using: &rng)!,
+            keepFor: [0.0, 0.5, 2, 10].randomElement(using: &rng)!, source: sources.randomElement(using: &rng)!)
     }
 
     private func runSequence(_ rng: inout SeededRandom, steps: Int) -> [String] {
@@ -67,9 +70,11 @@ import Testing
             case 10, 11:
                 h.advance([0.1, 0.5, 1, 3, 20].randomElement(using: &rng)!)
                 if Bool.random(using: &rng) { h.fireDueTimers() }
+                if Bool.random(using: &rng) { h.fireRoleTimerIfDue() }
             case 12:
                 // A stale or early timer.
                 h.run(.timerFired(name))
+                if Int.random(in: 0..<4, using: &rng) == 0 { h.run(.roleTimerFired) }
             case 13:
                 // Stale runner events must be ignored.
                 h.run(.processExited(name, pid: 1, status: .exited(0)))

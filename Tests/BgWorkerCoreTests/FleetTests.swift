@@ -402,8 +402,8 @@ private let transitions: [WorkerState: [TableEvent: WorkerState?]] = [
             for lastKnown in [nil, HARole.primary, .secondary] {
                 for reported in HARole.allCases {
                     var state = RoleState(reported: .unknown, onLost: onLost)
-                    if let lastKnown { state.report(lastKnown) }
-                    state.report(reported)
+                    if let lastKnown { state.report(lastKnown, at: .seconds(0)) }
+                    state.report(reported, at: .seconds(1))
                     let expected: HARole =
                         switch (reported, onLost, lastKnown) {
                         case (.unknown, .keep, .some(let known)): known
@@ -416,7 +416,7 @@ private let transitions: [WorkerState: [TableEvent: WorkerState?]] = [
         }
         // standalone is never "last known".
         var state = RoleState(reported: .standalone, onLost: .keep)
-        state.report(.unknown)
+        state.report(.unknown, at: .seconds(0))
         #expect(state.inForce == .unknown)
     }
 
@@ -698,5 +698,197 @@ private let transitions: [WorkerState: [TableEvent: WorkerState?]] = [
         let decoded = EnableState.decode(text)
         #expect(decoded.state == EnableState())
         #expect(decoded.problem == problem)
+    }
+}
+
+// MARK: - [ha] keep-for
+
+/// `on-lost = keep` bounded by `keep-for`: the deadline is an input (the role timer), never a
+/// clock the core reads.
+@Suite struct KeepForTests {
+    /// A primary worker `p`, a secondary `s` and an `any` worker `a` on a primary node, with
+    /// `on-lost = keep` and `keep-for`; `p` and `a` run.
+    static func primaryNode(keepFor: Double) -> FleetHarness {
+        let workers = [definition("p", runOn: .primary), definition("s", runOn: .secondary), definition("a", runOn: .any)]
+        var h = FleetHarness(configuration(workers, onLost: .keep, keepFor: keepFor), role: .primary)
+        h.started("p")
+        h.started("a")
+        return h
+    }
+
+    static let epsilon = 1e-9
+
+    @Test func roleBackJustBeforeKeepForStopsNothing() {
+        var h = Self.primaryNode(keepFor: 2)
+        h.run(.roleChanged(.unknown))
+        #expect(h.lastActions == [.scheduleRoleTimer(at: .seconds(2))])
+        #expect(h.fleet.roleState.inForce == .primary)
+        h.advance(2 - Self.epsilon)
+        h.fireRoleTimerIfDue()
+        #expect(h.state("p") == .running)
+        h.run(.roleChanged(.primary))
+        #expect(h.lastActions == [.cancelRoleTimer])
+        #expect(h.roleTimer == nil)
+        h.advance(100)
+        #expect(h.state("p") == .running && h.state("a") == .running && h.stopsSent.isEmpty)
+        #expect(h.violations.isEmpty)
+    }
+
+    @Test func atKeepForUnknownActsAsUnderStop() {
+        var h = Self.primaryNode(keepFor: 2)
+        h.run(.roleChanged(.unknown))
+        h.advance(2)
+        h.fireRoleTimerIfDue()
+        #expect(h.state("p") == .stopping)
+        #expect(h.fleet.status(of: "p")?.reason == "HA role unknown for 2 s (keep-for)")
+        #expect(h.state("a") == .running)
+        #expect(h.fleet.roleState.inForce == .unknown && h.fleet.roleState.reported == .unknown)
+        #expect(h.roleTimer == nil)
+        h.exits("p", .killed(15))
+        #expect(h.state("p") == .standby)
+        // A repeated unknown changes nothing; the role back starts the worker again.
+        h.run(.roleChanged(.unknown))
+        #expect(h.lastActions.isEmpty)
+        h.run(.roleChanged(.primary))
+        #expect(h.state("p") == .starting)
+        #expect(h.violations.isEmpty)
+    }
+
+    @Test func anEarlyTimerIsArmedAgain() {
+        var h = Self.primaryNode(keepFor: 2)
+        h.run(.roleChanged(.unknown))
+        h.advance(1)
+        h.run(.roleTimerFired)
+        #expect(h.lastActions == [.scheduleRoleTimer(at: .seconds(2))])
+        #expect(h.state("p") == .running)
+        #expect(h.violations.isEmpty)
+    }
+
+    /// A secondary node keeps its secondary workers for keep-for, too.
+    @Test func theLastKnownSecondaryRoleIsBoundedAlike() {
+        let workers = [definition("p", runOn: .primary), definition("s", runOn: .secondary)]
+        var h = FleetHarness(configuration(workers, onLost: .keep, keepFor: 0.5), role: .secondary)
+        h.started("s")
+        h.run(.roleChanged(.unknown))
+        h.advance(0.5)
+        h.fireRoleTimerIfDue()
+        #expect(h.state("s") == .stopping && h.state("p") == .standby)
+        #expect(h.violations.isEmpty)
+    }
+
+    /// Each return of a role ends the keep; the next `unknown` starts a new one from its own
+    /// time, and repeated `unknown`s do not extend it.
+    @Test func roleFlapping() {
+        var h = Self.primaryNode(keepFor: 2)
+        h.run(.roleChanged(.unknown))               // t 0: deadline 2
+        h.advance(1.5)
+        h.run(.roleChanged(.primary))               // t 1.5
+        h.advance(0.1)
+        h.run(.roleChanged(.unknown))               // t 1.6: deadline 3.6
+        #expect(h.roleTimer == .seconds(3.6))
+        h.advance(0.1)
+        h.run(.roleChanged(.unknown))               // t 1.7: no extension
+        #expect(h.roleTimer == .seconds(3.6))
+        h.advance(1.9 - Self.epsilon)
+        h.fireRoleTimerIfDue()
+        #expect(h.state("p") == .running)
+        h.advance(Self.epsilon)
+        h.fireRoleTimerIfDue()
+        #expect(h.state("p") == .stopping)
+        // Flapping after the expiry: secondary, then unknown again keeps secondary for 2 s.
+        h.run(.roleChanged(.secondary))
+        h.exits("p", .killed(15))
+        #expect(h.state("s") == .starting)
+        h.started("s")
+        h.run(.roleChanged(.unknown))
+        #expect(h.state("s") == .running && h.roleTimer == h.now.advanced(bySeconds: 2))
+        #expect(h.stopsSent.isEmpty)
+        #expect(h.violations.isEmpty)
+    }
+
+    @Test func keepForZeroIsWithoutLimit() {
+        var h = Self.primaryNode(keepFor: 0)
+        h.run(.roleChanged(.unknown))
+        #expect(h.lastActions.isEmpty && h.roleTimer == nil)
+        h.advance(1e9)
+        h.run(.roleTimerFired)  // a stray timer changes nothing
+        #expect(h.state("p") == .running && h.fleet.roleState.inForce == .primary)
+        #expect(h.violations.isEmpty)
+    }
+
+    /// Before any role was known, `unknown` is in force at once: no keep, no timer.
+    @Test func noKeepBeforeAnyRoleWasKnown() {
+        var h = FleetHarness(configuration([definition("p")], onLost: .keep, keepFor: 2), role: .unknown)
+        h.run(.roleChanged(.unknown))
+        #expect(h.roleTimer == nil && h.state("p") == .standby)
+        #expect(h.violations.isEmpty)
+    }
+
+    /// A reload measures the new keep-for from when the role became unknown: shorter ends the
+    /// keep at once, longer moves the deadline, on-lost = stop ends it, 0 removes the bound.
+    @Test func reloadChangesTheBound() {
+        let workers = [definition("p", runOn: .primary), definition("s", runOn: .secondary), definition("a", runOn: .any)]
+        var h = Self.primaryNode(keepFor: 10)
+        h.run(.roleChanged(.unknown))
+        h.advance(3)
+        h.run(.reload(configuration(workers, onLost: .keep, keepFor: 5)))
+        #expect(h.roleTimer == .seconds(5) && h.state("p") == .running)
+        h.run(.reload(configuration(workers, onLost: .keep, keepFor: 0)))
+        #expect(h.roleTimer == nil && h.state("p") == .running)
+        h.run(.reload(configuration(workers, onLost: .keep, keepFor: 2)))
+        #expect(h.roleTimer == nil && h.state("p") == .stopping)
+        h.exits("p", .killed(15))
+        h.run(.reload(configuration(workers, onLost: .keep, keepFor: 4)))
+        #expect(h.roleTimer == .seconds(4) && h.state("p") == .starting)
+        h.started("p")
+        h.run(.reload(configuration(workers, onLost: .stop, keepFor: 4)))
+        #expect(h.roleTimer == nil && h.state("p") == .stopping)
+        #expect(h.violations.isEmpty)
+    }
+}
+
+// MARK: - Reload that switches the HA source
+
+@Suite struct ReloadHASourceTests {
+    static let haManager = HASource.dbus(service: "org.example.HAManager")
+
+    /// From `none` to `dbus`: the role is `unknown` (the new source has not spoken) before any
+    /// worker starts, so an added primary worker never gets a spawn, and one that ran under
+    /// `standalone` stops.
+    @Test func noneToDBusStartsAddedWorkersUnderUnknown() {
+        let old = definition("old", runOn: .primary)
+        var h = FleetHarness(configuration([old]), role: .standalone)
+        h.started("old")
+        let added = [definition("new", runOn: .primary), definition("sec", runOn: .secondary), definition("any", runOn: .any)]
+        h.run(.reload(configuration([old] + added, source: Self.haManager)))
+        #expect(h.fleet.roleState.reported == .unknown)
+        let spawned = h.lastActions.compactMap { action -> String? in
+            if case .spawn(let name, _) = action { name } else { nil }
+        }
+        #expect(spawned == ["any"])
+        #expect(h.state("new") == .standby)
+        #expect(h.state("sec") == .standby)
+        #expect(h.state("old") == .stopping)
+        h.exits("old", .killed(15))
+        #expect(h.state("old") == .standby)
+        // The new source's role then applies as usual.
+        h.run(.roleChanged(.primary))
+        #expect(h.state("new") == .starting && h.state("old") == .starting)
+        #expect(h.violations.isEmpty)
+    }
+
+    /// Back to `none`: standalone at once, every worker runs, and no HA role is remembered for
+    /// a later `keep`.
+    @Test func dbusToNoneIsStandaloneAndForgetsTheRole() {
+        let workers = [definition("p", runOn: .primary), definition("s", runOn: .secondary)]
+        var h = FleetHarness(configuration(workers, onLost: .keep, source: Self.haManager), role: .primary)
+        h.started("p")
+        h.run(.reload(configuration(workers, onLost: .keep)))
+        #expect(h.fleet.roleState.reported == .standalone && h.state("s") == .starting)
+        h.started("s")
+        h.run(.reload(configuration(workers, onLost: .keep, source: Self.haManager)))
+        #expect(h.fleet.roleState.inForce == .unknown)
+        #expect(h.state("p") == .stopping && h.state("s") == .stopping)
+        #expect(h.violations.isEmpty)
     }
 }

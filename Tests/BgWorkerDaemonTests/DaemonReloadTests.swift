@@ -106,6 +106,42 @@ struct DaemonReloadTests {
             #expect(libdispatchThreads(of: try fixture.daemon.process.pid) == [])
         }
     }
+
+    /// A Reload that switches `[ha] source` from `none` to `dbus` (with no HA manager on the
+    /// bus) and adds a `run-on = "primary"` worker: the role is `unknown` before the added
+    /// worker could start, so it never runs (no `starting`, and its marker file never appears),
+    /// and the primary worker that ran under `standalone` stops.
+    @Test func aReloadThatSwitchesTheHASourceNeverStartsAnAddedPrimaryWorker() async throws {
+        let standalone = "[ha]\nsource = \"none\"\n\n" + shellWorker("old", "exec sleep 1000", extra: "run-on = \"primary\"")
+        try await DaemonFixture.with(standalone) { fixture in
+            #expect(try await fixture.property("HARole").string == "standalone")
+            #expect(try await fixture.worker("old").state == "running")
+            let marker = fixture.directory.file("fresh-ran")
+            let monitor = try await fixture.monitor()
+            let daemon = try await fixture.daemonUniqueName()
+            try fixture.writeConfiguration(
+                "[ha]\nsource = \"dbus\"\n\n" + shellWorker("old", "exec sleep 1000", extra: "run-on = \"primary\"")
+                    + shellWorker("fresh", "touch '\(marker)'; exec sleep 1000", extra: "run-on = \"primary\""))
+            try await fixture.call("Reload")
+
+            var signals: [String] = []
+            while let message = try await monitor.next(timeout: .seconds(10)) {
+                if message.type == "signal", message.sender == daemon, let member = message.member,
+                   member == "WorkerStateChanged" || member == "HARoleChanged" {
+                    signals.append(member + " " + message.body.compactMap(\.string).joined(separator: " "))
+                }
+                if message.type == "method_return", message.sender == daemon { break }
+            }
+            #expect(signals.first == "HARoleChanged unknown", "\(signals)")
+            #expect(!signals.contains { $0.hasPrefix("WorkerStateChanged fresh") }, "\(signals)")
+            #expect(signals.contains { $0.hasPrefix("WorkerStateChanged old stopping") }, "\(signals)")
+            #expect(try await fixture.property("HARole").string == "unknown")
+            _ = try await monitor.waitUntil(fixture, worker: "old", is: "standby")
+            let fresh = try await fixture.worker("fresh")
+            #expect(fresh.state == "standby" && fresh.pid == 0)
+            #expect(!FileManager.default.fileExists(atPath: marker), "the added primary worker ran")
+        }
+    }
 }
 
 /// Threads of `pid` named by libdispatch (`com.apple.root.*-qos*`, cut to 15 bytes by the kernel).

@@ -273,6 +273,73 @@ struct HAKeepalivedDaemonTests {
         }
     }
 
+    /// `on-lost = keep` with `keep-for = 2`: the primary's keepalived is killed (a crash, no
+    /// goodbye), its role is `unknown`, its primary worker goes on, and stops about 2 s later.
+    @Test func keepForEndsTheKeepAfterItsSeconds() async throws {
+        try await KeepalivedPair.with { pair in
+            let a = try await HADaemonNode("A", bus: pair.a.bus, ha: ha(pair.a, onLost: "keep") + "\nkeep-for = 2")
+            try await withNodes([a]) {
+                try await pair.waitForStatus(KeepalivedPair.Status.master, on: pair.a)
+                try await a.waitFor(["p": "running", "s": "standby"])
+                let pid = a.history.value.pid("p")
+                let killedAt = ContinuousClock.now
+                try await pair.stopKeepalived(on: pair.a, signal: SIGKILL)
+                let lost = try await a.waitForRole("unknown")
+                #expect(lost.state("p") == "running" && lost.pid("p") == pid, "kept at first: \(lost)")
+                let stopped = try await a.history.wait("A: p stops", timeout: .seconds(10)) { $0.state("p") != "running" }
+                let after = ContinuousClock.now - killedAt
+                let stopping = try #require(stopped.changes.last { $0.name == "p" })
+                #expect(stopping.state == "stopping" && stopping.pid == pid && stopping.reason == "HA role unknown for 2 s (keep-for)",
+                        "\(stopped)")
+                // The timer runs from the role's loss, which follows the kill within milliseconds.
+                #expect(after >= .milliseconds(1900) && after < .seconds(4), "p stopped \(after) after the kill")
+                try await a.waitFor(["p": "standby"])
+                try await waitForProcessExit(pid: pid_t(pid))
+                #expect(try await a.haRole() == "unknown")
+                a.expectNeverTwoProcesses()
+                try await a.daemon.stop()
+                #expect(a.log.contains("([ha] keep-for): role primary no longer kept"), "\(a.log)")
+            }
+        }
+    }
+
+    /// `keep-for = 2`, and keepalived is back as MASTER before the 2 s are over: nothing stops,
+    /// the same process runs throughout, and the (cancelled) deadline passes without effect.
+    /// keepalived comes back as address owner (priority 255, `state MASTER`), which it enters at
+    /// once; at the usual priority it would come back through BACKUP, which is `secondary`.
+    @Test func keepForRoleBackInTimeStopsNothing() async throws {
+        try await KeepalivedPair.with { pair in
+            let a = try await HADaemonNode("A", bus: pair.a.bus, ha: ha(pair.a, onLost: "keep") + "\nkeep-for = 2")
+            try await withNodes([a]) {
+                try await pair.waitForStatus(KeepalivedPair.Status.master, on: pair.a)
+                try await a.waitFor(["p": "running", "s": "standby"])
+                let pid = a.history.value.pid("p")
+                let owner = pair.configuration(for: pair.a)
+                    .replacingOccurrences(of: "state BACKUP", with: "state MASTER")
+                    .replacingOccurrences(of: "priority \(pair.a.priority)", with: "priority 255")
+                try owner.write(toFile: pair.a.configPath, atomically: true, encoding: .utf8)
+                let seenBefore = a.history.value.changes.count
+                let killedAt = ContinuousClock.now
+                try await pair.stopKeepalived(on: pair.a, signal: SIGKILL)
+                try await a.waitForRole("unknown")
+                try await pair.startKeepalived(on: pair.a)
+                let back = try await a.waitForRole("primary")
+                let backAfter = ContinuousClock.now - killedAt
+                #expect(backAfter < .seconds(2), "keepalived was back only after \(backAfter)")
+                #expect(Array(back.roles.suffix(2)) == ["unknown", "primary"], "\(back)")
+                // Past the deadline (with a margin), p has not moved.
+                let moved = try? await a.history.wait("A: p leaves running", timeout: .seconds(2) - backAfter + .seconds(1)) {
+                    $0.state("p") != "running"
+                }
+                #expect(moved == nil, "p moved: \(String(describing: moved))")
+                #expect(a.history.value.changes.dropFirst(seenBefore).isEmpty, "\(a.history.value)")
+                let workers = try await a.workers()
+                #expect(workers["p"]?.state == "running" && workers["p"]?.pid == pid, "\(workers)")
+                a.expectNeverTwoProcesses()
+            }
+        }
+    }
+
     @Test func keepalivedStartedAfterTheDaemonIsFollowed() async throws {
         try await KeepalivedPair.with(startKeepalived: false) { pair in
             let a = try await HADaemonNode("A", bus: pair.a.bus, ha: ha(pair.a))

@@ -60,6 +60,8 @@ public actor Supervisor {
     /// Exits the runner reported before the start that made the process was answered.
     private var earlyExits: [String: (pid: Int32, status: WorkerExit)] = [:]
     private var timers: [String: (token: UInt64, task: Task<Void, Never>)] = [:]
+    /// The fleet's role timer (the end of a bounded `on-lost = keep`).
+    private var roleTimer: (token: UInt64, task: Task<Void, Never>)?
     private var nextTimerToken: UInt64 = 0
 
     private var settleWaiters: [String: [CheckedContinuation<DBusError?, Never>]] = [:]
@@ -98,8 +100,7 @@ public actor Supervisor {
         stateStore = StateStore(directory: configuration.daemon.stateDirectory)
         let (persisted, problem) = stateStore.load()
         if let problem { logger.warning("state file: \(problem)") }
-        let role: HARole = configuration.ha.source == .none ? .standalone : .unknown
-        fleet = Fleet(configuration: configuration, enableState: persisted, role: role)
+        fleet = Fleet(configuration: configuration, enableState: persisted, role: configuration.ha.source.initialRole)
         if let warning = access.configure(adminGroup: configuration.daemon.adminGroup) { logger.warning("\(warning)") }
     }
 
@@ -192,6 +193,8 @@ public actor Supervisor {
         }
         for (_, timer) in timers { timer.task.cancel() }
         timers = [:]
+        roleTimer?.task.cancel()
+        roleTimer = nil
         roleSourceTask?.cancel()
         await runner.shutdown()
         startAnswers.close()
@@ -273,16 +276,15 @@ public actor Supervisor {
         if new.daemon.runner != old.daemon.runner {
             logger.warning("[daemon] runner changed to '\(new.daemon.runner.rawValue)': it takes effect when bgworkerd restarts")
         }
-        apply(.reload(new))
-        if new.ha.source != old.ha.source {
-            if new.ha.source == .none {
-                restartRoleSource()
-                setRole(HARoleReport(.standalone, why: "HA is no longer configured"))
-            } else {
-                setRole(HARoleReport(.unknown, why: "HA source changed"))
-                restartRoleSource()
-            }
+        // A changed HA source: the core takes the new source's initial role (standalone or
+        // unknown) within the reload, before it starts any added worker.
+        let sourceChanged = new.ha.source != old.ha.source
+        if sourceChanged {
+            let why = new.ha.source == .none ? "HA is no longer configured" : "HA source changed"
+            announceRole(HARoleReport(new.ha.source.initialRole, why: why))
         }
+        apply(.reload(new))
+        if sourceChanged { restartRoleSource() }
         logger.notice("configuration reloaded: \(new.workers.count) workers")
     }
 
@@ -314,12 +316,28 @@ public actor Supervisor {
     }
 
     private func setRole(_ report: HARoleReport) {
-        if report.role != fleet.roleState.reported {
-            logger.notice("HA role \(report.role.rawValue) (\(report.why))", metadata: ["role": "\(report.role.rawValue)"])
-            setManagerProperty("HARole", .string(report.role.rawValue))
-            emitManagerSignal("HARoleChanged", [.string(report.role.rawValue)])
-        }
+        announceRole(report)
         apply(.roleChanged(report.role))
+    }
+
+    /// Logs, sets `HARole` and emits `HARoleChanged` when the reported role is about to change.
+    private func announceRole(_ report: HARoleReport) {
+        guard report.role != fleet.roleState.reported else { return }
+        logger.notice("HA role \(report.role.rawValue) (\(report.why))", metadata: ["role": "\(report.role.rawValue)"])
+        setManagerProperty("HARole", .string(report.role.rawValue))
+        emitManagerSignal("HARoleChanged", [.string(report.role.rawValue)])
+    }
+
+    private func roleTimerDue(token: UInt64) {
+        guard roleTimer?.token == token else { return }
+        roleTimer = nil
+        let kept = fleet.roleState.inForce
+        apply(.roleTimerFired)
+        if fleet.roleState.keepExpired, kept != fleet.roleState.inForce {
+            logger.warning(
+                "HA role unknown for \(fleet.roleState.keepFor) s ([ha] keep-for): role \(kept.rawValue) no longer kept, its workers stop",
+                metadata: ["role": "unknown"])
+        }
     }
 
     // MARK: - Events from the runner and timers
@@ -472,6 +490,11 @@ public actor Supervisor {
                 schedule(name, at: at)
             case .cancelTimer(let name):
                 timers.removeValue(forKey: name)?.task.cancel()
+            case .scheduleRoleTimer(let at):
+                scheduleRoleTimer(at: at)
+            case .cancelRoleTimer:
+                roleTimer?.task.cancel()
+                roleTimer = nil
             case .stateChanged(let name, let state, let pid, let reason):
                 stateChanged(name, state: state, pid: pid, reason: reason)
             case .propertiesChanged(let name, let properties):
@@ -504,16 +527,30 @@ public actor Supervisor {
         timers.removeValue(forKey: name)?.task.cancel()
         nextTimerToken &+= 1
         let token = nextTimerToken
+        timers[name] = (token, timerTask(at: instant) { await $0.timerDue(name, token: token) })
+    }
+
+    /// Sleeps on ContinuousClock (DaemonClock) until the instant, then calls `due`; nothing
+    /// when cancelled first.
+    private func timerTask(
+        at instant: MonotonicInstant, _ due: @escaping @Sendable (Supervisor) async -> Void
+    ) -> Task<Void, Never> {
         let deadline = clockOrigin.advanced(by: .nanoseconds(instant.nanoseconds))
-        let task = Task { [weak self] in
+        return Task { [weak self] in
             do {
                 try await DaemonClock.sleep(until: deadline)
             } catch {
                 return  // cancelled
             }
-            await self?.timerDue(name, token: token)
+            if let self { await due(self) }
         }
-        timers[name] = (token, task)
+    }
+
+    private func scheduleRoleTimer(at instant: MonotonicInstant) {
+        roleTimer?.task.cancel()
+        nextTimerToken &+= 1
+        let token = nextTimerToken
+        roleTimer = (token, timerTask(at: instant) { await $0.roleTimerDue(token: token) })
     }
 
     private func stateChanged(_ name: String, state: WorkerState, pid: Int32?, reason: String) {

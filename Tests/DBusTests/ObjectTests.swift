@@ -1,5 +1,6 @@
 import DBus
 import Foundation
+import Synchronization
 import Testing
 import TestSupport
 
@@ -174,6 +175,42 @@ enum TestObject {
             _ = try await client.call(destination: dest, path: try ObjectPath("/no/such"), interface: "org.freedesktop.DBus.Peer", member: "Ping")
             let id = try await client.call(destination: dest, path: p, interface: "org.freedesktop.DBus.Peer", member: "GetMachineId")
             #expect(id.first?.stringValue?.count == 32)
+            server.close()
+            client.close()
+        }
+    }
+
+    /// `DBusMethod(authorize:)` runs before the signature check: a refused caller gets the
+    /// refusal whatever it sent; an allowed one gets InvalidArgs for a wrong signature.
+    @Test func methodAuthorizationComesBeforeTheSignatureCheck() async throws {
+        try await withBus { fx in
+            let server = try await fx.connect()
+            let client = try await fx.connect()
+            let allowed = Mutex(false)
+            let seen = Mutex<[String]>([])
+            try server.export(try ExportedObject(path: TestObject.path, interfaces: [
+                DBusInterface(TestObject.interface, methods: [
+                    DBusMethod("Guarded", in: [DBusArgument("name", .string)], out: [DBusArgument("name", .string)],
+                               authorize: { call in
+                                   seen.withLock { $0.append(call.arguments.map(\.type.signature).joined()) }
+                                   guard allowed.withLock({ $0 }) else { throw DBusError.accessDenied("not you") }
+                               }) { call in call.arguments },
+                ]),
+            ]))
+            func guarded(_ arguments: [DBusValue]) async throws -> [DBusValue] {
+                try await client.call(destination: server.uniqueName, path: TestObject.path, interface: TestObject.interface,
+                                      member: "Guarded", arguments: arguments)
+            }
+            for arguments: [DBusValue] in [[.string("x")], [.int32(1)], [], [.string("x"), .string("y")]] {
+                let e = await expectDBusError(DBusError.Name.accessDenied) { _ = try await guarded(arguments) }
+                #expect(e?.message == "not you")
+            }
+            #expect(seen.withLock { $0 } == ["s", "i", "", "ss"], "authorize sees the arguments as sent")
+            allowed.withLock { $0 = true }
+            for arguments: [DBusValue] in [[.int32(1)], [], [.string("x"), .string("y")]] {
+                await expectDBusError(DBusError.Name.invalidArgs) { _ = try await guarded(arguments) }
+            }
+            #expect(try await guarded([.string("x")]).first?.stringValue == "x")
             server.close()
             client.close()
         }

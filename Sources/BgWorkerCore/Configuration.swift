@@ -245,10 +245,15 @@ public struct Configuration: Sendable, Equatable {
     }
 
     /// `[daemon] workers-directory` as the main file writes it (the default when absent), or nil
-    /// when the file does not parse or the key is invalid. With it the daemon reads and checks the
-    /// drop-ins even when the main file has other errors, so one answer lists every file's.
+    /// when it cannot be known: the key is invalid, or the file does not parse and mentions it.
+    /// With it the daemon reads and checks the drop-ins even when the main file has errors, so one
+    /// answer lists every file's. (A key spelled with escapes in a file that does not parse goes
+    /// unseen: the default folder's drop-ins are then checked, which can only add messages.)
     public static func workersDirectory(writtenIn main: SourceFile) -> String? {
-        guard let root = try? parseTOML(utf8: main.bytes) else { return nil }
+        guard let root = try? parseTOML(utf8: main.bytes) else {
+            let mentioned = main.bytes.firstRange(of: Array("workers-directory".utf8)) != nil
+            return mentioned ? nil : DaemonSettings().workersDirectory
+        }
         guard let daemonValue = root["daemon"] else { return DaemonSettings().workersDirectory }
         guard case .table(let daemon) = daemonValue.kind else { return nil }
         var decoder = ConfigDecoder()

@@ -85,6 +85,38 @@ struct DaemonLifecycleTests {
         }
     }
 
+    /// Issue 8: only the main file's error was reported; every file's errors come in one answer.
+    @Test func anInvalidConfigurationAtStartListsTheErrorsOfEveryFile() async throws {
+        let dropIns = [
+            "10-a.toml": "[worker.a]\nexec = [\"/bin/true\"]\nrun-on = \"sometimes\"\n",
+            "20-b.toml": "[worker.b\n",
+        ]
+        try await DaemonFixture.with(
+            shellWorker("good", "exec sleep 1000", extra: "exec-start = 1"), dropIns: dropIns, start: false) { fixture in
+            let result = try await run([builtExecutablePath("bgworkerd"), "--config", fixture.configPath, "--bus",
+                                        fixture.bus.unixAddress, "--runner", "process"],
+                                       environment: ["RUNTIME_DIRECTORY": fixture.directory.file("run")])
+            #expect(result.status == 1)
+            #expect(result.stderr.contains("\(fixture.configPath):"), "\(result.stderr)")
+            #expect(result.stderr.contains("exec-start"), "\(result.stderr)")
+            #expect(result.stderr.contains(fixture.directory.file("workers.d/10-a.toml") + ":3: [worker.a]"), "\(result.stderr)")
+            #expect(result.stderr.contains(fixture.directory.file("workers.d/20-b.toml") + ":1: "), "\(result.stderr)")
+        }
+    }
+
+    /// Issue 8: a deeply nested file overflowed the stack at start (exit 139).
+    @Test func aDeeplyNestedConfigurationAtStartIsAnErrorNotACrash() async throws {
+        let nested = "environment = " + String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
+        try await DaemonFixture.with(shellWorker("deep", "exec sleep 1000", extra: nested), start: false) { fixture in
+            let result = try await run([builtExecutablePath("bgworkerd"), "--config", fixture.configPath, "--bus",
+                                        fixture.bus.unixAddress, "--runner", "process"],
+                                       environment: ["RUNTIME_DIRECTORY": fixture.directory.file("run")])
+            #expect(result.status == 1, "\(result.stderr)")
+            #expect(result.stderr.contains("\(fixture.configPath):"), "\(result.stderr)")
+            #expect(result.stderr.contains("more than 128 levels"), "\(result.stderr)")
+        }
+    }
+
     @Test func sigkillOfTheDaemonLeavesNoWorkerBehind() async throws {
         let directory = try TemporaryDirectory(prefix: "bgw-kill")
         defer { directory.remove() }

@@ -725,6 +725,7 @@ private struct TOMLParser {
     }
 
     private mutating func parseEscape() throws(TOMLError) -> Unicode.Scalar {
+        let escapeLine = line
         advance()  // backslash
         guard let byte = peek() else { throw fail("unterminated string") }
         advance()
@@ -748,8 +749,10 @@ private struct TOMLParser {
             }
             advance(count)
             return scalar
+        case 0x21...0x7E:
+            throw TOMLError(line: escapeLine, message: "invalid escape '\\\(Character(Unicode.Scalar(byte)))' in string")
         default:
-            throw fail("invalid escape '\\\(Character(Unicode.Scalar(byte)))' in string")
+            throw TOMLError(line: escapeLine, message: "invalid escape in string: a backslash followed by byte 0x\(hex(byte))")
         }
     }
 

@@ -198,6 +198,7 @@ private func failure(_ text: String) -> TOMLError? {
         ("n = 0xZZ", 1, "invalid integer '0xZZ'"),
         ("n = -0x1", 1, "'-0x1': a sign is not allowed on hex, octal or binary integers"),
         ("s = \"bad \\q escape\"", 1, "invalid escape '\\q' in string"),
+        ("s = \"bad \\\nescape\"", 1, "invalid escape in string: a backslash followed by byte 0x0A"),
         ("s = \"\\uD800\"", 1, "invalid unicode escape '\\uD800'"),
         ("a = [1, 2", 1, "unterminated array opened on line 1"),
         ("a = [1 2]", 1, "expected ',' or ']' in array, found '2'"),

@@ -88,7 +88,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["CShims"]),
 
         .testTarget(name: "DBusTests", dependencies: ["DBus", "TestSupport"]),
-        .testTarget(name: "BgWorkerCoreTests", dependencies: ["BgWorkerCore", "TestSupport"]),
+        .testTarget(name: "BgWorkerCoreTests", dependencies: ["BgWorkerCore", "TestSupport"], exclude: ["toml-test"]),
         .testTarget(name: "BgWorkerDaemonTests", dependencies: ["BgWorkerDaemon", "TestSupport"]),
         // bgworkerctl, bgworker-example and bgworker-ha-sim, run as real processes.
         .testTarget(name: "ClientsTests", dependencies: ["DBus", "TestSupport"]),

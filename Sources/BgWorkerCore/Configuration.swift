@@ -6,11 +6,23 @@
 /// A configuration file as the daemon read it: its path (for messages) and its text.
 public struct SourceFile: Sendable, Equatable {
     public var path: String
-    public var text: String
+    /// The file's bytes as read: the parser checks that they are UTF-8.
+    public var bytes: [UInt8]
 
     public init(path: String, text: String) {
         self.path = path
-        self.text = text
+        self.bytes = Array(text.utf8)
+    }
+
+    public init(path: String, bytes: [UInt8]) {
+        self.path = path
+        self.bytes = bytes
+    }
+
+    /// The bytes as text (invalid UTF-8 replaced by U+FFFD).
+    public var text: String {
+        get { String(decoding: bytes, as: UTF8.self) }
+        set { bytes = Array(newValue.utf8) }
     }
 }
 
@@ -193,8 +205,9 @@ public struct Configuration: Sendable, Equatable {
         self.workers = workers.sorted { $0.name < $1.name }
     }
 
+    /// Names match by code points: `String ==` would let U+212A KELVIN SIGN find worker "K".
     public func worker(named name: String) -> WorkerDefinition? {
-        workers.first { $0.name == name }
+        workers.first { $0.name.utf8.elementsEqual(name.utf8) }
     }
 
     /// Parses and validates the main file and the drop-in files (in the order given, which should
@@ -210,7 +223,7 @@ public struct Configuration: Sendable, Equatable {
         for (position, file) in ([main] + dropIns).enumerated() {
             let root: TOMLTable
             do {
-                root = try parseTOML(file.text)
+                root = try parseTOML(utf8: file.bytes)
             } catch {
                 decoder.errors.append(ConfigError(file: file.path, line: error.line, message: error.message))
                 continue
@@ -233,6 +246,23 @@ public struct Configuration: Sendable, Equatable {
         if !decoder.errors.isEmpty { return .failure(ConfigErrors(decoder.errors)) }
         configuration.workers.sort { $0.name < $1.name }
         return .success(configuration)
+    }
+
+    /// `[daemon] workers-directory` as the main file writes it (the default when absent), or nil
+    /// when it cannot be known: the key is invalid, or the file does not parse and mentions it.
+    /// With it the daemon reads and checks the drop-ins even when the main file has errors, so one
+    /// answer lists every file's. (A key spelled with escapes in a file that does not parse goes
+    /// unseen: the default folder's drop-ins are then checked, which can only add messages.)
+    public static func workersDirectory(writtenIn main: SourceFile) -> String? {
+        guard let root = try? parseTOML(utf8: main.bytes) else {
+            let mentioned = main.bytes.firstRange(of: Array("workers-directory".utf8)) != nil
+            return mentioned ? nil : DaemonSettings().workersDirectory
+        }
+        guard let daemonValue = root["daemon"] else { return DaemonSettings().workersDirectory }
+        guard case .table(let daemon) = daemonValue.kind else { return nil }
+        var decoder = ConfigDecoder()
+        let settings = decoder.decodeDaemon(daemon)
+        return decoder.errors.contains { $0.key == "workers-directory" } ? nil : settings.workersDirectory
     }
 
     /// Checks what the given runner can honour. The process runner cannot apply resource or
@@ -642,6 +672,13 @@ private struct ConfigDecoder {
                 valid = false
             } else if name == "BGWORKER_NAME" || name == "BGWORKER_LOG_LEVEL" {
                 error(variable.line, table, "environment", "environment variable '\(name)' is set by bgworkerd")
+                valid = false
+            } else if result[name] != nil {
+                // TOML found the names different (code points); a String-keyed dictionary would
+                // merge the canonically equivalent ones and silently drop a variable.
+                error(
+                    variable.line, table, "environment",
+                    "environment variable '\(name)' differs from another one only by Unicode normalization; use one spelling")
                 valid = false
             }
             result[name] = text

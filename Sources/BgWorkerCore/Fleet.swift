@@ -141,7 +141,14 @@ public struct Fleet: Sendable {
     }
 
     public func status(of name: String) -> WorkerStatus? {
-        records[name].map { $0.status }
+        record(named: name).map { $0.status }
+    }
+
+    /// Names from the bus match by code points: the String-keyed dictionary would let U+212A
+    /// KELVIN SIGN find worker "K" (canonical equivalence).
+    private func record(named name: String) -> WorkerRecord? {
+        guard let record = records[name], record.definition.name.utf8.elementsEqual(name.utf8) else { return nil }
+        return record
     }
 
     /// Whether the worker is settled (see `WorkerState.isSettled`); true for a worker that is gone.
@@ -286,7 +293,7 @@ public struct Fleet: Sendable {
     // MARK: Rules
 
     private func requireWorker(_ name: String) throws(FleetError) -> WorkerRecord {
-        guard let record = records[name], !record.removing else { throw .noSuchWorker(name) }
+        guard let record = record(named: name), !record.removing else { throw .noSuchWorker(name) }
         return record
     }
 

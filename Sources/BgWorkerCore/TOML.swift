@@ -6,6 +6,19 @@
 // inf/nan), booleans, arrays (multi-line, trailing comma), inline tables (also over several lines
 // with a trailing comma, as TOML 1.1 allows) and comments. Not supported, with a clear error:
 // arrays of tables (`[[x]]`) and dates/times — the configuration uses neither.
+//
+// Hostile input: the input must be valid UTF-8 (checked first, the error names the line of the
+// first bad byte); nesting is limited to `TOMLLimits.nestingDepth` levels, so neither the parser
+// nor the value tree (whose deinit and `==` recurse) goes deeper; the time is linear in the input.
+// Keys are compared by code points, as TOML says, not by Swift's canonical equivalence.
+
+/// Limits the parser enforces on hostile input.
+public enum TOMLLimits {
+    /// How deep values may nest: every table level, dotted-key part, array and inline table counts
+    /// one (`[worker.a]` then `environment.X = "1"` is 4). Recursion in the parser and in the value
+    /// tree is bounded by it; bgworker's configuration needs 4.
+    public static let nestingDepth = 128
+}
 
 /// A parsed TOML value with the line on which it starts (1-based).
 public struct TOMLValue: Sendable, Equatable {
@@ -16,6 +29,19 @@ public struct TOMLValue: Sendable, Equatable {
         case boolean(Bool)
         case array([TOMLValue])
         case table(TOMLTable)
+
+        /// Strings by code points (TOML's rule), not by canonical equivalence.
+        public static func == (lhs: Kind, rhs: Kind) -> Bool {
+            switch (lhs, rhs) {
+            case (.string(let a), .string(let b)): a.utf8.elementsEqual(b.utf8)
+            case (.integer(let a), .integer(let b)): a == b
+            case (.float(let a), .float(let b)): a == b
+            case (.boolean(let a), .boolean(let b)): a == b
+            case (.array(let a), .array(let b)): a == b
+            case (.table(let a), .table(let b)): a == b
+            default: false
+            }
+        }
     }
 
     public var kind: Kind
@@ -39,31 +65,51 @@ public struct TOMLValue: Sendable, Equatable {
     }
 }
 
+/// A key compared and hashed by its code points (UTF-8 bytes): TOML keys `"\u00e9"` and
+/// `"e\u0301"` are different keys, although Swift's `String ==` finds them equal.
+struct TOMLKey: Hashable, Sendable {
+    let text: String
+
+    init(_ text: String) { self.text = text }
+
+    static func == (lhs: TOMLKey, rhs: TOMLKey) -> Bool { lhs.text.utf8.elementsEqual(rhs.text.utf8) }
+
+    func hash(into hasher: inout Hasher) {
+        hasher.combine(text.utf8.count)
+        for byte in text.utf8 { hasher.combine(byte) }
+    }
+}
+
 /// A TOML table: its keys in document order, each with its value (and that value's line).
 public struct TOMLTable: Sendable, Equatable {
     /// The line of the table's header, its first dotted key, or its opening brace.
     public var line: Int
     /// Keys in the order they were first written.
     public private(set) var keys: [String] = []
-    private var values: [String: TOMLValue] = [:]
+    private var values: [TOMLKey: TOMLValue] = [:]
 
     public init(line: Int) {
         self.line = line
     }
 
+    /// The value at `key`, matched by code points.
     public subscript(key: String) -> TOMLValue? {
-        values[key]
+        values[TOMLKey(key)]
     }
 
     /// Key/value pairs in document order.
     public var entries: [(key: String, value: TOMLValue)] {
-        keys.compactMap { key in values[key].map { (key, $0) } }
+        keys.compactMap { key in values[TOMLKey(key)].map { (key, $0) } }
     }
 
     mutating func set(_ key: String, _ value: TOMLValue) {
-        if values.updateValue(value, forKey: key) == nil {
+        if values.updateValue(value, forKey: TOMLKey(key)) == nil {
             keys.append(key)
         }
+    }
+
+    public static func == (lhs: TOMLTable, rhs: TOMLTable) -> Bool {
+        lhs.line == rhs.line && lhs.keys.map(TOMLKey.init) == rhs.keys.map(TOMLKey.init) && lhs.values == rhs.values
     }
 }
 
@@ -77,14 +123,23 @@ public struct TOMLError: Error, Sendable, Equatable, CustomStringConvertible {
 
 /// Parses a TOML document into its root table.
 public func parseTOML(_ text: String) throws(TOMLError) -> TOMLTable {
-    var parser = TOMLParser(text)
+    var parser = TOMLParser(Array(text.utf8))
+    return try parser.parseDocument()
+}
+
+/// Parses a TOML document given as bytes, as read from a file: invalid UTF-8 is an error naming
+/// the line of the first bad byte (a `String` would have replaced it with U+FFFD already).
+public func parseTOML(utf8 bytes: [UInt8]) throws(TOMLError) -> TOMLTable {
+    var parser = TOMLParser(bytes)
     return try parser.parseDocument()
 }
 
 // MARK: - Building the tree
 
 /// Mutable tree used while parsing: TOML's rules about redefinition depend on how a table came to
-/// exist (a header, an intermediate header segment, a dotted key, an inline table).
+/// exist (a header, an intermediate header segment, a dotted key, an inline table). Inline tables
+/// are nodes too, frozen once with the document (or with the array holding them), so that nested
+/// inline tables cost linear time.
 private final class TableNode {
     enum Origin { case header, implicit, dotted, inline }
     enum Child {
@@ -92,26 +147,30 @@ private final class TableNode {
         case value(TOMLValue)
     }
 
-    let line: Int
+    /// Becomes the header's line when a table first created implicitly is defined explicitly.
+    var line: Int
     var origin: Origin
     var order: [String] = []
-    var children: [String: Child] = [:]
+    var children: [TOMLKey: Child] = [:]
 
     init(line: Int, origin: Origin) {
         self.line = line
         self.origin = origin
     }
 
+    subscript(key: String) -> Child? { children[TOMLKey(key)] }
+
     func insert(_ key: String, _ child: Child) {
-        if children.updateValue(child, forKey: key) == nil {
+        if children.updateValue(child, forKey: TOMLKey(key)) == nil {
             order.append(key)
         }
     }
 
+    /// Recursion is bounded by the nesting limit, which the parser enforces while building.
     func freeze() -> TOMLTable {
         var table = TOMLTable(line: line)
         for key in order {
-            switch children[key] {
+            switch children[TOMLKey(key)] {
             case .table(let node): table.set(key, TOMLValue(.table(node.freeze()), line: node.line))
             case .value(let value): table.set(key, value)
             case nil: break
@@ -120,7 +179,6 @@ private final class TableNode {
         return table
     }
 }
-
 private func lineOf(_ child: TableNode.Child) -> Int {
     switch child {
     case .table(let node): node.line
@@ -142,6 +200,8 @@ private func escapeForDisplay(_ key: String) -> String {
         case "\\": out += "\\\\"
         case "\n": out += "\\n"
         case "\t": out += "\\t"
+        case "\r": out += "\\r"
+        case "\u{00}"..."\u{1F}", "\u{7F}": out += "\\u00" + hex(UInt8(ch.value))
         default: out.unicodeScalars.append(ch)
         }
     }
@@ -165,16 +225,18 @@ private struct TOMLParser {
     private var index = 0
     private var line = 1
 
-    init(_ text: String) {
-        bytes = Array(text.utf8)
+    init(_ bytes: [UInt8]) {
+        self.bytes = bytes
     }
 
     // MARK: Document structure
 
     mutating func parseDocument() throws(TOMLError) -> TOMLTable {
+        try validateUTF8()
         if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { index = 3 }
         let root = TableNode(line: 1, origin: .header)
         var current = root
+        var currentDepth = 0
         while true {
             skipWhitespace()
             guard let byte = peek() else { break }
@@ -182,24 +244,32 @@ private struct TOMLParser {
             case UInt8(ascii: "#"), UInt8(ascii: "\n"), UInt8(ascii: "\r"):
                 try endOfLine()
             case UInt8(ascii: "["):
-                current = try parseHeader(root: root)
+                (current, currentDepth) = try parseHeader(root: root)
                 try endOfLine()
             default:
-                try parseKeyValue(into: current)
+                try parseKeyValue(into: current, depth: currentDepth)
                 try endOfLine()
             }
         }
         return root.freeze()
     }
 
-    private mutating func parseHeader(root: TableNode) throws(TOMLError) -> TableNode {
+    /// Refuses anything but UTF-8 before parsing, naming the line of the first bad byte.
+    private func validateUTF8() throws(TOMLError) {
+        guard let bad = firstInvalidUTF8(bytes) else { return }
+        var badLine = 1
+        for byte in bytes[..<bad] where byte == UInt8(ascii: "\n") { badLine += 1 }
+        throw TOMLError(line: badLine, message: "invalid UTF-8 (byte 0x\(hex(bytes[bad]))): the file must be UTF-8")
+    }
+
+    private mutating func parseHeader(root: TableNode) throws(TOMLError) -> (TableNode, Int) {
         let headerLine = line
         advance()  // [
         if peek() == UInt8(ascii: "[") {
-            throw fail("arrays of tables ([[...]]) are not supported")
+            throw fail("arrays of tables ([[...]]) are not used in bgworker's configuration")
         }
         skipWhitespace()
-        let path = try parseKeyPath()
+        let path = try parseKeyPath(depth: 0)
         skipWhitespace()
         guard peek() == UInt8(ascii: "]") else { throw fail("expected ']' to close the table header") }
         advance()
@@ -207,7 +277,7 @@ private struct TOMLParser {
         var node = root
         for (position, key) in path.enumerated() {
             let isLast = position == path.count - 1
-            switch node.children[key] {
+            switch node[key] {
             case nil:
                 let created = TableNode(line: headerLine, origin: isLast ? .header : .implicit)
                 node.insert(key, .table(created))
@@ -229,33 +299,35 @@ private struct TOMLParser {
                             message: "table [\(render(path))] is already defined (line \(existing.line))")
                     }
                     existing.origin = .header
+                    existing.line = headerLine
                 }
                 node = existing
             }
         }
-        return node
+        return (node, path.count)
     }
 
-    private mutating func parseKeyValue(into table: TableNode) throws(TOMLError) {
+    /// A `key = value` pair into `table`, which is `depth` levels below the root.
+    private mutating func parseKeyValue(into table: TableNode, depth: Int) throws(TOMLError) {
         let keyLine = line
-        let path = try parseKeyPath()
+        let path = try parseKeyPath(depth: depth)
         skipWhitespace()
         guard peek() == UInt8(ascii: "=") else {
             throw fail("expected '=' after key '\(render(path))'")
         }
         advance()
         skipWhitespace()
-        let value = try parseValue()
+        let value = try parseValue(depth: depth + path.count)
         try insert(value, at: path, into: table, line: keyLine)
     }
 
     /// Inserts `value` at a (possibly dotted) key path below `table`, creating dotted tables.
-    private func insert(_ value: TOMLValue, at path: [String], into table: TableNode, line keyLine: Int)
+    private func insert(_ value: TableNode.Child, at path: [String], into table: TableNode, line keyLine: Int)
         throws(TOMLError)
     {
         var node = table
         for (position, key) in path.dropLast().enumerated() {
-            switch node.children[key] {
+            switch node[key] {
             case nil:
                 let created = TableNode(line: keyLine, origin: .dotted)
                 node.insert(key, .table(created))
@@ -274,35 +346,27 @@ private struct TOMLParser {
             }
         }
         let last = path[path.count - 1]
-        if let existing = node.children[last] {
+        if let existing = node[last] {
             throw TOMLError(
                 line: keyLine, message: "duplicate key '\(render(path))' (first defined on line \(lineOf(existing)))")
         }
-        if case .table(let inline) = value.kind {
-            // Inline tables are sealed; rebuild the node so later headers cannot extend them.
-            node.insert(last, .table(Self.sealedNode(inline)))
-        } else {
-            node.insert(last, .value(value))
-        }
+        node.insert(last, value)
     }
 
-    private static func sealedNode(_ table: TOMLTable) -> TableNode {
-        let node = TableNode(line: table.line, origin: .inline)
-        for (key, value) in table.entries {
-            if case .table(let inner) = value.kind {
-                node.insert(key, .table(sealedNode(inner)))
-            } else {
-                node.insert(key, .value(value))
-            }
-        }
-        return node
+    private func tooDeep() -> TOMLError {
+        fail(
+            "nested too deeply: more than \(TOMLLimits.nestingDepth) levels of tables, dotted keys, arrays and "
+                + "inline tables (bgworker's limit)")
     }
 
     // MARK: Keys
 
-    private mutating func parseKeyPath() throws(TOMLError) -> [String] {
+    /// A dotted key whose first part is `depth + 1` levels below the root: refused as soon as it
+    /// would go past the nesting limit.
+    private mutating func parseKeyPath(depth: Int) throws(TOMLError) -> [String] {
         var path = [try parseSimpleKey()]
         while true {
+            if depth + path.count > TOMLLimits.nestingDepth { throw tooDeep() }
             let save = (index, line)
             skipWhitespace()
             guard peek() == UInt8(ascii: ".") else {
@@ -339,32 +403,36 @@ private struct TOMLParser {
 
     // MARK: Values
 
-    private mutating func parseValue() throws(TOMLError) -> TOMLValue {
+    /// A value `depth` levels below the root (its key's level); arrays and inline tables go one
+    /// level deeper, which bounds this recursion.
+    private mutating func parseValue(depth: Int) throws(TOMLError) -> TableNode.Child {
         let valueLine = line
         guard let byte = peek() else { throw fail("expected a value, found the end of the file") }
         switch byte {
         case UInt8(ascii: "\""):
             if peek(offset: 1) == UInt8(ascii: "\""), peek(offset: 2) == UInt8(ascii: "\"") {
-                return TOMLValue(.string(try parseMultilineBasicString()), line: valueLine)
+                return .value(TOMLValue(.string(try parseMultilineBasicString()), line: valueLine))
             }
-            return TOMLValue(.string(try parseBasicString()), line: valueLine)
+            return .value(TOMLValue(.string(try parseBasicString()), line: valueLine))
         case UInt8(ascii: "'"):
             if peek(offset: 1) == UInt8(ascii: "'"), peek(offset: 2) == UInt8(ascii: "'") {
-                return TOMLValue(.string(try parseMultilineLiteralString()), line: valueLine)
+                return .value(TOMLValue(.string(try parseMultilineLiteralString()), line: valueLine))
             }
-            return TOMLValue(.string(try parseLiteralString()), line: valueLine)
+            return .value(TOMLValue(.string(try parseLiteralString()), line: valueLine))
         case UInt8(ascii: "["):
-            return TOMLValue(.array(try parseArray()), line: valueLine)
+            if depth >= TOMLLimits.nestingDepth { throw tooDeep() }
+            return .value(TOMLValue(.array(try parseArray(depth: depth)), line: valueLine))
         case UInt8(ascii: "{"):
-            return TOMLValue(.table(try parseInlineTable()), line: valueLine)
+            if depth >= TOMLLimits.nestingDepth { throw tooDeep() }
+            return .table(try parseInlineTable(depth: depth))
         case UInt8(ascii: "\n"), UInt8(ascii: "\r"), UInt8(ascii: "#"):
             throw fail("expected a value")
         default:
-            return TOMLValue(try parseScalarToken(), line: valueLine)
+            return .value(TOMLValue(try parseScalarToken(), line: valueLine))
         }
     }
 
-    private mutating func parseArray() throws(TOMLError) -> [TOMLValue] {
+    private mutating func parseArray(depth: Int) throws(TOMLError) -> [TOMLValue] {
         let openLine = line
         advance()  // [
         var elements: [TOMLValue] = []
@@ -374,7 +442,10 @@ private struct TOMLParser {
                 advance()
                 return elements
             }
-            elements.append(try parseValue())
+            switch try parseValue(depth: depth + 1) {
+            case .value(let value): elements.append(value)
+            case .table(let node): elements.append(TOMLValue(.table(node.freeze()), line: node.line))
+            }
             try skipWhitespaceNewlinesAndComments(unterminated: "array opened on line \(openLine)")
             switch peek() {
             case UInt8(ascii: ","):
@@ -388,7 +459,8 @@ private struct TOMLParser {
         }
     }
 
-    private mutating func parseInlineTable() throws(TOMLError) -> TOMLTable {
+    /// An inline table `depth` levels below the root; its keys are one level deeper or more.
+    private mutating func parseInlineTable(depth: Int) throws(TOMLError) -> TableNode {
         let openLine = line
         advance()  // {
         let node = TableNode(line: openLine, origin: .inline)
@@ -396,23 +468,16 @@ private struct TOMLParser {
             try skipWhitespaceNewlinesAndComments(unterminated: "inline table opened on line \(openLine)")
             if peek() == UInt8(ascii: "}") {
                 advance()
-                return node.freeze()
+                return node
             }
-            let keyLine = line
-            let path = try parseKeyPath()
-            skipWhitespace()
-            guard peek() == UInt8(ascii: "=") else { throw fail("expected '=' after key '\(render(path))'") }
-            advance()
-            skipWhitespace()
-            let value = try parseValue()
-            try insert(value, at: path, into: node, line: keyLine)
+            try parseKeyValue(into: node, depth: depth)
             try skipWhitespaceNewlinesAndComments(unterminated: "inline table opened on line \(openLine)")
             switch peek() {
             case UInt8(ascii: ","):
                 advance()
             case UInt8(ascii: "}"):
                 advance()
-                return node.freeze()
+                return node
             default:
                 throw fail("expected ',' or '}' in inline table, found \(describeCurrent())")
             }
@@ -428,7 +493,7 @@ private struct TOMLParser {
         if token == "true" { return .boolean(true) }
         if token == "false" { return .boolean(false) }
         if let kind = try number(token) { return kind }
-        if looksLikeDate(token) { throw fail("dates and times are not supported ('\(token)')") }
+        if looksLikeDate(token) { throw fail("dates and times are not used in bgworker's configuration ('\(token)')") }
         throw fail("invalid value '\(token)' (strings must be quoted)")
     }
 
@@ -537,30 +602,25 @@ private struct TOMLParser {
     }
 
     // MARK: Strings
+    // The input is valid UTF-8 (checked first), so bytes are copied as they are and decoded once:
+    // the time is linear whatever the mix of escapes and text.
 
     private mutating func parseBasicString() throws(TOMLError) -> String {
         advance()  // "
-        var scalars = String.UnicodeScalarView()
-        var raw: [UInt8] = []
-        func flush() {
-            scalars.append(contentsOf: String(decoding: raw, as: UTF8.self).unicodeScalars)
-            raw.removeAll(keepingCapacity: true)
-        }
+        var out: [UInt8] = []
         while true {
             guard let byte = peek() else { throw fail("unterminated string") }
             switch byte {
             case UInt8(ascii: "\""):
                 advance()
-                flush()
-                return String(scalars)
+                return String(decoding: out, as: UTF8.self)
             case UInt8(ascii: "\\"):
-                flush()
-                scalars.append(try parseEscape())
+                UTF8.encode(try parseEscape()) { out.append($0) }
             case UInt8(ascii: "\n"), UInt8(ascii: "\r"):
                 throw fail("unterminated string (a newline is not allowed in a single-line string)")
             default:
                 if isForbiddenControl(byte) { throw fail("control character U+\(hex(byte)) must be escaped in a string") }
-                raw.append(byte)
+                out.append(byte)
                 advance()
             }
         }
@@ -570,47 +630,51 @@ private struct TOMLParser {
         let openLine = line
         advance(3)
         skipOneNewline()
-        var scalars = String.UnicodeScalarView()
-        var raw: [UInt8] = []
-        func flush() {
-            scalars.append(contentsOf: String(decoding: raw, as: UTF8.self).unicodeScalars)
-            raw.removeAll(keepingCapacity: true)
-        }
+        var out: [UInt8] = []
         while true {
             guard let byte = peek() else { throw TOMLError(line: openLine, message: "unterminated multi-line string") }
             if byte == UInt8(ascii: "\""), peek(offset: 1) == UInt8(ascii: "\""), peek(offset: 2) == UInt8(ascii: "\"") {
                 // Up to two quotes right before the closing delimiter belong to the content.
                 var extra = 0
                 while extra < 2, peek(offset: 3 + extra) == UInt8(ascii: "\"") { extra += 1 }
-                raw.append(contentsOf: repeatElement(UInt8(ascii: "\""), count: extra))
+                out.append(contentsOf: repeatElement(UInt8(ascii: "\""), count: extra))
                 advance(3 + extra)
-                flush()
-                return String(scalars)
+                return String(decoding: out, as: UTF8.self)
             }
             if byte == UInt8(ascii: "\\") {
-                // A line-ending backslash trims the newline and all whitespace after it.
+                // A line-ending backslash trims the newline and all whitespace after it; a CR
+                // counts only as part of CRLF (a bare CR is a control character).
                 var probe = 1
                 while let next = peek(offset: probe), next == UInt8(ascii: " ") || next == UInt8(ascii: "\t") { probe += 1 }
-                if let next = peek(offset: probe), next == UInt8(ascii: "\n") || next == UInt8(ascii: "\r") {
+                if isNewline(at: probe) {
                     advance(probe)
-                    while let next = peek(), next == UInt8(ascii: " ") || next == UInt8(ascii: "\t") || next == UInt8(ascii: "\n") || next == UInt8(ascii: "\r") {
-                        advance()
+                    while let next = peek() {
+                        if next == UInt8(ascii: " ") || next == UInt8(ascii: "\t") {
+                            advance()
+                        } else if isNewline(at: 0) {
+                            skipOneNewline()
+                        } else {
+                            break
+                        }
                     }
                     continue
                 }
-                flush()
-                scalars.append(try parseEscape())
+                if peek(offset: probe) == UInt8(ascii: "\r") {
+                    advance(probe)
+                    throw fail("a carriage return (CR) must be followed by a line feed")
+                }
+                UTF8.encode(try parseEscape()) { out.append($0) }
                 continue
             }
             if byte == UInt8(ascii: "\r"), peek(offset: 1) == UInt8(ascii: "\n") {
-                raw.append(UInt8(ascii: "\n"))
+                out.append(UInt8(ascii: "\n"))
                 advance(2)
                 continue
             }
             if byte != UInt8(ascii: "\n"), isForbiddenControl(byte) {
                 throw fail("control character U+\(hex(byte)) must be escaped in a string")
             }
-            raw.append(byte)
+            out.append(byte)
             advance()
         }
     }
@@ -637,30 +701,31 @@ private struct TOMLParser {
         let openLine = line
         advance(3)
         skipOneNewline()
-        var raw: [UInt8] = []
+        var out: [UInt8] = []
         while true {
             guard let byte = peek() else { throw TOMLError(line: openLine, message: "unterminated multi-line string") }
             if byte == UInt8(ascii: "'"), peek(offset: 1) == UInt8(ascii: "'"), peek(offset: 2) == UInt8(ascii: "'") {
                 var extra = 0
                 while extra < 2, peek(offset: 3 + extra) == UInt8(ascii: "'") { extra += 1 }
-                raw.append(contentsOf: repeatElement(UInt8(ascii: "'"), count: extra))
+                out.append(contentsOf: repeatElement(UInt8(ascii: "'"), count: extra))
                 advance(3 + extra)
-                return String(decoding: raw, as: UTF8.self)
+                return String(decoding: out, as: UTF8.self)
             }
             if byte == UInt8(ascii: "\r"), peek(offset: 1) == UInt8(ascii: "\n") {
-                raw.append(UInt8(ascii: "\n"))
+                out.append(UInt8(ascii: "\n"))
                 advance(2)
                 continue
             }
             if byte != UInt8(ascii: "\n"), isForbiddenControl(byte) {
                 throw fail("control character U+\(hex(byte)) is not allowed in a literal string")
             }
-            raw.append(byte)
+            out.append(byte)
             advance()
         }
     }
 
     private mutating func parseEscape() throws(TOMLError) -> Unicode.Scalar {
+        let escapeLine = line
         advance()  // backslash
         guard let byte = peek() else { throw fail("unterminated string") }
         advance()
@@ -684,8 +749,10 @@ private struct TOMLParser {
             }
             advance(count)
             return scalar
+        case 0x21...0x7E:
+            throw TOMLError(line: escapeLine, message: "invalid escape '\\\(Character(Unicode.Scalar(byte)))' in string")
         default:
-            throw fail("invalid escape '\\\(Character(Unicode.Scalar(byte)))' in string")
+            throw TOMLError(line: escapeLine, message: "invalid escape in string: a backslash followed by byte 0x\(hex(byte))")
         }
     }
 
@@ -693,6 +760,12 @@ private struct TOMLParser {
 
     private func peek(offset: Int = 0) -> UInt8? {
         index + offset < bytes.count ? bytes[index + offset] : nil
+    }
+
+    /// LF or CRLF at `offset`.
+    private func isNewline(at offset: Int) -> Bool {
+        peek(offset: offset) == UInt8(ascii: "\n")
+            || (peek(offset: offset) == UInt8(ascii: "\r") && peek(offset: offset + 1) == UInt8(ascii: "\n"))
     }
 
     private mutating func advance(_ count: Int = 1) {
@@ -727,34 +800,26 @@ private struct TOMLParser {
     private mutating func endOfLine() throws(TOMLError) {
         skipWhitespace()
         try skipComment()
-        guard let byte = peek() else { return }
-        if byte == UInt8(ascii: "\n") {
-            advance()
-        } else if byte == UInt8(ascii: "\r"), peek(offset: 1) == UInt8(ascii: "\n") {
-            advance(2)
-        } else {
-            throw fail("expected the end of the line, found \(describeCurrent())")
-        }
+        guard peek() != nil else { return }
+        guard isNewline(at: 0) else { throw fail("expected the end of the line, found \(describeCurrent())") }
+        skipOneNewline()
     }
 
     private mutating func skipWhitespaceNewlinesAndComments(unterminated what: String) throws(TOMLError) {
         while true {
             skipWhitespace()
             try skipComment()
-            guard let byte = peek() else { throw fail("unterminated \(what)") }
-            if byte == UInt8(ascii: "\n") {
-                advance()
-            } else if byte == UInt8(ascii: "\r"), peek(offset: 1) == UInt8(ascii: "\n") {
-                advance(2)
-            } else {
-                return
-            }
+            guard peek() != nil else { throw fail("unterminated \(what)") }
+            guard isNewline(at: 0) else { return }
+            skipOneNewline()
         }
     }
 
     private func describeCurrent() -> String {
         guard let byte = peek() else { return "the end of the file" }
         switch byte {
+        case UInt8(ascii: "\r") where peek(offset: 1) != UInt8(ascii: "\n"):
+            return "a carriage return (CR) without a line feed after it"
         case UInt8(ascii: "\n"), UInt8(ascii: "\r"): return "the end of the line"
         case 0x21...0x7E: return "'\(Character(Unicode.Scalar(byte)))'"
         default: return "byte 0x\(hex(byte))"
@@ -764,6 +829,36 @@ private struct TOMLParser {
     private func fail(_ message: String) -> TOMLError {
         TOMLError(line: line, message: message)
     }
+}
+
+/// The offset of the first byte that does not belong to well-formed UTF-8 (no overlong forms, no
+/// surrogates, nothing above U+10FFFF), or nil.
+func firstInvalidUTF8(_ bytes: [UInt8]) -> Int? {
+    var i = 0
+    while i < bytes.count {
+        let lead = bytes[i]
+        if lead < 0x80 {
+            i += 1
+            continue
+        }
+        let length: Int
+        var secondRange: ClosedRange<UInt8> = 0x80...0xBF
+        switch lead {
+        case 0xC2...0xDF: length = 2
+        case 0xE0: length = 3; secondRange = 0xA0...0xBF
+        case 0xE1...0xEC, 0xEE...0xEF: length = 3
+        case 0xED: length = 3; secondRange = 0x80...0x9F
+        case 0xF0: length = 4; secondRange = 0x90...0xBF
+        case 0xF1...0xF3: length = 4
+        case 0xF4: length = 4; secondRange = 0x80...0x8F
+        default: return i
+        }
+        guard i + length <= bytes.count else { return i }
+        guard secondRange.contains(bytes[i + 1]) else { return i + 1 }
+        for k in 2..<length where !(0x80...0xBF).contains(bytes[i + k]) { return i + k }
+        i += length
+    }
+    return nil
 }
 
 private func isForbiddenControl(_ byte: UInt8) -> Bool {

@@ -355,3 +355,17 @@ private func workerError(_ body: String) -> [String] {
         #expect(configuration.validate(for: .process).isEmpty)
     }
 }
+
+@Suite struct WorkersDirectoryOfABrokenMainFileTests {
+    /// The daemon checks the drop-ins even when the main file has errors (issue 8): it needs the
+    /// folder the main file names, when that can be known.
+    @Test func theFolderIsKnownWhenItCanBe() {
+        func folder(_ text: String) -> String? { Configuration.workersDirectory(writtenIn: SourceFile(path: "/m.toml", text: text)) }
+        #expect(folder("[daemon]\nworkers-directory = \"/d\"\nbad-key = 1\n") == "/d")
+        #expect(folder("[worker.x]\nexec = 1\n") == "workers.d")
+        #expect(folder("[worker.x\n") == "workers.d")
+        #expect(folder("[daemon]\nworkers-directory = \"/d\"\n[worker.x\n") == nil)
+        #expect(folder("[daemon]\nworkers-directory = 1\n") == nil)
+        #expect(folder("daemon = 1\n") == nil)
+    }
+}

@@ -892,3 +892,16 @@ private let transitions: [WorkerState: [TableEvent: WorkerState?]] = [
         #expect(h.violations.isEmpty)
     }
 }
+
+@Suite struct FleetNameIdentityTests {
+    /// U+212A KELVIN SIGN is canonically equivalent to "K": a bus request naming it must not reach
+    /// worker "K" (names compare by code points, as the configuration's keys do).
+    @Test func aCanonicallyEquivalentNameIsNoWorker() {
+        var h = FleetHarness(configuration([definition("K")]), role: .primary)
+        h.started("K")
+        #expect(h.fleet.status(of: "\u{212A}") == nil)
+        #expect(throws: FleetError.noSuchWorker("\u{212A}")) { try h.send(.restart("\u{212A}")) }
+        #expect(throws: FleetError.noSuchWorker("\u{212A}")) { try h.send(.disable("\u{212A}")) }
+        #expect(h.state("K") == .running)
+    }
+}

@@ -184,9 +184,9 @@ private func failure(_ text: String) -> TOMLError? {
         ("a =\nb = 1", 1, "expected a value"),
         ("= 1", 1, "expected a key, found '='"),
         ("a b = 1", 1, "expected '=' after key 'a'"),
-        ("x = 1\n[[arr]]\n", 2, "arrays of tables ([[...]]) are not supported"),
-        ("d = 1979-05-27", 1, "dates and times are not supported ('1979-05-27')"),
-        ("t = 07:32:00", 1, "dates and times are not supported ('07:32:00')"),
+        ("x = 1\n[[arr]]\n", 2, "arrays of tables ([[...]]) are not used in bgworker's configuration"),
+        ("d = 1979-05-27", 1, "dates and times are not used in bgworker's configuration ('1979-05-27')"),
+        ("t = 07:32:00", 1, "dates and times are not used in bgworker's configuration ('07:32:00')"),
         ("s = bare", 1, "invalid value 'bare' (strings must be quoted)"),
         ("n = 01", 1, "invalid number '01': leading zeros are not allowed"),
         ("n = 1__0", 1, "invalid number '1__0'"),
@@ -198,6 +198,7 @@ private func failure(_ text: String) -> TOMLError? {
         ("n = 0xZZ", 1, "invalid integer '0xZZ'"),
         ("n = -0x1", 1, "'-0x1': a sign is not allowed on hex, octal or binary integers"),
         ("s = \"bad \\q escape\"", 1, "invalid escape '\\q' in string"),
+        ("s = \"bad \\\nescape\"", 1, "invalid escape in string: a backslash followed by byte 0x0A"),
         ("s = \"\\uD800\"", 1, "invalid unicode escape '\\uD800'"),
         ("a = [1, 2", 1, "unterminated array opened on line 1"),
         ("a = [1 2]", 1, "expected ',' or ']' in array, found '2'"),
@@ -212,6 +213,10 @@ private func failure(_ text: String) -> TOMLError? {
         ("[t\n", 1, "expected ']' to close the table header"),
         ("\n\n\"\"\"k\"\"\" = 1", 3, "a key cannot be a multi-line string"),
         ("s = \"a\u{01}b\"", 1, "control character U+01 must be escaped in a string"),
+        ("a = 1\rb = 2", 1, "expected the end of the line, found a carriage return (CR) without a line feed after it"),
+        ("s = \"\"\"a\\\rb\"\"\"", 1, "a carriage return (CR) must be followed by a line feed"),
+        ("s = \"\"\"a\\  \r  \nb\"\"\"", 1, "a carriage return (CR) must be followed by a line feed"),
+        ("s = \"\"\"a\\\n  \r b\"\"\"", 2, "control character U+0D must be escaped in a string"),
     ] as [(String, Int, String)])
     func rejects(text: String, line: Int, message: String) {
         let error = failure(text)

@@ -69,19 +69,52 @@ struct DaemonLifecycleTests {
         }
     }
 
+    /// Runs bgworkerd on the fixture's configuration until it exits (a configuration it refuses).
+    private func runDaemonToItsEnd(_ fixture: DaemonFixture) async throws -> (status: Int32, stdout: String, stderr: String) {
+        try await run([builtExecutablePath("bgworkerd"), "--config", fixture.configPath, "--bus",
+                       fixture.bus.unixAddress, "--runner", "process"],
+                      environment: ["RUNTIME_DIRECTORY": fixture.directory.file("run")])
+    }
+
     @Test func anInvalidConfigurationAtStartExitsWithEveryError() async throws {
         try await DaemonFixture.with(
             shellWorker("good", "exec sleep 1000") + shellWorker("bad", "exec sleep 1000", extra: "exec-start = 1\nrun-on = \"sometimes\""),
             start: false) { fixture in
-            let result = try await run([builtExecutablePath("bgworkerd"), "--config", fixture.configPath, "--bus",
-                                        fixture.bus.unixAddress, "--runner", "process"],
-                                       environment: ["RUNTIME_DIRECTORY": fixture.directory.file("run")])
+            let result = try await runDaemonToItsEnd(fixture)
             #expect(result.status == 1)
             #expect(result.stderr.contains("\(fixture.configPath):"), "\(result.stderr)")
             #expect(result.stderr.contains("exec-start"), "\(result.stderr)")
             #expect(result.stderr.contains("sometimes"), "\(result.stderr)")
             let owner = try await fixture.busctl(["status", DaemonFixture.busName])
             #expect(owner.status != 0, "nobody took the name")
+        }
+    }
+
+    /// Issue 8: only the main file's error was reported; every file's errors come in one answer.
+    @Test func anInvalidConfigurationAtStartListsTheErrorsOfEveryFile() async throws {
+        let dropIns = [
+            "10-a.toml": "[worker.a]\nexec = [\"/bin/true\"]\nrun-on = \"sometimes\"\n",
+            "20-b.toml": "[worker.b\n",
+        ]
+        try await DaemonFixture.with(
+            shellWorker("good", "exec sleep 1000", extra: "exec-start = 1"), dropIns: dropIns, start: false) { fixture in
+            let result = try await runDaemonToItsEnd(fixture)
+            #expect(result.status == 1)
+            #expect(result.stderr.contains("\(fixture.configPath):"), "\(result.stderr)")
+            #expect(result.stderr.contains("exec-start"), "\(result.stderr)")
+            #expect(result.stderr.contains(fixture.directory.file("workers.d/10-a.toml") + ":3: [worker.a]"), "\(result.stderr)")
+            #expect(result.stderr.contains(fixture.directory.file("workers.d/20-b.toml") + ":1: "), "\(result.stderr)")
+        }
+    }
+
+    /// Issue 8: a deeply nested file overflowed the stack at start (exit 139).
+    @Test func aDeeplyNestedConfigurationAtStartIsAnErrorNotACrash() async throws {
+        let nested = "environment = " + String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
+        try await DaemonFixture.with(shellWorker("deep", "exec sleep 1000", extra: nested), start: false) { fixture in
+            let result = try await runDaemonToItsEnd(fixture)
+            #expect(result.status == 1, "\(result.stderr)")
+            #expect(result.stderr.contains("\(fixture.configPath):"), "\(result.stderr)")
+            #expect(result.stderr.contains("more than 128 levels"), "\(result.stderr)")
         }
     }
 

@@ -90,6 +90,26 @@ struct DaemonReloadTests {
         }
     }
 
+    /// Issue 8: 100,000 nested arrays in a Reload overflowed the stack (NoReply, every worker
+    /// died); drop-in errors were not reported beside the main file's.
+    @Test func aHostileReloadIsRefusedWithEveryFilesErrors() async throws {
+        try await DaemonFixture.with(Self.alpha + Self.beta) { fixture in
+            let before = try await fixture.listWorkers()
+            let nested = "environment = " + String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
+            try fixture.writeConfiguration(shellWorker("alpha", "exec sleep 1000", extra: nested) + Self.beta)
+            try FileManager.default.createDirectory(atPath: fixture.directory.file("workers.d"), withIntermediateDirectories: true)
+            try "[worker.gamma]\nexec = 1\n".write(
+                toFile: fixture.directory.file("workers.d/10-gamma.toml"), atomically: true, encoding: .utf8)
+            let result = try await fixture.dbusSend("Reload")
+            #expect(result.status != 0)
+            #expect(result.output.contains("Error org.example.BgWorker.Error.InvalidConfig"), "\(result.output)")
+            #expect(result.output.contains("\(fixture.configPath):"), "\(result.output)")
+            #expect(result.output.contains("more than 128 levels"), "\(result.output)")
+            #expect(result.output.contains(fixture.directory.file("workers.d/10-gamma.toml") + ":2: [worker.gamma]"), "\(result.output)")
+            #expect(try await fixture.listWorkers() == before)
+        }
+    }
+
     @Test func sighupReloadsAndAConfiguredEnabledChangeIsTheNewIntent() async throws {
         try await DaemonFixture.with(Self.alpha + Self.beta) { fixture in
             let monitor = try await fixture.monitor()

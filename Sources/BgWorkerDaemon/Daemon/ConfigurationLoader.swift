@@ -29,12 +29,18 @@ public struct ConfigurationLoader: Sendable {
         case .success(let file): main = file
         case .failure(let error): return .failure(ConfigErrors([error]))
         }
-        let first: Configuration
+        let directory: String
         switch Configuration.parse(main: main) {
-        case .success(let configuration): first = configuration
-        case .failure(let errors): return .failure(errors)
+        case .success(let first):
+            directory = workersDirectory(of: first)
+        case .failure(let errors):
+            // The drop-ins are still checked, so that one answer lists every file's errors;
+            // only a main file that names no usable directory keeps them unread.
+            guard let written = Configuration.workersDirectory(writtenIn: main) else { return .failure(errors) }
+            var settings = Configuration()
+            settings.daemon.workersDirectory = written
+            directory = workersDirectory(of: settings)
         }
-        let directory = workersDirectory(of: first)
         var dropIns: [SourceFile] = []
         var errors: [ConfigError] = []
         for path in dropInPaths(in: directory) {
@@ -73,7 +79,7 @@ public struct ConfigurationLoader: Sendable {
     private func readSourceFile(_ path: String) -> Result<SourceFile, ConfigError> {
         switch readWholeFile(path) {
         case .success(let bytes):
-            return .success(SourceFile(path: path, text: String(decoding: bytes, as: UTF8.self)))
+            return .success(SourceFile(path: path, bytes: bytes))
         case .failure(let error):
             return .failure(ConfigError(file: path, line: 0, message: "cannot read the file: \(errnoText(error.errno))"))
         }

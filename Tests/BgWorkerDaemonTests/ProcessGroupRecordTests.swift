@@ -270,3 +270,131 @@ struct ProcessRunnerGroupRecordTests {
         #expect(error.description.contains("another process holds the lock"), "\(error)")
     }
 }
+
+/// A `bgworker-runner-probe run` (a runner in a process of its own, SIGKILLed as a daemon would
+/// be) whose worker started a `sleep` grandchild in its group.
+struct ProbeWithWorker {
+    let probe: ChildProcess
+    let worker: Int32
+    let grandchild: Int32
+
+    init(groupFile: String) async throws {
+        probe = try ChildProcess(
+            [builtProduct("bgworker-runner-probe"), "run", groupFile, "/bin/sh", "-c", #"sleep 1000 & echo "child=$!"; wait"#],
+            captureStdout: true, captureStderr: true)
+        worker = try #require(Int32(try await probe.readLine(until: { $0.hasPrefix("pid=") }).dropFirst("pid=".count)))
+        let childLine = try await probe.readErrorLine(until: { $0.hasPrefix("probe: child=") })
+        grandchild = try #require(Int32(childLine.dropFirst("probe: child=".count)))
+    }
+
+    var untouched: Bool { isAlive(worker) && isAlive(grandchild) && !probe.hasExited }
+
+    /// SIGKILL, as a crash; then a new runner on the same record (`clean`) must kill the group.
+    func crashAndClean(groupFile: String) async throws {
+        probe.signal(SIGKILL)
+        try await probe.waitForExit()
+        let clean = try await run([builtProduct("bgworker-runner-probe"), "clean", groupFile])
+        #expect(clean.status == 0, "\(clean.stderr)")
+        #expect(clean.stdout == "killed=\(worker)")
+        try await waitUntilGone(grandchild, timeout: .seconds(1))
+    }
+}
+
+extension ChildProcess {
+    /// Reads stderr lines until one satisfies `predicate`.
+    func readErrorLine(until predicate: (String) -> Bool, timeout: Duration = .seconds(10)) async throws -> String {
+        while true {
+            guard let line = try await readErrorLine(timeout: timeout) else {
+                throw TestProcessError("\(argv[0]) closed stderr before the expected line")
+            }
+            if predicate(line) { return line }
+        }
+    }
+}
+
+@Suite("ProcessRunner: two runners")
+struct ProcessRunnerTwoRunnersTests {
+    /// Issue 17: a second runner on the same runtime directory refuses, naming the directory and
+    /// the first one's pid, and leaves its workers and its record alone; a crash of the first is
+    /// still cleaned up by its successor.
+    @Test func aSecondRunnerOnTheSameRecordRefusesAndTouchesNothing() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let groupFile = directory.file("process-groups")
+        let first = try await ProbeWithWorker(groupFile: groupFile)
+        let before = FileManager.default.contents(atPath: groupFile)
+
+        for mode in ["run", "clean"] {
+            let argv = mode == "run" ? [groupFile, "/bin/sleep", "1000"] : [groupFile]
+            let second = try await run([builtProduct("bgworker-runner-probe"), mode] + argv)
+            #expect(second.status == 1)
+            #expect(second.stderr.contains("the runtime directory \(directory.path) is in use by another daemon (bgworkerd pid \(first.probe.pid)"), "\(second.stderr)")
+            #expect(second.stderr.contains("RUNTIME_DIRECTORY"), "\(second.stderr)")
+            #expect(first.untouched, "the first runner's worker and its child still run")
+            #expect(FileManager.default.contents(atPath: groupFile) == before, "its record untouched")
+        }
+        try await first.crashAndClean(groupFile: groupFile)
+    }
+
+    /// Two runners on their own runtime directories both run; either may crash first: its
+    /// successor cleans up after it, and the other one's workers are untouched.
+    @Test(arguments: [true, false])
+    func runnersOnTheirOwnRuntimeDirectoriesLeaveEachOtherAlone(firstCrashesFirst: Bool) async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let files = [directory.file("a/process-groups"), directory.file("b/process-groups")]
+        let first = try await ProbeWithWorker(groupFile: files[0])
+        let second = try await ProbeWithWorker(groupFile: files[1])
+        #expect(first.untouched && second.untouched)
+        #expect(recordOnDisk(files[0]).groups == [first.worker] && recordOnDisk(files[1]).groups == [second.worker])
+
+        let order = firstCrashesFirst ? [(first, files[0]), (second, files[1])] : [(second, files[1]), (first, files[0])]
+        try await order[0].0.crashAndClean(groupFile: order[0].1)
+        #expect(order[1].0.untouched, "the other runner's workers live on")
+        #expect(recordOnDisk(order[1].1).groups == [order[1].0.worker])
+        try await order[1].0.crashAndClean(groupFile: order[1].1)
+    }
+}
+
+@Suite("DaemonLifecycle: a second bgworkerd")
+struct DaemonLifecycleSecondDaemonTests {
+    /// Issue 17 with the real daemon: a second bgworkerd (its own bus, state directory and
+    /// configuration) on the first one's runtime directory exits 1 with the error before it
+    /// touches anything; on its own runtime directory it runs beside the first; a SIGKILL of the
+    /// first is cleaned up by its successor and leaves the second one's worker alone.
+    @Test func aSecondDaemonNeedsItsOwnRuntimeDirectoryAndNeverTouchesTheFirstOnesWorkers() async throws {
+        let directory = try TemporaryDirectory(prefix: "bgw-two")
+        defer { directory.remove() }
+        let fifo = try Fifo(directory.file("child"))
+        try await DaemonFixture.with(shellWorker("first", "sleep 1000 & echo $! > \(fifo.path); wait")) { first in
+            let worker = try await first.worker("first")
+            let grandchild = try #require(Int32(try await fifo.readLine()))
+            let firstPid = try first.daemon.process.pid
+            try await DaemonFixture.with(execWorker("second", ["/bin/sleep", "1000"]), start: false) { second in
+                let refused = try await run(
+                    [builtExecutablePath("bgworkerd"), "--config", second.configPath, "--bus", second.bus.unixAddress,
+                     "--runner", "process"],
+                    environment: ["RUNTIME_DIRECTORY": first.directory.file("run")])
+                #expect(refused.status == 1)
+                #expect(refused.stderr.contains("the runtime directory \(first.directory.file("run")) is in use by another daemon (bgworkerd pid \(firstPid)"), "\(refused.stderr)")
+                #expect(refused.stderr.contains("RUNTIME_DIRECTORY"), "\(refused.stderr)")
+                #expect(try await first.worker("first") == worker, "the first daemon's worker untouched")
+                #expect(isAlive(grandchild))
+
+                try await second.startDaemon()  // its own runtime directory
+                let secondWorker = try await second.worker("second")
+                #expect(secondWorker.state == "running")
+                #expect(try await first.worker("first") == worker)
+                #expect(isAlive(grandchild))
+
+                try await first.stopDaemon(signal: SIGKILL)
+                try await first.startDaemon()
+                #expect(!isAlive(grandchild), "the successor killed what the crashed daemon left")
+                #expect(try await first.worker("first").pid != worker.pid)
+                #expect(try await second.worker("second") == secondWorker, "the other daemon's worker untouched")
+                #expect(isAlive(Int32(secondWorker.pid)))
+                _ = try await fifo.readLine()  // the new worker's grandchild
+            }
+        }
+    }
+}

@@ -399,13 +399,8 @@ struct ProcessRunnerDaemonKilledTests {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
         let groupFile = directory.file("process-groups")
-        let probe = try ChildProcess(
-            [builtProduct("bgworker-runner-probe"), "run", groupFile, "/bin/sh", "-c", #"sleep 1000 & echo "child=$!"; wait"#],
-            captureStdout: true, captureStderr: true)
-        let pidLine = try await probe.readLine(until: { $0.hasPrefix("pid=") })
-        let worker = try #require(Int32(pidLine.dropFirst("pid=".count)))
-        let childLine = try await probe.readErrorLine()
-        let grandchild = try #require(childLine.flatMap { Int32($0.dropFirst("probe: child=".count)) })
+        let started = try await ProbeWithWorker(groupFile: groupFile)
+        let (probe, worker, grandchild) = (started.probe, started.worker, started.grandchild)
         let recorded = recordOnDisk(groupFile)
         #expect(recorded.header?.owner == probe.pid && recorded.header?.session == getsid(probe.pid))
         #expect(recorded.groups == [worker])

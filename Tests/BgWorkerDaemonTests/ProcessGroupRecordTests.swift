@@ -243,14 +243,14 @@ struct ProcessRunnerGroupRecordTests {
 
     /// A clone of a daemon killed mid-spawn holds the locked file description until it executes
     /// or exits; the next daemon waits for it rather than refusing. Here `flock(1)` plays that
-    /// clone: it takes the lock, says so, and lets go half a second later.
+    /// clone: it takes the lock, says so, and lets go a second later.
     @Test func aLockStillHeldAfterItsOwnerDiedIsWaitedForWithADeadline() async throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
         let path = directory.file("process-groups")
         writeRecord(path, owner: try await deadPid(), session: getsid(0), generation: 3, slots: [])
 
-        let holder = try ChildProcess(["flock", path, "sh", "-c", "echo locked; sleep 0.5"], captureStdout: true)
+        let holder = try ChildProcess(["flock", path, "sh", "-c", "echo locked; sleep 1"], captureStdout: true)
         #expect(try await holder.readLine() == "locked")
         let start = ContinuousClock.now
         let taken = await onThread { takeRecord(path, lockWait: .seconds(10)) }

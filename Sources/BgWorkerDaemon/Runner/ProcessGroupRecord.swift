@@ -25,8 +25,8 @@ import CShims
 import Glibc
 
 /// Why the record of process groups cannot be used.
-public struct ProcessGroupRecordError: Error, Sendable, CustomStringConvertible {
-    public enum Reason: Sendable, Equatable {
+struct ProcessGroupRecordError: Error, Sendable, CustomStringConvertible {
+    enum Reason: Sendable, Equatable {
         /// Another live process holds the record's lock; `holder` is the pid its header names
         /// (nil when it names none, or a pid that is gone: the holder may live in another PID
         /// namespace).
@@ -36,16 +36,16 @@ public struct ProcessGroupRecordError: Error, Sendable, CustomStringConvertible 
     }
 
     /// The record file, e.g. `/run/bgworker/process-groups`.
-    public var path: String
-    public var reason: Reason
+    var path: String
+    var reason: Reason
 
     /// The runtime directory the record is in.
-    public var directory: String {
+    var directory: String {
         guard let slash = path.lastIndex(of: "/") else { return "." }
         return slash == path.startIndex ? "/" : String(path[..<slash])
     }
 
-    public var description: String {
+    var description: String {
         switch reason {
         case .inUse(let holder):
             let who = holder.map { "bgworkerd pid \($0)" } ?? "another process"
@@ -129,7 +129,8 @@ final class ProcessGroupRecord {
 
         let previous = readRecord(fd)
         if previous.header != nil {
-            // A daemon that looks now finds us, not the dead owner, while we clean up.
+            // A daemon that looks now finds us, not the dead owner, while we clean up (the
+            // header's owner field).
             var me = getpid()
             _ = pwrite(fd, &me, 4, 16)
         }

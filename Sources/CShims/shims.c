@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <stdint.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -92,6 +93,19 @@ static int spawn_child(void *arg) {
     }
 
     if (setpgid(0, 0) < 0) return child_fail(ctx, _BGW_SPAWN_SETPGID);
+
+    // Recorded before the program can run (and fork): a daemon SIGKILLed from here on leaves a
+    // group its successor knows. The parent is suspended (CLONE_VFORK), so no write of its own
+    // races with this one. The raw getpid: the pid of this clone, whatever glibc may cache.
+    if (req->record_fd >= 0) {
+        struct { int32_t pgid; uint32_t generation; } entry = {
+            (int32_t)syscall(SYS_getpid), req->record_generation };
+        ssize_t written = pwrite(req->record_fd, &entry, sizeof entry, req->record_offset);
+        if (written != (ssize_t)sizeof entry) {
+            if (written >= 0) errno = EIO;
+            return child_fail(ctx, _BGW_SPAWN_RECORD);
+        }
+    }
 
     if (move_fd(req->stdin_fd, 0) < 0 || move_fd(req->stdout_fd, 1) < 0 ||
         move_fd(req->stderr_fd, 2) < 0)

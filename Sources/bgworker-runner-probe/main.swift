@@ -5,6 +5,10 @@
 //   bgworker-runner-probe run GROUP-FILE PROGRAM [ARG...]
 //       Starts PROGRAM as worker "probe" (its output on our stderr as `probe: line`), prints
 //       `pid=<worker pid>` on stdout, then waits until killed.
+//   bgworker-runner-probe storm GROUP-FILE COUNT PROGRAM [ARG...]
+//       Submits COUNT starts of PROGRAM at once (workers w0, w1, ...; BGW_PROBE_MARKER passed on
+//       to them when set), prints `pid=<pid>` (or `error=<error>`) as each is answered, then
+//       waits until killed: a test SIGKILLs it at a random point of the spawns.
 //   bgworker-runner-probe clean GROUP-FILE
 //       Starts a runner on GROUP-FILE, as a new daemon would, and prints `killed=<pgid,...>`: the
 //       leftover groups it killed.
@@ -25,6 +29,21 @@ func runWorker(groupFile: String, argv: [String]) async throws {
     let spec = LaunchSpec(name: "probe", argv: argv, environment: ["PATH": "/usr/bin:/bin"])
     let pid = try await runner.start(spec)
     say("pid=\(pid)\n", to: 1)
+    for await _ in runner.events {}
+}
+
+func storm(groupFile: String, count: Int, argv: [String]) async throws {
+    let runner = try ProcessRunner(processGroupFile: groupFile, output: .fileDescriptor(2))
+    var environment = ["PATH": "/usr/bin:/bin"]
+    if let marker = getenv("BGW_PROBE_MARKER") { environment["BGW_PROBE_MARKER"] = String(cString: marker) }
+    for index in 0..<count {
+        runner.submitStart(LaunchSpec(name: "w\(index)", argv: argv, environment: environment)) { result in
+            switch result {
+            case .success(let pid): say("pid=\(pid)\n", to: 1)
+            case .failure(let error): say("error=\(error)\n", to: 1)
+            }
+        }
+    }
     for await _ in runner.events {}
 }
 
@@ -51,6 +70,8 @@ do {
     switch arguments.dropFirst().first {
     case "run" where arguments.count >= 4:
         try await runWorker(groupFile: arguments[2], argv: Array(arguments[3...]))
+    case "storm" where arguments.count >= 5 && Int(arguments[3]) != nil:
+        try await storm(groupFile: arguments[2], count: Int(arguments[3])!, argv: Array(arguments[4...]))
     case "clean" where arguments.count == 3:
         let runner = try ProcessRunner(processGroupFile: arguments[2], output: .fileDescriptor(2))
         say("killed=\(runner.killedLeftoverGroups.map(String.init).joined(separator: ","))\n", to: 1)
@@ -58,7 +79,7 @@ do {
     case "journal":
         try await logToJournal()
     default:
-        say("usage: bgworker-runner-probe run GROUP-FILE PROGRAM [ARG...] | clean GROUP-FILE | journal\n", to: 2)
+        say("usage: bgworker-runner-probe run GROUP-FILE PROGRAM [ARG...] | storm GROUP-FILE COUNT PROGRAM [ARG...] | clean GROUP-FILE | journal\n", to: 2)
         exit(2)
     }
 } catch {

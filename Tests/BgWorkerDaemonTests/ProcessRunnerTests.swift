@@ -399,15 +399,11 @@ struct ProcessRunnerDaemonKilledTests {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
         let groupFile = directory.file("process-groups")
-        let probe = try ChildProcess(
-            [builtProduct("bgworker-runner-probe"), "run", groupFile, "/bin/sh", "-c", #"sleep 1000 & echo "child=$!"; wait"#],
-            captureStdout: true, captureStderr: true)
-        let pidLine = try await probe.readLine(until: { $0.hasPrefix("pid=") })
-        let worker = try #require(Int32(pidLine.dropFirst("pid=".count)))
-        let childLine = try await probe.readErrorLine()
-        let grandchild = try #require(childLine.flatMap { Int32($0.dropFirst("probe: child=".count)) })
-        let recorded = try String(contentsOfFile: groupFile, encoding: .utf8)
-        #expect(recorded == "\(worker) \(getsid(probe.pid))\n")
+        let started = try await ProbeWithWorker(groupFile: groupFile)
+        let (probe, worker, grandchild) = (started.probe, started.worker, started.grandchild)
+        let recorded = recordOnDisk(groupFile)
+        #expect(recorded.header?.owner == probe.pid && recorded.header?.session == getsid(probe.pid))
+        #expect(recorded.groups == [worker])
 
         probe.signal(SIGKILL)
         try await probe.waitForExit()
@@ -417,7 +413,8 @@ struct ProcessRunnerDaemonKilledTests {
         let runner = try ProcessRunner(processGroupFile: groupFile, output: .fileDescriptor(2))
         #expect(runner.killedLeftoverGroups == [worker])
         #expect(!isAlive(grandchild), "the new runner waited for the leftover to die")
-        #expect(try String(contentsOfFile: groupFile, encoding: .utf8) == "")
+        #expect(recordOnDisk(groupFile).header?.owner == getpid())
+        #expect(recordOnDisk(groupFile).groups == [])
         await runner.shutdown()
     }
 
@@ -462,7 +459,7 @@ struct ProcessRunnerDaemonKilledTests {
         #expect(lines.contains("session=0"), "\(lines)")
         #expect(lines.contains("killed=\(worker)"), "\(lines)")
         #expect(lines.contains("child-state=Z") || lines.contains("child-state=gone"), "\(lines)")
-        #expect(lines.contains("record-bytes=0"), "\(lines)")
+        #expect(lines.contains("record-bytes=\(ProcessGroupRecord.headerSize)"), "a header, no slot: \(lines)")
     }
 
     @Test func theRecordFollowsTheLiveWorkers() async throws {
@@ -472,12 +469,12 @@ struct ProcessRunnerDaemonKilledTests {
         let runner = try ProcessRunner(processGroupFile: groupFile, output: .fileDescriptor(2))
         let first = try await runner.start(LaunchSpec(name: "a", argv: ["/bin/sleep", "1000"]))
         let second = try await runner.start(LaunchSpec(name: "b", argv: ["/bin/sleep", "1000"]))
-        let lines = Set(try String(contentsOfFile: groupFile, encoding: .utf8).split(separator: "\n"))
-        #expect(lines == ["\(first) \(getsid(0))", "\(second) \(getsid(0))"])
+        #expect(Set(recordOnDisk(groupFile).groups) == [first, second])
+        #expect(recordOnDisk(groupFile).header?.session == getsid(0))
         await runner.stop(name: "a")
         _ = try await exitEvent(of: "a", in: runner)
-        #expect(try String(contentsOfFile: groupFile, encoding: .utf8) == "\(second) \(getsid(0))\n")
+        #expect(recordOnDisk(groupFile).groups == [second])
         await runner.shutdown()
-        #expect(try String(contentsOfFile: groupFile, encoding: .utf8) == "")
+        #expect(recordOnDisk(groupFile).groups == [])
     }
 }

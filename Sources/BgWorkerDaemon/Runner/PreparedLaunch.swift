@@ -149,7 +149,8 @@ final class PreparedLaunch: @unchecked Sendable {
                 set_gid: credentials.gid == nil ? 0 : 1,
                 gid: credentials.gid ?? 0,
                 set_uid: credentials.uid == nil ? 0 : 1,
-                uid: credentials.uid ?? 0)
+                uid: credentials.uid ?? 0,
+                record_fd: -1, record_offset: 0, record_generation: 0)
             return body(&request)
         }
     }
@@ -178,6 +179,7 @@ final class PreparedLaunch: @unchecked Sendable {
         case _BGW_SPAWN_CLONE: return "clone"
         case _BGW_SPAWN_SIGNALS: return "resetting signals"
         case _BGW_SPAWN_SETPGID: return "setpgid"
+        case _BGW_SPAWN_RECORD: return "writing its process group into the record"
         case _BGW_SPAWN_STDIO: return "dup2 of stdin/stdout/stderr"
         case _BGW_SPAWN_CHDIR: return "chdir \(spec.workingDirectory ?? "")"
         case _BGW_SPAWN_SETGROUPS: return "setgroups \(groups.map(String.init).joined(separator: ","))"

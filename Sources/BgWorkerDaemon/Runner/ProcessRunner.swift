@@ -20,17 +20,29 @@ public final class ProcessRunner: WorkerRunner {
     /// Starts the runner's threads.
     /// - Parameters:
     ///   - processGroupFile: the runtime file where live workers' process groups are written
-    ///     (e.g. `/run/bgworker/process-groups`). Groups recorded there by a previous daemon that
-    ///     still exist are killed now, before anything starts. nil: no record (tests).
+    ///     (e.g. `/run/bgworker/process-groups`), locked by this runner until it is shut down.
+    ///     Groups recorded there by a previous daemon that still exist are killed now, before
+    ///     anything starts. A file locked by a live runner is refused (`.runtimeDirectoryInUse`).
+    ///     nil: no record (tests).
     ///   - output: where workers' stdout and stderr lines go.
     public init(
         processGroupFile: String? = nil, output: WorkerOutputDestination = .automatic
     ) throws(RunnerError) {
+        var record: ProcessGroupRecord?
+        if let processGroupFile {
+            do {
+                record = try ProcessGroupRecord(path: processGroupFile)
+            } catch {
+                if case .inUse = error.reason {
+                    throw RunnerError(.runtimeDirectoryInUse, worker: nil, context: error.description)
+                }
+                throw RunnerError(.unavailable, worker: nil, context: error.description)
+            }
+        }
         let (stream, continuation) = AsyncStream.makeStream(of: RunnerEvent.self)
         events = stream
         do {
-            monitor = try ProcessMonitor(
-                processGroupFile: processGroupFile, output: output, events: continuation)
+            monitor = try ProcessMonitor(groupRecord: record, output: output, events: continuation)
         } catch {
             throw RunnerError(.unavailable, worker: nil, context: error.description)
         }
@@ -86,6 +98,8 @@ private struct RunningWorker {
     var name: String
     var pid: Int32
     var pidfd: Int32
+    /// Its slot in the record of process groups.
+    var slot: Int?
     var stopTimeout: Duration
     /// The timerfd that sends SIGKILL, while stopping.
     var killTimer: Int32?
@@ -98,8 +112,9 @@ private struct RunningWorker {
 private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
     // Safety of @unchecked Sendable: `pending`, `jobs`, `eventHandler` are Mutexes, `servesJobs`
     // and `monitorThread` Atomics; `wake`, `epoll`, `devNull`, `eventSink`, `pump`,
-    // `killedLeftoverGroups` are immutable after init. Every `var` below is touched only on the
-    // monitor thread, which starts at the end of init.
+    // `killedLeftoverGroups` are immutable after init. Every `var` below, and `groupRecord` (a
+    // class not made for sharing), is touched only on the monitor thread, which starts at the
+    // end of init.
 
     enum Request {
         case start(PreparedLaunch, @Sendable (Result<Int32, RunnerError>) -> Void)
@@ -149,17 +164,11 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
     private static func timerToken(_ id: UInt64) -> UInt64 { id << 1 | 1 }
 
     init(
-        processGroupFile: String?, output: WorkerOutputDestination,
+        groupRecord: ProcessGroupRecord?, output: WorkerOutputDestination,
         events: AsyncStream<RunnerEvent>.Continuation
     ) throws(SystemCallError) {
-        if let processGroupFile {
-            let record = try ProcessGroupRecord(path: processGroupFile)
-            killedLeftoverGroups = record.killLeftovers()
-            groupRecord = consume record
-        } else {
-            killedLeftoverGroups = []
-            groupRecord = nil
-        }
+        self.groupRecord = groupRecord
+        killedLeftoverGroups = groupRecord?.killedLeftovers ?? []
         devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
         guard devNull >= 0 else { throw SystemCallError(call: "open /dev/null", errno: errno) }
         eventSink = events
@@ -253,7 +262,7 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
         // Requests that raced with the end are refused; later ones are refused by `submit`.
         let late = pending.withLock { queue -> [Request] in defer { queue = nil }; return queue ?? [] }
         late.forEach { $0.refuse() }
-        groupRecord?.write([])
+        groupRecord?.finish()
         close(devNull)
         eventSink.finish()
         let waiters = shutdownWaiters
@@ -290,24 +299,48 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
         guard shutdownWaiters.isEmpty else { return failure(.shutDown, "the runner is shutting down") }
         guard idsByName[name] == nil else { return failure(.alreadyRunning, "it runs already") }
 
+        // The child records its group in this slot before it can run anything of its own.
+        var slot: Int?
+        if let groupRecord {
+            do {
+                slot = try groupRecord.claimSlot()
+            } catch {
+                return failure(.spawnFailed, "recording its process group: \(error.call)", error.errno)
+            }
+        }
+        func releaseSlot() { if let slot { groupRecord?.clear(slot) } }
         var stdoutPipe: [Int32] = [-1, -1]
         var stderrPipe: [Int32] = [-1, -1]
-        guard _bgw_pipe_cloexec(&stdoutPipe) == 0 else { return failure(.spawnFailed, "pipe2", errno) }
+        guard _bgw_pipe_cloexec(&stdoutPipe) == 0 else {
+            let code = errno
+            releaseSlot()
+            return failure(.spawnFailed, "pipe2", code)
+        }
         guard _bgw_pipe_cloexec(&stderrPipe) == 0 else {
             let code = errno
             close(stdoutPipe[0]); close(stdoutPipe[1])
+            releaseSlot()
             return failure(.spawnFailed, "pipe2", code)
         }
         var result = _bgw_spawn_result()
-        let rc = launch.withRequest(stdin: devNull, stdout: stdoutPipe[1], stderr: stderrPipe[1]) {
-            _bgw_spawn(&$0, &result)
+        let rc = launch.withRequest(stdin: devNull, stdout: stdoutPipe[1], stderr: stderrPipe[1]) { request in
+            if let slot, let groupRecord {
+                request.record_fd = groupRecord.descriptor
+                request.record_offset = groupRecord.offset(of: slot)
+                request.record_generation = groupRecord.generation
+            }
+            return _bgw_spawn(&request, &result)
         }
         close(stdoutPipe[1])
         close(stderrPipe[1])
         guard rc == 0 else {
             close(stdoutPipe[0])
             close(stderrPipe[0])
-            return failure(.spawnFailed, launch.describe(step: result.failed_step), result.error)
+            // The child may have written the slot before a later step failed; it has been reaped.
+            releaseSlot()
+            var context = launch.describe(step: result.failed_step)
+            if result.failed_step == _BGW_SPAWN_RECORD, let groupRecord { context += " \(groupRecord.path)" }
+            return failure(.spawnFailed, context, result.error)
         }
 
         let id = nextID
@@ -320,6 +353,7 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
             var code: Int32 = 0, status: Int32 = 0
             _ = _bgw_waitid_pidfd(result.pidfd, 0, &code, &status)
             close(result.pidfd)
+            releaseSlot()
             close(stdoutPipe[0])
             close(stderrPipe[0])
             return failure(.spawnFailed, error.call, error.errno)
@@ -329,9 +363,8 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
             pump.watch(fd: fd, worker: name, pid: result.pid, priority: priority)
         }
         workers[id] = RunningWorker(
-            name: name, pid: result.pid, pidfd: result.pidfd, stopTimeout: launch.spec.stopTimeout)
+            name: name, pid: result.pid, pidfd: result.pidfd, slot: slot, stopTimeout: launch.spec.stopTimeout)
         idsByName[name] = id
-        recordGroups()
         return .success(result.pid)
     }
 
@@ -391,7 +424,7 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
         }
         idsByName[worker.name] = nil
         // Before the report: whoever learns of the exit finds the record without this worker.
-        recordGroups()
+        if let slot = worker.slot { groupRecord?.clear(slot) }
         // waitid cannot fail for our own unreaped child; if it did, the process is gone anyway.
         let exit = rc == 0 ? WorkerExit(siginfoCode: code, status: status) : .killed(SIGKILL)
         let event = RunnerEvent.exited(name: worker.name, pid: worker.pid, status: exit)
@@ -404,9 +437,5 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
         } else {
             eventSink.yield(event)
         }
-    }
-
-    private func recordGroups() {
-        groupRecord?.write(workers.values.map(\.pid))
     }
 }

@@ -76,6 +76,9 @@ public struct RunnerError: Error, Sendable, Equatable, CustomStringConvertible {
         public static let shutDown = Code("shut-down")
         /// The runner itself could not be set up (threads, epoll, its runtime file).
         public static let unavailable = Code("unavailable")
+        /// Another live daemon holds the runtime directory's record of process groups: one
+        /// process runner per runtime directory (docs/process-runner.md).
+        public static let runtimeDirectoryInUse = Code("runtime-directory-in-use")
     }
 
     public var code: Code

@@ -1,0 +1,400 @@
+import BgWorkerCore
+import CShims
+import Foundation
+import Glibc
+import TestSupport
+import Testing
+
+@testable import BgWorkerDaemon
+
+/// Live processes (not zombies) whose environment holds `BGW_PROBE_MARKER=<marker>`: every worker
+/// of a probe started with that marker, and everything those workers started.
+func markedProcesses(_ marker: String) -> [Int32] {
+    let needle = Array("BGW_PROBE_MARKER=\(marker)".utf8) + [0]
+    return ProcStat.all().filter { $0.state != "Z" && $0.state != "X" }.map(\.pid).filter { pid in
+        let fd = open("/proc/\(pid)/environ", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16384)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            bytes += chunk[0..<n]
+        }
+        // Entries are NUL-terminated; match a whole entry.
+        var start = 0
+        for (index, byte) in bytes.enumerated() where byte == 0 {
+            if bytes[start...index].elementsEqual(needle) { return true }
+            start = index + 1
+        }
+        return false
+    }
+}
+
+/// The marked processes that are still alive after each was given `grace` to exit (a worker's
+/// main process may still be on its way out from PR_SET_PDEATHSIG when the walk sees it).
+func survivingMarkedProcesses(_ marker: String, grace: Duration = .seconds(2)) async -> [Int32] {
+    var left: [Int32] = []
+    for pid in markedProcesses(marker) {
+        if (try? await waitUntilGone(pid, timeout: grace)) == nil { left.append(pid) }
+    }
+    return left
+}
+
+@Suite("ProcessRunner: SIGKILL at random points of 1,000 spawns")
+struct ProcessRunnerSpawnKillTests {
+    /// Issue 8: a worker that forks at once could fork before its group was recorded, so a
+    /// SIGKILL of the daemon at that moment left its child running, unknown to the next daemon.
+    /// Rounds of a probe that spawns up to 60 such workers at once, SIGKILLed after a random
+    /// number of them were answered (the rest in flight), each followed by a new runner on the
+    /// same record: nothing of the killed probe's workers may survive it. Replay a failure with
+    /// `BGW_SPAWN_KILL_SEED=<seed>` (the seed is printed).
+    @Test func nothingOfAKilledRunnersForkingWorkersSurvivesTheNextRunner() async throws {
+        let seed = ProcessInfo.processInfo.environment["BGW_SPAWN_KILL_SEED"].flatMap { UInt64($0) }
+            ?? UInt64.random(in: 0...UInt64(UInt32.max))
+        print("spawn-kill seed \(seed) (replay: BGW_SPAWN_KILL_SEED=\(seed))")
+        var rng = SeededRandom(seed: seed)
+        let directory = try TemporaryDirectory(prefix: "bgw-spawnkill")
+        defer { directory.remove() }
+        let groupFile = directory.file("process-groups")
+        let marker = "spawn-kill-\(getpid())-\(seed)"
+        let batch = 60
+        var spawned = 0
+        var rounds = 0
+        var failedRounds: [String] = []
+        defer { for pid in markedProcesses(marker) { kill(pid, SIGKILL) } }
+        while spawned < 1000 {
+            rounds += 1
+            let killAfter = 1 + rng.below(batch)
+            let probe = try ChildProcess(
+                [builtProduct("bgworker-runner-probe"), "storm", groupFile, "\(batch)",
+                 "/bin/sh", "-c", "(sleep 100000 &); sleep 100000"],
+                extraEnvironment: ["BGW_PROBE_MARKER": marker], captureStdout: true)
+            var answered = 0
+            while answered < killAfter, let line = try await probe.readLine(timeout: .seconds(20)) {
+                #expect(line.hasPrefix("pid="), "round \(rounds): \(line)")
+                answered += 1
+            }
+            probe.signal(SIGKILL)
+            try await probe.waitForExit()
+            // The starts answered before the kill landed (stdout is a pipe: they are all in it).
+            while let line = try await probe.readLine() { if line.hasPrefix("pid=") { answered += 1 } }
+            spawned += answered
+
+            let clean = try await run([builtProduct("bgworker-runner-probe"), "clean", groupFile])
+            #expect(clean.status == 0, "round \(rounds): \(clean.stderr)")
+            let survivors = await survivingMarkedProcesses(marker)
+            if !survivors.isEmpty {
+                let groups = Set(survivors.compactMap { ProcStat.read(pid: $0)?.pgrp })
+                failedRounds.append(
+                    "round \(rounds) (killed after \(killAfter) answers, \(answered) spawned): survivors \(survivors) in groups \(groups.sorted()); the new runner killed \(clean.stdout.trimmingCharacters(in: .whitespacesAndNewlines))")
+                for pid in survivors { kill(pid, SIGKILL) }
+            }
+        }
+        print("spawn-kill: \(rounds) rounds, \(spawned) spawns answered, \(failedRounds.count) rounds with survivors")
+        #expect(failedRounds.isEmpty, "seed \(seed): \(failedRounds.count) of \(rounds) rounds left survivors:\n\(failedRounds.joined(separator: "\n"))")
+    }
+}
+
+/// The record file as its next owner reads it: the header, and the groups of its generation.
+func recordOnDisk(_ path: String) -> (header: ProcessGroupRecord.Header?, groups: [Int32]) {
+    guard let data = FileManager.default.contents(atPath: path) else { return (nil, []) }
+    let parsed = ProcessGroupRecord.parse(Array(data))
+    return (parsed.header, parsed.groups.map(\.pgid))
+}
+
+/// Writes a record as a previous owner would have left it.
+func writeRecord(_ path: String, owner: Int32, session: Int32, generation: UInt32, slots: [(pgid: Int32, generation: UInt32)]) {
+    var bytes = ProcessGroupRecord.magic
+    for field in [ProcessGroupRecord.version, UInt32(ProcessGroupRecord.slotSize), UInt32(bitPattern: owner),
+                  UInt32(bitPattern: session), generation, 0] {
+        withUnsafeBytes(of: field) { bytes += $0 }
+    }
+    for slot in slots {
+        withUnsafeBytes(of: slot.pgid) { bytes += $0 }
+        withUnsafeBytes(of: slot.generation) { bytes += $0 }
+    }
+    FileManager.default.createFile(atPath: path, contents: Data(bytes))
+}
+
+/// A `sleep` left in a process group of its own whose leader has exited, so not our child:
+/// what a SIGKILLed daemon's worker leaves behind.
+func orphanedGroup() async throws -> (pgid: Int32, pid: Int32) {
+    let shell = try ChildProcess(["/bin/sh", "-c", "sleep 1000 >/dev/null 2>&1 & echo $!"], captureStdout: true)
+    let pid = try #require(Int32(try await shell.readLine() ?? ""))
+    try await shell.waitForExit()
+    return (shell.pid, pid)
+}
+
+/// A pid that no process has now (a child that ran and was reaped).
+func deadPid() async throws -> Int32 {
+    let child = try ChildProcess(["/bin/true"], captureStdout: false)
+    try await child.waitForExit()
+    return child.pid
+}
+
+/// Takes the record at `path` and lets it go at once: its generation, or why not.
+func takeRecord(_ path: String, lockWait: Duration) -> Result<UInt32, ProcessGroupRecordError> {
+    do {
+        let record = try ProcessGroupRecord(path: path, lockWait: lockWait)
+        defer { record.finish() }
+        return .success(record.generation)
+    } catch {
+        return .failure(error)
+    }
+}
+
+@Suite("ProcessRunner: the record of process groups")
+struct ProcessRunnerGroupRecordTests {
+    @Test func slotsAreHandedOutOnceReusedWhenClearedAndTheFileGrows() throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let path = directory.file("process-groups")
+        let record = try ProcessGroupRecord(path: path)
+        let size = { (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? -1 }
+        #expect(size() == ProcessGroupRecord.headerSize + 64 * ProcessGroupRecord.slotSize)
+        let first = try (0..<64).map { _ in try record.claimSlot() }
+        #expect(first == Array(0..<64), "lowest first, each once")
+        #expect(size() == ProcessGroupRecord.headerSize + 64 * ProcessGroupRecord.slotSize, "no growth yet")
+        #expect(try record.claimSlot() == 64)
+        #expect(size() == ProcessGroupRecord.headerSize + 128 * ProcessGroupRecord.slotSize, "grown when full")
+        let more = try (0..<63).map { _ in try record.claimSlot() }
+        #expect(Set(more + first + [64]).count == 128)
+        #expect(try record.claimSlot() == 128)
+        #expect(size() == ProcessGroupRecord.headerSize + 256 * ProcessGroupRecord.slotSize, "doubled")
+
+        // A slot written (as the child writes it) and cleared is zero again and handed out next.
+        var entry: (Int32, UInt32) = (4242, record.generation)
+        _ = pwrite(record.descriptor, &entry, 8, record.offset(of: 5))
+        #expect(recordOnDisk(path).groups == [4242])
+        record.clear(5)
+        #expect(recordOnDisk(path).groups == [])
+        #expect(try record.claimSlot() == 5)
+
+        let generation = record.generation
+        record.finish()
+        #expect(size() == ProcessGroupRecord.headerSize, "a finished record keeps only its header")
+        let next = try ProcessGroupRecord(path: path)
+        #expect(next.generation == generation + 1)
+        #expect(recordOnDisk(path).header?.owner == getpid())
+        next.finish()
+    }
+
+    @Test func aRecordLeftByADeadOwnerIsKilledButNotStaleEntries() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let path = directory.file("process-groups")
+        let left = try await orphanedGroup()
+        // Written by a clone of an older owner after its successor took over: not this generation.
+        let stale = try await orphanedGroup()
+        defer { kill(-stale.pgid, SIGKILL) }
+        writeRecord(path, owner: try await deadPid(), session: getsid(0), generation: 7,
+                    slots: [(0, 0), (left.pgid, 7), (stale.pgid, 6)])
+
+        let record = try ProcessGroupRecord(path: path)
+        #expect(record.killedLeftovers == [left.pgid])
+        try await waitUntilGone(left.pid, timeout: .seconds(1))  // it waited for the group to die
+        #expect(isAlive(stale.pid))
+        #expect(record.generation == 8)
+        let header = try #require(recordOnDisk(path).header)
+        #expect(header.owner == getpid() && header.generation == 8 && header.session == getsid(0))
+        #expect(recordOnDisk(path).groups == [])
+        record.finish()
+    }
+
+    @Test func theTextRecordOfOlderDaemonsIsStillCleanedUp() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let path = directory.file("process-groups")
+        let left = try await orphanedGroup()
+        try "\(left.pgid) \(getsid(0))\nnot a line\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let record = try ProcessGroupRecord(path: path)
+        #expect(record.killedLeftovers == [left.pgid])
+        try await waitUntilGone(left.pid, timeout: .seconds(1))
+        #expect(recordOnDisk(path).header?.generation == 1)
+        record.finish()
+    }
+
+    @Test func aRecordHeldByALiveOwnerIsRefusedAndLeftAlone() throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let path = directory.file("process-groups")
+        let owner = try ProcessGroupRecord(path: path)
+        var entry: (Int32, UInt32) = (4242, owner.generation)
+        _ = pwrite(owner.descriptor, &entry, 8, owner.offset(of: try owner.claimSlot()))
+        let before = FileManager.default.contents(atPath: path)
+
+        #expect {
+            _ = try ProcessGroupRecord(path: path)
+        } throws: { error in
+            guard let error = error as? ProcessGroupRecordError, error.reason == .inUse(holder: getpid()) else { return false }
+            let text = error.description
+            return text.contains("runtime directory \(directory.path) is in use") && text.contains("pid \(getpid())")
+                && text.contains("RUNTIME_DIRECTORY") && text.contains("--bus")
+        }
+        #expect(FileManager.default.contents(atPath: path) == before, "the owner's record untouched")
+
+        owner.finish()
+        let next = try ProcessGroupRecord(path: path)
+        #expect(next.generation == owner.generation + 1)
+        next.finish()
+    }
+
+    /// A clone of a daemon killed mid-spawn holds the locked file description until it executes
+    /// or exits; the next daemon waits for it rather than refusing. Here `flock(1)` plays that
+    /// clone: it takes the lock, says so, and lets go a second later.
+    @Test func aLockStillHeldAfterItsOwnerDiedIsWaitedForWithADeadline() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let path = directory.file("process-groups")
+        writeRecord(path, owner: try await deadPid(), session: getsid(0), generation: 3, slots: [])
+
+        let holder = try ChildProcess(["flock", path, "sh", "-c", "echo locked; sleep 1"], captureStdout: true)
+        #expect(try await holder.readLine() == "locked")
+        let start = ContinuousClock.now
+        let taken = await onThread { takeRecord(path, lockWait: .seconds(10)) }
+        #expect(ContinuousClock.now - start > .milliseconds(200), "it waited for the lock")
+        #expect(try taken.get() == 4, "the next generation")
+        try await holder.waitForExit()
+
+        // A holder that does not let go within the deadline is refused, naming nobody (the
+        // recorded owner is gone).
+        writeRecord(path, owner: try await deadPid(), session: getsid(0), generation: 3, slots: [])
+        let stuck = try ChildProcess(["flock", path, "sh", "-c", "echo locked; exec sleep 1000"], captureStdout: true)
+        defer { stuck.signalGroup(SIGKILL) }
+        #expect(try await stuck.readLine() == "locked")
+        let refused = await onThread { takeRecord(path, lockWait: .milliseconds(300)) }
+        guard case .failure(let error) = refused else { Issue.record("the record was taken"); return }
+        #expect(error.reason == .inUse(holder: nil), "\(error)")
+        #expect(error.description.contains("another process holds the lock"), "\(error)")
+    }
+}
+
+/// A `bgworker-runner-probe run` (a runner in a process of its own, SIGKILLed as a daemon would
+/// be) whose worker started a `sleep` grandchild in its group.
+struct ProbeWithWorker {
+    let probe: ChildProcess
+    let worker: Int32
+    let grandchild: Int32
+
+    init(groupFile: String) async throws {
+        probe = try ChildProcess(
+            [builtProduct("bgworker-runner-probe"), "run", groupFile, "/bin/sh", "-c", #"sleep 1000 & echo "child=$!"; wait"#],
+            captureStdout: true, captureStderr: true)
+        worker = try #require(Int32(try await probe.readLine(until: { $0.hasPrefix("pid=") }).dropFirst("pid=".count)))
+        let childLine = try await probe.readErrorLine(until: { $0.hasPrefix("probe: child=") })
+        grandchild = try #require(Int32(childLine.dropFirst("probe: child=".count)))
+    }
+
+    var untouched: Bool { isAlive(worker) && isAlive(grandchild) && !probe.hasExited }
+
+    /// SIGKILL, as a crash; then a new runner on the same record (`clean`) must kill the group.
+    func crashAndClean(groupFile: String) async throws {
+        probe.signal(SIGKILL)
+        try await probe.waitForExit()
+        let clean = try await run([builtProduct("bgworker-runner-probe"), "clean", groupFile])
+        #expect(clean.status == 0, "\(clean.stderr)")
+        #expect(clean.stdout == "killed=\(worker)")
+        try await waitUntilGone(grandchild, timeout: .seconds(1))
+    }
+}
+
+extension ChildProcess {
+    /// Reads stderr lines until one satisfies `predicate`.
+    func readErrorLine(until predicate: (String) -> Bool, timeout: Duration = .seconds(10)) async throws -> String {
+        while true {
+            guard let line = try await readErrorLine(timeout: timeout) else {
+                throw TestProcessError("\(argv[0]) closed stderr before the expected line")
+            }
+            if predicate(line) { return line }
+        }
+    }
+}
+
+@Suite("ProcessRunner: two runners")
+struct ProcessRunnerTwoRunnersTests {
+    /// Issue 17: a second runner on the same runtime directory refuses, naming the directory and
+    /// the first one's pid, and leaves its workers and its record alone; a crash of the first is
+    /// still cleaned up by its successor.
+    @Test func aSecondRunnerOnTheSameRecordRefusesAndTouchesNothing() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let groupFile = directory.file("process-groups")
+        let first = try await ProbeWithWorker(groupFile: groupFile)
+        let before = FileManager.default.contents(atPath: groupFile)
+
+        for mode in ["run", "clean"] {
+            let argv = mode == "run" ? [groupFile, "/bin/sleep", "1000"] : [groupFile]
+            let second = try await run([builtProduct("bgworker-runner-probe"), mode] + argv)
+            #expect(second.status == 1)
+            #expect(second.stderr.contains("the runtime directory \(directory.path) is in use by another daemon (bgworkerd pid \(first.probe.pid)"), "\(second.stderr)")
+            #expect(second.stderr.contains("RUNTIME_DIRECTORY"), "\(second.stderr)")
+            #expect(first.untouched, "the first runner's worker and its child still run")
+            #expect(FileManager.default.contents(atPath: groupFile) == before, "its record untouched")
+        }
+        try await first.crashAndClean(groupFile: groupFile)
+    }
+
+    /// Two runners on their own runtime directories both run; either may crash first: its
+    /// successor cleans up after it, and the other one's workers are untouched.
+    @Test(arguments: [true, false])
+    func runnersOnTheirOwnRuntimeDirectoriesLeaveEachOtherAlone(firstCrashesFirst: Bool) async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let files = [directory.file("a/process-groups"), directory.file("b/process-groups")]
+        let first = try await ProbeWithWorker(groupFile: files[0])
+        let second = try await ProbeWithWorker(groupFile: files[1])
+        #expect(first.untouched && second.untouched)
+        #expect(recordOnDisk(files[0]).groups == [first.worker] && recordOnDisk(files[1]).groups == [second.worker])
+
+        let order = firstCrashesFirst ? [(first, files[0]), (second, files[1])] : [(second, files[1]), (first, files[0])]
+        try await order[0].0.crashAndClean(groupFile: order[0].1)
+        #expect(order[1].0.untouched, "the other runner's workers live on")
+        #expect(recordOnDisk(order[1].1).groups == [order[1].0.worker])
+        try await order[1].0.crashAndClean(groupFile: order[1].1)
+    }
+}
+
+@Suite("DaemonLifecycle: a second bgworkerd")
+struct DaemonLifecycleSecondDaemonTests {
+    /// Issue 17 with the real daemon: a second bgworkerd (its own bus, state directory and
+    /// configuration) on the first one's runtime directory exits 1 with the error before it
+    /// touches anything; on its own runtime directory it runs beside the first; a SIGKILL of the
+    /// first is cleaned up by its successor and leaves the second one's worker alone.
+    @Test func aSecondDaemonNeedsItsOwnRuntimeDirectoryAndNeverTouchesTheFirstOnesWorkers() async throws {
+        let directory = try TemporaryDirectory(prefix: "bgw-two")
+        defer { directory.remove() }
+        let fifo = try Fifo(directory.file("child"))
+        try await DaemonFixture.with(shellWorker("first", "sleep 1000 & echo $! > \(fifo.path); wait")) { first in
+            let worker = try await first.worker("first")
+            let grandchild = try #require(Int32(try await fifo.readLine()))
+            let firstPid = try first.daemon.process.pid
+            try await DaemonFixture.with(execWorker("second", ["/bin/sleep", "1000"]), start: false) { second in
+                let refused = try await run(
+                    [builtExecutablePath("bgworkerd"), "--config", second.configPath, "--bus", second.bus.unixAddress,
+                     "--runner", "process"],
+                    environment: ["RUNTIME_DIRECTORY": first.directory.file("run")])
+                #expect(refused.status == 1)
+                #expect(refused.stderr.contains("the runtime directory \(first.directory.file("run")) is in use by another daemon (bgworkerd pid \(firstPid)"), "\(refused.stderr)")
+                #expect(refused.stderr.contains("RUNTIME_DIRECTORY"), "\(refused.stderr)")
+                #expect(try await first.worker("first") == worker, "the first daemon's worker untouched")
+                #expect(isAlive(grandchild))
+
+                try await second.startDaemon()  // its own runtime directory
+                let secondWorker = try await second.worker("second")
+                #expect(secondWorker.state == "running")
+                #expect(try await first.worker("first") == worker)
+                #expect(isAlive(grandchild))
+
+                try await first.stopDaemon(signal: SIGKILL)
+                try await first.startDaemon()
+                #expect(!isAlive(grandchild), "the successor killed what the crashed daemon left")
+                #expect(try await first.worker("first").pid != worker.pid)
+                #expect(try await second.worker("second") == secondWorker, "the other daemon's worker untouched")
+                #expect(isAlive(Int32(secondWorker.pid)))
+                _ = try await fifo.readLine()  // the new worker's grandchild
+            }
+        }
+    }
+}

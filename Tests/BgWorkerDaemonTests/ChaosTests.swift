@@ -120,6 +120,8 @@ final class ChaosRig {
     let signals = ChaosSignals()
     var counts: [String: Int] = [:]
     var findings: [String] = []
+    /// Workers of which an old group survived a daemon restart.
+    var orphaned: Set<String> = []
     var started = ContinuousClock.now
     var rounds = 0
 
@@ -352,7 +354,7 @@ final class ChaosRig {
         // Whatever a failed run left behind.
         for process in ourProcesses() { kill(process.pid, SIGKILL) }
         await bus.kill(signal: SIGTERM)
-        directory.remove()
+        if findings.isEmpty { directory.remove() } else { print("chaos: the daemons' logs are kept in \(directory.path)") }
     }
 
     func busctl(_ arguments: [String]) async throws -> (status: Int32, stdout: String, stderr: String) {
@@ -402,6 +404,7 @@ final class ChaosRig {
         let orphans = await survivors(foreign, timeout: .seconds(2))
         guard !orphans.isEmpty else { return }
         finding("\(when): \(orphans.count) process(es) of an old worker group survived the new daemon's start: \(orphans)")
+        orphaned.formUnion(orphans.map(\.worker))
         for orphan in orphans { kill(orphan.pid, SIGKILL) }  // so that later rounds test afresh
     }
 
@@ -525,16 +528,23 @@ final class ChaosRig {
         let left = await survivors(ourProcesses(), timeout: .seconds(2))
         if !left.isEmpty { finding("after the last SIGTERM, worker processes still live: \(left)") }
         for process in left { kill(process.pid, SIGKILL) }
-        // A copy started beside another (the kernel's word: the second flock failed).
+        // A copy started beside another: the kernel's word, its flock failed (exit 75). Every
+        // daemon's log has each exit, also those while the bus was down.
+        var doubles: [String: [Substring]] = [:]
         for log in daemonLogs {
             let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-            let doubles = text.split(separator: "\n").filter { $0.contains("(exited with status 75)") }
-            if !doubles.isEmpty {
-                finding("\(doubles.count) start(s) found the worker's lock held by another copy (exit 75), e.g. \(doubles.prefix(3).joined(separator: " | "))")
+            for line in text.split(separator: "\n") where line.contains("(exited with status 75)") {
+                guard let name = workers.map(\.name).first(where: { line.contains("worker \($0): ") }) else { continue }
+                doubles[name, default: []].append(line)
             }
         }
-        let seen = signals.changes.value.filter { $0.reason == "exited with status 75" }
-        counts["exit 75 signals seen"] = seen.count
+        for (name, lines) in doubles.sorted(by: { $0.key < $1.key }) {
+            let cause = orphaned.contains(name)
+                ? "an orphan of \(name) was found in this run (above), which held the lock until the test killed it"
+                : "no orphan of \(name) was found: a process of its previous copy was still alive when the runner started the next one"
+            finding("\(lines.count) start(s) of \(name) found its lock held by another copy of it (exit 75); \(cause); e.g. \(lines.prefix(2).joined(separator: " | "))")
+        }
+        counts["exit 75 (lock held by another copy)"] = doubles.values.map(\.count).reduce(0, +)
     }
 
     func finding(_ text: String) {

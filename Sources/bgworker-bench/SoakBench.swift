@@ -23,16 +23,20 @@ struct SoakBenchmark: AsyncParsableCommand {
     var warmup = 10
     @Option(name: .customLong("floor-seconds"), help: "Seconds of the floor's spawn+reap loop, before and again after the soak.")
     var floorSeconds = 10
+    @Option(name: .customLong("log-level"), help: "The daemon's [daemon] log-level (default: its own default, info).")
+    var logLevel: String?
 
     struct Settings: Sendable {
         var seconds = 600
         var workers = 4
         var warmup = 10
         var floorSeconds = 10
+        var logLevel: String?
     }
 
     func run() async throws {
-        let settings = Settings(seconds: seconds, workers: workers, warmup: warmup, floorSeconds: floorSeconds)
+        let settings = Settings(seconds: seconds, workers: workers, warmup: warmup, floorSeconds: floorSeconds,
+                                logLevel: logLevel)
         let context = RunContext.now()  // the load before a 10-minute run, not after it
         try await common.emit([try await Self.measure(settings)], context: context)
     }
@@ -74,6 +78,11 @@ struct SoakBenchmark: AsyncParsableCommand {
             workerTables(settings.workers, prefix: "soak", argv: worker, extra: "restart-delay = 0\nstart-limit-burst = 0"),
             states: MatchRule(interface: Manager.interface, member: "WorkerStateChanged", arguments: [0: "-none-"]),
             logFile: "/dev/null")
+        // Over the bus (the LogLevel property): BenchDaemon writes the [daemon] table itself.
+        if let level = settings.logLevel {
+            try await d.client.call(destination: Manager.name, path: Manager.path, interface: "org.freedesktop.DBus.Properties",
+                                    member: "Set", arguments: [.string(Manager.interface), .string("LogLevel"), .variant(.string(level))])
+        }
         events?.countExits(ofChildrenOf: d.pid)
         let spawnedBefore = events?.exitCount(ofChildrenOf: d.pid) ?? 0
 
@@ -84,6 +93,8 @@ struct SoakBenchmark: AsyncParsableCommand {
         var peakKiB = first.residentKiB
         var peakFds = first.fds
         var died: String?
+        // Halfway: growth from here on tells a leak (about half the total) from a plateau (none).
+        var middle: Reading?
         let end = ContinuousClock.now + .seconds(settings.seconds)
         progress("soak: \(settings.seconds) s; RSS \(Int(first.residentKiB)) KiB, \(first.fds) fds")
         while ContinuousClock.now < end {
@@ -99,6 +110,7 @@ struct SoakBenchmark: AsyncParsableCommand {
             progress(String(format: "soak: %4.0f s, %d respawns (%.0f/s), RSS %.0f KiB, %d fds", now.seconds - first.seconds,
                             count, Double(count) / (now.seconds - first.seconds), now.residentKiB, now.fds))
             last = now
+            if middle == nil, now.seconds - first.seconds >= Double(settings.seconds) / 2 { middle = now }
         }
         if died == nil { last = try await read(d, names: names, events: events) }
         await d.stop()
@@ -127,13 +139,19 @@ struct SoakBenchmark: AsyncParsableCommand {
                                       note: String(format: "peak %.0f KiB (sampled every 10 s)", peakKiB)))
         section.figures.append(Figure("RSS growth", unit: "KiB", value: last.residentKiB - first.residentKiB, aim: "< 1024 KiB",
                                       note: String(format: "%.3f bytes per respawn", (last.residentKiB - first.residentKiB) * 1024 / Double(max(respawns, 1)))))
+        if let middle {
+            section.figures.append(Figure("RSS growth, second half of the window", unit: "KiB",
+                                          value: last.residentKiB - middle.residentKiB,
+                                          note: String(format: "from %.0f KiB at %.0f s; a leak grows about as much as in the first half, a plateau not at all",
+                                                       middle.residentKiB, middle.seconds - first.seconds)))
+        }
         section.figures.append(Figure("open fds at the start", unit: "count", value: Double(first.fds)))
         section.figures.append(Figure("open fds at the end", unit: "count", value: Double(last.fds), baseline: ("start", Double(first.fds)),
                                       note: "peak \(peakFds)"))
         let cpu = last.cpu - first.cpu
         section.figures.append(Figure("bgworkerd CPU per respawn", unit: "us", value: cpu / Double(max(respawns, 1)) * 1e6,
                                       note: String(format: "%.1f CPU s over %.0f s (%.0f%% of one core)", cpu, window, cpu / window * 100)))
-        section.notes.append("workers: `/bin/true` exec'd directly, restart-delay 0, start-limit-burst 0; daemon at its default log level, its output to /dev/null; no client subscribed to its signals")
+        section.notes.append("workers: `/bin/true` exec'd directly, restart-delay 0, start-limit-burst 0; daemon log level \(settings.logLevel ?? "info (its default)"), its output to /dev/null; no client subscribed to its signals")
         section.notes.append("floor: the bench on one thread, spawn (posix_spawn with the runner's kind of setup: own process group, default signals, stdin /dev/null, stdout/stderr pipes) and reap /bin/true in a loop, \(settings.floorSeconds) s before and after the soak; the baseline is their mean. The daemon's workers respawn in parallel (several workers), the floor one at a time")
         section.notes.append("RSS: VmRSS of bgworkerd; fds: entries of /proc/PID/fd; aim from the issue: 1,000,000 respawns in 10 minutes (1,667/s), RSS growth under 1 MiB")
         return section

@@ -286,9 +286,12 @@ final class ChaosRig {
     // MARK: The daemon and the bus
 
     func writeConfiguration() throws {
+        // Not root: our own group may change state (else every Enable is AccessDenied).
+        let admin = geteuid() == 0 ? "" : "admin-group = \"\(getegid())\""
         var text = """
             [daemon]
             state-directory = "\(directory.file("state"))"
+            \(admin)
 
             """
         for w in workers {

@@ -36,6 +36,10 @@ final class ProcessEvents: Sendable {
         var exitWaiters: [UInt64: (pid: pid_t, continuation: CheckedContinuation<UInt64?, Never>)] = [:]
         var nextID: UInt64 = 0
         var lost = 0
+        /// Parents whose children's exits are only counted (`countExits(ofChildrenOf:)`): nothing
+        /// is kept per child once it is gone, so a soak of millions of spawns stays small.
+        var countedParents: Set<pid_t> = []
+        var exitCounts: [pid_t: Int] = [:]
     }
 
     private let fd: Int32
@@ -99,6 +103,20 @@ final class ProcessEvents: Sendable {
             for child in existing where s.parentOf[child] == nil { s.parentOf[child] = parent }
         }
     }
+
+    /// Counts the exits of the children of `parent` from now on, keeping nothing else about them
+    /// (`exitCount(ofChildrenOf:)`).
+    func countExits(ofChildrenOf parent: pid_t) {
+        let existing = childPids(of: parent)
+        state.withLock { s in
+            s.countedParents.insert(parent)
+            s.exitCounts[parent] = 0
+            for child in existing where s.parentOf[child] == nil { s.parentOf[child] = parent }
+        }
+    }
+
+    /// How many children of a counted parent have exited so far.
+    func exitCount(ofChildrenOf parent: pid_t) -> Int { state.withLock { $0.exitCounts[parent] ?? 0 } }
 
     /// Events the kernel dropped because our buffer was full (ENOBUFS); figures are suspect if > 0.
     var lostEvents: Int { state.withLock { $0.lost } }
@@ -202,12 +220,14 @@ final class ProcessEvents: Sendable {
             let childTgid = pid_t(bitPattern: Self.u32(b, o + 28))
             guard childPid == childTgid else { return }  // a new thread, not a process
             state.withLock { s in
-                if s.watchedParents.contains(parentTgid) { s.parentOf[childPid] = parentTgid }
+                if s.watchedParents.contains(parentTgid) || s.countedParents.contains(parentTgid) {
+                    s.parentOf[childPid] = parentTgid
+                }
             }
         case 0x2:  // PROC_EVENT_EXEC
             let tgid = pid_t(bitPattern: Self.u32(b, o + 20))
             let woken = state.withLock { s -> [(CheckedContinuation<Exec, any Error>, Exec)] in
-                guard let parent = s.parentOf[tgid] else { return [] }
+                guard let parent = s.parentOf[tgid], !s.countedParents.contains(parent) else { return [] }
                 let exec = Exec(pid: tgid, timestamp: timestamp)
                 s.execsByParent[parent, default: []].append(exec)
                 let ready = s.waiters.filter { $0.value.parent == parent && $0.value.after < timestamp }
@@ -220,7 +240,12 @@ final class ProcessEvents: Sendable {
             let tgid = pid_t(bitPattern: Self.u32(b, o + 20))
             guard pid == tgid else { return }
             let woken = state.withLock { s -> [CheckedContinuation<UInt64?, Never>] in
-                guard s.parentOf[tgid] != nil else { return [] }
+                guard let parent = s.parentOf[tgid] else { return [] }
+                if s.countedParents.contains(parent) {
+                    s.exitCounts[parent, default: 0] += 1
+                    s.parentOf[tgid] = nil
+                    return []
+                }
                 s.exits[tgid] = timestamp
                 let ready = s.exitWaiters.filter { $0.value.pid == tgid }
                 for id in ready.keys { s.exitWaiters[id] = nil }

@@ -160,8 +160,11 @@ final class BenchDaemon: Sendable {
 
     /// Writes the configuration (`[daemon]` with a state folder of its own, then `body`) and
     /// starts the daemon; returns once it sent READY=1 and the client is subscribed.
+    /// `states`: the signals to record (by default every `WorkerStateChanged`); `logFile`: where
+    /// the daemon's output goes (by default `bgworkerd.log` in its folder).
     static func start(_ body: String, bus existing: PrivateBus? = nil, arguments: [String] = ["--runner", "process"],
-                      timeout: Duration = .seconds(60)) async throws -> BenchDaemon {
+                      states rule: MatchRule = MatchRule(interface: Manager.interface, member: "WorkerStateChanged"),
+                      logFile: String? = nil, timeout: Duration = .seconds(60)) async throws -> BenchDaemon {
         let directory = try Interrupt.directory(prefix: "bgw-bench")
         let bus: PrivateBus
         if let existing { bus = existing } else { bus = try await PrivateBus(directory: directory) }
@@ -169,13 +172,13 @@ final class BenchDaemon: Sendable {
         try writeConfiguration(body, to: configPath, stateDirectory: directory.file("state"))
         // Subscribed before the daemon starts, so that its first signals are seen too.
         let client = try await DBusConnection.connect(.address(bus.unixAddress))
-        let states = try await SignalLog(address: bus.unixAddress, MatchRule(interface: Manager.interface, member: "WorkerStateChanged"))
+        let states = try await SignalLog(address: bus.unixAddress, rule)
         let notify = try NotifyDrain()
         let spawnedAt = monotonicNanoseconds()
         let process = try ChildProcess(
             [builtExecutablePath("bgworkerd"), "--config", configPath, "--bus", bus.unixAddress] + arguments,
             extraEnvironment: ["NOTIFY_SOCKET": notify.address, "RUNTIME_DIRECTORY": directory.file("run")],
-            captureStdout: false, captureStderr: false, logFile: directory.file("bgworkerd.log"))
+            captureStdout: false, captureStderr: false, logFile: logFile ?? directory.file("bgworkerd.log"))
         let readyAt = try await withThrowingTaskGroup(of: UInt64?.self) { group in
             group.addTask { await notify.ready() }
             group.addTask { _ = try? await process.waitForExit(timeout: timeout); return nil }

@@ -335,6 +335,31 @@ struct ProcessRunnerExitTests {
         output.close()
     }
 
+    /// The chaos test saw a restart find the old copy's lock still held: the exit was reported
+    /// once the leader was reaped, while the rest of its group, SIGKILLed, was still dying. A
+    /// grandchild with a large heap takes a while to die; the exit must wait for it.
+    @Test func anExitIsReportedOnlyOnceTheWholeGroupIsGone() async throws {
+        let output = try CapturedWorkerOutput()
+        let runner = try ProcessRunner(output: output.destination)
+        let (reports, report) = AsyncStream.makeStream(of: [Int32].self)
+        runner.deliverEvents { event in
+            guard case .exited(_, let pid, _) = event else { return }
+            // Checked on the runner's thread as the event is handed over, before anything else runs.
+            report.yield(ProcStat.all().filter { $0.pgrp == pid && $0.state != "Z" && $0.state != "X" }.map(\.pid))
+        }
+        for round in 0..<3 {
+            let name = "heavy-\(round)"
+            let heap = #"/usr/bin/python3 -c 'import sys, time; b = b"x" * (768 << 20); print("touched", flush=True); time.sleep(1e6)'"#
+            let leader = try await runner.start(shell(name, heap + " & exec sleep 100000"))
+            _ = try await output.line("the grandchild's heap") { $0 == "\(name): touched" }
+            kill(leader, SIGKILL)
+            let alive = try await waitFor("the exit of \(name)", in: reports, timeout: .seconds(30)) { _ in true }
+            #expect(alive == [], "round \(round): group members alive when the exit was reported: \(alive)")
+        }
+        await runner.shutdown()
+        output.close()
+    }
+
     @Test func whatAWorkerLeavesBehindWhenItExitsIsKilled() async throws {
         let output = try CapturedWorkerOutput()
         let runner = try ProcessRunner(output: output.destination)

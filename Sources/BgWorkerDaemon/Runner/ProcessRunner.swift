@@ -107,6 +107,15 @@ private struct RunningWorker {
     var stopping = false
 }
 
+/// A worker whose main process is reaped, until every other process of its group is gone too.
+private struct DrainingGroup {
+    var name: String
+    var slot: Int?
+    var event: RunnerEvent
+    /// pidfds of the group's processes that have not exited yet.
+    var members: Set<Int32>
+}
+
 /// The monitor thread and everything it owns. It is also a serial executor: its caller (the
 /// supervisor) may run its jobs on this thread, between two rounds of events.
 private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
@@ -154,14 +163,21 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
     private var runningJobs = false
 
     private var workers: [UInt64: RunningWorker] = [:]
+    /// Workers whose leader is reaped while others of their group still die, by id.
+    private var draining: [UInt64: DrainingGroup] = [:]
+    /// The worker id of each watched pidfd of a dying group member.
+    private var drainingMembers: [Int32: UInt64] = [:]
+    /// Running and draining workers (a name stays taken until all of its group is gone).
     private var idsByName: [String: UInt64] = [:]
     private var nextID: UInt64 = 1
     private var shutdownWaiters: [@Sendable () -> Void] = []
 
-    // epoll tokens: the low bit tells a worker's pidfd from its kill timer.
+    // epoll tokens: the low two bits tell a worker's pidfd, its kill timer and the pidfd of a
+    // dying member of its group apart.
     private static let wakeToken = UInt64.max
-    private static func exitToken(_ id: UInt64) -> UInt64 { id << 1 }
-    private static func timerToken(_ id: UInt64) -> UInt64 { id << 1 | 1 }
+    private static func exitToken(_ id: UInt64) -> UInt64 { id << 2 }
+    private static func timerToken(_ id: UInt64) -> UInt64 { id << 2 | 1 }
+    private static func memberToken(_ pidfd: Int32) -> UInt64 { UInt64(UInt32(bitPattern: pidfd)) << 2 | 2 }
 
     init(
         groupRecord: ProcessGroupRecord?, output: WorkerOutputDestination,
@@ -229,16 +245,18 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
                 if token == Self.wakeToken {
                     wake.drain()
                     if !runnerEnded { handleRequests() }
-                } else if token & 1 == 0 {
-                    reap(id: token >> 1)
                 } else {
-                    stopTimeoutExpired(id: token >> 1)
+                    switch token & 3 {
+                    case 0: reap(id: token >> 2)
+                    case 1: stopTimeoutExpired(id: token >> 2)
+                    default: memberExited(pidfd: Int32(bitPattern: UInt32(truncatingIfNeeded: token >> 2)))
+                    }
                 }
             }
             // The caller's jobs, after the round's events (a start or stop they submit is carried
             // out at once, see `submit`).
             runJobs()
-            if !runnerEnded && !shutdownWaiters.isEmpty && workers.isEmpty {
+            if !runnerEnded && !shutdownWaiters.isEmpty && workers.isEmpty && draining.isEmpty {
                 endRunner()
                 runnerEnded = true
                 // A caller on this executor still needs it (it resumes from the shutdown here).
@@ -422,12 +440,64 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
             epoll.remove(timer)
             close(timer)
         }
-        idsByName[worker.name] = nil
-        // Before the report: whoever learns of the exit finds the record without this worker.
-        if let slot = worker.slot { groupRecord?.clear(slot) }
         // waitid cannot fail for our own unreaped child; if it did, the process is gone anyway.
         let exit = rc == 0 ? WorkerExit(siginfoCode: code, status: status) : .killed(SIGKILL)
-        let event = RunnerEvent.exited(name: worker.name, pid: worker.pid, status: exit)
+        let group = DrainingGroup(
+            name: worker.name, slot: worker.slot,
+            event: .exited(name: worker.name, pid: worker.pid, status: exit), members: [])
+        // Others of the group got SIGKILL above but may not have died yet: until they have, a
+        // restart would run beside them (the chaos test saw the new copy find the old one's lock).
+        let members = dyingMembers(ofGroup: worker.pid)
+        guard !members.isEmpty else { return finish(group) }
+        draining[id] = DrainingGroup(name: group.name, slot: group.slot, event: group.event, members: members)
+        for pidfd in members {
+            drainingMembers[pidfd] = id
+            if (try? epoll.add(pidfd, token: Self.memberToken(pidfd))) == nil {
+                // Cannot watch it: it has SIGKILL pending, so do not wait for ever.
+                memberExited(pidfd: pidfd)
+            }
+        }
+    }
+
+    /// Live processes of a group whose leader is reaped, as pidfds. Only a group that still has
+    /// members is looked for in /proc, so a worker that leaves nothing behind costs no scan.
+    private func dyingMembers(ofGroup pgid: Int32) -> Set<Int32> {
+        guard kill(-pgid, 0) == 0 else { return [] }
+        var pidfds: Set<Int32> = []
+        for process in ProcStat.all() where process.pgrp == pgid && process.state != "Z" && process.state != "X" {
+            let pidfd = _bgw_pidfd_open(process.pid, 0)
+            guard pidfd >= 0 else { continue }  // gone meanwhile
+            // The pid may have been reused between the scan and the open; a group that only
+            // dies gains no member, so a process still in it is the one scanned.
+            guard ProcStat.read(pid: process.pid)?.pgrp == pgid else {
+                close(pidfd)
+                continue
+            }
+            pidfds.insert(pidfd)
+        }
+        return pidfds
+    }
+
+    private func memberExited(pidfd: Int32) {
+        guard let id = drainingMembers.removeValue(forKey: pidfd) else { return }
+        epoll.remove(pidfd)
+        close(pidfd)
+        guard var group = draining[id] else { return }
+        group.members.remove(pidfd)
+        if group.members.isEmpty {
+            draining[id] = nil
+            finish(group)
+        } else {
+            draining[id] = group
+        }
+    }
+
+    /// The whole group is gone: free the name and the record's slot, report the exit.
+    private func finish(_ group: DrainingGroup) {
+        idsByName[group.name] = nil
+        // Before the report: whoever learns of the exit finds the record without this worker.
+        if let slot = group.slot { groupRecord?.clear(slot) }
+        let event = group.event
         if let handler = eventHandler.withLock({ $0 }) {
             // The caller's code, run here as one of its jobs would be (this is the last step of
             // the reap, so the monitor's state is whole): a start it submits is spawned at once.

@@ -159,6 +159,9 @@ public struct WorkerDefinition: Sendable, Hashable {
     public var user: String? = nil
     public var group: String? = nil
     public var resources = ResourceControls()
+    /// `log-level`: the worker's own level; nil follows the manager's. Not part of the process
+    /// definition: a change takes effect without a restart.
+    public var logLevel: LogLevel? = nil
 
     public init(name: String, exec: [String]) {
         self.name = name
@@ -476,6 +479,8 @@ private struct ConfigDecoder {
                 if let user = nonEmptyString(value, section, key) { worker.user = user }
             case "group":
                 if let group = nonEmptyString(value, section, key) { worker.group = group }
+            case "log-level":
+                if let level: LogLevel = enumeration(value, section, key) { worker.logLevel = level }
             case "memory-max":
                 if let bytes = byteSize(value, section, key) { worker.resources.memoryMax = bytes }
             case "cpu-quota":

@@ -151,11 +151,12 @@ struct DaemonBusApiTests {
             let environment = environment(of: pid)
             #expect(environment["BGWORKER_NAME"] == "db-sync")
             #expect(environment["BGWORKER_LOG_LEVEL"] == "info")
+            #expect(environment["BGWORKER_OBJECT_PATH"] == "/org/example/BgWorker/worker/db_2dsync")
             #expect(environment["EXAMPLE"] == "1")
             #expect(environment["DBUS_SYSTEM_BUS_ADDRESS"] == fixture.bus.unixAddress, "workers follow the daemon's bus")
             #expect(environment["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             // PWD is the shell's own doing.
-            #expect(Set(environment.keys).subtracting(["PWD"]).count == 5, "nothing of the daemon's own environment leaks: \(environment)")
+            #expect(Set(environment.keys).subtracting(["PWD"]).count == 6, "nothing of the daemon's own environment leaks: \(environment)")
         }
     }
 

@@ -645,7 +645,7 @@ private struct ConfigDecoder {
             if name.isEmpty || name.utf8.contains(UInt8(ascii: "=")) || name.utf8.contains(0) || text.utf8.contains(0) {
                 error(variable.line, table, "environment", "invalid environment variable '\(name)'")
                 valid = false
-            } else if name == "BGWORKER_NAME" || name == "BGWORKER_LOG_LEVEL" {
+            } else if ["BGWORKER_NAME", "BGWORKER_LOG_LEVEL", "BGWORKER_OBJECT_PATH"].contains(name) {
                 error(variable.line, table, "environment", "environment variable '\(name)' is set by bgworkerd")
                 valid = false
             }

@@ -220,6 +220,7 @@ private func workerError(_ body: String) -> [String] {
         ("environment = { A = 1 }", "environment variable 'A' must be a string, not an integer"),
         ("environment = { \"A=B\" = \"1\" }", "invalid environment variable 'A=B'"),
         ("environment = { BGWORKER_NAME = \"x\" }", "environment variable 'BGWORKER_NAME' is set by bgworkerd"),
+        ("environment = { BGWORKER_OBJECT_PATH = \"/x\" }", "environment variable 'BGWORKER_OBJECT_PATH' is set by bgworkerd"),
         ("working-directory = \"srv\"", "'working-directory' must be an absolute path, not \"srv\""),
         ("user = \"\"", "'user' must not be empty"),
         ("group = 0", "'group' must be a string, not an integer"),

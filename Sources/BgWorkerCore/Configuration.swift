@@ -171,6 +171,9 @@ public struct WorkerDefinition: Sendable, Hashable {
     public var user: String? = nil
     public var group: String? = nil
     public var resources = ResourceControls()
+    /// `log-level`: the worker's own level; nil follows the manager's. Not part of the process
+    /// definition: a change takes effect without a restart.
+    public var logLevel: LogLevel? = nil
 
     public init(name: String, exec: [String]) {
         self.name = name
@@ -506,6 +509,8 @@ private struct ConfigDecoder {
                 if let user = nonEmptyString(value, section, key) { worker.user = user }
             case "group":
                 if let group = nonEmptyString(value, section, key) { worker.group = group }
+            case "log-level":
+                if let level: LogLevel = enumeration(value, section, key) { worker.logLevel = level }
             case "memory-max":
                 if let bytes = byteSize(value, section, key) { worker.resources.memoryMax = bytes }
             case "cpu-quota":
@@ -670,7 +675,7 @@ private struct ConfigDecoder {
             if name.isEmpty || name.utf8.contains(UInt8(ascii: "=")) || name.utf8.contains(0) || text.utf8.contains(0) {
                 error(variable.line, table, "environment", "invalid environment variable '\(name)'")
                 valid = false
-            } else if name == "BGWORKER_NAME" || name == "BGWORKER_LOG_LEVEL" {
+            } else if ["BGWORKER_NAME", "BGWORKER_LOG_LEVEL", "BGWORKER_OBJECT_PATH"].contains(name) {
                 error(variable.line, table, "environment", "environment variable '\(name)' is set by bgworkerd")
                 valid = false
             } else if result[name] != nil {

@@ -6,10 +6,13 @@
 /// The contract's worker states.
 public enum WorkerState: String, Sendable, CaseIterable {
     case disabled, standby, starting, running, stopping, backoff, failed
+    /// Enabled, but stopped by hand (`Stop`) until `Start`, `Restart`, `Enable` or a daemon
+    /// restart; never persisted.
+    case stopped
 
-    /// Settled states are where an `Enable`, `Disable` or `Restart` call is done: the worker runs,
-    /// or it has no process (`disabled`, `standby`, `backoff`, `failed`). Only `starting` and
-    /// `stopping` are in between.
+    /// Settled states are where an `Enable`, `Disable`, `Restart`, `Start` or `Stop` call is done:
+    /// the worker runs, or it has no process (`disabled`, `standby`, `backoff`, `failed`,
+    /// `stopped`). Only `starting` and `stopping` are in between.
     public var isSettled: Bool {
         self != .starting && self != .stopping
     }
@@ -24,6 +27,10 @@ public enum WorkerProperty: Sendable, Hashable {
     /// nil: no exit yet (the bus shows "").
     case lastExit(WorkerExit?)
     case runOn(RunOn)
+    /// The worker's own level (nil: it follows the manager's).
+    case logLevel(LogLevel?)
+    /// Its own level, else the manager's.
+    case effectiveLogLevel(LogLevel)
 }
 
 /// A worker as the bus shows it.
@@ -37,6 +44,9 @@ public struct WorkerStatus: Sendable, Equatable {
     public var pid: Int32?
     public var restarts: UInt32
     public var lastExit: WorkerExit?
+    /// Its own level (configured, or set over the bus); nil: it follows the manager's.
+    public var logLevel: LogLevel?
+    public var effectiveLogLevel: LogLevel
 
     public var name: String { definition.name }
 }
@@ -49,6 +59,14 @@ public enum FleetEvent: Sendable, Equatable {
     case disable(String)
     /// Bus `Restart`. Throws `noSuchWorker`, `disabled`.
     case restart(String)
+    /// Bus `Stop` (the emergency stop, never persisted). Throws `noSuchWorker`.
+    case stop(String)
+    /// Bus `Start`. Throws `noSuchWorker`, `disabled`.
+    case start(String)
+    /// The manager's `LogLevel` set over the bus.
+    case managerLogLevel(LogLevel)
+    /// A worker's own `LogLevel` set over the bus (nil clears it). Throws `noSuchWorker`.
+    case workerLogLevel(String, LogLevel?)
     /// The HA source's role (`standalone` when HA is not configured). Repeats are harmless.
     case roleChanged(HARole)
     /// A `spawn` action succeeded: the program was executed with this pid.
@@ -116,6 +134,8 @@ public struct Fleet: Sendable {
     public private(set) var roleState: RoleState
     public private(set) var enableState: EnableState
     public private(set) var isShuttingDown = false
+    /// The manager's `LogLevel`: `[daemon] log-level`, or what the bus set since.
+    public private(set) var managerLogLevel: LogLevel
     private var isStarted = false
     private var needsPersist = false
     private var records: [String: WorkerRecord] = [:]
@@ -127,6 +147,7 @@ public struct Fleet: Sendable {
         roleState = RoleState(reported: role, onLost: configuration.ha.onLost, keepFor: configuration.ha.keepFor)
         self.enableState = enableState.pruned(for: configuration)
         needsPersist = self.enableState != enableState
+        managerLogLevel = configuration.daemon.logLevel
         for definition in configuration.workers {
             let enabled = self.enableState.effectiveEnabled(for: definition)
             records[definition.name] = WorkerRecord(definition: definition, enabled: enabled, state: enabled ? .standby : .disabled)
@@ -141,7 +162,7 @@ public struct Fleet: Sendable {
     }
 
     public func status(of name: String) -> WorkerStatus? {
-        record(named: name).map { $0.status }
+        record(named: name).map { $0.status(managerLogLevel: managerLogLevel) }
     }
 
     /// Names from the bus match by code points: the String-keyed dictionary would let U+212A
@@ -195,7 +216,8 @@ public struct Fleet: Sendable {
         return effects.actions
     }
 
-    /// Applies one event and returns what to do. Only `enable`, `disable` and `restart` throw;
+    /// Applies one event and returns what to do. Only the bus requests (`enable`, `disable`,
+    /// `restart`, `stop`, `start`, `workerLogLevel`) throw;
     /// stale process and timer events (an old pid, a worker that is gone) are ignored.
     public mutating func handle(_ event: FleetEvent, now: MonotonicInstant) throws(FleetError) -> [FleetAction] {
         var effects = Effects()
@@ -208,8 +230,9 @@ public struct Fleet: Sendable {
                 recordChoice(name, enabled: true, &effects)
                 resetRestartHistory(&record, &effects)
                 commit(&record, cause: "enabled", now: now, &effects)
-            } else if record.failed {
-                // Enable on a failed worker acts as Restart.
+            } else if record.failed || record.stoppedByHand {
+                // Enable on a failed or stopped worker acts as Restart.
+                record.stoppedByHand = false
                 resetRestartHistory(&record, &effects)
                 commit(&record, cause: "enabled", now: now, &effects)
             }
@@ -218,6 +241,7 @@ public struct Fleet: Sendable {
             if record.enabled {
                 record.enabled = false
                 record.failed = false
+                record.stoppedByHand = false
                 effects.property(name, .enabled(false))
                 recordChoice(name, enabled: false, &effects)
                 commit(&record, cause: "disabled", now: now, &effects)
@@ -225,10 +249,41 @@ public struct Fleet: Sendable {
         case .restart(let name):
             var record = try requireWorker(name)
             guard record.enabled else { throw .disabled(name) }
+            record.stoppedByHand = false
             resetRestartHistory(&record, &effects)
             cancelBackoff(&record, &effects)
             if record.process != .none { record.restartPending = true }
             commit(&record, cause: "restart requested", now: now, &effects)
+        case .stop(let name):
+            var record = try requireWorker(name)
+            // A disabled worker has nothing to stop and stays disabled.
+            if record.enabled && !record.stoppedByHand {
+                record.stoppedByHand = true
+                commit(&record, cause: "stop requested", now: now, &effects)
+            }
+        case .start(let name):
+            var record = try requireWorker(name)
+            guard record.enabled else { throw .disabled(name) }
+            // Running, starting, in backoff or standby: nothing to do (the rules already run it).
+            if record.stoppedByHand || record.failed {
+                record.stoppedByHand = false
+                resetRestartHistory(&record, &effects)
+                commit(&record, cause: "start requested", now: now, &effects)
+            }
+        case .managerLogLevel(let level):
+            let before = effectiveLogLevels()
+            managerLogLevel = level
+            announceEffectiveLogLevels(changedFrom: before, &effects)
+        case .workerLogLevel(let name, let level):
+            var record = try requireWorker(name)
+            let before = record.effectiveLogLevel(managerLogLevel)
+            if record.logLevel != level {
+                record.logLevel = level
+                effects.property(name, .logLevel(level))
+            }
+            let after = record.effectiveLogLevel(managerLogLevel)
+            if after != before { effects.property(name, .effectiveLogLevel(after)) }
+            records[name] = record
         case .roleChanged(let role):
             updateRole(now: now, &effects) { $0.report(role, at: now) }
         case .roleTimerFired:
@@ -298,13 +353,14 @@ public struct Fleet: Sendable {
     }
 
     private func shouldRun(_ record: WorkerRecord) -> Bool {
-        isStarted && !isShuttingDown && record.enabled && !record.failed && !record.removing
+        isStarted && !isShuttingDown && record.enabled && !record.failed && !record.stoppedByHand && !record.removing
             && mayRun(record.definition.runOn, roleInForce: roleState.inForce)
     }
 
     /// Why a worker rests, if it does: the cause reported when it stops or stays down.
     private func restingCause(_ record: WorkerRecord) -> String? {
         if !record.enabled { return "disabled" }
+        if record.stoppedByHand { return "stop requested" }
         if !mayRun(record.definition.runOn, roleInForce: roleState.inForce) { return "HA role \(roleState.inForce.rawValue)" }
         return nil
     }
@@ -353,7 +409,8 @@ public struct Fleet: Sendable {
                 effects.actions.append(.workerRemoved(name: name))
                 return false
             }
-            let resting: WorkerState = !record.enabled ? .disabled : record.failed ? .failed : .standby
+            let resting: WorkerState =
+                !record.enabled ? .disabled : record.stoppedByHand ? .stopped : record.failed ? .failed : .standby
             effects.setState(&record, resting, cause)
             return true
         }
@@ -441,6 +498,20 @@ public struct Fleet: Sendable {
         effects.actions.append(deadline.map { .scheduleRoleTimer(at: $0) } ?? .cancelRoleTimer)
     }
 
+    private func effectiveLogLevels() -> [String: LogLevel] {
+        records.mapValues { $0.effectiveLogLevel(managerLogLevel) }
+    }
+
+    /// `effectiveLogLevel` for every worker whose level in force is not what it was.
+    private func announceEffectiveLogLevels(changedFrom before: [String: LogLevel], _ effects: inout Effects) {
+        for name in records.keys.sorted() {
+            guard let after = records[name]?.effectiveLogLevel(managerLogLevel), let old = before[name], old != after else {
+                continue
+            }
+            effects.property(name, .effectiveLogLevel(after))
+        }
+    }
+
     /// A bus choice: persisted with the configured value it was made against.
     private mutating func recordChoice(_ name: String, enabled: Bool, _ effects: inout Effects) {
         guard let configured = records[name]?.definition.enabled else { return }
@@ -454,7 +525,10 @@ public struct Fleet: Sendable {
         let roleBefore = roleState.inForce
         let deadlineBefore = roleState.keepDeadline
         let previousEnableState = enableState
+        let logLevelsBefore = effectiveLogLevels()
         let sourceChanged = newConfiguration.ha.source != configuration.ha.source
+        // The latest intent wins: a changed `[daemon] log-level` replaces a level set over the bus.
+        if newConfiguration.daemon.logLevel != configuration.daemon.logLevel { managerLogLevel = newConfiguration.daemon.logLevel }
         configuration = newConfiguration
         roleState.configure(onLost: newConfiguration.ha.onLost, keepFor: newConfiguration.ha.keepFor, at: now)
         // Before any worker starts: an added worker must not run under the old source's role.
@@ -476,7 +550,7 @@ public struct Fleet: Sendable {
                 let enabled = enableState.effectiveEnabled(for: definition)
                 var record = WorkerRecord(definition: definition, enabled: enabled, state: enabled ? .standby : .disabled)
                 record.reason = "added"
-                effects.actions.append(.workerAdded(record.status))
+                effects.actions.append(.workerAdded(record.status(managerLogLevel: managerLogLevel)))
                 commit(&record, cause: restingCause(record) ?? "added", now: now, &effects)
                 continue
             }
@@ -494,6 +568,7 @@ public struct Fleet: Sendable {
                     resetRestartHistory(&record, &effects)
                 } else {
                     record.failed = false
+                    record.stoppedByHand = false
                 }
                 cause = enabled ? "enabled in configuration" : "disabled in configuration"
             }
@@ -508,6 +583,11 @@ public struct Fleet: Sendable {
             if old.runOn != definition.runOn {
                 effects.property(name, .runOn(definition.runOn))
             }
+            // As for `enabled`: a changed `log-level` key replaces a level set over the bus.
+            if old.logLevel != definition.logLevel, record.logLevel != definition.logLevel {
+                record.logLevel = definition.logLevel
+                effects.property(name, .logLevel(definition.logLevel))
+            }
             // The run rule's answer may change through run-on, on-lost, or both at once.
             if mayRun(old.runOn, roleInForce: roleBefore) != mayRun(definition.runOn, roleInForce: roleAfter) {
                 cause = cause ?? (old.runOn != definition.runOn ? "configuration changed" : "HA role \(roleAfter.rawValue)")
@@ -520,6 +600,7 @@ public struct Fleet: Sendable {
                 records[name] = record
             }
         }
+        announceEffectiveLogLevels(changedFrom: logLevelsBefore, &effects)
         if enableState != previousEnableState {
             effects.actions.append(.persist(enableState))
         }
@@ -546,8 +627,12 @@ private struct WorkerRecord: Sendable {
     var stopRequested = false
     /// Start again once the current process is gone (Restart, changed definition).
     var restartPending = false
-    /// Hit the start limit; stays until Restart, Enable or Disable.
+    /// Hit the start limit; stays until Restart, Start, Enable or Disable.
     var failed = false
+    /// `Stop` by hand; stays until Start, Restart, Enable or Disable (never persisted).
+    var stoppedByHand = false
+    /// Its own level: the `log-level` key, or what the bus set since.
+    var logLevel: LogLevel?
     /// Gone from the configuration; dropped once it has no process.
     var removing = false
     var backoffUntil: MonotonicInstant? = nil
@@ -565,17 +650,20 @@ private struct WorkerRecord: Sendable {
         self.enabled = enabled
         self.state = state
         nextDelay = definition.restartDelay
+        logLevel = definition.logLevel
     }
+
+    func effectiveLogLevel(_ managerLogLevel: LogLevel) -> LogLevel { logLevel ?? managerLogLevel }
 
     var pid: Int32? {
         if case .live(let pid) = process { return pid }
         return nil
     }
 
-    var status: WorkerStatus {
+    func status(managerLogLevel: LogLevel) -> WorkerStatus {
         WorkerStatus(
             definition: definition, state: state, reason: reason, enabled: enabled, pid: pid, restarts: restarts,
-            lastExit: lastExit)
+            lastExit: lastExit, logLevel: logLevel, effectiveLogLevel: effectiveLogLevel(managerLogLevel))
     }
 }
 
@@ -603,7 +691,9 @@ private struct Effects {
 
     private func sameProperty(_ a: WorkerProperty, _ b: WorkerProperty) -> Bool {
         switch (a, b) {
-        case (.enabled, .enabled), (.pid, .pid), (.restarts, .restarts), (.lastExit, .lastExit), (.runOn, .runOn): true
+        case (.enabled, .enabled), (.pid, .pid), (.restarts, .restarts), (.lastExit, .lastExit), (.runOn, .runOn),
+            (.logLevel, .logLevel), (.effectiveLogLevel, .effectiveLogLevel):
+            true
         default: false
         }
     }

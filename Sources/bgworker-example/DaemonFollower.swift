@@ -1,7 +1,9 @@
 import DBus
 import Synchronization
 
-/// Follows the daemon's `LogLevel` over the bus for as long as the worker runs.
+/// Follows the log level the daemon gives this worker over the bus for as long as the worker
+/// runs: its own object's `EffectiveLogLevel` (the worker's own level, else the manager's) when
+/// bgworkerd said where that object is (`BGWORKER_OBJECT_PATH`), else the manager's `LogLevel`.
 ///
 /// The pattern every long-lived bus client needs: a libdbus connection that has failed stays
 /// failed (there is no reconnect on it), so when it ends, drop it and open a new one, after a
@@ -11,15 +13,32 @@ final class DaemonFollower: Sendable {
     static let service = "org.example.BgWorker"
     static let managerPath = try! ObjectPath("/org/example/BgWorker")
 
+    /// Which property of which object gives the level.
+    struct Source: Sendable {
+        var path: ObjectPath
+        var interface: String
+        var property: String
+
+        static let manager = Source(path: DaemonFollower.managerPath, interface: "org.example.BgWorker", property: "LogLevel")
+
+        /// The worker's own object; nil when `path` is not an object path.
+        static func worker(at path: String) -> Source? {
+            guard let objectPath = try? ObjectPath(path) else { return nil }
+            return Source(path: objectPath, interface: "org.example.BgWorker.Worker", property: "EffectiveLogLevel")
+        }
+    }
+
     private let bus: BusAddress
+    private let source: Source
     private let log: WorkerLog
     private let backoff: Backoff
     /// The connection in use, so that `stop()` can end it from another thread; nil and
     /// `stopped` once stopped.
     private let current = Mutex<(connection: DBusConnection?, stopped: Bool)>((nil, false))
 
-    init(bus: BusAddress, log: WorkerLog, backoff: Backoff = Backoff()) {
+    init(bus: BusAddress, log: WorkerLog, source: Source = .manager, backoff: Backoff = Backoff()) {
         self.bus = bus
+        self.source = source
         self.log = log
         self.backoff = backoff
     }
@@ -82,8 +101,8 @@ final class DaemonFollower: Sendable {
             // Only the current owner of the name is believed; a PropertiesChanged that another
             // connection sends with the same path and interface is reported, and ignored.
             watch = try await connection.watchNameOwner(Self.service, signals: [
-                MatchRule(path: Self.managerPath, interface: "org.freedesktop.DBus.Properties",
-                          member: "PropertiesChanged", arguments: [0: Self.service]),
+                MatchRule(path: source.path, interface: "org.freedesktop.DBus.Properties",
+                          member: "PropertiesChanged", arguments: [0: source.interface]),
             ], reportingOthers: true)
         } catch {
             log.warning("cannot follow \(Self.service): \(error)")
@@ -113,30 +132,30 @@ final class DaemonFollower: Sendable {
                     setLevel(values.first?.unwrappingVariant.stringValue, from: reply.owner ?? "?")
                     log.info("following \(Self.service) at \(reply.owner ?? "?"); log level \(log.level.name)")
                 case .failure(let error):
-                    log.warning("cannot read LogLevel from \(reply.owner ?? Self.service): \(error); log level stays \(log.level.name)")
+                    log.warning("cannot read \(source.property) from \(reply.owner ?? Self.service): \(error); log level stays \(log.level.name)")
                 }
             }
         }
         return ContinuousClock.now - started
     }
 
-    /// Asks the owner for `LogLevel`; the answer comes as an `.ownerReply` event.
+    /// Asks the owner for the level; the answer comes as an `.ownerReply` event.
     private func readLevel(through watch: NameOwnerWatch) {
         do {
-            try watch.callOwner(path: Self.managerPath, interface: "org.freedesktop.DBus.Properties", member: "Get",
-                                arguments: [.string(Self.service), .string("LogLevel")], timeout: .seconds(10))
+            try watch.callOwner(path: source.path, interface: "org.freedesktop.DBus.Properties", member: "Get",
+                                arguments: [.string(source.interface), .string(source.property)], timeout: .seconds(10))
         } catch {
-            log.warning("cannot ask \(Self.service) for LogLevel: \(error)")
+            log.warning("cannot ask \(Self.service) for \(source.property): \(error)")
         }
     }
 
-    /// `PropertiesChanged(s interface, a{sv} changed, as invalidated)` of the manager object.
+    /// `PropertiesChanged(s interface, a{sv} changed, as invalidated)` of the followed object.
     private func apply(_ signal: DBusSignal, watch: NameOwnerWatch) {
         let args = signal.arguments
         guard args.count == 3 else { return }
-        if let value = args[1].stringKeyedDictionary?["LogLevel"] {
+        if let value = args[1].stringKeyedDictionary?[source.property] {
             setLevel(value.unwrappingVariant.stringValue, from: signal.sender)
-        } else if args[2].stringArrayValue?.contains("LogLevel") == true {
+        } else if args[2].stringArrayValue?.contains(source.property) == true {
             readLevel(through: watch)
         }
     }

@@ -1,6 +1,6 @@
 // bgworker-example: a worker for bgworkerd that shows the patterns a worker in any language
 // needs. It does periodic work and logs it with sd-daemon priority prefixes, follows the
-// daemon's LogLevel over the bus (rebuilding its connection when the bus goes away, while the
+// level the daemon gives it over the bus (rebuilding its connection when the bus goes away, while the
 // work goes on), and ends cleanly on SIGTERM. `--die-one-in N` makes it fail at random, like
 // the NSO background-worker demo it is modelled on.
 import ArgumentParser
@@ -16,7 +16,8 @@ struct ExampleOptions: ParsableArguments {
         discussion: """
             Reads BGWORKER_NAME and BGWORKER_LOG_LEVEL at start. Connects to the system bus \
             (DBUS_SYSTEM_BUS_ADDRESS, which bgworkerd sets for its workers when it runs on a \
-            private bus) unless --bus says otherwise.
+            private bus) unless --bus says otherwise, and follows the EffectiveLogLevel of its \
+            own object (BGWORKER_OBJECT_PATH), or the daemon's LogLevel without that variable.
             """)
 
     @Option(help: "Seconds between two cycles of work.")
@@ -69,7 +70,12 @@ if let raw = environment.level, LogLevel(name: raw) == nil {
 log.info("\(environment.name ?? "bgworker-example") starting: every \(options.interval)s, log level \(log.level.name)")
 
 // The work, and beside it the follower of the daemon's log level; each says when it has ended.
-let follower = DaemonFollower(bus: options.bus.address, log: log)
+let objectPath = getenv("BGWORKER_OBJECT_PATH").map { String(cString: $0) }
+let source = objectPath.flatMap(DaemonFollower.Source.worker(at:)) ?? .manager
+if let objectPath, DaemonFollower.Source.worker(at: objectPath) == nil {
+    log.warning("BGWORKER_OBJECT_PATH=\(objectPath) is not an object path; following the daemon's LogLevel")
+}
+let follower = DaemonFollower(bus: options.bus.address, log: log, source: source)
 let ended = DispatchSemaphore(value: 0)
 let worker = Task.detached {
     if let status = await work(log: log, interval: .seconds(options.interval), dieOneIn: options.dieOneIn) {

@@ -44,11 +44,16 @@ struct Session {
         do {
             try await body(Session(client: ServiceClient(connection: connection), json: options.json))
         } catch let error as DBusError {
-            let text = error.message.isEmpty ? error.name : "\(error.message) (\(error.name))"
-            throw CommandFailure(message: text, status: error.name == Service.noSuchWorker ? Exit.noSuchWorker : Exit.failure)
+            throw CommandFailure(message: text(of: error), status: error.name == Service.noSuchWorker ? Exit.noSuchWorker : Exit.failure)
         } catch let error as DBusConnectionError {
             throw CommandFailure(message: "\(error)", status: Exit.failure)
         }
+    }
+
+    /// A failure as bgworkerctl says it: the daemon's message and the D-Bus error's name.
+    static func text(of error: any Error) -> String {
+        guard let error = error as? DBusError else { return "\(error)" }
+        return error.message.isEmpty ? error.name : "\(error.message) (\(error.name))"
     }
 
     /// Prints text, or the JSON document with --json.
@@ -74,13 +79,16 @@ struct Status: AsyncParsableCommand {
         try await Session.run(options) { session in
             if let name {
                 let worker = try await session.client.worker(named: name)
-                session.print(fields([
+                var lines = [
                     ("Name", worker.name), ("State", worker.state),
                     ("Since", Time.local(microseconds: worker.stateChangedAt)),
                     ("Pid", worker.pid == 0 ? "-" : String(worker.pid)), ("Enabled", worker.enabled ? "yes" : "no"),
                     ("Restarts", String(worker.restarts)), ("Last exit", worker.lastExit.isEmpty ? "-" : worker.lastExit),
-                    ("Run on", worker.runOn), ("Object", worker.path),
-                ]), json: worker.json)
+                    ("Run on", worker.runOn),
+                ]
+                if let level = worker.logLevelText { lines.append(("Log level", level)) }
+                lines.append(("Object", worker.path))
+                session.print(fields(lines), json: worker.json)
                 return
             }
             async let managerInfo = session.client.manager()
@@ -148,6 +156,74 @@ struct Restart: WorkerAction {
     @Argument(help: "The worker's name.") var name: String
 }
 
+/// Start and Stop: one or more workers, all called at once (each call replies when its worker is
+/// done); every failure is reported; silent on success; with --json, an array of the workers as
+/// `status NAME` shows them, in the order given.
+protocol WorkersAction: AsyncParsableCommand {
+    static var method: String { get }
+    var options: GlobalOptions { get }
+    var names: [String] { get }
+}
+
+extension WorkersAction {
+    func run() async throws {
+        try await Session.run(options) { session in
+            let client = session.client
+            // One call per name, all in flight at once: stopping ten workers takes the longest
+            // stop timeout, not their sum.
+            let failures = await withTaskGroup(of: (Int, (any Error)?).self) { group in
+                for (index, name) in names.enumerated() {
+                    group.addTask {
+                        do {
+                            _ = try await client.callManager(Self.method, [.string(name)], timeout: ServiceClient.changeTimeout)
+                            return (index, nil)
+                        } catch {
+                            return (index, error)
+                        }
+                    }
+                }
+                var failures: [(Int, any Error)] = []
+                for await (index, error) in group { if let error { failures.append((index, error)) } }
+                return failures.sorted { $0.0 < $1.0 }
+            }
+            if let (_, first) = failures.first {
+                // The first failure (in the order given) sets the exit status and is said last;
+                // the others are said here.
+                for (index, error) in failures.dropFirst() {
+                    writeLine("bgworkerctl: \(names[index]): \(Session.text(of: error))", to: STDERR_FILENO)
+                }
+                throw first
+            }
+            if session.json {
+                var workers: [JSON] = []
+                for name in names { workers.append(try await client.worker(named: name).json) }
+                writeLine(JSON.array(workers).rendered)
+            }
+        }
+    }
+}
+
+struct Start: WorkersAction {
+    static let configuration = CommandConfiguration(
+        abstract: "Start stopped or failed workers (clears failed and the restart counter); running ones are left alone.")
+    static let method = "Start"
+    @OptionGroup var options: GlobalOptions
+    @Argument(help: "The workers' names.") var names: [String]
+}
+
+struct Stop: WorkersAction {
+    static let configuration = CommandConfiguration(
+        abstract: "Stop workers now, without touching the configuration or the persisted intent (emergency stop).",
+        discussion: """
+            The state is `stopped` until `start`, `restart`, `enable` or a restart of bgworkerd. Nothing \
+            is written to disk, so it works with a read-only or full state directory. Returns once \
+            every process is gone. A disabled worker is left as it is.
+            """)
+    static let method = "Stop"
+    @OptionGroup var options: GlobalOptions
+    @Argument(help: "The workers' names.") var names: [String]
+}
+
 struct Reload: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Re-read the configuration (an invalid one changes nothing and is reported).")
@@ -166,16 +242,44 @@ struct LogLevel: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "log-level",
         abstract: "Show the daemon's log level, or set it (for the daemon and its workers).",
-        discussion: "Levels: trace debug info notice warning error critical.")
+        discussion: """
+            Levels: trace debug info notice warning error critical. With --worker NAME: that \
+            worker's own level, which wins over the daemon's (not persisted); '' or --clear \
+            clears it, and the worker follows the daemon's level again.
+            """)
 
     @OptionGroup var options: GlobalOptions
+
+    @Option(help: "A worker's name: show or set its own level.")
+    var worker: String?
+
+    @Flag(help: "With --worker: clear the worker's own level.")
+    var clear = false
 
     @Argument(help: "The new level.")
     var level: String?
 
+    func validate() throws {
+        if clear && worker == nil { throw ValidationError("--clear needs --worker NAME") }
+        if clear && level != nil { throw ValidationError("--clear takes no level") }
+        if worker == nil && level == "" { throw ValidationError("the daemon's log level cannot be empty") }
+    }
+
     func run() async throws {
         try await Session.run(options) { session in
-            if let level {
+            if let worker {
+                let path = try await session.client.workerPath(worker)
+                if let newLevel = clear ? "" : level {
+                    try await session.client.setProperty(of: path, Service.workerInterface, "LogLevel", newLevel)
+                    if !session.json { return }
+                }
+                let info = try await session.client.worker(named: worker)
+                session.print(
+                    fields([("Own", info.logLevel.isEmpty ? "- (follows the daemon's)" : info.logLevel),
+                            ("Effective", info.effectiveLogLevel)]),
+                    json: .object([("name", .string(info.name)), ("logLevel", .string(info.logLevel)),
+                                   ("effectiveLogLevel", .string(info.effectiveLogLevel))]))
+            } else if let level {
                 try await session.client.setManagerProperty("LogLevel", level)
                 if session.json { writeLine(JSON.object([("logLevel", .string(level))]).rendered) }
             } else {
@@ -210,8 +314,8 @@ struct BgWorkerCtl: AsyncParsableCommand {
             unknown worker (org.example.BgWorker.Error.NoSuchWorker), 1 for any other failure, with \
             the D-Bus error's text on standard error.
             """,
-        subcommands: [Status.self, List.self, Enable.self, Disable.self, Restart.self, Reload.self,
-                      LogLevel.self, HA.self, Watch.self])
+        subcommands: [Status.self, List.self, Enable.self, Disable.self, Restart.self, Start.self, Stop.self,
+                      Reload.self, LogLevel.self, HA.self, Watch.self])
 
     @OptionGroup var options: GlobalOptions
 

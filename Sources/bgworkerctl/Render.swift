@@ -107,7 +107,14 @@ extension WorkerInfo {
             ("name", .string(name)), ("state", .string(state)), ("enabled", .bool(enabled)), ("pid", .uint(UInt64(pid))),
             ("restarts", .uint(UInt64(restarts))), ("lastExit", .string(lastExit)), ("runOn", .string(runOn)),
             ("stateChangedAt", .uint(stateChangedAt)), ("path", .string(path)),
+            ("logLevel", .string(logLevel)), ("effectiveLogLevel", .string(effectiveLogLevel)),
         ])
+    }
+
+    /// `debug (its own)` or `info (the daemon's)`; nil from a daemon without per-worker levels.
+    var logLevelText: String? {
+        guard !effectiveLogLevel.isEmpty else { return nil }
+        return "\(effectiveLogLevel) (\(logLevel.isEmpty ? "the daemon's" : "its own"))"
     }
 
     /// A row of the status table.

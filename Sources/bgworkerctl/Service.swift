@@ -39,6 +39,10 @@ struct WorkerInfo {
     var runOn: String
     /// Microseconds since the Unix epoch; 0 when unknown.
     var stateChangedAt: UInt64
+    /// The worker's own level ("": it follows the daemon's) and the one in force ("" from a
+    /// daemon without per-worker levels).
+    var logLevel: String
+    var effectiveLogLevel: String
 
     init(path: String, properties: [String: DBusValue]) {
         func value(_ key: String) -> DBusValue? { properties[key]?.unwrappingVariant }
@@ -51,6 +55,8 @@ struct WorkerInfo {
         lastExit = value("LastExit")?.stringValue ?? ""
         runOn = value("RunOn")?.stringValue ?? ""
         stateChangedAt = value("StateChangedAt")?.uint64Value ?? 0
+        logLevel = value("LogLevel")?.stringValue ?? ""
+        effectiveLogLevel = value("EffectiveLogLevel")?.stringValue ?? ""
     }
 }
 
@@ -110,8 +116,12 @@ struct ServiceClient {
     }
 
     func setManagerProperty(_ name: String, _ value: String) async throws {
-        _ = try await connection.call(destination: Service.name, path: Service.managerPath, interface: Service.properties,
-                                      member: "Set", arguments: [.string(Service.managerInterface), .string(name), .variant(.string(value))],
+        try await setProperty(of: Service.managerPath, Service.managerInterface, name, value)
+    }
+
+    func setProperty(of path: ObjectPath, _ interface: String, _ name: String, _ value: String) async throws {
+        _ = try await connection.call(destination: Service.name, path: path, interface: Service.properties,
+                                      member: "Set", arguments: [.string(interface), .string(name), .variant(.string(value))],
                                       timeout: Self.changeTimeout)
     }
 
@@ -145,10 +155,16 @@ struct ServiceClient {
 
     /// GetWorker (NoSuchWorker for an unknown name), then the worker object's properties.
     func worker(named name: String) async throws -> WorkerInfo {
+        let path = try await workerPath(name)
+        return WorkerInfo(path: path.rawValue, properties: try await allProperties(of: path, Service.workerInterface))
+    }
+
+    /// GetWorker: NoSuchWorker for an unknown name.
+    func workerPath(_ name: String) async throws -> ObjectPath {
         let reply = try await callManager("GetWorker", [.string(name)])
         guard let path = reply.first?.objectPathValue else {
             throw DBusConnectionError(.invalidMessage, "GetWorker answered \(reply)")
         }
-        return WorkerInfo(path: path.rawValue, properties: try await allProperties(of: path, Service.workerInterface))
+        return path
     }
 }

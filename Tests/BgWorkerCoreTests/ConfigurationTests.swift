@@ -53,6 +53,8 @@ private func workerError(_ body: String) -> [String] {
         #expect(definition.user == nil)
         #expect(definition.group == nil)
         #expect(definition.resources.isEmpty)
+        #expect(definition.logLevel == nil)
+        #expect(try worker("log-level = \"debug\"").logLevel == .debug)
     }
 
     @Test func contractExample() throws {
@@ -203,6 +205,7 @@ private func workerError(_ body: String) -> [String] {
         ("exec = [\"/bin/\\u0000x\"]", "'exec' must not contain a NUL character"),
         ("enabled = \"yes\"", "'enabled' must be true or false, not a string"),
         ("run-on = \"master\"", "'run-on' must be one of \"primary\", \"secondary\", \"any\", not \"master\""),
+        ("log-level = \"loud\"", "'log-level' must be one of \"trace\", \"debug\", \"info\", \"notice\", \"warning\", \"error\", \"critical\", not \"loud\""),
         ("restart-delay = -1", "'restart-delay' must not be negative"),
         ("restart-delay = \"1s\"", "'restart-delay' must be a number of seconds, not a string"),
         ("restart-delay = inf", "'restart-delay' must be a finite number of seconds"),
@@ -217,6 +220,7 @@ private func workerError(_ body: String) -> [String] {
         ("environment = { A = 1 }", "environment variable 'A' must be a string, not an integer"),
         ("environment = { \"A=B\" = \"1\" }", "invalid environment variable 'A=B'"),
         ("environment = { BGWORKER_NAME = \"x\" }", "environment variable 'BGWORKER_NAME' is set by bgworkerd"),
+        ("environment = { BGWORKER_OBJECT_PATH = \"/x\" }", "environment variable 'BGWORKER_OBJECT_PATH' is set by bgworkerd"),
         ("working-directory = \"srv\"", "'working-directory' must be an absolute path, not \"srv\""),
         ("user = \"\"", "'user' must not be empty"),
         ("group = 0", "'group' must be a string, not an integer"),

@@ -2,7 +2,8 @@
 
 func definition(
     _ name: String = "w", runOn: RunOn = .primary, enabled: Bool = true, delay: Double = 1, delayMax: Double = 60,
-    stableAfter: Double = 10, burst: Int = 5, interval: Double = 60, exec: [String] = ["/bin/worker"]
+    stableAfter: Double = 10, burst: Int = 5, interval: Double = 60, exec: [String] = ["/bin/worker"],
+    logLevel: LogLevel? = nil
 ) -> WorkerDefinition {
     var definition = WorkerDefinition(name: name, exec: exec)
     definition.runOn = runOn
@@ -12,6 +13,7 @@ func definition(
     definition.stableAfter = stableAfter
     definition.startLimitBurst = burst
     definition.startLimitInterval = interval
+    definition.logLevel = logLevel
     return definition
 }
 
@@ -29,6 +31,8 @@ struct FleetHarness {
     var now = MonotonicInstant(nanoseconds: 0)
     /// States as announced by stateChanged actions (what a bus client would believe).
     var announced: [String: WorkerState] = [:]
+    /// Effective log levels as announced (initial values, workerAdded, propertiesChanged).
+    var announcedLevels: [String: LogLevel] = [:]
     /// Timers armed by actions.
     var timers: [String: MonotonicInstant] = [:]
     /// The role timer armed by actions.
@@ -46,7 +50,10 @@ struct FleetHarness {
 
     init(_ configuration: Configuration, role: HARole = .standalone, enableState: EnableState = EnableState(), start: Bool = true) {
         fleet = Fleet(configuration: configuration, enableState: enableState, role: role)
-        for status in fleet.workers { announced[status.name] = status.state }
+        for status in fleet.workers {
+            announced[status.name] = status.state
+            announcedLevels[status.name] = status.effectiveLogLevel
+        }
         if start { self.start() }
     }
 
@@ -150,11 +157,16 @@ struct FleetHarness {
                 if announced[name] == state { violations.append("stateChanged \(name) to the same state \(state)") }
                 announced[name] = state
                 if state == .running && pid == nil { violations.append("running without pid: \(name)") }
-            case .propertiesChanged:
-                break
+            case .propertiesChanged(let name, let properties):
+                for case .effectiveLogLevel(let level) in properties {
+                    // PropertiesChanged of EffectiveLogLevel only when it really changes.
+                    if announcedLevels[name] == level { violations.append("effectiveLogLevel \(name) to the same \(level)") }
+                    announcedLevels[name] = level
+                }
             case .workerAdded(let status):
                 if announced[status.name] != nil { violations.append("workerAdded for existing \(status.name)") }
                 announced[status.name] = status.state
+                announcedLevels[status.name] = status.effectiveLogLevel
                 removed.remove(status.name)
             case .workerRemoved(let name):
                 if spawning.contains(name) || live[name] != nil { violations.append("removed \(name) with a process") }
@@ -195,8 +207,16 @@ struct FleetHarness {
                 if !shouldRun { violations.append("\(name): backoff but should not run") }
             case .failed:
                 if !status.enabled { violations.append("\(name): failed but not enabled") }
+            case .stopped:
+                if !status.enabled || shouldRun { violations.append("\(name): stopped but enabled=\(status.enabled) shouldRun=\(shouldRun)") }
             case .starting, .stopping:
                 break
+            }
+            if announcedLevels[name] != status.effectiveLogLevel {
+                violations.append("\(name): announced level \(String(describing: announcedLevels[name])), in force \(status.effectiveLogLevel)")
+            }
+            if status.effectiveLogLevel != (status.logLevel ?? fleet.managerLogLevel) {
+                violations.append("\(name): effective level \(status.effectiveLogLevel) is neither its own nor the manager's")
             }
             if status.state.isSettled && status.state != .running && status.pid != nil {
                 violations.append("\(name): \(status.state) with pid")

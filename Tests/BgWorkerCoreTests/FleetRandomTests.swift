@@ -4,7 +4,7 @@ import Testing
 @testable import BgWorkerCore
 
 @Suite struct FleetRandomTests {
-    /// 2000 random event sequences of 120 steps — bus calls, role changes (incl. bursts), reloads that
+    /// 2000 random event sequences of 120 steps — bus calls (Stop/Start and log levels too), role changes (incl. bursts), reloads that
     /// add/remove/change workers, starts and exits delivered late and in any order, early and
     /// late timers, shutdown — checking after every step that no worker has two processes, that
     /// every state change is announced exactly once, that settled workers obey the run rule, and
@@ -28,15 +28,21 @@ import Testing
             delay: delay, delayMax: delay * [1, 4, 16].randomElement(using: &rng)!,
             stableAfter: [0.0, 1, 5].randomElement(using: &rng)!, burst: [0, 1, 3, 5].randomElement(using: &rng)!,
             interval: [1.0, 10].randomElement(using: &rng)!,
-            exec: ["/bin/w", ["a", "b"].randomElement(using: &rng)!])
+            exec: ["/bin/w", ["a", "b"].randomElement(using: &rng)!], logLevel: randomLevel(&rng))
+    }
+
+    private func randomLevel(_ rng: inout SeededRandom) -> LogLevel? {
+        [nil, nil, LogLevel.debug, .info, .error].randomElement(using: &rng)!
     }
 
     private func randomConfiguration(_ rng: inout SeededRandom) -> Configuration {
         let names = ["a", "b", "c", "d"].filter { _ in Int.random(in: 0..<5, using: &rng) != 0 }
         let sources: [HASource] = [.none, .dbus(service: "org.example.HAManager")]
-        return configuration(
+        var result = configuration(
             names.map { randomDefinition($0, &rng) }, onLost: OnLost.allCases.randomElement(using: &rng)!,
             keepFor: [0.0, 0.5, 2, 10].randomElement(using: &rng)!, source: sources.randomElement(using: &rng)!)
+        result.daemon.logLevel = [LogLevel.info, .warning].randomElement(using: &rng)!
+        return result
     }
 
     private func runSequence(_ rng: inout SeededRandom, steps: Int) -> [String] {
@@ -46,12 +52,12 @@ import Testing
         var trace: [(Int, [FleetAction], RoleState)] = []
         for step in 0..<steps {
             let name = allNames.randomElement(using: &rng)!
-            switch Int.random(in: 0..<16, using: &rng) {
+            switch Int.random(in: 0..<18, using: &rng) {
             case 0: _ = try? h.send(.enable(name))
             case 1: _ = try? h.send(.disable(name))
             case 2:
                 do {
-                    try h.send(.restart(name))
+                    try h.send(Bool.random(using: &rng) ? .restart(name) : .start(name))
                 } catch .disabled(let worker) {
                     if h.fleet.status(of: worker)?.enabled != false { h.violations.append("Disabled error for enabled \(worker)") }
                 } catch {}
@@ -81,6 +87,14 @@ import Testing
                 if !h.spawning.contains(name) { h.run(.processStarted(name, pid: 2)) }
             case 14:
                 h.run(.reload(randomConfiguration(&rng)))
+            case 16:
+                _ = try? h.send(.stop(name))
+            case 17:
+                if Bool.random(using: &rng) {
+                    h.run(.managerLogLevel([LogLevel.info, .warning, .trace].randomElement(using: &rng)!))
+                } else {
+                    _ = try? h.send(.workerLogLevel(name, randomLevel(&rng)))
+                }
             default:
                 if Int.random(in: 0..<10, using: &rng) == 0 { h.run(.shutdown) }
             }

@@ -14,7 +14,7 @@ private func stateChanges(_ actions: [FleetAction]) -> [String] {
 /// The events of the table; role events assume a `primary` worker.
 enum TableEvent: String, CaseIterable, Sendable {
     case enable, disable, restart, roleForbids, roleAllows, processStarted, startFailed, processExited, timerFired
-    case reloadChanged, reloadRemoved, shutdown
+    case reloadChanged, reloadRemoved, shutdown, stop, start
 }
 
 /// Brings worker "w" (run-on primary) into a state; the harness's role is primary unless the
@@ -46,6 +46,12 @@ private func harness(in state: WorkerState) -> FleetHarness {
         h.started()
         h.exits()
         return h
+    case .stopped:
+        var h = FleetHarness(configuration([definition()]), role: .primary)
+        h.started()
+        h.run(.stop("w"))
+        h.exits()
+        return h
     }
 }
 
@@ -74,6 +80,8 @@ private func apply(_ event: TableEvent, to h: inout FleetHarness) -> FleetError?
             try h.send(.reload(configuration([])))
         case .shutdown:
             try h.send(.shutdown)
+        case .stop: try h.send(.stop("w"))
+        case .start: try h.send(.start("w"))
         }
         return nil
     } catch {
@@ -87,36 +95,49 @@ private let transitions: [WorkerState: [TableEvent: WorkerState?]] = [
         .enable: .starting, .disable: .disabled, .restart: .disabled, .roleForbids: .disabled, .roleAllows: .disabled,
         .processStarted: .disabled, .startFailed: .disabled, .processExited: .disabled, .timerFired: .disabled,
         .reloadChanged: .disabled, .reloadRemoved: WorkerState?.none, .shutdown: .disabled,
+        .stop: .disabled, .start: .disabled,
     ],
     .standby: [
         .enable: .standby, .disable: .disabled, .restart: .standby, .roleForbids: .standby, .roleAllows: .starting,
         .processStarted: .standby, .startFailed: .standby, .processExited: .standby, .timerFired: .standby,
         .reloadChanged: .standby, .reloadRemoved: WorkerState?.none, .shutdown: .standby,
+        .stop: .stopped, .start: .standby,
     ],
     .starting: [
         .enable: .starting, .disable: .stopping, .restart: .stopping, .roleForbids: .stopping, .roleAllows: .starting,
         .processStarted: .running, .startFailed: .backoff, .processExited: .starting, .timerFired: .starting,
         .reloadChanged: .stopping, .reloadRemoved: .stopping, .shutdown: .stopping,
+        .stop: .stopping, .start: .starting,
     ],
     .running: [
         .enable: .running, .disable: .stopping, .restart: .stopping, .roleForbids: .stopping, .roleAllows: .running,
         .processStarted: .running, .startFailed: .running, .processExited: .backoff, .timerFired: .running,
         .reloadChanged: .stopping, .reloadRemoved: .stopping, .shutdown: .stopping,
+        .stop: .stopping, .start: .running,
     ],
     .stopping: [
         .enable: .stopping, .disable: .stopping, .restart: .stopping, .roleForbids: .stopping, .roleAllows: .stopping,
         .processStarted: .stopping, .startFailed: .stopping, .processExited: .standby, .timerFired: .stopping,
         .reloadChanged: .stopping, .reloadRemoved: .stopping, .shutdown: .stopping,
+        .stop: .stopping, .start: .stopping,
     ],
     .backoff: [
         .enable: .backoff, .disable: .disabled, .restart: .starting, .roleForbids: .standby, .roleAllows: .backoff,
         .processStarted: .backoff, .startFailed: .backoff, .processExited: .backoff, .timerFired: .starting,
         .reloadChanged: .starting, .reloadRemoved: WorkerState?.none, .shutdown: .standby,
+        .stop: .stopped, .start: .backoff,
     ],
     .failed: [
         .enable: .starting, .disable: .disabled, .restart: .starting, .roleForbids: .failed, .roleAllows: .failed,
         .processStarted: .failed, .startFailed: .failed, .processExited: .failed, .timerFired: .failed,
         .reloadChanged: .failed, .reloadRemoved: WorkerState?.none, .shutdown: .failed,
+        .stop: .stopped, .start: .starting,
+    ],
+    .stopped: [
+        .enable: .starting, .disable: .disabled, .restart: .starting, .roleForbids: .stopped, .roleAllows: .stopped,
+        .processStarted: .stopped, .startFailed: .stopped, .processExited: .stopped, .timerFired: .stopped,
+        .reloadChanged: .stopped, .reloadRemoved: WorkerState?.none, .shutdown: .stopped,
+        .stop: .stopped, .start: .starting,
     ],
 ]
 
@@ -132,7 +153,7 @@ private let transitions: [WorkerState: [TableEvent: WorkerState?]] = [
             let expected = transitions[state]?[event] ?? .some(.failed)
             #expect(h.state() == expected, "\(state) + \(event)")
             #expect(h.violations.isEmpty, "\(state) + \(event): \(h.violations)")
-            if state == .disabled && event == .restart {
+            if state == .disabled && (event == .restart || event == .start) {
                 #expect(error == .disabled("w"))
             } else {
                 #expect(error == nil, "\(state) + \(event)")
@@ -142,7 +163,7 @@ private let transitions: [WorkerState: [TableEvent: WorkerState?]] = [
 
     @Test func unknownNamesAreNoSuchWorker() {
         var h = FleetHarness(configuration([definition()]))
-        for event in [FleetEvent.enable("x"), .disable("x"), .restart("x")] {
+        for event in [FleetEvent.enable("x"), .disable("x"), .restart("x"), .stop("x"), .start("x"), .workerLogLevel("x", .debug)] {
             #expect(throws: FleetError.noSuchWorker("x")) { try h.send(event) }
         }
         // Stale runner events about unknown workers are ignored.
@@ -903,5 +924,164 @@ private let transitions: [WorkerState: [TableEvent: WorkerState?]] = [
         #expect(throws: FleetError.noSuchWorker("\u{212A}")) { try h.send(.restart("\u{212A}")) }
         #expect(throws: FleetError.noSuchWorker("\u{212A}")) { try h.send(.disable("\u{212A}")) }
         #expect(h.state("K") == .running)
+    }
+}
+
+// MARK: - Emergency stop and per-worker log levels
+
+@Suite struct StopStartTests {
+    @Test func stopOfRunningStopsAndStaysStoppedThroughRoleChanges() {
+        var h = FleetHarness(configuration([definition()]), role: .primary)
+        let pid = h.started()
+        let actions = h.run(.stop("w"))
+        #expect(actions.contains(.stop(name: "w", pid: pid)))
+        #expect(!actions.contains { if case .persist = $0 { true } else { false } }, "Stop is never persisted")
+        h.exits("w", .killed(15))
+        #expect(h.state() == .stopped)
+        #expect(stateChanges(h.lastActions) == ["w stopped: stop requested"])
+        h.run(.roleChanged(.secondary))
+        h.run(.roleChanged(.primary))
+        h.run(.reload(configuration([definition(exec: ["/bin/changed"])])))
+        #expect(h.state() == .stopped)
+        #expect(h.spawning.isEmpty)
+        #expect(h.violations.isEmpty, "\(h.violations)")
+    }
+
+    @Test func stopOfBackoffCancelsItsTimer() {
+        var h = FleetHarness(configuration([definition()]))
+        h.started()
+        h.exits()
+        #expect(h.timers["w"] != nil)
+        h.run(.stop("w"))
+        #expect(h.state() == .stopped)
+        #expect(h.timers.isEmpty)
+        #expect(h.violations.isEmpty, "\(h.violations)")
+    }
+
+    @Test func startClearsFailedAndItsRestartCounter() throws {
+        var h = FleetHarness(configuration([definition(delay: 0, burst: 3)]))
+        for _ in 0..<3 {
+            h.started()
+            h.exits()
+        }
+        #expect(h.state() == .failed)
+        #expect(h.fleet.status(of: "w")?.restarts == 2)
+        try h.send(.start("w"))
+        #expect(h.state() == .starting)
+        #expect(h.fleet.status(of: "w")?.restarts == 0)
+        h.started()
+        // A fresh history: one exit does not fail it again.
+        h.exits()
+        #expect(h.state() == .starting)
+        #expect(h.violations.isEmpty, "\(h.violations)")
+    }
+
+    @Test func disabledStaysDisabled() {
+        var h = FleetHarness(configuration([definition(enabled: false)]))
+        #expect(h.run(.stop("w")) == [])
+        #expect(throws: FleetError.disabled("w")) { try h.send(.start("w")) }
+        #expect(h.state() == .disabled)
+    }
+
+    @Test func enableRestartAndStartBringAStoppedWorkerBack() throws {
+        for event in [FleetEvent.enable("w"), .restart("w"), .start("w")] {
+            var h = FleetHarness(configuration([definition()]))
+            h.started()
+            h.run(.stop("w"))
+            h.exits()
+            try h.send(event)
+            #expect(h.state() == .starting, "\(event)")
+            #expect(h.violations.isEmpty, "\(event): \(h.violations)")
+        }
+    }
+
+    @Test func startWhileStoppingWaitsForTheExit() throws {
+        var h = FleetHarness(configuration([definition()]))
+        h.started()
+        h.run(.stop("w"))
+        try h.send(.start("w"))
+        #expect(h.state() == .stopping)
+        #expect(h.spawning.isEmpty)
+        h.exits()
+        #expect(h.state() == .starting)
+        #expect(h.violations.isEmpty, "\(h.violations)")
+    }
+
+    @Test func disableForgetsTheStop() throws {
+        var h = FleetHarness(configuration([definition()]))
+        h.started()
+        h.run(.stop("w"))
+        h.exits()
+        h.run(.disable("w"))
+        #expect(h.state() == .disabled)
+        h.run(.enable("w"))
+        #expect(h.state() == .starting)
+    }
+
+    @Test func stopInStandbyKeepsItFromStartingWhenTheRoleAllows() {
+        var h = FleetHarness(configuration([definition()]), role: .secondary)
+        h.run(.stop("w"))
+        #expect(h.state() == .stopped)
+        h.run(.roleChanged(.primary))
+        #expect(h.state() == .stopped)
+        #expect(h.spawning.isEmpty)
+    }
+
+    @Test func aNewFleetForgetsTheStop() {
+        // Stop is not persisted: what a daemon restart builds from the same state file runs it.
+        var h = FleetHarness(configuration([definition()]))
+        h.started()
+        h.run(.stop("w"))
+        h.exits()
+        let restarted = FleetHarness(configuration([definition()]), enableState: h.persisted ?? EnableState())
+        #expect(restarted.state() == .starting)
+    }
+}
+
+@Suite struct WorkerLogLevelTests {
+    private func levels(_ actions: [FleetAction]) -> [String] {
+        actions.flatMap { action -> [String] in
+            guard case .propertiesChanged(let name, let properties) = action else { return [] }
+            return properties.compactMap {
+                switch $0 {
+                case .logLevel(let level): "\(name) own \(level?.rawValue ?? "")"
+                case .effectiveLogLevel(let level): "\(name) effective \(level.rawValue)"
+                default: nil
+                }
+            }
+        }
+    }
+
+    @Test func ownLevelOverridesAndClearFollowsTheManager() throws {
+        var h = FleetHarness(configuration([definition("a"), definition("b")]))
+        #expect(h.fleet.status(of: "a")?.effectiveLogLevel == .info)
+        #expect(levels(try h.send(.workerLogLevel("a", .debug))) == ["a own debug", "a effective debug"])
+        // The manager's change does not override a worker's own level.
+        #expect(levels(h.run(.managerLogLevel(.warning))) == ["b effective warning"])
+        #expect(h.fleet.status(of: "a")?.effectiveLogLevel == .debug)
+        #expect(levels(try h.send(.workerLogLevel("a", nil))) == ["a own ", "a effective warning"])
+        // Setting the level already in force changes the own level only.
+        #expect(levels(try h.send(.workerLogLevel("b", .warning))) == ["b own warning"])
+        #expect(levels(h.run(.managerLogLevel(.warning))) == [])
+        #expect(h.violations.isEmpty, "\(h.violations)")
+    }
+
+    @Test func configuredLevelAndReloads() {
+        var h = FleetHarness(configuration([definition("a", logLevel: .error)]))
+        #expect(h.fleet.status(of: "a")?.logLevel == .error)
+        #expect(h.fleet.status(of: "a")?.effectiveLogLevel == .error)
+        _ = try? h.send(.workerLogLevel("a", .trace))
+        // An unchanged key keeps the bus's level; a changed one replaces it, without a restart.
+        #expect(levels(h.run(.reload(configuration([definition("a", logLevel: .error)])))) == [])
+        let actions = h.run(.reload(configuration([definition("a", logLevel: .notice)])))
+        #expect(levels(actions) == ["a own notice", "a effective notice"])
+        #expect(!actions.contains { if case .spawn = $0 { true } else { false } })
+        // A changed [daemon] log-level replaces the manager's level set over the bus.
+        h.run(.managerLogLevel(.critical))
+        var changed = configuration([definition("a"), definition("b")])
+        changed.daemon.logLevel = .debug
+        #expect(levels(h.run(.reload(changed))) == ["a own ", "a effective debug"])
+        #expect(h.fleet.status(of: "b")?.effectiveLogLevel == .debug)
+        #expect(h.violations.isEmpty, "\(h.violations)")
     }
 }

@@ -50,7 +50,8 @@ struct DaemonBusApiTests {
         try await DaemonFixture.with(Self.twoWorkers, daemonSettings: #"admin-group = "4242""#) { fixture in
             let nobody = 65534
             // Authorization comes first: even a name that does not exist is AccessDenied.
-            for (member, argument) in [("Disable", "db-sync"), ("Enable", "nope"), ("Restart", "db-sync")] {
+            for (member, argument) in [("Disable", "db-sync"), ("Enable", "nope"), ("Restart", "db-sync"), ("Stop", "db-sync"),
+                                       ("Start", "nope")] {
                 let result = try await fixture.dbusSend(member, ["string:\(argument)"], asUser: nobody)
                 #expect(result.output.contains("Error org.freedesktop.DBus.Error.AccessDenied"), "\(member): \(result.output)")
             }
@@ -72,6 +73,19 @@ struct DaemonBusApiTests {
                     interface: "org.freedesktop.DBus.Properties", asUser: nobody)
                 #expect(refused.output.contains("Error org.freedesktop.DBus.Error.AccessDenied"), "\(property): \(refused.output)")
             }
+            for member in ["Stop", "Start"] {
+                let onObject = try await fixture.dbusSend(
+                    member, path: "/org/example/BgWorker/worker/db_2dsync", interface: "org.example.BgWorker.Worker", asUser: nobody)
+                #expect(onObject.output.contains("Error org.freedesktop.DBus.Error.AccessDenied"), "\(member): \(onObject.output)")
+            }
+            // A worker's own LogLevel, even an invalid one.
+            for level in ["debug", "loud"] {
+                let workerLevel = try await fixture.dbusSend(
+                    "Set", ["string:org.example.BgWorker.Worker", "string:LogLevel", "variant:string:\(level)"],
+                    path: "/org/example/BgWorker/worker/db_2dsync", interface: "org.freedesktop.DBus.Properties", asUser: nobody)
+                #expect(workerLevel.output.contains("Error org.freedesktop.DBus.Error.AccessDenied"), "\(workerLevel.output)")
+            }
+            #expect(try await fixture.property("LogLevel", worker: "db_2dsync").string == "")
             let workerSet = try await fixture.dbusSend(
                 "Set", ["string:org.example.BgWorker.Worker", "string:State", "variant:string:running"],
                 path: "/org/example/BgWorker/worker/db_2dsync", interface: "org.freedesktop.DBus.Properties", asUser: nobody)
@@ -111,6 +125,9 @@ struct DaemonBusApiTests {
                 ("Restart", ["string:db-sync", "string:again"], DaemonFixture.manager, DaemonFixture.interface),
                 ("Reload", ["string:now"], DaemonFixture.manager, DaemonFixture.interface),
                 ("Disable", ["string:db-sync"], worker, "org.example.BgWorker.Worker"),
+                ("Stop", ["int32:5"], DaemonFixture.manager, DaemonFixture.interface),
+                ("Start", [], DaemonFixture.manager, DaemonFixture.interface),
+                ("Stop", ["string:db-sync"], worker, "org.example.BgWorker.Worker"),
             ]
             for call in wrongCalls {
                 let refused = try await fixture.dbusSend(call.member, call.arguments, path: call.path, interface: call.interface, asUser: nobody)
@@ -151,11 +168,12 @@ struct DaemonBusApiTests {
             let environment = environment(of: pid)
             #expect(environment["BGWORKER_NAME"] == "db-sync")
             #expect(environment["BGWORKER_LOG_LEVEL"] == "info")
+            #expect(environment["BGWORKER_OBJECT_PATH"] == "/org/example/BgWorker/worker/db_2dsync")
             #expect(environment["EXAMPLE"] == "1")
             #expect(environment["DBUS_SYSTEM_BUS_ADDRESS"] == fixture.bus.unixAddress, "workers follow the daemon's bus")
             #expect(environment["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             // PWD is the shell's own doing.
-            #expect(Set(environment.keys).subtracting(["PWD"]).count == 5, "nothing of the daemon's own environment leaks: \(environment)")
+            #expect(Set(environment.keys).subtracting(["PWD"]).count == 6, "nothing of the daemon's own environment leaks: \(environment)")
         }
     }
 

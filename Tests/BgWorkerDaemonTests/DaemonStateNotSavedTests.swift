@@ -5,7 +5,8 @@ import TestSupport
 
 /// Enable/Disable whose intent cannot be written (read-only state folder, full file system, the
 /// state file replaced by a directory) answer StateNotSaved and change nothing: no signal, the
-/// worker's state and `Enabled` as before, and after a restart the old intent holds.
+/// worker's state and `Enabled` as before, and after a restart the old intent holds. Stop works
+/// all the same.
 @Suite(.timeLimit(.minutes(2)))
 struct DaemonStateNotSavedTests {
     static let stateNotSaved = "org.example.BgWorker.Error.StateNotSaved"
@@ -79,6 +80,12 @@ struct DaemonStateNotSavedTests {
         let off = try await fixture.worker("off")
         #expect(off.state == "disabled" && !off.enabled)
         #expect(try await fixture.property("Enabled", worker: "off").bool == false)
+
+        // Stop, which the refusal points to, needs no disk; it is not persisted either, so the
+        // restart below runs `on` again.
+        try await fixture.call("Stop", "s", ["on"])
+        #expect(try await fixture.worker("on").state == "stopped")
+        #expect(kill(-pid_t(pid), 0) == -1 && errno == ESRCH, "its process group is gone")
 
         try await fixture.stopDaemon()
         try await fixture.startDaemon()

@@ -235,6 +235,43 @@ extension SystemdNamespaceTests {
             }
         }
 
+        /// The emergency stop with units: the unit is gone when Stop replies and is not started
+        /// again; Stop is not persisted, so a new daemon (adopting the other worker's unit after a
+        /// SIGKILL) starts it again.
+        @Test(.enabled(if: rootTestsEnabled, needsRoot))
+        func stopRemovesTheUnitAndANewDaemonStartsItAgain() async throws {
+            let workers = """
+                [worker.halt]
+                exec = ["/bin/sleep", "300"]
+
+                [worker.other]
+                exec = ["/bin/sleep", "300"]
+                """
+            try await SystemdDaemonFixture.with(workers) { f in
+                try await f.startDaemon()
+                let before = try await f.workers()
+                let halt = try #require(before["halt"])
+                try await f.call("Stop", "s", ["halt"])
+                #expect(try await f.workers()["halt"]?.state == "stopped")
+                #expect(try await f.units() == ["bgworker-other.service"], "the unit is gone when Stop replies")
+                #expect(try await !f.isAliveInside(halt.pid))
+
+                try await f.stopDaemon(signal: SIGKILL)
+                try await f.startDaemon()
+                let after = try await f.workers()
+                #expect(after["other"]?.state == "running" && after["other"]?.pid == before["other"]?.pid, "adopted")
+                #expect(after["halt"]?.state == "running" && after["halt"]?.pid != halt.pid, "Stop is not persisted")
+                #expect(try await f.units() == ["bgworker-halt.service", "bgworker-other.service"])
+
+                // Start after Stop runs it through systemd again.
+                try await f.call("Stop", "s", ["halt"])
+                try await f.call("Start", "s", ["halt"])
+                let started = try #require(try await f.workers()["halt"])
+                #expect(started.state == "running")
+                #expect(try await f.unitProperty("halt", "Service", "MainPID") == "u \(started.pid)")
+            }
+        }
+
         @Test(.enabled(if: rootTestsEnabled, needsRoot))
         func reloadReplacesOnlyTheChangedWorkersUnit() async throws {
             func workers(bArgument: String) -> String {

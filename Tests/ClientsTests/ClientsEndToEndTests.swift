@@ -147,6 +147,71 @@ struct ClientsEndToEndTests {
         }
     }
 
+    /// The emergency stop and per-worker log levels through bgworkerctl: several names at once,
+    /// `stopped` in status, the worker's own and effective level, JSON.
+    @Test func stopStartAndWorkerLogLevels() async throws {
+        // Three sleepers: a, b with its own level, off disabled.
+        let workers = [("a", ""), ("b", #"log-level = "debug""#), ("off", "enabled = false")]
+        try await Setup.with({ _ in
+            workers.map { "[worker.\($0.0)]\nexec = [\"/bin/sleep\", \"1000\"]\n\($0.1)\n" }.joined(separator: "\n")
+        }) { setup in
+            var r = try await setup.ctl(["stop", "a", "b"])
+            #expect(r.status == 0 && r.stdout.isEmpty && r.stderr.isEmpty, "\(r)")
+            for name in ["a", "b"] {
+                let worker = try await setup.worker(name)
+                #expect(worker["state"] as? String == "stopped" && worker["pid"] as? Int == 0 && worker["enabled"] as? Bool == true)
+            }
+            r = try await setup.ctl(["status"])
+            #expect(r.stdout.split(separator: "\n").contains { $0.hasPrefix("a ") && $0.contains(" stopped ") },
+                    "\(r.stdout)")
+
+            // JSON: an array of the workers, in the order given.
+            r = try await setup.ctl(["start", "b", "a", "--json"])
+            #expect(r.status == 0, "\(r.stderr)")
+            let started = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]])
+            #expect(started.map { $0["name"] as? String } == ["b", "a"])
+            #expect(started.allSatisfy { $0["state"] as? String == "running" })
+
+            // Failures: every name is tried, the first failure sets the status.
+            r = try await setup.ctl(["stop", "nope", "a"])
+            #expect(r.status == 4, "\(r)")
+            #expect(r.stderr.hasSuffix("(org.example.BgWorker.Error.NoSuchWorker)"), "\(r.stderr)")
+            #expect(try await setup.worker("a")["state"] as? String == "stopped", "a was stopped all the same")
+            r = try await setup.ctl(["start", "a", "off"])
+            #expect(r.status == 1)
+            #expect(r.stderr == "bgworkerctl: worker 'off' is disabled (org.example.BgWorker.Error.Disabled)", "\(r.stderr)")
+            #expect(try await setup.worker("a")["state"] as? String == "running")
+            r = try await setup.ctl(["stop", "off"])
+            #expect(r.status == 0, "a disabled worker: nothing to do")
+            #expect(try await setup.worker("off")["state"] as? String == "disabled")
+
+            // Log levels: the configured one, set, clear ('' and --clear), JSON, status NAME.
+            #expect(try await setup.ctl(["log-level", "--worker", "b"]).stdout == "      Own: debug\nEffective: debug")
+            #expect(try await setup.ctl(["log-level", "--worker", "a"]).stdout == "      Own: - (follows the daemon's)\nEffective: info")
+            #expect(try await setup.ctl(["log-level", "--worker", "a", "trace"]).status == 0)
+            #expect(try await setup.ctl(["log-level", "warning"]).status == 0)
+            r = try await setup.ctl(["log-level", "--worker", "a", "--json"])
+            #expect(r.stdout == #"{"name":"a","logLevel":"trace","effectiveLogLevel":"trace"}"#, "\(r)")
+            r = try await setup.ctl(["status", "a"])
+            #expect(r.stdout.contains("Log level: trace (its own)"), "\(r.stdout)")
+            #expect(try await setup.ctl(["log-level", "--worker", "a", ""]).status == 0)
+            r = try await setup.ctl(["--json", "log-level", "--worker", "b", "--clear"])
+            #expect(r.stdout == #"{"name":"b","logLevel":"","effectiveLogLevel":"warning"}"#, "\(r)")
+            r = try await setup.ctl(["status", "a"])
+            #expect(r.stdout.contains("Log level: warning (the daemon's)"), "\(r.stdout)")
+            let a = try await setup.worker("a")
+            #expect(a["logLevel"] as? String == "" && a["effectiveLogLevel"] as? String == "warning")
+
+            r = try await setup.ctl(["log-level", "--worker", "a", "loud"])
+            #expect(r.status == 1)
+            #expect(r.stderr.hasSuffix("(org.freedesktop.DBus.Error.InvalidArgs)"), "\(r.stderr)")
+            r = try await setup.ctl(["log-level", "--worker", "nope", "debug"])
+            #expect(r.status == 4, "\(r)")
+            r = try await setup.ctl(["log-level", "--clear"])
+            #expect(r.status == 1 && r.stderr.contains("--clear needs --worker"), "\(r.stderr)")
+        }
+    }
+
     @Test(arguments: ClientsExampleTests.Program.allCases)
     func theExampleWorkerUnderTheDaemonFollowsItsLogLevelAndStopsCleanly(_ program: ClientsExampleTests.Program) async throws {
         let example = builtExecutablePath("bgworker-example")
@@ -181,6 +246,16 @@ struct ClientsEndToEndTests {
             #expect(try await setup.ctl(["log-level", "debug"]).status == 0)
             let changed = try await output.lines.wait("the new level") { $0.hasPrefix("<5>log level debug (from :1.") }
             try await output.lines.wait("a debug line", after: changed) { $0.hasPrefix("<7>cycle ") }
+
+            // Its own level wins over the daemon's, which it follows again once that is cleared.
+            #expect(try await setup.ctl(["log-level", "--worker", "dice", "warning"]).status == 0)
+            let own = try await output.lines.wait("its own level", after: changed) { $0.hasPrefix("<5>log level warning (from :1.") }
+            #expect(try await setup.ctl(["log-level", "error"]).status == 0)
+            #expect(try await setup.ctl(["log-level", "--worker", "dice", "--clear"]).status == 0)
+            let cleared = try await output.lines.wait("the daemon's level again", after: own + 1) { $0.hasPrefix("<5>log level ") }
+            #expect(output.lines.all[cleared].hasPrefix("<5>log level error (from :1."), "the daemon's change never reached it: \(output.lines.all[cleared])")
+            #expect(try await setup.ctl(["log-level", "info"]).status == 0)
+            try await output.lines.wait("info again", after: cleared + 1) { $0.hasPrefix("<5>log level info (from :1.") }
 
             // The bad one exits 1 at its first cycle and waits in backoff.
             let bad = try await setup.worker("bad")

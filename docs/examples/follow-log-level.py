@@ -1,9 +1,11 @@
 #!/usr/bin/python3
-"""A bgworkerd worker in Python: periodic work, and the daemon's LogLevel followed over D-Bus.
+"""A bgworkerd worker in Python: periodic work, and its log level followed over D-Bus.
 
 dbus-python with the GLib main loop (Debian: python3-dbus python3-gi). Shows the three things a
 long-lived worker needs (docs/workers.md explains why):
-  1. the level from the environment at start (BGWORKER_LOG_LEVEL), then from the bus;
+  1. the level from the environment at start (BGWORKER_LOG_LEVEL), then from the bus: the
+     EffectiveLogLevel of its own object (BGWORKER_OBJECT_PATH; the worker's own level, else the
+     daemon's), or the daemon's LogLevel when run without that variable;
   2. signals believed only from the current owner of org.example.BgWorker, and the level read
      anew whenever that name gets a (new) owner;
   3. a new connection when the old one ends (libdbus connections do not recover), after a delay
@@ -21,7 +23,13 @@ import dbus.mainloop.glib
 from gi.repository import GLib
 
 SERVICE = "org.example.BgWorker"
-PATH = "/org/example/BgWorker"
+MANAGER = "/org/example/BgWorker"
+OBJECT = os.environ.get("BGWORKER_OBJECT_PATH", "")
+# What gives the level: (object, interface, property).
+if OBJECT:
+    PATH, INTERFACE, PROPERTY = OBJECT, "org.example.BgWorker.Worker", "EffectiveLogLevel"
+else:
+    PATH, INTERFACE, PROPERTY = MANAGER, SERVICE, "LogLevel"
 PROPERTIES = "org.freedesktop.DBus.Properties"
 LEVELS = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
 PRIORITY = {"trace": 7, "debug": 7, "info": 6, "notice": 5, "warning": 4, "error": 3, "critical": 2}
@@ -71,7 +79,7 @@ class DaemonFollower:
         # Subscribe first, read second, so that no change in between is lost. With a well-known
         # bus_name, dbus-python follows the name's owner and delivers only what the owner sends.
         bus.add_signal_receiver(self.properties_changed, signal_name="PropertiesChanged",
-                                dbus_interface=PROPERTIES, bus_name=SERVICE, path=PATH, arg0=SERVICE,
+                                dbus_interface=PROPERTIES, bus_name=SERVICE, path=PATH, arg0=INTERFACE,
                                 sender_keyword="sender")
         # Called with the owner now, and at every change ("" when the name has none).
         bus.watch_name_owner(SERVICE, self.owner_changed)
@@ -84,17 +92,19 @@ class DaemonFollower:
         if not owner:
             log("info", f"{SERVICE} is not on the bus; log level stays {level}")
             return
-        self.bus.call_async(owner, PATH, PROPERTIES, "Get", "ss", (SERVICE, "LogLevel"),
+        self.bus.call_async(owner, PATH, PROPERTIES, "Get", "ss", (INTERFACE, PROPERTY),
                             reply_handler=lambda value: self.level_read(owner, value),
-                            error_handler=lambda error: log("warning", f"cannot read LogLevel from {owner}: {error}"))
+                            error_handler=lambda error: log("warning", f"cannot read {PROPERTY} from {owner}: {error}"))
 
     def level_read(self, owner, value):
         set_level(str(value), owner)
         log("info", f"following {SERVICE} at {owner}; log level {level}")
 
     def properties_changed(self, interface, changed, invalidated, sender=None):
-        if "LogLevel" in changed:
-            set_level(str(changed["LogLevel"]), sender)
+        if PROPERTY in changed:
+            set_level(str(changed[PROPERTY]), sender)
+        elif PROPERTY in invalidated:
+            self.owner_changed(sender)
 
     def lost(self, *args):
         log("warning", "lost the bus connection; opening a new one")

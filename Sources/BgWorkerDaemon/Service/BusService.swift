@@ -48,6 +48,8 @@ struct WorkerPropertyValues {
             ("LastExit", .string(status.lastExit?.description ?? "")),
             ("RunOn", .string(status.definition.runOn.rawValue)),
             ("StateChangedAt", .uint64(stateChangedAt)),
+            ("LogLevel", .string(status.logLevel?.rawValue ?? "")),
+            ("EffectiveLogLevel", .string(status.effectiveLogLevel.rawValue)),
         ]
     }
 
@@ -58,8 +60,21 @@ struct WorkerPropertyValues {
         case .restarts(let count): ("Restarts", .uint32(count))
         case .lastExit(let exit): ("LastExit", .string(exit?.description ?? ""))
         case .runOn(let runOn): ("RunOn", .string(runOn.rawValue))
+        case .logLevel(let level): ("LogLevel", .string(level?.rawValue ?? ""))
+        case .effectiveLogLevel(let level): ("EffectiveLogLevel", .string(level.rawValue))
         }
     }
+}
+
+/// A `LogLevel` value from the bus; InvalidArgs names the known levels.
+func parseLogLevel(_ value: DBusValue, allowEmpty: Bool) throws(DBusError) -> LogLevel? {
+    if allowEmpty, value.stringValue == "" { return nil }
+    guard let text = value.stringValue, let level = LogLevel(rawValue: text) else {
+        let known = LogLevel.allCases.map(\.rawValue).joined(separator: " ")
+        let empty = allowEmpty ? " (or \"\" to follow the manager's)" : ""
+        throw DBusError.invalidArgs("unknown log level '\(value.stringValue ?? "?")'; known: \(known)\(empty)")
+    }
+    return level
 }
 
 /// 0 when there is no process (the contract's `Pid`).
@@ -108,6 +123,14 @@ struct BusServiceFactory: Sendable {
                     try await requireSupervisor().restart(try Self.nameArgument(call))
                     return []
                 },
+                DBusMethod("Stop", in: nameArgument, authorize: authorize) { call in
+                    try await requireSupervisor().stop(try Self.nameArgument(call))
+                    return []
+                },
+                DBusMethod("Start", in: nameArgument, authorize: authorize) { call in
+                    try await requireSupervisor().start(try Self.nameArgument(call))
+                    return []
+                },
                 DBusMethod("Reload", authorize: authorize) { call in
                     try await requireSupervisor().reloadForBus()
                     return []
@@ -139,10 +162,7 @@ struct BusServiceFactory: Sendable {
                 DBusProperty("HARole", .string, initial: .string(role.rawValue)),
                 // Authorized by `authorizeSet` below, before the type check.
                 DBusProperty("LogLevel", .string, access: .readwrite, initial: .string(logLevel.rawValue)) { value, call in
-                    guard let text = value.stringValue, let level = LogLevel(rawValue: text) else {
-                        let known = LogLevel.allCases.map(\.rawValue).joined(separator: " ")
-                        throw DBusError.invalidArgs("unknown log level '\(value.stringValue ?? "?")'; known: \(known)")
-                    }
+                    guard let level = try parseLogLevel(value, allowEmpty: false) else { throw DBusError.invalidArgs("empty log level") }
                     try await requireSupervisor().setLogLevel(level, by: call.sender)
                     return .string(level.rawValue)
                 },
@@ -164,6 +184,15 @@ struct BusServiceFactory: Sendable {
         let name = status.name
         var properties: [DBusProperty] = []
         for (property, value) in WorkerPropertyValues.all(of: status, stateChangedAt: stateChangedAt) {
+            if property == "LogLevel" {
+                // Authorized by `authorizeSet` below, before the type check; "" clears it.
+                properties.append(DBusProperty(property, .string, access: .readwrite, initial: value) { value, call in
+                    let level = try parseLogLevel(value, allowEmpty: true)
+                    try await requireSupervisor().setWorkerLogLevel(name, level, by: call.sender)
+                    return .string(level?.rawValue ?? "")
+                })
+                continue
+            }
             properties.append(DBusProperty(property, value.type, initial: value, changeSignal: property == "Name" ? .const : .emits))
         }
         let interface = DBusInterface(
@@ -179,6 +208,14 @@ struct BusServiceFactory: Sendable {
                 },
                 DBusMethod("Restart", authorize: authorize) { call in
                     try await requireSupervisor().restart(name)
+                    return []
+                },
+                DBusMethod("Start", authorize: authorize) { call in
+                    try await requireSupervisor().start(name)
+                    return []
+                },
+                DBusMethod("Stop", authorize: authorize) { call in
+                    try await requireSupervisor().stop(name)
                     return []
                 },
             ],

@@ -218,6 +218,23 @@ public actor Supervisor {
         try await applyAndWaitUntilSettled(.restart(name), name)
     }
 
+    /// The emergency stop: returns once its process (group or unit) is gone. Nothing is written
+    /// to disk, so it works with a read-only or full state directory.
+    func stop(_ name: String) async throws(DBusError) {
+        try await applyAndWaitUntilSettled(.stop(name), name)
+    }
+
+    /// Starts a stopped or failed worker; returns once it runs (or rests, as the rules say).
+    func start(_ name: String) async throws(DBusError) {
+        try await applyAndWaitUntilSettled(.start(name), name)
+    }
+
+    /// The worker's own `LogLevel` (nil: follow the manager's); not persisted.
+    func setWorkerLogLevel(_ name: String, _ level: LogLevel?, by sender: String) throws(DBusError) {
+        try applyRequest(.workerLogLevel(name, level))
+        logger.notice("log level of worker \(name) set to \(level?.rawValue ?? "the manager's") by \(sender)", metadata: ["worker": "\(name)"])
+    }
+
     /// `Reload`: an invalid configuration changes nothing and answers InvalidConfig.
     func reloadForBus() throws(DBusError) {
         do {
@@ -235,6 +252,7 @@ public actor Supervisor {
     /// the property and emits PropertiesChanged, which running workers follow).
     func setLogLevel(_ level: LogLevel, by sender: String) {
         applyLogLevel(level)
+        apply(.managerLogLevel(level))
         logger.notice("log level set to \(level.rawValue) by \(sender)")
     }
 
@@ -616,13 +634,17 @@ public actor Supervisor {
 
     /// The worker's whole environment: a default PATH (as systemd gives services), the daemon's
     /// bus when it is not the default system bus, the configured variables, then
-    /// `BGWORKER_NAME` and `BGWORKER_LOG_LEVEL`.
+    /// `BGWORKER_NAME`, `BGWORKER_LOG_LEVEL` and `BGWORKER_OBJECT_PATH`.
     private func launchSpec(_ definition: WorkerDefinition) -> LaunchSpec {
         var environment = ["PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
         if let address = settings.busAddressForWorkers { environment["DBUS_SYSTEM_BUS_ADDRESS"] = address }
         environment.merge(definition.environment) { _, configured in configured }
         environment["BGWORKER_NAME"] = definition.name
-        environment["BGWORKER_LOG_LEVEL"] = logLevel.level.rawValue
+        // The level in force for this worker (its own, else the manager's), which it then follows
+        // on its own object's EffectiveLogLevel.
+        let level = fleet.status(of: definition.name)?.effectiveLogLevel ?? fleet.managerLogLevel
+        environment["BGWORKER_LOG_LEVEL"] = level.rawValue
+        environment["BGWORKER_OBJECT_PATH"] = BgWorkerBus.workerPath(definition.name)
         return LaunchSpec(
             name: definition.name, argv: definition.exec, environment: environment,
             workingDirectory: definition.workingDirectory, user: definition.user, group: definition.group,

@@ -84,6 +84,14 @@ let package = Package(
         // Test helper: runs the process runner so that a test can SIGKILL it like the daemon.
         .executableTarget(name: "bgworker-runner-probe", dependencies: ["BgWorkerDaemon"]),
 
+        // libFuzzer targets (scripts/fuzz builds them with -sanitize=fuzzer); in the normal build
+        // they replay files named on the command line. See docs/sanitizers.md.
+        .target(name: "FuzzSupport", path: "Tests/Fuzz/FuzzSupport"),
+        .executableTarget(name: "bgworker-fuzz-config", dependencies: ["BgWorkerCore", "FuzzSupport"],
+                          path: "Tests/Fuzz/config", exclude: ["corpus", "crashes"]),
+        .executableTarget(name: "bgworker-fuzz-dbus-message", dependencies: ["DBus", "FuzzSupport"],
+                          path: "Tests/Fuzz/dbus-message", exclude: ["corpus", "crashes"]),
+
         // Starts real components for tests and the benchmark: buses, keepalived pairs, systemd.
         .target(name: "TestSupport", dependencies: ["CShims"]),
 

@@ -23,7 +23,9 @@ let package = Package(
         .target(name: "CShims"),
 
         // Our D-Bus layer on libdbus: knows nothing of workers.
-        .target(name: "DBus", dependencies: ["CDBus"]),
+        // CShims: in ThreadSanitizer builds it makes Mutex's contended path visible to TSan in
+        // every executable that uses the bus (docs/sanitizers.md); nothing otherwise.
+        .target(name: "DBus", dependencies: ["CDBus", "CShims"]),
 
         // Pure logic: config, state machine, restart policy, run rule, reconcile, reload diff.
         .target(name: "BgWorkerCore"),

@@ -23,7 +23,9 @@ let package = Package(
         .target(name: "CShims"),
 
         // Our D-Bus layer on libdbus: knows nothing of workers.
-        .target(name: "DBus", dependencies: ["CDBus"]),
+        // CShims: in ThreadSanitizer builds it makes Mutex's contended path visible to TSan in
+        // every executable that uses the bus (docs/sanitizers.md); nothing otherwise.
+        .target(name: "DBus", dependencies: ["CDBus", "CShims"]),
 
         // Pure logic: config, state machine, restart policy, run rule, reconcile, reload diff.
         .target(name: "BgWorkerCore"),
@@ -83,6 +85,14 @@ let package = Package(
 
         // Test helper: runs the process runner so that a test can SIGKILL it like the daemon.
         .executableTarget(name: "bgworker-runner-probe", dependencies: ["BgWorkerDaemon"]),
+
+        // libFuzzer targets (scripts/fuzz builds them with -sanitize=fuzzer); in the normal build
+        // they replay files named on the command line. See docs/sanitizers.md.
+        .target(name: "FuzzSupport", path: "Tests/Fuzz/FuzzSupport"),
+        .executableTarget(name: "bgworker-fuzz-config", dependencies: ["BgWorkerCore", "FuzzSupport"],
+                          path: "Tests/Fuzz/config", exclude: ["corpus", "crashes"]),
+        .executableTarget(name: "bgworker-fuzz-dbus-message", dependencies: ["DBus", "FuzzSupport"],
+                          path: "Tests/Fuzz/dbus-message", exclude: ["corpus", "crashes"]),
 
         // Starts real components for tests and the benchmark: buses, keepalived pairs, systemd.
         .target(name: "TestSupport", dependencies: ["CShims"]),

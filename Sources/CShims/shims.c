@@ -141,6 +141,20 @@ static int spawn_child(void *arg) {
 
 enum { CHILD_STACK_SIZE = 128 * 1024 };
 
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#include <dlfcn.h>
+// ThreadSanitizer's clone interceptor treats every clone as a fork: with CLONE_VM the child
+// rewrites the TSan state it shares with the parent, and the parent then aborts ("CHECK failed:
+// tsan_rtl.cpp ... thr->slot"). A TSan build calls glibc's clone itself (the next definition after
+// the interceptor in this executable); until execve the child runs on the state of the thread it
+// suspends (CLONE_VFORK), as a vfork would. Only -sanitize=thread builds (scripts/sanitize).
+typedef int (*bgw_clone_function)(int (*)(void *), void *, int, void *, ...);
+#define clone(fn, stack, flags, arg, pidfd) \
+    ((bgw_clone_function)dlsym(RTLD_NEXT, "clone"))(fn, stack, flags, arg, pidfd)
+#endif
+#endif
+
 int _bgw_spawn(const struct _bgw_spawn_request *req, struct _bgw_spawn_result *result) {
     result->pid = -1;
     result->pidfd = -1;

@@ -158,8 +158,13 @@ public final class DBusConnection: Sendable {
         let id = Self.nextID.add(1, ordering: .relaxed).newValue
         let core = self.core
         let token = CallToken()
+        // The reply is built on the connection thread; the pairing release is in
+        // PendingCall.Completion.run (docs/sanitizers.md says why TSan needs it).
+        var handoff: UnsafeMutableRawPointer? = nil
+        defer { if let handoff { bgw_tsan_acquire(handoff) } }
         return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<[DBusValue], any Error>) in
+                handoff = PendingCall.Completion.handoffAddress(continuation)
                 let accepted = core.submit { state in
                     // Cancelled before it was sent: the cancel work below found nothing to end.
                     guard !token.cancelled.load(ordering: .acquiring) else {

@@ -546,9 +546,20 @@ struct PendingCall {
 
         func run(_ state: LoopState, _ result: Result<[DBusValue], any Error>) {
             switch self {
-            case .continuation(let c): c.resume(with: result)
+            case .continuation(let c):
+                bgw_tsan_release(Self.handoffAddress(c))
+                c.resume(with: result)
             case .callback(let f): f(state, result)
             }
+        }
+
+        /// The address ThreadSanitizer is told the reply is handed over at (a no-op outside TSan
+        /// builds): the awaiting task's, which the continuation is a pointer to (one word, so the
+        /// bit cast is exact), unique while the call waits. The runtime resumes a continuation
+        /// that has not suspended yet through an atomic TSan cannot see; without this pair it
+        /// reports the reply's values as raced (docs/sanitizers.md).
+        static func handoffAddress(_ c: UnsafeContinuation<[DBusValue], any Error>) -> UnsafeMutableRawPointer {
+            unsafeBitCast(c, to: UnsafeMutableRawPointer.self)
         }
     }
 

@@ -1,4 +1,5 @@
-# Shared by scripts/test and scripts/demo (sourced, not run): Debian packages and the toolchain.
+# Shared by scripts/test, scripts/sanitize, scripts/fuzz and scripts/demo (sourced, not run): Debian
+# packages, the toolchain, and the reading of a test run's output.
 
 log() { printf '==> %s\n' "$*"; }
 
@@ -83,4 +84,23 @@ prepare_test_machine() {
         log "ending ${#orphans[@]} test helpers left by an earlier run"
         kill -KILL "${orphans[@]}" 2>/dev/null || true
     fi
+}
+
+# Reads Swift Testing's output in file $1 (its own per-test lines: "✔ Test name() passed",
+# "✘ Test name() failed", "➜ Test name() skipped"; ANSI colours stripped) into the globals
+# tally_passed, tally_failed, tally_skipped, tally_closing (the runner's "Test run with" line) and
+# tally_failures (the failed tests' lines).
+tally_test_output() {
+    local plain
+    plain=$(sed 's/\x1b\[[0-9;]*m//g' "$1")
+    tally_passed=$(grep -vE '^. Test run with ' <<<"$plain" | grep -cE '^. Test .* passed after' || true)
+    tally_failures=$(grep -vE '^. Test run with ' <<<"$plain" | grep -E '^. Test .* failed after' || true)
+    tally_failed=$(grep -cE . <<<"$tally_failures" || true)
+    tally_skipped=$(grep -cE '^. Test .* skipped' <<<"$plain" || true)
+    tally_closing=$(grep -E '^. Test run with ' <<<"$plain" | tail -n 1 || true)
+}
+
+# Whether scripts/test runs the sanitizer and fuzz runs after the suite: in CI, or when asked.
+guards_wanted() {
+    [[ ${BGWORKER_TEST_SANITIZE:-} == 1 ]] || { [[ ${CI:-} == true && ${BGWORKER_TEST_SANITIZE:-} != 0 ]]; }
 }

@@ -90,7 +90,7 @@ let package = Package(
         // they replay files named on the command line. See docs/sanitizers.md.
         .target(name: "FuzzSupport", path: "Tests/Fuzz/FuzzSupport"),
         .executableTarget(name: "bgworker-fuzz-config", dependencies: ["BgWorkerCore", "FuzzSupport"],
-                          path: "Tests/Fuzz/config", exclude: ["corpus", "crashes"]),
+                          path: "Tests/Fuzz/config", exclude: ["corpus", "crashes", "regressions"]),
         .executableTarget(name: "bgworker-fuzz-dbus-message", dependencies: ["DBus", "FuzzSupport"],
                           path: "Tests/Fuzz/dbus-message", exclude: ["corpus", "crashes"]),
 

@@ -332,6 +332,15 @@ public func isValidWorkerName(_ name: String) -> Bool {
 // MARK: - Decoding
 
 private struct ConfigDecoder {
+    // The keys each table knows, for "did you mean ...?" (keep them in step with the decoders).
+    static let rootKeys = ["daemon", "ha", "worker"]
+    static let daemonKeys = ["log-level", "runner", "state-directory", "admin-group", "workers-directory"]
+    static let haKeys = ["source", "instance", "service", "on-lost", "keep-for"]
+    static let workerKeys = [
+        "exec", "enabled", "run-on", "restart-delay", "restart-delay-max", "stable-after", "start-limit-burst",
+        "start-limit-interval", "stop-timeout", "environment", "working-directory", "user", "group", "log-level",
+    ] + ResourceControls.keys
+
     var file = ""
     var errors: [ConfigError] = []
 
@@ -374,7 +383,7 @@ private struct ConfigDecoder {
                     }
                 }
             default:
-                error(value.line, nil, key, "unknown key '\(key)'")
+                error(value.line, nil, key, "unknown key '\(key)'" + didYouMean(key, among: Self.rootKeys))
             }
         }
         return workers
@@ -396,7 +405,7 @@ private struct ConfigDecoder {
             case "workers-directory":
                 if let path = nonEmptyString(value, section, key) { settings.workersDirectory = path }
             default:
-                error(value.line, section, key, "unknown key '\(key)'")
+                error(value.line, section, key, "unknown key '\(key)'" + didYouMean(key, among: Self.daemonKeys))
             }
         }
         return settings
@@ -442,7 +451,7 @@ private struct ConfigDecoder {
             case "keep-for":
                 if let seconds = duration(value, section, key) { settings.keepFor = seconds }
             default:
-                error(value.line, section, key, "unknown key '\(key)'")
+                error(value.line, section, key, "unknown key '\(key)'" + didYouMean(key, among: Self.haKeys))
             }
         }
         switch sourceName {
@@ -529,7 +538,7 @@ private struct ConfigDecoder {
                 if case .table = value.kind {
                     error(value.line, section, key, "unknown key '\(key)' (quote a worker name that contains dots: [worker.\"\(name).\(key)\"])")
                 } else {
-                    error(value.line, section, key, "unknown key '\(key)'")
+                    error(value.line, section, key, "unknown key '\(key)'" + didYouMean(key, among: Self.workerKeys))
                 }
             }
         }

@@ -80,7 +80,8 @@ struct Status: AsyncParsableCommand {
             if let name {
                 let worker = try await session.client.worker(named: name)
                 var lines = [
-                    ("Name", worker.name), ("State", worker.state),
+                    ("Name", worker.name),
+                    ("State", worker.state + (worker.stateReason.isEmpty ? "" : " (\(worker.stateReason))")),
                     ("Since", Time.local(microseconds: worker.stateChangedAt)),
                     ("Pid", worker.pid == 0 ? "-" : String(worker.pid)), ("Enabled", worker.enabled ? "yes" : "no"),
                     ("Restarts", String(worker.restarts)), ("Last exit", worker.lastExit.isEmpty ? "-" : worker.lastExit),

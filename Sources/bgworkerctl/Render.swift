@@ -108,6 +108,7 @@ extension WorkerInfo {
             ("restarts", .uint(UInt64(restarts))), ("lastExit", .string(lastExit)), ("runOn", .string(runOn)),
             ("stateChangedAt", .uint(stateChangedAt)), ("path", .string(path)),
             ("logLevel", .string(logLevel)), ("effectiveLogLevel", .string(effectiveLogLevel)),
+            ("stateReason", .string(stateReason)),
         ])
     }
 

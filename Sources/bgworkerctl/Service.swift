@@ -43,6 +43,8 @@ struct WorkerInfo {
     /// daemon without per-worker levels).
     var logLevel: String
     var effectiveLogLevel: String
+    /// Why it is in its state ("" from a daemon without it).
+    var stateReason: String
 
     init(path: String, properties: [String: DBusValue]) {
         func value(_ key: String) -> DBusValue? { properties[key]?.unwrappingVariant }
@@ -57,6 +59,7 @@ struct WorkerInfo {
         stateChangedAt = value("StateChangedAt")?.uint64Value ?? 0
         logLevel = value("LogLevel")?.stringValue ?? ""
         effectiveLogLevel = value("EffectiveLogLevel")?.stringValue ?? ""
+        stateReason = value("StateReason")?.stringValue ?? ""
     }
 }
 

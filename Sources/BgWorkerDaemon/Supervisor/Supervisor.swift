@@ -248,6 +248,8 @@ public actor Supervisor {
 
     func isConfigured(_ name: String) -> Bool { configuration.worker(named: name) != nil }
 
+    func workerNames() -> [String] { configuration.workers.map(\.name) }
+
     /// `LogLevel` set over the bus: the daemon's level changes at once (the DBus layer stores
     /// the property and emits PropertiesChanged, which running workers follow).
     func setLogLevel(_ level: LogLevel, by sender: String) {
@@ -444,7 +446,7 @@ public actor Supervisor {
         do {
             actions = try candidate.handle(event, now: now())
         } catch {
-            throw error.busError
+            throw error.busError(workerNames: configuration.workers.map(\.name))
         }
         for case .persist(let state) in actions {
             do {
@@ -579,7 +581,7 @@ public actor Supervisor {
         emitManagerSignal("WorkerStateChanged", [.string(name), .string(state.rawValue), .uint32(busPid(pid)), .string(reason)])
         setWorkerProperties(name, [
             ("State", .string(state.rawValue)), ("Pid", .uint32(busPid(pid))),
-            ("StateChangedAt", .uint64(wallClockMicroseconds())),
+            ("StateChangedAt", .uint64(wallClockMicroseconds())), ("StateReason", .string(reason)),
         ])
     }
 

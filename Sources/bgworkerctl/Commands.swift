@@ -89,7 +89,10 @@ struct Status: AsyncParsableCommand {
                 ]
                 if let level = worker.logLevelText { lines.append(("Log level", level)) }
                 lines.append(("Object", worker.path))
-                session.print(fields(lines), json: worker.json)
+                // The last lines, as systemctl status shows them; a daemon without Logs shows none.
+                let output = session.json ? [] : ((try? await session.client.logs(of: name, count: 10)) ?? [])
+                let tail = output.isEmpty ? "" : "\n\n" + output.map { $0.rendered(worker: worker.name) }.joined(separator: "\n")
+                session.print(fields(lines) + tail, json: worker.json)
                 return
             }
             async let managerInfo = session.client.manager()
@@ -291,6 +294,35 @@ struct LogLevel: AsyncParsableCommand {
     }
 }
 
+struct Logs: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print a worker's last output lines, kept in memory by bgworkerd.",
+        discussion: """
+            bgworkerd keeps the last log-buffer-lines lines (default 200) of each worker of the \
+            process runner. Under the systemd runner the workers write to the journal: use \
+            journalctl -u bgworker-NAME.service (or journalctl -f to follow).
+            """)
+
+    @OptionGroup var options: GlobalOptions
+
+    @Option(name: [.short, .customLong("lines")], help: "How many lines (the newest).")
+    var n: UInt32 = 10
+
+    @Argument(help: "The worker's name.")
+    var name: String
+
+    func run() async throws {
+        try await Session.run(options) { session in
+            let lines = try await session.client.logs(of: name, count: n)
+            if session.json {
+                writeLine(JSON.array(lines.map(\.json)).rendered)
+            } else if !lines.isEmpty {
+                writeLine(lines.map { $0.rendered(worker: name) }.joined(separator: "\n"))
+            }
+        }
+    }
+}
+
 struct HA: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ha",
@@ -316,7 +348,7 @@ struct BgWorkerCtl: AsyncParsableCommand {
             the D-Bus error's text on standard error.
             """,
         subcommands: [Status.self, List.self, Enable.self, Disable.self, Restart.self, Start.self, Stop.self,
-                      Reload.self, LogLevel.self, HA.self, Watch.self])
+                      Reload.self, LogLevel.self, Logs.self, HA.self, Watch.self])
 
     @OptionGroup var options: GlobalOptions
 

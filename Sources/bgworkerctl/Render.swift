@@ -127,6 +127,13 @@ extension WorkerInfo {
     static let header = ["NAME", "STATE", "PID", "ENABLED", "RESTARTS", "LAST-EXIT", "RUN-ON", "SINCE"]
 }
 
+extension LogLine {
+    var json: JSON { .object([("time", .uint(time)), ("text", .string(text))]) }
+
+    /// `2026-12-05 06:03:08 dice: text`, as journalctl shows a line.
+    func rendered(worker: String) -> String { "\(Time.local(microseconds: time)) \(worker): \(text)" }
+}
+
 extension ListedWorker {
     var json: JSON {
         .object([("name", .string(name)), ("state", .string(state)), ("enabled", .bool(enabled)),

@@ -63,6 +63,12 @@ struct WorkerInfo {
     }
 }
 
+/// One output line of a worker (`Logs`): µs since the epoch and the text.
+struct LogLine {
+    var time: UInt64
+    var text: String
+}
+
 /// One row of ListWorkers (`a(ssbuo)`).
 struct ListedWorker {
     var name: String
@@ -160,6 +166,20 @@ struct ServiceClient {
     func worker(named name: String) async throws -> WorkerInfo {
         let path = try await workerPath(name)
         return WorkerInfo(path: path.rawValue, properties: try await allProperties(of: path, Service.workerInterface))
+    }
+
+    /// Logs: the worker's last `count` output lines, oldest first (NoSuchWorker for an unknown name).
+    func logs(of name: String, count: UInt32) async throws -> [LogLine] {
+        let reply = try await callManager("Logs", [.string(name), .uint32(count)])
+        guard let rows = reply.first?.arrayValue else {
+            throw DBusConnectionError(.invalidMessage, "Logs answered \(reply)")
+        }
+        return rows.compactMap { row in
+            guard let fields = row.structureValue, fields.count == 2, let time = fields[0].uint64Value,
+                  let text = fields[1].stringValue
+            else { return nil }
+            return LogLine(time: time, text: text)
+        }
     }
 
     /// GetWorker: NoSuchWorker for an unknown name.

@@ -125,3 +125,29 @@ private struct TableHost: WorkerHost {
         #expect(configuration.validate(on: TableHost()).isEmpty)
     }
 }
+
+@Suite struct ConfigurationLogBufferTests {
+    @Test func logBufferLinesDefaultsToTheDaemonsAndEachWorkerMaySetItsOwn() throws {
+        #expect(try parse("[worker.a]\nexec = [\"/bin/true\"]\n").logBufferLines == ["a": 200])
+        let configuration = try parse("""
+            [daemon]
+            log-buffer-lines = 50
+            [worker.a]
+            exec = ["/bin/true"]
+            [worker.b]
+            exec = ["/bin/true"]
+            log-buffer-lines = 0
+            """)
+        #expect(configuration.logBufferLines == ["a": 50, "b": 0])
+        let b = try #require(configuration.worker(named: "b"))
+        var unchanged = b
+        unchanged.logBufferLines = 7
+        #expect(!b.processDiffers(from: unchanged), "a new buffer size restarts nothing")
+    }
+
+    @Test func logBufferLinesIsBounded() {
+        #expect(errors("[daemon]\nlog-buffer-lines = 10001\n") == ["\(mainPath):2: [daemon] 'log-buffer-lines' is too large"])
+        #expect(errors("[worker.a]\nexec = [\"/bin/true\"]\nlog-buffer-lines = -1\n")
+                == ["\(mainPath):3: [worker.a] 'log-buffer-lines' must not be negative"])
+    }
+}

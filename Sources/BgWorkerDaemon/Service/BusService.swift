@@ -159,6 +159,16 @@ struct BusServiceFactory: Sendable {
                     }
                     return [.objectPath(try ObjectPath(BgWorkerBus.workerPath(name)))]
                 },
+                // Anyone may read, as ListWorkers.
+                DBusMethod(
+                    "Logs", in: [DBusArgument("name", .string), DBusArgument("lines", .uint32)],
+                    out: [DBusArgument("output", .array(.structure([.uint64, .string])))]
+                ) { call in
+                    let name = try Self.nameArgument(call)
+                    let count = call.arguments.count > 1 ? call.arguments[1].uint32Value ?? 0 : 0
+                    let lines = try await requireSupervisor().logs(name, count: Int(count))
+                    return [.array(.structure([.uint64, .string]), lines.map { .structure([.uint64($0.time), .string($0.text)]) })]
+                },
             ],
             properties: [
                 DBusProperty("Version", .string, initial: .string(version), changeSignal: .const),

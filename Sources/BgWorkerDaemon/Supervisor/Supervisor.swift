@@ -102,6 +102,7 @@ public actor Supervisor {
         if let problem { logger.warning("state file: \(problem)") }
         fleet = Fleet(configuration: configuration, enableState: persisted, role: configuration.ha.source.initialRole)
         if let warning = access.configure(adminGroup: configuration.daemon.adminGroup) { logger.warning("\(warning)") }
+        runner.logs?.configure(configuration.logBufferLines)
     }
 
     // MARK: - Life cycle
@@ -250,6 +251,13 @@ public actor Supervisor {
 
     func workerNames() -> [String] { configuration.workers.map(\.name) }
 
+    /// `Logs`: the worker's last `count` output lines, oldest first; none where the runner keeps
+    /// none (the systemd runner: see the journal).
+    func logs(_ name: String, count: Int) throws(DBusError) -> [WorkerLogLine] {
+        guard isConfigured(name) else { throw FleetError.noSuchWorker(name).busError(workerNames: workerNames()) }
+        return runner.logs?.last(count, of: name) ?? []
+    }
+
     /// `LogLevel` set over the bus: the daemon's level changes at once (the DBus layer stores
     /// the property and emits PropertiesChanged, which running workers follow).
     func setLogLevel(_ level: LogLevel, by sender: String) {
@@ -285,6 +293,7 @@ public actor Supervisor {
         }
         let old = configuration
         configuration = new
+        runner.logs?.configure(new.logBufferLines)
         if new.daemon.logLevel != old.daemon.logLevel {
             applyLogLevel(new.daemon.logLevel)
             setManagerProperty("LogLevel", .string(new.daemon.logLevel.rawValue))

@@ -99,6 +99,12 @@ public struct DaemonSettings: Sendable, Equatable {
     public var adminGroup: String? = nil
     /// As written: relative values are relative to the main file's directory (the daemon resolves).
     public var workersDirectory: String = "workers.d"
+    /// `log-buffer-lines`: output lines kept in memory per worker for `Logs` (the default of
+    /// every worker that sets none).
+    public var logBufferLines: Int = 200
+
+    /// The most `log-buffer-lines` accepts: with lines cut at 4 KiB, 40 MiB per worker at worst.
+    public static let maxLogBufferLines = 10_000
 
     public init() {}
 }
@@ -174,6 +180,8 @@ public struct WorkerDefinition: Sendable, Hashable {
     /// `log-level`: the worker's own level; nil follows the manager's. Not part of the process
     /// definition: a change takes effect without a restart.
     public var logLevel: LogLevel? = nil
+    /// `log-buffer-lines`; nil: the daemon's. Not part of the process definition either.
+    public var logBufferLines: Int? = nil
 
     public init(name: String, exec: [String]) {
         self.name = name
@@ -211,6 +219,12 @@ public struct Configuration: Sendable, Equatable {
     /// Names match by code points: `String ==` would let U+212A KELVIN SIGN find worker "K".
     public func worker(named name: String) -> WorkerDefinition? {
         workers.first { $0.name.utf8.elementsEqual(name.utf8) }
+    }
+
+    /// How many output lines the daemon keeps for each worker: its own `log-buffer-lines`, else
+    /// the daemon's.
+    public var logBufferLines: [String: Int] {
+        Dictionary(workers.map { ($0.name, $0.logBufferLines ?? daemon.logBufferLines) }, uniquingKeysWith: { a, _ in a })
     }
 
     /// Parses and validates the main file and the drop-in files (in the order given, which should
@@ -332,6 +346,16 @@ public func isValidWorkerName(_ name: String) -> Bool {
 // MARK: - Decoding
 
 private struct ConfigDecoder {
+    // The keys each table knows, for "did you mean ...?" (keep them in step with the decoders).
+    static let rootKeys = ["daemon", "ha", "worker"]
+    static let daemonKeys = ["log-level", "runner", "state-directory", "admin-group", "workers-directory", "log-buffer-lines"]
+    static let haKeys = ["source", "instance", "service", "on-lost", "keep-for"]
+    static let workerKeys = [
+        "exec", "enabled", "run-on", "restart-delay", "restart-delay-max", "stable-after", "start-limit-burst",
+        "start-limit-interval", "stop-timeout", "environment", "working-directory", "user", "group", "log-level",
+        "log-buffer-lines",
+    ] + ResourceControls.keys
+
     var file = ""
     var errors: [ConfigError] = []
 
@@ -374,7 +398,7 @@ private struct ConfigDecoder {
                     }
                 }
             default:
-                error(value.line, nil, key, "unknown key '\(key)'")
+                error(value.line, nil, key, "unknown key '\(key)'" + didYouMean(key, among: Self.rootKeys))
             }
         }
         return workers
@@ -395,8 +419,12 @@ private struct ConfigDecoder {
                 if let group = nonEmptyString(value, section, key) { settings.adminGroup = group }
             case "workers-directory":
                 if let path = nonEmptyString(value, section, key) { settings.workersDirectory = path }
+            case "log-buffer-lines":
+                if let count = integer(value, section, key, in: 0...Int64(DaemonSettings.maxLogBufferLines)) {
+                    settings.logBufferLines = Int(count)
+                }
             default:
-                error(value.line, section, key, "unknown key '\(key)'")
+                error(value.line, section, key, "unknown key '\(key)'" + didYouMean(key, among: Self.daemonKeys))
             }
         }
         return settings
@@ -442,7 +470,7 @@ private struct ConfigDecoder {
             case "keep-for":
                 if let seconds = duration(value, section, key) { settings.keepFor = seconds }
             default:
-                error(value.line, section, key, "unknown key '\(key)'")
+                error(value.line, section, key, "unknown key '\(key)'" + didYouMean(key, among: Self.haKeys))
             }
         }
         switch sourceName {
@@ -511,6 +539,10 @@ private struct ConfigDecoder {
                 if let group = nonEmptyString(value, section, key) { worker.group = group }
             case "log-level":
                 if let level: LogLevel = enumeration(value, section, key) { worker.logLevel = level }
+            case "log-buffer-lines":
+                if let count = integer(value, section, key, in: 0...Int64(DaemonSettings.maxLogBufferLines)) {
+                    worker.logBufferLines = Int(count)
+                }
             case "memory-max":
                 if let bytes = byteSize(value, section, key) { worker.resources.memoryMax = bytes }
             case "cpu-quota":
@@ -529,7 +561,7 @@ private struct ConfigDecoder {
                 if case .table = value.kind {
                     error(value.line, section, key, "unknown key '\(key)' (quote a worker name that contains dots: [worker.\"\(name).\(key)\"])")
                 } else {
-                    error(value.line, section, key, "unknown key '\(key)'")
+                    error(value.line, section, key, "unknown key '\(key)'" + didYouMean(key, among: Self.workerKeys))
                 }
             }
         }

@@ -37,6 +37,9 @@ struct Session {
         let connection: DBusConnection
         do {
             connection = try await DBusConnection.connect(bus.address, timeout: .seconds(10))
+        } catch let error as DBusConnectionError {
+            // One line: libdbus's own words, without our error code's name.
+            throw CommandFailure(message: "cannot connect to the \(bus) bus: \(error.message)", status: Exit.failure)
         } catch {
             throw CommandFailure(message: "cannot connect to the \(bus) bus: \(error)", status: Exit.failure)
         }
@@ -44,10 +47,36 @@ struct Session {
         do {
             try await body(Session(client: ServiceClient(connection: connection), json: options.json))
         } catch let error as DBusError {
-            throw CommandFailure(message: text(of: error), status: error.name == Service.noSuchWorker ? Exit.noSuchWorker : Exit.failure)
+            throw CommandFailure(message: text(of: error, bus: bus), status: error.name == Service.noSuchWorker ? Exit.noSuchWorker : Exit.failure)
         } catch let error as DBusConnectionError {
-            throw CommandFailure(message: "\(error)", status: Exit.failure)
+            throw CommandFailure(message: error.message, status: Exit.failure)
         }
+    }
+
+    /// A failure in words an admin can act on: who may do it rather than the bus policy's rule
+    /// dump, "not running" rather than ServiceUnknown; other errors as `text(of:)` says them.
+    static func text(of error: any Error, bus: BusOption?) -> String {
+        guard let error = error as? DBusError else { return text(of: error) }
+        switch error.name {
+        case DBusError.Name.accessDenied:
+            // The daemon names its admin group ("members of group 'x'"); the bus policy only
+            // lets the shipped group through.
+            let group = error.message.firstRange(of: "members of group '").map { start in
+                String(error.message[start.upperBound...].prefix { $0 != "'" })
+            } ?? (error.message.contains("only root may") ? nil : "bgworker-admin")
+            let who = group.map { "root or membership in group `\($0)`" } ?? "root"
+            return "`\(commandName())` needs \(who)"
+        case DBusError.Name.serviceUnknown, DBusError.Name.nameHasNoOwner:
+            return "bgworkerd is not running on this bus" + (bus.map { " (\($0))" } ?? "")
+        default:
+            return text(of: error)
+        }
+    }
+
+    /// The command as typed (`disable`, `log-level`): the first argument that names one.
+    static func commandName() -> String {
+        let names = Set(BgWorkerCtl.configuration.subcommands.map { $0._commandName })
+        return CommandLine.arguments.dropFirst().first { names.contains($0) } ?? "this"
     }
 
     /// A failure as bgworkerctl says it: the daemon's message and the D-Bus error's name.
@@ -80,7 +109,8 @@ struct Status: AsyncParsableCommand {
             if let name {
                 let worker = try await session.client.worker(named: name)
                 var lines = [
-                    ("Name", worker.name), ("State", worker.state),
+                    ("Name", worker.name),
+                    ("State", worker.state + (worker.stateReason.isEmpty ? "" : " (\(worker.stateReason))")),
                     ("Since", Time.local(microseconds: worker.stateChangedAt)),
                     ("Pid", worker.pid == 0 ? "-" : String(worker.pid)), ("Enabled", worker.enabled ? "yes" : "no"),
                     ("Restarts", String(worker.restarts)), ("Last exit", worker.lastExit.isEmpty ? "-" : worker.lastExit),
@@ -88,7 +118,10 @@ struct Status: AsyncParsableCommand {
                 ]
                 if let level = worker.logLevelText { lines.append(("Log level", level)) }
                 lines.append(("Object", worker.path))
-                session.print(fields(lines), json: worker.json)
+                // The last lines, as systemctl status shows them; a daemon without Logs shows none.
+                let output = session.json ? [] : ((try? await session.client.logs(of: name, count: 10)) ?? [])
+                let tail = output.isEmpty ? "" : "\n\n" + output.map { $0.rendered(worker: worker.name) }.joined(separator: "\n")
+                session.print(fields(lines) + tail, json: worker.json)
                 return
             }
             async let managerInfo = session.client.manager()
@@ -190,7 +223,7 @@ extension WorkersAction {
                 // The first failure (in the order given) sets the exit status and is said last;
                 // the others are said here.
                 for (index, error) in failures.dropFirst() {
-                    writeLine("bgworkerctl: \(names[index]): \(Session.text(of: error))", to: STDERR_FILENO)
+                    writeLine("bgworkerctl: \(names[index]): \(Session.text(of: error, bus: nil))", to: STDERR_FILENO)
                 }
                 throw first
             }
@@ -290,6 +323,35 @@ struct LogLevel: AsyncParsableCommand {
     }
 }
 
+struct Logs: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print a worker's last output lines, kept in memory by bgworkerd.",
+        discussion: """
+            bgworkerd keeps the last log-buffer-lines lines (default 200) of each worker of the \
+            process runner. Under the systemd runner the workers write to the journal: use \
+            journalctl -u bgworker-NAME.service (or journalctl -f to follow).
+            """)
+
+    @OptionGroup var options: GlobalOptions
+
+    @Option(name: [.short, .customLong("lines")], help: "How many lines (the newest).")
+    var n: UInt32 = 10
+
+    @Argument(help: "The worker's name.")
+    var name: String
+
+    func run() async throws {
+        try await Session.run(options) { session in
+            let lines = try await session.client.logs(of: name, count: n)
+            if session.json {
+                writeLine(JSON.array(lines.map(\.json)).rendered)
+            } else if !lines.isEmpty {
+                writeLine(lines.map { $0.rendered(worker: name) }.joined(separator: "\n"))
+            }
+        }
+    }
+}
+
 struct HA: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ha",
@@ -315,7 +377,7 @@ struct BgWorkerCtl: AsyncParsableCommand {
             the D-Bus error's text on standard error.
             """,
         subcommands: [Status.self, List.self, Enable.self, Disable.self, Restart.self, Start.self, Stop.self,
-                      Reload.self, LogLevel.self, HA.self, Watch.self])
+                      Reload.self, LogLevel.self, Logs.self, HA.self, Watch.self])
 
     @OptionGroup var options: GlobalOptions
 

@@ -108,6 +108,7 @@ extension WorkerInfo {
             ("restarts", .uint(UInt64(restarts))), ("lastExit", .string(lastExit)), ("runOn", .string(runOn)),
             ("stateChangedAt", .uint(stateChangedAt)), ("path", .string(path)),
             ("logLevel", .string(logLevel)), ("effectiveLogLevel", .string(effectiveLogLevel)),
+            ("stateReason", .string(stateReason)),
         ])
     }
 
@@ -124,6 +125,13 @@ extension WorkerInfo {
     }
 
     static let header = ["NAME", "STATE", "PID", "ENABLED", "RESTARTS", "LAST-EXIT", "RUN-ON", "SINCE"]
+}
+
+extension LogLine {
+    var json: JSON { .object([("time", .uint(time)), ("text", .string(text))]) }
+
+    /// `2026-12-05 06:03:08 dice: text`, as journalctl shows a line.
+    func rendered(worker: String) -> String { "\(Time.local(microseconds: time)) \(worker): \(text)" }
 }
 
 extension ListedWorker {

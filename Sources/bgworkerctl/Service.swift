@@ -43,6 +43,8 @@ struct WorkerInfo {
     /// daemon without per-worker levels).
     var logLevel: String
     var effectiveLogLevel: String
+    /// Why it is in its state ("" from a daemon without it).
+    var stateReason: String
 
     init(path: String, properties: [String: DBusValue]) {
         func value(_ key: String) -> DBusValue? { properties[key]?.unwrappingVariant }
@@ -57,7 +59,14 @@ struct WorkerInfo {
         stateChangedAt = value("StateChangedAt")?.uint64Value ?? 0
         logLevel = value("LogLevel")?.stringValue ?? ""
         effectiveLogLevel = value("EffectiveLogLevel")?.stringValue ?? ""
+        stateReason = value("StateReason")?.stringValue ?? ""
     }
+}
+
+/// One output line of a worker (`Logs`): µs since the epoch and the text.
+struct LogLine {
+    var time: UInt64
+    var text: String
 }
 
 /// One row of ListWorkers (`a(ssbuo)`).
@@ -157,6 +166,20 @@ struct ServiceClient {
     func worker(named name: String) async throws -> WorkerInfo {
         let path = try await workerPath(name)
         return WorkerInfo(path: path.rawValue, properties: try await allProperties(of: path, Service.workerInterface))
+    }
+
+    /// Logs: the worker's last `count` output lines, oldest first (NoSuchWorker for an unknown name).
+    func logs(of name: String, count: UInt32) async throws -> [LogLine] {
+        let reply = try await callManager("Logs", [.string(name), .uint32(count)])
+        guard let rows = reply.first?.arrayValue else {
+            throw DBusConnectionError(.invalidMessage, "Logs answered \(reply)")
+        }
+        return rows.compactMap { row in
+            guard let fields = row.structureValue, fields.count == 2, let time = fields[0].uint64Value,
+                  let text = fields[1].stringValue
+            else { return nil }
+            return LogLine(time: time, text: text)
+        }
     }
 
     /// GetWorker: NoSuchWorker for an unknown name.

@@ -183,8 +183,8 @@ private func workerError(_ body: String) -> [String] {
             """
         #expect(errors(text) == [
             "\(mainPath):1: unknown key 'bogus'",
-            "\(mainPath):3: [daemon] unknown key 'log-levle'",
-            "\(mainPath):5: [ha] unknown key 'sauce'",
+            "\(mainPath):3: [daemon] unknown key 'log-levle' (did you mean 'log-level'?)",
+            "\(mainPath):5: [ha] unknown key 'sauce' (did you mean 'source'?)",
             "\(mainPath):8: [worker.dice] unknown key 'exec-start'",
         ])
         guard case .failure(let failure) = load(text) else { return }

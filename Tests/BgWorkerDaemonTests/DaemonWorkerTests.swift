@@ -111,12 +111,16 @@ struct DaemonWorkerTests {
         }
     }
 
+    /// A program that is gone after validation (configuration validation refuses a missing one).
     @Test func aProgramThatCannotStartBacksOffWithTheReason() async throws {
-        try await DaemonFixture.with(execWorker("missing", ["/nonexistent/program"], extra: "restart-delay = 30")) { fixture in
-            // READY=1 came: the failed start was answered.
-            let row = try await fixture.worker("missing")
-            #expect(row.state == "backoff" && row.pid == 0)
+        let directory = try TemporaryDirectory(prefix: "bgw-missing")
+        defer { directory.remove() }
+        let program = try exitingProgram(in: directory)
+        try await DaemonFixture.with(execWorker("missing", [program], extra: "restart-delay = 30")) { fixture in
             let monitor = try await fixture.monitor()
+            let row = try await monitor.waitUntil(fixture, worker: "missing", is: "backoff")
+            #expect(row.pid == 0)
+            try FileManager.default.removeItem(atPath: program)
             let daemon = try await fixture.daemonUniqueName()
             try await fixture.call("Restart", "s", ["missing"])
             let restarted = try await monitor.changes(untilReplyTo: "Restart", daemon: daemon)

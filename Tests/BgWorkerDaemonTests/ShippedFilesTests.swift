@@ -70,6 +70,7 @@ import TestSupport
             Member(kind: "method", name: "GetWorker", detail: ["name:s:in", "path:o:out"]),
             Member(kind: "method", name: "Stop", detail: ["name:s:in"]),
             Member(kind: "method", name: "Start", detail: ["name:s:in"]),
+            Member(kind: "method", name: "Logs", detail: ["name:s:in", "lines:u:in", "output:a(ts):out"]),
             Member(kind: "signal", name: "WorkerStateChanged", detail: ["name:s", "state:s", "pid:u", "reason:s"]),
             Member(kind: "signal", name: "HARoleChanged", detail: ["role:s"]),
             Member(kind: "property", name: "Version", detail: ["s", "read"]),
@@ -90,7 +91,8 @@ import TestSupport
         let expected = ["Enable", "Disable", "Restart", "Start", "Stop"].map { Member(kind: "method", name: $0, detail: []) }
             + properties.map { Member(kind: "property", name: $0.0, detail: [$0.1, "read"]) }
             + [Member(kind: "property", name: "LogLevel", detail: ["s", "readwrite"]),
-               Member(kind: "property", name: "EffectiveLogLevel", detail: ["s", "read"])]
+               Member(kind: "property", name: "EffectiveLogLevel", detail: ["s", "read"]),
+               Member(kind: "property", name: "StateReason", detail: ["s", "read"])]
         #expect(try Self.members(ofInterface: "org.example.BgWorker.Worker", inFile: "org.example.BgWorker.Worker.xml") == expected)
         let annotations = try Self.changeSignalAnnotations(inFile: "org.example.BgWorker.Worker.xml")
         #expect(annotations["Name"] == "const")

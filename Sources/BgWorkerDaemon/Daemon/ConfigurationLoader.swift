@@ -55,6 +55,8 @@ public struct ConfigurationLoader: Sendable {
         case .failure(let parseErrors): return .failure(ConfigErrors(errors + parseErrors.errors))
         }
         errors += configuration.validate(for: runner)
+        // What cannot run is refused here, at start and at Reload, not found at its first start.
+        errors += configuration.validate(on: SystemWorkerHost())
         return errors.isEmpty ? .success(configuration) : .failure(ConfigErrors(errors))
     }
 

@@ -15,6 +15,8 @@ import Synchronization
 public final class ProcessRunner: WorkerRunner {
     public let kind = "process"
     public let events: AsyncStream<RunnerEvent>
+    /// Every worker's last output lines; the pump writes them.
+    public let logs: WorkerLogBuffers? = WorkerLogBuffers()
     private let monitor: ProcessMonitor
 
     /// Starts the runner's threads.
@@ -42,7 +44,7 @@ public final class ProcessRunner: WorkerRunner {
         let (stream, continuation) = AsyncStream.makeStream(of: RunnerEvent.self)
         events = stream
         do {
-            monitor = try ProcessMonitor(groupRecord: record, output: output, events: continuation)
+            monitor = try ProcessMonitor(groupRecord: record, output: output, logs: logs, events: continuation)
         } catch {
             throw RunnerError(.unavailable, worker: nil, context: error.description)
         }
@@ -180,7 +182,7 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
     private static func memberToken(_ pidfd: Int32) -> UInt64 { UInt64(UInt32(bitPattern: pidfd)) << 2 | 2 }
 
     init(
-        groupRecord: ProcessGroupRecord?, output: WorkerOutputDestination,
+        groupRecord: ProcessGroupRecord?, output: WorkerOutputDestination, logs: WorkerLogBuffers?,
         events: AsyncStream<RunnerEvent>.Continuation
     ) throws(SystemCallError) {
         self.groupRecord = groupRecord
@@ -191,7 +193,7 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
         wake = try EventFD()
         epoll = try Epoll()
         try epoll.add(wake.fd, token: Self.wakeToken)
-        pump = try WorkerOutputPump(destination: output)
+        pump = try WorkerOutputPump(destination: output, logs: logs)
         // The supervisor's synchronous work (a reload parses the configuration) may run here too.
         try startDedicatedThread(name: "bgw-monitor", stackSize: 2 << 20) { [self] in run() }
     }

@@ -91,6 +91,7 @@ final class WorkerOutputPump: @unchecked Sendable {
     }
 
     private let destination: WorkerOutputDestination
+    private let logs: WorkerLogBuffers?
     private let requests = Mutex<[Request]>([])
     private let wake: EventFD
     private let epoll: Epoll
@@ -100,8 +101,9 @@ final class WorkerOutputPump: @unchecked Sendable {
 
     private static let wakeToken = UInt64.max
 
-    init(destination: WorkerOutputDestination) throws(SystemCallError) {
+    init(destination: WorkerOutputDestination, logs: WorkerLogBuffers? = nil) throws(SystemCallError) {
         self.destination = destination
+        self.logs = logs
         wake = try EventFD()
         epoll = try Epoll()
         try epoll.add(wake.fd, token: Self.wakeToken)
@@ -193,8 +195,9 @@ final class WorkerOutputPump: @unchecked Sendable {
     }
 
     private func emit(_ stream: Stream, _ line: [UInt8]) {
-        WorkerLine(worker: stream.worker, pid: stream.pid, defaultPriority: stream.priority, raw: line)
-            .deliver(to: destination)
+        let parsed = WorkerLine(worker: stream.worker, pid: stream.pid, defaultPriority: stream.priority, raw: line)
+        parsed.deliver(to: destination)
+        logs?.append(worker: parsed.worker, text: parsed.text)
     }
 
     private func closeStream(_ fd: Int32) {

@@ -139,10 +139,14 @@ public protocol WorkerRunner: Sendable {
     /// supervisor and the restart it decides reaches the spawn on the same thread. nil: none.
     /// Asking for it commits the runner to serve that executor for the life of the process.
     var callerExecutor: (any SerialExecutor)? { get }
+    /// The workers' last output lines where the runner sees them (the process runner's pump);
+    /// nil where it does not (the systemd runner: units write to the journal).
+    var logs: WorkerLogBuffers? { get }
 }
 
 extension WorkerRunner {
     public var callerExecutor: (any SerialExecutor)? { nil }
+    public var logs: WorkerLogBuffers? { nil }
 
     /// For runners that only have `events`: a task forwards them.
     public func deliverEvents(to handler: @escaping @Sendable (RunnerEvent) -> Void) {

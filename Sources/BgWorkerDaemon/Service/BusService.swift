@@ -27,10 +27,11 @@ public enum BgWorkerBus {
 }
 
 extension FleetError {
-    /// The contract's error reply.
-    var busError: DBusError {
+    /// The contract's error reply; an unknown name gets the closest of `workerNames` suggested.
+    func busError(workerNames: [String]) -> DBusError {
         switch self {
-        case .noSuchWorker: DBusError(BgWorkerBus.ErrorName.noSuchWorker, description)
+        case .noSuchWorker(let name):
+            DBusError(BgWorkerBus.ErrorName.noSuchWorker, description + didYouMean(name, among: workerNames))
         case .disabled: DBusError(BgWorkerBus.ErrorName.disabled, description)
         }
     }
@@ -50,6 +51,7 @@ struct WorkerPropertyValues {
             ("StateChangedAt", .uint64(stateChangedAt)),
             ("LogLevel", .string(status.logLevel?.rawValue ?? "")),
             ("EffectiveLogLevel", .string(status.effectiveLogLevel.rawValue)),
+            ("StateReason", .string(status.reason)),
         ]
     }
 
@@ -151,10 +153,21 @@ struct BusServiceFactory: Sendable {
                 },
                 DBusMethod("GetWorker", in: nameArgument, out: [DBusArgument("path", .objectPath)]) { call in
                     let name = try Self.nameArgument(call)
-                    guard try await requireSupervisor().isConfigured(name) else {
-                        throw FleetError.noSuchWorker(name).busError
+                    let supervisor = try requireSupervisor()
+                    guard await supervisor.isConfigured(name) else {
+                        throw FleetError.noSuchWorker(name).busError(workerNames: await supervisor.workerNames())
                     }
                     return [.objectPath(try ObjectPath(BgWorkerBus.workerPath(name)))]
+                },
+                // Anyone may read, as ListWorkers.
+                DBusMethod(
+                    "Logs", in: [DBusArgument("name", .string), DBusArgument("lines", .uint32)],
+                    out: [DBusArgument("output", .array(.structure([.uint64, .string])))]
+                ) { call in
+                    let name = try Self.nameArgument(call)
+                    let count = call.arguments.count > 1 ? call.arguments[1].uint32Value ?? 0 : 0
+                    let lines = try await requireSupervisor().logs(name, count: Int(count))
+                    return [.array(.structure([.uint64, .string]), lines.map { .structure([.uint64($0.time), .string($0.text)]) })]
                 },
             ],
             properties: [

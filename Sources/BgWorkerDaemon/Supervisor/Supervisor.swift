@@ -102,6 +102,7 @@ public actor Supervisor {
         if let problem { logger.warning("state file: \(problem)") }
         fleet = Fleet(configuration: configuration, enableState: persisted, role: configuration.ha.source.initialRole)
         if let warning = access.configure(adminGroup: configuration.daemon.adminGroup) { logger.warning("\(warning)") }
+        runner.logs?.configure(configuration.logBufferLines)
     }
 
     // MARK: - Life cycle
@@ -248,6 +249,15 @@ public actor Supervisor {
 
     func isConfigured(_ name: String) -> Bool { configuration.worker(named: name) != nil }
 
+    func workerNames() -> [String] { configuration.workers.map(\.name) }
+
+    /// `Logs`: the worker's last `count` output lines, oldest first; none where the runner keeps
+    /// none (the systemd runner: see the journal).
+    func logs(_ name: String, count: Int) throws(DBusError) -> [WorkerLogLine] {
+        guard isConfigured(name) else { throw FleetError.noSuchWorker(name).busError(workerNames: workerNames()) }
+        return runner.logs?.last(count, of: name) ?? []
+    }
+
     /// `LogLevel` set over the bus: the daemon's level changes at once (the DBus layer stores
     /// the property and emits PropertiesChanged, which running workers follow).
     func setLogLevel(_ level: LogLevel, by sender: String) {
@@ -283,6 +293,7 @@ public actor Supervisor {
         }
         let old = configuration
         configuration = new
+        runner.logs?.configure(new.logBufferLines)
         if new.daemon.logLevel != old.daemon.logLevel {
             applyLogLevel(new.daemon.logLevel)
             setManagerProperty("LogLevel", .string(new.daemon.logLevel.rawValue))
@@ -444,7 +455,7 @@ public actor Supervisor {
         do {
             actions = try candidate.handle(event, now: now())
         } catch {
-            throw error.busError
+            throw error.busError(workerNames: configuration.workers.map(\.name))
         }
         for case .persist(let state) in actions {
             do {
@@ -579,7 +590,7 @@ public actor Supervisor {
         emitManagerSignal("WorkerStateChanged", [.string(name), .string(state.rawValue), .uint32(busPid(pid)), .string(reason)])
         setWorkerProperties(name, [
             ("State", .string(state.rawValue)), ("Pid", .uint32(busPid(pid))),
-            ("StateChangedAt", .uint64(wallClockMicroseconds())),
+            ("StateChangedAt", .uint64(wallClockMicroseconds())), ("StateReason", .string(reason)),
         ])
     }
 

@@ -1,0 +1,70 @@
+import Foundation
+import Glibc
+import Testing
+import TestSupport
+
+/// Issue 12: a worker's output through the daemon (`Logs`, `log-buffer-lines`), `bgworkerctl
+/// logs` and `status NAME`, and StateReason in `status NAME`; the real bgworkerd and bgworkerctl.
+@Suite("bgworkerctl logs and status with bgworkerd")
+struct ClientsLogsTests {
+    typealias Setup = ClientsEndToEndTests.Setup
+
+    /// `bgworkerctl logs NAME -n N` until its last line is `last`. Nothing announces that the
+    /// daemon's output thread has taken a line in, so each try is a real call, bounded by a deadline.
+    static func logs(_ setup: Setup, _ arguments: [String], endingWith last: String) async throws -> String {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while true {
+            let r = try await setup.ctl(["logs"] + arguments)
+            if r.status == 0, r.stdout.hasSuffix(last) { return r.stdout }
+            guard ContinuousClock.now < deadline else { throw TestProcessError("logs \(arguments) never ended with \(last): \(r)") }
+        }
+    }
+
+    @Test func logsAndStatusShowTheLastLinesOfTheBoundedBuffer() async throws {
+        try await Setup.with({ _ in
+            """
+            [worker.chatty]
+            exec = ["/bin/sh", "-c", "i=1; while [ $i -le 30 ]; do echo line $i; i=$((i+1)); done; echo '<3>trouble' >&2; exec sleep 1000"]
+            log-buffer-lines = 20
+
+            [worker.quiet]
+            exec = ["/bin/sleep", "1000"]
+            """
+        }) { setup in
+            // The buffer keeps the last 20 of 31 lines; -n takes the newest of those.
+            let all = try await Self.logs(setup, ["chatty", "-n", "100"], endingWith: "chatty: trouble")
+            let lines = all.split(separator: "\n")
+            #expect(lines.count == 20, "\(all)")
+            #expect(lines.first?.hasSuffix(" chatty: line 12") == true, "\(all)")
+            let three = try await setup.ctl(["logs", "chatty", "-n", "3"])
+            #expect(three.stdout.split(separator: "\n").map { $0.split(separator: " ", maxSplits: 2).last ?? "" }
+                    == ["chatty: line 29", "chatty: line 30", "chatty: trouble"], "\(three)")
+
+            // JSON: µs since the epoch and the text, oldest first.
+            let json = try await setup.ctl(["logs", "chatty", "-n", "2", "--json"])
+            let rows = try #require(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [[String: Any]])
+            #expect(rows.map { $0["text"] as? String } == ["line 30", "trouble"])
+            let now = UInt64(Date().timeIntervalSince1970 * 1_000_000)
+            #expect(rows.allSatisfy { ($0["time"] as? UInt64).map { $0 <= now && $0 > now - 600_000_000 } ?? false })
+
+            // status NAME: the reason, then the last 10 lines, as systemctl status.
+            let status = try await setup.ctl(["status", "chatty"])
+            #expect(status.stdout.contains("State: running (started)"), "\(status.stdout)")
+            let tail = status.stdout.components(separatedBy: "\n\n").last ?? ""
+            #expect(tail.split(separator: "\n").count == 10 && tail.hasSuffix("chatty: trouble"), "\(status.stdout)")
+
+            // A worker that printed nothing: no lines, no blank tail; an unknown one: exit 4 with a suggestion.
+            #expect(try await setup.ctl(["logs", "quiet"]).stdout == "")
+            #expect(!(try await setup.ctl(["status", "quiet"]).stdout.contains("\n\n")))
+            let unknown = try await setup.ctl(["logs", "chaty"])
+            #expect(unknown.status == 4)
+            #expect(unknown.stderr == "bgworkerctl: no worker named 'chaty' (did you mean 'chatty'?) (org.example.BgWorker.Error.NoSuchWorker)",
+                    "\(unknown.stderr)")
+
+            // A non-root caller may read them (anyone may, as the contract says).
+            let nobody = try await run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                        builtExecutablePath("bgworkerctl"), "--bus", setup.bus.address, "logs", "chatty", "-n", "1"])
+            #expect(nobody.status == 0 && nobody.stdout.hasSuffix("chatty: trouble"), "\(nobody)")
+        }
+    }
+}

@@ -105,12 +105,16 @@ func recordOnDisk(_ path: String) -> (header: ProcessGroupRecord.Header?, groups
 }
 
 /// Writes a record as a previous owner would have left it.
-func writeRecord(_ path: String, owner: Int32, session: Int32, generation: UInt32, slots: [(pgid: Int32, generation: UInt32)]) {
+func writeRecord(
+    _ path: String, owner: Int32, session: Int32, generation: UInt32, slots: [(pgid: Int32, generation: UInt32)],
+    ownerStart: UInt64 = 0, boot: UInt64 = ProcessGroupRecord.currentBoot
+) {
     var bytes = ProcessGroupRecord.magic
     for field in [ProcessGroupRecord.version, UInt32(ProcessGroupRecord.slotSize), UInt32(bitPattern: owner),
                   UInt32(bitPattern: session), generation, 0] {
         withUnsafeBytes(of: field) { bytes += $0 }
     }
+    for field in [ownerStart, boot] { withUnsafeBytes(of: field) { bytes += $0 } }
     for slot in slots {
         withUnsafeBytes(of: slot.pgid) { bytes += $0 }
         withUnsafeBytes(of: slot.generation) { bytes += $0 }
@@ -203,17 +207,86 @@ struct ProcessRunnerGroupRecordTests {
         record.finish()
     }
 
-    @Test func theTextRecordOfOlderDaemonsIsStillCleanedUp() async throws {
+    /// The adversarial run of 2026-12-05: a record naming every group killed the machine's own
+    /// tools (in session 0, like a daemon started there). Only what the dead owner can have
+    /// started is killed.
+    @Test func onlyWhatTheDeadOwnerCanHaveStartedIsKilled() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let path = directory.file("process-groups")
+        let older = try await orphanedGroup()
+        defer { kill(-older.pgid, SIGKILL) }
+        let ownerStart = (ProcStat.read(pid: older.pid)?.startTime ?? 0) + 1  // "started" after it
+        // A group whose leader lives and is not dying: the id names a new group, not the owner's.
+        // (Not our child: groups with a child of ours in them are skipped for another reason.)
+        let starter = try ChildProcess(["/bin/sh", "-c", #"/usr/bin/python3 -c 'import os, time; os.setpgid(0, 0); print(os.getpid(), flush=True); time.sleep(1000)' &"#], captureStdout: true)
+        let leaderPid = try #require(Int32(try await starter.readLine() ?? ""))
+        defer { kill(leaderPid, SIGKILL) }
+        try await starter.waitForExit()
+        // Another boot's record names nothing.
+        let otherBoot = try await orphanedGroup()
+        defer { kill(-otherBoot.pgid, SIGKILL) }
+        writeRecord(path, owner: try await deadPid(), session: getsid(0), generation: 2,
+                    slots: [(older.pgid, 2), (leaderPid, 2)], ownerStart: ownerStart)
+        let record = try ProcessGroupRecord(path: path)
+        #expect(record.killedLeftovers == [])
+        #expect(isAlive(older.pid) && isAlive(leaderPid))
+        record.finish()
+        writeRecord(path, owner: try await deadPid(), session: getsid(0), generation: 3,
+                    slots: [(otherBoot.pgid, 3)], boot: ProcessGroupRecord.currentBoot &+ 1)
+        let again = try ProcessGroupRecord(path: path)
+        #expect(again.killedLeftovers == [])
+        #expect(isAlive(otherBoot.pid))
+        again.finish()
+    }
+
+    /// A file without our header (the text of earlier daemons, or anything else) names nothing.
+    @Test func aFileWithoutOurHeaderNamesNothing() async throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
         let path = directory.file("process-groups")
         let left = try await orphanedGroup()
-        try "\(left.pgid) \(getsid(0))\nnot a line\n".write(toFile: path, atomically: true, encoding: .utf8)
+        defer { kill(-left.pgid, SIGKILL) }
+        FileManager.default.createFile(atPath: path, contents: Data("\(left.pgid) \(getsid(0))\n".utf8), attributes: [.posixPermissions: 0o600])
         let record = try ProcessGroupRecord(path: path)
-        #expect(record.killedLeftovers == [left.pgid])
-        try await waitUntilGone(left.pid, timeout: .seconds(1))
+        #expect(record.killedLeftovers == [])
+        #expect(isAlive(left.pid))
         #expect(recordOnDisk(path).header?.generation == 1)
         record.finish()
+    }
+
+    /// The adversarial run: a symlink in a runtime folder made the daemon truncate its target,
+    /// and a record another user wrote was believed.
+    @Test func aRecordOthersCouldHaveWrittenIsRefused() throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let target = directory.file("precious")
+        FileManager.default.createFile(atPath: target, contents: Data("keep me".utf8))
+        let link = directory.file("link")
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: target)
+        func refusal(_ path: String) -> String? {
+            do {
+                try ProcessGroupRecord(path: path).finish()
+                return nil
+            } catch {
+                guard case .unsafe(let why) = error.reason else { return "not refused as unsafe: \(error)" }
+                return why
+            }
+        }
+        #expect(refusal(link) == "it is a symbolic link")
+        #expect(FileManager.default.contents(atPath: target) == Data("keep me".utf8))
+        let writable = directory.file("writable")
+        FileManager.default.createFile(atPath: writable, contents: nil, attributes: [.posixPermissions: 0o666])
+        #expect(refusal(writable)?.hasPrefix("others may write it") == true)
+        let open = directory.file("open")
+        try FileManager.default.createDirectory(atPath: open, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o777])
+        #expect(refusal(open + "/process-groups")?.hasPrefix("others may write its folder") == true)
+        if geteuid() == 0 {
+            let theirs = directory.file("theirs")
+            FileManager.default.createFile(atPath: theirs, contents: nil, attributes: [.posixPermissions: 0o600])
+            _ = chown(theirs, 65534, 65534)
+            #expect(refusal(theirs)?.hasPrefix("it belongs to uid 65534") == true)
+        }
     }
 
     @Test func aRecordHeldByALiveOwnerIsRefusedAndLeftAlone() throws {

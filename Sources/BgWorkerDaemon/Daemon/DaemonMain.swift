@@ -84,6 +84,11 @@ public enum DaemonMain {
             printErrors([error.description])
             return 1
         }
+        // What a dead daemon left and this one killed: an operator must be able to tell.
+        if let processRunner = runner as? ProcessRunner, !processRunner.killedLeftoverGroups.isEmpty {
+            let groups = processRunner.killedLeftoverGroups.map(String.init).joined(separator: ", ")
+            logger.warning("killed what a previous daemon's workers left behind: process groups \(groups) (SIGKILL)")
+        }
         let settings = SupervisorSettings(
             loader: loader, runnerKind: runnerKind,
             busAddressForWorkers: busAddress == defaultSystemBusAddress ? nil : busAddress, version: bgworkerVersion)

@@ -10,9 +10,16 @@
 //   a second daemon on the same runtime directory cannot take it and refuses to start, naming
 //   the holder (whose pid is in the header).
 //
-// Layout (native byte order): a 32-byte header, then 8-byte slots, one per running worker.
-//   header: magic "BGWPGRP\0", version u32 (2), slot size u32 (8), owner pid i32, owner session
-//           i32, generation u32, unused u32
+// - Only what the dead owner can have started is killed: a process that started before the owner,
+//   or in another boot, cannot be its worker's; a group whose leader lives and is not dying
+//   (PR_SET_PDEATHSIG kills every worker leader with its daemon) is a new group that reuses the
+//   id; and only a file that no other user can have written is believed (no symlink, owned by
+//   us, not writable by others, in a folder only root or we can write).
+//
+// Layout (native byte order): a 48-byte header, then 8-byte slots, one per running worker.
+//   header: magic "BGWPGRP\0", version u32 (3), slot size u32 (8), owner pid i32, owner session
+//           i32, generation u32, unused u32, owner start time u64 (clock ticks after boot,
+//           /proc/PID/stat field 22), boot u64 (the first 16 hex digits of the boot id)
 //   slot:   pgid i32 (0: free), generation u32
 // A new owner kills the groups of the slots whose generation is the header's (what the previous
 // owner recorded), then starts the file afresh with the next generation. A child of a dead owner
@@ -33,6 +40,9 @@ struct ProcessGroupRecordError: Error, Sendable, CustomStringConvertible {
         case inUse(holder: Int32?)
         /// A system call on the file failed.
         case system(call: String, errno: Int32)
+        /// The file or its folder could have been written by another user, or is not a plain
+        /// file: what it names cannot be trusted to be ours to kill.
+        case unsafe(String)
     }
 
     /// The record file, e.g. `/run/bgworker/process-groups`.
@@ -55,6 +65,10 @@ struct ProcessGroupRecordError: Error, Sendable, CustomStringConvertible {
                 + "docs/process-runner.md"
         case .system(let call, let errno):
             return "\(call) \(path): \(errnoText(errno))"
+        case .unsafe(let why):
+            return "refusing the record of process groups \(path): \(why) (the daemon kills what it names after "
+                + "a crash, so only a file that no other user can have written is used; give the daemon a runtime "
+                + "directory of its own, e.g. RUNTIME_DIRECTORY=/run/bgworker)"
         }
     }
 }
@@ -62,9 +76,9 @@ struct ProcessGroupRecordError: Error, Sendable, CustomStringConvertible {
 /// The runtime file of live workers' process groups, owned (locked) by this runner for its life.
 /// Used on one thread at a time: made by the runner's creator, then only on its monitor thread.
 final class ProcessGroupRecord {
-    static let headerSize = 32
+    static let headerSize = 48
     static let slotSize = 8
-    static let version: UInt32 = 2
+    static let version: UInt32 = 3
     static let magic: [UInt8] = Array("BGWPGRP".utf8) + [0]
     /// Slots made at the start and added at the first growth; the file doubles after that.
     static let initialSlots = 64
@@ -88,13 +102,19 @@ final class ProcessGroupRecord {
     init(
         path: String, leftoverDeadline: Duration = .seconds(5), lockWait: Duration = .seconds(5)
     ) throws(ProcessGroupRecordError) {
-        var fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        let flags = O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW
+        var fd = open(path, flags, 0o600)
         if fd < 0 && errno == ENOENT, let slash = path.lastIndex(of: "/"), slash != path.startIndex {
             _ = mkdir(String(path[..<slash]), 0o755)
-            fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+            fd = open(path, flags, 0o600)
         }
-        guard fd >= 0 else { throw ProcessGroupRecordError(path: path, reason: .system(call: "open", errno: errno)) }
+        guard fd >= 0 else {
+            let code = errno
+            if code == ELOOP { throw ProcessGroupRecordError(path: path, reason: .unsafe("it is a symbolic link")) }
+            throw ProcessGroupRecordError(path: path, reason: .system(call: "open", errno: code))
+        }
         do {
+            try Self.checkTrusted(fd, path: path)
             (generation, killedLeftovers) = try Self.takeOver(
                 fd, path: path, leftoverDeadline: leftoverDeadline, lockWait: lockWait)
         } catch {
@@ -105,6 +125,29 @@ final class ProcessGroupRecord {
         self.path = path
         capacity = Self.initialSlots
         free = (0..<Self.initialSlots).reversed()
+    }
+
+    /// Refuses a file another user could have written (or planted as a hard link), or one in a
+    /// folder where another user could replace it.
+    private static func checkTrusted(_ fd: Int32, path: String) throws(ProcessGroupRecordError) {
+        func unsafe(_ why: String) -> ProcessGroupRecordError { ProcessGroupRecordError(path: path, reason: .unsafe(why)) }
+        var file = stat()
+        guard fstat(fd, &file) == 0 else { throw ProcessGroupRecordError(path: path, reason: .system(call: "fstat", errno: errno)) }
+        guard file.st_mode & S_IFMT == S_IFREG else { throw unsafe("it is not a regular file") }
+        guard file.st_uid == geteuid() else { throw unsafe("it belongs to uid \(file.st_uid), not to this daemon's \(geteuid())") }
+        guard file.st_mode & 0o022 == 0 else { throw unsafe("others may write it (mode \(String(file.st_mode & 0o7777, radix: 8)))") }
+        guard file.st_nlink == 1 else { throw unsafe("it has \(file.st_nlink) hard links") }
+        let slash = path.lastIndex(of: "/")
+        let folder = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+        var dir = stat()
+        guard stat(folder, &dir) == 0 else { throw ProcessGroupRecordError(path: path, reason: .system(call: "stat \(folder)", errno: errno)) }
+        guard dir.st_uid == 0 || dir.st_uid == geteuid() else {
+            throw unsafe("its folder \(folder) belongs to uid \(dir.st_uid)")
+        }
+        // A sticky folder (like /tmp) lets no other user replace or rename our file.
+        guard dir.st_mode & 0o022 == 0 || dir.st_mode & S_ISVTX != 0 else {
+            throw unsafe("others may write its folder \(folder) (mode \(String(dir.st_mode & 0o7777, radix: 8)))")
+        }
     }
 
     /// Takes the lock, kills what the previous owner recorded, and writes a fresh header (the
@@ -134,7 +177,7 @@ final class ProcessGroupRecord {
             var me = getpid()
             _ = pwrite(fd, &me, 4, 16)
         }
-        let killed = kill(previous.groups, deadline: leftoverDeadline)
+        let killed = previous.header.map { kill(previous.groups, of: $0, deadline: leftoverDeadline) } ?? []
 
         // Afresh: no slot of the old owner is left to be taken for ours. A crash before the
         // header is written leaves an empty file, whose leftovers were killed above.
@@ -144,6 +187,9 @@ final class ProcessGroupRecord {
         var bytes = magic
         for field in [version, UInt32(slotSize), UInt32(bitPattern: getpid()), UInt32(bitPattern: getsid(0)),
                       generation, 0] {
+            withUnsafeBytes(of: field) { bytes += $0 }
+        }
+        for field in [ProcStat.read(pid: getpid())?.startTime ?? 0, currentBoot] {
             withUnsafeBytes(of: field) { bytes += $0 }
         }
         // Written, not left as a hole: see `grow`.
@@ -208,7 +254,24 @@ final class ProcessGroupRecord {
         var owner: Int32
         var session: Int32
         var generation: UInt32
+        /// When the owner started, in clock ticks after boot.
+        var ownerStart: UInt64 = 0
+        /// The boot the owner ran in (`currentBoot`).
+        var boot: UInt64 = 0
     }
+
+    /// This boot: the first 16 hex digits of /proc/sys/kernel/random/boot_id (0 if unreadable,
+    /// which matches no record: nothing is killed then).
+    static let currentBoot: UInt64 = {
+        let fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return 0 }
+        defer { close(fd) }
+        var bytes = [UInt8](repeating: 0, count: 64)
+        let n = bytes.withUnsafeMutableBytes { raw in retryOnInterrupt { read(fd, raw.baseAddress, raw.count) } }
+        guard n > 0 else { return 0 }
+        let hex = String(decoding: bytes[0..<n].filter { $0 != UInt8(ascii: "-") && $0 != UInt8(ascii: "\n") }, as: UTF8.self)
+        return UInt64(hex.prefix(16), radix: 16) ?? 0
+    }()
 
     /// The header, when the file starts with one.
     static func readHeader(_ fd: Int32) -> Header? {
@@ -224,12 +287,16 @@ final class ProcessGroupRecord {
             bytes.dropFirst(at).prefix(4).withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
         }
         guard field(8) == version, field(12) == UInt32(slotSize) else { return nil }
-        return Header(owner: Int32(bitPattern: field(16)), session: Int32(bitPattern: field(20)), generation: field(24))
+        func wide(_ at: Int) -> UInt64 {
+            bytes.dropFirst(at).prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
+        }
+        return Header(owner: Int32(bitPattern: field(16)), session: Int32(bitPattern: field(20)), generation: field(24),
+                      ownerStart: wide(32), boot: wide(40))
     }
 
     /// What a previous owner left: its header, and the groups to kill with their session. A file
-    /// without our header is read as the text of daemons before it (`PGID SID` lines); anything
-    /// else in it is ignored.
+    /// without our header names nothing (the text of earlier daemons said nothing of when they
+    /// started, so what it names cannot be told from a reused id).
     static func readRecord(_ fd: Int32) -> (header: Header?, groups: [(pgid: Int32, session: Int32)]) {
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
@@ -247,7 +314,7 @@ final class ProcessGroupRecord {
     }
 
     static func parse(_ bytes: [UInt8]) -> (header: Header?, groups: [(pgid: Int32, session: Int32)]) {
-        guard let header = parseHeader(bytes[...]) else { return (nil, parseText(bytes)) }
+        guard let header = parseHeader(bytes[...]) else { return (nil, []) }
         var groups: [(pgid: Int32, session: Int32)] = []
         var seen = Set<Int32>()
         var at = headerSize
@@ -261,16 +328,6 @@ final class ProcessGroupRecord {
             at += slotSize
         }
         return (header, groups)
-    }
-
-    /// The text format of daemons before the slots: one `PGID SID` line per group.
-    static func parseText(_ bytes: [UInt8]) -> [(pgid: Int32, session: Int32)] {
-        String(decoding: bytes, as: UTF8.self).split(separator: "\n").compactMap { line in
-            let fields = line.split(separator: " ")
-            guard fields.count == 2, let pgid = Int32(fields[0]), let session = Int32(fields[1]),
-                  pgid > 1, session >= 0 else { return nil }
-            return (pgid, session)
-        }
     }
 
     /// Whether `pid` runs (a zombie has exited: its files, and its locks, are gone).
@@ -328,24 +385,41 @@ final class ProcessGroupRecord {
         return true
     }
 
-    /// Kills (SIGKILL) every group that still has members in its recorded session, unless a
-    /// member is this process or its child (a group of another runner of ours); waits up to
-    /// `deadline` for them to be gone. Returns the groups killed.
-    static func kill(_ recorded: [(pgid: Int32, session: Int32)], deadline: Duration) -> [Int32] {
-        guard !recorded.isEmpty else { return [] }
+    /// Kills (SIGKILL) what the dead owner `header` can have left in each recorded group: the
+    /// members in its session, of its boot, started no earlier than it, unless a member is this
+    /// process or its child (a group of another runner of ours), and unless the group's leader
+    /// lives on undying (the id then names a new group). Each member is killed through a pidfd
+    /// opened and checked before the signal, so a reused pid is never hit. Waits up to `deadline`
+    /// for them to be gone. Returns the groups killed.
+    static func kill(_ recorded: [(pgid: Int32, session: Int32)], of header: Header, deadline: Duration) -> [Int32] {
+        guard !recorded.isEmpty, header.boot != 0, header.boot == currentBoot else { return [] }
         var killed: [Int32] = []
         var members: [Int32] = []
         let processes = ProcStat.all()
         let me = getpid()
         for group in recorded {
-            let inGroup = processes.filter { $0.pgrp == group.pgid && $0.session == group.session }
-            guard !inGroup.isEmpty, !inGroup.contains(where: { $0.ppid == me || $0.pid == me }) else { continue }
-            // pidfds first, so that the wait below cannot be fooled by a reused pid.
-            members += inGroup.compactMap { p in
-                let pidfd = _bgw_pidfd_open(p.pid, 0)
-                return pidfd >= 0 ? pidfd : nil
+            let inGroup = processes.filter {
+                $0.pgrp == group.pgid && $0.session == group.session && $0.startTime >= header.ownerStart
+                    && $0.state != "Z" && $0.state != "X"
             }
-            if Glibc.kill(-group.pgid, SIGKILL) == 0 { killed.append(group.pgid) }
+            guard !inGroup.isEmpty, !inGroup.contains(where: { $0.ppid == me || $0.pid == me }) else { continue }
+            if let leader = processes.first(where: { $0.pid == group.pgid }), leader.state != "Z", leader.state != "X",
+               !leader.isDying {
+                continue
+            }
+            var any = false
+            for process in inGroup {
+                let pidfd = _bgw_pidfd_open(process.pid, 0)
+                guard pidfd >= 0 else { continue }
+                guard let now = ProcStat.read(pid: process.pid), now.pgrp == process.pgrp, now.startTime == process.startTime,
+                      _bgw_pidfd_send_signal(pidfd, SIGKILL) == 0 else {
+                    close(pidfd)
+                    continue
+                }
+                members.append(pidfd)
+                any = true
+            }
+            if any { killed.append(group.pgid) }
         }
         waitUntilExited(members, deadline: deadline)
         members.forEach { close($0) }
@@ -379,6 +453,27 @@ struct ProcStat {
     var ppid: Int32
     var pgrp: Int32
     var session: Int32
+    /// PF_* flags (field 9).
+    var flags: UInt64 = 0
+    /// Clock ticks after boot (field 22).
+    var startTime: UInt64 = 0
+
+    /// Exiting (PF_EXITING), or with SIGKILL pending: what PR_SET_PDEATHSIG leaves of a worker
+    /// leader whose daemon died.
+    var isDying: Bool {
+        if flags & 0x4 != 0 { return true }
+        let fd = open("/proc/\(pid)/status", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let n = buffer.withUnsafeMutableBytes { raw in retryOnInterrupt { Glibc.read(fd, raw.baseAddress, raw.count) } }
+        guard n > 0 else { return false }
+        let status = String(decoding: buffer[0..<n], as: UTF8.self)
+        for line in status.split(separator: "\n") where line.hasPrefix("SigPnd:") || line.hasPrefix("ShdPnd:") {
+            if let mask = UInt64(line.split(separator: "\t").last ?? "", radix: 16), mask & (1 << 8) != 0 { return true }
+        }
+        return false
+    }
 
     /// Every process now, from /proc.
     static func all() -> [ProcStat] {
@@ -405,12 +500,14 @@ struct ProcStat {
         let n = buffer.withUnsafeMutableBytes { raw in retryOnInterrupt { Glibc.read(fd, raw.baseAddress, raw.count) } }
         guard n > 0, let close = buffer[0..<n].lastIndex(of: UInt8(ascii: ")")) else { return nil }
         let fields = buffer[(close + 1)..<n].split(separator: UInt8(ascii: " "))
-        // state ppid pgrp session ...
-        guard fields.count >= 4, let state = fields[0].first,
+        // state ppid pgrp session tty_nr tpgid flags ... starttime (fields 3, 4, 5, 6, 7, 8, 9, 22)
+        guard fields.count >= 20, let state = fields[0].first,
               let ppid = Int32(String(decoding: fields[1], as: UTF8.self)),
               let pgrp = Int32(String(decoding: fields[2], as: UTF8.self)),
               let session = Int32(String(decoding: fields[3], as: UTF8.self))
         else { return nil }
-        return ProcStat(pid: pid, state: Character(Unicode.Scalar(state)), ppid: ppid, pgrp: pgrp, session: session)
+        func number(_ index: Int) -> UInt64 { UInt64(String(decoding: fields[index], as: UTF8.self)) ?? 0 }
+        return ProcStat(pid: pid, state: Character(Unicode.Scalar(state)), ppid: ppid, pgrp: pgrp, session: session,
+                        flags: number(6), startTime: number(19))
     }
 }

@@ -2,6 +2,7 @@ import BgWorkerCore
 import DBus
 import Foundation
 import Glibc
+import Synchronization
 import TestSupport
 import Testing
 
@@ -83,42 +84,74 @@ extension SystemdNamespaceTests {
         /// name read every adopted worker `standby` with pid 0 for 150-350 ms while its unit ran.
         @Test(.enabled(if: rootTestsEnabled, SystemdRunnerTests.needsRoot))
         func aClientThatSeesTheNameSeesEveryAdoptedWorkerRunningWithItsPid() async throws {
-            let workers = (0..<30).map { "[worker.w\($0)]\nexec = [\"/bin/sleep\", \"600\"]\n" }.joined(separator: "\n")
+            try await coldStartKillAndAdopt(count: 30)
+        }
+
+        /// The issue's scale test: 2,000 workers as units, SIGKILL, a new daemon adopts all.
+        @Test(.enabled(if: rootTestsEnabled, SystemdRunnerTests.needsRoot))
+        func twoThousandWorkersAreAdoptedWithTheirPids() async throws {
+            try await coldStartKillAndAdopt(count: 2_000)
+        }
+
+        /// Starts `count` workers as units, SIGKILLs the daemon, starts a new one while a client
+        /// waits for the name and reads every worker from the moment it appears until READY=1:
+        /// every read must show every worker `running` with the pid it had.
+        func coldStartKillAndAdopt(count: Int) async throws {
+            let workers = (0..<count).map { "[worker.w\($0)]\nexec = [\"/bin/sleep\", \"3600\"]\n" }.joined(separator: "\n")
             try await SystemdDaemonFixture.with(workers) { f in
+                var began = ContinuousClock.now
                 try await f.startDaemon()
+                print("bgworkerd + systemd runner: cold start of \(count) workers took \(ContinuousClock.now - began)")
                 let before = try await f.workers()
-                #expect(before.count == 30 && before.values.allSatisfy { $0.state == "running" }, "\(before)")
+                #expect(before.count == count && before.values.allSatisfy { $0.state == "running" })
                 try await f.stopDaemon(signal: SIGKILL)
 
-                // A client that waits for the name and reads every worker the moment it appears.
                 let client = try await DBusConnection.connect(.address(f.bus.unixAddress))
                 defer { client.close() }
                 let watch = try await client.watchNameOwner(DaemonFixture.busName)
                 #expect(watch.initialOwner == nil)
-                let firstRead = Task { () async throws -> [String: WorkerRow] in
+                let ready = Flag()
+                let reads = Task { () async throws -> [[String: WorkerRow]] in
+                    var reads: [[String: WorkerRow]] = []
                     for await event in watch {
                         guard case .ownerChanged(_, _?) = event else { continue }
-                        let reply = try await client.call(destination: DaemonFixture.busName, path: try ObjectPath(DaemonFixture.manager),
-                                                          interface: DaemonFixture.interface, member: "ListWorkers")
-                        var rows: [String: WorkerRow] = [:]
-                        for row in reply.first?.arrayValue ?? [] {
-                            guard let f = row.structureValue, f.count == 5, let name = f[0].stringValue,
-                                  let state = f[1].stringValue, let pid = f[3].uint32Value
-                            else { throw TestProcessError("bad ListWorkers row \(row)") }
-                            rows[name] = WorkerRow(state: state, pid: pid)
-                        }
-                        return rows
+                        // Reads until one began after READY=1 (the first read of 2,000 rows may take longer
+                        // than the daemon needs from its name to READY=1).
+                        var last = false
+                        repeat {
+                            last = ready.isSet
+                            reads.append(try await listWorkers(client))
+                        } while !last
+                        return reads
                     }
                     throw TestProcessError("the name watch ended")
                 }
+                began = ContinuousClock.now
                 try await f.startDaemon()
-                let seen = try await firstRead.value
-                #expect(seen.count == 30)
-                for (name, worker) in before.sorted(by: { $0.key < $1.key }) {
-                    #expect(seen[name] == WorkerRow(state: "running", pid: worker.pid), "\(name) read \(String(describing: seen[name]))")
+                print("bgworkerd + systemd runner: restart adopting \(count) workers -> READY=1 took \(ContinuousClock.now - began)")
+                ready.set()
+                let seen = try await reads.value
+                print("bgworkerd + systemd runner: the client read \(count) workers \(seen.count) times from the name to READY=1")
+                #expect(!seen.isEmpty)
+                for (index, read) in seen.enumerated() {
+                    let wrong = before.filter { name, worker in read[name] != WorkerRow(state: "running", pid: worker.pid) }
+                    #expect(wrong.isEmpty, "read \(index) of \(seen.count): \(wrong.count) workers not running with their pid, e.g. \(wrong.keys.sorted().prefix(3).map { "\($0): \(String(describing: read[$0]))" })")
                 }
                 #expect(try await f.unitProperty("w0", "Service", "MainPID") == "u \(before["w0"]?.pid ?? 0)")
             }
+        }
+
+        func listWorkers(_ client: DBusConnection) async throws -> [String: WorkerRow] {
+            let reply = try await client.call(destination: DaemonFixture.busName, path: try ObjectPath(DaemonFixture.manager),
+                                              interface: DaemonFixture.interface, member: "ListWorkers")
+            var rows: [String: WorkerRow] = [:]
+            for row in reply.first?.arrayValue ?? [] {
+                guard let f = row.structureValue, f.count == 5, let name = f[0].stringValue,
+                      let state = f[1].stringValue, let pid = f[3].uint32Value
+                else { throw TestProcessError("bad ListWorkers row \(row)") }
+                rows[name] = WorkerRow(state: state, pid: pid)
+            }
+            return rows
         }
 
         /// A `failed` worker starts again after a daemon restart, with `Restarts` 0 (as with the
@@ -158,6 +191,12 @@ extension SystemdNamespaceTests {
             try await run(["busctl", "--address=\(f.bus.unixAddress)", "get-property", DaemonFixture.busName,
                            "\(DaemonFixture.manager)/worker/flaky", "\(DaemonFixture.interface).Worker", "Restarts"])
                 .stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+
+        final class Flag: Sendable {
+            private let value = Mutex(false)
+            var isSet: Bool { value.withLock { $0 } }
+            func set() { value.withLock { $0 = true } }
         }
 
         struct WorkerRow: Sendable, Equatable {

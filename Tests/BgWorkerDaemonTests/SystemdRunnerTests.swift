@@ -291,7 +291,10 @@ extension SystemdNamespaceTests {
                     Self.spec("absent", ["/bin/sleep", "300"], hash: 44),
                 ])
                 #expect(adopted == ["keep": keep], "only the unchanged, configured worker is adopted, with its pid")
-                // adopt returns once the others are gone, so the new definition can start at once.
+                // adopt changes nothing that runs (the daemon has no bus name yet); finishAdoption
+                // stops the rest and returns once they are gone, so the new definition can start.
+                for pid in [keep, changed, removed] { #expect(try await isRunning(ns, pid)) }
+                await runner.finishAdoption()
                 #expect(try await listedUnits(ns) == ["bgworker-keep.service"])
                 for pid in [changed, removed] {
                     #expect(try await !isRunning(ns, pid), "pid \(pid) is gone")

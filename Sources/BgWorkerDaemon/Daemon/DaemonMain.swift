@@ -177,8 +177,10 @@ struct DaemonService: Service {
         } catch {
             throw DaemonStartError("cannot connect to the bus \(busAddress): \(error)")
         }
-        // Objects first, then the name: whoever sees the name sees every worker.
+        // Objects and adopted workers first, then the name: whoever sees the name sees every
+        // worker with its state. Nothing is started or stopped before the name is ours.
         await supervisor.attach(connection)
+        await supervisor.adopt()
         let reply: RequestNameReply
         do {
             reply = try await connection.requestName(BgWorkerBus.busName, flags: [.doNotQueue])

@@ -2,13 +2,15 @@
 // that is PID 1, created with StartTransientUnit on systemd's bus. Workers so outlive a daemon
 // that is SIGKILLed, and a new daemon adopts the units whose definition hash still matches.
 //
-// Every unit is followed through one ordered stream: a `watchNameOwner` on
-// org.freedesktop.systemd1 with two rules, the unit's PropertiesChanged and the JobRemoved
-// signals naming the unit. One stream keeps systemd's order (a unit's properties are flushed
-// before its job's JobRemoved), which two separate subscriptions would not; following the
-// owner also tells a systemd that re-executed (daemon-reexec) so the state is read anew. The
-// stream is in place before the call that creates a job, and before the read of an adopted
-// unit's state, so nothing that happens in between is lost.
+// Every unit is followed through one ordered stream, shared by all units: a `watchNameOwner` on
+// org.freedesktop.systemd1 with two rules, every unit's PropertiesChanged (path_namespace) and
+// every JobRemoved, handed to the unit's entry by object path or unit name (see
+// SystemdUnitTable). The match rules are so a constant three, whatever the number of workers.
+// One stream keeps systemd's order (a unit's properties are flushed before its job's
+// JobRemoved), which two separate subscriptions would not; following the owner also tells a
+// systemd that re-executed (daemon-reexec) so the state is read anew. The stream is in place
+// before the call that creates a job, and before the read of an adopted unit's state, so
+// nothing that happens in between is lost.
 
 import BgWorkerCore
 import DBus
@@ -132,36 +134,72 @@ public final class SystemdRunner: WorkerRunner {
         }
         let specs = Dictionary(specs.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         var adopted: [String: Int32] = [:]
-        var leaving: [UInt64] = []
+        var leaving: [(WorkerUnit, UInt64)] = []
+        var workers: [String] = []
         for unitName in listed {
             guard let worker = workerName(fromSystemdUnitName: unitName) else {
                 logger.notice("leaving alone a unit bgworkerd does not name", metadata: ["unit": "\(unitName)"])
                 continue
             }
-            switch await adoptOrRemove(WorkerUnit(worker: worker), spec: specs[worker]) {
-            case .adopted(let pid): adopted[worker] = pid
-            case .leaving(let id): leaving.append(id)
-            case .nothing: break
+            workers.append(worker)
+        }
+        // Units are read side by side (each read is two round trips to systemd), a bounded number
+        // at a time so the bus's queue for us stays small.
+        await withTaskGroup(of: (String, AdoptionResult).self) { group in
+            var next = workers.makeIterator()
+            func addNext() -> Bool {
+                guard let worker = next.next() else { return false }
+                group.addTask { [self] in (worker, await adoptOrRemove(WorkerUnit(worker: worker), spec: specs[worker])) }
+                return true
+            }
+            for _ in 0..<SystemdUnitTable.concurrentCalls { if !addNext() { break } }
+            while let (worker, result) = await group.next() {
+                switch result {
+                case .adopted(let pid): adopted[worker] = pid
+                case .leaving(let id): leaving.append((WorkerUnit(worker: worker), id))
+                case .nothing: break
+                }
+                _ = addNext()
             }
         }
-        // The supervisor starts changed workers right after: their old units must be gone first.
-        await withTaskGroup(of: Void.self) { group in
-            for id in leaving { group.addTask { [table] in await table.waitUntilGone(id: id) } }
-        }
+        await table.deferStops(leaving)
         return adopted
+    }
+
+    public func finishAdoption() async {
+        let leaving = await table.takeDeferredStops()
+        guard !leaving.isEmpty, let connection = try? await table.currentConnection() else { return }
+        // The supervisor starts changed workers right after: their old units must be gone first.
+        await forEach(leaving, atMost: SystemdUnitTable.concurrentCalls) { [table, logger] unit, id in
+            await stopUnit(unit, on: connection, logger: logger)
+            await table.waitUntilGone(id: id)
+        }
+    }
+
+    public func release() async {
+        await table.releaseAll()
+        commands.finish()
+        guard let connection = await table.finish() else { return }
+        await closeOrUnsubscribe(connection)
     }
 
     public func shutdown() async {
         let units = await table.beginShutdown()
         if let connection = try? await table.currentConnection() {
-            await withTaskGroup(of: Void.self) { group in
-                for unit in units { group.addTask { [logger] in await stopUnit(unit, on: connection, logger: logger) } }
+            // A bounded number at a time: 300 StopUnit calls at once exceeded dbus-daemon's 128
+            // pending replies per connection (LimitsExceeded).
+            await forEach(units, atMost: SystemdUnitTable.concurrentCalls) { [logger] unit in
+                await stopUnit(unit, on: connection, logger: logger)
             }
         }
         // Without a connection now, the units are stopped once it is back (they are marked).
         await table.waitUntilEmpty()
         commands.finish()
         guard let connection = await table.finish() else { return }
+        await closeOrUnsubscribe(connection)
+    }
+
+    private func closeOrUnsubscribe(_ connection: DBusConnection) async {
         if ownsConnection {
             connection.close()
         } else {
@@ -274,9 +312,10 @@ public final class SystemdRunner: WorkerRunner {
             if state == "failed" { await resetFailed(unit, on: connection) }
             return .nothing
         case .leave(let state, let why):
-            logger.notice("stopping a worker unit left by a previous daemon: \(why)",
+            // Stopped by `finishAdoption`, once the daemon owns its name (not before: a daemon
+            // that finds another one running must leave that one's units alone).
+            logger.notice("will stop a worker unit left by a previous daemon: \(why)",
                           metadata: ["worker": "\(unit.worker)", "unit": "\(unit.name)", "state": "\(state)"])
-            await stopUnit(unit, on: connection, logger: logger)
             return .leaving(id)
         }
     }

@@ -1,6 +1,13 @@
-// The systemd runner's one owner of state: the units it follows (each with its ordered signal
-// stream and the task that feeds it here), the starts waiting for their job, the waiters for units
-// to end, the bus connection (and getting a new one when it ends), and the events stream.
+// The systemd runner's one owner of state: the units it follows, the one ordered signal stream
+// that follows them all (and the task that feeds it here), the starts waiting for their job, the
+// waiters for units to end, the bus connection (and getting a new one when it ends), and the
+// events stream.
+//
+// The stream holds a constant number of match rules, whatever the number of units: every unit's
+// PropertiesChanged (path_namespace on systemd's unit objects), every JobRemoved, and the
+// NameOwnerChanged of org.freedesktop.systemd1. Signals are handed to the unit's entry by object
+// path or unit name. A rule per unit hit dbus-daemon's limit of 512 rules per connection at about
+// 250 workers (issue 16).
 
 import BgWorkerCore
 import DBus
@@ -10,9 +17,6 @@ actor SystemdUnitTable {
     private struct Entry {
         let unit: WorkerUnit
         var tracker = UnitTracker()
-        var watch: NameOwnerWatch?
-        /// Counts the streams the entry had; a stream that ends after it was replaced is ignored.
-        var generation: UInt64 = 0
         /// The caller of `start`, waiting for the start job's end.
         var starter: CheckedContinuation<Result<Int32, RunnerError>, Never>?
         /// False for units found at adoption that are being stopped: the supervisor does not
@@ -35,6 +39,15 @@ actor SystemdUnitTable {
     private let logger: Logger
     private var entries: [UInt64: Entry] = [:]
     private var idsByWorker: [String: UInt64] = [:]
+    /// The same entries by the unit's object path (PropertiesChanged) and by unit name (JobRemoved).
+    private var idsByPath: [String: UInt64] = [:]
+    private var idsByUnit: [String: UInt64] = [:]
+    /// The stream of every unit's signals on the current connection; nil until first needed and
+    /// while there is no connection.
+    private var stream: NameOwnerWatch?
+    private var streamOpening: Task<NameOwnerWatch, any Error>?
+    /// Counts the streams; the end of a stream that was replaced or cancelled is ignored.
+    private var streamGeneration: UInt64 = 0
     private var nextID: UInt64 = 1
     private var shuttingDown = false
     private var emptyWaiters: [CheckedContinuation<Void, Never>] = []
@@ -42,6 +55,8 @@ actor SystemdUnitTable {
     /// the unit's stream, in order among its signals.
     private var pendingReads: [UInt64: (entry: UInt64, waiter: CheckedContinuation<Bool, Never>?)] = [:]
     private var subscribed = false
+    /// Units `adopt` found and will not take over, stopped by `finishAdoption`.
+    private var deferredStops: [(WorkerUnit, UInt64)] = []
     private var subscribing: Task<Void, any Error>?
 
     init(connection: DBusConnection, reconnect: (@Sendable () async throws -> DBusConnection)?,
@@ -100,12 +115,11 @@ actor SystemdUnitTable {
         guard let current = connection, current === ended else { return }
         connection = nil
         subscribed = false
+        stream?.cancel()
+        stream = nil
+        streamGeneration += 1
         for id in entries.keys.sorted() {
-            guard var entry = entries[id] else { continue }
-            entry.watch?.cancel()
-            entry.watch = nil
-            entry.generation += 1
-            entries[id] = entry
+            guard let entry = entries[id] else { continue }
             if entry.tracker.phase == .starting {
                 remove(id, startFailure: RunnerError(.unavailable, worker: entry.unit.worker, context: "the bus connection to systemd ended"))
             }
@@ -145,18 +159,15 @@ actor SystemdUnitTable {
         // systemd may not be back on the bus yet: then each unit's stream reports its owner when
         // it comes, which subscribes again and reads the unit (`ownerChanged` in `follow`).
         try? await ensureSubscribed()
-        for id in entries.keys.sorted() {
-            guard let entry = entries[id] else { continue }
-            let systemdIsThere: Bool
-            do {
-                systemdIsThere = try await follow(id: id, afterReconnect: true)
-            } catch {
-                logger.error("cannot follow a unit again: \(error)", metadata: ["unit": "\(entry.unit.name)"])
-                continue  // the connection ended again: the next connection picks it up
-            }
-            guard systemdIsThere else { continue }
-            await resynchronize(id: id)
+        let watch: NameOwnerWatch
+        do {
+            watch = try await openStream(for: nil, subscribe: false)
+        } catch {
+            logger.error("cannot follow the units again: \(error)")
+            return  // the connection ended again: the next connection picks them up
         }
+        guard watch.initialOwner != nil else { return }
+        for id in entries.keys.sorted() { await resynchronize(id: id) }
     }
 
     /// Reads a unit that may have changed while nothing was heard of it; stops it if that was asked.
@@ -183,62 +194,106 @@ actor SystemdUnitTable {
         nextID += 1
         entries[id] = Entry(unit: unit, reportsExit: reportsExit)
         idsByWorker[unit.worker] = id
+        idsByPath[unit.path.rawValue] = id
+        idsByUnit[unit.name] = id
         return id
     }
 
-    /// Opens the entry's stream (the unit's PropertiesChanged and the JobRemoved naming it,
-    /// from the owner of org.freedesktop.systemd1) and starts the task that feeds it here.
-    /// Returns whether systemd owns its name now.
+    /// Makes sure the stream that follows every unit is in place (so every signal of the entry's
+    /// unit from now on reaches it). Returns whether systemd owns its name now.
     @discardableResult
-    func follow(id: UInt64, afterReconnect: Bool = false) async throws(RunnerError) -> Bool {
+    func follow(id: UInt64) async throws(RunnerError) -> Bool {
         guard let unit = entries[id]?.unit else {
             throw RunnerError(.unavailable, worker: nil, context: "the unit is no longer followed")
         }
-        let connection = try currentConnection(for: unit.worker)
-        let watch: NameOwnerWatch
-        do {
-            if !afterReconnect { try await ensureSubscribed() }
-            watch = try await connection.watchNameOwner(SystemdBus.name, signals: [
-                MatchRule(path: unit.path, interface: SystemdBus.properties, member: "PropertiesChanged"),
-                MatchRule(path: SystemdBus.managerPath, interface: SystemdBus.manager, member: "JobRemoved",
-                          arguments: [2: unit.name]),
-            ])
-        } catch {
-            throw RunnerError(.unavailable, worker: unit.worker, context: "following \(unit.name) on systemd's bus: \(error)")
+        let watch = try await openStream(for: unit.worker)
+        guard entries[id] != nil else {
+            throw RunnerError(.unavailable, worker: unit.worker, context: "the unit is no longer followed")
         }
-        guard entries[id] != nil, self.connection === connection else {
-            watch.cancel()
-            throw RunnerError(.unavailable, worker: unit.worker, context: "the unit is no longer followed, or the connection ended")
-        }
-        guard afterReconnect || !shuttingDown else {
-            watch.cancel()
+        guard !shuttingDown else {
             throw RunnerError(.shutDown, worker: unit.worker, context: "the runner is shut down")
         }
-        entries[id]?.watch = watch
-        entries[id]?.generation += 1
-        let generation = entries[id]?.generation ?? 0
+        return watch.currentOwner != nil
+    }
+
+    /// The match rules of the stream: a constant number, whatever the number of units.
+    static let unitSignals = [
+        MatchRule(pathNamespace: try? ObjectPath(String(SystemdBus.unitPathPrefix.dropLast())),
+                  interface: SystemdBus.properties, member: "PropertiesChanged"),
+        MatchRule(path: SystemdBus.managerPath, interface: SystemdBus.manager, member: "JobRemoved"),
+    ]
+
+    /// The stream of every unit's signals on the current connection, opened (after `Subscribe`,
+    /// unless systemd may not be on the bus yet) on first use, with the task that feeds it here.
+    /// Concurrent callers share the opening.
+    private func openStream(for worker: String?, subscribe: Bool = true) async throws(RunnerError) -> NameOwnerWatch {
+        let connection = try currentConnection(for: worker)
+        if let stream { return stream }
+        do {
+            if subscribe { try await ensureSubscribed() }
+            if let stream { return stream }
+            if let streamOpening {
+                _ = try await streamOpening.value
+            } else {
+                // The task installs the stream before it completes, so whoever awaits it finds it.
+                let task = Task {
+                    do {
+                        let watch = try await connection.watchNameOwner(SystemdBus.name, signals: Self.unitSignals)
+                        return try await self.install(watch, on: connection)
+                    } catch {
+                        await self.openingEnded()
+                        throw error
+                    }
+                }
+                streamOpening = task
+                _ = try await task.value
+            }
+        } catch let error as RunnerError {
+            throw error
+        } catch {
+            throw RunnerError(.unavailable, worker: worker, context: "following the units on systemd's bus: \(error)")
+        }
+        guard let stream else {
+            throw RunnerError(.unavailable, worker: worker, context: "the connection to systemd's bus ended")
+        }
+        return stream
+    }
+
+    private func install(_ watch: NameOwnerWatch, on connection: DBusConnection) throws(RunnerError) -> NameOwnerWatch {
+        streamOpening = nil
+        guard self.connection === connection else {
+            watch.cancel()
+            throw RunnerError(.unavailable, worker: nil, context: "the connection to systemd's bus ended")
+        }
+        stream = watch
+        streamGeneration += 1
+        feed(watch, generation: streamGeneration, connection: connection)
+        return watch
+    }
+
+    private func openingEnded() { streamOpening = nil }
+
+    private func feed(_ watch: NameOwnerWatch, generation: UInt64, connection: DBusConnection) {
         Task { [weak self, logger] in
             for await event in watch {
                 guard let self else { return }
                 switch event {
                 case .signal(let signal):
-                    await self.handle(signal, id: id)
+                    await self.handle(signal)
                 case .ownerReply(let reply):
-                    await self.handleReply(reply, id: id)
+                    await self.handleReply(reply)
                 case .ownerChanged(_, let owner?):
                     // systemd re-executed or restarted: signals may have been lost meanwhile.
-                    logger.notice("systemd has a new bus connection; reading the unit's state again",
-                                  metadata: ["unit": "\(unit.name)", "owner": "\(owner)"])
+                    logger.notice("systemd has a new bus connection; reading the units' state again",
+                                  metadata: ["owner": "\(owner)"])
                     await self.resubscribe()
-                    await self.refresh(id: id)
-                    await self.stopIfAsked(id: id)
+                    await self.refreshAll()
                 case .ownerChanged(_, nil), .ignoredSignal:
                     break
                 }
             }
-            await self?.streamEnded(id: id, generation: generation, connection: connection)
+            await self?.streamEnded(generation: generation, connection: connection)
         }
-        return watch.initialOwner != nil
     }
 
     private func stopIfAsked(id: UInt64) {
@@ -307,6 +362,23 @@ actor SystemdUnitTable {
         return entries[id] == nil ? .ended(state: state) : .leave(state: state, why: why)
     }
 
+    func deferStops(_ units: [(WorkerUnit, UInt64)]) { deferredStops += units }
+
+    func takeDeferredStops() -> [(WorkerUnit, UInt64)] {
+        defer { deferredStops = [] }
+        return deferredStops
+    }
+
+    /// Forgets every unit without stopping it, and refuses new starts.
+    func releaseAll() {
+        shuttingDown = true
+        deferredStops = []
+        for id in entries.keys.sorted() {
+            entries[id]?.tracker.abandon()
+            remove(id, startFailure: RunnerError(.shutDown, worker: entries[id]?.unit.worker, context: "the runner is released"))
+        }
+    }
+
     func waitUntilGone(id: UInt64) async {
         guard entries[id] != nil else { return }
         await withCheckedContinuation { entries[id]?.goneWaiters.append($0) }
@@ -314,18 +386,20 @@ actor SystemdUnitTable {
 
     // MARK: Signals and reads
 
-    /// A signal of the entry's stream: the unit's PropertiesChanged or its JobRemoved.
-    private func handle(_ signal: DBusSignal, id: UInt64) {
-        guard entries[id] != nil else { return }
+    /// A signal of the stream: a unit's PropertiesChanged or a JobRemoved; those of units the
+    /// runner does not follow are dropped.
+    private func handle(_ signal: DBusSignal) {
         let args = signal.arguments
         switch signal.member {
         case "PropertiesChanged":
             // (s interface, a{sv} changed, as invalidated)
-            guard args.count == 3, let changed = args[1].stringKeyedDictionary else { return }
+            guard let id = idsByPath[signal.path.rawValue],
+                  args.count == 3, let changed = args[1].stringKeyedDictionary else { return }
             update(id) { $0.propertiesChanged(changed) }
         case "JobRemoved":
             // (u id, o job, s unit, s result)
-            guard args.count == 4, let job = args[1].objectPathValue, let result = args[3].stringValue else { return }
+            guard args.count == 4, let unit = args[2].stringValue, let id = idsByUnit[unit],
+                  let job = args[1].objectPathValue, let result = args[3].stringValue else { return }
             update(id) { $0.jobRemoved(job: job.rawValue, result: result) }
         default:
             break
@@ -343,15 +417,25 @@ actor SystemdUnitTable {
         return complete
     }
 
-    /// Reads the unit's properties anew without waiting (from the unit's own stream task, which
-    /// must go on to deliver the replies): after systemd re-executed.
-    private func refresh(id: UInt64) {
-        for interface in [SystemdBus.unit, SystemdBus.service] { sendRead(id: id, interface: interface, waiter: nil) }
+    /// Reads every unit's properties anew, and stops those asked to stop: after systemd
+    /// re-executed. In a task of its own (the stream's task must go on to deliver the replies),
+    /// a bounded number of units at a time (dbus-daemon allows 128 pending calls per connection).
+    private func refreshAll() {
+        let ids = entries.keys.sorted()
+        Task { [weak self] in
+            guard let self else { return }
+            await forEach(ids, atMost: SystemdUnitTable.concurrentCalls) { [self] id in await self.resynchronize(id: id) }
+        }
     }
 
+    /// How many calls the runner has pending at once when it reads or stops many units:
+    /// well under dbus-daemon's `max_replies_per_connection` (128 on Debian's system bus).
+    static let concurrentCalls = 32
+
     /// The reply to a read sent with `callOwner`.
-    private func handleReply(_ reply: OwnerCallReply, id: UInt64) {
+    private func handleReply(_ reply: OwnerCallReply) {
         guard let pending = pendingReads.removeValue(forKey: reply.id) else { return }
+        let id = pending.entry
         switch reply.result {
         case .success(let values):
             if let all = values.first?.stringKeyedDictionary { update(id) { $0.propertiesRead(all) } }
@@ -368,7 +452,7 @@ actor SystemdUnitTable {
     }
 
     private func sendRead(id: UInt64, interface: String, waiter: CheckedContinuation<Bool, Never>?) {
-        guard let entry = entries[id], let watch = entry.watch else {
+        guard let entry = entries[id], let watch = stream else {
             waiter?.resume(returning: false)
             return
         }
@@ -381,9 +465,9 @@ actor SystemdUnitTable {
         }
     }
 
-    /// An entry's stream ended. Unless the runner replaced or cancelled it, the connection is gone.
-    private func streamEnded(id: UInt64, generation: UInt64, connection ended: DBusConnection) {
-        guard let entry = entries[id], entry.generation == generation, entry.watch != nil else { return }
+    /// The stream ended. Unless the runner replaced or cancelled it, the connection is gone.
+    private func streamEnded(generation: UInt64, connection ended: DBusConnection) {
+        guard generation == streamGeneration, stream != nil else { return }
         connectionEnded(ended)
     }
 
@@ -408,6 +492,9 @@ actor SystemdUnitTable {
     /// Ends the events stream and any reconnection; returns the connection, if any.
     func finish() -> DBusConnection? {
         eventSink.finish()
+        stream?.cancel()
+        stream = nil
+        streamGeneration += 1
         reconnecting?.cancel()
         reconnecting = nil
         return connection
@@ -450,7 +537,8 @@ actor SystemdUnitTable {
     private func remove(_ id: UInt64, startFailure: RunnerError?) {
         guard let entry = entries.removeValue(forKey: id) else { return }
         if idsByWorker[entry.unit.worker] == id { idsByWorker[entry.unit.worker] = nil }
-        entry.watch?.cancel()
+        if idsByPath[entry.unit.path.rawValue] == id { idsByPath[entry.unit.path.rawValue] = nil }
+        if idsByUnit[entry.unit.name] == id { idsByUnit[entry.unit.name] = nil }
         if let starter = entry.starter {
             starter.resume(returning: .failure(startFailure ?? RunnerError(.unavailable, worker: entry.unit.worker, context: "the unit ended before its start job")))
         }
@@ -472,5 +560,19 @@ private func subscribeToSystemd(_ connection: DBusConnection) async throws {
         _ = try await connection.call(destination: SystemdBus.name, path: SystemdBus.managerPath,
                                       interface: SystemdBus.manager, member: "Subscribe")
     } catch let error as DBusError where error.name == SystemdBus.alreadySubscribed {
+    }
+}
+
+/// Runs `body` for each item, at most `limit` at a time.
+func forEach<T: Sendable>(_ items: [T], atMost limit: Int, _ body: @escaping @Sendable (T) async -> Void) async {
+    await withTaskGroup(of: Void.self) { group in
+        var iterator = items.makeIterator()
+        for _ in 0..<limit {
+            guard let item = iterator.next() else { break }
+            group.addTask { await body(item) }
+        }
+        while await group.next() != nil {
+            if let item = iterator.next() { group.addTask { await body(item) } }
+        }
     }
 }

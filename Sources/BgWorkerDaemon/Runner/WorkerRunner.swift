@@ -129,8 +129,17 @@ public protocol WorkerRunner: Sendable {
     /// as an event. Does nothing (but call `done`) for a name that does not run.
     func submitStop(name: String, done: @escaping @Sendable () -> Void)
     /// Takes over workers that still run from a previous daemon (systemd units whose definition
-    /// hash matches); returns their pids by name. Their exits then arrive as events.
+    /// hash matches); returns their pids by name. Their exits then arrive as events. Changes
+    /// nothing that runs (the daemon calls it before it owns its bus name): what is found but not
+    /// adopted is stopped by `finishAdoption`.
     func adopt(_ specs: [LaunchSpec]) async -> [String: Int32]
+    /// Once the daemon owns its bus name: stops what `adopt` found and did not take over (units
+    /// of workers that changed or are gone), and returns once it is gone, so the new definitions
+    /// can start.
+    func finishAdoption() async
+    /// Forgets every worker without stopping any (the daemon did not get its bus name: another
+    /// daemon runs, and the adopted workers are its own). The runner then refuses to start more.
+    func release() async
     /// Stops every worker in parallel and returns when all are gone; the runner then refuses to
     /// start more and finishes `events`.
     func shutdown() async
@@ -147,6 +156,12 @@ public protocol WorkerRunner: Sendable {
 extension WorkerRunner {
     public var callerExecutor: (any SerialExecutor)? { nil }
     public var logs: WorkerLogBuffers? { nil }
+
+    /// For runners that adopt nothing.
+    public func finishAdoption() async {}
+
+    /// For runners that adopt nothing: nothing runs before the first start.
+    public func release() async { await shutdown() }
 
     /// For runners that only have `events`: a task forwards them.
     public func deliverEvents(to handler: @escaping @Sendable (RunnerEvent) -> Void) {

@@ -67,6 +67,11 @@ public actor Supervisor {
     private var settleWaiters: [String: [CheckedContinuation<DBusError?, Never>]] = [:]
     private var drainWaiters: [CheckedContinuation<Void, Never>] = []
     private var isStarted = false
+    private var isAdopted = false
+    /// Until `start` (the daemon owns its bus name), starts and stops are kept here, not given to
+    /// the runner: a daemon that finds its name taken has then changed nothing that runs.
+    private var holdingRunner = true
+    private var heldRunnerActions: [FleetAction] = []
     /// Workers whose first start (at `start()`) has not been answered yet, and who waits for that.
     private var awaitingFirstStart: Set<String> = []
     private var firstStartsAnswered: CheckedContinuation<Void, Never>?
@@ -150,12 +155,13 @@ public actor Supervisor {
         }
     }
 
-    /// Starts the runner plumbing and every worker that should run (after adopting what a
-    /// previous daemon left running, for runners that can); returns once each of those starts
-    /// has been answered.
-    public func start() async {
-        guard !isStarted else { return }
-        isStarted = true
+    /// Starts the runner plumbing, takes over what a previous daemon left running (for runners
+    /// that can) and sets every worker's state, without starting or stopping anything. Called
+    /// before the bus name is requested, so that a client that sees the name sees each adopted
+    /// worker `running` with its pid (issue 16).
+    public func adopt() async {
+        guard !isAdopted else { return }
+        isAdopted = true
         startRunnerLoops()
         let specs = configuration.workers.map(launchSpec)
         let adopted = await runner.adopt(specs)
@@ -167,6 +173,20 @@ public actor Supervisor {
             if case .spawn(let name, _) = action { name } else { nil }
         })
         perform(actions)
+    }
+
+    /// Once the daemon owns its bus name: stops what the adoption left over, then starts every
+    /// worker that should run; returns once each of those first starts has been answered.
+    public func start() async {
+        guard !isStarted else { return }
+        isStarted = true
+        await adopt()
+        await runner.finishAdoption()
+        holdingRunner = false
+        let held = heldRunnerActions
+        heldRunnerActions = []
+        for action in held { submitToRunner(action) }
+        for (name, result) in startAnswers.takeNow() { startAnswered(name, result) }
         // READY=1 follows this: every first start has been answered (running, or backoff...).
         // Not "every worker settled": a worker restarting with no delay may never be.
         // The check is inside the continuation's body: an `await` may let the answers' jobs run
@@ -187,17 +207,24 @@ public actor Supervisor {
     public func shutdown() async {
         guard !isShuttingDown else { return }
         isShuttingDown = true
-        logger.notice("stopping every worker")
-        apply(.shutdown)
-        await withCheckedContinuation { continuation in
-            if fleet.hasProcesses { drainWaiters.append(continuation) } else { continuation.resume() }
+        if holdingRunner {
+            // The daemon never owned its name (another one runs): it started nothing, and what
+            // it adopted belongs to the other daemon, so nothing is stopped.
+            logger.notice("leaving every worker as it is: this daemon never started")
+            heldRunnerActions = []
+        } else {
+            logger.notice("stopping every worker")
+            apply(.shutdown)
+            await withCheckedContinuation { continuation in
+                if fleet.hasProcesses { drainWaiters.append(continuation) } else { continuation.resume() }
+            }
         }
         for (_, timer) in timers { timer.task.cancel() }
         timers = [:]
         roleTimer?.task.cancel()
         roleTimer = nil
         roleSourceTask?.cancel()
-        await runner.shutdown()
+        if holdingRunner { await runner.release() } else { await runner.shutdown() }
         startAnswers.close()
         runnerEvents.close()
     }
@@ -497,14 +524,8 @@ public actor Supervisor {
         // (see `WorkerRunner`); the answer to a start comes back to the actor.
         for action in actions {
             switch action {
-            case .spawn(let name, let definition):
-                spawning.insert(name)
-                earlyExits[name] = nil
-                runner.submitStart(launchSpec(definition)) { [startAnswers] result in
-                    startAnswers.post((name, result))
-                }
-            case .stop(let name, _):
-                runner.submitStop(name: name) {}
+            case .spawn, .stop:
+                if holdingRunner { heldRunnerActions.append(action) } else { submitToRunner(action) }
             default:
                 continue
             }
@@ -548,6 +569,21 @@ public actor Supervisor {
         // Answers the runner gave while this step ran (a start spawned at once on our thread):
         // handled now rather than after a trip through another thread.
         for (name, result) in startAnswers.takeNow() { startAnswered(name, result) }
+    }
+
+    private func submitToRunner(_ action: FleetAction) {
+        switch action {
+        case .spawn(let name, let definition):
+            spawning.insert(name)
+            earlyExits[name] = nil
+            runner.submitStart(launchSpec(definition)) { [startAnswers] result in
+                startAnswers.post((name, result))
+            }
+        case .stop(let name, _):
+            runner.submitStop(name: name) {}
+        default:
+            break
+        }
     }
 
     /// One Task per due timer, sleeping on ContinuousClock until the instant: an event, not a

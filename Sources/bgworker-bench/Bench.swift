@@ -14,7 +14,7 @@ struct BgWorkerBench: AsyncParsableCommand {
             executable (build them with `swift build -c release`). Root-only parts (network \
             namespaces with keepalived, a systemd namespace) are skipped when not root.
             """,
-        subcommands: [DBusBench.self, DaemonBenchmark.self, HABenchmark.self, SystemdBenchmark.self, SoakBenchmark.self,
+        subcommands: [DBusBench.self, DaemonBenchmark.self, HABenchmark.self, SystemdBenchmark.self, SystemdScaleBenchmark.self, SoakBenchmark.self,
                       AllBenchmarks.self])
 
     static func main() async {

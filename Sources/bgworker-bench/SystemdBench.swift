@@ -38,13 +38,7 @@ struct SystemdBenchmark: AsyncParsableCommand {
             return section
         }
         let events = try ProcessEvents.start()
-        // Visible inside the namespace, where /tmp and /run are private tmpfs.
-        let directory = "/var/lib/bgworker-bench-\(uniqueID(8))"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
-        Interrupt.register(directory)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        progress("systemd: starting a systemd namespace")
-        return try await SystemdNamespace.with { ns in
+        return try await withBenchNamespace("systemd") { ns, directory in
             events.watch(parent: ns.systemdPid)
             let native = try await systemdOwn(ns, settings, events: events)
             var results: [String: RunnerResult] = [:]
@@ -190,30 +184,20 @@ struct SystemdBenchmark: AsyncParsableCommand {
             to: configPath, stateDirectory: "\(run)/state")
         let client = try await DBusConnection.connect(.address(bus.unixAddress))
         let states = try await SignalLog(address: bus.unixAddress, MatchRule(interface: Manager.interface, member: "WorkerStateChanged"))
-        let notify = try NotifyDrain()
-        let nsenter = try ChildProcess(
-            ns.nsenterArguments(["--wd=\(run)", builtExecutablePath("bgworkerd"), "--config", configPath,
-                                 "--bus", bus.unixAddress, "--runner", runner]),
-            extraEnvironment: ["NOTIFY_SOCKET": notify.address, "RUNTIME_DIRECTORY": "\(run)/run"],
-            captureStdout: false, captureStderr: false, logFile: "\(run)/bgworkerd.log")
-        func stop() async {
-            if let daemon = childPids(of: nsenter.pid).first { kill(daemon, SIGTERM) }
-            if (try? await nsenter.waitForExit(timeout: .seconds(30))) == nil { await nsenter.terminate(grace: .seconds(1)) }
+        let daemon: NamespacedDaemon
+        do {
+            daemon = try await NamespacedDaemon.start(ns, run: run, configPath: configPath, busAddress: bus.unixAddress, runner: runner)
+        } catch {
             client.close()
-            notify.close()
+            await bus.stop()
+            throw error
+        }
+        func stop() async {
+            await daemon.stop()
+            client.close()
             await bus.stop()
         }
-        let ready = await withTaskGroup(of: Bool.self) { group in
-            group.addTask { _ = await notify.ready(); return true }
-            group.addTask { _ = try? await nsenter.waitForExit(timeout: .seconds(60)); return false }
-            defer { group.cancelAll() }
-            return await group.next() ?? false
-        }
-        if !ready {
-            await stop()
-            throw BenchError("bgworkerd --runner \(runner) did not get ready: \((try? String(contentsOfFile: "\(run)/bgworkerd.log", encoding: .utf8)) ?? "")")
-        }
-        guard let daemonPid = childPids(of: nsenter.pid).first else { await stop(); throw BenchError("nsenter has no child") }
+        guard let daemonPid = daemon.pid else { await stop(); throw BenchError("nsenter has no child") }
         // The workers' parent outside the namespace: systemd for units, the daemon for processes.
         let parent = runner == "systemd" ? ns.systemdPid : daemonPid
         events.watch(parent: parent)
@@ -260,12 +244,80 @@ struct SystemdBenchmark: AsyncParsableCommand {
                 await pause(5)
             }
         } catch {
-            let log = (try? String(contentsOfFile: "\(run)/bgworkerd.log", encoding: .utf8)) ?? ""
+            let log = daemon.log
             await stop()
             throw BenchError("--runner \(runner): \(error)\n--- bgworkerd log (tail) ---\n\(log.suffix(4000))")
         }
         await stop()
         return RunnerResult(toExec: toExec, toSignal: toSignal, enableReply: enableReply, enableExec: enableExec,
                             disableReply: disableReply)
+    }
+}
+
+/// A private systemd 252 and a folder for the run under /var/lib (visible inside the namespace,
+/// where /tmp and /run are private tmpfs), removed after `body`.
+func withBenchNamespace<T: Sendable>(_ label: String, _ body: (SystemdNamespace, String) async throws -> T) async throws -> T {
+    let directory = "/var/lib/bgworker-bench-\(uniqueID(8))"
+    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
+    Interrupt.register(directory)
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    progress("\(label): starting a systemd namespace")
+    return try await SystemdNamespace.with { ns in try await body(ns, directory) }
+}
+
+/// bgworkerd run inside a systemd namespace (nsenter), serving on a private bus whose socket is
+/// outside the namespace's private /tmp and /run; its NOTIFY_SOCKET drained by the bench.
+final class NamespacedDaemon: Sendable {
+    let nsenter: ChildProcess
+    let notify: NotifyDrain
+    let logPath: String
+    /// CLOCK_MONOTONIC (ns) just before nsenter was spawned, and when READY=1 arrived.
+    let spawnedAt: UInt64
+    let readyAt: UInt64
+
+    private init(nsenter: ChildProcess, notify: NotifyDrain, logPath: String, spawnedAt: UInt64, readyAt: UInt64) {
+        self.nsenter = nsenter
+        self.notify = notify
+        self.logPath = logPath
+        self.spawnedAt = spawnedAt
+        self.readyAt = readyAt
+    }
+
+    /// Starts bgworkerd with `--runner runner` and returns once it said READY=1; throws with its
+    /// log if it exits first or says nothing within `timeout`. `logName` is the log's file in `run`.
+    static func start(_ ns: SystemdNamespace, run: String, configPath: String, busAddress: String, runner: String,
+                      logName: String = "bgworkerd.log", timeout: Duration = .seconds(60)) async throws -> NamespacedDaemon {
+        let notify = try NotifyDrain()
+        let logPath = "\(run)/\(logName)"
+        let spawnedAt = monotonicNanoseconds()
+        let nsenter = try ChildProcess(
+            ns.nsenterArguments(["--wd=\(run)", builtExecutablePath("bgworkerd"), "--config", configPath,
+                                 "--bus", busAddress, "--runner", runner]),
+            extraEnvironment: ["NOTIFY_SOCKET": notify.address, "RUNTIME_DIRECTORY": "\(run)/run"],
+            captureStdout: false, captureStderr: false, logFile: logPath)
+        let readyAt = await withTaskGroup(of: UInt64?.self) { group in
+            group.addTask { await notify.ready() }
+            group.addTask { _ = try? await nsenter.waitForExit(timeout: timeout); return nil }
+            defer { group.cancelAll() }
+            return await group.next() ?? nil
+        }
+        let daemon = NamespacedDaemon(nsenter: nsenter, notify: notify, logPath: logPath, spawnedAt: spawnedAt, readyAt: readyAt ?? 0)
+        guard readyAt != nil else {
+            await daemon.stop()
+            throw BenchError("bgworkerd --runner \(runner) did not get ready: \(daemon.log.suffix(4000))")
+        }
+        return daemon
+    }
+
+    /// The daemon's pid outside the namespace.
+    var pid: pid_t? { childPids(of: nsenter.pid).first }
+
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    /// Sends `signal` to the daemon and waits for it to end (SIGTERM stops its workers first).
+    func stop(signal: Int32 = SIGTERM, timeout: Duration = .seconds(30)) async {
+        if let pid { kill(pid, signal) }
+        if (try? await nsenter.waitForExit(timeout: timeout)) == nil { await nsenter.terminate(grace: .seconds(1)) }
+        notify.close()
     }
 }

@@ -43,55 +43,32 @@ public final class ChildProcess: Sendable {
         var env = environment ?? ProcessInfo.processInfo.environment
         for (k, v) in extraEnvironment { env[k] = v }
 
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-
-        var emptyMask = sigset_t()
-        sigemptyset(&emptyMask)
-        posix_spawnattr_setsigmask(&attr, &emptyMask)
-        var allSignals = sigset_t()
-        sigfillset(&allSignals)
-        posix_spawnattr_setsigdefault(&attr, &allSignals)
-        var flags = Int32(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)
-        if newProcessGroup {
-            flags |= Int32(POSIX_SPAWN_SETPGROUP)
-            posix_spawnattr_setpgroup(&attr, 0)
-        }
-        posix_spawnattr_setflags(&attr, Int16(flags))
+        var spawn = CleanSpawn(newProcessGroup: newProcessGroup)
+        defer { spawn.destroy() }
 
         var outPipe: [Int32] = [-1, -1]
         var errPipe: [Int32] = [-1, -1]
         let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
         defer { close(devNull) }
-        posix_spawn_file_actions_adddup2(&actions, devNull, 0)
+        posix_spawn_file_actions_adddup2(&spawn.actions, devNull, 0)
         let logFD = logFile.map { open($0, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644) } ?? -1
         defer { if logFD >= 0 { close(logFD) } }
         if logFile != nil && logFD < 0 { throw TestProcessError("cannot open \(logFile ?? ""): \(errno)") }
         if logFD >= 0 {
-            if !captureStdout { posix_spawn_file_actions_adddup2(&actions, logFD, 1) }
-            if !captureStderr { posix_spawn_file_actions_adddup2(&actions, logFD, 2) }
+            if !captureStdout { posix_spawn_file_actions_adddup2(&spawn.actions, logFD, 1) }
+            if !captureStderr { posix_spawn_file_actions_adddup2(&spawn.actions, logFD, 2) }
         }
         if captureStdout {
             guard _bgw_pipe_cloexec(&outPipe) == 0 else { throw TestProcessError("pipe2: \(errno)") }
-            posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
+            posix_spawn_file_actions_adddup2(&spawn.actions, outPipe[1], 1)
         }
         if captureStderr {
             guard _bgw_pipe_cloexec(&errPipe) == 0 else { throw TestProcessError("pipe2: \(errno)") }
-            posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
+            posix_spawn_file_actions_adddup2(&spawn.actions, errPipe[1], 2)
         }
 
-        let cArgv = argv.map { strdup($0) } + [nil]
-        let cEnv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            cArgv.forEach { free($0) }
-            cEnv.forEach { free($0) }
-        }
         var child: pid_t = 0
-        let rc = posix_spawnp(&child, argv[0], &actions, &attr, cArgv, cEnv)
+        let rc = spawn.spawn(&child, argv, environment: env.map { "\($0.key)=\($0.value)" }, searchingPath: true)
         if captureStdout { close(outPipe[1]) }
         if captureStderr { close(errPipe[1]) }
         guard rc == 0 else {
@@ -292,5 +269,47 @@ public func waitFor<S: AsyncSequence & Sendable>(
             throw TestProcessError("the event stream ended before \(what)")
         }
         return value
+    }
+}
+
+/// posix_spawn's attributes and file actions for a clean child, as the process runner makes its
+/// workers: an empty signal mask, every signal at its default disposition, and optionally a
+/// process group of its own. Add file actions to `actions`, call `spawn`, then `destroy`.
+public struct CleanSpawn {
+    public var actions = posix_spawn_file_actions_t()
+    public var attributes = posix_spawnattr_t()
+
+    public init(newProcessGroup: Bool) {
+        posix_spawn_file_actions_init(&actions)
+        posix_spawnattr_init(&attributes)
+        var emptyMask = sigset_t()
+        sigemptyset(&emptyMask)
+        posix_spawnattr_setsigmask(&attributes, &emptyMask)
+        var allSignals = sigset_t()
+        sigfillset(&allSignals)
+        posix_spawnattr_setsigdefault(&attributes, &allSignals)
+        var flags = Int32(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)
+        if newProcessGroup {
+            flags |= Int32(POSIX_SPAWN_SETPGROUP)
+            posix_spawnattr_setpgroup(&attributes, 0)
+        }
+        posix_spawnattr_setflags(&attributes, Int16(flags))
+    }
+
+    /// posix_spawn (posix_spawnp when `searchingPath`); returns its error number (0: spawned).
+    public mutating func spawn(_ pid: inout pid_t, _ argv: [String], environment: [String], searchingPath: Bool = false) -> Int32 {
+        let cArgv = argv.map { strdup($0) } + [nil]
+        let cEnv = environment.map { strdup($0) } + [nil]
+        defer {
+            cArgv.forEach { free($0) }
+            cEnv.forEach { free($0) }
+        }
+        return searchingPath ? posix_spawnp(&pid, argv[0], &actions, &attributes, cArgv, cEnv)
+                             : posix_spawn(&pid, argv[0], &actions, &attributes, cArgv, cEnv)
+    }
+
+    public mutating func destroy() {
+        posix_spawn_file_actions_destroy(&actions)
+        posix_spawnattr_destroy(&attributes)
     }
 }

@@ -325,33 +325,15 @@ struct FloorProcess {
     let pipes: [Int32]
 
     static func spawn(_ argv: [String], environment: [String]) throws -> FloorProcess {
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var emptyMask = sigset_t()
-        sigemptyset(&emptyMask)
-        posix_spawnattr_setsigmask(&attr, &emptyMask)
-        var all = sigset_t()
-        sigfillset(&all)
-        posix_spawnattr_setsigdefault(&attr, &all)
-        posix_spawnattr_setpgroup(&attr, 0)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP))
+        var spawn = CleanSpawn(newProcessGroup: true)
+        defer { spawn.destroy() }
         var out: [Int32] = [-1, -1], err: [Int32] = [-1, -1]
         guard _bgw_pipe_cloexec(&out) == 0, _bgw_pipe_cloexec(&err) == 0 else { throw BenchError("pipe2: \(errno)") }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, out[1], 1)
-        posix_spawn_file_actions_adddup2(&actions, err[1], 2)
-        let cArgv = argv.map { strdup($0) } + [nil]
-        let cEnv = environment.map { strdup($0) } + [nil]
-        defer {
-            cArgv.forEach { free($0) }
-            cEnv.forEach { free($0) }
-        }
+        posix_spawn_file_actions_addopen(&spawn.actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&spawn.actions, out[1], 1)
+        posix_spawn_file_actions_adddup2(&spawn.actions, err[1], 2)
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, argv[0], &actions, &attr, cArgv, cEnv)
+        let rc = spawn.spawn(&pid, argv, environment: environment)
         close(out[1])
         close(err[1])
         guard rc == 0 else {

@@ -204,6 +204,17 @@ struct HAKeepalivedDaemonTests {
         "source = \"keepalived\"\ninstance = \"\(node.instancePath)\"\non-lost = \"\(onLost)\""
     }
 
+    /// Node A with `on-lost = keep` and `keep-for`, once its keepalived is MASTER and its primary
+    /// worker `p` runs: `body` gets the node and p's pid.
+    func withKeepForNode(_ pair: KeepalivedPair, keepFor: Int, _ body: (HADaemonNode, UInt32) async throws -> Void) async throws {
+        let a = try await HADaemonNode("A", bus: pair.a.bus, ha: ha(pair.a, onLost: "keep") + "\nkeep-for = \(keepFor)")
+        try await withNodes([a]) {
+            try await pair.waitForStatus(KeepalivedPair.Status.master, on: pair.a)
+            try await a.waitFor(["p": "running", "s": "standby"])
+            try await body(a, a.history.value.pid("p"))
+        }
+    }
+
     @Test func eachWorkerRunsOnOneNodeAndAFailoverMovesBoth() async throws {
         try await KeepalivedPair.with { pair in
             let a = try await HADaemonNode("A", bus: pair.a.bus, ha: ha(pair.a))
@@ -277,11 +288,7 @@ struct HAKeepalivedDaemonTests {
     /// goodbye), its role is `unknown`, its primary worker goes on, and stops about 2 s later.
     @Test func keepForEndsTheKeepAfterItsSeconds() async throws {
         try await KeepalivedPair.with { pair in
-            let a = try await HADaemonNode("A", bus: pair.a.bus, ha: ha(pair.a, onLost: "keep") + "\nkeep-for = 2")
-            try await withNodes([a]) {
-                try await pair.waitForStatus(KeepalivedPair.Status.master, on: pair.a)
-                try await a.waitFor(["p": "running", "s": "standby"])
-                let pid = a.history.value.pid("p")
+            try await withKeepForNode(pair, keepFor: 2) { a, pid in
                 let killedAt = ContinuousClock.now
                 try await pair.stopKeepalived(on: pair.a, signal: SIGKILL)
                 let lost = try await a.waitForRole("unknown")
@@ -312,11 +319,7 @@ struct HAKeepalivedDaemonTests {
     @Test func keepForRoleBackInTimeStopsNothing() async throws {
         let keepFor = 8
         try await KeepalivedPair.with { pair in
-            let a = try await HADaemonNode("A", bus: pair.a.bus, ha: ha(pair.a, onLost: "keep") + "\nkeep-for = \(keepFor)")
-            try await withNodes([a]) {
-                try await pair.waitForStatus(KeepalivedPair.Status.master, on: pair.a)
-                try await a.waitFor(["p": "running", "s": "standby"])
-                let pid = a.history.value.pid("p")
+            try await withKeepForNode(pair, keepFor: keepFor) { a, pid in
                 let owner = pair.configuration(for: pair.a)
                     .replacingOccurrences(of: "state BACKUP", with: "state MASTER")
                     .replacingOccurrences(of: "priority \(pair.a.priority)", with: "priority 255")

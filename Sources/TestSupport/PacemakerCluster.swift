@@ -74,6 +74,15 @@ public final class PacemakerCluster: Sendable {
         public var description: String { "\(node) \(worker) \(start)...\(end.map { "\($0)" } ?? "now")" }
     }
 
+    /// One call of the agent on a node, as the test wrapper recorded it (CLOCK_REALTIME seconds).
+    public struct AgentCall: Sendable, CustomStringConvertible {
+        public var action: String
+        public var start: Double
+        public var end: Double?
+        public var status: Int?
+        public var description: String { "\(action) \(start)...\(end.map { "\($0)" } ?? "running") rc \(status.map(String.init) ?? "-")" }
+    }
+
     public let nodes: [Node]
     public let directory: TemporaryDirectory
     public let lease: Double
@@ -85,7 +94,7 @@ public final class PacemakerCluster: Sendable {
     var script: String { repositoryRoot() + "/scripts/lib/pacemaker-cluster.sh" }
     var environment: [String: String] {
         ["PCMK_DIR": directory.path, "PCMK_NS": namespacePrefix, "AGENT": repositoryRoot() + "/config/ocf/role",
-         "MONITOR_PROMOTED": formatted(monitorPromoted), "MONITOR_UNPROMOTED": formatted(monitorUnpromoted)]
+         "MONITOR_PROMOTED_MS": String(Int(monitorPromoted * 1000)), "MONITOR_UNPROMOTED_MS": String(Int(monitorUnpromoted * 1000))]
     }
     public var intervalsPath: String { directory.file("intervals") }
 
@@ -300,12 +309,31 @@ public final class PacemakerCluster: Sendable {
         return longest
     }
 
+    /// Every call of the agent on `node` so far, in order (meta-data is not recorded).
+    public func agentCalls(on node: Node) -> [AgentCall] {
+        let path = "\(directory.path)/nodes/\(node.name)/run/bgworker-test/agent-calls"
+        let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+        var calls: [AgentCall] = []
+        for line in text.split(separator: "\n") {
+            let f = line.split(separator: " ").map(String.init)
+            guard f.count >= 3, let ns = Double(f[2]) else { continue }
+            if f[1] == "start" {
+                calls.append(AgentCall(action: f[0], start: ns / 1e9))
+            } else if let i = calls.lastIndex(where: { $0.action == f[0] && $0.end == nil }) {
+                calls[i].end = ns / 1e9
+                calls[i].status = f.count > 3 ? Int(f[3]) : nil
+            }
+        }
+        return calls
+    }
+
     /// When (CLOCK_REALTIME seconds) `node`'s run of `worker` that spans `instant` ended, and when
     /// another node's first run of it after `instant` started: the figures of a failover.
     public func handover(of worker: String = "p", from node: Node, at instant: Double) -> (oldEnd: Double?, newStart: Double?) {
         let runs = intervals.filter { $0.worker == worker }
-        let old = runs.last { $0.node == node.name && $0.start <= instant }
-        let new = runs.first { $0.node != node.name && $0.start > instant }
+        // The run still going at `instant` (its start record may come after bgworkerd said running).
+        let old = runs.last { $0.node == node.name && ($0.end ?? .infinity) >= instant }
+        let new = runs.first { $0.node != node.name && $0.start > instant && $0.start > (old?.start ?? 0) }
         return (old?.end, new?.start)
     }
 

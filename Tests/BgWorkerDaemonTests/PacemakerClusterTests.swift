@@ -43,9 +43,11 @@ struct PacemakerClusterTests {
 
     /// corosync and pacemakerd SIGKILLed on the promoted node: the other two keep quorum and
     /// promote one of them; nobody renews the dead node's lease, so its bgworkerd drops to
-    /// `unknown` and stops p. Without fencing the two overlap for at most the lease (+ stop time).
-    @Test func clusterStackKilledOnThePromotedNode() async throws {
-        try await PacemakerCluster.with { cluster in
+    /// `unknown` and stops p. Without fencing the two overlap for at most the lease (+ stop time);
+    /// a lease shorter than the failover (about 4.7 s here), with monitors to match, removes it.
+    @Test(arguments: [(6.0, 2.0, 3.0), (3.0, 1.0, 1.5)])
+    func clusterStackKilledOnThePromotedNode(lease: Double, monitorPromoted: Double, monitorUnpromoted: Double) async throws {
+        try await PacemakerCluster.with(lease: lease, monitorPromoted: monitorPromoted, monitorUnpromoted: monitorUnpromoted) { cluster in
             let dead = try await cluster.waitForOnePrimary()
             let survivors = cluster.nodes.filter { $0 !== dead }
             let wall0 = Date().timeIntervalSince1970
@@ -66,6 +68,7 @@ struct PacemakerClusterTests {
             #expect(overlap <= cluster.lease + 3.5, "\(cluster.intervals)")
             // The dead node's p ended within the lease (+ its stop) of the kill.
             #expect(try #require(oldEnd) - wall0 <= cluster.lease + 1, "\(cluster.intervals)")
+            if cluster.lease + 1 < (newStart ?? 0) - wall0 { #expect(overlap <= 0, "\(cluster.intervals)") }
         }
     }
 

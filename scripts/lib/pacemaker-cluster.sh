@@ -11,7 +11,8 @@
 #   start      corosync, then pacemakerd, on every node
 #   configure  the promotable clone of $RA (ocf:bgworker:role) with promoted-max=1
 # Environment: PCMK_DIR (required), PCMK_NS (default pcmk), AGENT (the OCF agent to install as
-# ocf:bgworker:role), TOKEN (corosync token, ms), MONITOR_PROMOTED / MONITOR_UNPROMOTED (s).
+# ocf:bgworker:role), TOKEN (corosync token, ms), MONITOR_PROMOTED_MS / MONITOR_UNPROMOTED_MS (ms;
+# Pacemaker reads "1.5s" as 1 s, and the two intervals must differ).
 set -u
 D=${PCMK_DIR:?PCMK_DIR must name the folder of the cluster}; NS=${PCMK_NS:-pcmk}
 NSD=$D/ns; ND=$D/nodes; NODES="1 2 3"
@@ -105,8 +106,21 @@ node_fs() {
 
 prepare() {
   [ -e /run/netns/${NS}br ] && { echo "$NS: already up? run down first" >&2; exit 1; }
-  mkdir -p $NSD $ND $D/ocf/resource.d/bgworker
-  install -m 755 "${AGENT:?AGENT must name the OCF agent}" $D/ocf/resource.d/bgworker/role
+  mkdir -p $NSD $ND $D/ocf/resource.d/bgworker $D/agent
+  install -m 755 "${AGENT:?AGENT must name the OCF agent}" $D/agent/role
+  # What Pacemaker runs: the agent, with each call's start and end (CLOCK_REALTIME ns) recorded
+  # in the node's /run/bgworker-test/agent-calls for the figures; meta-data writes nothing.
+  cat > $D/ocf/resource.d/bgworker/role <<WRAPPER
+#!/bin/sh
+[ "\$1" = meta-data ] && exec $D/agent/role "\$@"
+mkdir -p /run/bgworker-test
+echo "\$1 start \$(date +%s%N)" >>/run/bgworker-test/agent-calls
+$D/agent/role "\$@"
+rc=\$?
+echo "\$1 end \$(date +%s%N) \$rc" >>/run/bgworker-test/agent-calls
+exit \$rc
+WRAPPER
+  chmod 755 $D/ocf/resource.d/bgworker/role
   [ -f $D/authkey ] || corosync-keygen -k $D/authkey >/dev/null
   net_up
   for n in $NODES; do node_fs $n; done
@@ -130,8 +144,8 @@ configure() {
    <nvpair id=\"bgw-promotable\" name=\"promotable\" value=\"true\"/><nvpair id=\"bgw-pmax\" name=\"promoted-max\" value=\"1\"/>
    <nvpair id=\"bgw-cmax\" name=\"clone-max\" value=\"3\"/><nvpair id=\"bgw-nmax\" name=\"clone-node-max\" value=\"1\"/></meta_attributes>
    <primitive id=\"role\" class=\"$cls\" provider=\"$prov\" type=\"$type\"><operations>
-    <op id=\"role-mon-p\" name=\"monitor\" interval=\"${MONITOR_PROMOTED:-2}s\" role=\"Promoted\" timeout=\"10s\"/>
-    <op id=\"role-mon-u\" name=\"monitor\" interval=\"${MONITOR_UNPROMOTED:-3}s\" role=\"Unpromoted\" timeout=\"10s\"/>
+    <op id=\"role-mon-p\" name=\"monitor\" interval=\"${MONITOR_PROMOTED_MS:-2000}ms\" role=\"Promoted\" timeout=\"10s\"/>
+    <op id=\"role-mon-u\" name=\"monitor\" interval=\"${MONITOR_UNPROMOTED_MS:-3000}ms\" role=\"Unpromoted\" timeout=\"10s\"/>
     <op id=\"role-demote\" name=\"demote\" interval=\"0\" timeout=\"30s\"/>
     <op id=\"role-stop\" name=\"stop\" interval=\"0\" timeout=\"30s\"/></operations></primitive></clone>"
 }

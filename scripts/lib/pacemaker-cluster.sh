@@ -122,6 +122,9 @@ exit \$rc
 WRAPPER
   chmod 755 $D/ocf/resource.d/bgworker/role
   [ -f $D/authkey ] || corosync-keygen -k $D/authkey >/dev/null
+  # A namespace can be bound to a file only under a private mount (on a host whose / is shared,
+  # as under systemd, it fails otherwise): make the folder its own private mount, as ip netns does.
+  mount --bind $NSD $NSD && mount --make-private $NSD
   net_up
   for n in $NODES; do node_fs $n; done
 }
@@ -166,6 +169,7 @@ down() {
   done
   ip netns del ${NS}br 2>/dev/null
   umount -R $D/ocf/resource.d 2>/dev/null
+  umount $NSD 2>/dev/null
   rm -rf $NSD
   return 0
 }

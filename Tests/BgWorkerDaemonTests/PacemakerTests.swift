@@ -40,8 +40,8 @@ private func runAgent(_ action: String, bus: PrivateBus, interval: Int = 20000) 
             // A renewal changes nothing and announces nothing.
             #expect(try await setHARole(node, "primary").status == 0)
             #expect(try await setHARole(node, "secondary").status == 0)
-            // SetHARole(secondary) replied after p was gone: its stop is announced by then.
-            #expect(node.history.value.state("p") == "standby")
+            // SetHARole(secondary) replied after p was gone (the daemon's own list says so at once).
+            #expect(try await node.workers()["p"]?.state == "standby")
             try await node.waitFor(["p": "standby", "s": "running"])
             #expect(try await setHARole(node, "unknown").status == 0)
             try await node.waitFor(["p": "standby", "s": "standby"])
@@ -81,6 +81,38 @@ private func runAgent(_ action: String, bus: PrivateBus, interval: Int = 20000) 
             #expect(error.errorName == "org.example.BgWorker.Error.NotSupported")
             await monitor.stop()
         }
+    }
+
+    /// SetHARole replies only once the workers it stops are gone: Pacemaker's demote on this node
+    /// must end before its promote elsewhere starts the primary workers there.
+    @Test func setHARoleRepliesOnceTheStoppedWorkersAreGone() async throws {
+        let bus = try await PrivateBus()
+        let directory = try TemporaryDirectory(prefix: "bgw-pcmk-slow")
+        defer { directory.remove() }
+        let config = directory.file("bgworkerd.toml")
+        // p takes a second to stop after SIGTERM (a worker finishing its work).
+        try ("""
+            [daemon]
+            state-directory = "\(directory.file("state"))"
+
+            [ha]
+            source = "pacemaker"
+
+            """ + shellWorker("p", "trap 'sleep 1; exit 0' TERM; sleep 3600 & wait", extra: "run-on = \"primary\"\nstop-timeout = 10.0"))
+            .write(toFile: config, atomically: true, encoding: .utf8)
+        let daemon = try await DaemonProcess(bus: bus, configPath: config, arguments: ["--runner", "process"])
+        let call = { (role: String) in try await daemon.busctl(["call"] + manager + ["SetHARole", "s", role]) }
+        #expect(try await call("primary").status == 0)
+        let monitor = try await BusMonitor(address: bus.unixAddress, matches: ["type='signal',interface='org.example.BgWorker',member='WorkerStateChanged'"])
+        let start = ContinuousClock.now
+        #expect(try await call("secondary").status == 0)
+        let took = ContinuousClock.now - start
+        #expect(took >= .seconds(1), "SetHARole(secondary) replied after \(took), before p was gone")
+        let list = try await daemon.busctl(["call"] + manager + ["ListWorkers"])
+        #expect(list.stdout.contains("\"p\" \"standby\""), "\(list.stdout)")
+        _ = try await monitor.waitFor("p standby", timeout: .seconds(10)) { $0.body.count >= 2 && $0.body[1].string == "standby" }
+        await monitor.stop()
+        await daemon.process.terminate(grace: .seconds(10))
     }
 
     /// Nobody renews: at the lease's end the role is `unknown`, announced before the primary
@@ -149,7 +181,7 @@ private func runAgent(_ action: String, bus: PrivateBus, interval: Int = 20000) 
             #expect(try await runAgent("validate-all", bus: bus) == 0)
             #expect(try await runAgent("demote", bus: bus) == 0)
             // demote returned once p was gone.
-            #expect(node.history.value.state("p") == "standby")
+            #expect(try await node.workers()["p"]?.state == "standby")
             #expect(try await runAgent("stop", bus: bus) == 0)
             #expect(try await node.haRole() == "unknown")
             #expect(try await runAgent("monitor", bus: bus) == 7)

@@ -54,6 +54,11 @@ extension HASource {
 /// expiry is an input like any other (`reevaluate(at:)`): the owner arms a timer for
 /// `keepDeadline`. `standalone` is not an HA role and is never "last known"; it forgets the
 /// last known role, so HA configured again later starts from nothing.
+///
+/// With a `lease` (source `pacemaker`), a reported `primary` or `secondary` lasts that many
+/// seconds unless reported again: at `leaseDeadline` (`expireLease(at:)`, from the same timer,
+/// whose instant is `timerDeadline`) the reported role becomes `unknown`, as if the source had
+/// said so then, and `on-lost` applies.
 public struct RoleState: Sendable, Equatable {
     public private(set) var reported: HARole
     /// The last `primary` or `secondary` reported, if any.
@@ -65,11 +70,18 @@ public struct RoleState: Sendable, Equatable {
     public private(set) var unknownSince: MonotonicInstant?
     /// The bounded keep ran out: `unknown` is in force until a role is known again.
     public private(set) var keepExpired = false
+    /// Seconds a reported role lasts unless reported again; nil: for ever.
+    public private(set) var lease: Double?
+    /// When the reported role was last reported, while it is a leased role.
+    public private(set) var leasedAt: MonotonicInstant?
+    /// The reported role is `unknown` because its lease ran out (until the next report).
+    public private(set) var leaseExpired = false
 
-    public init(reported: HARole, onLost: OnLost = .stop, keepFor: Double = 0) {
+    public init(reported: HARole, onLost: OnLost = .stop, keepFor: Double = 0, lease: Double? = nil) {
         self.reported = reported
         self.onLost = onLost
         self.keepFor = keepFor
+        self.lease = lease
         lastKnown = reported == .primary || reported == .secondary ? reported : nil
     }
 
@@ -83,20 +95,44 @@ public struct RoleState: Sendable, Equatable {
         reported = role
         if role == .primary || role == .secondary { lastKnown = role }
         if role == .standalone { lastKnown = nil }
+        // Every report of a role renews its lease, a repeat included (that is what renews it).
+        leasedAt = role == .primary || role == .secondary ? now : nil
+        leaseExpired = false
         reevaluate(at: now)
     }
 
-    /// A reload's `on-lost` and `keep-for`; the keep is measured from when the role became
-    /// `unknown`, so a shorter `keep-for` may end it at once and a longer one may restore it.
-    public mutating func configure(onLost: OnLost, keepFor: Double, at now: MonotonicInstant) {
+    /// A reload's `on-lost`, `keep-for` and `lease`; the keep is measured from when the role
+    /// became `unknown`, so a shorter `keep-for` may end it at once and a longer one may restore
+    /// it. A changed lease counts from the last report; one already over ends at the next
+    /// `expireLease(at:)` (the owner's timer, due at once).
+    public mutating func configure(onLost: OnLost, keepFor: Double, lease: Double? = nil, at now: MonotonicInstant) {
         self.onLost = onLost
         self.keepFor = keepFor
+        self.lease = lease
         reevaluate(at: now)
     }
 
     /// Ends the bounded keep when its time has come (and only then).
     public mutating func reevaluate(at now: MonotonicInstant) {
         keepExpired = boundedKeepEnd.map { now >= $0 } ?? false
+    }
+
+    /// The role timer is due: a lease that ran out makes the reported role `unknown` from the
+    /// lease's end (the start of any keep), then the keep is reevaluated.
+    public mutating func expireLease(at now: MonotonicInstant) {
+        if let end = leaseDeadline, now >= end {
+            reported = .unknown
+            unknownSince = end
+            leasedAt = nil
+            leaseExpired = true
+        }
+        reevaluate(at: now)
+    }
+
+    /// Whether `expireLease(at: now)` would end the reported role (so the owner can announce
+    /// `unknown` before the workers stop).
+    public func leaseEnds(at now: MonotonicInstant) -> Bool {
+        leaseDeadline.map { now >= $0 } ?? false
     }
 
     /// The end of a bounded keep in progress, expired or not.
@@ -109,6 +145,20 @@ public struct RoleState: Sendable, Equatable {
     /// owner calls `reevaluate(at:)` then.
     public var keepDeadline: MonotonicInstant? {
         keepExpired ? nil : boundedKeepEnd
+    }
+
+    /// When the leased role ends unless reported again.
+    public var leaseDeadline: MonotonicInstant? {
+        guard let lease, let leasedAt else { return nil }
+        return leasedAt.advanced(bySeconds: lease)
+    }
+
+    /// The owner's one role timer: the earlier of `keepDeadline` and `leaseDeadline`.
+    public var timerDeadline: MonotonicInstant? {
+        switch (keepDeadline, leaseDeadline) {
+        case (let keep?, let lease?): min(keep, lease)
+        case (let keep, let lease): keep ?? lease
+        }
     }
 
     /// The role the run rule applies.

@@ -89,6 +89,8 @@ public enum HASource: Sendable, Equatable {
     case keepalived(instance: String)
     /// An `org.example.HAManager` at this bus name.
     case dbus(service: String)
+    /// A Pacemaker cluster sets the role with `SetHARole` (the OCF agent `ocf:bgworker:role`).
+    case pacemaker
 }
 
 public struct DaemonSettings: Sendable, Equatable {
@@ -117,12 +119,22 @@ public struct HASettings: Sendable, Equatable {
     /// `keep-for`: seconds the last known role stays in force under `on-lost = keep` once the
     /// role is `unknown`; 0 is without limit.
     public var keepFor: Double = 0
+    /// `lease` (source `pacemaker` only): seconds a role set with `SetHARole` lasts unless set
+    /// again; then it is `unknown`.
+    public var lease: Double = HASettings.defaultLease
 
-    public init(source: HASource = .none, onLost: OnLost = .stop, keepFor: Double = 0) {
+    public static let defaultLease = 30.0
+
+    public init(source: HASource = .none, onLost: OnLost = .stop, keepFor: Double = 0, lease: Double = HASettings.defaultLease) {
         self.source = source
         self.onLost = onLost
         self.keepFor = keepFor
+        self.lease = lease
     }
+
+    /// The lease that applies: `lease` with source `pacemaker`, else none (the other sources
+    /// report changes, not renewals).
+    public var leaseInForce: Double? { source == .pacemaker ? lease : nil }
 }
 
 /// `protect-system`: `true` (or "true"), "full", "strict"; `false` means off.
@@ -349,7 +361,7 @@ private struct ConfigDecoder {
     // The keys each table knows, for "did you mean ...?" (keep them in step with the decoders).
     static let rootKeys = ["daemon", "ha", "worker"]
     static let daemonKeys = ["log-level", "runner", "state-directory", "admin-group", "workers-directory", "log-buffer-lines"]
-    static let haKeys = ["source", "instance", "service", "on-lost", "keep-for"]
+    static let haKeys = ["source", "instance", "service", "on-lost", "keep-for", "lease"]
     static let workerKeys = [
         "exec", "enabled", "run-on", "restart-delay", "restart-delay-max", "stable-after", "start-limit-burst",
         "start-limit-interval", "stop-timeout", "environment", "working-directory", "user", "group", "log-level",
@@ -436,16 +448,19 @@ private struct ConfigDecoder {
         var sourceLine = table.line
         var instance: (String, Int)? = nil
         var service: (String, Int)? = nil
+        var lease: Int? = nil
         var settings = HASettings()
         for (key, value) in table.entries {
             switch key {
             case "source":
                 if let name = string(value, section, key) {
-                    if ["none", "keepalived", "dbus"].contains(name) {
+                    if ["none", "keepalived", "dbus", "pacemaker"].contains(name) {
                         sourceName = name
                         sourceLine = value.line
                     } else {
-                        error(value.line, section, key, "'source' must be one of \"none\", \"keepalived\", \"dbus\", not \"\(name)\"")
+                        error(
+                            value.line, section, key,
+                            "'source' must be one of \"none\", \"keepalived\", \"dbus\", \"pacemaker\", not \"\(name)\"")
                         sourceName = "invalid"
                     }
                 }
@@ -469,6 +484,15 @@ private struct ConfigDecoder {
                 if let onLost: OnLost = enumeration(value, section, key) { settings.onLost = onLost }
             case "keep-for":
                 if let seconds = duration(value, section, key) { settings.keepFor = seconds }
+            case "lease":
+                if let seconds = duration(value, section, key) {
+                    if seconds > 0 {
+                        settings.lease = seconds
+                        lease = value.line
+                    } else {
+                        error(value.line, section, key, "'lease' must be more than 0 seconds")
+                    }
+                }
             default:
                 error(value.line, section, key, "unknown key '\(key)'" + didYouMean(key, among: Self.haKeys))
             }
@@ -482,6 +506,8 @@ private struct ConfigDecoder {
             }
         case "dbus":
             settings.source = .dbus(service: service?.0 ?? HASettings.defaultService)
+        case "pacemaker":
+            settings.source = .pacemaker
         default:
             break
         }
@@ -490,6 +516,9 @@ private struct ConfigDecoder {
         }
         if sourceName != "dbus", sourceName != "invalid", let service {
             error(service.1, section, "service", "'service' applies only to source = \"dbus\"")
+        }
+        if sourceName != "pacemaker", sourceName != "invalid", let lease {
+            error(lease, section, "lease", "'lease' applies only to source = \"pacemaker\"")
         }
         return settings
     }

@@ -77,7 +77,7 @@ public enum FleetEvent: Sendable, Equatable {
     case processExited(String, pid: Int32, status: WorkerExit)
     /// A timer set by `scheduleTimer` is due.
     case timerFired(String)
-    /// The timer set by `scheduleRoleTimer` is due (the bounded `keep` may be over).
+    /// The timer set by `scheduleRoleTimer` is due (the bounded `keep` or the lease may be over).
     case roleTimerFired
     /// A new, valid configuration (the daemon applies its own `[daemon]` settings and runs the HA
     /// source). A changed `[ha] source` makes the role the new source's `initialRole` before any
@@ -98,7 +98,8 @@ public enum FleetAction: Sendable, Equatable {
     case scheduleTimer(name: String, at: MonotonicInstant)
     case cancelTimer(name: String)
     /// Arm (or re-arm) the fleet's one role timer: deliver `roleTimerFired` at or after `at`
-    /// (when the last known role stops being kept, `[ha] keep-for`).
+    /// (when the last known role stops being kept, `[ha] keep-for`, or the role's lease ends,
+    /// `[ha] lease`).
     case scheduleRoleTimer(at: MonotonicInstant)
     case cancelRoleTimer
     /// Exactly one per state change: emit `WorkerStateChanged`, set `State`/`StateChangedAt`.
@@ -144,7 +145,9 @@ public struct Fleet: Sendable {
     /// state file; choices no longer in force are dropped (and persisted at `start`).
     public init(configuration: Configuration, enableState: EnableState, role: HARole) {
         self.configuration = configuration
-        roleState = RoleState(reported: role, onLost: configuration.ha.onLost, keepFor: configuration.ha.keepFor)
+        roleState = RoleState(
+            reported: role, onLost: configuration.ha.onLost, keepFor: configuration.ha.keepFor,
+            lease: configuration.ha.leaseInForce)
         self.enableState = enableState.pruned(for: configuration)
         needsPersist = self.enableState != enableState
         managerLogLevel = configuration.daemon.logLevel
@@ -287,7 +290,7 @@ public struct Fleet: Sendable {
         case .roleChanged(let role):
             updateRole(now: now, &effects) { $0.report(role, at: now) }
         case .roleTimerFired:
-            updateRole(now: now, timerConsumed: true, &effects) { $0.reevaluate(at: now) }
+            updateRole(now: now, timerConsumed: true, &effects) { $0.expireLease(at: now) }
         case .processStarted(let name, let pid):
             guard var record = records[name], record.process == .spawning else { break }
             record.process = .live(pid)
@@ -476,13 +479,19 @@ public struct Fleet: Sendable {
         now: MonotonicInstant, timerConsumed: Bool = false, _ effects: inout Effects, _ change: (inout RoleState) -> Void
     ) {
         let before = roleState.inForce
-        let deadlineBefore = timerConsumed ? nil : roleState.keepDeadline
+        let deadlineBefore = timerConsumed ? nil : roleState.timerDeadline
         change(&roleState)
         roleTimerActions(deadlineBefore: deadlineBefore, &effects)
         let after = roleState.inForce
         guard before != after else { return }
-        let cause = roleState.keepExpired
-            ? "HA role unknown for \(formatSeconds(roleState.keepFor)) s (keep-for)" : "HA role \(after.rawValue)"
+        let cause =
+            if roleState.keepExpired {
+                "HA role unknown for \(formatSeconds(roleState.keepFor)) s (keep-for)"
+            } else if roleState.leaseExpired, after == .unknown {
+                "HA role unknown (lease of \(formatSeconds(roleState.lease ?? 0)) s ran out)"
+            } else {
+                "HA role \(after.rawValue)"
+            }
         for name in records.keys.sorted() {
             guard var record = records[name] else { continue }
             let runOn = record.definition.runOn
@@ -493,7 +502,7 @@ public struct Fleet: Sendable {
     }
 
     private func roleTimerActions(deadlineBefore: MonotonicInstant?, _ effects: inout Effects) {
-        let deadline = roleState.keepDeadline
+        let deadline = roleState.timerDeadline
         guard deadline != deadlineBefore else { return }
         effects.actions.append(deadline.map { .scheduleRoleTimer(at: $0) } ?? .cancelRoleTimer)
     }
@@ -523,14 +532,16 @@ public struct Fleet: Sendable {
 
     private mutating func reload(_ newConfiguration: Configuration, now: MonotonicInstant, _ effects: inout Effects) {
         let roleBefore = roleState.inForce
-        let deadlineBefore = roleState.keepDeadline
+        let deadlineBefore = roleState.timerDeadline
         let previousEnableState = enableState
         let logLevelsBefore = effectiveLogLevels()
         let sourceChanged = newConfiguration.ha.source != configuration.ha.source
         // The latest intent wins: a changed `[daemon] log-level` replaces a level set over the bus.
         if newConfiguration.daemon.logLevel != configuration.daemon.logLevel { managerLogLevel = newConfiguration.daemon.logLevel }
         configuration = newConfiguration
-        roleState.configure(onLost: newConfiguration.ha.onLost, keepFor: newConfiguration.ha.keepFor, at: now)
+        roleState.configure(
+            onLost: newConfiguration.ha.onLost, keepFor: newConfiguration.ha.keepFor, lease: newConfiguration.ha.leaseInForce,
+            at: now)
         // Before any worker starts: an added worker must not run under the old source's role.
         if sourceChanged { roleState.report(newConfiguration.ha.source.initialRole, at: now) }
         roleTimerActions(deadlineBefore: deadlineBefore, &effects)

@@ -14,8 +14,8 @@ struct BgWorkerBench: AsyncParsableCommand {
             executable (build them with `swift build -c release`). Root-only parts (network \
             namespaces with keepalived, a systemd namespace) are skipped when not root.
             """,
-        subcommands: [DBusBench.self, DaemonBenchmark.self, HABenchmark.self, SystemdBenchmark.self, SystemdScaleBenchmark.self, SoakBenchmark.self,
-                      AllBenchmarks.self])
+        subcommands: [DBusBench.self, DaemonBenchmark.self, HABenchmark.self, SystemdBenchmark.self, SystemdScaleBenchmark.self,
+                      SoakBenchmark.self, PacemakerBenchmark.self, AllBenchmarks.self])
 
     static func main() async {
         Interrupt.install()
@@ -70,6 +70,7 @@ struct AllBenchmarks: AsyncParsableCommand {
         await attempt("daemon") { [try await DaemonBenchmark.measure(DaemonBenchmark.Settings())] }
         await attempt("ha") { try await HABenchmark.measure(HABenchmark.Settings()) }
         await attempt("systemd") { [try await SystemdBenchmark.measure(SystemdBenchmark.Settings())] }
+        await attempt("pacemaker") { [try await PacemakerBenchmark.measure(moves: 10)] }
         try await common.emit(sections, context: context)
     }
 }

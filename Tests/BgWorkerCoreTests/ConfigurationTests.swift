@@ -119,6 +119,11 @@ private func workerError(_ body: String) -> [String] {
         #expect(try load("[ha]\nsource = \"dbus\"\non-lost = \"keep\"\nkeep-for = 2.5").get().ha.keepFor == 2.5)
         #expect(try load("[ha]\nkeep-for = 30").get().ha.keepFor == 30)
         #expect(try load("[ha]\nsource = \"dbus\"").get().ha.keepFor == 0)
+        let pacemaker = try load("[ha]\nsource = \"pacemaker\"").get().ha
+        #expect(pacemaker.source == .pacemaker && pacemaker.lease == 30 && pacemaker.leaseInForce == 30)
+        #expect(try load("[ha]\nsource = \"pacemaker\"\nlease = 2.5").get().ha.leaseInForce == 2.5)
+        // Other sources report changes, not renewals: no lease.
+        #expect(try load("[ha]\nsource = \"dbus\"").get().ha.leaseInForce == nil)
     }
 
     @Test func resourceKeys() throws {
@@ -265,7 +270,11 @@ private func workerError(_ body: String) -> [String] {
         ("[daemon]\nstate-directory = \"var\"", "\(mainPath):2: [daemon] 'state-directory' must be an absolute path, not \"var\""),
         ("[daemon]\nadmin-group = \"\"", "\(mainPath):2: [daemon] 'admin-group' must not be empty"),
         ("[daemon]\nworkers-directory = 1", "\(mainPath):2: [daemon] 'workers-directory' must be a string, not an integer"),
-        ("[ha]\nsource = \"corosync\"", "\(mainPath):2: [ha] 'source' must be one of \"none\", \"keepalived\", \"dbus\", not \"corosync\""),
+        ("[ha]\nsource = \"corosync\"", "\(mainPath):2: [ha] 'source' must be one of \"none\", \"keepalived\", \"dbus\", \"pacemaker\", not \"corosync\""),
+        ("[ha]\nsource = \"dbus\"\nlease = 10", "\(mainPath):3: [ha] 'lease' applies only to source = \"pacemaker\""),
+        ("[ha]\nsource = \"pacemaker\"\nlease = 0", "\(mainPath):3: [ha] 'lease' must be more than 0 seconds"),
+        ("[ha]\nsource = \"pacemaker\"\nlease = -1", "\(mainPath):3: [ha] 'lease' must not be negative"),
+        ("[ha]\nsource = \"pacemaker\"\nlease = \"30s\"", "\(mainPath):3: [ha] 'lease' must be a number of seconds, not a string"),
         ("[ha]\nsource = \"keepalived\"", "\(mainPath):2: [ha] source \"keepalived\" needs 'instance' (the VRRP instance's object path)"),
         ("[ha]\nsource = \"keepalived\"\ninstance = \"not/a/path\"", "\(mainPath):3: [ha] 'instance' must be a D-Bus object path, not \"not/a/path\""),
         ("[ha]\nsource = \"dbus\"\nservice = \"nodots\"", "\(mainPath):3: [ha] 'service' must be a well-known D-Bus name, not \"nodots\""),

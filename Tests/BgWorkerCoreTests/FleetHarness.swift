@@ -180,8 +180,8 @@ struct FleetHarness {
     }
 
     mutating func checkInvariants() {
-        if roleTimer != fleet.roleState.keepDeadline {
-            violations.append("role timer \(String(describing: roleTimer)), keep deadline \(String(describing: fleet.roleState.keepDeadline))")
+        if roleTimer != fleet.roleState.timerDeadline {
+            violations.append("role timer \(String(describing: roleTimer)), deadline \(String(describing: fleet.roleState.timerDeadline))")
         }
         for status in fleet.workers {
             let name = status.name

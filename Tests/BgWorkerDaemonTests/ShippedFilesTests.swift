@@ -71,6 +71,7 @@ import TestSupport
             Member(kind: "method", name: "Stop", detail: ["name:s:in"]),
             Member(kind: "method", name: "Start", detail: ["name:s:in"]),
             Member(kind: "method", name: "Logs", detail: ["name:s:in", "lines:u:in", "output:a(ts):out"]),
+            Member(kind: "method", name: "SetHARole", detail: ["role:s:in"]),
             Member(kind: "signal", name: "WorkerStateChanged", detail: ["name:s", "state:s", "pid:u", "reason:s"]),
             Member(kind: "signal", name: "HARoleChanged", detail: ["role:s"]),
             Member(kind: "property", name: "Version", detail: ["s", "read"]),

@@ -12,6 +12,7 @@ DEBIAN_PACKAGES=(
     keepalived iproute2 systemd
     python3-dbus python3-gi libglib2.0-bin
     util-linux procps
+    pacemaker corosync pacemaker-cli-utils resource-agents libxml2-utils
 )
 
 # Installs DEBIAN_PACKAGES when root (apt-get update first); says so and goes on otherwise.

@@ -56,11 +56,12 @@ public func makeRunner(_ choice: RunnerChoice, runtimeDirectory: String) throws(
     }
 }
 
-/// The HA source of an `[ha]` section: nil for `source = "none"` (the role is `standalone`).
+/// The HA source of an `[ha]` section: nil for `source = "none"` (the role is `standalone`) and
+/// `"pacemaker"` (the cluster's agent sets the role with `SetHARole`, see docs/pacemaker.md).
 /// See docs/ha.md.
 public func makeRoleSource(for settings: HASettings, logger: Logger = Logger(label: "bgworkerd.ha")) -> (any HARoleSource)? {
     switch settings.source {
-    case .none:
+    case .none, .pacemaker:
         return nil
     case .keepalived(let instance):
         // The configuration checked that it is an object path; should that ever not hold, the

@@ -26,6 +26,17 @@ final class AccessPolicy: Sendable {
         return gid == nil ? "admin-group '\(adminGroup)' does not exist; only root may change state" : nil
     }
 
+    /// Throws AccessDenied unless the caller is root (`SetHARole`: the admin group may not).
+    func authorizeRoot(_ call: MethodCall) async throws(DBusError) {
+        let uid: UInt32
+        do {
+            uid = try await call.connection.credentials(of: call.sender).uid
+        } catch {
+            throw DBusError.accessDenied("cannot tell who the caller is: \(error)")
+        }
+        guard uid == 0 else { throw DBusError.accessDenied("only root may set the HA role (caller uid \(uid))") }
+    }
+
     /// Throws AccessDenied unless the caller is root or in the admin group (by the credentials
     /// the bus daemon vouches for, GetConnectionCredentials).
     func authorize(_ call: MethodCall) async throws(DBusError) {

@@ -23,6 +23,7 @@ public enum BgWorkerBus {
         public static let invalidConfig = "org.example.BgWorker.Error.InvalidConfig"
         public static let disabled = "org.example.BgWorker.Error.Disabled"
         public static let stateNotSaved = "org.example.BgWorker.Error.StateNotSaved"
+        public static let notSupported = "org.example.BgWorker.Error.NotSupported"
     }
 }
 
@@ -107,6 +108,10 @@ struct BusServiceFactory: Sendable {
         { [access] call in try await access.authorize(call) }
     }
 
+    private var authorizeRoot: @Sendable (MethodCall) async throws -> Void {
+        { [access] call in try await access.authorizeRoot(call) }
+    }
+
     /// The manager object `/org/example/BgWorker`.
     func makeManager(version: String, runner: String, logLevel: LogLevel, role: HARole) throws -> ExportedObject {
         let nameArgument = [DBusArgument("name", .string)]
@@ -135,6 +140,11 @@ struct BusServiceFactory: Sendable {
                 },
                 DBusMethod("Reload", authorize: authorize) { call in
                     try await requireSupervisor().reloadForBus()
+                    return []
+                },
+                // Root only, not the admin group: the role decides where primary workers run.
+                DBusMethod("SetHARole", in: [DBusArgument("role", .string)], authorize: authorizeRoot) { call in
+                    try await requireSupervisor().setHARole(call.arguments.first?.stringValue ?? "", by: call.sender)
                     return []
                 },
                 DBusMethod(

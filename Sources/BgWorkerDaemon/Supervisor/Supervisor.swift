@@ -351,7 +351,7 @@ public actor Supervisor {
         roleSourceTask?.cancel()
         roleSourceTask = nil
         roleGeneration &+= 1
-        guard let connection, configuration.ha.source != .none else { return }
+        guard let connection, configuration.ha.source != .none, configuration.ha.source != .pacemaker else { return }
         guard let source = makeRoleSource(for: configuration.ha, logger: logger) else {
             logger.warning("no HA source for \(configuration.ha.source) in this build; the role stays unknown")
             return
@@ -362,6 +362,23 @@ public actor Supervisor {
         roleSourceTask = Task.detached { [self] in
             await source.run(on: connection) { report in
                 await self.roleReported(report, generation: generation)
+            }
+        }
+    }
+
+    /// `SetHARole` from root (source `pacemaker`): sets or renews the role and returns once every
+    /// worker it stops is gone, so Pacemaker's `demote` here ends before its `promote` elsewhere.
+    func setHARole(_ text: String, by sender: String) async throws(DBusError) {
+        guard configuration.ha.source == .pacemaker else {
+            throw DBusError(BgWorkerBus.ErrorName.notSupported, "SetHARole needs [ha] source = \"pacemaker\"")
+        }
+        guard let role = HARole(rawValue: text), role != .standalone else {
+            throw DBusError.invalidArgs("unknown role '\(text)'; known: primary secondary unknown")
+        }
+        setRole(HARoleReport(role, why: "SetHARole from \(sender)"))
+        for name in fleet.workers.filter({ $0.state == .stopping }).map(\.name) {
+            _ = await withCheckedContinuation { (continuation: CheckedContinuation<DBusError?, Never>) in
+                if fleet.isSettled(name) { continuation.resume(returning: nil) } else { settleWaiters[name, default: []].append(continuation) }
             }
         }
     }
@@ -388,6 +405,12 @@ public actor Supervisor {
         guard roleTimer?.token == token else { return }
         roleTimer = nil
         let kept = fleet.roleState.inForce
+        if fleet.roleState.leaseEnds(at: now()) {
+            // Announced before the core stops anything, as a source's report would be.
+            let lease = fleet.roleState.lease ?? 0
+            logger.warning("no SetHARole within the lease of \(lease) s ([ha] lease): the cluster stack no longer renews the role")
+            announceRole(HARoleReport(.unknown, why: "lease of \(lease) s ran out"))
+        }
         apply(.roleTimerFired)
         if fleet.roleState.keepExpired, kept != fleet.roleState.inForce {
             logger.warning(

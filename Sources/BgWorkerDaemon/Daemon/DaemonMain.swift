@@ -271,3 +271,13 @@ struct BusLink: Sendable {
         }
     }
 }
+
+// ServiceLifecycle logs its services at debug level with `\(service)`: a name, not a dump of
+// the struct (supervisor, stream, logger...).
+extension DaemonService: CustomStringConvertible {
+    var description: String { "bgworkerd on \(busAddress)" }
+}
+
+extension WatchdogService: CustomStringConvertible {
+    public var description: String { "systemd watchdog" }
+}

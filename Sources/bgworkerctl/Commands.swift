@@ -336,11 +336,14 @@ struct LogLevel: AsyncParsableCommand {
 
 struct Logs: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Print a worker's last output lines, kept in memory by bgworkerd.",
+        abstract: "Print a worker's last output lines, kept in memory by bgworkerd; -f follows them in the journal.",
         discussion: """
             bgworkerd keeps the last log-buffer-lines lines (default 200) of each worker of the \
             process runner. Under the systemd runner the workers write to the journal: use \
-            journalctl -u bgworker-NAME.service (or journalctl -f to follow).
+            journalctl -u bgworker-NAME.service. -f follows through the journal (journalctl -f): \
+            the worker's unit under the systemd runner, the daemon's entries with BGWORKER_NAME \
+            under the process runner (which writes there wherever journald runs); without a \
+            journal, -f is refused: the daemon has no signal for new lines.
             """)
 
     @OptionGroup var options: GlobalOptions
@@ -348,11 +351,15 @@ struct Logs: AsyncParsableCommand {
     @Option(name: [.short, .customLong("lines")], help: "How many lines (the newest).")
     var n: UInt32 = 10
 
+    @Flag(name: [.short, .customLong("follow")], help: "Print new lines as they come, through the journal (journalctl -f).")
+    var follow = false
+
     @Argument(help: "The worker's name.", completion: WorkerNames.completion)
     var name: String
 
     func run() async throws {
         try await Session.run(options) { session in
+            if follow { return try await followInJournal(session) }
             let lines = try await session.client.logs(of: name, count: n)
             if session.json {
                 writeLine(JSON.array(lines.map(\.json)).rendered)
@@ -361,6 +368,32 @@ struct Logs: AsyncParsableCommand {
             }
         }
     }
+
+    /// Becomes `journalctl -f` on the worker's lines. Following needs no polling there; through
+    /// the daemon it would need a signal for new lines, which the contract does not have.
+    private func followInJournal(_ session: Session) async throws {
+        _ = try await session.client.workerPath(name)  // NoSuchWorker (4) for an unknown name
+        var argv = ["journalctl", "--follow", "--lines", String(n)]
+        if try await session.client.managerProperty("Runner") == "systemd" {
+            argv += ["--unit", systemdUnitName(forWorker: name)]
+        } else if access(Self.journalSocket, F_OK) == 0 {
+            // The process runner's entries (WorkerOutput): this worker's, from a bgworkerd.
+            argv += ["BGWORKER_NAME=\(name)", "_COMM=bgworkerd"]
+        } else {
+            throw CommandFailure(
+                message: "cannot follow \(name): journald does not run here (\(Self.journalSocket)), so bgworkerd writes its "
+                    + "workers' output to its own standard error, and it has no signal for new lines; "
+                    + "`bgworkerctl logs \(name)` prints the lines it keeps",
+                status: Exit.failure)
+        }
+        if session.json { argv += ["--output", "json"] }
+        session.client.connection.close()
+        var arguments = argv.map { strdup($0) } + [nil]
+        execvp("journalctl", &arguments)
+        throw CommandFailure(message: "cannot run journalctl: \(String(cString: strerror(errno)))", status: Exit.failure)
+    }
+
+    static let journalSocket = "/run/systemd/journal/socket"
 }
 
 struct HA: AsyncParsableCommand {

@@ -65,7 +65,12 @@ struct Cat: AsyncParsableCommand {
                             status: Exit.failure)))
                         continue
                     }
-                    blocks.append((name, origin.file, origin.line, Self.definitionText(of: name, origin: origin, in: source)))
+                    var text = Self.definitionText(of: name, origin: origin, in: source)
+                    if let worker = configuration.worker(named: name) {
+                        let defaults = Self.defaultsInForce(worker, daemon: configuration.daemon, set: Set(origin.keyLines.keys))
+                        if !defaults.isEmpty { text += "\n# not set above, in force:\n" + defaults.map { "# \($0)" }.joined(separator: "\n") }
+                    }
+                    blocks.append((name, origin.file, origin.line, text))
                 }
                 session.print(
                     blocks.map { "# \($0.file):\($0.line)\n\($0.text)" }.joined(separator: "\n\n"),
@@ -98,6 +103,22 @@ struct Cat: AsyncParsableCommand {
             block.removeLast()
         }
         return block.joined(separator: "\n")
+    }
+
+    /// The keys the worker's table does not set, as `key = value` with the value in force (the
+    /// default, or the daemon's where the daemon's settings decide): the effective definition.
+    static func defaultsInForce(_ worker: WorkerDefinition, daemon: DaemonSettings, set: Set<String>) -> [String] {
+        func seconds(_ value: Double) -> String { String(value) }  // Swift writes 1.0 and 0.25 as TOML does
+        let values: [(String, String)] = [
+            ("enabled", String(worker.enabled)), ("run-on", "\"\(worker.runOn.rawValue)\""),
+            ("restart-delay", seconds(worker.restartDelay)), ("restart-delay-max", seconds(worker.restartDelayMax)),
+            ("stable-after", seconds(worker.stableAfter)), ("start-limit-burst", String(worker.startLimitBurst)),
+            ("start-limit-interval", seconds(worker.startLimitInterval)), ("stop-timeout", seconds(worker.stopTimeout)),
+            ("log-level", worker.logLevel.map { "\"\($0.rawValue)\"" } ?? "(the daemon's)"),
+            ("log-buffer-lines", String(worker.logBufferLines ?? daemon.logBufferLines)),
+            ("user", "(the daemon's)"), ("group", "(the daemon's)"), ("working-directory", "(the daemon's)"),
+        ]
+        return values.filter { !set.contains($0.0) }.map { "\($0.0) = \($0.1)" }
     }
 
     /// A `[table]` or `[[array]]` header line (not a line of a multi-line array, which ends in a

@@ -50,35 +50,35 @@ let package = Package(
         .executableTarget(
             name: "bgworkerd",
             dependencies: [
-                "BgWorkerDaemon",
+                "BgWorkerDaemon", "ClientSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(
             name: "bgworkerctl",
             dependencies: [
-                "DBus", "ClientSupport",
+                "DBus", "ClientSupport", "BgWorkerCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(
             name: "bgworker-example",
             dependencies: [
-                "DBus", "ClientSupport",
+                "DBus", "ClientSupport", "BgWorkerCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(
             name: "bgworker-ha-sim",
             dependencies: [
-                "DBus", "ClientSupport",
+                "DBus", "ClientSupport", "BgWorkerCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(
             name: "bgworker-bench",
             dependencies: [
-                "DBus", "CDBus", "BgWorkerCore", "TestSupport", "CShims",
+                "DBus", "CDBus", "BgWorkerCore", "TestSupport", "CShims", "ClientSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

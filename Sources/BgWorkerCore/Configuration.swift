@@ -67,6 +67,13 @@ public struct ConfigErrors: Error, Sendable, Equatable, CustomStringConvertible 
 
 public enum LogLevel: String, Sendable, CaseIterable {
     case trace, debug, info, notice, warning, error, critical
+
+    /// A level as a person types it: any case, and `warn` for `warning` (as syslog and most
+    /// loggers spell it). `rawValue` stays the one spelling the daemon reports.
+    public init?(parsing text: String) {
+        let lowered = text.lowercased()
+        self.init(rawValue: lowered == "warn" ? "warning" : lowered)
+    }
 }
 
 public enum RunnerKind: String, Sendable, CaseIterable {
@@ -422,7 +429,7 @@ private struct ConfigDecoder {
         for (key, value) in table.entries {
             switch key {
             case "log-level":
-                if let level: LogLevel = enumeration(value, section, key) { settings.logLevel = level }
+                if let level = enumeration(value, section, key, parse: LogLevel.init(parsing:)) { settings.logLevel = level }
             case "runner":
                 if let runner: RunnerKind = enumeration(value, section, key) { settings.runner = runner }
             case "state-directory":
@@ -567,7 +574,7 @@ private struct ConfigDecoder {
             case "group":
                 if let group = nonEmptyString(value, section, key) { worker.group = group }
             case "log-level":
-                if let level: LogLevel = enumeration(value, section, key) { worker.logLevel = level }
+                if let level = enumeration(value, section, key, parse: LogLevel.init(parsing:)) { worker.logLevel = level }
             case "log-buffer-lines":
                 if let count = integer(value, section, key, in: 0...Int64(DaemonSettings.maxLogBufferLines)) {
                     worker.logBufferLines = Int(count)
@@ -639,10 +646,12 @@ private struct ConfigDecoder {
         return text
     }
 
-    mutating func enumeration<E: RawRepresentable & CaseIterable>(_ value: TOMLValue, _ table: String, _ key: String) -> E?
-    where E.RawValue == String {
+    /// One of `E`'s values, as `parse` reads the text (default: the exact raw value).
+    mutating func enumeration<E: RawRepresentable & CaseIterable>(
+        _ value: TOMLValue, _ table: String, _ key: String, parse: (String) -> E? = E.init(rawValue:)
+    ) -> E? where E.RawValue == String {
         guard let text = string(value, table, key) else { return nil }
-        guard let result = E(rawValue: text) else {
+        guard let result = parse(text) else {
             let choices = E.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")
             error(value.line, table, key, "'\(key)' must be one of \(choices), not \"\(text)\"")
             return nil

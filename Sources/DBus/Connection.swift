@@ -133,9 +133,11 @@ public final class DBusConnection: Sendable {
     /// failures, `CancellationError` when the task is cancelled.
     ///
     /// `signature`, when given, is checked against `arguments` before anything is sent.
+    /// `autoStart: false` sets NO_AUTO_START: the bus answers ServiceUnknown instead of
+    /// activating a destination that has no owner.
     public func call(destination: String?, path: ObjectPath, interface: String?, member: String,
                      arguments: [DBusValue] = [], signature: Signature? = nil,
-                     timeout: Duration = .seconds(25)) async throws -> [DBusValue] {
+                     timeout: Duration = .seconds(25), autoStart: Bool = true) async throws -> [DBusValue] {
         if let destination, !NameRules.isValidBusName(destination) {
             throw DBusConnectionError(.invalidArgument, "invalid destination '\(destination)'")
         }
@@ -150,7 +152,7 @@ public final class DBusConnection: Sendable {
         }
         if !arguments.isEmpty { try ValueValidation.validateBody(arguments) }
         let request = OutgoingCall(destination: destination, path: path, interface: interface, member: member,
-                                   arguments: arguments, timeoutNanoseconds: nanoseconds(timeout))
+                                   arguments: arguments, timeoutNanoseconds: nanoseconds(timeout), autoStart: autoStart)
         return try await perform(request)
     }
 

@@ -443,6 +443,7 @@ final class LoopState {
             completion.run(self, .failure(DBusConnectionError(.noMemory, "cannot create a message")))
             return
         }
+        if !call.autoStart { dbus_message_set_auto_start(message, 0) }
         do {
             try fill(message, with: call.arguments)
         } catch {
@@ -526,6 +527,7 @@ struct OutgoingCall: Sendable {
     var member: String
     var arguments: [DBusValue]
     var timeoutNanoseconds: UInt64
+    var autoStart = true
 }
 
 struct OutgoingSignal: Sendable {

@@ -1,6 +1,8 @@
 // bgworker-bench: every figure the issues ask for, each beside a baseline measured in the same
 // run, as a ratio. See docs/benchmarks.md for the method of each.
 import ArgumentParser
+import BgWorkerCore
+import ClientSupport
 import Foundation
 import Glibc
 
@@ -14,6 +16,7 @@ struct BgWorkerBench: AsyncParsableCommand {
             executable (build them with `swift build -c release`). Root-only parts (network \
             namespaces with keepalived, a systemd namespace) are skipped when not root.
             """,
+        version: bgworkerVersion,
         subcommands: [DBusBench.self, DaemonBenchmark.self, HABenchmark.self, SystemdBenchmark.self, SystemdScaleBenchmark.self,
                       SoakBenchmark.self, PacemakerBenchmark.self, AllBenchmarks.self])
 
@@ -27,7 +30,7 @@ struct BgWorkerBench: AsyncParsableCommand {
                 try command.run()
             }
         } catch {
-            exit(withError: error)
+            exitForError(error)
         }
     }
 }

@@ -4,6 +4,7 @@
 // work goes on), and ends cleanly on SIGTERM. `--die-one-in N` makes it fail at random, like
 // the NSO background-worker demo it is modelled on.
 import ArgumentParser
+import BgWorkerCore
 import ClientSupport
 import DBus
 import Dispatch
@@ -28,6 +29,9 @@ struct ExampleOptions: ParsableArguments {
 
     @Option(help: "The bus: system, session, a D-Bus address or a socket path.")
     var bus: BusOption = .system
+
+    @Flag(help: "Print the version and exit.")
+    var version = false
 
     func validate() throws {
         guard interval > 0, interval.isFinite else { throw ValidationError("--interval must be a positive number of seconds") }
@@ -60,7 +64,11 @@ func work(log: WorkerLog, interval: Duration, dieOneIn: Int) async -> Int32? {
 }
 
 TerminationSignals.prepare()
-let options = ExampleOptions.parseOrExit()
+let options = ExampleOptions.parseOrExitWithUsageStatus()
+if options.version {
+    writeLine(bgworkerVersion)
+    exit(0)
+}
 let environment = (name: getenv("BGWORKER_NAME").map { String(cString: $0) },
                    level: getenv("BGWORKER_LOG_LEVEL").map { String(cString: $0) })
 let log = WorkerLog(level: environment.level.flatMap { LogLevel(name: $0) } ?? .info)

@@ -2,6 +2,7 @@
 // interface bgworkerd follows with `[ha] source = "dbus"`) and takes its role from the command
 // line and from lines on standard input, so tests and demos can drive failovers by hand.
 import ArgumentParser
+import BgWorkerCore
 import ClientSupport
 import DBus
 import Glibc
@@ -28,6 +29,9 @@ struct HASimOptions: ParsableArguments {
 
     @Flag(help: "Exit when standard input ends.")
     var exitOnEof = false
+
+    @Flag(help: "Print the version and exit.")
+    var version = false
 
     func validate() throws {
         guard NameRules.isValidBusName(name), !name.hasPrefix(":") else {
@@ -125,10 +129,14 @@ func simulate(_ options: HASimOptions, on bus: BusOption) async -> Never {
 }
 
 TerminationSignals.prepare()
-let options = HASimOptions.parseOrExit()
+let options = HASimOptions.parseOrExitWithUsageStatus()
+if options.version {
+    writeLine(bgworkerVersion)
+    exit(0)
+}
 let bus: BusOption
 do { bus = try BusOption.resolve(options.bus, environment: "BGWORKER_BUS") } catch {
-    HASimOptions.exit(withError: error)
+    HASimOptions.exitForError(error)
 }
 Task.detached { await simulate(options, on: bus) }
 _ = TerminationSignals.wait()

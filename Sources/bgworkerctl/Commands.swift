@@ -1,4 +1,5 @@
 import ArgumentParser
+import BgWorkerCore
 import ClientSupport
 import DBus
 import Glibc
@@ -12,11 +13,17 @@ struct GlobalOptions: ParsableArguments {
 
     @Flag(help: "Machine-readable output: one JSON document (watch: one JSON object per line).")
     var json = false
+
+    @Flag(help: "Accepted for systemctl's sake: bgworkerctl never pages its output.")
+    var noPager = false
 }
 
-/// Exit statuses (and, for every failure, the D-Bus error's text on standard error).
+/// Exit statuses (and, for every failure, the D-Bus error's text on standard error). Usage
+/// errors exit `usageErrorStatus` (1), as in every bgworker program.
 enum Exit {
     static let failure: Int32 = 1
+    /// `is-active`: none of the workers runs (systemctl's, LSB's "program is not running").
+    static let notRunning: Int32 = 3
     static let noSuchWorker: Int32 = 4
 }
 
@@ -97,7 +104,7 @@ struct Status: AsyncParsableCommand {
 
     @OptionGroup var options: GlobalOptions
 
-    @Argument(help: "A worker's name.")
+    @Argument(help: "A worker's name.", completion: WorkerNames.completion)
     var name: String?
 
     func run() async throws {
@@ -110,7 +117,7 @@ struct Status: AsyncParsableCommand {
                 let worker = try await session.client.worker(named: name)
                 var lines = [
                     ("Name", worker.name),
-                    ("State", worker.state + (worker.stateReason.isEmpty ? "" : " (\(worker.stateReason))")),
+                    ("State", Style.state(worker.state) + (worker.stateReason.isEmpty ? "" : " (\(worker.stateReason))")),
                     ("Since", Time.local(microseconds: worker.stateChangedAt)),
                     ("Pid", worker.pid == 0 ? "-" : String(worker.pid)), ("Enabled", worker.enabled ? "yes" : "no"),
                     ("Restarts", String(worker.restarts)), ("Last exit", worker.lastExit.isEmpty ? "-" : worker.lastExit),
@@ -129,7 +136,7 @@ struct Status: AsyncParsableCommand {
             let (manager, workers) = try await (managerInfo, workerInfos)
             let summary = fields([("Version", manager.version), ("Runner", manager.runner),
                                   ("HA role", manager.haRole), ("Log level", manager.logLevel)])
-            let body = workers.isEmpty ? "No workers." : table(WorkerInfo.header, workers.map(\.row))
+            let body = workers.isEmpty ? "No workers." : table(WorkerInfo.header, workers.map(\.row), colour: WorkerInfo.colour)
             session.print(summary + "\n\n" + body,
                           json: .object(manager.jsonMembers + [("workers", .array(workers.map(\.json)))]))
         }
@@ -144,68 +151,43 @@ struct List: AsyncParsableCommand {
     func run() async throws {
         try await Session.run(options) { session in
             let workers = try await session.client.list()
-            session.print(workers.isEmpty ? "No workers." : table(ListedWorker.header, workers.map(\.row)),
+            session.print(workers.isEmpty ? "No workers." : table(ListedWorker.header, workers.map(\.row), colour: ListedWorker.colour),
                           json: .array(workers.map(\.json)))
         }
     }
 }
 
-/// Enable, Disable, Restart: silent on success; with --json, the worker as `status NAME` shows it.
-protocol WorkerAction: AsyncParsableCommand {
-    static var method: String { get }
-    var options: GlobalOptions { get }
-    var name: String { get }
-}
-
-extension WorkerAction {
-    func run() async throws {
-        try await Session.run(options) { session in
-            _ = try await session.client.callManager(Self.method, [.string(name)], timeout: ServiceClient.changeTimeout)
-            if session.json { writeLine(try await session.client.worker(named: name).json.rendered) }
-        }
-    }
-}
-
-struct Enable: WorkerAction {
-    static let configuration = CommandConfiguration(
-        abstract: "Enable a worker (persisted); it starts when the HA role allows. Restarts a failed one.")
-    static let method = "Enable"
-    @OptionGroup var options: GlobalOptions
-    @Argument(help: "The worker's name.") var name: String
-}
-
-struct Disable: WorkerAction {
-    static let configuration = CommandConfiguration(abstract: "Disable a worker (persisted) and stop it.")
-    static let method = "Disable"
-    @OptionGroup var options: GlobalOptions
-    @Argument(help: "The worker's name.") var name: String
-}
-
-struct Restart: WorkerAction {
-    static let configuration = CommandConfiguration(
-        abstract: "Stop and start a worker again; clears failed and its restart counter.")
-    static let method = "Restart"
-    @OptionGroup var options: GlobalOptions
-    @Argument(help: "The worker's name.") var name: String
-}
-
-/// Start and Stop: one or more workers, all called at once (each call replies when its worker is
+/// Enable, Disable, Restart, Start and Stop: one or more workers by name or glob pattern (or
+/// `--all` where the command offers it), all called at once (each call replies when its worker is
 /// done); every failure is reported; silent on success; with --json, an array of the workers as
 /// `status NAME` shows them, in the order given.
 protocol WorkersAction: AsyncParsableCommand {
     static var method: String { get }
     var options: GlobalOptions { get }
     var names: [String] { get }
+    /// `--all`; nil where the command has no such flag.
+    var everyWorker: Bool? { get }
 }
 
 extension WorkersAction {
+    var everyWorker: Bool? { nil }
+
+    func validate() throws {
+        try WorkerSelection.check(names, all: everyWorker ?? false, allowsAll: everyWorker != nil)
+    }
+
     func run() async throws {
         try await Session.run(options) { session in
             let client = session.client
+            // Start and Restart refuse a disabled worker: `--all` means every enabled one there.
+            let selection = try await WorkerSelection.expand(
+                names, all: everyWorker ?? false, client: client,
+                include: Self.method == "Start" || Self.method == "Restart" ? { $0.enabled } : { _ in true })
+            let targets = selection.names
             // One call per name, all in flight at once: stopping ten workers takes the longest
             // stop timeout, not their sum.
-            let failures = await withTaskGroup(of: (Int, (any Error)?).self) { group in
-                for (index, name) in names.enumerated() {
+            let results = await withTaskGroup(of: (Int, (any Error)?).self) { group in
+                for (index, name) in targets.enumerated() {
                     group.addTask {
                         do {
                             _ = try await client.callManager(Self.method, [.string(name)], timeout: ServiceClient.changeTimeout)
@@ -215,25 +197,43 @@ extension WorkersAction {
                         }
                     }
                 }
-                var failures: [(Int, any Error)] = []
-                for await (index, error) in group { if let error { failures.append((index, error)) } }
-                return failures.sorted { $0.0 < $1.0 }
+                var failures: [(String, any Error)] = []
+                for await (index, error) in group { if let error { failures.append((targets[index], error)) } }
+                return failures.sorted { a, b in targets.firstIndex(of: a.0)! < targets.firstIndex(of: b.0)! }
             }
-            if let (_, first) = failures.first {
-                // The first failure (in the order given) sets the exit status and is said last;
-                // the others are said here.
-                for (index, error) in failures.dropFirst() {
-                    writeLine("bgworkerctl: \(names[index]): \(Session.text(of: error, bus: nil))", to: STDERR_FILENO)
-                }
-                throw first
-            }
+            try WorkerSelection.report(selection.unmatched.map { ($0, WorkerSelection.noMatch($0)) } + results)
             if session.json {
                 var workers: [JSON] = []
-                for name in names { workers.append(try await client.worker(named: name).json) }
+                for name in targets { workers.append(try await client.worker(named: name).json) }
                 writeLine(JSON.array(workers).rendered)
             }
         }
     }
+}
+
+struct Enable: WorkersAction {
+    static let configuration = CommandConfiguration(
+        abstract: "Enable workers (persisted); each starts when the HA role allows. Restarts a failed one.")
+    static let method = "Enable"
+    @OptionGroup var options: GlobalOptions
+    @Argument(help: WorkerSelection.namesHelp, completion: WorkerNames.completion) var names: [String] = []
+}
+
+struct Disable: WorkersAction {
+    static let configuration = CommandConfiguration(abstract: "Disable workers (persisted) and stop them.")
+    static let method = "Disable"
+    @OptionGroup var options: GlobalOptions
+    @Argument(help: WorkerSelection.namesHelp, completion: WorkerNames.completion) var names: [String] = []
+}
+
+struct Restart: WorkersAction {
+    static let configuration = CommandConfiguration(
+        abstract: "Stop and start workers again; clears failed and the restart counter.")
+    static let method = "Restart"
+    @OptionGroup var options: GlobalOptions
+    @Flag(name: .customLong("all"), help: "Every enabled worker.") var all = false
+    @Argument(help: WorkerSelection.namesHelp, completion: WorkerNames.completion) var names: [String] = []
+    var everyWorker: Bool? { all }
 }
 
 struct Start: WorkersAction {
@@ -241,7 +241,9 @@ struct Start: WorkersAction {
         abstract: "Start stopped or failed workers (clears failed and the restart counter); running ones are left alone.")
     static let method = "Start"
     @OptionGroup var options: GlobalOptions
-    @Argument(help: "The workers' names.") var names: [String]
+    @Flag(name: .customLong("all"), help: "Every enabled worker.") var all = false
+    @Argument(help: WorkerSelection.namesHelp, completion: WorkerNames.completion) var names: [String] = []
+    var everyWorker: Bool? { all }
 }
 
 struct Stop: WorkersAction {
@@ -254,7 +256,9 @@ struct Stop: WorkersAction {
             """)
     static let method = "Stop"
     @OptionGroup var options: GlobalOptions
-    @Argument(help: "The workers' names.") var names: [String]
+    @Flag(name: .customLong("all"), help: "Every worker.") var all = false
+    @Argument(help: WorkerSelection.namesHelp, completion: WorkerNames.completion) var names: [String] = []
+    var everyWorker: Bool? { all }
 }
 
 struct Reload: AsyncParsableCommand {
@@ -283,14 +287,21 @@ struct LogLevel: AsyncParsableCommand {
 
     @OptionGroup var options: GlobalOptions
 
-    @Option(help: "A worker's name: show or set its own level.")
+    @Option(help: "A worker's name: show or set its own level.", completion: WorkerNames.completion)
     var worker: String?
 
     @Flag(help: "With --worker: clear the worker's own level.")
     var clear = false
 
-    @Argument(help: "The new level.")
+    @Argument(help: "The new level (any case; warn is warning).",
+              completion: .list(BgWorkerCore.LogLevel.allCases.map(\.rawValue)))
     var level: String?
+
+    /// The level as the daemon spells it (`WARN` is `warning`); "" stays "" (clears a worker's);
+    /// an unknown one goes as typed, for the daemon to refuse (it knows its levels).
+    var canonicalLevel: String? {
+        level.map { BgWorkerCore.LogLevel(parsing: $0)?.rawValue ?? $0 }
+    }
 
     func validate() throws {
         if clear && worker == nil { throw ValidationError("--clear needs --worker NAME") }
@@ -302,7 +313,7 @@ struct LogLevel: AsyncParsableCommand {
         try await Session.run(options) { session in
             if let worker {
                 let path = try await session.client.workerPath(worker)
-                if let newLevel = clear ? "" : level {
+                if let newLevel = clear ? "" : canonicalLevel {
                     try await session.client.setProperty(of: path, Service.workerInterface, "LogLevel", newLevel)
                     if !session.json { return }
                 }
@@ -312,7 +323,7 @@ struct LogLevel: AsyncParsableCommand {
                             ("Effective", info.effectiveLogLevel)]),
                     json: .object([("name", .string(info.name)), ("logLevel", .string(info.logLevel)),
                                    ("effectiveLogLevel", .string(info.effectiveLogLevel))]))
-            } else if let level {
+            } else if let level = canonicalLevel {
                 try await session.client.setManagerProperty("LogLevel", level)
                 if session.json { writeLine(JSON.object([("logLevel", .string(level))]).rendered) }
             } else {
@@ -325,11 +336,14 @@ struct LogLevel: AsyncParsableCommand {
 
 struct Logs: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Print a worker's last output lines, kept in memory by bgworkerd.",
+        abstract: "Print a worker's last output lines, kept in memory by bgworkerd; -f follows them in the journal.",
         discussion: """
             bgworkerd keeps the last log-buffer-lines lines (default 200) of each worker of the \
             process runner. Under the systemd runner the workers write to the journal: use \
-            journalctl -u bgworker-NAME.service (or journalctl -f to follow).
+            journalctl -u bgworker-NAME.service. -f follows through the journal (journalctl -f): \
+            the worker's unit under the systemd runner, the daemon's entries with BGWORKER_NAME \
+            under the process runner (which writes there wherever journald runs); without a \
+            journal, -f is refused: the daemon has no signal for new lines.
             """)
 
     @OptionGroup var options: GlobalOptions
@@ -337,11 +351,15 @@ struct Logs: AsyncParsableCommand {
     @Option(name: [.short, .customLong("lines")], help: "How many lines (the newest).")
     var n: UInt32 = 10
 
-    @Argument(help: "The worker's name.")
+    @Flag(name: [.short, .customLong("follow")], help: "Print new lines as they come, through the journal (journalctl -f).")
+    var follow = false
+
+    @Argument(help: "The worker's name.", completion: WorkerNames.completion)
     var name: String
 
     func run() async throws {
         try await Session.run(options) { session in
+            if follow { return try await followInJournal(session) }
             let lines = try await session.client.logs(of: name, count: n)
             if session.json {
                 writeLine(JSON.array(lines.map(\.json)).rendered)
@@ -350,6 +368,32 @@ struct Logs: AsyncParsableCommand {
             }
         }
     }
+
+    /// Becomes `journalctl -f` on the worker's lines. Following needs no polling there; through
+    /// the daemon it would need a signal for new lines, which the contract does not have.
+    private func followInJournal(_ session: Session) async throws {
+        _ = try await session.client.workerPath(name)  // NoSuchWorker (4) for an unknown name
+        var argv = ["journalctl", "--follow", "--lines", String(n)]
+        if try await session.client.managerProperty("Runner") == "systemd" {
+            argv += ["--unit", systemdUnitName(forWorker: name)]
+        } else if access(Self.journalSocket, F_OK) == 0 {
+            // The process runner's entries (WorkerOutput): this worker's, from a bgworkerd.
+            argv += ["BGWORKER_NAME=\(name)", "_COMM=bgworkerd"]
+        } else {
+            throw CommandFailure(
+                message: "cannot follow \(name): journald does not run here (\(Self.journalSocket)), so bgworkerd writes its "
+                    + "workers' output to its own standard error, and it has no signal for new lines; "
+                    + "`bgworkerctl logs \(name)` prints the lines it keeps",
+                status: Exit.failure)
+        }
+        if session.json { argv += ["--output", "json"] }
+        session.client.connection.close()
+        var arguments = argv.map { strdup($0) } + [nil]
+        execvp("journalctl", &arguments)
+        throw CommandFailure(message: "cannot run journalctl: \(String(cString: strerror(errno)))", status: Exit.failure)
+    }
+
+    static let journalSocket = "/run/systemd/journal/socket"
 }
 
 struct HA: AsyncParsableCommand {
@@ -372,12 +416,15 @@ struct BgWorkerCtl: AsyncParsableCommand {
         commandName: "bgworkerctl",
         abstract: "Control bgworkerd, the background worker supervisor, over D-Bus.",
         discussion: """
-            Options are accepted before or after the command. Exit status: 0 on success, 4 for an \
-            unknown worker (org.example.BgWorker.Error.NoSuchWorker), 1 for any other failure, with \
-            the D-Bus error's text on standard error.
+            Options are accepted before or after the command. Commands that act on workers take \
+            several names and glob patterns ('sync-*'). Exit status: 0 on success, 4 for an unknown \
+            worker (org.example.BgWorker.Error.NoSuchWorker) or a pattern that matches none, 1 for \
+            any other failure and for usage errors, with the reason on standard error; is-active \
+            and is-failed as systemctl's (see their help).
             """,
-        subcommands: [Status.self, List.self, Enable.self, Disable.self, Restart.self, Start.self, Stop.self,
-                      Reload.self, LogLevel.self, Logs.self, HA.self, Watch.self])
+        version: bgworkerVersion,
+        subcommands: [Status.self, List.self, Show.self, Cat.self, IsActive.self, IsFailed.self, Enable.self, Disable.self,
+                      Restart.self, Start.self, Stop.self, Reload.self, LogLevel.self, Logs.self, HA.self, Watch.self])
 
     @OptionGroup var options: GlobalOptions
 

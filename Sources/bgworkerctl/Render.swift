@@ -125,6 +125,8 @@ extension WorkerInfo {
     }
 
     static let header = ["NAME", "STATE", "PID", "ENABLED", "RESTARTS", "LAST-EXIT", "RUN-ON", "SINCE"]
+
+    static func colour(_ column: Int, _ cell: String) -> String { column == 1 ? Style.state(cell) : cell }
 }
 
 extension LogLine {
@@ -143,6 +145,8 @@ extension ListedWorker {
     var row: [String] { [name, state, pid == 0 ? "-" : String(pid), enabled ? "yes" : "no"] }
 
     static let header = ["NAME", "STATE", "PID", "ENABLED"]
+
+    static func colour(_ column: Int, _ cell: String) -> String { column == 1 ? Style.state(cell) : cell }
 }
 
 extension ManagerInfo {
@@ -151,23 +155,47 @@ extension ManagerInfo {
     }
 }
 
-/// Left-aligned columns two spaces apart, as systemctl and supervisorctl print them.
-func table(_ header: [String], _ rows: [[String]]) -> String {
+/// Left-aligned columns two spaces apart, as systemctl and supervisorctl print them. `colour`
+/// may wrap a cell (by column index) in escape codes; widths are measured without them.
+func table(_ header: [String], _ rows: [[String]], colour: (Int, String) -> String = { $1 }) -> String {
     var widths = header.map(\.count)
     for row in rows {
         for (i, cell) in row.enumerated() where i < widths.count { widths[i] = max(widths[i], cell.count) }
     }
-    return ([header] + rows).map { row in
+    return ([header] + rows).enumerated().map { index, row in
         var line = ""
         for (i, cell) in row.enumerated() {
-            if i == row.count - 1 {
-                line += cell
-            } else {
-                line += cell + String(repeating: " ", count: widths[i] - cell.count + 2)
-            }
+            line += index == 0 ? cell : colour(i, cell)
+            if i < row.count - 1 { line += String(repeating: " ", count: widths[i] - cell.count + 2) }
         }
         return line
     }.joined(separator: "\n")
+}
+
+/// Colours for a person at a terminal: only when standard output is one, `NO_COLOR` is unset
+/// or empty (no-color.org) and `TERM` is not `dumb`. Pipes, files and --json never get any.
+enum Style {
+    static let enabled: Bool = {
+        guard isatty(STDOUT_FILENO) == 1 else { return false }
+        if let noColor = getenv("NO_COLOR"), noColor.pointee != 0 { return false }
+        if let term = getenv("TERM"), String(cString: term) == "dumb" { return false }
+        return true
+    }()
+
+    /// A state in systemctl's colours: running green, failed and backoff red, starting,
+    /// stopping and standby yellow; the others plain.
+    static func state(_ state: String) -> String {
+        switch state {
+        case "running": paint(state, "32")
+        case "failed", "backoff": paint(state, "1;31")
+        case "starting", "stopping", "standby": paint(state, "33")
+        default: state
+        }
+    }
+
+    static func paint(_ text: String, _ code: String) -> String {
+        enabled ? "\u{1B}[\(code)m\(text)\u{1B}[0m" : text
+    }
 }
 
 /// `key: value` lines with the values aligned.
@@ -181,6 +209,12 @@ enum Time {
     static func local(microseconds: UInt64) -> String {
         guard microseconds > 0 else { return "-" }
         return format(seconds: Int(microseconds / 1_000_000), "%Y-%m-%d %H:%M:%S", utc: false)
+    }
+
+    /// `YYYY-MM-DD HH:MM:SS.mmm` in local time, `-` for 0 (watch's property values).
+    static func localMillis(microseconds: UInt64) -> String {
+        guard microseconds > 0 else { return "-" }
+        return local(microseconds: microseconds) + "." + pad(String(microseconds / 1000 % 1000), 3)
     }
 
     /// Now, as `YYYY-MM-DD HH:MM:SS.mmm` local time (text) or RFC 3339 UTC with microseconds (JSON).

@@ -92,22 +92,32 @@ struct ListedWorker {
 }
 
 /// One connection to the bus and the few calls the commands make on it.
+///
+/// Every call is sent with NO_AUTO_START: a read (or a change) never starts bgworkerd through
+/// bus activation; a stopped daemon stays stopped and the answer is "not running".
 struct ServiceClient {
     let connection: DBusConnection
+    /// The timeout of reads (shell completion asks with a much shorter one).
+    var timeout: Duration = Self.readTimeout
 
     /// Reads are quick; a state change waits for the worker to start or stop (up to its stop
     /// timeout), so it may take much longer.
     static let readTimeout: Duration = .seconds(25)
     static let changeTimeout: Duration = .seconds(300)
 
-    func callManager(_ member: String, _ arguments: [DBusValue] = [], timeout: Duration = readTimeout) async throws -> [DBusValue] {
-        try await connection.call(destination: Service.name, path: Service.managerPath, interface: Service.managerInterface,
-                                  member: member, arguments: arguments, timeout: timeout)
+    func callManager(_ member: String, _ arguments: [DBusValue] = [], timeout: Duration? = nil) async throws -> [DBusValue] {
+        try await call(Service.managerPath, Service.managerInterface, member, arguments, timeout: timeout)
+    }
+
+    /// A call on the daemon, never activating it.
+    func call(_ path: ObjectPath, _ interface: String, _ member: String, _ arguments: [DBusValue] = [],
+              timeout: Duration? = nil) async throws -> [DBusValue] {
+        try await connection.call(destination: Service.name, path: path, interface: interface, member: member,
+                                  arguments: arguments, timeout: timeout ?? self.timeout, autoStart: false)
     }
 
     func allProperties(of path: ObjectPath, _ interface: String) async throws -> [String: DBusValue] {
-        let reply = try await connection.call(destination: Service.name, path: path, interface: Service.properties,
-                                              member: "GetAll", arguments: [.string(interface)], timeout: Self.readTimeout)
+        let reply = try await call(path, Service.properties, "GetAll", [.string(interface)])
         guard let properties = reply.first?.stringKeyedDictionary else {
             throw DBusConnectionError(.invalidMessage, "GetAll of \(interface) answered \(reply)")
         }
@@ -115,9 +125,7 @@ struct ServiceClient {
     }
 
     func managerProperty(_ name: String) async throws -> String {
-        let reply = try await connection.call(destination: Service.name, path: Service.managerPath, interface: Service.properties,
-                                              member: "Get", arguments: [.string(Service.managerInterface), .string(name)],
-                                              timeout: Self.readTimeout)
+        let reply = try await call(Service.managerPath, Service.properties, "Get", [.string(Service.managerInterface), .string(name)])
         guard let value = reply.first?.unwrappingVariant.stringValue else {
             throw DBusConnectionError(.invalidMessage, "\(name) is not a string: \(reply)")
         }
@@ -129,9 +137,8 @@ struct ServiceClient {
     }
 
     func setProperty(of path: ObjectPath, _ interface: String, _ name: String, _ value: String) async throws {
-        _ = try await connection.call(destination: Service.name, path: path, interface: Service.properties,
-                                      member: "Set", arguments: [.string(interface), .string(name), .variant(.string(value))],
-                                      timeout: Self.changeTimeout)
+        _ = try await call(path, Service.properties, "Set", [.string(interface), .string(name), .variant(.string(value))],
+                           timeout: Self.changeTimeout)
     }
 
     func manager() async throws -> ManagerInfo {
@@ -140,9 +147,7 @@ struct ServiceClient {
 
     /// Every worker with all its properties, in one call (ObjectManager), sorted by name.
     func workers() async throws -> [WorkerInfo] {
-        let reply = try await connection.call(destination: Service.name, path: Service.managerPath,
-                                              interface: "org.freedesktop.DBus.ObjectManager", member: "GetManagedObjects",
-                                              timeout: Self.readTimeout)
+        let reply = try await call(Service.managerPath, "org.freedesktop.DBus.ObjectManager", "GetManagedObjects")
         guard let objects = reply.first?.dictionaryEntries else {
             throw DBusConnectionError(.invalidMessage, "GetManagedObjects answered \(reply)")
         }

@@ -61,7 +61,8 @@ struct EventPrinter {
                   let invalidated = args[2].stringArrayValue else { return unexpected(signal) }
             let object = Self.objectName(signal.path)
             let pairs = changed.map { entry -> String in
-                "\(entry.key.stringValue ?? "?")=\(Self.text(entry.value))"
+                let key = entry.key.stringValue ?? "?"
+                return "\(key)=\(Self.text(entry.value, of: key))"
             } + invalidated.map { "\($0) invalidated" }
             var members: [(String, JSON)] = [("event", .string(signal.member)), ("path", .string(signal.path.rawValue))]
             if let worker = object.worker { members.append(("worker", .string(worker))) }
@@ -110,8 +111,15 @@ struct EventPrinter {
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    /// A property value for a text line: strings bare unless empty or with blanks (then quoted).
-    static func text(_ value: DBusValue) -> String {
+    /// Properties that hold µs since the epoch (the contract's `t` times).
+    static let timeProperties: Set<String> = ["StateChangedAt", "ReadyAt"]
+
+    /// A property value for a text line: strings bare unless empty or with blanks (then quoted);
+    /// times as local time with milliseconds (JSON keeps the number).
+    static func text(_ value: DBusValue, of property: String = "") -> String {
+        if timeProperties.contains(property), let micros = value.unwrappingVariant.uint64Value {
+            return JSON.string(Time.localMillis(microseconds: micros)).rendered
+        }
         switch value.unwrappingVariant {
         case .string(let s):
             return s.isEmpty || s.contains(where: { $0.isWhitespace || $0 == "\"" }) ? JSON.string(s).rendered : s

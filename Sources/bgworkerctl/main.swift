@@ -1,5 +1,6 @@
 // bgworkerctl: bgworkerd's command-line client. One bus connection and a call or two per
-// command; exit status 0, 4 (unknown worker) or 1 (any other failure, usage errors included).
+// command; exit status 0, 4 (unknown worker), 1 (any other failure, usage errors included:
+// `usageErrorStatus`), and systemctl's for is-active/is-failed.
 import ArgumentParser
 import ClientSupport
 import Glibc
@@ -12,7 +13,8 @@ func runCommand<Command: AsyncParsableCommand>(_ command: Command) async throws 
 
 signal(SIGPIPE, SIG_IGN)
 do {
-    var command = try BgWorkerCtl.parseAsRoot()
+    // The async parse: shell completion of worker names asks the daemon.
+    var command = try await BgWorkerCtl.asyncParseAsRoot()
     if let asyncCommand = command as? any AsyncParsableCommand {
         try await runCommand(asyncCommand)
     } else {
@@ -20,15 +22,11 @@ do {
     }
     exit(0)
 } catch let failure as CommandFailure {
-    writeLine("bgworkerctl: \(failure.message)", to: STDERR_FILENO)
+    // An empty message: the status says it all (is-active).
+    if !failure.message.isEmpty { writeLine("bgworkerctl: \(failure.message)", to: STDERR_FILENO) }
     exit(failure.status)
 } catch {
-    // Help and version requests exit 0 with their text on stdout; everything else is a usage
-    // error, reported as ArgumentParser words it, with status 1.
-    let code = BgWorkerCtl.exitCode(for: error)
-    if code == .success {
-        BgWorkerCtl.exit(withError: error)
-    }
-    writeLine(BgWorkerCtl.fullMessage(for: error), to: STDERR_FILENO)
-    exit(Exit.failure)
+    // Help, version and completion requests exit 0 with their text on stdout; a usage error
+    // exits usageErrorStatus, as ArgumentParser words it.
+    BgWorkerCtl.exitForError(error)
 }

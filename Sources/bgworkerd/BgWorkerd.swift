@@ -1,5 +1,6 @@
 // bgworkerd: arguments, logging, exit status. Everything else is BgWorkerDaemon's.
 import ArgumentParser
+import ClientSupport
 import BgWorkerCore
 import BgWorkerDaemon
 import DBus
@@ -23,7 +24,13 @@ enum Main {
         // Detached: `main` is on the main actor, whose queue nothing drains here (no MainActor
         // code runs in the daemon).
         Task.detached {
-            await BgWorkerd.main()
+            do {
+                var command = try BgWorkerd.parseAsRoot()
+                if let daemon = command as? BgWorkerd { try await daemon.run() } else { try command.run() }
+            } catch {
+                // Usage errors exit 1 (usageErrorStatus), as in every bgworker program.
+                BgWorkerd.exitForError(error)
+            }
             exit(0)
         }
         TaskThreadPool.runJobsOnThisThread()

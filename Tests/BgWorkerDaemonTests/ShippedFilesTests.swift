@@ -228,13 +228,13 @@ import TestSupport
         }
     }
 
-    @Test func busActivationFileNamesTheDaemonAndItsUnit() throws {
-        let text = try String(contentsOfFile: "\(Self.root)/dbus/org.example.BgWorker.service", encoding: .utf8)
-        let lines = Set(text.split(separator: "\n").map(String.init))
-        for line in ["[D-BUS Service]", "Name=org.example.BgWorker", "Exec=/usr/bin/bgworkerd", "User=root",
-                     "SystemdService=bgworkerd.service"] {
-            #expect(lines.contains(line), "missing \(line)")
-        }
+    /// Issue 12: bgworkerd is not bus-activatable, so that a read after `systemctl stop` never
+    /// starts it again (docs/bgworkerctl.md, "A stopped daemon stays stopped").
+    @Test func noBusActivationFileIsShipped() throws {
+        let files = try FileManager.default.contentsOfDirectory(atPath: "\(Self.root)/dbus")
+        #expect(!files.contains { $0.hasSuffix(".service") }, "\(files)")
+        let unit = try String(contentsOfFile: "\(Self.root)/config/bgworkerd.service", encoding: .utf8)
+        #expect(!unit.contains("Alias=dbus-org.example.BgWorker"), "no activation alias either")
     }
 
     // MARK: configuration and unit
@@ -300,5 +300,34 @@ extension ShippedFilesTests {
         #expect(configuration.daemon.adminGroup == "staff")
         #expect(!configuration.workers.isEmpty)
         for worker in configuration.workers { #expect(worker.exec[0] == "\(bin)/bgworker-example") }
+    }
+}
+
+extension ShippedFilesTests {
+    /// Issue 12: the demo's bus lets root monitor (the README's `busctl monitor` line), and the
+    /// demo tells a live demo's bus (refused) from a stale socket (reused).
+    @Test(.enabled(if: rootTestsEnabled, "needs root: only root may become a monitor"))
+    func demoBusLetsRootMonitorAndALiveDemoIsRecognised() async throws {
+        let directory = try TemporaryDirectory(prefix: "bgw-demo-bus")
+        defer { directory.remove() }
+        let socket = directory.file("bus.sock")
+        func shell(_ script: String) async throws -> (status: Int32, stdout: String, stderr: String) {
+            try await run(["bash", "-c", "cd \"$1\" && source scripts/lib/demo-config.sh && " + script, "bash", Self.root,
+                           directory.file("bus.conf"), socket])
+        }
+        #expect(try await shell("write_demo_bus_config \"$2\" \"$3\" \"$PWD\" \"$(id -un)\"").status == 0)
+        #expect(try await shell("demo_bus_is_live \"$3\"").status == 1, "no socket: no demo")
+        let bus = try ChildProcess(["dbus-daemon", "--config-file=\(directory.file("bus.conf"))", "--nofork", "--print-address=1"],
+                                   captureStdout: true)
+        _ = try await bus.readLine(timeout: .seconds(20))
+        #expect(try await shell("demo_bus_is_live \"$3\"").status == 0, "a live demo")
+        let monitor = try await run(["busctl", "--address=unix:path=\(socket)", "call", "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                                     "org.freedesktop.DBus.Monitoring", "BecomeMonitor", "asu", "0", "0"])
+        #expect(monitor.status == 0, "root may monitor: \(monitor.stderr)")
+        bus.signal(SIGKILL)
+        _ = try await bus.waitForExit()
+        #expect(access(socket, F_OK) == 0, "the killed bus left its socket")
+        let stale = try await shell("demo_bus_is_live \"$3\"")
+        #expect(stale.status == 1, "a stale socket: no demo")
     }
 }

@@ -137,7 +137,7 @@ struct ClientsCtlTests {
 
             r = try await ctl(bus, ["--json", "disable", "db-sync"])
             #expect(r.status == 0)
-            let after = try #require(try Self.parseJSON(r.stdout) as? [String: Any])
+            let after = try #require((try Self.parseJSON(r.stdout) as? [[String: Any]])?.first)
             #expect(after["state"] as? String == "disabled")
             #expect(after["enabled"] as? Bool == false)
 
@@ -147,7 +147,7 @@ struct ClientsCtlTests {
 
             r = try await ctl(bus, ["restart", "dice", "--json"])
             #expect(r.status == 0)
-            let restarted = try #require(try Self.parseJSON(r.stdout) as? [String: Any])
+            let restarted = try #require((try Self.parseJSON(r.stdout) as? [[String: Any]])?.first)
             #expect(restarted["pid"] as? Int == 4343)
             #expect(restarted["restarts"] as? Int == 0)
         }

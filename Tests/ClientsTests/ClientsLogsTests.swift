@@ -67,4 +67,18 @@ struct ClientsLogsTests {
             #expect(nobody.status == 0 && nobody.stdout.hasSuffix("chatty: trouble"), "\(nobody)")
         }
     }
+
+    /// `logs -f` follows through the journal; where there is none (this test's machine unless
+    /// journald runs), it is refused with the reason, since the daemon has no signal for new
+    /// lines. The journal path itself needs journald and is not covered here.
+    @Test(.enabled(if: access("/run/systemd/journal/socket", F_OK) != 0, "journald runs here: -f would follow the journal"))
+    func followWithoutAJournalIsRefusedWithTheReason() async throws {
+        try await Setup.with({ _ in "[worker.quiet]\nexec = [\"/bin/sleep\", \"1000\"]" }) { setup in
+            var r = try await setup.ctl(["logs", "-f", "quiet"])
+            #expect(r.status == 1, "\(r)")
+            #expect(r.stderr.hasPrefix("bgworkerctl: cannot follow quiet: journald does not run here"), "\(r.stderr)")
+            r = try await setup.ctl(["logs", "--follow", "nope"])
+            #expect(r.status == 4, "\(r)")
+        }
+    }
 }

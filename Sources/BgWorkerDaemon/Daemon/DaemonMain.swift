@@ -6,9 +6,6 @@ import Glibc
 import Logging
 import ServiceLifecycle
 
-/// The daemon's version (the manager's `Version` property).
-public let bgworkerVersion = "0.1.0"
-
 /// What the command line says.
 public struct DaemonOptions: Sendable {
     public var configPath: String
@@ -273,4 +270,14 @@ struct BusLink: Sendable {
             return connection
         }
     }
+}
+
+// ServiceLifecycle logs its services at debug level with `\(service)`: a name, not a dump of
+// the struct (supervisor, stream, logger...).
+extension DaemonService: CustomStringConvertible {
+    var description: String { "bgworkerd on \(busAddress)" }
+}
+
+extension WatchdogService: CustomStringConvertible {
+    public var description: String { "systemd watchdog" }
 }

@@ -72,7 +72,7 @@ struct WorkerPropertyValues {
 /// A `LogLevel` value from the bus; InvalidArgs names the known levels.
 func parseLogLevel(_ value: DBusValue, allowEmpty: Bool) throws(DBusError) -> LogLevel? {
     if allowEmpty, value.stringValue == "" { return nil }
-    guard let text = value.stringValue, let level = LogLevel(rawValue: text) else {
+    guard let text = value.stringValue, let level = LogLevel(parsing: text) else {
         let known = LogLevel.allCases.map(\.rawValue).joined(separator: " ")
         let empty = allowEmpty ? " (or \"\" to follow the manager's)" : ""
         throw DBusError.invalidArgs("unknown log level '\(value.stringValue ?? "?")'; known: \(known)\(empty)")

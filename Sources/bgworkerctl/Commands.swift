@@ -376,6 +376,7 @@ struct BgWorkerCtl: AsyncParsableCommand {
             unknown worker (org.example.BgWorker.Error.NoSuchWorker), 1 for any other failure, with \
             the D-Bus error's text on standard error.
             """,
+        version: programVersion,
         subcommands: [Status.self, List.self, Enable.self, Disable.self, Restart.self, Start.self, Stop.self,
                       Reload.self, LogLevel.self, Logs.self, HA.self, Watch.self])
 

@@ -6,9 +6,6 @@ import Glibc
 import Logging
 import ServiceLifecycle
 
-/// The daemon's version (the manager's `Version` property).
-public let bgworkerVersion = "0.1.0"
-
 /// What the command line says.
 public struct DaemonOptions: Sendable {
     public var configPath: String

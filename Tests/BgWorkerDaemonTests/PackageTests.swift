@@ -137,6 +137,31 @@ extension SystemdNamespaceTests {
                 let state = try await inside(["systemctl", "is-active", "bgworkerd", "bgworker-probe.service", "bgworker-late.service"])
                 #expect(state.stdout.split(separator: "\n") == ["inactive", "inactive", "inactive"], "\(state.stdout)")
 
+                // The process runner with the shipped drop-in: its workers are the daemon's
+                // children, and the drop-in gives them back what the hardened unit took (here:
+                // switching to the worker's user, which needs CAP_SETUID and CAP_SETGID).
+                _ = try await checked(["bash", "-c", """
+                    set -e
+                    mkdir -p /etc/systemd/system/bgworkerd.service.d
+                    cp /usr/share/doc/bgworker/examples/process-runner.conf /etc/systemd/system/bgworkerd.service.d/
+                    sed -i 's/^# runner = "auto" .*/runner = "process"/' /etc/bgworker/bgworkerd.toml
+                    grep -q '^runner = "process"' /etc/bgworker/bgworkerd.toml
+                    systemctl daemon-reload
+                    """])
+                _ = try await checked(["systemctl", "start", "bgworkerd"])
+                let processStatus = try await checked(["bgworkerctl", "status"])
+                #expect(processStatus.contains("Runner: process"), "\(processStatus)")
+                let processProbe = try await checked(["bgworkerctl", "--json", "status", "probe"])
+                let json = try #require(try JSONSerialization.jsonObject(with: Data(processProbe.utf8)) as? [String: Any])
+                #expect(json["state"] as? String == "running", "\(processProbe)")
+                let pid = try #require(json["pid"] as? Int)
+                let owner = try await checked(["ps", "-o", "user=", "-p", "\(pid)"])
+                #expect(owner.trimmingCharacters(in: .whitespacesAndNewlines) == "nobody", "probe runs as \(owner)")
+                _ = try await checked(["systemctl", "stop", "bgworkerd"])
+                #expect(try await inside(["test", "-e", "/proc/\(pid)"]).status != 0, "the worker outlived the daemon")
+                _ = try await checked(["rm", "-r", "/etc/systemd/system/bgworkerd.service.d"])
+                _ = try await checked(["systemctl", "daemon-reload"])
+
                 // Remove keeps the configuration; purge removes it, the state and the group. The
                 // admin's own drop-ins are the admin's to remove.
                 _ = try await checked(["apt-get", "remove", "-y", "bgworker"], timeout: .seconds(120))

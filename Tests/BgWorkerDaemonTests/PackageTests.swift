@@ -110,6 +110,10 @@ extension SystemdNamespaceTests {
                 _ = try await checked(admin + ["bgworkerctl", "stop", "probe"])
                 #expect(try await checked(admin + ["bgworkerctl", "status", "probe"]).contains("State: stopped"))
                 _ = try await checked(admin + ["bgworkerctl", "start", "probe"])
+                // Disable and enable are persisted: the hardened unit may write its state directory.
+                _ = try await checked(admin + ["bgworkerctl", "disable", "probe"])
+                #expect(try await checked(["ls", "/var/lib/bgworker"]).isEmpty == false)
+                _ = try await checked(admin + ["bgworkerctl", "enable", "probe"])
                 let refused = try await inside(stranger + ["bgworkerctl", "restart", "probe"])
                 #expect(refused.status == 1 && refused.stderr.contains("needs root or membership in group `bgworker-admin`"), "\(refused)")
                 #expect(try await checked(stranger + ["bgworkerctl", "list"]).contains("probe"))

@@ -43,7 +43,7 @@ let package = Package(
         // What the small clients share: --bus parsing, termination signals, whole-line output.
         .target(
             name: "ClientSupport",
-            dependencies: ["DBus", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["DBus", "BgWorkerCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
 
         // Thin executables.

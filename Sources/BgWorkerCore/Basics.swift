@@ -1,9 +1,6 @@
 // Small value types the state machine is made of: monotonic time, HA roles and the run rule,
 // process exit statuses.
 
-/// The project's version: the manager's `Version` property and every program's `--version`.
-public let bgworkerVersion = "0.1.0"
-
 /// A point on a monotonic clock, in nanoseconds from an arbitrary origin (the daemon uses
 /// `CLOCK_MONOTONIC`; tests use a fake clock). The core never reads a clock: every event carries one.
 public struct MonotonicInstant: Comparable, Hashable, Sendable, CustomStringConvertible {

@@ -63,8 +63,13 @@ public final class SystemdNamespace: Sendable {
     /// /var/tmp or /run (a `TemporaryDirectory` with a worker's script, say); they are bind-mounted
     /// at the same paths inside. The current directory (the repository, with `.build`, under
     /// `swift test`) is always shared, so built programs run as units wherever the clone is.
+    /// `installable`: for a test that installs a package inside. /etc, /usr and /var become
+    /// copy-on-write overlays (their changes live in the namespace's /run and die with it), and
+    /// /etc/systemd/system and /usr/lib/systemd/system start empty and are in systemd's unit path,
+    /// so the package's units load and none of the machine's do.
     public static func start(
-        extraUnits: [String: String] = [:], sharedPaths: [String] = [], timeout: Duration = .seconds(60)
+        extraUnits: [String: String] = [:], sharedPaths: [String] = [], installable: Bool = false,
+        timeout: Duration = .seconds(60)
     ) async throws -> SystemdNamespace {
         let directory = try TemporaryDirectory(prefix: "bgw-sd")
         let extras = directory.file("units")
@@ -82,7 +87,8 @@ public final class SystemdNamespace: Sendable {
             let logTarget = Self.logTarget
             process = try ChildProcess(
                 ["setsid", "unshare", "--pid", "--fork", "--mount", "--mount-proc", "--uts", "--ipc",
-                 "/bin/bash", "-c", initScript(cgroups: cgroups.directories), "bgw-systemd-init", extras]
+                 "/bin/bash", "-c", initScript(cgroups: cgroups.directories, installable: installable),
+                 "bgw-systemd-init", extras]
                     + foldersToShare(sharedPaths),
                 extraEnvironment: ["NOTIFY_SOCKET": notify.address, "BGW_SYSTEMD_LOG_TARGET": logTarget],
                 captureStdout: false, captureStderr: false, newProcessGroup: false,
@@ -137,9 +143,10 @@ public final class SystemdNamespace: Sendable {
 
     /// Starts a namespace, runs `body`, and stops the namespace whether `body` returns or throws.
     public static func with<T: Sendable>(
-        extraUnits: [String: String] = [:], sharedPaths: [String] = [], _ body: (SystemdNamespace) async throws -> T
+        extraUnits: [String: String] = [:], sharedPaths: [String] = [], installable: Bool = false,
+        _ body: (SystemdNamespace) async throws -> T
     ) async throws -> T {
-        try await withCleanup(try await start(extraUnits: extraUnits, sharedPaths: sharedPaths),
+        try await withCleanup(try await start(extraUnits: extraUnits, sharedPaths: sharedPaths, installable: installable),
                               cleanup: { await $0.stop() }, body)
     }
 
@@ -204,10 +211,23 @@ public final class SystemdNamespace: Sendable {
 
     /// The script run as the namespace's first process; it ends by exec'ing systemd (same pid).
     /// Arguments: the folder of extra units, then the folders to share.
-    private static func initScript(cgroups: [String]) -> String {
+    private static func initScript(cgroups: [String], installable: Bool) -> String {
         let moves = cgroups.map { dir in
             "mkdir -p '\(dir)'; echo $$ > '\(dir)/cgroup.procs'"
         }.joined(separator: "\n")
+        // Copy-on-write /etc, /usr, /var on the private /run, before /var/tmp gets its tmpfs.
+        let overlays = !installable ? "" : """
+            for dir in etc usr var; do
+              mkdir -p "/run/bgw-overlay/$dir/upper" "/run/bgw-overlay/$dir/work"
+              mount -t overlay overlay -o "lowerdir=/$dir,upperdir=/run/bgw-overlay/$dir/upper,workdir=/run/bgw-overlay/$dir/work" "/$dir"
+            done
+            """
+        // Empty unit folders that the package fills, once dbus's units are copied out.
+        let unitFolders = !installable ? "" : """
+            mount -t tmpfs -o mode=755 tmpfs /usr/lib/systemd/system
+            mount -t tmpfs -o mode=755 tmpfs /etc/systemd/system
+            unit_path="$units:/etc/systemd/system:/usr/lib/systemd/system"
+            """
         return """
             set -euo pipefail
             extras=$1; shift
@@ -223,6 +243,7 @@ public final class SystemdNamespace: Sendable {
             # Private /run, /tmp and /var/tmp BEFORE systemd runs: a systemd that sees the real /tmp
             # empties it (systemd-tmpfiles), and that deletion reaches the shared filesystem.
             mount -t tmpfs -o mode=755 tmpfs /run
+            \(overlays)
             units=\(unitDirectory)
             mkdir -p "$units"
             cp -a "$extras"/. "$units"/
@@ -236,7 +257,9 @@ public final class SystemdNamespace: Sendable {
               [ -e "$units/$t.target" ] || printf '[Unit]\\nDescription=%s stub\\n' "$t" > "$units/$t.target"
             done
             cp /lib/systemd/system/dbus.socket /lib/systemd/system/dbus.service "$units"/
-            export container=other SYSTEMD_UNIT_PATH="$units"
+            unit_path=$units
+            \(unitFolders)
+            export container=other SYSTEMD_UNIT_PATH="$unit_path"
             exec /lib/systemd/systemd --system --unit=minimal.target --log-target="$BGW_SYSTEMD_LOG_TARGET" --show-status=no
             """
     }

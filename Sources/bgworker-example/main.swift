@@ -10,7 +10,7 @@ import DBus
 import Dispatch
 import Glibc
 
-struct ExampleOptions: ParsableArguments {
+struct ExampleOptions: ParsableCommand {  // a command, so that its configuration (name, --version) is used
     static let configuration = CommandConfiguration(
         commandName: "bgworker-example",
         abstract: "An example worker: periodic work, logs, LogLevel followed over the bus.",
@@ -19,7 +19,8 @@ struct ExampleOptions: ParsableArguments {
             (DBUS_SYSTEM_BUS_ADDRESS, which bgworkerd sets for its workers when it runs on a \
             private bus) unless --bus says otherwise, and follows the EffectiveLogLevel of its \
             own object (BGWORKER_OBJECT_PATH), or the daemon's LogLevel without that variable.
-            """)
+            """,
+        version: programVersion)
 
     @Option(help: "Seconds between two cycles of work.")
     var interval: Double = 1

@@ -7,7 +7,7 @@ import ClientSupport
 import DBus
 import Glibc
 
-struct HASimOptions: ParsableArguments {
+struct HASimOptions: ParsableCommand {  // a command, so that its configuration (name, --version) is used
     static let configuration = CommandConfiguration(
         commandName: "bgworker-ha-sim",
         abstract: "A reference HA manager publishing org.example.HAManager, driven from standard input.",
@@ -16,7 +16,8 @@ struct HASimOptions: ParsableArguments {
             word sets that raw value (bgworkerd reads it as `unknown`); `quit` exits. On end of input \
             it keeps running unless --exit-on-eof. It prints `ready <unique-name>` once it owns its \
             name and `role <role>` once each change has been sent.
-            """)
+            """,
+        version: programVersion)
 
     @Option(help: "The bus: system, session, a D-Bus address or a socket path (default: $BGWORKER_BUS, else system).")
     var bus: BusOption?

@@ -422,7 +422,7 @@ struct BgWorkerCtl: AsyncParsableCommand {
             any other failure and for usage errors, with the reason on standard error; is-active \
             and is-failed as systemctl's (see their help).
             """,
-        version: bgworkerVersion,
+        version: programVersion,
         subcommands: [Status.self, List.self, Show.self, Cat.self, IsActive.self, IsFailed.self, Enable.self, Disable.self,
                       Restart.self, Start.self, Stop.self, Reload.self, LogLevel.self, Logs.self, HA.self, Watch.self])
 

@@ -278,6 +278,46 @@ import TestSupport
         }
         #expect(unit.contains("\nWatchdogSec="))
     }
+
+    /// The unit is hardened for the systemd runner (issue 13: exposure at most 3.0), and with the
+    /// process runner's drop-in it still verifies and gives the workers back what they need.
+    @Test(.enabled(if: which("systemd-analyze") != nil || isCI, "needs systemd-analyze"))
+    func hardenedUnitAndItsProcessRunnerDropInVerify() async throws {
+        let directory = try TemporaryDirectory(prefix: "bgw-unit")
+        defer { directory.remove() }
+        let unit = try String(contentsOfFile: "\(Self.root)/config/bgworkerd.service", encoding: .utf8)
+            .replacingOccurrences(of: "\nExecStart=/usr/bin/bgworkerd\n", with: "\nExecStart=/bin/true\n")
+        try unit.write(toFile: directory.file("bgworkerd.service"), atomically: true, encoding: .utf8)
+        let security = try await run(["systemd-analyze", "security", "--offline=true", "--threshold=30",
+                                      directory.file("bgworkerd.service")])
+        #expect(security.status == 0, "exposure above 3.0:\n\(security.stdout)\(security.stderr)")
+        let overall = security.stdout.split(separator: "\n").last { $0.contains("Overall exposure level") }
+        let score = overall.flatMap { line in line.split(separator: " ").compactMap { Double($0) }.last }
+        #expect(score.map { $0 <= 3.0 } == true, "\(overall ?? "no score")")
+
+        try FileManager.default.createDirectory(atPath: directory.file("bgworkerd.service.d"), withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: "\(Self.root)/config/bgworkerd.service.d/process-runner.conf",
+                                         toPath: directory.file("bgworkerd.service.d/process-runner.conf"))
+        let verify = try await run(["systemd-analyze", "verify", "--man=no", directory.file("bgworkerd.service")])
+        #expect(verify.status == 0 && verify.stderr.isEmpty, "\(verify.stderr)")
+        let relaxed = try await run(["systemd-analyze", "security", "--offline=true", directory.file("bgworkerd.service")])
+        for line in relaxed.stdout.split(separator: "\n") where line.contains("CAP_SET(UID|GID|PCAP)") || line.contains("NoNewPrivileges=") {
+            #expect(line.hasPrefix("✗"), "the drop-in must give process-runner workers this back: \(line)")
+        }
+    }
+
+    /// What the package installs as /etc/bgworker/bgworkerd.toml runs nothing and follows no HA
+    /// source until the admin says so.
+    @Test func installedDefaultConfigurationRunsNothing() throws {
+        let path = "\(Self.root)/config/default/bgworkerd.toml"
+        let main = SourceFile(path: path, text: try String(contentsOfFile: path, encoding: .utf8))
+        let configuration = try Configuration.parse(main: main).get()
+        #expect(configuration.workers.isEmpty)
+        #expect(configuration.ha.source == .none)
+        var expected = DaemonSettings()
+        expected.adminGroup = "bgworker-admin"  // the group the package creates and the bus policy names
+        #expect(configuration.daemon == expected)
+    }
 }
 
 extension ShippedFilesTests {

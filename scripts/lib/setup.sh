@@ -5,7 +5,8 @@ log() { printf '==> %s\n' "$*"; }
 
 # Debian packages: build (libdbus, libsystemd headers), real components the tests and the demo
 # start, and the real clients they talk with (busctl, gdbus, dbus-send, python3-dbus with
-# python3-gi for GLib, setpriv, nsenter, pgrep).
+# python3-gi for GLib, setpriv, nsenter, pgrep); the Debian package's build and checks
+# (dpkg-shlibdeps, strip, readelf, lintian, groff).
 DEBIAN_PACKAGES=(
     libdbus-1-dev libsystemd-dev
     dbus dbus-daemon dbus-bin
@@ -13,6 +14,7 @@ DEBIAN_PACKAGES=(
     python3-dbus python3-gi libglib2.0-bin
     util-linux procps
     pacemaker corosync pacemaker-cli-utils resource-agents libxml2-utils
+    dpkg-dev binutils lintian groff-base man-db
 )
 
 # Installs DEBIAN_PACKAGES when root (apt-get update first); says so and goes on otherwise.

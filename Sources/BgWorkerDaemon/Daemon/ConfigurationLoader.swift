@@ -63,17 +63,10 @@ public struct ConfigurationLoader: Sendable {
     /// `*.toml` regular files (or links to them) of `directory`, sorted by name (bytewise, as
     /// `ls` in the C locale). A missing folder has none.
     func dropInPaths(in directory: String) -> [String] {
-        guard let stream = opendir(directory) else { return [] }
-        defer { closedir(stream) }
-        var names: [String] = []
-        while let entry = readdir(stream) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
-            guard name.hasSuffix(".toml"), !name.hasPrefix(".") else { continue }
+        let names = (directoryEntryNames(directory) ?? []).filter { name in
+            guard name.hasSuffix(".toml"), !name.hasPrefix(".") else { return false }
             var info = stat()
-            guard stat(directory + "/" + name, &info) == 0, info.st_mode & S_IFMT == S_IFREG else { continue }
-            names.append(name)
+            return stat(directory + "/" + name, &info) == 0 && info.st_mode & S_IFMT == S_IFREG
         }
         return names.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }.map { directory + "/" + $0 }
     }

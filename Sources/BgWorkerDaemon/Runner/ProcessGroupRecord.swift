@@ -477,17 +477,7 @@ struct ProcStat {
 
     /// Every process now, from /proc.
     static func all() -> [ProcStat] {
-        guard let dir = opendir("/proc") else { return [] }
-        defer { closedir(dir) }
-        var result: [ProcStat] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            guard let pid = Int32(name), let stat = read(pid: pid) else { continue }
-            result.append(stat)
-        }
-        return result
+        (directoryEntryNames("/proc") ?? []).compactMap { name in Int32(name).flatMap { read(pid: $0) } }
     }
 
     /// /proc/PID/stat parsed, or nil when the process is gone. The command name may hold spaces

@@ -2,6 +2,7 @@
 // respawn and Enable/Disable through bgworkerd --runner systemd and --runner process, beside
 // systemd's own Restart=always RestartSec=0 of the same program in a transient unit.
 import ArgumentParser
+import BgWorkerAPI
 import CShims
 import DBus
 import Foundation
@@ -189,7 +190,7 @@ struct SystemdBenchmark: AsyncParsableCommand {
                 + workerTables(1, prefix: "toggler", argv: worker),
             to: configPath, stateDirectory: "\(run)/state")
         let client = try await DBusConnection.connect(.address(bus.unixAddress))
-        let states = try await SignalLog(address: bus.unixAddress, MatchRule(interface: Manager.interface, member: "WorkerStateChanged"))
+        let states = try await SignalLog(address: bus.unixAddress, MatchRule(interface: Manager.interface, member: BgWorkerBus.Signal.workerStateChanged))
         let notify = try NotifyDrain()
         let nsenter = try ChildProcess(
             ns.nsenterArguments(["--wd=\(run)", builtExecutablePath("bgworkerd"), "--config", configPath,

@@ -1,3 +1,4 @@
+import BgWorkerAPI
 import Testing
 
 @testable import BgWorkerCore
@@ -31,7 +32,7 @@ import Testing
             for second in alphabet {
                 let name = String([first, second])
                 let label = objectPathLabel(forWorker: name)
-                #expect(isValidObjectPath("/org/example/BgWorker/worker/" + label))
+                #expect(isValidObjectPath(BgWorkerBus.workerPathPrefix + label))
                 #expect(workerName(fromObjectPathLabel: label) == name)
             }
         }

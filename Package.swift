@@ -27,14 +27,18 @@ let package = Package(
         // every executable that uses the bus (docs/sanitizers.md); nothing otherwise.
         .target(name: "DBus", dependencies: ["CDBus", "CShims"]),
 
+        // The contract's names on the bus (bus name, paths, interfaces, errors, members, the worker
+        // path escaping) for every program that speaks it. Standard library only.
+        .target(name: "BgWorkerAPI"),
+
         // Pure logic: config, state machine, restart policy, run rule, reconcile, reload diff.
-        .target(name: "BgWorkerCore"),
+        .target(name: "BgWorkerCore", dependencies: ["BgWorkerAPI"]),
 
         // The supervisor, runners, HA sources, the bus service, journal, sd_notify.
         .target(
             name: "BgWorkerDaemon",
             dependencies: [
-                "DBus", "BgWorkerCore", "CShims", "CSystemd",
+                "DBus", "BgWorkerAPI", "BgWorkerCore", "CShims", "CSystemd",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -57,14 +61,14 @@ let package = Package(
         .executableTarget(
             name: "bgworkerctl",
             dependencies: [
-                "DBus", "ClientSupport", "BgWorkerCore",
+                "DBus", "BgWorkerAPI", "ClientSupport", "BgWorkerCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(
             name: "bgworker-example",
             dependencies: [
-                "DBus", "ClientSupport", "BgWorkerCore",
+                "DBus", "BgWorkerAPI", "ClientSupport", "BgWorkerCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -78,7 +82,7 @@ let package = Package(
         .executableTarget(
             name: "bgworker-bench",
             dependencies: [
-                "DBus", "CDBus", "BgWorkerCore", "TestSupport", "CShims", "ClientSupport",
+                "DBus", "CDBus", "BgWorkerAPI", "BgWorkerCore", "TestSupport", "CShims", "ClientSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -98,9 +102,9 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["CShims"]),
 
         .testTarget(name: "DBusTests", dependencies: ["DBus", "TestSupport"]),
-        .testTarget(name: "BgWorkerCoreTests", dependencies: ["BgWorkerCore", "TestSupport"], exclude: ["toml-test"]),
-        .testTarget(name: "BgWorkerDaemonTests", dependencies: ["BgWorkerDaemon", "TestSupport"]),
+        .testTarget(name: "BgWorkerCoreTests", dependencies: ["BgWorkerAPI", "BgWorkerCore", "TestSupport"], exclude: ["toml-test"]),
+        .testTarget(name: "BgWorkerDaemonTests", dependencies: ["BgWorkerAPI", "BgWorkerDaemon", "TestSupport"]),
         // bgworkerctl, bgworker-example and bgworker-ha-sim, run as real processes.
-        .testTarget(name: "ClientsTests", dependencies: ["DBus", "TestSupport"]),
+        .testTarget(name: "ClientsTests", dependencies: ["DBus", "BgWorkerAPI", "TestSupport"]),
     ]
 )

@@ -1,62 +1,7 @@
-// Names derived from worker names: D-Bus object-path labels, systemd unit names, and the
-// definition hash the systemd runner stores in a unit to recognise an unchanged worker.
-
-private let hexDigits = Array("0123456789abcdef".utf8)
-
-/// The object-path label of a worker name, as systemd escapes unit names in object paths: every
-/// byte outside `[A-Za-z0-9]`, and a digit in first position, becomes `_` plus two lowercase hex
-/// digits (`db-sync` is `db_2dsync`). The empty string is `_`, as in systemd.
-public func objectPathLabel(forWorker name: String) -> String {
-    if name.isEmpty { return "_" }
-    var out: [UInt8] = []
-    for (position, byte) in name.utf8.enumerated() {
-        let isDigit = byte >= 0x30 && byte <= 0x39
-        if isAlphanumeric(byte) && !(position == 0 && isDigit) {
-            out.append(byte)
-        } else {
-            out.append(UInt8(ascii: "_"))
-            out.append(hexDigits[Int(byte >> 4)])
-            out.append(hexDigits[Int(byte & 0xF)])
-        }
-    }
-    return String(decoding: out, as: UTF8.self)
-}
-
-/// The inverse of `objectPathLabel(forWorker:)`; nil for a label that no name produces.
-public func workerName(fromObjectPathLabel label: String) -> String? {
-    if label == "_" { return "" }
-    let bytes = Array(label.utf8)
-    var out: [UInt8] = []
-    var index = 0
-    while index < bytes.count {
-        let byte = bytes[index]
-        if byte == UInt8(ascii: "_") {
-            guard index + 2 < bytes.count, let high = hexValue(bytes[index + 1]), let low = hexValue(bytes[index + 2]) else {
-                return nil
-            }
-            out.append(high << 4 | low)
-            index += 3
-        } else if isAlphanumeric(byte) {
-            out.append(byte)
-            index += 1
-        } else {
-            return nil
-        }
-    }
-    // Reject non-canonical labels (escaped bytes that need no escaping), so the mapping is 1:1.
-    guard let name = String(validating: out, as: UTF8.self),
-        objectPathLabel(forWorker: name) == label
-    else { return nil }
-    return name
-}
-
-private func hexValue(_ byte: UInt8) -> UInt8? {
-    switch byte {
-    case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
-    case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
-    default: nil
-    }
-}
+// Names derived from worker names: systemd unit names, and the definition hash the systemd
+// runner stores in a unit to recognise an unchanged worker. (The object-path labels of the bus
+// contract are in BgWorkerAPI.)
+import BgWorkerAPI
 
 /// The prefix and suffix of every worker's transient unit.
 public let systemdUnitPrefix = "bgworker-"
@@ -77,8 +22,8 @@ public func systemdUnitName(forWorker name: String) -> String {
             out.append(byte)
         } else {
             out.append(contentsOf: Array("\\x".utf8))
-            out.append(hexDigits[Int(byte >> 4)])
-            out.append(hexDigits[Int(byte & 0xF)])
+            out.append(lowercaseHexDigits[Int(byte >> 4)])
+            out.append(lowercaseHexDigits[Int(byte & 0xF)])
         }
     }
     out.append(contentsOf: Array(systemdUnitSuffix.utf8))
@@ -94,7 +39,7 @@ public func workerName(fromSystemdUnitName unit: String) -> String? {
     while index < escaped.count {
         if escaped[index] == UInt8(ascii: "\\") {
             guard index + 3 < escaped.count, escaped[index + 1] == UInt8(ascii: "x"),
-                let high = hexValue(escaped[index + 2]), let low = hexValue(escaped[index + 3])
+                let high = lowercaseHexValue(escaped[index + 2]), let low = lowercaseHexValue(escaped[index + 3])
             else { return nil }
             out.append(high << 4 | low)
             index += 4

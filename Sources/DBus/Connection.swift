@@ -82,7 +82,7 @@ public final class DBusConnection: Sendable {
         let core = try ConnectionCore()
         let connection = DBusConnection(core: core)
         core.loopStateForSetup.handle = connection
-        try await withUnsafeThrowingContinuation { (ready: UnsafeContinuation<Void, any Error>) in
+        try await withCheckedThrowingContinuation { (ready: CheckedContinuation<Void, any Error>) in
             do {
                 try core.start(address: resolved, busClient: busClient, timeout: timeout, ready: ready)
             } catch {
@@ -162,18 +162,16 @@ public final class DBusConnection: Sendable {
         let token = CallToken()
         // The reply is built on the connection thread; the pairing release is in
         // PendingCall.Completion.run (docs/sanitizers.md says why TSan needs it).
-        var handoff: UnsafeMutableRawPointer? = nil
-        defer { if let handoff { bgw_tsan_acquire(handoff) } }
+        defer { bgw_tsan_acquire(token.handoffAddress) }
         return try await withTaskCancellationHandler {
-            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<[DBusValue], any Error>) in
-                handoff = PendingCall.Completion.handoffAddress(continuation)
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<[DBusValue], any Error>) in
                 let accepted = core.submit { state in
                     // Cancelled before it was sent: the cancel work below found nothing to end.
                     guard !token.cancelled.load(ordering: .acquiring) else {
                         continuation.resume(throwing: CancellationError())
                         return
                     }
-                    state.startCall(request, id: id, completion: .continuation(continuation))
+                    state.startCall(request, id: id, completion: .continuation(continuation, handoff: token.handoffAddress))
                 }
                 if !accepted {
                     continuation.resume(throwing: core.endedError)
@@ -275,7 +273,7 @@ public final class DBusConnection: Sendable {
                 _ = try await callBus("AddMatch", [.string(rule)])
             }
             if let followed {
-                try await withUnsafeThrowingContinuation { (done: UnsafeContinuation<Void, any Error>) in
+                try await withCheckedThrowingContinuation { (done: CheckedContinuation<Void, any Error>) in
                     let accepted = core.submit { state in
                         state.readOwner(followed, subscription: id, done: done)
                     }
@@ -407,6 +405,13 @@ final class OwnerBox: Sendable {
 
 final class CallToken: Sendable {
     let cancelled = Atomic<Bool>(false)
+
+    /// Where ThreadSanitizer is told the reply is handed over (a no-op outside TSan builds):
+    /// this token's address, unique while the call waits (the awaiting task holds the token);
+    /// only a key for TSan, never dereferenced, so no retain is needed.
+    /// The runtime resumes a continuation that has not suspended yet through an atomic TSan
+    /// cannot see; without this pair it reports the reply's values as raced (docs/sanitizers.md).
+    var handoffAddress: UnsafeMutableRawPointer { Unmanaged.passUnretained(self).toOpaque() }
 }
 
 /// Ends a subscription exactly once: removes the route and the bus rules.
@@ -523,7 +528,7 @@ public struct NameOwnerWatch: AsyncSequence, Sendable {
 
 extension LoopState {
     /// GetNameOwner for a followed name; its reply is applied in message order.
-    func readOwner(_ name: String, subscription id: UInt64, done: UnsafeContinuation<Void, any Error>) {
+    func readOwner(_ name: String, subscription id: UInt64, done: CheckedContinuation<Void, any Error>) {
         let call = OutgoingCall(destination: BusDaemon.name, path: BusDaemon.path, interface: BusDaemon.interface,
                                 member: "GetNameOwner", arguments: [.string(name)], timeoutNanoseconds: 25_000_000_000)
         startCall(call, id: 0, completion: .callback { state, result in

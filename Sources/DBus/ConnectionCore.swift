@@ -57,7 +57,7 @@ final class ConnectionCore: TaskExecutor, Sendable {
     /// Starts the connection thread, which opens `address` and (as a bus client) says Hello.
     /// Resumes `ready` once the connection can be used, or with the failure.
     func start(address: String, busClient: Bool, timeout: Duration,
-               ready: UnsafeContinuation<Void, any Error>) throws(DBusConnectionError) {
+               ready: CheckedContinuation<Void, any Error>) throws(DBusConnectionError) {
         let box = Unmanaged.passRetained(ThreadStart { [self] in
             self.loopThread.store(UInt(pthread_self()), ordering: .releasing)
             self.stateBox.state.run(address: address, busClient: busClient, timeout: timeout, ready: ready)

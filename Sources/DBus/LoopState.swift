@@ -9,7 +9,11 @@ import Glibc
 /// disconnect fails every call at once with our typed error, cancellation is a map removal, and
 /// there is no per-call libdbus timeout, pending-call object or notify closure to allocate.
 final class LoopState {
-    unowned(unsafe) var core: ConnectionCore!
+    /// The core owns this state (through `LoopStateBox`), so the reference back is unowned; it
+    /// is only used on the connection thread, whose entry closure holds the core strongly while
+    /// the thread runs, and in `setUp` (called by the core's init). Checked `unowned`: a use
+    /// after the core is gone would trap at once rather than read freed memory.
+    private(set) unowned var core: ConnectionCore!
     /// The public handle, for `MethodCall.connection`; weak so that dropping the handle closes.
     weak var handle: DBusConnection?
 
@@ -71,7 +75,7 @@ final class LoopState {
 
     // MARK: The loop
 
-    func run(address: String, busClient: Bool, timeout: Duration, ready: UnsafeContinuation<Void, any Error>) {
+    func run(address: String, busClient: Bool, timeout: Duration, ready: CheckedContinuation<Void, any Error>) {
         self.busClient = busClient
         var error = CDBus.DBusError()
         dbus_error_init(&error)
@@ -401,7 +405,6 @@ final class LoopState {
         let values: [DBusValue]
         do { values = try Marshal.read(message) } catch { return .failure(error) }
         if dbus_message_get_type(message) == DBUS_MESSAGE_TYPE_ERROR {
-            Marshal.closeDescriptors(in: values)
             let name = dbus_message_get_error_name(message).map { String(cString: $0) } ?? DBusError.Name.failed
             return .failure(DBusError(name, values.first?.stringValue ?? ""))
         }
@@ -495,7 +498,7 @@ final class LoopState {
 
     // MARK: Hello
 
-    private func sayHello(timeout: Duration, ready: UnsafeContinuation<Void, any Error>) {
+    private func sayHello(timeout: Duration, ready: CheckedContinuation<Void, any Error>) {
         let hello = OutgoingCall(
             destination: BusDaemon.name, path: BusDaemon.path, interface: BusDaemon.interface,
             member: "Hello", arguments: [], timeoutNanoseconds: nanoseconds(timeout))
@@ -540,28 +543,20 @@ struct OutgoingSignal: Sendable {
 
 struct PendingCall {
     enum Completion {
-        /// A caller awaiting the reply.
-        case continuation(UnsafeContinuation<[DBusValue], any Error>)
+        /// A caller awaiting the reply, and the address its hand-over is annotated at for TSan
+        /// (`CallToken.handoffAddress`).
+        case continuation(CheckedContinuation<[DBusValue], any Error>, handoff: UnsafeMutableRawPointer)
         /// Our own follow-up, run on the connection thread in message order (e.g. the reply of
         /// GetNameOwner must be applied before the NameOwnerChanged signals that follow it).
         case callback((LoopState, Result<[DBusValue], any Error>) -> Void)
 
         func run(_ state: LoopState, _ result: Result<[DBusValue], any Error>) {
             switch self {
-            case .continuation(let c):
-                bgw_tsan_release(Self.handoffAddress(c))
+            case .continuation(let c, let handoff):
+                bgw_tsan_release(handoff)
                 c.resume(with: result)
             case .callback(let f): f(state, result)
             }
-        }
-
-        /// The address ThreadSanitizer is told the reply is handed over at (a no-op outside TSan
-        /// builds): the awaiting task's, which the continuation is a pointer to (one word, so the
-        /// bit cast is exact), unique while the call waits. The runtime resumes a continuation
-        /// that has not suspended yet through an atomic TSan cannot see; without this pair it
-        /// reports the reply's values as raced (docs/sanitizers.md).
-        static func handoffAddress(_ c: UnsafeContinuation<[DBusValue], any Error>) -> UnsafeMutableRawPointer {
-            unsafeBitCast(c, to: UnsafeMutableRawPointer.self)
         }
     }
 

@@ -64,9 +64,17 @@ enum Marshal {
         case .uint64(let v): try appendBasic(&iter, TypeCode.uint64, v)
         case .double(let v): try appendBasic(&iter, TypeCode.double, v)
         case .unixFD(let fd):
-            // libdbus duplicates the descriptor; the caller keeps its own.
-            guard dbus_message_iter_append_basic(&iter, Int32(TypeCode.unixFD), [fd]) != 0 else {
-                throw DBusConnectionError(.invalidArgument, "cannot append file descriptor \(fd)")
+            // libdbus duplicates the descriptor into the message; the caller keeps its own.
+            // Appended under the descriptor's lock, so a concurrent close cannot hand libdbus a
+            // number that has been reused meanwhile.
+            let appended = fd.withDescriptor { raw -> Bool in
+                var number = raw
+                return dbus_message_iter_append_basic(&iter, Int32(TypeCode.unixFD), &number) != 0
+            }
+            switch appended {
+            case true?: break
+            case false?: throw DBusConnectionError(.invalidArgument, "cannot append file descriptor \(fd)")
+            case nil: throw DBusConnectionError(.invalidArgument, "file descriptor closed or taken before it was sent")
             }
         case .string(let s): try appendString(&iter, TypeCode.string, s)
         case .objectPath(let p): try appendString(&iter, TypeCode.objectPath, p.rawValue)
@@ -212,10 +220,11 @@ enum Marshal {
         case TypeCode.uint64: return .uint64(basic(&iter, UInt64(0)))
         case TypeCode.double: return .double(basic(&iter, Double(0)))
         case TypeCode.unixFD:
-            // libdbus hands out a fresh dup (or -1 when it cannot); the receiver owns it.
+            // libdbus hands out a fresh duplicate (close-on-exec; -1 when it cannot), which the
+            // value owns from here: each read of a message is a new descriptor.
             let fd = basic(&iter, Int32(-1))
             guard fd >= 0 else { throw invalid("could not duplicate a received file descriptor") }
-            return .unixFD(fd)
+            return .unixFD(UnixFD(taking: fd))
         case TypeCode.string: return .string(string(&iter))
         case TypeCode.objectPath:
             let s = string(&iter)
@@ -263,14 +272,15 @@ enum Marshal {
         }
     }
 
-    /// Closes descriptors received in values that will not be handed to anybody.
+    /// Closes the descriptors in `values` now rather than when the last copy goes (for values
+    /// kept for another purpose, such as matching a signal against rules).
     static func closeDescriptors(in values: [DBusValue]) {
         for v in values { closeDescriptors(in: v) }
     }
 
     static func closeDescriptors(in value: DBusValue) {
         switch value {
-        case .unixFD(let fd): close(fd)
+        case .unixFD(let fd): fd.close()
         case .array(_, let items): closeDescriptors(in: items)
         case .dictionary(_, _, let entries):
             for e in entries {

@@ -104,10 +104,8 @@ extension LoopState {
             do { arguments = try Marshal.read(message) } catch {
                 return fail(.invalidArgs("Cannot read the arguments: \(error)"))
             }
-            guard let connection = handle else {
-                Marshal.closeDescriptors(in: arguments)
-                return
-            }
+            // Without the handle the connection is going; received descriptors close with the values.
+            guard let connection = handle else { return }
             let call = MethodCall(sender: sender ?? "", path: path, interface: resolved, member: member,
                                   arguments: arguments, connection: connection, object: object)
             runHandler(reply: reply, outTypes: method.outArgs.map(\.type)) { try await method.handler(call) }
@@ -130,17 +128,12 @@ extension LoopState {
             arguments = []
             refusal = refusal ?? .invalidArgs("Cannot read the arguments: \(error)")
         }
-        guard let connection = handle else { return Marshal.closeDescriptors(in: arguments) }
+        guard let connection = handle else { return }
         let call = MethodCall(sender: sender ?? "", path: object.path, interface: interface, member: method.name,
                               arguments: arguments, connection: connection, object: object)
         runHandler(reply: reply, outTypes: method.outArgs.map(\.type)) { [refusal] in
-            do {
-                try await authorize(call)
-                if let refusal { throw refusal }
-            } catch {
-                Marshal.closeDescriptors(in: arguments)
-                throw error
-            }
+            try await authorize(call)
+            if let refusal { throw refusal }
             return try await method.handler(call)
         }
     }
@@ -152,8 +145,7 @@ extension LoopState {
         Task(executorPreference: core) {
             let result: Result<[DBusValue], any Error>
             do { result = .success(try await body()) } catch { result = .failure(error) }
-            let sent = core.submit { state in state.sendReply(reply, result, outTypes: outTypes) }
-            if !sent, case .success(let values) = result { Marshal.closeDescriptors(in: values) }
+            core.submit { state in state.sendReply(reply, result, outTypes: outTypes) }
         }
     }
 
@@ -218,18 +210,12 @@ extension LoopState {
         // Set
         if let authorize = table.interface.authorizeSet {
             // Authorization first, so it runs before the checks below: they go with it, async.
-            guard let connection = handle else { return Marshal.closeDescriptors(in: args) }
+            guard let connection = handle else { return }
             let call = MethodCall(sender: sender ?? "", path: object.path, interface: StandardInterface.properties,
                                   member: "Set", arguments: args, connection: connection, object: object)
             runHandler(reply: reply, outTypes: []) {
-                let newValue: DBusValue
-                do {
-                    try await authorize(call)
-                    newValue = try Self.checkedSetValue(args[2], for: property, in: iface)
-                } catch {
-                    Marshal.closeDescriptors(in: args)
-                    throw error
-                }
+                try await authorize(call)
+                let newValue = try Self.checkedSetValue(args[2], for: property, in: iface)
                 try await Self.store(newValue, for: property, in: iface, of: object, call: call)
                 return []
             }
@@ -237,7 +223,6 @@ extension LoopState {
         }
         let newValue: DBusValue
         do { newValue = try Self.checkedSetValue(args[2], for: property, in: iface) } catch {
-            Marshal.closeDescriptors(in: args)
             return fail(error)
         }
         guard property.set != nil else {
@@ -279,10 +264,7 @@ extension LoopState {
 
     /// Sends a method return or an error reply; the outcome of a handler is checked first.
     func sendReply(_ reply: ReplyAddress, _ result: Result<[DBusValue], any Error>, outTypes: [DBusType]) {
-        guard !reply.noReply, connection != nil else {
-            if case .success(let values) = result { Marshal.closeDescriptors(in: values) }
-            return
-        }
+        guard !reply.noReply, connection != nil else { return }
         var outcome = result
         if case .success(let values) = result {
             if !ValueValidation.check(values, against: outTypes) {

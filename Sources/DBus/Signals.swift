@@ -148,7 +148,8 @@ final class ReceivedSignal {
         if let cached { return cached }
         var values: [DBusValue] = []
         do { values = try Marshal.read(message) } catch { malformed = true }
-        // This copy is for matching only; each delivery reads its own descriptors.
+        // This copy is for matching only (its descriptors are closed at once, not when the
+        // signal is done); each delivery reads descriptors of its own.
         if Marshal.containsDescriptors(values) { Marshal.closeDescriptors(in: values) }
         cached = values
         return values

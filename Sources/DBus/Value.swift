@@ -11,11 +11,15 @@ public struct DBusDictEntry: Sendable, Hashable {
 /// A D-Bus value of any type. Containers carry their element types, so empty arrays and
 /// dictionaries have a signature too.
 ///
-/// `unixFD`: a received descriptor is a duplicate owned by the receiver (close it); a sent one
-/// is duplicated by libdbus while the message is built, so the sender keeps its own.
-// Kept `indirect` as a whole: with only `variant` indirect, Swift 6.3.1 debug builds crashed
-// in the test suite (a String payload read as a pointer); not investigated further.
-public indirect enum DBusValue: Sendable, Hashable {
+/// `unixFD`: an owned descriptor (`UnixFD`, closed when its last reference goes). A received one
+/// is a duplicate owned by the receiver's value; a sent one is duplicated into the message while
+/// it is built, so the sender keeps its own.
+///
+/// Only `variant` is `indirect` (the one case that holds a `DBusValue` directly; arrays already
+/// box their elements), so scalars and strings are stored inline (24 bytes) rather than in a heap
+/// box each. An earlier "crash with only `variant` indirect" was a stale incremental build, not
+/// this layout (docs/dbus-layer.md, Notes).
+public enum DBusValue: Sendable, Hashable {
     case byte(UInt8)
     case bool(Bool)
     case int16(Int16)
@@ -28,12 +32,12 @@ public indirect enum DBusValue: Sendable, Hashable {
     case string(String)
     case objectPath(ObjectPath)
     case signature(Signature)
-    case unixFD(Int32)
+    case unixFD(UnixFD)
     /// An array of `element`-typed values.
     case array(DBusType, [DBusValue])
     case dictionary(key: DBusType, value: DBusType, [DBusDictEntry])
     case structure([DBusValue])
-    case variant(DBusValue)
+    indirect case variant(DBusValue)
 
     /// The type of this value.
     public var type: DBusType {
@@ -108,7 +112,7 @@ extension DBusValue {
     public var stringValue: String? { if case .string(let v) = self { v } else { nil } }
     public var objectPathValue: ObjectPath? { if case .objectPath(let v) = self { v } else { nil } }
     public var signatureValue: Signature? { if case .signature(let v) = self { v } else { nil } }
-    public var unixFDValue: Int32? { if case .unixFD(let v) = self { v } else { nil } }
+    public var unixFDValue: UnixFD? { if case .unixFD(let v) = self { v } else { nil } }
     /// The inner value of a variant.
     public var variantValue: DBusValue? { if case .variant(let v) = self { v } else { nil } }
     public var structureValue: [DBusValue]? { if case .structure(let v) = self { v } else { nil } }
@@ -209,7 +213,7 @@ enum ValueValidation {
                 throw DBusConnectionError(.invalidArgument, "string contains a NUL byte")
             }
         case .unixFD(let fd):
-            guard fd >= 0 else { throw DBusConnectionError(.invalidArgument, "invalid file descriptor \(fd)") }
+            guard fd.isOpen else { throw DBusConnectionError(.invalidArgument, "file descriptor already closed or taken") }
         case .array(let element, let items):
             if element.isFixedSize {
                 // Numbers need no deeper checks: only their type.

@@ -8,14 +8,13 @@ import CDBus
 public enum WireFormat {
     /// Decodes `bytes` as one message: libdbus checks the header and body
     /// (`dbus_message_demarshal`, as it does for what it reads from a socket), then `Marshal`
-    /// reads every argument. nil: libdbus refused the bytes. Received descriptors are closed.
+    /// reads every argument. nil: libdbus refused the bytes. Received descriptors are owned by
+    /// the values (closed with them).
     public static func decodeBody(_ bytes: UnsafeRawBufferPointer) -> Result<[DBusValue], DBusConnectionError>? {
         guard let message = demarshal(bytes) else { return nil }
         defer { dbus_message_unref(message) }
         do {
-            let values = try Marshal.read(message)
-            Marshal.closeDescriptors(in: values)
-            return .success(values)
+            return .success(try Marshal.read(message))
         } catch {
             return .failure(error)
         }

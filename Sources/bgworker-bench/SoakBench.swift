@@ -2,6 +2,7 @@
 // sustained, and bgworkerd's RSS and open fds at the start and the end: a leak of a few bytes per
 // spawn shows over a million spawns.
 import ArgumentParser
+import BgWorkerAPI
 import CShims
 import DBus
 import Foundation
@@ -76,7 +77,7 @@ struct SoakBenchmark: AsyncParsableCommand {
         // with a signal per state change; dbus-daemon still routes every one.
         let d = try await BenchDaemon.start(
             workerTables(settings.workers, prefix: "soak", argv: worker, extra: "restart-delay = 0\nstart-limit-burst = 0"),
-            states: MatchRule(interface: Manager.interface, member: "WorkerStateChanged", arguments: [0: "-none-"]),
+            states: MatchRule(interface: Manager.interface, member: BgWorkerBus.Signal.workerStateChanged, arguments: [0: "-none-"]),
             logFile: "/dev/null")
         // Over the bus (the LogLevel property): BenchDaemon writes the [daemon] table itself.
         if let level = settings.logLevel {
@@ -161,9 +162,9 @@ struct SoakBenchmark: AsyncParsableCommand {
         var restarts = 0
         for name in names {
             let reply = try await d.client.call(
-                destination: Manager.name, path: try ObjectPath("/org/example/BgWorker/worker/\(name)"),
+                destination: Manager.name, path: try ObjectPath(BgWorkerBus.workerPath(name)),
                 interface: "org.freedesktop.DBus.Properties", member: "Get",
-                arguments: [.string("org.example.BgWorker.Worker"), .string("Restarts")])
+                arguments: [.string(BgWorkerBus.workerInterface), .string(BgWorkerBus.WorkerProperty.restarts)])
             guard case .variant(let value)? = reply.first, let count = value.uint32Value else {
                 throw BenchError("Restarts of \(name): unexpected reply \(reply)")
             }

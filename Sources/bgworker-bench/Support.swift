@@ -1,5 +1,6 @@
 // What the subcommands share: signals received with their arrival time, a daemon on a private
 // bus, the floor's own spawns, and readings of /proc.
+import BgWorkerAPI
 import CShims
 import DBus
 import Foundation
@@ -120,7 +121,7 @@ struct StateChange: Sendable {
     var reason: String
 
     init?(_ signal: DBusSignal) {
-        guard signal.member == "WorkerStateChanged", signal.arguments.count == 4,
+        guard signal.member == BgWorkerBus.Signal.workerStateChanged, signal.arguments.count == 4,
               let name = signal.arguments[0].stringValue, let state = signal.arguments[1].stringValue,
               let pid = signal.arguments[2].uint32Value, let reason = signal.arguments[3].stringValue
         else { return nil }
@@ -134,9 +135,9 @@ struct StateChange: Sendable {
 // MARK: - A daemon on a private bus
 
 enum Manager {
-    static let name = "org.example.BgWorker"
-    static let path = try! ObjectPath("/org/example/BgWorker")
-    static let interface = "org.example.BgWorker"
+    static let name = BgWorkerBus.busName
+    static let path = try! ObjectPath(BgWorkerBus.managerPath)
+    static let interface = BgWorkerBus.managerInterface
 }
 
 /// bgworkerd (the release build beside the benchmark) with the process runner on a private bus
@@ -163,7 +164,7 @@ final class BenchDaemon: Sendable {
     /// `states`: the signals to record (by default every `WorkerStateChanged`); `logFile`: where
     /// the daemon's output goes (by default `bgworkerd.log` in its folder).
     static func start(_ body: String, bus existing: PrivateBus? = nil, arguments: [String] = ["--runner", "process"],
-                      states rule: MatchRule = MatchRule(interface: Manager.interface, member: "WorkerStateChanged"),
+                      states rule: MatchRule = MatchRule(interface: Manager.interface, member: BgWorkerBus.Signal.workerStateChanged),
                       logFile: String? = nil, timeout: Duration = .seconds(60)) async throws -> BenchDaemon {
         let directory = try Interrupt.directory(prefix: "bgw-bench")
         let bus: PrivateBus

@@ -2,6 +2,7 @@
 // respawn and Enable/Disable through bgworkerd --runner systemd and --runner process, beside
 // systemd's own Restart=always RestartSec=0 of the same program in a transient unit.
 import ArgumentParser
+import BgWorkerAPI
 import CShims
 import DBus
 import Foundation
@@ -183,7 +184,7 @@ struct SystemdBenchmark: AsyncParsableCommand {
                 + workerTables(1, prefix: "toggler", argv: worker),
             to: configPath, stateDirectory: "\(run)/state")
         let client = try await DBusConnection.connect(.address(bus.unixAddress))
-        let states = try await SignalLog(address: bus.unixAddress, MatchRule(interface: Manager.interface, member: "WorkerStateChanged"))
+        let states = try await SignalLog(address: bus.unixAddress, MatchRule(interface: Manager.interface, member: BgWorkerBus.Signal.workerStateChanged))
         let daemon: NamespacedDaemon
         do {
             daemon = try await NamespacedDaemon.start(ns, run: run, configPath: configPath, busAddress: bus.unixAddress, runner: runner)

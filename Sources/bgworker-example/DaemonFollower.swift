@@ -1,3 +1,4 @@
+import BgWorkerAPI
 import DBus
 import Synchronization
 
@@ -10,8 +11,8 @@ import Synchronization
 /// delay that doubles up to a cap (plus a little jitter, so that a bus restart does not see
 /// every worker at the same instant). Meanwhile the worker's own work goes on untouched.
 final class DaemonFollower: Sendable {
-    static let service = "org.example.BgWorker"
-    static let managerPath = try! ObjectPath("/org/example/BgWorker")
+    static let service = BgWorkerBus.busName
+    static let managerPath = try! ObjectPath(BgWorkerBus.managerPath)
 
     /// Which property of which object gives the level.
     struct Source: Sendable {
@@ -19,12 +20,13 @@ final class DaemonFollower: Sendable {
         var interface: String
         var property: String
 
-        static let manager = Source(path: DaemonFollower.managerPath, interface: "org.example.BgWorker", property: "LogLevel")
+        static let manager = Source(path: DaemonFollower.managerPath, interface: BgWorkerBus.managerInterface,
+                                   property: BgWorkerBus.ManagerProperty.logLevel)
 
         /// The worker's own object; nil when `path` is not an object path.
         static func worker(at path: String) -> Source? {
             guard let objectPath = try? ObjectPath(path) else { return nil }
-            return Source(path: objectPath, interface: "org.example.BgWorker.Worker", property: "EffectiveLogLevel")
+            return Source(path: objectPath, interface: BgWorkerBus.workerInterface, property: BgWorkerBus.WorkerProperty.effectiveLogLevel)
         }
     }
 

@@ -79,7 +79,7 @@ indirect enum JSON {
         case .string(let v): self = .string(v)
         case .objectPath(let v): self = .string(v.rawValue)
         case .signature(let v): self = .string(v.description)
-        case .unixFD(let v): self = .int(Int64(v))
+        case .unixFD(let v): self = .int(Int64(v.rawValue ?? -1))
         case .array(_, let items): self = .array(items.map(JSON.init))
         case .dictionary(_, _, let entries):
             if entries.allSatisfy({ Self.keyText($0.key) != nil }) {

@@ -1,13 +1,14 @@
+import BgWorkerAPI
 import DBus
 
 /// bgworkerd's names on the bus (see the project's interface contract).
 enum Service {
-    static let name = "org.example.BgWorker"
-    static let managerPath = try! ObjectPath("/org/example/BgWorker")
-    static let managerInterface = "org.example.BgWorker"
-    static let workerInterface = "org.example.BgWorker.Worker"
+    static let name = BgWorkerBus.busName
+    static let managerPath = try! ObjectPath(BgWorkerBus.managerPath)
+    static let managerInterface = BgWorkerBus.managerInterface
+    static let workerInterface = BgWorkerBus.workerInterface
     static let properties = "org.freedesktop.DBus.Properties"
-    static let noSuchWorker = "org.example.BgWorker.Error.NoSuchWorker"
+    static let noSuchWorker = BgWorkerBus.ErrorName.noSuchWorker
 }
 
 /// The manager's properties.

@@ -1,3 +1,4 @@
+import BgWorkerAPI
 import Testing
 
 @testable import BgWorkerCore
@@ -25,13 +26,22 @@ import Testing
         #expect(workerName(fromObjectPathLabel: "9") == nil)
     }
 
+    /// The contract's worker object paths, spelled out as the contract writes them.
+    @Test func workerObjectPaths() {
+        #expect(BgWorkerBus.workerPath("db-sync") == "/org/example/BgWorker/worker/db_2dsync")
+        #expect(BgWorkerBus.workerName(fromPath: "/org/example/BgWorker/worker/db_2dsync") == "db-sync")
+        #expect(BgWorkerBus.workerName(fromPath: "/org/example/BgWorker/worker/_61") == nil)
+        #expect(BgWorkerBus.workerName(fromPath: "/org/example/BgWorker") == nil)
+        #expect(BgWorkerBus.workerName(fromPath: "/org/example/Other/worker/dice") == nil)
+    }
+
     @Test func labelsRoundTripForEveryValidName() {
         let alphabet = Array("Az09_.@-")
         for first in alphabet {
             for second in alphabet {
                 let name = String([first, second])
                 let label = objectPathLabel(forWorker: name)
-                #expect(isValidObjectPath("/org/example/BgWorker/worker/" + label))
+                #expect(isValidObjectPath(BgWorkerBus.workerPathPrefix + label))
                 #expect(workerName(fromObjectPathLabel: label) == name)
             }
         }

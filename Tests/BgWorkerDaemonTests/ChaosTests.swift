@@ -1,3 +1,4 @@
+import BgWorkerAPI
 import Foundation
 import Glibc
 import Synchronization
@@ -72,7 +73,7 @@ final class ChaosSignals: Sendable {
     /// Watches the bus at `address` (a new one after each bus restart).
     func attach(address: String) async throws {
         let watcher = try await BusMonitor(address: address, matches: [
-            "type='signal',interface='org.example.BgWorker',member='WorkerStateChanged'",
+            "type='signal',interface='\(BgWorkerBus.managerInterface)',member='WorkerStateChanged'",
         ])
         let changes = self.changes
         let task = Task {
@@ -103,8 +104,8 @@ final class ChaosSignals: Sendable {
 
 /// The run: a bus, a daemon, the workers' configuration, what was done and what was found.
 final class ChaosRig {
-    static let busName = "org.example.BgWorker"
-    static let manager = "/org/example/BgWorker"
+    static let busName = BgWorkerBus.busName
+    static let manager = BgWorkerBus.managerPath
 
     let directory: TemporaryDirectory
     let runID = uniqueID(10)
@@ -509,7 +510,7 @@ final class ChaosRig {
                 var out: [String: [String: BusValue]] = [:]
                 for (_, interfaces) in objects {
                     guard case .object(let byInterface) = interfaces,
-                          case .object(let properties)? = byInterface["org.example.BgWorker.Worker"] else { continue }
+                          case .object(let properties)? = byInterface[BgWorkerBus.workerInterface] else { continue }
                     let values = properties.mapValues(\.unwrapped)
                     if let name = values["Name"]?.string { out[name] = values }
                 }

@@ -1,3 +1,4 @@
+import BgWorkerAPI
 import Foundation
 import Glibc
 import Testing
@@ -15,10 +16,10 @@ struct DaemonBusApiTests {
             for member in ["Enable", "Disable", "Restart", "GetWorker"] {
                 let result = try await fixture.dbusSend(member, ["string:nope"])
                 #expect(result.status != 0)
-                #expect(result.output.contains("Error org.example.BgWorker.Error.NoSuchWorker"), "\(member): \(result.output)")
+                #expect(result.output.contains("Error \(BgWorkerBus.ErrorName.noSuchWorker)"), "\(member): \(result.output)")
             }
             let restart = try await fixture.dbusSend("Restart", ["string:quiet"])
-            #expect(restart.output.contains("Error org.example.BgWorker.Error.Disabled"), "\(restart.output)")
+            #expect(restart.output.contains("Error \(BgWorkerBus.ErrorName.disabled)"), "\(restart.output)")
             #expect(try await fixture.worker("quiet").state == "disabled")
         }
     }
@@ -32,7 +33,7 @@ struct DaemonBusApiTests {
 
             func set(_ property: String, _ value: String) async throws -> (status: Int32, output: String) {
                 try await fixture.dbusSend(
-                    "Set", ["string:org.example.BgWorker", "string:\(property)", "variant:\(value)"],
+                    "Set", ["string:\(BgWorkerBus.managerInterface)", "string:\(property)", "variant:\(value)"],
                     interface: "org.freedesktop.DBus.Properties")
             }
             let unknownLevel = try await set("LogLevel", "string:loud")
@@ -58,16 +59,16 @@ struct DaemonBusApiTests {
             let reload = try await fixture.dbusSend("Reload", asUser: nobody)
             #expect(reload.output.contains("Error org.freedesktop.DBus.Error.AccessDenied"), "\(reload.output)")
             let worker = try await fixture.dbusSend(
-                "Disable", path: "/org/example/BgWorker/worker/db_2dsync", interface: "org.example.BgWorker.Worker", asUser: nobody)
+                "Disable", path: BgWorkerBus.workerPathPrefix + "db_2dsync", interface: BgWorkerBus.workerInterface, asUser: nobody)
             #expect(worker.output.contains("Error org.freedesktop.DBus.Error.AccessDenied"), "\(worker.output)")
             let setLevel = try await fixture.dbusSend(
-                "Set", ["string:org.example.BgWorker", "string:LogLevel", "variant:string:debug"],
+                "Set", ["string:\(BgWorkerBus.managerInterface)", "string:LogLevel", "variant:string:debug"],
                 interface: "org.freedesktop.DBus.Properties", asUser: nobody)
             #expect(setLevel.output.contains("Error org.freedesktop.DBus.Error.AccessDenied"), "\(setLevel.output)")
             // ... before the type and read-only checks: a wrong type or a read-only property tells
             // such a caller nothing more.
-            for (interface, property, value) in [("org.example.BgWorker", "LogLevel", "int32:3"),
-                                                 ("org.example.BgWorker", "Version", "string:9")] {
+            for (interface, property, value) in [(BgWorkerBus.managerInterface, "LogLevel", "int32:3"),
+                                                 (BgWorkerBus.managerInterface, "Version", "string:9")] {
                 let refused = try await fixture.dbusSend(
                     "Set", ["string:\(interface)", "string:\(property)", "variant:\(value)"],
                     interface: "org.freedesktop.DBus.Properties", asUser: nobody)
@@ -75,20 +76,20 @@ struct DaemonBusApiTests {
             }
             for member in ["Stop", "Start"] {
                 let onObject = try await fixture.dbusSend(
-                    member, path: "/org/example/BgWorker/worker/db_2dsync", interface: "org.example.BgWorker.Worker", asUser: nobody)
+                    member, path: BgWorkerBus.workerPathPrefix + "db_2dsync", interface: BgWorkerBus.workerInterface, asUser: nobody)
                 #expect(onObject.output.contains("Error org.freedesktop.DBus.Error.AccessDenied"), "\(member): \(onObject.output)")
             }
             // A worker's own LogLevel, even an invalid one.
             for level in ["debug", "loud"] {
                 let workerLevel = try await fixture.dbusSend(
-                    "Set", ["string:org.example.BgWorker.Worker", "string:LogLevel", "variant:string:\(level)"],
-                    path: "/org/example/BgWorker/worker/db_2dsync", interface: "org.freedesktop.DBus.Properties", asUser: nobody)
+                    "Set", ["string:\(BgWorkerBus.workerInterface)", "string:LogLevel", "variant:string:\(level)"],
+                    path: BgWorkerBus.workerPathPrefix + "db_2dsync", interface: "org.freedesktop.DBus.Properties", asUser: nobody)
                 #expect(workerLevel.output.contains("Error org.freedesktop.DBus.Error.AccessDenied"), "\(workerLevel.output)")
             }
             #expect(try await fixture.property("LogLevel", worker: "db_2dsync").string == "")
             let workerSet = try await fixture.dbusSend(
-                "Set", ["string:org.example.BgWorker.Worker", "string:State", "variant:string:running"],
-                path: "/org/example/BgWorker/worker/db_2dsync", interface: "org.freedesktop.DBus.Properties", asUser: nobody)
+                "Set", ["string:\(BgWorkerBus.workerInterface)", "string:State", "variant:string:running"],
+                path: BgWorkerBus.workerPathPrefix + "db_2dsync", interface: "org.freedesktop.DBus.Properties", asUser: nobody)
             #expect(workerSet.output.contains("Error org.freedesktop.DBus.Error.AccessDenied"), "\(workerSet.output)")
             #expect(try await fixture.worker("db-sync").state == "running")
             #expect(try await fixture.property("LogLevel").string == "info")
@@ -104,7 +105,7 @@ struct DaemonBusApiTests {
             // A member of the admin group may change state.
             let admin = try await run([
                 "setpriv", "--reuid=65534", "--regid=65534", "--groups=4242", "dbus-send", "--bus=\(fixture.bus.unixAddress)",
-                "--print-reply", "--dest=\(DaemonFixture.busName)", DaemonFixture.manager, "org.example.BgWorker.Disable",
+                "--print-reply", "--dest=\(DaemonFixture.busName)", DaemonFixture.manager, "\(BgWorkerBus.managerInterface).Disable",
                 "string:db-sync"])
             #expect(admin.status == 0, "\(admin.stderr)")
             #expect(try await fixture.worker("db-sync").state == "disabled")
@@ -118,16 +119,16 @@ struct DaemonBusApiTests {
     func authorizationComesBeforeTheArgumentChecks() async throws {
         try await DaemonFixture.with(Self.twoWorkers) { fixture in
             let nobody = 65534
-            let worker = "/org/example/BgWorker/worker/db_2dsync"
+            let worker = BgWorkerBus.workerPathPrefix + "db_2dsync"
             let wrongCalls: [(member: String, arguments: [String], path: String, interface: String)] = [
                 ("Enable", ["int32:5"], DaemonFixture.manager, DaemonFixture.interface),
                 ("Disable", [], DaemonFixture.manager, DaemonFixture.interface),
                 ("Restart", ["string:db-sync", "string:again"], DaemonFixture.manager, DaemonFixture.interface),
                 ("Reload", ["string:now"], DaemonFixture.manager, DaemonFixture.interface),
-                ("Disable", ["string:db-sync"], worker, "org.example.BgWorker.Worker"),
+                ("Disable", ["string:db-sync"], worker, BgWorkerBus.workerInterface),
                 ("Stop", ["int32:5"], DaemonFixture.manager, DaemonFixture.interface),
                 ("Start", [], DaemonFixture.manager, DaemonFixture.interface),
-                ("Stop", ["string:db-sync"], worker, "org.example.BgWorker.Worker"),
+                ("Stop", ["string:db-sync"], worker, BgWorkerBus.workerInterface),
             ]
             for call in wrongCalls {
                 let refused = try await fixture.dbusSend(call.member, call.arguments, path: call.path, interface: call.interface, asUser: nobody)
@@ -168,7 +169,7 @@ struct DaemonBusApiTests {
             let environment = environment(of: pid)
             #expect(environment["BGWORKER_NAME"] == "db-sync")
             #expect(environment["BGWORKER_LOG_LEVEL"] == "info")
-            #expect(environment["BGWORKER_OBJECT_PATH"] == "/org/example/BgWorker/worker/db_2dsync")
+            #expect(environment["BGWORKER_OBJECT_PATH"] == BgWorkerBus.workerPathPrefix + "db_2dsync")
             #expect(environment["EXAMPLE"] == "1")
             #expect(environment["DBUS_SYSTEM_BUS_ADDRESS"] == fixture.bus.unixAddress, "workers follow the daemon's bus")
             #expect(environment["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
@@ -182,19 +183,19 @@ struct DaemonBusApiTests {
             let script = """
                 import dbus, sys
                 bus = dbus.bus.BusConnection(sys.argv[1])
-                manager = bus.get_object("org.example.BgWorker", "/org/example/BgWorker")
+                manager = bus.get_object("\(BgWorkerBus.busName)", "\(BgWorkerBus.managerPath)")
                 objects = dbus.Interface(manager, "org.freedesktop.DBus.ObjectManager").GetManagedObjects()
                 for path in sorted(objects):
-                    worker = objects[path]["org.example.BgWorker.Worker"]
+                    worker = objects[path]["\(BgWorkerBus.workerInterface)"]
                     print(path, worker["Name"], worker["State"], bool(worker["Enabled"]), worker["RunOn"])
                 props = dbus.Interface(manager, "org.freedesktop.DBus.Properties")
-                print(props.Get("org.example.BgWorker", "Version"), props.Get("org.example.BgWorker", "Runner"))
+                print(props.Get("\(BgWorkerBus.managerInterface)", "Version"), props.Get("\(BgWorkerBus.managerInterface)", "Runner"))
                 """
             let result = try await run(["/usr/bin/python3", "-c", script, fixture.bus.unixAddress])
             #expect(result.status == 0, "\(result.stderr)")
             #expect(result.stdout.split(separator: "\n").map(String.init) == [
-                "/org/example/BgWorker/worker/db_2dsync db-sync running True primary",
-                "/org/example/BgWorker/worker/quiet quiet disabled False primary",
+                "\(BgWorkerBus.workerPathPrefix)db_2dsync db-sync running True primary",
+                "\(BgWorkerBus.workerPathPrefix)quiet quiet disabled False primary",
                 "0.1.0 process",
             ])
         }

@@ -1,3 +1,4 @@
+import BgWorkerAPI
 import Foundation
 import Glibc
 import Synchronization
@@ -46,9 +47,9 @@ struct StateChange: Equatable, CustomStringConvertible {
 
 /// `[daemon]` lines every test config has: its own state folder.
 final class DaemonFixture: Sendable {
-    static let manager = "/org/example/BgWorker"
-    static let interface = "org.example.BgWorker"
-    static let busName = "org.example.BgWorker"
+    static let manager = BgWorkerBus.managerPath
+    static let interface = BgWorkerBus.managerInterface
+    static let busName = BgWorkerBus.busName
 
     let bus: PrivateBus
     let directory: TemporaryDirectory

@@ -1,3 +1,4 @@
+import BgWorkerAPI
 import Foundation
 import Glibc
 import Testing
@@ -55,7 +56,7 @@ struct DaemonReloadTests {
             var gamma: StateChange?
             while removedBy == nil || gamma == nil {
                 let message = try await monitor.waitFor("InterfacesRemoved of beta and gamma running") { message in
-                    (message.member == "InterfacesRemoved" && message.body.first?.string == "/org/example/BgWorker/worker/beta")
+                    (message.member == "InterfacesRemoved" && message.body.first?.string == BgWorkerBus.workerPathPrefix + "beta")
                         || StateChange(message).map { $0.name == "gamma" && $0.state == "running" } == true
                 }
                 if message.member == "InterfacesRemoved" { removedBy = message.path } else { gamma = StateChange(message) }
@@ -66,7 +67,7 @@ struct DaemonReloadTests {
             #expect(workers.map(\.name) == ["alpha", "gamma"])
             #expect(workers[1].pid == gamma?.pid)
             let gone = try await fixture.dbusSend("GetWorker", ["string:beta"])
-            #expect(gone.output.contains("org.example.BgWorker.Error.NoSuchWorker"), "\(gone.output)")
+            #expect(gone.output.contains(BgWorkerBus.ErrorName.noSuchWorker), "\(gone.output)")
         }
     }
 
@@ -77,7 +78,7 @@ struct DaemonReloadTests {
                 shellWorker("alpha", "exec sleep 1001", extra: "restart-dealy = 2") + shellWorker("delta", "exec sleep 1000"))
             let result = try await fixture.dbusSend("Reload")
             #expect(result.status != 0)
-            #expect(result.output.contains("Error org.example.BgWorker.Error.InvalidConfig"), "\(result.output)")
+            #expect(result.output.contains("Error \(BgWorkerBus.ErrorName.invalidConfig)"), "\(result.output)")
             #expect(result.output.contains("\(fixture.configPath):"), "the reason names the file and line: \(result.output)")
             #expect(result.output.contains("restart-dealy"), "\(result.output)")
             #expect(try await fixture.listWorkers() == before)
@@ -102,7 +103,7 @@ struct DaemonReloadTests {
                 toFile: fixture.directory.file("workers.d/10-gamma.toml"), atomically: true, encoding: .utf8)
             let result = try await fixture.dbusSend("Reload")
             #expect(result.status != 0)
-            #expect(result.output.contains("Error org.example.BgWorker.Error.InvalidConfig"), "\(result.output)")
+            #expect(result.output.contains("Error \(BgWorkerBus.ErrorName.invalidConfig)"), "\(result.output)")
             #expect(result.output.contains("\(fixture.configPath):"), "\(result.output)")
             #expect(result.output.contains("more than 128 levels"), "\(result.output)")
             #expect(result.output.contains(fixture.directory.file("workers.d/10-gamma.toml") + ":2: [worker.gamma]"), "\(result.output)")

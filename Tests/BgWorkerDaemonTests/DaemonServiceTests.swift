@@ -1,3 +1,4 @@
+import BgWorkerAPI
 import Foundation
 import Glibc
 import Testing
@@ -15,13 +16,13 @@ struct DaemonServiceTests {
             #expect(workers.map(\.name) == ["db-sync", "quiet"])
             let sync = try #require(workers.first)
             #expect(sync.state == "running" && sync.enabled)
-            #expect(sync.path == "/org/example/BgWorker/worker/db_2dsync")
+            #expect(sync.path == BgWorkerBus.workerPathPrefix + "db_2dsync")
             #expect(commandLine(of: sync.pid) == "/bin/sleep 1000 ", "the pid is the worker's own process")
             #expect(workers[1] == WorkerRow(name: "quiet", state: "disabled", enabled: false, pid: 0,
-                                            path: "/org/example/BgWorker/worker/quiet"))
+                                            path: BgWorkerBus.workerPathPrefix + "quiet"))
 
             let path = try await fixture.call("GetWorker", "s", ["db-sync"])
-            #expect(path.first?.string == "/org/example/BgWorker/worker/db_2dsync")
+            #expect(path.first?.string == BgWorkerBus.workerPathPrefix + "db_2dsync")
             #expect(try await fixture.property("State", worker: "db_2dsync").string == "running")
             #expect(try await fixture.property("Pid", worker: "db_2dsync").uint32 == sync.pid)
             #expect(try await fixture.property("RunOn", worker: "db_2dsync").string == "any")

@@ -1,3 +1,4 @@
+import BgWorkerAPI
 import Foundation
 import Glibc
 import Testing
@@ -9,7 +10,7 @@ import TestSupport
 /// all the same.
 @Suite(.timeLimit(.minutes(2)))
 struct DaemonStateNotSavedTests {
-    static let stateNotSaved = "org.example.BgWorker.Error.StateNotSaved"
+    static let stateNotSaved = BgWorkerBus.ErrorName.stateNotSaved
     /// `on` runs; `off` is disabled over the bus before the state folder breaks.
     static let workers = shellWorker("on", "exec sleep 1000") + shellWorker("off", "exec sleep 1000")
 

@@ -1,3 +1,4 @@
+import BgWorkerAPI
 import Foundation
 import Glibc
 import Testing
@@ -7,9 +8,9 @@ import TestSupport
 /// real daemon (process runner) through busctl, gdbus, dbus-send and python3-dbus.
 @Suite(.timeLimit(.minutes(2)))
 struct DaemonStopTests {
-    static let workerInterface = "org.example.BgWorker.Worker"
+    static let workerInterface = BgWorkerBus.workerInterface
     static let workers = shellWorker("dice", "exec sleep 1000") + shellWorker("quiet", "exec sleep 1000", extra: "enabled = false")
-    static let dicePath = "/org/example/BgWorker/worker/dice"
+    static let dicePath = BgWorkerBus.workerPathPrefix + "dice"
 
     /// Whether any process of the group led by `pid` is left.
     static func groupExists(_ pid: UInt32) -> Bool {
@@ -37,7 +38,7 @@ struct DaemonStopTests {
             // Stop again: nothing to do. gdbus, on the manager: Start.
             try await fixture.call("Stop", "s", ["dice"])
             let start = try await run(["gdbus", "call", "--address", fixture.bus.unixAddress, "--dest", DaemonFixture.busName,
-                                       "--object-path", DaemonFixture.manager, "--method", "org.example.BgWorker.Start", "dice"])
+                                       "--object-path", DaemonFixture.manager, "--method", "\(BgWorkerBus.managerInterface).Start", "dice"])
             #expect(start.status == 0, "\(start.stderr)")
             let running = try await fixture.worker("dice")
             #expect(running.state == "running" && running.pid != 0 && running.pid != pid, "Start replies once it runs")
@@ -46,12 +47,12 @@ struct DaemonStopTests {
             let script = """
                 import dbus, sys
                 bus = dbus.bus.BusConnection(sys.argv[1])
-                worker = dbus.Interface(bus.get_object("org.example.BgWorker", sys.argv[2]), "org.example.BgWorker.Worker")
-                props = dbus.Interface(bus.get_object("org.example.BgWorker", sys.argv[2]), "org.freedesktop.DBus.Properties")
+                worker = dbus.Interface(bus.get_object("\(BgWorkerBus.busName)", sys.argv[2]), "\(BgWorkerBus.workerInterface)")
+                props = dbus.Interface(bus.get_object("\(BgWorkerBus.busName)", sys.argv[2]), "org.freedesktop.DBus.Properties")
                 worker.Stop()
-                print(props.Get("org.example.BgWorker.Worker", "State"), props.Get("org.example.BgWorker.Worker", "Pid"))
+                print(props.Get("\(BgWorkerBus.workerInterface)", "State"), props.Get("\(BgWorkerBus.workerInterface)", "Pid"))
                 worker.Start()
-                print(props.Get("org.example.BgWorker.Worker", "State"), props.Get("org.example.BgWorker.Worker", "Pid") != 0)
+                print(props.Get("\(BgWorkerBus.workerInterface)", "State"), props.Get("\(BgWorkerBus.workerInterface)", "Pid") != 0)
                 """
             let python = try await run(["/usr/bin/python3", "-c", script, fixture.bus.unixAddress, Self.dicePath])
             #expect(python.status == 0, "\(python.stderr)")
@@ -64,14 +65,14 @@ struct DaemonStopTests {
             let stop = try await fixture.dbusSend("Stop", ["string:quiet"])
             #expect(stop.status == 0, "Stop of a disabled worker is a no-op: \(stop.output)")
             let start = try await fixture.dbusSend("Start", ["string:quiet"])
-            #expect(start.output.contains("Error org.example.BgWorker.Error.Disabled"), "\(start.output)")
+            #expect(start.output.contains("Error \(BgWorkerBus.ErrorName.disabled)"), "\(start.output)")
             let onObject = try await fixture.dbusSend(
-                "Start", path: "/org/example/BgWorker/worker/quiet", interface: Self.workerInterface)
-            #expect(onObject.output.contains("Error org.example.BgWorker.Error.Disabled"), "\(onObject.output)")
+                "Start", path: BgWorkerBus.workerPathPrefix + "quiet", interface: Self.workerInterface)
+            #expect(onObject.output.contains("Error \(BgWorkerBus.ErrorName.disabled)"), "\(onObject.output)")
             #expect(try await fixture.worker("quiet").state == "disabled")
             for member in ["Stop", "Start"] {
                 let result = try await fixture.dbusSend(member, ["string:nope"])
-                #expect(result.output.contains("Error org.example.BgWorker.Error.NoSuchWorker"), "\(member): \(result.output)")
+                #expect(result.output.contains("Error \(BgWorkerBus.ErrorName.noSuchWorker)"), "\(member): \(result.output)")
             }
             // Running: Start is a no-op.
             let pid = try await fixture.worker("dice").pid
@@ -162,7 +163,7 @@ struct DaemonStopTests {
     @Test func workerLevelsOverrideClearAndFollowTheManager() async throws {
         let configuration = Self.workers + shellWorker("chatty", "exec sleep 1000", extra: #"log-level = "debug""#)
         try await DaemonFixture.with(configuration) { fixture in
-            let chatty = "/org/example/BgWorker/worker/chatty"
+            let chatty = BgWorkerBus.workerPathPrefix + "chatty"
             #expect(try await fixture.property("LogLevel", worker: "chatty").string == "debug")
             #expect(try await fixture.property("EffectiveLogLevel", worker: "chatty").string == "debug")
             #expect(try await fixture.property("LogLevel", worker: "dice").string == "")
@@ -183,7 +184,7 @@ struct DaemonStopTests {
             let next = try await monitor.waitFor("an EffectiveLogLevel change") { message in
                 Self.changedProperties(message)["EffectiveLogLevel"] != nil
             }
-            #expect(next.path == "/org/example/BgWorker/worker/quiet" && Self.changedProperties(next)["EffectiveLogLevel"]?.string == "warning")
+            #expect(next.path == BgWorkerBus.workerPathPrefix + "quiet" && Self.changedProperties(next)["EffectiveLogLevel"]?.string == "warning")
             #expect(try await fixture.property("EffectiveLogLevel", worker: "dice").string == "trace")
             #expect(try await fixture.property("EffectiveLogLevel", worker: "chatty").string == "debug")
 
@@ -207,13 +208,13 @@ struct DaemonStopTests {
             let script = """
                 import dbus, sys
                 bus = dbus.bus.BusConnection(sys.argv[1])
-                props = dbus.Interface(bus.get_object("org.example.BgWorker", sys.argv[2]), "org.freedesktop.DBus.Properties")
+                props = dbus.Interface(bus.get_object("\(BgWorkerBus.busName)", sys.argv[2]), "org.freedesktop.DBus.Properties")
                 try:
-                    props.Set("org.example.BgWorker.Worker", "LogLevel", "loud")
+                    props.Set("\(BgWorkerBus.workerInterface)", "LogLevel", "loud")
                 except dbus.exceptions.DBusException as error:
                     print(error.get_dbus_name())
-                props.Set("org.example.BgWorker.Worker", "LogLevel", "error")
-                print(props.Get("org.example.BgWorker.Worker", "LogLevel"), props.Get("org.example.BgWorker.Worker", "EffectiveLogLevel"))
+                props.Set("\(BgWorkerBus.workerInterface)", "LogLevel", "error")
+                print(props.Get("\(BgWorkerBus.workerInterface)", "LogLevel"), props.Get("\(BgWorkerBus.workerInterface)", "EffectiveLogLevel"))
                 """
             let python = try await run(["/usr/bin/python3", "-c", script, fixture.bus.unixAddress, Self.dicePath])
             #expect(python.status == 0, "\(python.stderr)")

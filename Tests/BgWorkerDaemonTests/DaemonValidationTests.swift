@@ -1,3 +1,4 @@
+import BgWorkerAPI
 import Foundation
 import Glibc
 import Testing
@@ -81,7 +82,7 @@ struct DaemonValidationTests {
                 try Self.brokenWorkers(in: scratch) + execWorker("alpha", ["/bin/sleep", "1001"]))
             let result = try await fixture.dbusSend("Reload")
             #expect(result.status != 0)
-            #expect(result.output.contains("Error org.example.BgWorker.Error.InvalidConfig"), "\(result.output)")
+            #expect(result.output.contains("Error \(BgWorkerBus.ErrorName.invalidConfig)"), "\(result.output)")
             Self.expectEveryProblem(result.output, configPath: fixture.configPath, secret: scratch.file("secret.sh"))
             #expect(try await fixture.listWorkers() == before, "the old configuration is kept, alpha untouched")
 
@@ -95,7 +96,7 @@ struct DaemonValidationTests {
         try await DaemonFixture.with(Self.alpha + execWorker("db-sync", ["/bin/sleep", "1000"])) { fixture in
             let restart = try await fixture.dbusSend("Restart", ["string:db-synk"])
             #expect(restart.output.contains(
-                "Error org.example.BgWorker.Error.NoSuchWorker: no worker named 'db-synk' (did you mean 'db-sync'?)"),
+                "Error \(BgWorkerBus.ErrorName.noSuchWorker): no worker named 'db-synk' (did you mean 'db-sync'?)"),
                 "\(restart.output)")
             let get = try await fixture.dbusSend("GetWorker", ["string:alhpa"])
             #expect(get.output.contains("no worker named 'alhpa' (did you mean 'alpha'?)"), "\(get.output)")

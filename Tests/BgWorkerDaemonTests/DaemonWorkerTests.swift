@@ -1,3 +1,4 @@
+import BgWorkerAPI
 import Foundation
 import Glibc
 import Testing
@@ -46,7 +47,7 @@ struct DaemonWorkerTests {
             let monitor = try await fixture.monitor()
             // Through the worker object's own method this time.
             let result = try await fixture.dbusSend(
-                "Restart", path: before.path, interface: "org.example.BgWorker.Worker")
+                "Restart", path: before.path, interface: BgWorkerBus.workerInterface)
             #expect(result.status == 0, "\(result.output)")
             let restarted = try await monitor.changes(untilReplyTo: "Restart", daemon: daemon)
             #expect(restarted.changes.map(\.state) == ["stopping", "starting", "running"])

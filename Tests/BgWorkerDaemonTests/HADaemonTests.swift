@@ -1,3 +1,4 @@
+import BgWorkerAPI
 import BgWorkerCore
 import DBus
 import Foundation
@@ -52,7 +53,7 @@ struct DaemonHistory: Sendable, CustomStringConvertible {
 /// kernel drops the lock when the shell is gone however it ends, so a second process of the
 /// same worker while the first lives is caught by the kernel, not inferred from signals.
 final class HADaemonNode: Sendable {
-    static let manager = "/org/example/BgWorker"
+    static let manager = BgWorkerBus.managerPath
 
     let label: String
     let bus: PrivateBus
@@ -92,7 +93,7 @@ final class HADaemonNode: Sendable {
     /// monitor has ended with its bus.
     func watch(_ bus: PrivateBus? = nil) async throws {
         let monitor = try await BusMonitor(address: (bus ?? self.bus).unixAddress, matches: [
-            "type='signal',interface='org.example.BgWorker'",
+            "type='signal',interface='\(BgWorkerBus.managerInterface)'",
         ])
         let history = self.history
         let reader = Task {
@@ -133,8 +134,8 @@ final class HADaemonNode: Sendable {
 
     /// `HARole` as busctl reads it.
     func haRole(bus: PrivateBus? = nil) async throws -> String {
-        let r = try await busctl(["--json=short", "get-property", "org.example.BgWorker", Self.manager,
-                                  "org.example.BgWorker", "HARole"], bus: bus)
+        let r = try await busctl(["--json=short", "get-property", BgWorkerBus.busName, Self.manager,
+                                  BgWorkerBus.managerInterface, "HARole"], bus: bus)
         guard r.status == 0 else { throw TestProcessError("get-property HARole on \(label): \(r.stderr)") }
         let top = try JSONDecoder().decode([String: BusValue].self, from: Data(r.stdout.utf8))
         guard let role = top["data"]?.string else { throw TestProcessError("HARole printed \(r.stdout)") }
@@ -143,7 +144,7 @@ final class HADaemonNode: Sendable {
 
     /// `ListWorkers` as busctl reads it: name -> (state, pid).
     func workers(bus: PrivateBus? = nil) async throws -> [String: (state: String, pid: UInt32)] {
-        let r = try await busctl(["--json=short", "call", "org.example.BgWorker", Self.manager, "org.example.BgWorker",
+        let r = try await busctl(["--json=short", "call", BgWorkerBus.busName, Self.manager, BgWorkerBus.managerInterface,
                                   "ListWorkers"], bus: bus)
         guard r.status == 0 else { throw TestProcessError("ListWorkers on \(label): \(r.stderr)") }
         var result: [String: (state: String, pid: UInt32)] = [:]
@@ -549,7 +550,7 @@ struct HASimDaemonTests {
     func expectTheDaemonBack(on restarted: PrivateBus, node: HADaemonNode, oldP: UInt32) async throws {
         let watcher = try await DBusConnection.connect(.address(restarted.address))
         defer { watcher.close() }
-        let daemonOwner = try await watcher.watchNameOwner("org.example.BgWorker")
+        let daemonOwner = try await watcher.watchNameOwner(BgWorkerBus.busName)
         let again = try await HASimProcess(bus: restarted, role: "primary")
         if daemonOwner.initialOwner == nil {
             _ = try await waitFor("bgworkerd back on the bus", in: daemonOwner, timeout: .seconds(20)) {
@@ -568,7 +569,7 @@ struct HASimDaemonTests {
         }
         #expect(try await node.haRole(bus: restarted) == "primary")
         // Clients can call again, and p runs again: a new process.
-        let pSubscription = try await watcher.signals(MatchRule(interface: "org.example.BgWorker", member: "WorkerStateChanged"))
+        let pSubscription = try await watcher.signals(MatchRule(interface: BgWorkerBus.managerInterface, member: "WorkerStateChanged"))
         let workers = try await node.workers(bus: restarted)
         if workers["p"]?.state != "running" {
             _ = try await waitFor("p running", in: pSubscription, timeout: .seconds(20)) { signal in

@@ -1,3 +1,4 @@
+import BgWorkerAPI
 import DBus
 import Foundation
 import Glibc
@@ -68,7 +69,7 @@ struct ClientsCtlTests {
             #expect(dice["lastExit"] as? String == "exited 1")
             #expect(dice["runOn"] as? String == "primary")
             #expect(dice["stateChangedAt"] as? Int == 1_700_000_000_000_000)
-            #expect(workers[0]["path"] as? String == "/org/example/BgWorker/worker/db_2dsync")
+            #expect(workers[0]["path"] as? String == BgWorkerBus.workerPathPrefix + "db_2dsync")
             // Another parser that no one here wrote agrees.
             let python = try await run(["/bin/sh", "-c", "printf '%s' \"$0\" | /usr/bin/python3 -m json.tool > /dev/null", r.stdout])
             #expect(python.status == 0, "\(python.stderr)")
@@ -88,7 +89,7 @@ struct ClientsCtlTests {
                  Restarts: 0
                 Last exit: -
                    Run on: any
-                   Object: /org/example/BgWorker/worker/db_2dsync
+                   Object: \(BgWorkerBus.workerPathPrefix)db_2dsync
                 """)
             let json = try await ctl(bus, ["status", "report", "--json"])
             let report = try #require(try Self.parseJSON(json.stdout) as? [String: Any])
@@ -104,7 +105,7 @@ struct ClientsCtlTests {
                 let r = try await ctl(bus, command)
                 #expect(r.status == 4, "\(command)")
                 #expect(r.stdout.isEmpty)
-                #expect(r.stderr == "bgworkerctl: no worker named 'nope' (org.example.BgWorker.Error.NoSuchWorker)", "\(command)")
+                #expect(r.stderr == "bgworkerctl: no worker named 'nope' (\(BgWorkerBus.ErrorName.noSuchWorker))", "\(command)")
             }
         }
     }
@@ -124,7 +125,7 @@ struct ClientsCtlTests {
             #expect(rows.count == 3)
             #expect(rows[1]["name"] as? String == "dice")
             #expect(rows[1]["pid"] as? Int == 4242)
-            #expect(rows[1]["path"] as? String == "/org/example/BgWorker/worker/dice")
+            #expect(rows[1]["path"] as? String == BgWorkerBus.workerPathPrefix + "dice")
             #expect(Set(rows[0].keys) == ["name", "state", "enabled", "pid", "path"])
         }
     }
@@ -143,7 +144,7 @@ struct ClientsCtlTests {
 
             r = try await ctl(bus, ["restart", "db-sync"])
             #expect(r.status == 1)
-            #expect(r.stderr == "bgworkerctl: worker 'db-sync' is disabled (org.example.BgWorker.Error.Disabled)")
+            #expect(r.stderr == "bgworkerctl: worker 'db-sync' is disabled (\(BgWorkerBus.ErrorName.disabled))")
 
             r = try await ctl(bus, ["restart", "dice", "--json"])
             #expect(r.status == 0)
@@ -164,7 +165,7 @@ struct ClientsCtlTests {
             r = try await ctl(bus, ["reload"])
             #expect(r.status == 1)
             #expect(r.stdout.isEmpty)
-            #expect(r.stderr == "bgworkerctl: /etc/bgworker/bgworkerd.toml:3: unknown key 'exex' in [worker.dice] (org.example.BgWorker.Error.InvalidConfig)")
+            #expect(r.stderr == "bgworkerctl: /etc/bgworker/bgworkerd.toml:3: unknown key 'exex' in [worker.dice] (\(BgWorkerBus.ErrorName.invalidConfig))")
         }
     }
 
@@ -173,14 +174,14 @@ struct ClientsCtlTests {
             #expect(try await ctl(bus, ["log-level"]).stdout == "info")
             var r = try await ctl(bus, ["log-level", "debug"])
             #expect(r.status == 0 && r.stdout.isEmpty)
-            #expect(daemon.manager.property("org.example.BgWorker", "LogLevel") == .string("debug"))
+            #expect(daemon.manager.property(BgWorkerBus.managerInterface, "LogLevel") == .string("debug"))
             #expect(try await ctl(bus, ["log-level", "--json"]).stdout == #"{"logLevel":"debug"}"#)
             #expect(try await ctl(bus, ["--json", "log-level", "warning"]).stdout == #"{"logLevel":"warning"}"#)
 
             r = try await ctl(bus, ["log-level", "loud"])
             #expect(r.status == 1)
             #expect(r.stderr.hasSuffix("(org.freedesktop.DBus.Error.InvalidArgs)"))
-            #expect(daemon.manager.property("org.example.BgWorker", "LogLevel") == .string("warning"))
+            #expect(daemon.manager.property(BgWorkerBus.managerInterface, "LogLevel") == .string("warning"))
         }
     }
 
@@ -247,9 +248,9 @@ struct ClientsCtlTests {
 
             // A forged WorkerStateChanged from another connection is not shown.
             let forger = try await DBusConnection.connect(.address(bus.address))
-            try forger.emitSignal(path: StandInDaemon.managerPath, interface: "org.example.BgWorker", member: "WorkerStateChanged",
+            try forger.emitSignal(path: StandInDaemon.managerPath, interface: BgWorkerBus.managerInterface, member: "WorkerStateChanged",
                                   arguments: [.string("dice"), .string("failed"), .uint32(1), .string("forged")])
-            _ = try await forger.nameOwner("org.example.BgWorker")  // the forged signal has reached the bus
+            _ = try await forger.nameOwner(BgWorkerBus.busName)  // the forged signal has reached the bus
             forger.close()
 
             try daemon.transition("dice", to: "backoff", pid: 0, reason: "exited with status 3")
@@ -293,8 +294,8 @@ struct ClientsCtlTests {
             #expect(state["pid"] as? Int == 4242)
             #expect(state["reason"] as? String == "disabled")
             let properties = try #require(objects.first { $0["event"] as? String == "PropertiesChanged" && $0["worker"] as? String == "dice" })
-            #expect(properties["path"] as? String == "/org/example/BgWorker/worker/dice")
-            #expect(properties["interface"] as? String == "org.example.BgWorker.Worker")
+            #expect(properties["path"] as? String == BgWorkerBus.workerPathPrefix + "dice")
+            #expect(properties["interface"] as? String == BgWorkerBus.workerInterface)
             let changed = try #require(properties["changed"] as? [String: Any])
             #expect(changed["State"] as? String == "stopping")
             #expect(changed["StateChangedAt"] as? Int != nil)

@@ -1,3 +1,4 @@
+import BgWorkerAPI
 import Foundation
 import Glibc
 import Testing
@@ -90,7 +91,7 @@ struct ClientsEndToEndTests {
             let firstPid = try #require(sleeper["pid"] as? Int)
             #expect(firstPid > 0)
             #expect(sleeper["state"] as? String == "running")
-            #expect(sleeper["path"] as? String == "/org/example/BgWorker/worker/sleeper")
+            #expect(sleeper["path"] as? String == BgWorkerBus.workerPathPrefix + "sleeper")
 
             r = try await setup.ctl(["list", "--json"])
             let rows = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]])
@@ -100,7 +101,7 @@ struct ClientsEndToEndTests {
             for command in [["status", "nope"], ["enable", "nope"], ["disable", "nope"], ["restart", "nope"]] {
                 r = try await setup.ctl(command)
                 #expect(r.status == 4, "\(command)")
-                #expect(r.stderr.hasPrefix("bgworkerctl: ") && r.stderr.hasSuffix("(org.example.BgWorker.Error.NoSuchWorker)"), "\(r.stderr)")
+                #expect(r.stderr.hasPrefix("bgworkerctl: ") && r.stderr.hasSuffix("(\(BgWorkerBus.ErrorName.noSuchWorker))"), "\(r.stderr)")
             }
 
             // Enable replies once it runs; the watch saw the transition.
@@ -118,7 +119,7 @@ struct ClientsEndToEndTests {
             try await watch.lines.wait("off disabled") { $0.contains(" worker off: disabled") }
             r = try await setup.ctl(["restart", "off"])
             #expect(r.status == 1)
-            #expect(r.stderr.hasSuffix("(org.example.BgWorker.Error.Disabled)"), "\(r.stderr)")
+            #expect(r.stderr.hasSuffix("(\(BgWorkerBus.ErrorName.disabled))"), "\(r.stderr)")
 
             r = try await setup.ctl(["restart", "sleeper"])
             #expect(r.status == 0, "\(r.stderr)")
@@ -142,7 +143,7 @@ struct ClientsEndToEndTests {
             try "[worker.sleeper]\nexex = 1\n".write(toFile: setup.daemon.configPath, atomically: true, encoding: .utf8)
             r = try await setup.ctl(["reload"])
             #expect(r.status == 1)
-            #expect(r.stderr.hasSuffix("(org.example.BgWorker.Error.InvalidConfig)") && r.stderr.contains("exex"), "\(r.stderr)")
+            #expect(r.stderr.hasSuffix("(\(BgWorkerBus.ErrorName.invalidConfig))") && r.stderr.contains("exex"), "\(r.stderr)")
             #expect(try await setup.worker("sleeper")["state"] as? String == "running")
         }
     }
@@ -175,11 +176,11 @@ struct ClientsEndToEndTests {
             // Failures: every name is tried, the first failure sets the status.
             r = try await setup.ctl(["stop", "nope", "a"])
             #expect(r.status == 4, "\(r)")
-            #expect(r.stderr.hasSuffix("(org.example.BgWorker.Error.NoSuchWorker)"), "\(r.stderr)")
+            #expect(r.stderr.hasSuffix("(\(BgWorkerBus.ErrorName.noSuchWorker))"), "\(r.stderr)")
             #expect(try await setup.worker("a")["state"] as? String == "stopped", "a was stopped all the same")
             r = try await setup.ctl(["start", "a", "off"])
             #expect(r.status == 1)
-            #expect(r.stderr == "bgworkerctl: worker 'off' is disabled (org.example.BgWorker.Error.Disabled)", "\(r.stderr)")
+            #expect(r.stderr == "bgworkerctl: worker 'off' is disabled (\(BgWorkerBus.ErrorName.disabled))", "\(r.stderr)")
             #expect(try await setup.worker("a")["state"] as? String == "running")
             r = try await setup.ctl(["stop", "off"])
             #expect(r.status == 0, "a disabled worker: nothing to do")
@@ -239,7 +240,7 @@ struct ClientsEndToEndTests {
             defer { Task { await watch.process.terminate() } }
 
             // The environment the daemon gives: BGWORKER_NAME, BGWORKER_LOG_LEVEL, and the bus.
-            try await output.lines.wait("following the daemon") { $0.hasPrefix("<6>following org.example.BgWorker at :1.") }
+            try await output.lines.wait("following the daemon") { $0.hasPrefix("<6>following \(BgWorkerBus.busName) at :1.") }
             #expect(output.lines.all.first == "<6>dice starting: every 0.05s, log level info")
             #expect(output.lines.all.allSatisfy { !$0.hasPrefix("<7>") })
 

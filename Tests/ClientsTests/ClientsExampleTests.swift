@@ -1,3 +1,4 @@
+import BgWorkerAPI
 import DBus
 import Foundation
 import Glibc
@@ -41,7 +42,7 @@ struct ClientsExampleTests {
 
         /// Waits for the line saying that the daemon's level has been read from `owner`.
         func waitUntilFollowing(after: Int = 0) async throws -> Int {
-            try await output.wait("following org.example.BgWorker", after: after) { $0.contains("following org.example.BgWorker at :1.") }
+            try await output.wait("following \(BgWorkerBus.busName)", after: after) { $0.contains("following \(BgWorkerBus.busName) at :1.") }
         }
 
         /// Waits for the announcement of `level`; returns its index.
@@ -115,15 +116,15 @@ struct ClientsExampleTests {
             let spoofer = try await DBusConnection.connect(.address(bus.address))
             try spoofer.emitSignal(path: StandInDaemon.managerPath, interface: "org.freedesktop.DBus.Properties",
                                    member: "PropertiesChanged",
-                                   arguments: [.string("org.example.BgWorker"), .variantDictionary(["LogLevel": .string("debug")]),
+                                   arguments: [.string(BgWorkerBus.managerInterface), .variantDictionary(["LogLevel": .string("debug")]),
                                                .stringArray([])])
             // Once this round trip is answered, the bus has passed the spoofed signal on: it
             // reaches the worker before anything the owner sends next.
-            _ = try await spoofer.nameOwner("org.example.BgWorker")
+            _ = try await spoofer.nameOwner(BgWorkerBus.busName)
             var spoofed = 0
             if program == .swift {
                 spoofed = try await example.output.wait("the spoofed signal reported") {
-                    $0.hasPrefix("<4>ignored a PropertiesChanged from \(spoofer.uniqueName ?? "?"), which does not own org.example.BgWorker")
+                    $0.hasPrefix("<4>ignored a PropertiesChanged from \(spoofer.uniqueName ?? "?"), which does not own \(BgWorkerBus.busName)")
                 }
             }
             spoofer.close()

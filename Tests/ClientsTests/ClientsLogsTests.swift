@@ -1,3 +1,4 @@
+import BgWorkerAPI
 import Foundation
 import Glibc
 import Testing
@@ -58,7 +59,7 @@ struct ClientsLogsTests {
             #expect(!(try await setup.ctl(["status", "quiet"]).stdout.contains("\n\n")))
             let unknown = try await setup.ctl(["logs", "chaty"])
             #expect(unknown.status == 4)
-            #expect(unknown.stderr == "bgworkerctl: no worker named 'chaty' (did you mean 'chatty'?) (org.example.BgWorker.Error.NoSuchWorker)",
+            #expect(unknown.stderr == "bgworkerctl: no worker named 'chaty' (did you mean 'chatty'?) (\(BgWorkerBus.ErrorName.noSuchWorker))",
                     "\(unknown.stderr)")
 
             // A non-root caller may read them (anyone may, as the contract says).

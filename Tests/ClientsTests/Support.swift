@@ -1,3 +1,4 @@
+import BgWorkerAPI
 import DBus
 import Foundation
 import Glibc
@@ -68,10 +69,10 @@ struct WorkerSeed: Sendable {
 /// Our own implementation of the org.example.BgWorker contract, on our DBus module: enough
 /// behaviour to drive the clients before and beside the real daemon (fixed pids, no processes).
 final class StandInDaemon: Sendable {
-    static let service = "org.example.BgWorker"
-    static let managerPath = try! ObjectPath("/org/example/BgWorker")
-    static let managerInterface = "org.example.BgWorker"
-    static let workerInterface = "org.example.BgWorker.Worker"
+    static let service = BgWorkerBus.busName
+    static let managerPath = try! ObjectPath(BgWorkerBus.managerPath)
+    static let managerInterface = BgWorkerBus.managerInterface
+    static let workerInterface = BgWorkerBus.workerInterface
     static let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
 
     let fleet: Fleet
@@ -92,7 +93,7 @@ final class StandInDaemon: Sendable {
 
         func worker(_ name: String) throws -> ExportedObject {
             guard let object = workers[name] else {
-                throw DBusError("org.example.BgWorker.Error.NoSuchWorker", "no worker named '\(name)'")
+                throw DBusError(BgWorkerBus.ErrorName.noSuchWorker, "no worker named '\(name)'")
             }
             return object
         }
@@ -126,7 +127,7 @@ final class StandInDaemon: Sendable {
         func restart(_ name: String, manager: ExportedObject) throws {
             let object = try worker(name)
             guard object.property(StandInDaemon.workerInterface, "Enabled")?.boolValue == true else {
-                throw DBusError("org.example.BgWorker.Error.Disabled", "worker '\(name)' is disabled")
+                throw DBusError(BgWorkerBus.ErrorName.disabled, "worker '\(name)' is disabled")
             }
             try object.setProperty(StandInDaemon.workerInterface, "Restarts", .uint32(0))
             try transition(name, to: "stopping", pid: 4242, reason: "restart", manager: manager)
@@ -197,7 +198,7 @@ final class StandInDaemon: Sendable {
                 action("Restart") { try fleet.restart($0, manager: $1) },
                 DBusMethod("Reload") { _ in
                     if let reason = fleet.reloadFailure.withLock({ $0 }) {
-                        throw DBusError("org.example.BgWorker.Error.InvalidConfig", reason)
+                        throw DBusError(BgWorkerBus.ErrorName.invalidConfig, reason)
                     }
                     return []
                 },
@@ -232,7 +233,7 @@ final class StandInDaemon: Sendable {
     }
 
     fileprivate static func workerObject(_ seed: WorkerSeed) throws -> ExportedObject {
-        let path = try ObjectPath("/org/example/BgWorker/worker").appending(ObjectPath.escapeElement(seed.name))
+        let path = try ObjectPath(String(BgWorkerBus.workerPathPrefix.dropLast())).appending(ObjectPath.escapeElement(seed.name))
         return try ExportedObject(path: path, interfaces: [
             DBusInterface(
                 workerInterface,

@@ -38,9 +38,8 @@ enum TestObject {
                 },
                 DBusMethod("ReadFD", in: [DBusArgument("fd", .unixFD)], out: [DBusArgument("text", .string)]) { call in
                     guard let fd = call.arguments[0].unixFDValue else { throw DBusError.invalidArgs("fd") }
-                    defer { close(fd) }
                     var buffer = [UInt8](repeating: 0, count: 256)
-                    let n = read(fd, &buffer, buffer.count)
+                    let n = fd.withDescriptor { read($0, &buffer, buffer.count) } ?? -1
                     return [.string(String(decoding: buffer[0..<max(n, 0)], as: UTF8.self))]
                 },
                 DBusMethod("Ping", in: [DBusArgument("tag", .string)]) { call in
@@ -126,8 +125,7 @@ enum TestObject {
             _ = "through a pipe".withCString { write(fds[1], $0, strlen($0)) }
             close(fds[1])
             let reply = try await client.call(destination: server.uniqueName, path: TestObject.path, interface: TestObject.interface,
-                                              member: "ReadFD", arguments: [.unixFD(fds[0])])
-            close(fds[0])
+                                              member: "ReadFD", arguments: [.unixFD(UnixFD(taking: fds[0]))])
             #expect(reply == [.string("through a pipe")])
             server.close()
             client.close()

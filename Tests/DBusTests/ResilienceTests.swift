@@ -210,7 +210,8 @@ struct Fuzzer {
         case .string: .string(randomString())
         case .objectPath: .objectPath(pick([.root, Samples.path, TestObject.path]))
         case .signature: .signature(Signature(unchecked: [randomType(depth: 2)]))
-        case .unixFD: .unixFD(0)
+        // A descriptor of our own (a copy of stdin): the value closes it, never fd 0 itself.
+        case .unixFD: .unixFD((try? UnixFD(duplicating: 0)) ?? UnixFD(taking: -1))
         case .variant:
             .variant(depth > 3 ? .int32(1) : randomValue(randomType(depth: 2), depth: depth + 1))
         case .array(let e): .array(e, (0..<Int(rng.next() % 4)).map { _ in randomValue(e, depth: depth + 1) })

@@ -51,6 +51,26 @@ import Testing
         #expect(DBusValue.structure([.string("w"), .bool(true)]).type == .structure([.string, .bool]))
     }
 
+    /// Only `variant` is indirect: scalars, strings and containers are stored inline, with no
+    /// heap box per value (the whole-enum `indirect` made it 8 bytes, a pointer to a box).
+    @Test func valuesAreStoredInline() {
+        #expect(MemoryLayout<DBusValue>.size == 24)
+        #expect(MemoryLayout<DBusValue?>.size == 24)
+    }
+
+    /// Optionals of every type, copied through generic code, existentials and hashing: the
+    /// copies a debug build outlines per type. A build that links objects compiled against two
+    /// layouts of `DBusValue` (a stale incremental build) fails or crashes here.
+    @Test func optionalValuesOfEveryTypeCopyAndCompare() {
+        for value in Samples.everyType + [.variant(.string("x")), .string("x"), .uint32(5)] {
+            let wrapped: DBusValue? = value
+            let boxed: Any = wrapped as Any
+            #expect(wrapped == value, "\(value)")
+            #expect((boxed as? DBusValue?) == wrapped, "\(value)")
+            #expect([value: 1][value] == 1, "\(value)")
+        }
+    }
+
     @Test func matchRuleText() throws {
         let rule = MatchRule(sender: "org.example.X", path: try ObjectPath("/a"), interface: "org.example.X", member: "Changed",
                              arguments: [0: "it's"], argumentPaths: [1: "/a/"])

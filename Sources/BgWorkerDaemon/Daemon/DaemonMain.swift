@@ -1,5 +1,6 @@
 // Wiring: configuration, runner, supervisor, the bus connection (and its reconnection), signals,
 // sd_notify. The executable `bgworkerd` only parses its arguments and calls `DaemonMain.run`.
+import BgWorkerAPI
 import BgWorkerCore
 import DBus
 import Glibc

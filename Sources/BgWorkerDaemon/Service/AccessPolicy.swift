@@ -1,6 +1,7 @@
 // Who may change state: root, and members of `[daemon] admin-group`. Reading is open to all.
 // The check comes first in every state-changing method, before its arguments are looked at, so
 // an unauthorised caller learns nothing (not even whether a worker exists).
+import BgWorkerAPI
 import DBus
 import Glibc
 import Logging

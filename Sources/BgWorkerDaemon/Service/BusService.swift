@@ -2,30 +2,9 @@
 // contract (docs/interface.md, dbus/*.xml) describes them. Methods only check who calls and
 // hand over to the supervisor; property values live in the exported objects and the supervisor
 // updates them, so reads never wait for the supervisor.
+import BgWorkerAPI
 import BgWorkerCore
 import DBus
-
-/// Names of the service on the bus.
-public enum BgWorkerBus {
-    public static let busName = "org.example.BgWorker"
-    public static let managerPath = "/org/example/BgWorker"
-    public static let managerInterface = "org.example.BgWorker"
-    public static let workerInterface = "org.example.BgWorker.Worker"
-    public static let workerPathPrefix = "/org/example/BgWorker/worker/"
-
-    /// `/org/example/BgWorker/worker/<label>`.
-    public static func workerPath(_ name: String) -> String {
-        workerPathPrefix + objectPathLabel(forWorker: name)
-    }
-
-    public enum ErrorName {
-        public static let noSuchWorker = "org.example.BgWorker.Error.NoSuchWorker"
-        public static let invalidConfig = "org.example.BgWorker.Error.InvalidConfig"
-        public static let disabled = "org.example.BgWorker.Error.Disabled"
-        public static let stateNotSaved = "org.example.BgWorker.Error.StateNotSaved"
-        public static let notSupported = "org.example.BgWorker.Error.NotSupported"
-    }
-}
 
 extension FleetError {
     /// The contract's error reply; an unknown name gets the closest of `workerNames` suggested.
@@ -193,10 +172,10 @@ struct BusServiceFactory: Sendable {
             ],
             signals: [
                 DBusSignalDeclaration(
-                    "WorkerStateChanged",
+                    BgWorkerBus.Signal.workerStateChanged,
                     [DBusArgument("name", .string), DBusArgument("state", .string), DBusArgument("pid", .uint32),
                      DBusArgument("reason", .string)]),
-                DBusSignalDeclaration("HARoleChanged", [DBusArgument("role", .string)]),
+                DBusSignalDeclaration(BgWorkerBus.Signal.haRoleChanged, [DBusArgument("role", .string)]),
             ],
             authorizeSet: { call in try await access.authorize(call) })
         return try ExportedObject(path: ObjectPath(BgWorkerBus.managerPath), interfaces: [interface], objectManager: true)

@@ -3,6 +3,7 @@
 // asks the pure core (`Fleet`) what to do and carries the answer out: start and stop workers,
 // arm timers, emit signals and PropertiesChanged, write the state file, tell systemd.
 // See docs/design.md.
+import BgWorkerAPI
 import BgWorkerCore
 import DBus
 import Glibc
@@ -398,7 +399,7 @@ public actor Supervisor {
         guard report.role != fleet.roleState.reported else { return }
         logger.notice("HA role \(report.role.rawValue) (\(report.why))", metadata: ["role": "\(report.role.rawValue)"])
         setManagerProperty("HARole", .string(report.role.rawValue))
-        emitManagerSignal("HARoleChanged", [.string(report.role.rawValue)])
+        emitManagerSignal(BgWorkerBus.Signal.haRoleChanged, [.string(report.role.rawValue)])
     }
 
     private func roleTimerDue(token: UInt64) {
@@ -646,7 +647,7 @@ public actor Supervisor {
         if let pid { metadata["pid"] = "\(pid)" }
         let level: Logger.Level = state == .failed ? .error : (state == .backoff ? .warning : .info)
         logger.log(level: level, "worker \(name): \(state.rawValue) (\(reason))", metadata: metadata)
-        emitManagerSignal("WorkerStateChanged", [.string(name), .string(state.rawValue), .uint32(busPid(pid)), .string(reason)])
+        emitManagerSignal(BgWorkerBus.Signal.workerStateChanged, [.string(name), .string(state.rawValue), .uint32(busPid(pid)), .string(reason)])
         setWorkerProperties(name, [
             ("State", .string(state.rawValue)), ("Pid", .uint32(busPid(pid))),
             ("StateChangedAt", .uint64(wallClockMicroseconds())), ("StateReason", .string(reason)),

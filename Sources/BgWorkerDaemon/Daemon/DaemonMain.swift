@@ -44,6 +44,14 @@ public enum DaemonMain {
     /// stop, 1 when it cannot start (each problem is printed on stderr).
     public static func run(_ options: DaemonOptions, logLevel: LogLevelControl, logger: Logger) async -> Int32 {
         let loader = ConfigurationLoader(mainPath: options.configPath)
+        // The daemon's one event loop: the supervisor, the runner, timers and signals live on it.
+        let loop: EventLoop
+        do {
+            loop = try EventLoop(name: "bgw-loop")
+        } catch {
+            printErrors(["cannot start the event loop: \(error)"])
+            return 1
+        }
         let configuration: Configuration
         let runnerChoice: RunnerChoice
         switch loader.load(validatingFor: .auto) {
@@ -52,7 +60,7 @@ public enum DaemonMain {
             return 1
         case .success(let loaded):
             do {
-                runnerChoice = try await chooseRunner(options.runner ?? loaded.daemon.runner, daemonBus: options.bus)
+                runnerChoice = try await chooseRunner(options.runner ?? loaded.daemon.runner, daemonBus: options.bus, loop: loop)
             } catch {
                 printErrors([error.description])
                 return 1
@@ -79,7 +87,7 @@ public enum DaemonMain {
         }
         let runner: any WorkerRunner
         do {
-            runner = try makeRunner(runnerChoice, runtimeDirectory: options.runtimeDirectory)
+            runner = try makeRunner(runnerChoice, runtimeDirectory: options.runtimeDirectory, loop: loop)
         } catch {
             printErrors([error.description])
             return 1
@@ -106,7 +114,7 @@ public enum DaemonMain {
 
         let signals: ProcessSignals
         do {
-            signals = try ProcessSignals(daemonSignals)
+            signals = try ProcessSignals(daemonSignals, loop: loop)
         } catch {
             printErrors(["cannot receive signals: \(error)"])
             await runner.shutdown()

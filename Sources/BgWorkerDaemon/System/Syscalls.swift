@@ -10,10 +10,14 @@ public func errnoText(_ code: Int32) -> String {
 }
 
 /// A failed system call: the call and its errno.
-struct SystemCallError: Error, CustomStringConvertible {
-    var call: String
-    var errno: Int32
-    var description: String { "\(call): \(errnoText(errno))" }
+public struct SystemCallError: Error, CustomStringConvertible {
+    public var call: String
+    public var errno: Int32
+    public var description: String { "\(call): \(errnoText(errno))" }
+    init(call: String, errno: Int32) {
+        self.call = call
+        self.errno = errno
+    }
 }
 
 /// Calls `body` until it does not fail with EINTR.

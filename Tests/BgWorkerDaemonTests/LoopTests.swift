@@ -100,6 +100,20 @@ private actor LoopBound {
         loop.stop()
     }
 
+    @Test func aSleepEndsAtItsDeadlineAndACancelledOneAtOnceTakingItsTimerBack() async throws {
+        let loop = try EventLoop(name: "test-loop", manualClock: true)
+        let sleeping = Task { try await loop.sleep(until: 1_000) }
+        let cancelled = Task { try await loop.sleep(until: 5_000) }
+        // Both timers armed (each sleep arms its timer with a loop job).
+        while await onLoop(loop, { loop.pendingTimers }) < 2 { await Task.yield() }
+        cancelled.cancel()
+        await #expect(throws: CancellationError.self) { try await cancelled.value }
+        loop.advanceClock(by: 1_000)
+        try await sleeping.value
+        #expect(await onLoop(loop) { loop.pendingTimers } == 0, "the cancelled sleep's timer was taken back")
+        loop.stop()
+    }
+
     /// The supervisor's one `assumeIsolated` (Supervisor.onLoop) is sound only if the loop's code
     /// runs on the actor's executor: a handler entering the actor sees the actor's own state, and
     /// the actor's methods run on the loop thread.

@@ -48,13 +48,14 @@ import Testing
     }
 
     /// Installed once; a second installation (hooks set already, as by another library) changes
-    /// nothing and says why; tasks and Task.sleep then run on the pool's threads.
+    /// nothing and says why; tasks and a delayed job (`Task.sleep(nanoseconds:)`, the runtime's
+    /// enqueue-with-delay hook) then run on the pool's threads.
     @Test func theHooksAreTakenOnlyWhenFree() async {
         await #expect(processExitsWith: .success) {
             guard try TaskThreadPool.installAsGlobalExecutor(threads: 2) == .installed else { exit(1) }
             guard case .notInstalled = try TaskThreadPool.installAsGlobalExecutor(threads: 2) else { exit(2) }
             let name = await Task.detached { () -> String in
-                try? await Task.sleep(for: .milliseconds(5))
+                try? await Task.sleep(nanoseconds: 5_000_000)
                 // The thread's name, as the kernel knows it.
                 let path = "/proc/thread-self/comm"
                 guard let file = fopen(path, "r") else { return "" }

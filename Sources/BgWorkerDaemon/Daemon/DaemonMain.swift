@@ -47,7 +47,7 @@ public enum DaemonMain {
         // The daemon's one event loop: the supervisor, the runner, timers and signals live on it.
         let loop: EventLoop
         do {
-            loop = try EventLoop(name: "bgw-loop")
+            loop = try EventLoop.makeShared(name: "bgw-loop")
         } catch {
             printErrors(["cannot start the event loop: \(error)"])
             return 1
@@ -252,7 +252,7 @@ struct BusLink: Sendable {
         var attempts = 0
         while true {
             do {
-                try await DaemonClock.sleep(for: delay)
+                try await EventLoop.shared.sleep(for: delay)
             } catch {
                 return nil
             }

@@ -338,3 +338,99 @@ func monotonicNanoseconds() -> UInt64 {
     clock_gettime(CLOCK_MONOTONIC, &now)
     return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
 }
+
+extension EventLoop {
+    private static let sharedLoop = Mutex<EventLoop?>(nil)
+
+    /// The process's loop: the daemon's (`makeShared`), else one made on first use (tests,
+    /// tools, runners made without a loop). It lives as long as the process, so
+    /// PR_SET_PDEATHSIG of what it spawns holds.
+    public static var shared: EventLoop {
+        sharedLoop.withLock { shared in
+            if let shared { return shared }
+            do {
+                let loop = try EventLoop(name: "bgw-loop")
+                shared = loop
+                return loop
+            } catch {
+                // Only without a free fd or thread, at the first use in a tool or a test.
+                fatalError("cannot start an event loop: \(error)")
+            }
+        }
+    }
+
+    /// The daemon: makes the process's loop (before anything uses `shared`).
+    public static func makeShared(name: String = "bgw-loop") throws(SystemCallError) -> EventLoop {
+        let loop = try EventLoop(name: name)
+        sharedLoop.withLock { $0 = $0 ?? loop }
+        return shared
+    }
+
+    /// Sleeps until `deadline` of `now()` on a loop timer (what tasks off the loop use instead
+    /// of `Task.sleep`, which asks libdispatch for a timer in Swift 6.3 and so wakes an idle
+    /// daemon). Throws `CancellationError` at once when the task is cancelled.
+    public func sleep(until deadline: UInt64) async throws {
+        let sleeper = LoopSleeper()
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                guard sleeper.begin(continuation) else { return }
+                execute { [self] in
+                    let timer = schedule(at: deadline) { sleeper.finish(nil) }
+                    // Cancelled meanwhile: take the timer back, so it never wakes the loop.
+                    if !sleeper.armed(timer) { cancel(timer) }
+                }
+            }
+        } onCancel: {
+            if let timer = sleeper.finish(CancellationError()) {
+                execute { [self] in cancel(timer) }
+            }
+        }
+    }
+
+    public func sleep(for duration: Duration) async throws {
+        try await sleep(until: now() &+ UInt64(max(nanoseconds(duration), 0)))
+    }
+}
+
+/// One loop sleep: resumed exactly once, by its timer or by its cancellation.
+private final class LoopSleeper: Sendable {
+    private struct State {
+        var continuation: CheckedContinuation<Void, any Error>?
+        var timer: LoopTimer?
+        var done = false
+    }
+    private let state = Mutex(State())
+
+    /// false: cancelled already (then resumed here).
+    func begin(_ continuation: CheckedContinuation<Void, any Error>) -> Bool {
+        let cancelled = state.withLock { state -> Bool in
+            if state.done { return true }
+            state.continuation = continuation
+            return false
+        }
+        if cancelled { continuation.resume(throwing: CancellationError()) }
+        return !cancelled
+    }
+
+    /// On the loop: false when the sleep ended meanwhile (the caller cancels the timer).
+    func armed(_ timer: LoopTimer) -> Bool {
+        state.withLock { state in
+            guard !state.done else { return false }
+            state.timer = timer
+            return true
+        }
+    }
+
+    /// Resumes the sleeper (an error: cancelled); returns the timer to take back, if any.
+    @discardableResult
+    func finish(_ error: (any Error)?) -> LoopTimer? {
+        let (continuation, timer) = state.withLock { state -> (CheckedContinuation<Void, any Error>?, LoopTimer?) in
+            guard !state.done else { return (nil, nil) }
+            state.done = true
+            defer { state.continuation = nil }
+            return (state.continuation, state.timer)
+        }
+        if let error { continuation?.resume(throwing: error) } else { continuation?.resume() }
+        return error == nil ? nil : timer
+    }
+}

@@ -21,7 +21,7 @@ public final class ProcessRunner: WorkerRunner {
 
     /// Opens the runner's record and starts its output thread.
     /// - Parameters:
-    ///   - loop: the loop it works on (the daemon's); nil: `EventLoop.fallback`.
+    ///   - loop: the loop it works on (the daemon's); nil: `EventLoop.shared`.
     ///   - processGroupFile: the runtime file where live workers' process groups are written
     ///     (e.g. `/run/bgworker/process-groups`), locked by this runner until it is shut down.
     ///     Groups recorded there by a previous daemon that still exist are killed now, before
@@ -31,7 +31,7 @@ public final class ProcessRunner: WorkerRunner {
     public init(
         loop: EventLoop? = nil, processGroupFile: String? = nil, output: WorkerOutputDestination = .automatic
     ) throws(RunnerError) {
-        let loop = loop ?? .fallback
+        let loop = loop ?? .shared
         self.loop = loop
         var record: ProcessGroupRecord?
         if let processGroupFile {
@@ -82,7 +82,7 @@ public final class ProcessRunner: WorkerRunner {
     }
 }
 
-/// A worker the monitor runs. Its pid is also its process group id.
+/// A worker the runner runs. Its pid is also its process group id.
 private struct RunningWorker {
     var name: String
     var pid: Int32

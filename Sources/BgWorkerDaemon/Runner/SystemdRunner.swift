@@ -58,7 +58,7 @@ public final class SystemdRunner: WorkerRunner {
         connection: DBusConnection, reconnect: (@Sendable () async throws -> DBusConnection)?, loop: EventLoop?,
         logger: Logger
     ) {
-        let loop = loop ?? .fallback
+        let loop = loop ?? .shared
         self.loop = loop
         let events = RunnerEventSink(loop: loop)
         eventSink = events

@@ -145,7 +145,7 @@ actor SystemdUnitTable {
                     await self?.connected(new)
                     return
                 }
-                try? await DaemonClock.sleep(for: delay)
+                try? await EventLoop.shared.sleep(for: delay)
                 delay = min(delay * 2, .seconds(5))
             }
         }

@@ -247,18 +247,6 @@ struct EventHandler: Sendable {
     let deliver: @Sendable (RunnerEvent) -> Void
 }
 
-extension EventLoop {
-    /// The loop of runners made without one (tests, tools): one per process, made on first use,
-    /// living as long as the process (so PR_SET_PDEATHSIG of what it spawns holds).
-    public static let fallback: EventLoop = {
-        do {
-            return try EventLoop(name: "bgw-loop")
-        } catch {
-            // Only without a free fd or thread, at the first runner of a tool or a test.
-            fatalError("cannot start an event loop: \(error)")
-        }
-    }()
-}
 
 extension WorkerRunner {
     /// Starts a worker and waits for the answer (see `submitStart`).

@@ -5,8 +5,8 @@
 // Concurrency on its event loops): a few threads that block on a condition variable while there
 // is no job, and wait with a deadline only while a timer is pending. Idle, no thread of the pool
 // wakes. `Task.sleep` with a clock does not go through the runtime's hooks in Swift 6.3 (it asks
-// libdispatch for a timer directly), so the daemon sleeps with `DaemonClock.sleep`, which uses
-// this pool's timers when the pool is installed.
+// libdispatch for a timer directly), so the daemon sleeps on its event loop's timers
+// (`EventLoop.sleep`).
 import CShims
 import Glibc
 import Synchronization
@@ -204,81 +204,5 @@ public final class TaskThreadPool: @unchecked Sendable {
                 condition.wait()
             }
         }
-    }
-}
-
-
-/// Sleeping without libdispatch: on the task pool's timers where the pool is installed (the
-/// daemon), else `Task.sleep` (tests that run the daemon's code in their own process).
-public enum DaemonClock {
-    /// Sleeps until `deadline` of ContinuousClock. Throws `CancellationError` when the task is
-    /// cancelled, at once.
-    public static func sleep(until deadline: ContinuousClock.Instant) async throws {
-        guard let pool = TaskThreadPool.installed else {
-            return try await Task.sleep(until: deadline, clock: .continuous)
-        }
-        let left = ContinuousClock.now.duration(to: deadline)
-        let (seconds, attoseconds) = left.components
-        let delay = left <= .zero ? 0 : UInt64(seconds) * 1_000_000_000 + UInt64(attoseconds / 1_000_000_000)
-        let sleeper = Sleeper()
-        try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                sleeper.begin(continuation, pool: pool, delay: delay)
-            }
-        } onCancel: {
-            sleeper.cancel(pool: pool)
-        }
-    }
-
-    public static func sleep(for duration: Duration) async throws {
-        try await sleep(until: ContinuousClock.now.advanced(by: duration))
-    }
-}
-
-/// One sleep: resumed exactly once, by its timer or by its cancellation, whichever comes first.
-private final class Sleeper: Sendable {
-    private enum State {
-        case idle
-        case waiting(CheckedContinuation<Void, any Error>, token: UInt64)
-        case cancelled
-        case done
-    }
-    private let state = Mutex(State.idle)
-
-    func begin(_ continuation: CheckedContinuation<Void, any Error>, pool: TaskThreadPool, delay: UInt64) {
-        // The state is set before the timer can fire, so the lock is held across `schedule`.
-        let cancelledAlready = state.withLock { state -> Bool in
-            if case .cancelled = state { return true }
-            let token = pool.schedule(after: delay) { [self] in fire() }
-            state = .waiting(continuation, token: token)
-            return false
-        }
-        if cancelledAlready { continuation.resume(throwing: CancellationError()) }
-    }
-
-    private func fire() {
-        let continuation = state.withLock { state -> CheckedContinuation<Void, any Error>? in
-            guard case .waiting(let continuation, _) = state else { return nil }
-            state = .done
-            return continuation
-        }
-        continuation?.resume()
-    }
-
-    func cancel(pool: TaskThreadPool) {
-        let continuation = state.withLock { state -> CheckedContinuation<Void, any Error>? in
-            switch state {
-            case .idle:
-                state = .cancelled
-                return nil
-            case .waiting(let continuation, let token):
-                guard pool.cancel(token) else { return nil }  // firing now: let it resume
-                state = .done
-                return continuation
-            case .cancelled, .done:
-                return nil
-            }
-        }
-        continuation?.resume(throwing: CancellationError())
     }
 }

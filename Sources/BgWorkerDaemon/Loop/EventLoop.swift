@@ -152,7 +152,7 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
 
     /// Ends the loop thread once the jobs queued before this call have run; then `done` is
     /// called on it. For loops that serve nobody any more (a test's runner); the daemon's loop
-    /// lives as long as the process.
+    /// lives as long as the process. Nothing may use the loop afterwards (jobs are dropped).
     public func stop(then done: @escaping @Sendable () -> Void = {}) {
         execute { [self] in
             stoppedHandlers.append(done)
@@ -161,6 +161,8 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
     }
 
     private func submit(_ job: Job) {
+        // A stopped loop's fds are closed (their numbers may be reused): nothing is handed over.
+        guard !stopRequested.load(ordering: .acquiring) else { return }
         queue.withLock { $0.append(job) }
         // On the loop thread the queue is drained before the next epoll_wait: no wake needed.
         if !isOnLoopThread { signalWake() }

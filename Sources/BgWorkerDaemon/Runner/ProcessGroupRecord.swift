@@ -481,9 +481,7 @@ struct ProcStat {
         defer { closedir(dir) }
         var result: [ProcStat] = []
         while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-            }
+            let name = direntName(entry)
             guard let pid = Int32(name), let stat = read(pid: pid) else { continue }
             result.append(stat)
         }

@@ -84,6 +84,9 @@ final class ConnectionCore: TaskExecutor, Sendable {
     /// Returns false when the connection has ended (the work is not run).
     @discardableResult
     func submit(_ work: @escaping @Sendable (LoopState) -> Void) -> Bool {
+        // Once `.disconnected` is announced nothing more is taken, although the loop thread may
+        // not have closed its queue yet: work taken then would be dropped without an error.
+        guard events.withLock({ $0.terminal == nil }) else { return false }
         if isOnLoopThread {
             let state = stateBox.state
             if state.inlineAllowed && !state.finished {

@@ -17,11 +17,12 @@ private func setHARole(_ node: HADaemonNode, _ role: String, asNobody: Bool = fa
 }
 
 /// The agent run as Pacemaker's executor would: `__OCF_ACTION` set, the bus as a parameter.
-private func runAgent(_ action: String, bus: PrivateBus, interval: Int = 20000) async throws -> Int32 {
+private func runAgent(_ action: String, bus: PrivateBus, interval: Int = 20000, timeoutMilliseconds: Int = 20000) async throws -> Int32 {
     try await run([agent, action], environment: [
         "OCF_ROOT": "/usr/lib/ocf", "OCF_RESOURCE_INSTANCE": "bgw-test", "__OCF_ACTION": action,
-        "OCF_RESKEY_bus": bus.unixAddress, "OCF_RESKEY_CRM_meta_interval": "\(interval)", "OCF_RESKEY_CRM_meta_timeout": "20000",
-    ]).status
+        "OCF_RESKEY_bus": bus.unixAddress, "OCF_RESKEY_CRM_meta_interval": "\(interval)",
+        "OCF_RESKEY_CRM_meta_timeout": "\(timeoutMilliseconds)",
+    ], timeout: .milliseconds(timeoutMilliseconds) + .seconds(10)).status
 }
 
 @Suite(.serialized) struct PacemakerSourceTests {
@@ -186,14 +187,30 @@ private func runAgent(_ action: String, bus: PrivateBus, interval: Int = 20000) 
             #expect(try await node.haRole() == "unknown")
             #expect(try await runAgent("monitor", bus: bus) == 7)
             #expect(try await runAgent("migrate_to", bus: bus) == 3)
-            // No daemon on the bus: monitor says not running, stop and demote succeed, start fails.
+            // No daemon on the bus: monitor says not running, stop and demote succeed, start fails
+            // once its timeout (4 s, less its 3 s margin) has passed.
             let empty = try await PrivateBus()
             #expect(try await runAgent("monitor", bus: empty) == 7)
             #expect(try await runAgent("stop", bus: empty) == 0)
             #expect(try await runAgent("demote", bus: empty) == 0)
-            #expect(try await runAgent("start", bus: empty) == 1)
+            #expect(try await runAgent("start", bus: empty, timeoutMilliseconds: 4000) == 1)
             await empty.stop()
         }
+    }
+
+    /// `start` waits for a bgworkerd that is not on the bus yet (being restarted by systemd)
+    /// instead of failing at once, which Pacemaker treats as fatal on the node: a CI run saw the
+    /// instance banned from the node whose daemon had just been restarted.
+    @Test func startWaitsForADaemonThatComesUp() async throws {
+        let bus = try await PrivateBus()
+        let waiting = Task { try await runAgent("start", bus: bus) }
+        let node = try await HADaemonNode("late", bus: bus, ha: "source = \"pacemaker\"")
+        try await withNodes([node]) {
+            let status = try await waiting.value
+            #expect(status == 0)
+            #expect(try await node.haRole() == "secondary")
+        }
+        await bus.stop()
     }
 
     /// `monitor` renews the lease: a node whose agent keeps being called stays primary past

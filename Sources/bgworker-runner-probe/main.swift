@@ -26,16 +26,14 @@ func say(_ text: String, to fd: Int32) {
 
 func runWorker(groupFile: String, argv: [String]) async throws {
     let runner = try ProcessRunner(processGroupFile: groupFile, output: .fileDescriptor(2))
-    let events = runner.eventStream()
     let spec = LaunchSpec(name: "probe", argv: argv, environment: ["PATH": "/usr/bin:/bin"])
     let pid = try await runner.start(spec)
     say("pid=\(pid)\n", to: 1)
-    for await _ in events {}
+    for await _ in runner.events {}
 }
 
 func storm(groupFile: String, count: Int, argv: [String]) async throws {
     let runner = try ProcessRunner(processGroupFile: groupFile, output: .fileDescriptor(2))
-    let events = runner.eventStream()
     var environment = ["PATH": "/usr/bin:/bin"]
     if let marker = getenv("BGW_PROBE_MARKER") { environment["BGW_PROBE_MARKER"] = String(cString: marker) }
     for index in 0..<count {
@@ -46,7 +44,7 @@ func storm(groupFile: String, count: Int, argv: [String]) async throws {
             }
         }
     }
-    for await _ in events {}
+    for await _ in runner.events {}
 }
 
 func logToJournal() async throws {
@@ -58,11 +56,10 @@ func logToJournal() async throws {
     await writer.flush()
 
     let runner = try ProcessRunner(output: .journal)
-    let events = runner.eventStream()
     let script = #"echo out-line; echo "<4>warn-line"; echo err-line >&2"#
     _ = try await runner.start(
         LaunchSpec(name: "probe-worker", argv: ["/bin/sh", "-c", script], environment: ["PATH": "/usr/bin:/bin"]))
-    for await event in events {
+    for await event in runner.events {
         if case .exited = event { break }
     }
     await runner.shutdown()

@@ -121,11 +121,21 @@ class Rig:
         m = m or self.mgr()
         return {str(n): dict(state=str(s), enabled=bool(e), pid=int(p)) for n, s, e, p, o in m.ListWorkers()}
 
-    def settled(self, m=None):
+    def settled(self, m=None, ignore=()):
+        """The listing once no worker (but those in `ignore`, crash-loopers) is starting or stopping."""
         l = self.list(m)
-        if any(w["state"] in ("starting", "stopping") for w in l.values()):
+        self.last_listing = l
+        if any(w["state"] in ("starting", "stopping") for n, w in l.items() if n not in ignore):
             return None
         return l
+
+    def wait_settled(self, what, timeout=30, ignore=()):
+        try:
+            return wait_for(what, lambda: self.settled(ignore=ignore), timeout)
+        except TimeoutError:
+            log("NOT SETTLED (%s) after %ss: %s" % (what, timeout, getattr(self, "last_listing", None)))
+            log("procs:", tagged())
+            raise
 
     def stop(self):
         if self.daemon and self.daemon.poll() is None:
@@ -159,7 +169,7 @@ def tagged():
     return out
 
 
-def proc_problems(listing, allow_transient=False):
+def proc_problems(listing, allow_transient=False, only=None):
     """Compares the bus's view with /proc. Returns a list of problems (empty: they agree)."""
     probs = []
     procs = {p: v for p, v in tagged().items() if v[4] != "Z"}
@@ -168,8 +178,10 @@ def proc_problems(listing, allow_transient=False):
         groups.setdefault(name, set()).add(pgid)
     for name, w in listing.items():
         g = groups.pop(name, set())
+        if only is not None and name not in only:
+            continue
         if w["state"] in ("running", "starting", "stopping"):
-            if w["pid"] == 0:
+            if w["pid"] == 0 and not (allow_transient and w["state"] == "starting"):
                 probs.append("%s %s with pid 0" % (name, w["state"]))
             elif w["pid"] not in procs and not allow_transient:
                 probs.append("%s %s pid %d not in /proc" % (name, w["state"], w["pid"]))

@@ -62,6 +62,7 @@ def chaos_client(addr, seed, calls, names, q):
         res[(meth, out)] += 1
         if dt > 10:
             res[("slow>10s", meth)] += 1
+            res[("slow call", meth, n, out, time.strftime("%H:%M:%S", time.gmtime(time.time() - dt)), round(dt, 1))] += 1
     q.put(res)
 
 

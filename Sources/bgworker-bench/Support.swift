@@ -165,7 +165,8 @@ final class BenchDaemon: Sendable {
     /// the daemon's output goes (by default `bgworkerd.log` in its folder).
     static func start(_ body: String, bus existing: PrivateBus? = nil, arguments: [String] = ["--runner", "process"],
                       states rule: MatchRule = MatchRule(interface: Manager.interface, member: BgWorkerBus.Signal.workerStateChanged),
-                      logFile: String? = nil, timeout: Duration = .seconds(60)) async throws -> BenchDaemon {
+                      logFile: String? = nil, timeout: Duration = .seconds(60),
+                      environment extra: [String: String] = [:]) async throws -> BenchDaemon {
         let directory = try Interrupt.directory(prefix: "bgw-bench")
         let bus: PrivateBus
         if let existing { bus = existing } else { bus = try await PrivateBus(directory: directory) }
@@ -178,7 +179,7 @@ final class BenchDaemon: Sendable {
         let spawnedAt = monotonicNanoseconds()
         let process = try ChildProcess(
             [builtExecutablePath("bgworkerd"), "--config", configPath, "--bus", bus.unixAddress] + arguments,
-            extraEnvironment: ["NOTIFY_SOCKET": notify.address, "RUNTIME_DIRECTORY": directory.file("run")],
+            extraEnvironment: extra.merging(["NOTIFY_SOCKET": notify.address, "RUNTIME_DIRECTORY": directory.file("run")]) { $1 },
             captureStdout: false, captureStderr: false, logFile: logFile ?? directory.file("bgworkerd.log"))
         let readyAt = try await withThrowingTaskGroup(of: UInt64?.self) { group in
             group.addTask { await notify.ready() }

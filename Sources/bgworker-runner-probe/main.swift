@@ -26,14 +26,16 @@ func say(_ text: String, to fd: Int32) {
 
 func runWorker(groupFile: String, argv: [String]) async throws {
     let runner = try ProcessRunner(processGroupFile: groupFile, output: .fileDescriptor(2))
+    let events = runner.eventStream()
     let spec = LaunchSpec(name: "probe", argv: argv, environment: ["PATH": "/usr/bin:/bin"])
     let pid = try await runner.start(spec)
     say("pid=\(pid)\n", to: 1)
-    for await _ in runner.events {}
+    for await _ in events {}
 }
 
 func storm(groupFile: String, count: Int, argv: [String]) async throws {
     let runner = try ProcessRunner(processGroupFile: groupFile, output: .fileDescriptor(2))
+    let events = runner.eventStream()
     var environment = ["PATH": "/usr/bin:/bin"]
     if let marker = getenv("BGW_PROBE_MARKER") { environment["BGW_PROBE_MARKER"] = String(cString: marker) }
     for index in 0..<count {
@@ -44,7 +46,7 @@ func storm(groupFile: String, count: Int, argv: [String]) async throws {
             }
         }
     }
-    for await _ in runner.events {}
+    for await _ in events {}
 }
 
 func logToJournal() async throws {
@@ -56,10 +58,11 @@ func logToJournal() async throws {
     await writer.flush()
 
     let runner = try ProcessRunner(output: .journal)
+    let events = runner.eventStream()
     let script = #"echo out-line; echo "<4>warn-line"; echo err-line >&2"#
     _ = try await runner.start(
         LaunchSpec(name: "probe-worker", argv: ["/bin/sh", "-c", script], environment: ["PATH": "/usr/bin:/bin"]))
-    for await event in runner.events {
+    for await event in events {
         if case .exited = event { break }
     }
     await runner.shutdown()

@@ -4,6 +4,7 @@ import ClientSupport
 import BgWorkerCore
 import BgWorkerDaemon
 import DBus
+import Dispatch
 import Glibc
 import Logging
 
@@ -11,18 +12,18 @@ import Logging
 enum Main {
     /// Before anything else, and before any thread exists: the daemon's signals are blocked (they
     /// are read from a signalfd) and Swift Concurrency runs on the daemon's own threads, not on
-    /// libdispatch, whose pool monitor would wake an idle daemon every second. This thread then
-    /// becomes one of those threads.
+    /// libdispatch, whose pool monitor would wake an idle daemon every second (where the hooks
+    /// can be taken over safely; else libdispatch, with a warning). This thread then runs the
+    /// main actor's jobs.
     static func main() {
         ProcessSignals.block(DaemonMain.daemonSignals)
+        let installation: TaskThreadPool.Installation
         do {
-            try TaskThreadPool.installAsGlobalExecutor(threads: 3)
+            installation = try TaskThreadPool.installAsGlobalExecutor(threads: 3)
         } catch {
             DaemonMain.printErrors(["cannot start the task threads: \(error)"])
             exit(1)
         }
-        // Detached: `main` is on the main actor, whose queue nothing drains here (no MainActor
-        // code runs in the daemon).
         Task.detached {
             do {
                 var command = try BgWorkerd.parseAsRoot()
@@ -33,7 +34,13 @@ enum Main {
             }
             exit(0)
         }
-        TaskThreadPool.runJobsOnThisThread()
+        switch installation {
+        case .installed:
+            TaskThreadPool.runMainJobsOnThisThread()
+        case .notInstalled(let why):
+            DaemonMain.printErrors(["warning: Swift Concurrency stays on libdispatch (\(why)); the idle daemon will wake once a second"])
+            dispatchMain()
+        }
     }
 }
 

@@ -222,7 +222,7 @@ struct ProcessRunnerExitTests {
         let rounds = 2_000
         let depths = Mutex<[Int]>([])
         let (finished, done) = AsyncStream.makeStream(of: Void.self)
-        runner.deliverEvents { _ in
+        runner.setEventHandler { _ in
             var local = 0
             let address = withUnsafeMutablePointer(to: &local) { Int(bitPattern: $0) }
             let count = depths.withLock { $0.append(address); return $0.count }
@@ -342,7 +342,7 @@ struct ProcessRunnerExitTests {
         let output = try CapturedWorkerOutput()
         let runner = try ProcessRunner(output: output.destination)
         let (reports, report) = AsyncStream.makeStream(of: [Int32].self)
-        runner.deliverEvents { event in
+        runner.setEventHandler { event in
             guard case .exited(_, let pid, _) = event else { return }
             // Checked on the runner's thread as the event is handed over, before anything else runs.
             report.yield(ProcStat.all().filter { $0.pgrp == pid && $0.state != "Z" && $0.state != "X" }.map(\.pid))

@@ -42,6 +42,14 @@ public enum DaemonMain {
     /// stop, 1 when it cannot start (each problem is printed on stderr).
     public static func run(_ options: DaemonOptions, logLevel: LogLevelControl, logger: Logger) async -> Int32 {
         let loader = ConfigurationLoader(mainPath: options.configPath)
+        // The daemon's one event loop: the supervisor, the runner, timers and signals live on it.
+        let loop: EventLoop
+        do {
+            loop = try EventLoop.makeShared(name: "bgw-loop")
+        } catch {
+            printErrors(["cannot start the event loop: \(error)"])
+            return 1
+        }
         let configuration: Configuration
         let runnerChoice: RunnerChoice
         switch loader.load(validatingFor: .auto) {
@@ -50,7 +58,7 @@ public enum DaemonMain {
             return 1
         case .success(let loaded):
             do {
-                runnerChoice = try await chooseRunner(options.runner ?? loaded.daemon.runner, daemonBus: options.bus)
+                runnerChoice = try await chooseRunner(options.runner ?? loaded.daemon.runner, daemonBus: options.bus, loop: loop)
             } catch {
                 printErrors([error.description])
                 return 1
@@ -77,7 +85,7 @@ public enum DaemonMain {
         }
         let runner: any WorkerRunner
         do {
-            runner = try makeRunner(runnerChoice, runtimeDirectory: options.runtimeDirectory)
+            runner = try makeRunner(runnerChoice, runtimeDirectory: options.runtimeDirectory, loop: loop)
         } catch {
             printErrors([error.description])
             return 1
@@ -104,7 +112,7 @@ public enum DaemonMain {
 
         let signals: ProcessSignals
         do {
-            signals = try ProcessSignals(daemonSignals)
+            signals = try ProcessSignals(daemonSignals, loop: loop)
         } catch {
             printErrors(["cannot receive signals: \(error)"])
             await runner.shutdown()
@@ -242,7 +250,7 @@ struct BusLink: Sendable {
         var attempts = 0
         while true {
             do {
-                try await DaemonClock.sleep(for: delay)
+                try await EventLoop.shared.sleep(for: delay)
             } catch {
                 return nil
             }

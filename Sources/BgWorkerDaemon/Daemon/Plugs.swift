@@ -28,11 +28,11 @@ public struct RunnerChoice: Sendable {
 /// PID 1 and answers on the system bus, else the process runner; `systemd` needs systemd to
 /// answer on the system bus (else the daemon cannot start); `process` is the process runner.
 /// See docs/systemd-runner.md.
-public func chooseRunner(_ requested: RunnerKind, daemonBus: BusAddress) async throws(RunnerSelectionError) -> RunnerChoice {
+public func chooseRunner(_ requested: RunnerKind, daemonBus: BusAddress, loop: EventLoop) async throws(RunnerSelectionError) -> RunnerChoice {
     if requested == .process { return RunnerChoice(kind: .process, reason: "as configured", systemdRunner: nil) }
     // The runner keeps a system bus connection of its own: the daemon's connection is made later
     // and replaced when it reconnects, which would end the runner's view of its units.
-    switch await SystemdRunner.detect(daemonBus: daemonBus, daemonConnection: nil, requirePID1: requested == .auto) {
+    switch await SystemdRunner.detect(daemonBus: daemonBus, daemonConnection: nil, requirePID1: requested == .auto, loop: loop) {
     case .available(let runner, _, _, let why):
         return RunnerChoice(kind: .systemd, reason: requested == .auto ? "auto: \(why)" : why, systemdRunner: runner)
     case .unavailable(let why):
@@ -47,10 +47,10 @@ public func chooseRunner(_ requested: RunnerKind, daemonBus: BusAddress) async t
 ///   - runtimeDirectory: the daemon's runtime folder (systemd's `RuntimeDirectory=`, passed in
 ///     `$RUNTIME_DIRECTORY`; `/run/bgworker` by default): the process runner keeps its record of
 ///     live process groups there, to kill what a SIGKILLed daemon left behind.
-public func makeRunner(_ choice: RunnerChoice, runtimeDirectory: String) throws(RunnerSelectionError) -> any WorkerRunner {
+public func makeRunner(_ choice: RunnerChoice, runtimeDirectory: String, loop: EventLoop) throws(RunnerSelectionError) -> any WorkerRunner {
     if let runner = choice.systemdRunner { return runner }
     do {
-        return try ProcessRunner(processGroupFile: runtimeDirectory + "/process-groups")
+        return try ProcessRunner(loop: loop, processGroupFile: runtimeDirectory + "/process-groups")
     } catch {
         throw RunnerSelectionError(description: "cannot start the process runner: \(error)")
     }

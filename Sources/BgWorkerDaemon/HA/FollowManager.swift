@@ -37,7 +37,7 @@ func followManager(_ manager: ManagerProtocol, on connection: DBusConnection, lo
                 lastFailureReported = why
                 await report(HARoleReport(.unknown, why: why))
             }
-            do { try await DaemonClock.sleep(for: retryDelay) } catch { return }
+            do { try await EventLoop.shared.sleep(for: retryDelay) } catch { return }
             retryDelay = min(retryDelay * 2, .seconds(30))
             continue
         }

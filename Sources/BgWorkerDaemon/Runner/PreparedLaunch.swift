@@ -4,11 +4,27 @@ import CShims
 import Glibc
 
 /// The ids a worker runs as, resolved from names in the parent.
-struct WorkerCredentials: Equatable {
-    var uid: uid_t?
-    var gid: gid_t?
+public struct WorkerCredentials: Sendable, Equatable {
+    public internal(set) var uid: uid_t?
+    public internal(set) var gid: gid_t?
     /// Supplementary groups; nil keeps the daemon's.
-    var groups: [gid_t]?
+    public internal(set) var groups: [gid_t]?
+
+    /// The outcome of resolving a spec's `user` and `group`, made off the event loop (NSS may
+    /// open files or sockets) when the configuration is loaded, and handed to the spawn.
+    public enum Resolution: Sendable, Equatable {
+        case resolved(WorkerCredentials)
+        case failed(RunnerError)
+
+        /// Resolves now, on the calling thread (never the event loop: see `BlockingWork`).
+        public static func resolve(user: String?, group: String?, worker: String) -> Resolution {
+            do {
+                return .resolved(try WorkerCredentials.resolve(user: user, group: group, worker: worker))
+            } catch {
+                return .failed(error)
+            }
+        }
+    }
 
     static let inherited = WorkerCredentials(uid: nil, gid: nil, groups: nil)
 
@@ -121,7 +137,12 @@ final class PreparedLaunch: @unchecked Sendable {
             throw RunnerError(.invalidSpec, worker: spec.name, context: "a NUL byte in argv or an invalid environment name")
         }
         self.spec = spec
-        credentials = try WorkerCredentials.resolve(user: spec.user, group: spec.group, worker: spec.name)
+        // Resolved ahead, off the loop, by the supervisor; a caller that gives none (a test, a
+        // tool) pays the look-up here.
+        switch spec.credentials ?? .resolve(user: spec.user, group: spec.group, worker: spec.name) {
+        case .resolved(let resolved): credentials = resolved
+        case .failed(let error): throw error
+        }
         groups = credentials.groups ?? []
         argv = Self.cArray(spec.argv)
         envp = Self.cArray(spec.environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })

@@ -74,7 +74,7 @@ struct ProcessGroupRecordError: Error, Sendable, CustomStringConvertible {
 }
 
 /// The runtime file of live workers' process groups, owned (locked) by this runner for its life.
-/// Used on one thread at a time: made by the runner's creator, then only on its monitor thread.
+/// Used on one thread at a time: made by the runner's creator, then only on the event loop thread.
 final class ProcessGroupRecord {
     static let headerSize = 48
     static let slotSize = 8

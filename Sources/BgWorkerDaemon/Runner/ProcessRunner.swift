@@ -1,12 +1,12 @@
 // The embedded runner: each worker is a child process of the daemon in its own process group.
 //
-// One dedicated thread (the monitor) spawns every worker and watches them: PR_SET_PDEATHSIG fires
-// when the *thread* that spawned a process exits, so spawning happens on a thread that lives as
-// long as the workers (never on the cooperative pool or a Dispatch worker, which may retire).
-// The monitor's epoll loop waits on an eventfd (requests), each worker's pidfd (its exit; reaped
-// with waitid on that pidfd only, so other children of the process are never touched, and no
-// SIGCHLD handler is needed) and a timerfd per stopping worker (SIGKILL after the stop timeout).
-// A second thread reads the workers' output (WorkerOutputPump).
+// Everything happens on the daemon's event loop (Loop/EventLoop.swift), the thread the
+// supervisor runs on: PR_SET_PDEATHSIG fires when the *thread* that spawned a process exits, so
+// spawning happens on that thread, which lives as long as the daemon (never on the cooperative
+// pool or a Dispatch worker, which may retire). Each worker's pidfd is registered with the loop
+// (its exit; reaped with waitid on that pidfd only, so other children of the process are never
+// touched, and no SIGCHLD handler is needed), and a stopping worker has a loop timer for SIGKILL
+// after its stop timeout. A second thread reads the workers' output (WorkerOutputPump).
 import BgWorkerCore
 import CShims
 import Glibc
@@ -14,13 +14,14 @@ import Synchronization
 
 public final class ProcessRunner: WorkerRunner {
     public let kind = "process"
-    public let events: AsyncStream<RunnerEvent>
+    public let loop: EventLoop
     /// Every worker's last output lines; the pump writes them.
     public let logs: WorkerLogBuffers? = WorkerLogBuffers()
     private let monitor: ProcessMonitor
 
-    /// Starts the runner's threads.
+    /// Opens the runner's record and starts its output thread.
     /// - Parameters:
+    ///   - loop: the loop it works on (the daemon's); nil: `EventLoop.shared`.
     ///   - processGroupFile: the runtime file where live workers' process groups are written
     ///     (e.g. `/run/bgworker/process-groups`), locked by this runner until it is shut down.
     ///     Groups recorded there by a previous daemon that still exist are killed now, before
@@ -28,8 +29,10 @@ public final class ProcessRunner: WorkerRunner {
     ///     nil: no record (tests).
     ///   - output: where workers' stdout and stderr lines go.
     public init(
-        processGroupFile: String? = nil, output: WorkerOutputDestination = .automatic
+        loop: EventLoop? = nil, processGroupFile: String? = nil, output: WorkerOutputDestination = .automatic
     ) throws(RunnerError) {
+        let loop = loop ?? .shared
+        self.loop = loop
         var record: ProcessGroupRecord?
         if let processGroupFile {
             do {
@@ -41,10 +44,8 @@ public final class ProcessRunner: WorkerRunner {
                 throw RunnerError(.unavailable, worker: nil, context: error.description)
             }
         }
-        let (stream, continuation) = AsyncStream.makeStream(of: RunnerEvent.self)
-        events = stream
         do {
-            monitor = try ProcessMonitor(groupRecord: record, output: output, logs: logs, events: continuation)
+            monitor = try ProcessMonitor(loop: loop, groupRecord: record, output: output, logs: logs)
         } catch {
             throw RunnerError(.unavailable, worker: nil, context: error.description)
         }
@@ -53,12 +54,17 @@ public final class ProcessRunner: WorkerRunner {
     /// The process groups a previous daemon left that this runner killed when it started.
     public var killedLeftoverGroups: [Int32] { monitor.killedLeftoverGroups }
 
+    public func setEventHandler(_ handler: @escaping @Sendable (RunnerEvent) -> Void, ended: @escaping @Sendable () -> Void) {
+        monitor.events.setHandler(handler, ended: ended)
+    }
+
     public func submitStart(_ spec: LaunchSpec, answer: @escaping @Sendable (Result<Int32, RunnerError>) -> Void) {
         let launch: PreparedLaunch
         do {
             launch = try PreparedLaunch(spec)
         } catch {
-            return answer(.failure(error))
+            // Never nested in the caller (see `WorkerRunner`).
+            return loop.execute { answer(.failure(error)) }
         }
         monitor.submit(.start(launch, answer))
     }
@@ -69,17 +75,6 @@ public final class ProcessRunner: WorkerRunner {
 
     public func adopt(_ specs: [LaunchSpec]) async -> [String: Int32] { [:] }
 
-    public func deliverEvents(to handler: @escaping @Sendable (RunnerEvent) -> Void) {
-        monitor.eventHandler.withLock { $0 = EventHandler(deliver: handler) }
-    }
-
-    /// The monitor thread: a supervisor that runs on it hears of an exit and hands over the
-    /// restart without a thread switch (see `WorkerRunner.callerExecutor`).
-    public var callerExecutor: (any SerialExecutor)? {
-        monitor.servesJobs.store(true, ordering: .relaxed)
-        return monitor
-    }
-
     public func shutdown() async {
         await withCheckedContinuation { continuation in
             monitor.submit(.shutdown({ continuation.resume() }))
@@ -87,24 +82,17 @@ public final class ProcessRunner: WorkerRunner {
     }
 }
 
-/// The handler of `deliverEvents`, boxed. Swift 6.3.1 stores a bare closure in a `Mutex` at the
-/// generic abstraction and wraps it in two reabstraction thunks on every `withLock { $0 }`, for
-/// good: after ~14,400 exits the handler's call nested deep enough to overflow the monitor's
-/// stack (issue 8). A struct field keeps its own abstraction, so no thunk is ever added.
-struct EventHandler: Sendable {
-    let deliver: @Sendable (RunnerEvent) -> Void
-}
-
-/// A worker the monitor runs. Its pid is also its process group id.
+/// A worker the runner runs. Its pid is also its process group id.
 private struct RunningWorker {
     var name: String
     var pid: Int32
     var pidfd: Int32
+    var registration: LoopRegistration
     /// Its slot in the record of process groups.
     var slot: Int?
     var stopTimeout: Duration
-    /// The timerfd that sends SIGKILL, while stopping.
-    var killTimer: Int32?
+    /// The loop timer that sends SIGKILL, while stopping.
+    var killTimer: LoopTimer?
     /// SIGTERM has been sent.
     var stopping = false
 }
@@ -118,21 +106,20 @@ private struct DrainingGroup {
     var members: Set<Int32>
 }
 
-/// The monitor thread and everything it owns. It is also a serial executor: its caller (the
-/// supervisor) may run its jobs on this thread, between two rounds of events.
-private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
-    // Safety of @unchecked Sendable: `pending`, `jobs`, `eventHandler` are Mutexes, `servesJobs`
-    // and `monitorThread` Atomics; `wake`, `epoll`, `devNull`, `eventSink`, `pump`,
-    // `killedLeftoverGroups` are immutable after init. Every `var` below, and `groupRecord` (a
-    // class not made for sharing), is touched only on the monitor thread, which starts at the
-    // end of init.
+/// The runner's state and operations, on the loop thread.
+private final class ProcessMonitor: @unchecked Sendable {
+    // Safety of @unchecked Sendable: `loop`, `devNull`, `events`, `pump`, `killedLeftoverGroups`
+    // are immutable after init (and Sendable or only used through thread-safe calls). Every
+    // `var` below, and `groupRecord` (a class not made for sharing), is touched only on the loop
+    // thread: `submit` hands requests from other threads over as loop jobs, and every other
+    // method is called from the loop (a job, a pidfd handler, a timer).
 
-    enum Request {
+    enum Request: Sendable {
         case start(PreparedLaunch, @Sendable (Result<Int32, RunnerError>) -> Void)
         case stop(String, @Sendable () -> Void)
         case shutdown(@Sendable () -> Void)
 
-        /// Answers a request that came after the monitor ended.
+        /// Answers a request that came after the runner ended.
         func refuse() {
             switch self {
             case .start(let launch, let answer):
@@ -143,171 +130,75 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
         }
     }
 
-    /// Requests not yet taken by the monitor; nil once the monitor has ended.
-    private let pending = Mutex<[Request]?>([])
-    private let wake: EventFD
-    private let epoll: Epoll
+    let loop: EventLoop
     private let devNull: Int32
-    private let eventSink: AsyncStream<RunnerEvent>.Continuation
+    let events: RunnerEventSink
     private let pump: WorkerOutputPump
     private let groupRecord: ProcessGroupRecord?
     let killedLeftoverGroups: [Int32]
-    /// Where events go instead of `eventSink`, once set (`deliverEvents`).
-    let eventHandler = Mutex<EventHandler?>(nil)
-    /// Jobs of the actor that runs on this thread.
-    private let jobs = Mutex<[UnownedJob]>([])
-    /// Someone runs on this executor: the thread then outlives the runner's shutdown.
-    let servesJobs = Atomic<Bool>(false)
-    /// The monitor thread's pthread_t, set when it starts.
-    private let monitorThread = Atomic<UInt>(0)
-    /// The monitor thread is running the caller's jobs or its event handler (read and written on
-    /// that thread only).
-    private var runningJobs = false
 
     private var workers: [UInt64: RunningWorker] = [:]
     /// Workers whose leader is reaped while others of their group still die, by id.
     private var draining: [UInt64: DrainingGroup] = [:]
-    /// The worker id of each watched pidfd of a dying group member.
-    private var drainingMembers: [Int32: UInt64] = [:]
+    /// The worker id and loop registration of each watched pidfd of a dying group member.
+    private var drainingMembers: [Int32: (id: UInt64, registration: LoopRegistration?)] = [:]
     /// Running and draining workers (a name stays taken until all of its group is gone).
     private var idsByName: [String: UInt64] = [:]
     private var nextID: UInt64 = 1
     private var shutdownWaiters: [@Sendable () -> Void] = []
-
-    // epoll tokens: the low two bits tell a worker's pidfd, its kill timer and the pidfd of a
-    // dying member of its group apart.
-    private static let wakeToken = UInt64.max
-    private static func exitToken(_ id: UInt64) -> UInt64 { id << 2 }
-    private static func timerToken(_ id: UInt64) -> UInt64 { id << 2 | 1 }
-    private static func memberToken(_ pidfd: Int32) -> UInt64 { UInt64(UInt32(bitPattern: pidfd)) << 2 | 2 }
+    private var ended = false
 
     init(
-        groupRecord: ProcessGroupRecord?, output: WorkerOutputDestination, logs: WorkerLogBuffers?,
-        events: AsyncStream<RunnerEvent>.Continuation
+        loop: EventLoop, groupRecord: ProcessGroupRecord?, output: WorkerOutputDestination, logs: WorkerLogBuffers?
     ) throws(SystemCallError) {
+        self.loop = loop
         self.groupRecord = groupRecord
         killedLeftoverGroups = groupRecord?.killedLeftovers ?? []
         devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
         guard devNull >= 0 else { throw SystemCallError(call: "open /dev/null", errno: errno) }
-        eventSink = events
-        wake = try EventFD()
-        epoll = try Epoll()
-        try epoll.add(wake.fd, token: Self.wakeToken)
+        events = RunnerEventSink(loop: loop)
         pump = try WorkerOutputPump(destination: output, logs: logs)
-        // The supervisor's synchronous work (a reload parses the configuration) may run here too.
-        try startDedicatedThread(name: "bgw-monitor", stackSize: 2 << 20) { [self] in run() }
     }
 
-    /// Queues a request for the monitor thread; requests are carried out in the order queued.
-    /// A request made by a job running on the monitor thread (the supervisor, when it runs here)
-    /// is carried out at once, after those queued before it: the spawn of a restart then does not
-    /// wait for the rest of the supervisor's step (its log lines, signals and state file).
+    /// Carries out a request on the loop thread, in the order submitted. From the loop thread it
+    /// is carried out at once (the supervisor's restart spawns with no queue in between); its
+    /// answer is a loop job of its own, so the caller is never re-entered.
     func submit(_ request: Request) {
-        if onMonitorThread && runningJobs {
-            guard pending.withLock({ $0 != nil }) else { return request.refuse() }
-            handleRequests()
+        if loop.isOnLoopThread {
             handle(request)
-            return
-        }
-        let queued = pending.withLock { queue -> Bool in
-            guard queue != nil else { return false }
-            queue!.append(request)
-            return true
-        }
-        if queued { wake.signal() } else { request.refuse() }
-    }
-
-    func enqueue(_ job: consuming ExecutorJob) {
-        let job = UnownedJob(job)
-        jobs.withLock { $0.append(job) }
-        wake.signal()
-    }
-
-    /// The monitor thread is this executor's only thread: code there is isolated to it (the
-    /// event handler is called there between jobs, see `WorkerRunner.deliverEvents`).
-    func checkIsolated() {
-        precondition(onMonitorThread, "not on the process runner's monitor thread")
-    }
-
-    func isIsolatingCurrentContext() -> Bool? { onMonitorThread }
-
-    private var onMonitorThread: Bool {
-        pthread_equal(pthread_self(), monitorThread.load(ordering: .relaxed)) != 0
-    }
-
-    // MARK: the monitor thread
-
-    private func run() {
-        monitorThread.store(pthread_self(), ordering: .relaxed)
-        var ready = [epoll_event](repeating: epoll_event(), count: 64)
-        var runnerEnded = false
-        while true {
-            for event in epoll.wait(into: &ready) {
-                let token = event.data.u64
-                if token == Self.wakeToken {
-                    wake.drain()
-                    if !runnerEnded { handleRequests() }
-                } else {
-                    switch token & 3 {
-                    case 0: reap(id: token >> 2)
-                    case 1: stopTimeoutExpired(id: token >> 2)
-                    default: memberExited(pidfd: Int32(bitPattern: UInt32(truncatingIfNeeded: token >> 2)))
-                    }
-                }
-            }
-            // The caller's jobs, after the round's events (a start or stop they submit is carried
-            // out at once, see `submit`).
-            runJobs()
-            if !runnerEnded && !shutdownWaiters.isEmpty && workers.isEmpty && draining.isEmpty {
-                endRunner()
-                runnerEnded = true
-                // A caller on this executor still needs it (it resumes from the shutdown here).
-                if !servesJobs.load(ordering: .relaxed) { break }
-            }
+        } else {
+            loop.execute { [self] in handle(request) }
         }
     }
 
-    private func runJobs() {
-        while true {
-            let batch = jobs.withLock { queue -> [UnownedJob] in defer { queue = [] }; return queue }
-            if batch.isEmpty { return }
-            let me = asUnownedSerialExecutor()
-            runningJobs = true
-            for job in batch { job.runSynchronously(on: me) }
-            runningJobs = false
-        }
+    private func answer(_ body: @escaping @Sendable () -> Void) {
+        loop.execute(body)
     }
 
-    private func endRunner() {
-        // Requests that raced with the end are refused; later ones are refused by `submit`.
-        let late = pending.withLock { queue -> [Request] in defer { queue = nil }; return queue ?? [] }
-        late.forEach { $0.refuse() }
+    private func endRunnerIfDone() {
+        guard !ended, !shutdownWaiters.isEmpty, workers.isEmpty, draining.isEmpty else { return }
+        ended = true
         groupRecord?.finish()
         close(devNull)
-        eventSink.finish()
+        events.finish()
         let waiters = shutdownWaiters
         pump.finish { waiters.forEach { $0() } }
     }
 
-    private func handleRequests() {
-        let requests = pending.withLock { queue -> [Request] in
-            guard queue != nil else { return [] }
-            defer { queue = [] }
-            return queue!
-        }
-        requests.forEach(handle)
-    }
-
     private func handle(_ request: Request) {
         switch request {
-        case let .start(launch, answer):
-            answer(spawn(launch))
+        case let .start(launch, reply):
+            guard !ended else { return answer { request.refuse() } }
+            let result = spawn(launch)
+            answer { reply(result) }
         case let .stop(name, done):
             if let id = idsByName[name] { stop(id: id) }
-            done()
+            answer(done)
         case .shutdown(let done):
+            guard !ended else { return answer(done) }
             shutdownWaiters.append(done)
             for id in workers.keys { stop(id: id) }
+            endRunnerIfDone()
         }
     }
 
@@ -365,8 +256,9 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
 
         let id = nextID
         nextID += 1
+        let registration: LoopRegistration
         do {
-            try epoll.add(result.pidfd, token: Self.exitToken(id))
+            registration = try loop.register(fd: result.pidfd) { [self] _ in reap(id: id) }
         } catch {
             // Cannot watch it, so it must not run.
             _ = kill(-result.pid, SIGKILL)
@@ -383,7 +275,7 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
             pump.watch(fd: fd, worker: name, pid: result.pid, priority: priority)
         }
         workers[id] = RunningWorker(
-            name: name, pid: result.pid, pidfd: result.pidfd, slot: slot, stopTimeout: launch.spec.stopTimeout)
+            name: name, pid: result.pid, pidfd: result.pidfd, registration: registration, slot: slot, stopTimeout: launch.spec.stopTimeout)
         idsByName[name] = id
         return .success(result.pid)
     }
@@ -397,24 +289,15 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
         signalGroup(worker, SIGCONT)
         if worker.stopTimeout <= .zero {
             signalGroup(worker, SIGKILL)
-        } else if let timer = try? makeOneShotTimer(after: worker.stopTimeout) {
-            if (try? epoll.add(timer, token: Self.timerToken(id))) != nil {
-                worker.killTimer = timer
-            } else {
-                close(timer)
-                signalGroup(worker, SIGKILL)
-            }
         } else {
-            signalGroup(worker, SIGKILL)
+            worker.killTimer = loop.schedule(after: worker.stopTimeout) { [self] in stopTimeoutExpired(id: id) }
         }
         workers[id] = worker
     }
 
     private func stopTimeoutExpired(id: UInt64) {
-        guard var worker = workers[id], let timer = worker.killTimer else { return }
+        guard var worker = workers[id], worker.killTimer != nil else { return }
         signalGroup(worker, SIGKILL)
-        epoll.remove(timer)
-        close(timer)
         worker.killTimer = nil
         workers[id] = worker
     }
@@ -436,12 +319,9 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
         var code: Int32 = 0
         var status: Int32 = 0
         let rc = _bgw_waitid_pidfd(worker.pidfd, 0, &code, &status)
-        epoll.remove(worker.pidfd)
+        loop.unregister(worker.registration)
         close(worker.pidfd)
-        if let timer = worker.killTimer {
-            epoll.remove(timer)
-            close(timer)
-        }
+        if let timer = worker.killTimer { loop.cancel(timer) }
         // waitid cannot fail for our own unreaped child; if it did, the process is gone anyway.
         let exit = rc == 0 ? WorkerExit(siginfoCode: code, status: status) : .killed(SIGKILL)
         let group = DrainingGroup(
@@ -453,8 +333,9 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
         guard !members.isEmpty else { return finish(group) }
         draining[id] = DrainingGroup(name: group.name, slot: group.slot, event: group.event, members: members)
         for pidfd in members {
-            drainingMembers[pidfd] = id
-            if (try? epoll.add(pidfd, token: Self.memberToken(pidfd))) == nil {
+            let registration = try? loop.register(fd: pidfd) { [self] _ in memberExited(pidfd: pidfd) }
+            drainingMembers[pidfd] = (id, registration)
+            if registration == nil {
                 // Cannot watch it: it has SIGKILL pending, so do not wait for ever.
                 memberExited(pidfd: pidfd)
             }
@@ -481,8 +362,8 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
     }
 
     private func memberExited(pidfd: Int32) {
-        guard let id = drainingMembers.removeValue(forKey: pidfd) else { return }
-        epoll.remove(pidfd)
+        guard let (id, registration) = drainingMembers.removeValue(forKey: pidfd) else { return }
+        if let registration { loop.unregister(registration) }
         close(pidfd)
         guard var group = draining[id] else { return }
         group.members.remove(pidfd)
@@ -499,15 +380,9 @@ private final class ProcessMonitor: SerialExecutor, @unchecked Sendable {
         idsByName[group.name] = nil
         // Before the report: whoever learns of the exit finds the record without this worker.
         if let slot = group.slot { groupRecord?.clear(slot) }
-        let event = group.event
-        if let handler = eventHandler.withLock({ $0 }) {
-            // The caller's code, run here as one of its jobs would be (this is the last step of
-            // the reap, so the monitor's state is whole): a start it submits is spawned at once.
-            runningJobs = true
-            handler.deliver(event)
-            runningJobs = false
-        } else {
-            eventSink.yield(event)
-        }
+        // The last step of the reap, from the pidfd's handler (never nested in the caller's
+        // code), so the runner's state is whole: the supervisor hears of it with no hop.
+        events.deliverNow(group.event)
+        endRunnerIfDone()
     }
 }

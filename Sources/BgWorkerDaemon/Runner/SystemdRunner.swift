@@ -19,7 +19,10 @@ import Logging
 
 public final class SystemdRunner: WorkerRunner {
     public let kind = "systemd"
-    public let events: AsyncStream<RunnerEvent>
+    public let loop: EventLoop
+    /// Exits, handed to the loop as jobs (the bus's own thread and tasks find them, see
+    /// SystemdUnitTable).
+    private let eventSink: RunnerEventSink
     /// Starts and stops, carried out one at a time in the order asked for by one task: a stop
     /// never overtakes the start before it, though each takes several bus round trips.
     private let commands: AsyncStream<Command>.Continuation
@@ -34,8 +37,10 @@ public final class SystemdRunner: WorkerRunner {
     /// (the system bus), which the caller owns. If that connection ends, the runner cannot follow
     /// the units any more (it logs it); `init(connect:)` makes a runner that reconnects. Nothing
     /// is sent until the first `start` or `adopt` (which subscribe to systemd's signals).
-    public convenience init(connection: DBusConnection, logger: Logger = Logger(label: "bgworkerd.systemd-runner")) {
-        self.init(connection: connection, reconnect: nil, logger: logger)
+    public convenience init(
+        connection: DBusConnection, loop: EventLoop? = nil, logger: Logger = Logger(label: "bgworkerd.systemd-runner")
+    ) {
+        self.init(connection: connection, reconnect: nil, loop: loop, logger: logger)
     }
 
     /// A runner on a connection of its own, made with `connect` (e.g. to `.system`); when the
@@ -43,18 +48,23 @@ public final class SystemdRunner: WorkerRunner {
     /// follows every unit again and reads its state anew (an end meanwhile is reported).
     /// `shutdown` closes the connection.
     public convenience init(
-        connect: @escaping @Sendable () async throws -> DBusConnection,
+        connect: @escaping @Sendable () async throws -> DBusConnection, loop: EventLoop? = nil,
         logger: Logger = Logger(label: "bgworkerd.systemd-runner")
     ) async throws {
-        self.init(connection: try await connect(), reconnect: connect, logger: logger)
+        self.init(connection: try await connect(), reconnect: connect, loop: loop, logger: logger)
     }
 
-    init(connection: DBusConnection, reconnect: (@Sendable () async throws -> DBusConnection)?, logger: Logger) {
-        let (stream, continuation) = AsyncStream.makeStream(of: RunnerEvent.self)
-        events = stream
+    init(
+        connection: DBusConnection, reconnect: (@Sendable () async throws -> DBusConnection)?, loop: EventLoop?,
+        logger: Logger
+    ) {
+        let loop = loop ?? .shared
+        self.loop = loop
+        let events = RunnerEventSink(loop: loop)
+        eventSink = events
         ownsConnection = reconnect != nil
         self.logger = logger
-        table = SystemdUnitTable(connection: connection, reconnect: reconnect, events: continuation, logger: logger)
+        table = SystemdUnitTable(connection: connection, reconnect: reconnect, events: events, logger: logger)
         daemonDirectory = currentDirectory()
         let (queue, commands) = AsyncStream.makeStream(of: Command.self)
         self.commands = commands
@@ -81,13 +91,20 @@ public final class SystemdRunner: WorkerRunner {
         case stop(String, @Sendable () -> Void)
     }
 
-    public func submitStart(_ spec: LaunchSpec, answer: @escaping @Sendable (Result<Int32, RunnerError>) -> Void) {
+    public func setEventHandler(_ handler: @escaping @Sendable (RunnerEvent) -> Void, ended: @escaping @Sendable () -> Void) {
+        eventSink.setHandler(handler, ended: ended)
+    }
+
+    public func submitStart(_ spec: LaunchSpec, answer reply: @escaping @Sendable (Result<Int32, RunnerError>) -> Void) {
+        // The answer reaches the loop as a job, like the exits (see `WorkerRunner`).
+        let answer: @Sendable (Result<Int32, RunnerError>) -> Void = { [loop] result in loop.execute { reply(result) } }
         if case .terminated = commands.yield(.start(spec, answer)) {
             answer(.failure(RunnerError(.shutDown, worker: spec.name, context: "the runner is shut down")))
         }
     }
 
-    public func submitStop(name: String, done: @escaping @Sendable () -> Void) {
+    public func submitStop(name: String, done reply: @escaping @Sendable () -> Void) {
+        let done: @Sendable () -> Void = { [loop] in loop.execute(reply) }
         if case .terminated = commands.yield(.stop(name, done)) { done() }
     }
 

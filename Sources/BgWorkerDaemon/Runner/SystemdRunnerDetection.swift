@@ -24,7 +24,8 @@ extension SystemdRunner {
     /// (`daemonBus == .system`); otherwise the runner opens a connection of its own to it.
     public static func detect(
         daemonBus: BusAddress, daemonConnection: DBusConnection?, requirePID1: Bool = true,
-        timeout: Duration = .seconds(5), logger: Logger = Logger(label: "bgworkerd.systemd-runner")
+        timeout: Duration = .seconds(5), loop: EventLoop? = nil,
+        logger: Logger = Logger(label: "bgworkerd.systemd-runner")
     ) async -> SystemdDetection {
         if requirePID1, let why = pid1IsNotSystemd() { return .unavailable(reason: why) }
         let connection: DBusConnection
@@ -47,7 +48,7 @@ extension SystemdRunner {
             let text = version.stringValue ?? "\(version)"
             let reconnect: (@Sendable () async throws -> DBusConnection)? =
                 own ? { @Sendable in try await SystemdRunner.connectToSystemBus(timeout: timeout) } : nil
-            let runner = SystemdRunner(connection: connection, reconnect: reconnect, logger: logger)
+            let runner = SystemdRunner(connection: connection, reconnect: reconnect, loop: loop, logger: logger)
             let via = own ? "a connection of its own to the system bus" : "the daemon's system bus connection"
             return .available(runner, connection: connection, ownConnection: own,
                               reason: "systemd \(text) answers on the system bus (via \(via))")

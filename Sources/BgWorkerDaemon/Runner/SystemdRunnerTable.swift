@@ -1,7 +1,7 @@
 // The systemd runner's one owner of state: the units it follows, the one ordered signal stream
 // that follows them all (and the task that feeds it here), the starts waiting for their job, the
 // waiters for units to end, the bus connection (and getting a new one when it ends), and the
-// events stream.
+// events (to the loop).
 //
 // The stream holds a constant number of match rules, whatever the number of units: every unit's
 // PropertiesChanged (path_namespace on systemd's unit objects), every JobRemoved, and the
@@ -35,7 +35,7 @@ actor SystemdUnitTable {
     private let reconnect: (@Sendable () async throws -> DBusConnection)?
     private var watchedConnection: ObjectIdentifier?
     private var reconnecting: Task<Void, Never>?
-    private let eventSink: AsyncStream<RunnerEvent>.Continuation
+    private let eventSink: RunnerEventSink
     private let logger: Logger
     private var entries: [UInt64: Entry] = [:]
     private var idsByWorker: [String: UInt64] = [:]
@@ -60,7 +60,7 @@ actor SystemdUnitTable {
     private var subscribing: Task<Void, any Error>?
 
     init(connection: DBusConnection, reconnect: (@Sendable () async throws -> DBusConnection)?,
-         events: AsyncStream<RunnerEvent>.Continuation, logger: Logger) {
+         events: RunnerEventSink, logger: Logger) {
         self.connection = connection
         self.reconnect = reconnect
         eventSink = events
@@ -145,7 +145,7 @@ actor SystemdUnitTable {
                     await self?.connected(new)
                     return
                 }
-                try? await DaemonClock.sleep(for: delay)
+                try? await EventLoop.shared.sleep(for: delay)
                 delay = min(delay * 2, .seconds(5))
             }
         }
@@ -525,7 +525,7 @@ actor SystemdUnitTable {
             remove(id, startFailure: RunnerError(.spawnFailed, worker: unit.worker, context: "systemd: \(unit.name): \(why)"))
         case .exited(let pid, let status):
             if entry.reportsExit {
-                eventSink.yield(.exited(name: unit.worker, pid: pid, status: status))
+                eventSink.post(.exited(name: unit.worker, pid: pid, status: status))
             }
             remove(id, startFailure: nil)
         case .needsProperties:

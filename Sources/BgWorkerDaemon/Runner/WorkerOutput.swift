@@ -1,5 +1,5 @@
 // Workers' stdout and stderr: read by one thread of their own, so that a worker that floods its
-// output (or a slow journal, or a full stderr pipe) stalls only its own writes, never the monitor
+// output (or a slow journal, or a full stderr pipe) stalls only its own writes, never the event loop
 // thread that spawns and reaps, nor the supervisor.
 import CShims
 import Glibc

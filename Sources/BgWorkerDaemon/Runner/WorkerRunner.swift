@@ -1,9 +1,8 @@
-import BgWorkerCore
-
 // The seam between the supervisor and the two ways of running a worker (child processes, systemd
 // transient units). The supervisor sees only this protocol, so it cannot tell the runners apart.
 
 import BgWorkerCore
+import Synchronization
 
 /// Everything a runner needs to start one worker. The runner adds nothing implicit: `environment`
 /// is the worker's complete environment (the supervisor adds `BGWORKER_NAME` and
@@ -28,6 +27,9 @@ public struct LaunchSpec: Sendable, Equatable {
     /// Resource and sandbox settings (memory-max, cpu-quota, ...). Only the systemd runner can
     /// apply them; the configuration refuses them for the process runner (`validate(for:)`).
     public var resources: ResourceControls
+    /// `user` and `group` resolved to ids ahead of the spawn (the process runner uses them
+    /// instead of looking the names up on the event loop); nil: resolved at the spawn.
+    public var credentials: WorkerCredentials.Resolution?
 
     public init(
         name: String,
@@ -38,7 +40,8 @@ public struct LaunchSpec: Sendable, Equatable {
         group: String? = nil,
         stopTimeout: Duration = .seconds(5),
         definitionHash: UInt64 = 0,
-        resources: ResourceControls = ResourceControls()
+        resources: ResourceControls = ResourceControls(),
+        credentials: WorkerCredentials.Resolution? = nil
     ) {
         self.name = name
         self.argv = argv
@@ -49,6 +52,7 @@ public struct LaunchSpec: Sendable, Equatable {
         self.stopTimeout = stopTimeout
         self.definitionHash = definitionHash
         self.resources = resources
+        self.credentials = credentials
     }
 }
 
@@ -106,23 +110,25 @@ public struct RunnerError: Error, Sendable, Equatable, CustomStringConvertible {
 
 /// Runs workers. Both runners implement it; the supervisor cannot tell them apart.
 ///
-/// Starts and stops are submitted without waiting and carried out in the order submitted: a
-/// stop never overtakes the start submitted before it, so a caller that submits from one actor
-/// needs no queue of its own, and no task has to be woken to hand a request over.
+/// A runner works on an `EventLoop` (`loop`), the same loop its caller (the supervisor) runs
+/// on: its answers and events are called on the loop's thread, each as a step of its own (never
+/// nested inside a call the caller made), so a caller isolated to the loop may treat them as
+/// isolated. Starts and stops are carried out in the order submitted: a stop never overtakes the
+/// start submitted before it. Submitted from the loop thread, the process runner carries a start
+/// out at once (the spawn of a restart waits for nothing); its answer follows as a loop job.
 public protocol WorkerRunner: Sendable {
     /// `process` or `systemd` (the manager's `Runner` property).
     var kind: String { get }
-    /// Exits of started and adopted workers, in the order they happen. One consumer; or none,
-    /// once `deliverEvents(to:)` was called.
-    var events: AsyncStream<RunnerEvent> { get }
-    /// From now on, give every event to `handler` (in order, on a thread of the runner) instead
-    /// of `events`. Call it once, before the first start or adoption. A runner that offers a
-    /// `callerExecutor` calls `handler` on that executor's thread, between its jobs: a caller
-    /// running on that executor may treat the handler as isolated to it.
-    func deliverEvents(to handler: @escaping @Sendable (RunnerEvent) -> Void)
-    /// Queues a start. `answer` is called once, on any thread (a runner's own, or the caller's
-    /// for a spec refused at once), with the pid once the program has been executed, or with the
-    /// step and OS error that failed (e.g. `execve /x: No such file or directory`).
+    /// The loop the runner works on, and its caller's executor (docs/design.md).
+    var loop: EventLoop { get }
+    /// Where exits of started and adopted workers go, in the order they happen: called on the
+    /// loop thread, one call per event, never nested in a call of the caller. Set it once,
+    /// before the first start or adoption; events that come earlier are kept until then.
+    /// `ended` is called (on the loop thread) once the runner has shut down: no event follows.
+    func setEventHandler(_ handler: @escaping @Sendable (RunnerEvent) -> Void, ended: @escaping @Sendable () -> Void)
+    /// Queues a start. `answer` is called once, on the loop thread (never nested in this call),
+    /// with the pid once the program has been executed, or with the step and OS error that
+    /// failed (e.g. `execve /x: No such file or directory`).
     func submitStart(_ spec: LaunchSpec, answer: @escaping @Sendable (Result<Int32, RunnerError>) -> Void)
     /// Queues a stop: SIGTERM to the worker (all of it: its process group or its unit), and
     /// SIGKILL after its `stopTimeout`. `done` is called once SIGTERM is sent; the exit arrives
@@ -141,36 +147,106 @@ public protocol WorkerRunner: Sendable {
     /// daemon runs, and the adopted workers are its own). The runner then refuses to start more.
     func release() async
     /// Stops every worker in parallel and returns when all are gone; the runner then refuses to
-    /// start more and finishes `events`.
+    /// start more and reports no more events.
     func shutdown() async
-    /// A serial executor for the runner's one caller (the supervisor) to run on, where that saves
-    /// thread switches: the process runner's monitor thread, so that an exit reaches the
-    /// supervisor and the restart it decides reaches the spawn on the same thread. nil: none.
-    /// Asking for it commits the runner to serve that executor for the life of the process.
-    var callerExecutor: (any SerialExecutor)? { get }
     /// The workers' last output lines where the runner sees them (the process runner's pump);
     /// nil where it does not (the systemd runner: units write to the journal).
     var logs: WorkerLogBuffers? { get }
 }
 
 extension WorkerRunner {
-    public var callerExecutor: (any SerialExecutor)? { nil }
     public var logs: WorkerLogBuffers? { nil }
+
+    public func setEventHandler(_ handler: @escaping @Sendable (RunnerEvent) -> Void) {
+        setEventHandler(handler, ended: {})
+    }
+
+    /// The events as a stream that ends when the runner has shut down, for tools and tests that
+    /// consume them from a task (it sets the runner's one handler; the daemon sets its own).
+    public func eventStream() -> AsyncStream<RunnerEvent> {
+        let (stream, continuation) = AsyncStream.makeStream(of: RunnerEvent.self)
+        setEventHandler({ continuation.yield($0) }, ended: { continuation.finish() })
+        return stream
+    }
 
     /// For runners that adopt nothing.
     public func finishAdoption() async {}
 
     /// For runners that adopt nothing: nothing runs before the first start.
     public func release() async { await shutdown() }
+}
 
-    /// For runners that only have `events`: a task forwards them.
-    public func deliverEvents(to handler: @escaping @Sendable (RunnerEvent) -> Void) {
-        let events = self.events
-        Task {
-            for await event in events { handler(event) }
+/// Hands a runner's events to its handler on the loop thread, each as a loop job of its own;
+/// keeps them until a handler is set.
+final class RunnerEventSink: Sendable {
+    private struct State {
+        var handler: EventHandler?
+        var ended: EndHandler?
+        var early: [RunnerEvent] = []
+        var finished = false
+    }
+    /// Boxed, as `EventHandler`.
+    private struct EndHandler {
+        let call: @Sendable () -> Void
+    }
+    private let loop: EventLoop
+    private let state = Mutex(State())
+
+    init(loop: EventLoop) { self.loop = loop }
+
+    func setHandler(_ handler: @escaping @Sendable (RunnerEvent) -> Void, ended: @escaping @Sendable () -> Void) {
+        let boxed = EventHandler(deliver: handler)
+        let (early, finished) = state.withLock { state -> ([RunnerEvent], Bool) in
+            state.handler = boxed
+            state.ended = EndHandler(call: ended)
+            defer { state.early = [] }
+            return (state.early, state.finished)
         }
+        for event in early { loop.execute { boxed.deliver(event) } }
+        if finished { loop.execute(ended) }
+    }
+
+    /// From any thread: the event reaches the handler as a loop job (after what is queued).
+    func post(_ event: RunnerEvent) {
+        let handler = state.withLock { state -> EventHandler? in
+            guard !state.finished else { return nil }
+            if state.handler == nil { state.early.append(event) }
+            return state.handler
+        }
+        if let handler { loop.execute { handler.deliver(event) } }
+    }
+
+    /// On the loop thread, from a step of the loop that is not nested in the caller's code (a
+    /// pidfd's handler): the event is delivered at once, with no trip through the queue.
+    func deliverNow(_ event: RunnerEvent) {
+        loop.preconditionOnLoopThread("(RunnerEventSink.deliverNow)")
+        let handler = state.withLock { state -> EventHandler? in
+            guard !state.finished else { return nil }
+            if state.handler == nil { state.early.append(event) }
+            return state.handler
+        }
+        handler?.deliver(event)
+    }
+
+    /// No event follows; the end handler is called as a loop job (after the events posted).
+    func finish() {
+        let ended = state.withLock { state -> EndHandler? in
+            guard !state.finished else { return nil }
+            state.finished = true
+            return state.ended
+        }
+        if let ended { loop.execute(ended.call) }
     }
 }
+
+/// A runner's event handler, boxed. Swift 6.3.1 stores a bare closure in a `Mutex` at the
+/// generic abstraction and wraps it in two reabstraction thunks on every `withLock { $0 }`, for
+/// good: after ~14,400 exits the handler's call nested deep enough to overflow the thread's
+/// stack (issue 8). A struct field keeps its own abstraction, so no thunk is ever added.
+struct EventHandler: Sendable {
+    let deliver: @Sendable (RunnerEvent) -> Void
+}
+
 
 extension WorkerRunner {
     /// Starts a worker and waits for the answer (see `submitStart`).

@@ -34,38 +34,43 @@ public actor Supervisor {
     private var fleet: Fleet
     private var configuration: Configuration
     private let runner: any WorkerRunner
-    /// The runner's thread where it offers one (the process runner's monitor: an exit and the
-    /// restart it leads to then cost no thread switch), else a thread of the supervisor's own.
-    private let executor: any SerialExecutor
-    public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
-    private let executorIsTheRunners: Bool
+    /// The daemon's event loop, which the runner works on: the actor runs there, so an exit,
+    /// a start's answer or a due timer reaches it with no thread switch, and the restart it
+    /// decides is spawned on that same thread (docs/design.md).
+    private let loop: EventLoop
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
     private let settings: SupervisorSettings
     private let logger: Logger
     private let logLevel: LogLevelControl
     private let notifier: ServiceNotifier
     private let access = AccessPolicy()
     private var stateStore: StateStore
-    /// The origin of the fleet's monotonic time (ContinuousClock, never adjusted).
-    private let clockOrigin = ContinuousClock.now
+    /// Blocking work (the state file, configuration reading, NSS) runs here, off the loop.
+    private let io: BlockingWork
+    /// Each worker's `user`/`group` resolved to ids when the configuration was loaded (off the
+    /// loop), handed to the spawn.
+    private var credentials: [String: WorkerCredentials.Resolution] = [:]
+    /// Bus requests that change workers are persisted and applied one at a time, in the order
+    /// they came: a request waits here while an earlier one's intent is being written.
+    private var requestInProgress = false
+    private var requestQueue: [CheckedContinuation<Void, Never>] = []
+    /// The origin of the fleet's monotonic time (the loop's clock: CLOCK_MONOTONIC, or a test's).
+    private let clockOrigin: UInt64
 
     private var manager: ExportedObject?
     private var workerObjects: [String: ExportedObject] = [:]
     private var connection: DBusConnection?
 
-    /// The runner's answers to starts, and its exits when it does not run us on its own thread
-    /// (see `startRunnerLoops`), in the order given, each to one task on the actor.
-    private let runnerEvents = Mailbox<RunnerEvent>()
-    private let startAnswers = Mailbox<(String, Result<Int32, RunnerError>)>()
     /// Workers with a start in flight (a `spawn` went to the runner, no answer yet).
     private var spawning: Set<String> = []
     /// Exits the runner reported before the start that made the process was answered.
     private var earlyExits: [String: (pid: Int32, status: WorkerExit)] = [:]
-    private var timers: [String: (token: UInt64, task: Task<Void, Never>)] = [:]
+    /// Each worker's pending timer (restart delay, start limit...), on the loop.
+    private var timers: [String: LoopTimer] = [:]
     /// The fleet's role timer (the end of a bounded `on-lost = keep`).
-    private var roleTimer: (token: UInt64, task: Task<Void, Never>)?
-    private var nextTimerToken: UInt64 = 0
+    private var roleTimer: LoopTimer?
 
-    private var settleWaiters: [String: [CheckedContinuation<DBusError?, Never>]] = [:]
+    private var settleWaiters: [String: [CheckedContinuation<Void, Never>]] = [:]
     private var drainWaiters: [CheckedContinuation<Void, Never>] = []
     private var isStarted = false
     private var isAdopted = false
@@ -82,23 +87,22 @@ public actor Supervisor {
     /// Reports of a role source that was replaced (reload, reconnect) are ignored.
     private var roleGeneration: UInt64 = 0
     private var lastStatusText = ""
-    private var lastStatusSentAt: ContinuousClock.Instant?
-    private var statusFlush: Task<Void, Never>?
-    private static let statusInterval = Duration.milliseconds(100)
+    private var lastStatusSentAt: UInt64?
+    private var statusFlush: LoopTimer?
+    private static let statusInterval: UInt64 = 100_000_000
 
     public init(
         configuration: Configuration, runner: any WorkerRunner, settings: SupervisorSettings,
-        logger: Logger, logLevel: LogLevelControl, notifier: ServiceNotifier = ServiceNotifier()
+        logger: Logger, logLevel: LogLevelControl, notifier: ServiceNotifier = ServiceNotifier(),
+        blockingWork: BlockingWork? = nil
     ) throws {
+        io = try blockingWork ?? BlockingWork()
+        // Called off the loop (the daemon's main task), so the look-ups may block here.
+        credentials = Self.resolveCredentials(configuration)
         self.configuration = configuration
         self.runner = runner
-        if let runnerExecutor = runner.callerExecutor {
-            executor = runnerExecutor
-            executorIsTheRunners = true
-        } else {
-            executor = try SerialThreadExecutor(name: "bgw-supervisor")
-            executorIsTheRunners = false
-        }
+        loop = runner.loop
+        clockOrigin = runner.loop.now()
         self.settings = settings
         self.logger = logger
         self.logLevel = logLevel
@@ -163,7 +167,9 @@ public actor Supervisor {
     public func adopt() async {
         guard !isAdopted else { return }
         isAdopted = true
-        startRunnerLoops()
+        runner.setEventHandler { [weak self] event in
+            self?.onLoop { $0.runnerReported(event) }
+        }
         let specs = configuration.workers.map(launchSpec)
         let adopted = await runner.adopt(specs)
         for (name, pid) in adopted.sorted(by: { $0.key < $1.key }) {
@@ -187,7 +193,6 @@ public actor Supervisor {
         let held = heldRunnerActions
         heldRunnerActions = []
         for action in held { submitToRunner(action) }
-        for (name, result) in startAnswers.takeNow() { startAnswered(name, result) }
         // READY=1 follows this: every first start has been answered (running, or backoff...).
         // Not "every worker settled": a worker restarting with no delay may never be.
         // The check is inside the continuation's body: an `await` may let the answers' jobs run
@@ -220,14 +225,14 @@ public actor Supervisor {
                 if fleet.hasProcesses { drainWaiters.append(continuation) } else { continuation.resume() }
             }
         }
-        for (_, timer) in timers { timer.task.cancel() }
+        for (_, timer) in timers { loop.cancel(timer) }
         timers = [:]
-        roleTimer?.task.cancel()
+        if let roleTimer { loop.cancel(roleTimer) }
         roleTimer = nil
+        if let statusFlush { loop.cancel(statusFlush) }
+        statusFlush = nil
         roleSourceTask?.cancel()
         if holdingRunner { await runner.release() } else { await runner.shutdown() }
-        startAnswers.close()
-        runnerEvents.close()
     }
 
     // MARK: - Bus methods (called by the service after authorization)
@@ -265,9 +270,9 @@ public actor Supervisor {
     }
 
     /// `Reload`: an invalid configuration changes nothing and answers InvalidConfig.
-    func reloadForBus() throws(DBusError) {
+    func reloadForBus() async throws(DBusError) {
         do {
-            try reload(trigger: "Reload over the bus")
+            try await reload(trigger: "Reload over the bus")
         } catch {
             throw DBusError(BgWorkerBus.ErrorName.invalidConfig, error.description)
         }
@@ -297,24 +302,32 @@ public actor Supervisor {
     // MARK: - Reload
 
     /// SIGHUP: as `Reload`; problems are logged.
-    public func reloadFromSignal() {
+    public func reloadFromSignal() async {
         do {
-            try reload(trigger: "SIGHUP")
+            try await reload(trigger: "SIGHUP")
         } catch {
             // Each problem was logged by `reload`.
         }
     }
 
     /// Reads the configuration again and applies it; an invalid one changes nothing. The files
-    /// are read on the actor: they are small, and a reload then applies atomically.
-    private func reload(trigger: String) throws(ConfigErrors) {
+    /// are read and parsed, and users and groups looked up, on the blocking-work thread; the
+    /// result is applied on the loop in one step.
+    private func reload(trigger: String) async throws(ConfigErrors) {
         notifier.reloading(status: "reloading the configuration")
-        defer { notifier.ready(status: statusText()) }
         logger.notice("reloading the configuration (\(trigger))")
+        let (loader, kind) = (settings.loader, settings.runnerKind)
+        let (loaded, resolved) = await io.run { () -> (Result<Configuration, ConfigErrors>, [String: WorkerCredentials.Resolution]) in
+            let loaded = loader.load(validatingFor: kind)
+            guard case .success(let configuration) = loaded else { return (loaded, [:]) }
+            return (loaded, Supervisor.resolveCredentials(configuration))
+        }
+        defer { notifier.ready(status: statusText()) }
         let new: Configuration
-        switch settings.loader.load(validatingFor: settings.runnerKind) {
+        switch loaded {
         case .success(let configuration):
             new = configuration
+            credentials = resolved
         case .failure(let errors):
             for error in errors.errors { logger.error("invalid configuration, nothing changed: \(error)") }
             throw errors
@@ -378,9 +391,9 @@ public actor Supervisor {
         }
         setRole(HARoleReport(role, why: "SetHARole from \(sender)"))
         for name in fleet.workers.filter({ $0.state == .stopping }).map(\.name) {
-            _ = await withCheckedContinuation { (continuation: CheckedContinuation<DBusError?, Never>) in
-                if fleet.isSettled(name) { continuation.resume(returning: nil) } else { settleWaiters[name, default: []].append(continuation) }
-            }
+            // Checked and registered with no suspension between (as in applyAndWaitUntilSettled).
+            guard !fleet.isSettled(name) else { continue }
+            await withCheckedContinuation { settleWaiters[name, default: []].append($0) }
         }
     }
 
@@ -402,8 +415,8 @@ public actor Supervisor {
         emitManagerSignal(BgWorkerBus.Signal.haRoleChanged, [.string(report.role.rawValue)])
     }
 
-    private func roleTimerDue(token: UInt64) {
-        guard roleTimer?.token == token else { return }
+    private func roleTimerDue(_ timer: LoopTimer) {
+        guard roleTimer == timer else { return }
         roleTimer = nil
         let kept = fleet.roleState.inForce
         if fleet.roleState.leaseEnds(at: now()) {
@@ -422,26 +435,16 @@ public actor Supervisor {
 
     // MARK: - Events from the runner and timers
 
-    private func startRunnerLoops() {
-        if executorIsTheRunners {
-            // Called between our jobs on our own executor's thread (see `deliverEvents`): the
-            // exit is handled at once, and a respawn is cloned without any thread switch.
-            runner.deliverEvents { [weak self] event in
-                self?.assumeIsolated { $0.runnerReported(event) }
-            }
-        } else {
-            runner.deliverEvents { [runnerEvents] in runnerEvents.post($0) }
-            Task {
-                while await runnerEvents.wait() {
-                    for event in runnerEvents.takeNow() { self.runnerReported(event) }
-                }
-            }
-        }
-        Task {
-            while await startAnswers.wait() {
-                for (name, result) in startAnswers.takeNow() { self.startAnswered(name, result) }
-            }
-        }
+    /// The one entry from the loop into the actor: a runner's answer or event, a loop timer.
+    ///
+    /// Safe because: the loop is this actor's executor (`unownedExecutor`), and its thread runs
+    /// one thing at a time, a job of the actor or a handler or a timer, never two at once. These
+    /// closures are called by the loop on that thread, never nested in a job of ours (the
+    /// runner's contract, `WorkerRunner`; loop timers fire from the loop itself), so no code of
+    /// the actor is running or interrupted. `assumeIsolated` checks it (`EventLoop.checkIsolated`)
+    /// and traps anywhere else: LoopTests proves the trap and that handlers run on the loop.
+    private nonisolated func onLoop(_ body: (isolated Supervisor) -> Void) {
+        assumeIsolated(body)
     }
 
     private func startAnswered(_ name: String, _ result: Result<Int32, RunnerError>) {
@@ -483,41 +486,87 @@ public actor Supervisor {
         }
     }
 
-    private func timerDue(_ name: String, token: UInt64) {
-        guard timers[name]?.token == token else { return }
+    private func timerDue(_ name: String, _ timer: LoopTimer) {
+        guard timers[name] == timer else { return }
         timers[name] = nil
         apply(.timerFired(name))
     }
 
     // MARK: - Carrying out the core's answers
 
-    /// The fleet's monotonic time: nanoseconds of ContinuousClock since the supervisor was made.
+    /// The fleet's monotonic time: nanoseconds of the loop's clock since the supervisor was made.
     private func now() -> MonotonicInstant {
-        MonotonicInstant(nanoseconds: nanoseconds(ContinuousClock.now - clockOrigin))
+        MonotonicInstant(nanoseconds: Int64(loop.now() &- clockOrigin))
     }
 
-    /// A bus request: its errors are the contract's. The request is worked out on a copy of the
-    /// fleet: a new intent (Enable/Disable) reaches the disk, fsync'ed, before the copy replaces
-    /// the fleet, so a choice that cannot be saved changes nothing (StateNotSaved) rather than
-    /// being lost at the next restart.
+    /// A request that writes nothing (a worker's log level): its errors are the contract's.
     private func applyRequest(_ event: FleetEvent) throws(DBusError) {
         var candidate = fleet
-        let actions: [FleetAction]
+        let actions = try handle(event, on: &candidate)
+        fleet = candidate
+        perform(actions)
+    }
+
+    private func handle(_ event: FleetEvent, on candidate: inout Fleet) throws(DBusError) -> [FleetAction] {
         do {
-            actions = try candidate.handle(event, now: now())
+            return try candidate.handle(event, now: now())
         } catch {
             throw error.busError(workerNames: configuration.workers.map(\.name))
         }
-        for case .persist(let state) in actions {
-            do {
-                try stateStore.save(state)
-            } catch {
-                logger.error("cannot write the state file \(stateStore.path): \(error); \(event) refused, nothing changed")
+    }
+
+    /// A bus request that changes a worker. It is worked out on a copy of the fleet: a new intent
+    /// (Enable/Disable) reaches the disk, fsync'ed on the blocking-work thread, before it is
+    /// applied, so a choice that cannot be saved changes nothing (StateNotSaved) rather than
+    /// being lost at the next restart. The loop goes on meanwhile (other workers' exits and
+    /// respawns); once written, the request is applied to the fleet as it is then. Intents
+    /// change only through requests, which wait their turn (`enterRequestQueue`), so what is
+    /// applied is what was written.
+    private func persistAndApply(_ event: FleetEvent) async throws(DBusError) {
+        var candidate = fleet
+        var actions = try handle(event, on: &candidate)
+        let written = actions.lazy.compactMap { action -> EnableState? in
+            if case .persist(let state) = action { state } else { nil }
+        }.last
+        if let written {
+            let store = stateStore
+            let saved = await io.run { () -> Result<Void, SystemCallError> in
+                do throws(SystemCallError) {
+                    try store.save(written)
+                    return .success(())
+                } catch {
+                    return .failure(error)
+                }
+            }
+            if case .failure(let error) = saved {
+                logger.error("cannot write the state file \(store.path): \(error); \(event) refused, nothing changed")
                 throw stateNotSaved(event, error)
             }
+            candidate = fleet
+            actions = try handle(event, on: &candidate)
         }
         fleet = candidate
-        perform(actions.filter { if case .persist = $0 { false } else { true } })
+        perform(actions.filter {
+            // Written above; a different state (a reload meanwhile) is written as usual.
+            if case .persist(let state) = $0 { state != written } else { true }
+        })
+    }
+
+    /// Waits until the requests that came before are persisted and applied.
+    private func enterRequestQueue() async {
+        guard requestInProgress else {
+            requestInProgress = true
+            return
+        }
+        await withCheckedContinuation { requestQueue.append($0) }
+    }
+
+    private func leaveRequestQueue() {
+        if requestQueue.isEmpty {
+            requestInProgress = false
+        } else {
+            requestQueue.removeFirst().resume()  // the next request goes on; still in progress
+        }
     }
 
     private func stateNotSaved(_ event: FleetEvent, _ error: SystemCallError) -> DBusError {
@@ -563,11 +612,11 @@ public actor Supervisor {
             case .scheduleTimer(let name, let at):
                 schedule(name, at: at)
             case .cancelTimer(let name):
-                timers.removeValue(forKey: name)?.task.cancel()
+                if let timer = timers.removeValue(forKey: name) { loop.cancel(timer) }
             case .scheduleRoleTimer(let at):
                 scheduleRoleTimer(at: at)
             case .cancelRoleTimer:
-                roleTimer?.task.cancel()
+                if let roleTimer { loop.cancel(roleTimer) }
                 roleTimer = nil
             case .stateChanged(let name, let state, let pid, let reason):
                 stateChanged(name, state: state, pid: pid, reason: reason)
@@ -581,18 +630,22 @@ public actor Supervisor {
                 }
                 logger.info("worker \(name) removed", metadata: ["worker": "\(name)"])
             case .persist(let state):
-                do {
-                    try stateStore.save(state)
-                } catch {
-                    logger.error("cannot write the state file \(stateStore.path): \(error)")
-                }
+                // In order with the requests' writes, on the blocking-work thread.
+                let (store, logger) = (stateStore, logger)
+                io.submit({ () -> SystemCallError? in
+                    do throws(SystemCallError) {
+                        try store.save(state)
+                        return nil
+                    } catch {
+                        return error
+                    }
+                }, then: { error in
+                    if let error { logger.error("cannot write the state file \(store.path): \(error)") }
+                })
             }
         }
         resumeWaiters()
         updateStatus()
-        // Answers the runner gave while this step ran (a start spawned at once on our thread):
-        // handled now rather than after a trip through another thread.
-        for (name, result) in startAnswers.takeNow() { startAnswered(name, result) }
     }
 
     private func submitToRunner(_ action: FleetAction) {
@@ -600,8 +653,8 @@ public actor Supervisor {
         case .spawn(let name, let definition):
             spawning.insert(name)
             earlyExits[name] = nil
-            runner.submitStart(launchSpec(definition)) { [startAnswers] result in
-                startAnswers.post((name, result))
+            runner.submitStart(launchSpec(definition)) { [weak self] result in
+                self?.onLoop { $0.startAnswered(name, result) }
             }
         case .stop(let name, _):
             runner.submitStop(name: name) {}
@@ -610,36 +663,30 @@ public actor Supervisor {
         }
     }
 
-    /// One Task per due timer, sleeping on ContinuousClock until the instant: an event, not a
-    /// poll. Re-scheduling replaces (cancels) the previous timer of the worker.
+    /// A loop timer (an event, not a poll). Re-scheduling replaces (cancels) the previous timer
+    /// of the worker.
     private func schedule(_ name: String, at instant: MonotonicInstant) {
-        timers.removeValue(forKey: name)?.task.cancel()
-        nextTimerToken &+= 1
-        let token = nextTimerToken
-        timers[name] = (token, timerTask(at: instant) { await $0.timerDue(name, token: token) })
+        if let old = timers.removeValue(forKey: name) { loop.cancel(old) }
+        var timer: LoopTimer?
+        timer = loop.schedule(at: deadline(instant)) { [weak self] in
+            guard let timer else { return }
+            self?.onLoop { $0.timerDue(name, timer) }
+        }
+        timers[name] = timer
     }
 
-    /// Sleeps on ContinuousClock (DaemonClock) until the instant, then calls `due`; nothing
-    /// when cancelled first.
-    private func timerTask(
-        at instant: MonotonicInstant, _ due: @escaping @Sendable (Supervisor) async -> Void
-    ) -> Task<Void, Never> {
-        let deadline = clockOrigin.advanced(by: .nanoseconds(instant.nanoseconds))
-        return Task { [weak self] in
-            do {
-                try await DaemonClock.sleep(until: deadline)
-            } catch {
-                return  // cancelled
-            }
-            if let self { await due(self) }
-        }
+    private func deadline(_ instant: MonotonicInstant) -> UInt64 {
+        clockOrigin &+ UInt64(max(instant.nanoseconds, 0))
     }
 
     private func scheduleRoleTimer(at instant: MonotonicInstant) {
-        roleTimer?.task.cancel()
-        nextTimerToken &+= 1
-        let token = nextTimerToken
-        roleTimer = (token, timerTask(at: instant) { await $0.roleTimerDue(token: token) })
+        if let roleTimer { loop.cancel(roleTimer) }
+        var timer: LoopTimer?
+        timer = loop.schedule(at: deadline(instant)) { [weak self] in
+            guard let timer else { return }
+            self?.onLoop { $0.roleTimerDue(timer) }
+        }
+        roleTimer = timer
     }
 
     private func stateChanged(_ name: String, state: WorkerState, pid: Int32?, reason: String) {
@@ -720,35 +767,42 @@ public actor Supervisor {
             name: definition.name, argv: definition.exec, environment: environment,
             workingDirectory: definition.workingDirectory, user: definition.user, group: definition.group,
             stopTimeout: .nanoseconds(Int64(min(definition.stopTimeout, 1e9) * 1e9)),
-            definitionHash: definition.definitionHash, resources: definition.resources)
+            definitionHash: definition.definitionHash, resources: definition.resources,
+            credentials: credentials[definition.name])
+    }
+
+    /// Every worker's `user`/`group` as ids (getpwnam_r, getgrnam_r, getgrouplist): blocking,
+    /// so never called on the loop. A user or group added later is seen at the next reload.
+    nonisolated static func resolveCredentials(_ configuration: Configuration) -> [String: WorkerCredentials.Resolution] {
+        var resolved: [String: WorkerCredentials.Resolution] = [:]
+        for worker in configuration.workers where worker.user != nil || worker.group != nil {
+            resolved[worker.name] = .resolve(user: worker.user, group: worker.group, worker: worker.name)
+        }
+        return resolved
     }
 
     // MARK: - Waiting for settled workers and for the end
 
     /// Applies a bus request and returns once its worker is settled (see `WorkerState.isSettled`).
-    /// The request and the registration of the waiter are one step: any `await` may let other
-    /// jobs of the actor run first (the answer to the very start this request made, with the
-    /// supervisor on the runner's thread), and the waiter must be in place before they do.
+    /// The request is applied and the waiter registered in one step (no `await` between them):
+    /// any `await` may let other jobs of the loop run first (the answer to the very start this
+    /// request made), and the waiter must be in place before they do.
     private func applyAndWaitUntilSettled(_ event: FleetEvent, _ name: String) async throws(DBusError) {
-        let refusal: DBusError? = await withCheckedContinuation { continuation in
-            do throws(DBusError) {
-                try applyRequest(event)
-            } catch {
-                continuation.resume(returning: error)
-                return
-            }
-            if fleet.isSettled(name) {
-                continuation.resume(returning: nil)
-            } else {
-                settleWaiters[name, default: []].append(continuation)
-            }
+        await enterRequestQueue()
+        do {
+            try await persistAndApply(event)
+        } catch {
+            leaveRequestQueue()
+            throw error
         }
-        if let refusal { throw refusal }
+        leaveRequestQueue()
+        guard !fleet.isSettled(name) else { return }
+        await withCheckedContinuation { settleWaiters[name, default: []].append($0) }
     }
 
     private func resumeWaiters() {
         for name in Array(settleWaiters.keys) where fleet.isSettled(name) {
-            settleWaiters.removeValue(forKey: name)?.forEach { $0.resume(returning: nil) }
+            settleWaiters.removeValue(forKey: name)?.forEach { $0.resume() }
         }
         if isShuttingDown, !fleet.hasProcesses, !drainWaiters.isEmpty {
             let waiters = drainWaiters
@@ -775,11 +829,10 @@ public actor Supervisor {
     /// gone) cannot block the supervisor for long.
     private func updateStatus() {
         guard statusFlush == nil else { return }  // the flush that is due sends the latest text
-        let now = ContinuousClock.now
-        if let last = lastStatusSentAt, now - last < Self.statusInterval {
-            statusFlush = Task { [weak self] in
-                try? await DaemonClock.sleep(until: last + Self.statusInterval)
-                await self?.flushStatus()
+        let now = loop.now()
+        if let last = lastStatusSentAt, now &- last < Self.statusInterval {
+            statusFlush = loop.schedule(at: last &+ Self.statusInterval) { [weak self] in
+                self?.onLoop { $0.flushStatus() }
             }
             return
         }
@@ -795,7 +848,7 @@ public actor Supervisor {
         let text = statusText()
         guard text != lastStatusText else { return }
         lastStatusText = text
-        lastStatusSentAt = ContinuousClock.now
+        lastStatusSentAt = loop.now()
         notifier.status(text)
     }
 }

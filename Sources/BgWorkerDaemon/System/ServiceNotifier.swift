@@ -79,7 +79,7 @@ public struct WatchdogService: Service {
         let period = interval / 2
         await cancelWhenGracefulShutdown {
             notifier.watchdogKeepAlive()
-            while (try? await DaemonClock.sleep(for: period)) != nil {
+            while (try? await EventLoop.shared.sleep(for: period)) != nil {
                 notifier.watchdogKeepAlive()
             }
         }

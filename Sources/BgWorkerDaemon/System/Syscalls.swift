@@ -10,10 +10,23 @@ public func errnoText(_ code: Int32) -> String {
 }
 
 /// A failed system call: the call and its errno.
-struct SystemCallError: Error, CustomStringConvertible {
-    var call: String
-    var errno: Int32
-    var description: String { "\(call): \(errnoText(errno))" }
+public struct SystemCallError: Error, CustomStringConvertible {
+    public var call: String
+    public var errno: Int32
+    public var description: String { "\(call): \(errnoText(errno))" }
+    init(call: String, errno: Int32) {
+        self.call = call
+        self.errno = errno
+    }
+}
+
+/// The name of a `readdir` entry, read in place up to its NUL. Safe: readdir returns a pointer
+/// to a whole record whose `d_name` is NUL-terminated within `d_reclen`; loading the 256-byte
+/// `d_name` field as a value instead reads past the end of readdir's buffer for a short last
+/// record (AddressSanitizer caught it in `ProcStat.all`, issue 9).
+func direntName(_ entry: UnsafeMutablePointer<dirent>) -> String {
+    let offset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
+    return String(cString: UnsafeRawPointer(entry).advanced(by: offset).assumingMemoryBound(to: CChar.self))
 }
 
 /// Calls `body` until it does not fail with EINTR.

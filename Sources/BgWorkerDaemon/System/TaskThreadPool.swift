@@ -5,8 +5,8 @@
 // Concurrency on its event loops): a few threads that block on a condition variable while there
 // is no job, and wait with a deadline only while a timer is pending. Idle, no thread of the pool
 // wakes. `Task.sleep` with a clock does not go through the runtime's hooks in Swift 6.3 (it asks
-// libdispatch for a timer directly), so the daemon sleeps with `DaemonClock.sleep`, which uses
-// this pool's timers when the pool is installed.
+// libdispatch for a timer directly), so the daemon sleeps on its event loop's timers
+// (`EventLoop.sleep`).
 import CShims
 import Glibc
 import Synchronization
@@ -17,7 +17,7 @@ import Synchronization
 /// short and of one kind); delayed jobs run once due on CLOCK_MONOTONIC.
 public final class TaskThreadPool: @unchecked Sendable {
     // Safety of @unchecked Sendable: every stored `var` (the queues, `timerWaiting`) is read and
-    // written only with `condition` locked.
+    // written only with `condition` locked; `mainJobs` only with `mainCondition` locked.
     private let condition = ThreadCondition()
     private var ready: [UnsafeMutableRawPointer] = []
     private var readyHead = 0
@@ -33,32 +33,78 @@ public final class TaskThreadPool: @unchecked Sendable {
     /// A thread waits with a deadline for the next delayed job; the others wait without one.
     private var timerWaiting = false
 
+    /// Jobs of the main actor, run by `runMainJobsOnThisThread` (the process's main thread).
+    private let mainCondition = ThreadCondition()
+    private var mainJobs: [UnsafeMutableRawPointer] = []
+
     /// Written once, by `installAsGlobalExecutor`, before the hooks that read it are installed
     /// and before any thread of the pool exists; only read after that.
     nonisolated(unsafe) static private(set) var installed: TaskThreadPool?
 
-    private init() {}
-
-    /// Makes a pool of `threads` threads (`bgw-task-N`) the global executor of this process.
-    /// Call once, first thing in `main`, before any task exists; the calling thread then calls
-    /// `runJobs()` or goes on with its own work.
-    public static func installAsGlobalExecutor(threads: Int) throws {
-        precondition(installed == nil, "TaskThreadPool.installAsGlobalExecutor called twice")
-        let pool = TaskThreadPool()
-        installed = pool
-        _bgw_install_global_executor(
-            { job in TaskThreadPool.installed?.enqueue(job!) },
-            { job, delay in TaskThreadPool.installed?.enqueue(job!, after: delay) })
-        for index in 0..<max(threads, 1) {
+    /// For `installAsGlobalExecutor`, and for tests of the pool's queue and timers (a pool that
+    /// is not installed runs what `schedule` and `run` give it, on `threads` threads).
+    init(threads: Int = 0, name: String = "bgw-task") throws(SystemCallError) {
+        for index in 0..<threads {
             // Synchronous code of tasks (the configuration parser, for one) may nest deeply.
-            try startDedicatedThread(name: "bgw-task-\(index)", stackSize: 2 << 20) { pool.runJobs() }
+            try startDedicatedThread(name: "\(name)-\(index)", stackSize: 2 << 20) { [self] in runJobs() }
         }
     }
 
-    /// Runs jobs on the calling thread for ever (for `main`, once the work is in tasks).
-    public static func runJobsOnThisThread() -> Never {
+    /// What `installAsGlobalExecutor` did.
+    public enum Installation: Sendable, Equatable {
+        case installed
+        /// Swift Concurrency stays on its default executor (libdispatch), for this reason.
+        case notInstalled(String)
+    }
+
+    /// Makes a pool of `threads` threads (`bgw-task-N`) the global executor of this process, as
+    /// SwiftNIO takes it over: only with a compiler whose runtime hooks it is known to work with
+    /// (Swift 6.3), and only when no one has set the hooks already; otherwise it changes nothing
+    /// and says why (the daemon then logs a warning and runs on libdispatch: correct, but an idle
+    /// daemon wakes once a second). Main-actor jobs are queued for `runMainJobsOnThisThread`, so
+    /// a hop to the main actor runs instead of waiting for ever. Call once, first thing in
+    /// `main`, before any task exists.
+    public static func installAsGlobalExecutor(threads: Int) throws -> Installation {
+        #if compiler(>=6.3) && compiler(<6.4)
+        guard installed == nil else { return .notInstalled("a pool is installed already") }
+        let pool = try TaskThreadPool(threads: 0)
+        installed = pool
+        let rc = _bgw_install_global_executor(
+            { job in TaskThreadPool.installed?.enqueue(job!) },
+            { job, delay in TaskThreadPool.installed?.enqueue(job!, after: delay) },
+            { job in TaskThreadPool.installed?.enqueueMain(job!) })
+        guard rc == 0 else {
+            installed = nil
+            return .notInstalled("Swift Concurrency's executor hooks are set already (another library took the executor over)")
+        }
+        for index in 0..<max(threads, 1) {
+            try startDedicatedThread(name: "bgw-task-\(index)", stackSize: 2 << 20) { pool.runJobs() }
+        }
+        return .installed
+        #else
+        return .notInstalled("the executor hooks are known to work with Swift 6.3 only, not this compiler's runtime")
+        #endif
+    }
+
+    /// Runs the main actor's jobs on the calling thread (the main thread) for ever.
+    public static func runMainJobsOnThisThread() -> Never {
         guard let pool = installed else { fatalError("TaskThreadPool is not installed") }
-        pool.runJobs()
+        pool.mainCondition.lock()
+        while true {
+            while pool.mainJobs.isEmpty { pool.mainCondition.wait() }
+            let batch = pool.mainJobs
+            pool.mainJobs.removeAll(keepingCapacity: true)
+            pool.mainCondition.unlock()
+            for job in batch { _bgw_run_main_job(job) }
+            pool.mainCondition.lock()
+        }
+    }
+
+    private func enqueueMain(_ job: UnsafeMutableRawPointer) {
+        mainCondition.lock()
+        mainJobs.append(job)
+        mainCondition.signal()
+        mainCondition.unlock()
     }
 
     private func enqueue(_ job: UnsafeMutableRawPointer) {
@@ -109,6 +155,11 @@ public final class TaskThreadPool: @unchecked Sendable {
         return sequence
     }
 
+    /// Runs `action` on a thread of the pool, after the jobs queued before it (tests).
+    func run(_ action: @escaping @Sendable () -> Void) {
+        _ = schedule(after: 0, action)
+    }
+
     private func runJobs() -> Never {
         condition.lock()
         while true {
@@ -153,86 +204,5 @@ public final class TaskThreadPool: @unchecked Sendable {
                 condition.wait()
             }
         }
-    }
-}
-
-private func monotonicNanoseconds() -> UInt64 {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
-}
-
-/// Sleeping without libdispatch: on the task pool's timers where the pool is installed (the
-/// daemon), else `Task.sleep` (tests that run the daemon's code in their own process).
-public enum DaemonClock {
-    /// Sleeps until `deadline` of ContinuousClock. Throws `CancellationError` when the task is
-    /// cancelled, at once.
-    public static func sleep(until deadline: ContinuousClock.Instant) async throws {
-        guard let pool = TaskThreadPool.installed else {
-            return try await Task.sleep(until: deadline, clock: .continuous)
-        }
-        let left = ContinuousClock.now.duration(to: deadline)
-        let (seconds, attoseconds) = left.components
-        let delay = left <= .zero ? 0 : UInt64(seconds) * 1_000_000_000 + UInt64(attoseconds / 1_000_000_000)
-        let sleeper = Sleeper()
-        try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                sleeper.begin(continuation, pool: pool, delay: delay)
-            }
-        } onCancel: {
-            sleeper.cancel(pool: pool)
-        }
-    }
-
-    public static func sleep(for duration: Duration) async throws {
-        try await sleep(until: ContinuousClock.now.advanced(by: duration))
-    }
-}
-
-/// One sleep: resumed exactly once, by its timer or by its cancellation, whichever comes first.
-private final class Sleeper: Sendable {
-    private enum State {
-        case idle
-        case waiting(CheckedContinuation<Void, any Error>, token: UInt64)
-        case cancelled
-        case done
-    }
-    private let state = Mutex(State.idle)
-
-    func begin(_ continuation: CheckedContinuation<Void, any Error>, pool: TaskThreadPool, delay: UInt64) {
-        // The state is set before the timer can fire, so the lock is held across `schedule`.
-        let cancelledAlready = state.withLock { state -> Bool in
-            if case .cancelled = state { return true }
-            let token = pool.schedule(after: delay) { [self] in fire() }
-            state = .waiting(continuation, token: token)
-            return false
-        }
-        if cancelledAlready { continuation.resume(throwing: CancellationError()) }
-    }
-
-    private func fire() {
-        let continuation = state.withLock { state -> CheckedContinuation<Void, any Error>? in
-            guard case .waiting(let continuation, _) = state else { return nil }
-            state = .done
-            return continuation
-        }
-        continuation?.resume()
-    }
-
-    func cancel(pool: TaskThreadPool) {
-        let continuation = state.withLock { state -> CheckedContinuation<Void, any Error>? in
-            switch state {
-            case .idle:
-                state = .cancelled
-                return nil
-            case .waiting(let continuation, let token):
-                guard pool.cancel(token) else { return nil }  // firing now: let it resume
-                state = .done
-                return continuation
-            case .cancelled, .done:
-                return nil
-            }
-        }
-        continuation?.resume(throwing: CancellationError())
     }
 }

@@ -1,5 +1,5 @@
 // A pthread mutex with one condition variable on CLOCK_MONOTONIC, for the daemon's own threads
-// that sleep until there is work (TaskThreadPool, SerialThreadExecutor).
+// that sleep until there is work (TaskThreadPool, BlockingWork).
 import Glibc
 
 final class ThreadCondition: @unchecked Sendable {

@@ -95,10 +95,15 @@ int _bgw_spawn(const struct _bgw_spawn_request *req, struct _bgw_spawn_result *r
 /// the Swift calling convention, which Swift code cannot declare). From then on the runtime hands
 /// every job meant for its global executor (libdispatch) to `enqueue`, and every delayed job
 /// (Task.sleep) to `enqueue_after` with its delay in nanoseconds (0 when already due). Call once,
-/// before the first task.
-void _bgw_install_global_executor(void (*enqueue)(void *job),
-                                  void (*enqueue_after)(void *job, unsigned long long delay_ns));
+/// before the first task. Jobs of the main actor go to `enqueue_main` (see _bgw_run_main_job).
+/// Installs nothing and returns -1 when any of those hooks is set already (someone else, e.g.
+/// SwiftNIO, took the executor over); 0 once installed.
+int _bgw_install_global_executor(void (*enqueue)(void *job),
+                                 void (*enqueue_after)(void *job, unsigned long long delay_ns),
+                                 void (*enqueue_main)(void *job));
 /// Runs a job received through those hooks, on the generic executor (swift_job_run).
 void _bgw_run_global_job(void *job);
+/// Runs a main-actor job received through `enqueue_main`, on the main executor.
+void _bgw_run_main_job(void *job);
 
 #endif

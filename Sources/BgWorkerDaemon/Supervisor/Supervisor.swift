@@ -391,9 +391,7 @@ public actor Supervisor {
         }
         setRole(HARoleReport(role, why: "SetHARole from \(sender)"))
         for name in fleet.workers.filter({ $0.state == .stopping }).map(\.name) {
-            // Checked and registered with no suspension between (as in applyAndWaitUntilSettled).
-            guard !fleet.isSettled(name) else { continue }
-            await withCheckedContinuation { settleWaiters[name, default: []].append($0) }
+            await waitUntilSettled(name)
         }
     }
 
@@ -554,11 +552,15 @@ public actor Supervisor {
 
     /// Waits until the requests that came before are persisted and applied.
     private func enterRequestQueue() async {
-        guard requestInProgress else {
-            requestInProgress = true
-            return
+        // Checked inside the continuation's body, which runs on the actor with nothing in between.
+        await withCheckedContinuation { continuation in
+            if requestInProgress {
+                requestQueue.append(continuation)
+            } else {
+                requestInProgress = true
+                continuation.resume()
+            }
         }
-        await withCheckedContinuation { requestQueue.append($0) }
     }
 
     private func leaveRequestQueue() {
@@ -784,9 +786,10 @@ public actor Supervisor {
     // MARK: - Waiting for settled workers and for the end
 
     /// Applies a bus request and returns once its worker is settled (see `WorkerState.isSettled`).
-    /// The request is applied and the waiter registered in one step (no `await` between them):
-    /// any `await` may let other jobs of the loop run first (the answer to the very start this
-    /// request made), and the waiter must be in place before they do.
+    /// The waiter is registered right after the request is applied, and checks the worker inside
+    /// its continuation's body: the `await`s between them do not suspend (same executor, and the
+    /// bus's tasks have no executor preference: ObjectDispatch.runHandler), and if one ever did,
+    /// the answer to the very start this request made would be seen, not lost.
     private func applyAndWaitUntilSettled(_ event: FleetEvent, _ name: String) async throws(DBusError) {
         await enterRequestQueue()
         do {
@@ -796,8 +799,21 @@ public actor Supervisor {
             throw error
         }
         leaveRequestQueue()
-        guard !fleet.isSettled(name) else { return }
-        await withCheckedContinuation { settleWaiters[name, default: []].append($0) }
+        await waitUntilSettled(name)
+    }
+
+    /// Returns once the worker is settled. The check is inside the continuation's body: between a
+    /// check before it and the body, an `await` may have let the very exit or answer that settles
+    /// the worker run (with a task-executor preference every hop suspends), and its wake-up would
+    /// be lost.
+    private func waitUntilSettled(_ name: String) async {
+        await withCheckedContinuation { continuation in
+            if fleet.isSettled(name) {
+                continuation.resume()
+            } else {
+                settleWaiters[name, default: []].append(continuation)
+            }
+        }
     }
 
     private func resumeWaiters() {

@@ -117,7 +117,7 @@ struct Status: AsyncParsableCommand {
                 let worker = try await session.client.worker(named: name)
                 var lines = [
                     ("Name", worker.name),
-                    ("State", Style.state(worker.state) + (worker.stateReason.isEmpty ? "" : " (\(worker.stateReason))")),
+                    ("State", Style.state(worker.state) + (worker.stateReason.isEmpty ? "" : " (\(Terminal.escaped(worker.stateReason)))")),
                     ("Since", Time.local(microseconds: worker.stateChangedAt)),
                     ("Pid", worker.pid == 0 ? "-" : String(worker.pid)), ("Enabled", worker.enabled ? "yes" : "no"),
                     ("Restarts", String(worker.restarts)), ("Last exit", worker.lastExit.isEmpty ? "-" : worker.lastExit),

@@ -127,7 +127,10 @@ struct Status: AsyncParsableCommand {
                 lines.append(("Object", worker.path))
                 // The last lines, as systemctl status shows them; a daemon without Logs shows none.
                 let output = session.json ? [] : ((try? await session.client.logs(of: name, count: 10)) ?? [])
-                let tail = output.isEmpty ? "" : "\n\n" + output.map { $0.rendered(worker: worker.name) }.joined(separator: "\n")
+                var tail = output.isEmpty ? "" : "\n\n" + output.map { $0.rendered(worker: worker.name) }.joined(separator: "\n")
+                if output.isEmpty, !session.json, (try? await session.client.managerProperty("Runner")) == "systemd" {
+                    tail = "\n\nOutput: in the journal, `bgworkerctl logs \(name)` or `journalctl -u \(systemdUnitName(forWorker: name))`"
+                }
                 session.print(fields(lines) + tail, json: worker.json)
                 return
             }
@@ -339,8 +342,8 @@ struct Logs: AsyncParsableCommand {
         abstract: "Print a worker's last output lines, kept in memory by bgworkerd; -f follows them in the journal.",
         discussion: """
             bgworkerd keeps the last log-buffer-lines lines (default 200) of each worker of the \
-            process runner. Under the systemd runner the workers write to the journal: use \
-            journalctl -u bgworker-NAME.service. -f follows through the journal (journalctl -f): \
+            process runner. Under the systemd runner the workers write to the journal, and logs \
+            becomes journalctl --lines N -u bgworker-NAME.service. -f follows through the journal (journalctl -f): \
             the worker's unit under the systemd runner, the daemon's entries with BGWORKER_NAME \
             under the process runner (which writes there wherever journald runs); without a \
             journal, -f is refused: the daemon has no signal for new lines.
@@ -361,6 +364,10 @@ struct Logs: AsyncParsableCommand {
         try await Session.run(options) { session in
             if follow { return try await followInJournal(session) }
             let lines = try await session.client.logs(of: name, count: n)
+            // The systemd runner keeps none: its workers' units write to the journal.
+            if lines.isEmpty, try await session.client.managerProperty("Runner") == "systemd" {
+                return try readJournal(session, ["--unit", systemdUnitName(forWorker: name)], follow: false)
+            }
             if session.json {
                 writeLine(JSON.array(lines.map(\.json)).rendered)
             } else if !lines.isEmpty {
@@ -373,12 +380,11 @@ struct Logs: AsyncParsableCommand {
     /// the daemon it would need a signal for new lines, which the contract does not have.
     private func followInJournal(_ session: Session) async throws {
         _ = try await session.client.workerPath(name)  // NoSuchWorker (4) for an unknown name
-        var argv = ["journalctl", "--follow", "--lines", String(n)]
         if try await session.client.managerProperty("Runner") == "systemd" {
-            argv += ["--unit", systemdUnitName(forWorker: name)]
+            try readJournal(session, ["--unit", systemdUnitName(forWorker: name)], follow: true)
         } else if access(Self.journalSocket, F_OK) == 0 {
             // The process runner's entries (WorkerOutput): this worker's, from a bgworkerd.
-            argv += ["BGWORKER_NAME=\(name)", "_COMM=bgworkerd"]
+            try readJournal(session, ["BGWORKER_NAME=\(name)", "_COMM=bgworkerd"], follow: true)
         } else {
             throw CommandFailure(
                 message: "cannot follow \(name): journald does not run here (\(Self.journalSocket)), so bgworkerd writes its "
@@ -386,6 +392,11 @@ struct Logs: AsyncParsableCommand {
                     + "`bgworkerctl logs \(name)` prints the lines it keeps",
                 status: Exit.failure)
         }
+    }
+
+    /// Becomes journalctl on `matches`: the last N lines, and new ones with `follow`.
+    private func readJournal(_ session: Session, _ matches: [String], follow: Bool) throws {
+        var argv = ["journalctl"] + (follow ? ["--follow"] : ["--no-pager"]) + ["--lines", String(n)] + matches
         if session.json { argv += ["--output", "json"] }
         session.client.connection.close()
         var arguments = argv.map { strdup($0) } + [nil]

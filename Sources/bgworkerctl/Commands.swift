@@ -100,38 +100,47 @@ struct Session {
 
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Show the daemon and every worker, or one worker in detail.")
+        abstract: "Show the daemon and every worker, or workers in detail.",
+        discussion: """
+            With names or glob patterns ('sync-*'), as systemctl status: each worker's detail and \
+            its last 10 output lines, a blank line between workers. --json: the worker's object \
+            for one name, an array for several or a pattern.
+            """)
 
     @OptionGroup var options: GlobalOptions
 
-    @Argument(help: "A worker's name.", completion: WorkerNames.completion)
-    var name: String?
+    @Argument(help: WorkerSelection.namesHelp, completion: WorkerNames.completion)
+    var names: [String] = []
 
     func run() async throws {
-        try await Self.show(name, options)
+        try await Self.show(names, options)
     }
 
     static func show(_ name: String?, _ options: GlobalOptions) async throws {
+        try await show(name.map { [$0] } ?? [], options)
+    }
+
+    static func show(_ names: [String], _ options: GlobalOptions) async throws {
         try await Session.run(options) { session in
-            if let name {
-                let worker = try await session.client.worker(named: name)
-                var lines = [
-                    ("Name", worker.name),
-                    ("State", Style.state(worker.state) + (worker.stateReason.isEmpty ? "" : " (\(Terminal.escaped(worker.stateReason)))")),
-                    ("Since", Time.local(microseconds: worker.stateChangedAt)),
-                    ("Pid", worker.pid == 0 ? "-" : String(worker.pid)), ("Enabled", worker.enabled ? "yes" : "no"),
-                    ("Restarts", String(worker.restarts)), ("Last exit", worker.lastExit.isEmpty ? "-" : worker.lastExit),
-                    ("Run on", worker.runOn),
-                ]
-                if let level = worker.logLevelText { lines.append(("Log level", level)) }
-                lines.append(("Object", worker.path))
-                // The last lines, as systemctl status shows them; a daemon without Logs shows none.
-                let output = session.json ? [] : ((try? await session.client.logs(of: name, count: 10)) ?? [])
-                var tail = output.isEmpty ? "" : "\n\n" + output.map { $0.rendered(worker: worker.name) }.joined(separator: "\n")
-                if output.isEmpty, !session.json, (try? await session.client.managerProperty("Runner")) == "systemd" {
-                    tail = "\n\nOutput: in the journal, `bgworkerctl logs \(name)` or `journalctl -u \(systemdUnitName(forWorker: name))`"
+            if !names.isEmpty {
+                let selection = try await WorkerSelection.expand(names, all: false, client: session.client)
+                var failures = selection.unmatched.map { ($0, WorkerSelection.noMatch($0) as any Error) }
+                var texts: [String] = []
+                var documents: [JSON] = []
+                for name in selection.names {
+                    do {
+                        let (text, document) = try await detail(of: name, session)
+                        texts.append(text)
+                        documents.append(document)
+                    } catch {
+                        failures.append((name, error))
+                    }
                 }
-                session.print(fields(lines) + tail, json: worker.json)
+                let single = names.count == 1 && !WorkerSelection.isPattern(names[0])
+                if !documents.isEmpty {
+                    session.print(texts.joined(separator: "\n\n"), json: single ? documents[0] : .array(documents))
+                }
+                try WorkerSelection.report(failures)
                 return
             }
             async let managerInfo = session.client.manager()
@@ -143,6 +152,28 @@ struct Status: AsyncParsableCommand {
             session.print(summary + "\n\n" + body,
                           json: .object(manager.jsonMembers + [("workers", .array(workers.map(\.json)))]))
         }
+    }
+
+    /// One worker as `status NAME` shows it: its fields and its last 10 output lines.
+    private static func detail(of name: String, _ session: Session) async throws -> (String, JSON) {
+        let worker = try await session.client.worker(named: name)
+        var lines = [
+            ("Name", worker.name),
+            ("State", Style.state(worker.state) + (worker.stateReason.isEmpty ? "" : " (\(Terminal.escaped(worker.stateReason)))")),
+            ("Since", Time.local(microseconds: worker.stateChangedAt)),
+            ("Pid", worker.pid == 0 ? "-" : String(worker.pid)), ("Enabled", worker.enabled ? "yes" : "no"),
+            ("Restarts", String(worker.restarts)), ("Last exit", worker.lastExit.isEmpty ? "-" : worker.lastExit),
+            ("Run on", worker.runOn),
+        ]
+        if let level = worker.logLevelText { lines.append(("Log level", level)) }
+        lines.append(("Object", worker.path))
+        // The last lines, as systemctl status shows them; a daemon without Logs shows none.
+        let output = session.json ? [] : ((try? await session.client.logs(of: name, count: 10)) ?? [])
+        var tail = output.isEmpty ? "" : "\n\n" + output.map { $0.rendered(worker: worker.name) }.joined(separator: "\n")
+        if output.isEmpty, !session.json, (try? await session.client.managerProperty("Runner")) == "systemd" {
+            tail = "\n\nOutput: in the journal, `bgworkerctl logs \(name)` or `journalctl -u \(systemdUnitName(forWorker: name))`"
+        }
+        return (fields(lines) + tail, worker.json)
     }
 }
 

@@ -67,6 +67,24 @@ struct ClientsSystemctlTests {
         }
     }
 
+    /// `status` takes several names and patterns, as systemctl status: each worker's block, a
+    /// blank line between them; an unknown one is said and exits 4, the others still print.
+    @Test func statusTakesSeveralNamesAndPatterns() async throws {
+        try await Setup.with({ _ in Self.fleet }) { setup in
+            var r = try await setup.ctl(["status", "sync-*", "off"])
+            #expect(r.status == 0, "\(r)")
+            let names = r.stdout.split(separator: "\n").filter { $0.hasPrefix("     Name: ") }.map { $0.dropFirst(11) }
+            #expect(names == ["sync-a", "sync-b", "off"], "\(r.stdout)")
+            r = try await setup.ctl(["status", "sync-a", "nope", "--json"])
+            #expect(r.status == 4 && r.stderr.contains("no worker named 'nope'"), "\(r)")
+            let array = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]], "\(r)")
+            #expect(array.map { $0["name"] as? String } == ["sync-a"])
+            // One name as before: the worker's object.
+            r = try await setup.ctl(["status", "off", "--json"])
+            #expect((try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])?["name"] as? String == "off", "\(r)")
+        }
+    }
+
     @Test func isActiveAndIsFailedExitAsSystemctls() async throws {
         try await Setup.with({ _ in
             Self.fleet + """

@@ -97,6 +97,27 @@ struct ClientsLogsTests {
         }
     }
 
+    /// A reason holds what the configuration holds (a program's path): `status NAME` and `watch`
+    /// print its control characters escaped too.
+    @Test func aReasonWithControlCharactersIsPrintedEscaped() async throws {
+        try await Setup.with({ directory in
+            let program = directory.file("prog\u{1B}[31mred")
+            FileManager.default.createFile(atPath: program, contents: Data("#!/bin/sh\nexec sleep 1000\n".utf8))
+            chmod(program, 0o755)
+            return "[worker.odd]\nexec = [\"\(directory.file("prog"))\\u001b[31mred\"]\nrestart-delay = 30\n"
+        }) { setup in
+            let watch = try await setup.watch()
+            defer { Task { await watch.process.terminate() } }
+            try FileManager.default.removeItem(atPath: setup.directory.file("prog\u{1B}[31mred"))
+            _ = try await setup.ctl(["restart", "odd"])
+            let escaped = #"execve \#(setup.directory.file("prog"))\x1b[31mred: No such file or directory"#
+            try await watch.lines.wait("the backoff, escaped") { $0.contains("worker odd: backoff") && $0.contains(escaped) }
+            #expect(!watch.lines.all.joined().unicodeScalars.contains("\u{1B}"), "\(watch.lines.all)")
+            let status = try await setup.ctl(["status", "odd"])
+            #expect(status.stdout.contains(escaped) && !status.stdout.unicodeScalars.contains("\u{1B}"), "\(status.stdout.debugDescription)")
+        }
+    }
+
     /// `logs -f` follows through the journal; where there is none (this test's machine unless
     /// journald runs), it is refused with the reason, since the daemon has no signal for new
     /// lines. The journal path itself needs journald and is not covered here.

@@ -135,6 +135,9 @@ struct ClientsSystemctlTests {
             #expect(lines.contains { $0.range(of: #"^StateChangedAt=[1-9][0-9]{15}$"#, options: .regularExpression) != nil })
             r = try await setup.ctl(["show", "-p", "State,Name", "--property", "Enabled", "sync-*", "off"])
             #expect(r.stdout == "Enabled=yes\nName=sync-a\nState=running\n\nEnabled=yes\nName=sync-b\nState=running\n\nEnabled=no\nName=off\nState=disabled", "\(r)")
+            // An unknown property prints nothing (not a blank line per worker).
+            r = try await setup.ctl(["show", "-p", "Nope", "sync-*", "off"])
+            #expect(r.status == 0 && r.stdout.isEmpty, "\(r)")
             r = try await setup.ctl(["show", "--value", "-p", "State", "off"])
             #expect(r.stdout == "disabled", "\(r)")
             // No name: the daemon's own properties.

@@ -278,12 +278,13 @@ public final class SystemdNamespace: Sendable {
 
 /// Where a systemd in a namespace gets its own cgroups: one path, the same in every hierarchy
 /// (systemd uses the path of its own cgroup as its root in every controller), below the deepest
-/// cgroup the test already runs in, so that limits set on the sandbox still hold.
-struct CgroupPlacement {
+/// cgroup the test already runs in, so that limits set on the sandbox still hold. (Also a
+/// caller's "unit": a subtree named `NAME.scope`, as systemd names its cgroups.)
+public struct CgroupPlacement: Sendable {
     /// The new subtree's folder in each hierarchy (mount point + path).
-    let directories: [String]
+    public let directories: [String]
 
-    static func forNewSubtree(named name: String) throws -> CgroupPlacement {
+    public static func forNewSubtree(named name: String) throws -> CgroupPlacement {
         let hierarchies = currentCgroups()
         guard !hierarchies.isEmpty else { throw TestProcessError("no cgroup hierarchy found in /proc/self/cgroup") }
         let base = hierarchies.map(\.path).max { $0.count < $1.count } ?? "/"
@@ -294,7 +295,7 @@ struct CgroupPlacement {
             .map { $0.mountPoint + path })
     }
 
-    func remove() { Self.remove(directories) }
+    public func remove() { Self.remove(directories) }
 
     /// Removes each subtree depth-first (cgroup folders go with rmdir once no process is left).
     static func remove(_ directories: [String]) {

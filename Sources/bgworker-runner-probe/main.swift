@@ -14,7 +14,8 @@
 //       leftover groups it killed.
 //   bgworker-runner-probe journal
 //       Logs one warning through the daemon's journal handler (identifier bgworker-probe) and
-//       runs worker "probe-worker", whose output goes to the journal; exits when all is sent.
+//       runs worker "probe-worker", whose output goes to the journal (with a NUL, a byte that is
+//       not UTF-8 and an ANSI escape); exits when all is sent.
 import BgWorkerDaemon
 import Glibc
 import Logging
@@ -59,7 +60,8 @@ func logToJournal() async throws {
 
     let runner = try ProcessRunner(output: .journal)
     let events = runner.eventStream()
-    let script = #"echo out-line; echo "<4>warn-line"; echo err-line >&2"#
+    let script = #"echo out-line; echo "<4>warn-line"; echo err-line >&2; printf 'nul-a\000nul-b\n'; printf 'caf\351\n'"#
+        + #"; printf 'esc-\033[31mred\n'"#
     _ = try await runner.start(
         LaunchSpec(name: "probe-worker", argv: ["/bin/sh", "-c", script], environment: ["PATH": "/usr/bin:/bin"]))
     for await event in events {

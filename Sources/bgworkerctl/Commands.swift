@@ -100,35 +100,47 @@ struct Session {
 
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Show the daemon and every worker, or one worker in detail.")
+        abstract: "Show the daemon and every worker, or workers in detail.",
+        discussion: """
+            With names or glob patterns ('sync-*'), as systemctl status: each worker's detail and \
+            its last 10 output lines, a blank line between workers. --json: the worker's object \
+            for one name, an array for several or a pattern.
+            """)
 
     @OptionGroup var options: GlobalOptions
 
-    @Argument(help: "A worker's name.", completion: WorkerNames.completion)
-    var name: String?
+    @Argument(help: WorkerSelection.namesHelp, completion: WorkerNames.completion)
+    var names: [String] = []
 
     func run() async throws {
-        try await Self.show(name, options)
+        try await Self.show(names, options)
     }
 
     static func show(_ name: String?, _ options: GlobalOptions) async throws {
+        try await show(name.map { [$0] } ?? [], options)
+    }
+
+    static func show(_ names: [String], _ options: GlobalOptions) async throws {
         try await Session.run(options) { session in
-            if let name {
-                let worker = try await session.client.worker(named: name)
-                var lines = [
-                    ("Name", worker.name),
-                    ("State", Style.state(worker.state) + (worker.stateReason.isEmpty ? "" : " (\(worker.stateReason))")),
-                    ("Since", Time.local(microseconds: worker.stateChangedAt)),
-                    ("Pid", worker.pid == 0 ? "-" : String(worker.pid)), ("Enabled", worker.enabled ? "yes" : "no"),
-                    ("Restarts", String(worker.restarts)), ("Last exit", worker.lastExit.isEmpty ? "-" : worker.lastExit),
-                    ("Run on", worker.runOn),
-                ]
-                if let level = worker.logLevelText { lines.append(("Log level", level)) }
-                lines.append(("Object", worker.path))
-                // The last lines, as systemctl status shows them; a daemon without Logs shows none.
-                let output = session.json ? [] : ((try? await session.client.logs(of: name, count: 10)) ?? [])
-                let tail = output.isEmpty ? "" : "\n\n" + output.map { $0.rendered(worker: worker.name) }.joined(separator: "\n")
-                session.print(fields(lines) + tail, json: worker.json)
+            if !names.isEmpty {
+                let selection = try await WorkerSelection.expand(names, all: false, client: session.client)
+                var failures = selection.unmatched.map { ($0, WorkerSelection.noMatch($0) as any Error) }
+                var texts: [String] = []
+                var documents: [JSON] = []
+                for name in selection.names {
+                    do {
+                        let (text, document) = try await detail(of: name, session)
+                        texts.append(text)
+                        documents.append(document)
+                    } catch {
+                        failures.append((name, error))
+                    }
+                }
+                let single = names.count == 1 && !WorkerSelection.isPattern(names[0])
+                if !documents.isEmpty {
+                    session.print(texts.joined(separator: "\n\n"), json: single ? documents[0] : .array(documents))
+                }
+                try WorkerSelection.report(failures)
                 return
             }
             async let managerInfo = session.client.manager()
@@ -140,6 +152,28 @@ struct Status: AsyncParsableCommand {
             session.print(summary + "\n\n" + body,
                           json: .object(manager.jsonMembers + [("workers", .array(workers.map(\.json)))]))
         }
+    }
+
+    /// One worker as `status NAME` shows it: its fields and its last 10 output lines.
+    private static func detail(of name: String, _ session: Session) async throws -> (String, JSON) {
+        let worker = try await session.client.worker(named: name)
+        var lines = [
+            ("Name", worker.name),
+            ("State", Style.state(worker.state) + (worker.stateReason.isEmpty ? "" : " (\(Terminal.escaped(worker.stateReason)))")),
+            ("Since", Time.local(microseconds: worker.stateChangedAt)),
+            ("Pid", worker.pid == 0 ? "-" : String(worker.pid)), ("Enabled", worker.enabled ? "yes" : "no"),
+            ("Restarts", String(worker.restarts)), ("Last exit", worker.lastExit.isEmpty ? "-" : worker.lastExit),
+            ("Run on", worker.runOn),
+        ]
+        if let level = worker.logLevelText { lines.append(("Log level", level)) }
+        lines.append(("Object", worker.path))
+        // The last lines, as systemctl status shows them; a daemon without Logs shows none.
+        let output = session.json ? [] : ((try? await session.client.logs(of: name, count: 10)) ?? [])
+        var tail = output.isEmpty ? "" : "\n\n" + output.map { $0.rendered(worker: worker.name) }.joined(separator: "\n")
+        if output.isEmpty, !session.json, (try? await session.client.managerProperty("Runner")) == "systemd" {
+            tail = "\n\nOutput: in the journal, `bgworkerctl logs \(name)` or `journalctl -u \(systemdUnitName(forWorker: name))`"
+        }
+        return (fields(lines) + tail, worker.json)
     }
 }
 
@@ -339,8 +373,8 @@ struct Logs: AsyncParsableCommand {
         abstract: "Print a worker's last output lines, kept in memory by bgworkerd; -f follows them in the journal.",
         discussion: """
             bgworkerd keeps the last log-buffer-lines lines (default 200) of each worker of the \
-            process runner. Under the systemd runner the workers write to the journal: use \
-            journalctl -u bgworker-NAME.service. -f follows through the journal (journalctl -f): \
+            process runner. Under the systemd runner the workers write to the journal, and logs \
+            becomes journalctl --lines N -u bgworker-NAME.service. -f follows through the journal (journalctl -f): \
             the worker's unit under the systemd runner, the daemon's entries with BGWORKER_NAME \
             under the process runner (which writes there wherever journald runs); without a \
             journal, -f is refused: the daemon has no signal for new lines.
@@ -361,6 +395,10 @@ struct Logs: AsyncParsableCommand {
         try await Session.run(options) { session in
             if follow { return try await followInJournal(session) }
             let lines = try await session.client.logs(of: name, count: n)
+            // The systemd runner keeps none: its workers' units write to the journal.
+            if lines.isEmpty, try await session.client.managerProperty("Runner") == "systemd" {
+                return try readJournal(session, ["--unit", systemdUnitName(forWorker: name)], follow: false)
+            }
             if session.json {
                 writeLine(JSON.array(lines.map(\.json)).rendered)
             } else if !lines.isEmpty {
@@ -373,12 +411,11 @@ struct Logs: AsyncParsableCommand {
     /// the daemon it would need a signal for new lines, which the contract does not have.
     private func followInJournal(_ session: Session) async throws {
         _ = try await session.client.workerPath(name)  // NoSuchWorker (4) for an unknown name
-        var argv = ["journalctl", "--follow", "--lines", String(n)]
         if try await session.client.managerProperty("Runner") == "systemd" {
-            argv += ["--unit", systemdUnitName(forWorker: name)]
+            try readJournal(session, ["--unit", systemdUnitName(forWorker: name)], follow: true)
         } else if access(Self.journalSocket, F_OK) == 0 {
             // The process runner's entries (WorkerOutput): this worker's, from a bgworkerd.
-            argv += ["BGWORKER_NAME=\(name)", "_COMM=bgworkerd"]
+            try readJournal(session, ["BGWORKER_NAME=\(name)", "_COMM=bgworkerd"], follow: true)
         } else {
             throw CommandFailure(
                 message: "cannot follow \(name): journald does not run here (\(Self.journalSocket)), so bgworkerd writes its "
@@ -386,6 +423,11 @@ struct Logs: AsyncParsableCommand {
                     + "`bgworkerctl logs \(name)` prints the lines it keeps",
                 status: Exit.failure)
         }
+    }
+
+    /// Becomes journalctl on `matches`: the last N lines, and new ones with `follow`.
+    private func readJournal(_ session: Session, _ matches: [String], follow: Bool) throws {
+        var argv = ["journalctl"] + (follow ? ["--follow"] : ["--no-pager"]) + ["--lines", String(n)] + matches
         if session.json { argv += ["--output", "json"] }
         session.client.connection.close()
         var arguments = argv.map { strdup($0) } + [nil]

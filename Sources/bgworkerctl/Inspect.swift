@@ -119,8 +119,9 @@ struct Show: AsyncParsableCommand {
             if session.json {
                 let documents = kept.map { JSON.object($0.map { ($0.key, JSON($0.value)) }) }
                 if !documents.isEmpty { writeLine((names.isEmpty ? documents[0] : .array(documents)).rendered) }
-            } else if !kept.isEmpty {
-                writeLine(kept.map { pairs in
+            } else if kept.contains(where: { !$0.isEmpty }) {
+                // An unknown property prints nothing, not blank lines.
+                writeLine(kept.filter { !$0.isEmpty }.map { pairs in
                     pairs.map { value ? Self.text($0.value) : "\($0.key)=\(Self.text($0.value))" }.joined(separator: "\n")
                 }.joined(separator: "\n\n"))
             }

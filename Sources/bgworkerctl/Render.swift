@@ -132,8 +132,9 @@ extension WorkerInfo {
 extension LogLine {
     var json: JSON { .object([("time", .uint(time)), ("text", .string(text))]) }
 
-    /// `2026-12-05 06:03:08 dice: text`, as journalctl shows a line.
-    func rendered(worker: String) -> String { "\(Time.local(microseconds: time)) \(worker): \(text)" }
+    /// `2026-12-05 06:03:08 dice: text`, as journalctl shows a line, with the text's control
+    /// characters escaped (`Terminal.escaped`).
+    func rendered(worker: String) -> String { "\(Time.local(microseconds: time)) \(worker): \(Terminal.escaped(text))" }
 }
 
 extension ListedWorker {
@@ -239,5 +240,29 @@ enum Time {
         var buffer = [CChar](repeating: 0, count: 64)
         let n = strftime(&buffer, buffer.count, pattern, &parts)
         return String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+enum Terminal {
+    /// `text` with every control character but tab as `\xNN` (C0, DEL, and C1, which some
+    /// terminals obey as escape sequences too): a worker's line can then neither move the cursor,
+    /// recolour the terminal nor hide what precedes a `\r`. (journalctl and systemctl status show
+    /// such a line as `[N blob data]` unless --all; escaped, it stays readable.) Backslashes stay.
+    static func escaped(_ text: String) -> String {
+        guard text.unicodeScalars.contains(where: isControl) else { return text }
+        var out = ""
+        for scalar in text.unicodeScalars {
+            if isControl(scalar) {
+                let hex = String(scalar.value, radix: 16)
+                out += "\\x" + (hex.count < 2 ? "0" : "") + hex
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
+    }
+
+    private static func isControl(_ scalar: Unicode.Scalar) -> Bool {
+        (scalar.value < 0x20 && scalar != "\t") || (0x7F...0x9F).contains(scalar.value)
     }
 }

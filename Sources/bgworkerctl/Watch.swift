@@ -83,7 +83,9 @@ struct EventPrinter {
 
     private func emit(text: String, json members: [(String, JSON)]) {
         let now = Time.now()
-        writeLine(json ? JSON.object([("time", .string(now.json))] + members).rendered : "\(now.text) \(text)")
+        // Reasons and values hold what the configuration holds (a program's path): no control
+        // character of theirs reaches the terminal.
+        writeLine(json ? JSON.object([("time", .string(now.json))] + members).rendered : "\(now.text) \(Terminal.escaped(text))")
     }
 
     /// `manager`, or `worker NAME` (the label unescaped) for a worker object's path.

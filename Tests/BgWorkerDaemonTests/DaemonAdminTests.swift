@@ -76,6 +76,53 @@ struct DaemonLogsTests {
     }
 }
 
+extension DaemonLogsTests {
+    /// Bytes a worker may print that a D-Bus string cannot hold as they are (issue 12): NUL, bytes
+    /// that are not UTF-8, a noncharacter (sd-bus refuses it), a line longer than the cap cut
+    /// inside a character; and bytes it can hold that a terminal would obey (ANSI, a carriage return).
+    static let hostile = shellWorker("hostile", [
+        #"printf 'before\n'"#, #"printf 'a\000b\000\000\n\000'"#, #"printf 'caf\351\n'"#, #"printf '\033[31mred\033[0m\n'"#,
+        #"printf 'cr\rin the middle\r\n'"#, #"printf 'nonchar \357\277\277\n'"#,
+        #"i=0; while [ $i -lt 1500 ]; do printf '\342\202\254'; i=$((i+1)); done; printf '\n'"#,
+        #"printf 'after\n'"#, "exec sleep 1000",
+    ].joined(separator: "; "))
+
+    static let hostileLines = [
+        "before", "a", "b", "caf\u{FFFD}", "\u{1B}[31mred\u{1B}[0m", "cr\rin the middle", "nonchar \u{FFFD}",
+        String(repeating: "€", count: 1365), String(repeating: "€", count: 135), "after",
+    ]
+
+    /// A NUL ends a line (as journald splits its stdout streams; but makes no empty one), invalid UTF-8 and noncharacters
+    /// become U+FFFD, a line over 4096 bytes is cut before a character, not inside it; the rest is kept as
+    /// printed. busctl and python3-dbus both get every line (before the fix: Failed, "string
+    /// contains a NUL byte", for as long as the line was in the buffer).
+    @Test func hostileBytesInAWorkersOutputReachEveryClientAsValidStrings() async throws {
+        try await DaemonFixture.with(Self.hostile) { fixture in
+            let deadline = ContinuousClock.now + .seconds(10)
+            var texts: [String] = []
+            while texts.last != "after" {
+                let reply = try await fixture.busctl(["--json=short", "call", DaemonFixture.busName, DaemonFixture.manager,
+                                                      DaemonFixture.interface, "Logs", "su", "hostile", "100"])
+                if reply.status == 0 {
+                    texts = (try DaemonFixture.decodeReply(reply.stdout).first?.array ?? []).compactMap { $0.array?.last?.string }
+                }
+                guard ContinuousClock.now < deadline else { throw TestProcessError("Logs never ended with after: \(reply)") }
+            }
+            #expect(texts == Self.hostileLines)
+
+            let script = """
+                import dbus, json, sys
+                bus = dbus.bus.BusConnection(sys.argv[1])
+                manager = dbus.Interface(bus.get_object("\(DaemonFixture.busName)", "\(DaemonFixture.manager)"), "\(DaemonFixture.interface)")
+                print(json.dumps([str(text) for _, text in manager.Logs("hostile", dbus.UInt32(100))]))
+                """
+            let python = try await run(["/usr/bin/python3", "-c", script, fixture.bus.unixAddress])
+            #expect(python.status == 0, "\(python.stderr)")
+            #expect(try JSONDecoder().decode([String].self, from: Data(python.stdout.utf8)) == Self.hostileLines)
+        }
+    }
+}
+
 /// A script that exits at once, in `directory`: it passes validation, and a test may delete it
 /// later to make the next start fail (validation refuses a program that is missing already).
 func exitingProgram(in directory: TemporaryDirectory) throws -> String {

@@ -99,9 +99,12 @@ struct HAManagerRoleSourceTests {
             try await source.recorder.wait(for: [.primary])
             // From busctl, a client of its own.
             try await forgeRoleChanged("secondary", address: bus.address)
-            try await source.log.wait("a warning about busctl's signal") { lines in
+            let busctlLines = try await source.log.wait("a warning about busctl's signal") { lines in
                 lines.contains { $0.level == .warning && $0.message.contains("ignored RoleChanged from :") }
             }
+            // busctl is usually gone by then: its pid is left out, not logged as `sender-pid=""`.
+            let busctlWarning = try #require(busctlLines.first { $0.message.contains("ignored RoleChanged from :") })
+            #expect(busctlWarning.metadata["sender-pid"].map { Int32($0) != nil } ?? true, "\(busctlWarning.metadata)")
             // From a connection whose name and pid we know.
             let forger = try await DBusConnection.connect(.address(bus.address))
             defer { forger.close() }
@@ -114,6 +117,7 @@ struct HAManagerRoleSourceTests {
             let warning = try #require(lines.first { $0.message.contains(forgerName) })
             #expect(warning.message.contains("not the owner of org.example.HAManager, the owner is \(manager.uniqueName)"))
             #expect(warning.metadata["sender"] == forgerName)
+            #expect(warning.metadata["sender-pid"] == String(getpid()))
             // The forgeries changed nothing: the next report is the owner's next change.
             try await manager.setRole("secondary")
             try await source.recorder.wait(for: [.primary, .secondary])

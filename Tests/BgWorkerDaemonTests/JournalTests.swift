@@ -122,7 +122,10 @@ struct JournalTests {
         var entries: [[String: String]] = []
         while let line = try await child.readLine(timeout: .seconds(30)) {
             let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] ?? [:]
-            entries.append(object.compactMapValues { $0 as? String })
+            // journalctl prints a value that is not printable UTF-8 as an array of its bytes.
+            entries.append(object.compactMapValues { value in
+                (value as? String) ?? (value as? [Int]).map { String(decoding: $0.map { UInt8(truncatingIfNeeded: $0) }, as: UTF8.self) }
+            })
         }
         #expect(WaitStatus.exitCode(try await child.waitForExit()) == 0)
 
@@ -142,5 +145,10 @@ struct JournalTests {
         #expect(byMessage["err-line"]?["PRIORITY"] == "3")
         #expect(byMessage["out-line"]?["BGWORKER_NAME"] == "probe-worker")
         #expect(byMessage["out-line"]?["BGWORKER_PID"].flatMap { Int32($0) } != nil)
+        // A NUL ends a line, as journald's own stdout streams have it (one MESSAGE holding it would
+        // be a blob); a byte that is not UTF-8 becomes U+FFFD; an escape sequence is kept.
+        #expect(byMessage["nul-a"] != nil && byMessage["nul-b"] != nil, "\(workerLines.map { $0["MESSAGE"] ?? "" })")
+        #expect(byMessage["caf\u{FFFD}"] != nil, "\(workerLines.map { $0["MESSAGE"] ?? "" })")
+        #expect(byMessage["esc-\u{1B}[31mred"] != nil, "\(workerLines.map { $0["MESSAGE"] ?? "" })")
     }
 }

@@ -68,6 +68,23 @@ struct ClientsCallerLogTests {
         }
     }
 
+    /// The unit part: a caller whose cgroup is `NAME.scope` (made here, below the test's own
+    /// cgroup in every hierarchy, as systemd names a scope's) is named by it. The daemon reads
+    /// the caller's `/proc/PID/cgroup` (cgroup v2's `0::` line), as it would for a unit systemd made.
+    @Test(.enabled(if: rootTestsEnabled, "needs root: makes a cgroup for the caller"))
+    func aCallerInAUnitIsNamedWithItsUnit() async throws {
+        let unit = "bgw-caller-\(uniqueID(6)).scope"
+        let cgroup = try CgroupPlacement.forNewSubtree(named: unit)
+        defer { cgroup.remove() }
+        for directory in cgroup.directories { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
+        let join = cgroup.directories.map { "echo $$ > '\($0)/cgroup.procs'" }.joined(separator: " && ")
+        try await LoggedDaemon.with("[worker.dice]\nexec = [\"/bin/sleep\", \"1000\"]") { daemon in
+            let call = try await daemon.ctl(["restart", "dice"], as: ["/bin/sh", "-c", "\(join) && exec \"$@\"", "sh"])
+            #expect(call.status == 0)
+            try await daemon.waitForLog("bgworkerd.access: Restart dice by uid \(getuid()) pid \(call.pid) unit \(unit) (:1.")
+        }
+    }
+
     @Test(.enabled(if: rootTestsEnabled, "needs root: the caller switches to nobody"))
     func aRefusedCallNamesItsCallerToo() async throws {
         try await LoggedDaemon.with("[worker.dice]\nexec = [\"/bin/sleep\", \"1000\"]") { daemon in

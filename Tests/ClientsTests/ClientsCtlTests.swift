@@ -225,7 +225,7 @@ struct ClientsCtlTests {
             #expect(r.status == 1)
             #expect(r.stderr.contains("BGWORKER_BUS=nonsense"))
             // Usage errors (an unknown command is not taken for a worker's name).
-            for argv in [["frobnicate"], ["enable"], ["status", "a", "b"], ["list", "--bus", "nonsense"]] {
+            for argv in [["frobnicate"], ["enable"], ["logs", "a", "b"], ["list", "--bus", "nonsense"]] {
                 r = try await run([builtExecutablePath("bgworkerctl"), "--bus", bus.address] + argv)
                 #expect(r.status == 1, "\(argv)")
                 #expect(r.stderr.hasPrefix("Error: "), "\(argv): \(r.stderr)")

@@ -69,6 +69,55 @@ struct ClientsLogsTests {
         }
     }
 
+    /// Issue 12: what a worker prints reaches the terminal harmless: control characters (ANSI
+    /// escapes, `\r`, C1) as `\xNN`, a NUL as a line break, bytes that are not UTF-8 as U+FFFD, in
+    /// `logs` and in `status NAME`; `--json` keeps the text as the daemon has it.
+    @Test func hostileOutputIsPrintedEscaped() async throws {
+        try await Setup.with({ _ in
+            #"""
+            [worker.hostile]
+            exec = ["/bin/sh", "-c", "printf 'a\\000b\\n'; printf '\\033[31mred\\033[0m\\n'; printf 'hidden\\rshown\\n'; printf 'c1 \\302\\233 caf\\351\\n'; printf 'tab\\tand \\\\ stay\\n'; printf 'after\\n'; exec sleep 1000"]
+            """#
+        }) { setup in
+            let escaped = [#"a"#, #"b"#, #"\x1b[31mred\x1b[0m"#, #"hidden\x0dshown"#, "c1 \\x9b caf\u{FFFD}", "tab\tand \\ stay", "after"]
+            let logs = try await Self.logs(setup, ["hostile", "-n", "100"], endingWith: "hostile: after")
+            #expect(logs.split(separator: "\n").map { $0.split(separator: " ", maxSplits: 3).last.map(String.init) ?? "" } == escaped,
+                    "\(logs.debugDescription)")
+            #expect(!logs.unicodeScalars.contains { $0.value < 0x20 && $0 != "\n" && $0 != "\t" || (0x7F...0x9F).contains($0.value) })
+
+            let status = try await setup.ctl(["status", "hostile"])
+            let tail = status.stdout.components(separatedBy: "\n\n").last ?? ""
+            #expect(tail.split(separator: "\n").map { $0.split(separator: " ", maxSplits: 3).last.map(String.init) ?? "" } == escaped,
+                    "\(status.stdout.debugDescription)")
+
+            let json = try await setup.ctl(["logs", "hostile", "-n", "100", "--json"])
+            let rows = try #require(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [[String: Any]])
+            #expect(rows.compactMap { $0["text"] as? String }
+                    == ["a", "b", "\u{1B}[31mred\u{1B}[0m", "hidden\rshown", "c1 \u{9B} caf\u{FFFD}", "tab\tand \\ stay", "after"])
+        }
+    }
+
+    /// A reason holds what the configuration holds (a program's path): `status NAME` and `watch`
+    /// print its control characters escaped too.
+    @Test func aReasonWithControlCharactersIsPrintedEscaped() async throws {
+        try await Setup.with({ directory in
+            let program = directory.file("prog\u{1B}[31mred")
+            FileManager.default.createFile(atPath: program, contents: Data("#!/bin/sh\nexec sleep 1000\n".utf8))
+            chmod(program, 0o755)
+            return "[worker.odd]\nexec = [\"\(directory.file("prog"))\\u001b[31mred\"]\nrestart-delay = 30\n"
+        }) { setup in
+            let watch = try await setup.watch()
+            defer { Task { await watch.process.terminate() } }
+            try FileManager.default.removeItem(atPath: setup.directory.file("prog\u{1B}[31mred"))
+            _ = try await setup.ctl(["restart", "odd"])
+            let escaped = #"execve \#(setup.directory.file("prog"))\x1b[31mred: No such file or directory"#
+            try await watch.lines.wait("the backoff, escaped") { $0.contains("worker odd: backoff") && $0.contains(escaped) }
+            #expect(!watch.lines.all.joined().unicodeScalars.contains("\u{1B}"), "\(watch.lines.all)")
+            let status = try await setup.ctl(["status", "odd"])
+            #expect(status.stdout.contains(escaped) && !status.stdout.unicodeScalars.contains("\u{1B}"), "\(status.stdout.debugDescription)")
+        }
+    }
+
     /// `logs -f` follows through the journal; where there is none (this test's machine unless
     /// journald runs), it is refused with the reason, since the daemon has no signal for new
     /// lines. The journal path itself needs journald and is not covered here.

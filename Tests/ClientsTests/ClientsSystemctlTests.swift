@@ -67,6 +67,24 @@ struct ClientsSystemctlTests {
         }
     }
 
+    /// `status` takes several names and patterns, as systemctl status: each worker's block, a
+    /// blank line between them; an unknown one is said and exits 4, the others still print.
+    @Test func statusTakesSeveralNamesAndPatterns() async throws {
+        try await Setup.with({ _ in Self.fleet }) { setup in
+            var r = try await setup.ctl(["status", "sync-*", "off"])
+            #expect(r.status == 0, "\(r)")
+            let names = r.stdout.split(separator: "\n").filter { $0.hasPrefix("     Name: ") }.map { $0.dropFirst(11) }
+            #expect(names == ["sync-a", "sync-b", "off"], "\(r.stdout)")
+            r = try await setup.ctl(["status", "sync-a", "nope", "--json"])
+            #expect(r.status == 4 && r.stderr.contains("no worker named 'nope'"), "\(r)")
+            let array = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]], "\(r)")
+            #expect(array.map { $0["name"] as? String } == ["sync-a"])
+            // One name as before: the worker's object.
+            r = try await setup.ctl(["status", "off", "--json"])
+            #expect((try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])?["name"] as? String == "off", "\(r)")
+        }
+    }
+
     @Test func isActiveAndIsFailedExitAsSystemctls() async throws {
         try await Setup.with({ _ in
             Self.fleet + """
@@ -117,6 +135,9 @@ struct ClientsSystemctlTests {
             #expect(lines.contains { $0.range(of: #"^StateChangedAt=[1-9][0-9]{15}$"#, options: .regularExpression) != nil })
             r = try await setup.ctl(["show", "-p", "State,Name", "--property", "Enabled", "sync-*", "off"])
             #expect(r.stdout == "Enabled=yes\nName=sync-a\nState=running\n\nEnabled=yes\nName=sync-b\nState=running\n\nEnabled=no\nName=off\nState=disabled", "\(r)")
+            // An unknown property prints nothing (not a blank line per worker).
+            r = try await setup.ctl(["show", "-p", "Nope", "sync-*", "off"])
+            #expect(r.status == 0 && r.stdout.isEmpty, "\(r)")
             r = try await setup.ctl(["show", "--value", "-p", "State", "off"])
             #expect(r.stdout == "disabled", "\(r)")
             // No name: the daemon's own properties.

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-# Reproducer: a worker whose output holds a NUL byte (or bytes that are not UTF-8) makes the manager's
+# Reproducer (fixed, issue 12): a worker whose output held a NUL byte (or bytes that are not UTF-8) made the manager's
 # Logs fail for that worker, with a generic org.freedesktop.DBus.Error.Failed, for as long as the
 # line stays in the buffer (log-buffer-lines). Exits 1 while that is so.
 # Also: an endless line without a newline must not grow the daemon's memory.

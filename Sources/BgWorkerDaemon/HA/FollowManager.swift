@@ -125,7 +125,9 @@ private struct ForgeryLog {
         let pid = (try? await connection.credentials(of: sender))?.pid
         let pidText = pid.map { " (pid \($0))" } ?? ""
         let more = count == Self.warningsPerSender ? "; further ones from it are logged at debug level" : ""
+        var metadata: Logger.Metadata = ["sender": "\(sender)"]
+        if let pid { metadata["sender-pid"] = "\(pid)" }
         logger.warning("ignored \(member) from \(sender)\(pidText): not the owner of \(name), \(ownerText)\(more)",
-                       metadata: ["sender": "\(sender)", "sender-pid": "\(pid.map(String.init) ?? "")"])
+                       metadata: metadata)
     }
 }

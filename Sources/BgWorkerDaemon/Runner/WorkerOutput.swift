@@ -39,7 +39,21 @@ struct WorkerLine {
             bytes = bytes.dropFirst(3)
         }
         self.priority = priority
-        self.text = Substring(String(decoding: bytes, as: UTF8.self))
+        // Bytes that are not UTF-8 decode as U+FFFD; so do noncharacters, which sd-bus (busctl)
+        // refuses in a string: a reply holding one would fail to parse there.
+        let text = String(decoding: bytes, as: UTF8.self)
+        if text.unicodeScalars.contains(where: Self.isNoncharacter) {
+            var scalars = String.UnicodeScalarView()
+            scalars.append(contentsOf: text.unicodeScalars.lazy.map { Self.isNoncharacter($0) ? "\u{FFFD}" : $0 })
+            self.text = Substring(String(scalars))
+        } else {
+            self.text = Substring(text)
+        }
+    }
+
+    /// U+FDD0...U+FDEF and the last two code points of every plane.
+    static func isNoncharacter(_ scalar: Unicode.Scalar) -> Bool {
+        (0xFDD0...0xFDEF).contains(scalar.value) || scalar.value & 0xFFFE == 0xFFFE
     }
 
     func deliver(to destination: WorkerOutputDestination) {
@@ -88,6 +102,8 @@ final class WorkerOutputPump: @unchecked Sendable {
         var pid: Int32
         var priority: Int32
         var pending: [UInt8] = []
+        /// Whether the last line ended at a NUL.
+        var afterNul = false
     }
 
     private let destination: WorkerOutputDestination
@@ -181,17 +197,39 @@ final class WorkerOutputPump: @unchecked Sendable {
         let bytes = stream.pending
         var index = 0
         while index < bytes.count {
-            if bytes[index] == UInt8(ascii: "\n") {
-                emit(stream, Array(bytes[start..<index]))
+            // A NUL ends a line too, as in journald's stdout streams: no line holds one (a D-Bus
+            // string cannot, and the journal's MESSAGE would become a blob). Unlike journald,
+            // NULs (and a newline right after one) make no empty lines: /dev/zero is no line per byte.
+            let byte = bytes[index]
+            if byte == UInt8(ascii: "\n") || byte == 0 {
+                if index > start || !(byte == 0 || stream.afterNul) { emit(stream, Array(bytes[start..<index])) }
+                stream.afterNul = byte == 0
                 start = index + 1
             } else if index - start + 1 >= Self.maxLineLength {
-                emit(stream, Array(bytes[start...index]))
-                start = index + 1
+                stream.afterNul = false
+                let end = Self.utf8Boundary(bytes, from: start, before: index + 1)
+                emit(stream, Array(bytes[start..<end]))
+                start = end
+                index = end - 1
             }
             index += 1
         }
         stream.pending.removeFirst(start)
         streams[fd] = stream
+    }
+
+    /// Where to cut a line that is too long: `end`, or before a UTF-8 sequence that would
+    /// straddle it (the next piece starts with it), so that neither piece gets a U+FFFD for it.
+    static func utf8Boundary(_ bytes: [UInt8], from start: Int, before end: Int) -> Int {
+        var lead = end - 1
+        while lead > start, end - lead < 4, bytes[lead] & 0xC0 == 0x80 { lead -= 1 }
+        let length = switch bytes[lead] {
+        case 0xC0...0xDF: 2
+        case 0xE0...0xEF: 3
+        case 0xF0...0xF7: 4
+        default: 1
+        }
+        return lead > start && lead + length > end ? lead : end
     }
 
     private func emit(_ stream: Stream, _ line: [UInt8]) {

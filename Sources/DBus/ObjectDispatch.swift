@@ -138,18 +138,19 @@ extension LoopState {
         }
     }
 
-    /// Runs `body` as a task and answers with its outcome.
+    /// Runs `body` as a task and answers with its outcome. The task starts at once on this thread
+    /// (`Task.immediate`): a handler that does not suspend answers with no thread hop.
     ///
     /// The task has no executor preference. With one (this connection's thread, as it had), the
     /// runtime treats every hop of the task inside an actor whose custom executor runs jobs with
     /// `runSynchronously(on:)` (the daemon's event loop) as a switch of task executor: each `await`,
     /// even of a synchronous-bodied call or `withCheckedContinuation` on the same actor, became a
     /// suspension. A supervisor that checked its state and then registered a continuation lost the
-    /// wake-up in between, and with it the reply (issue 9; ConcurrentRequestTests).
+    /// wake-up in between, and with it the reply (issue 9; DaemonStopTests.concurrentRequestsAllGetTheirReply).
     private func runHandler(reply: ReplyAddress, outTypes: [DBusType],
                             _ body: @escaping @Sendable () async throws -> [DBusValue]) {
         let core = self.core!
-        Task {
+        Task.immediate {
             let result: Result<[DBusValue], any Error>
             do { result = .success(try await body()) } catch { result = .failure(error) }
             core.submit { state in state.sendReply(reply, result, outTypes: outTypes) }

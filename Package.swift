@@ -21,11 +21,13 @@ let package = Package(
         .systemLibrary(name: "CDBus", pkgConfig: "dbus-1", providers: [.apt(["libdbus-1-dev"])]),
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         .target(name: "CShims"),
+        // One copy of the Linux helpers (threads, clock, errno, NSS look-ups) for every target.
+        .target(name: "SystemSupport", dependencies: ["CShims"]),
 
         // Our D-Bus layer on libdbus: knows nothing of workers.
         // CShims: in ThreadSanitizer builds it makes Mutex's contended path visible to TSan in
         // every executable that uses the bus (docs/sanitizers.md); nothing otherwise.
-        .target(name: "DBus", dependencies: ["CDBus", "CShims"]),
+        .target(name: "DBus", dependencies: ["CDBus", "CShims", "SystemSupport"]),
 
         // The contract's names on the bus (bus name, paths, interfaces, errors, members, the worker
         // path escaping) for every program that speaks it. Standard library only.
@@ -38,7 +40,7 @@ let package = Package(
         .target(
             name: "BgWorkerDaemon",
             dependencies: [
-                "DBus", "BgWorkerAPI", "BgWorkerCore", "CShims", "CSystemd",
+                "DBus", "BgWorkerAPI", "BgWorkerCore", "CShims", "CSystemd", "SystemSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -47,7 +49,7 @@ let package = Package(
         // What the small clients share: --bus parsing, termination signals, whole-line output.
         .target(
             name: "ClientSupport",
-            dependencies: ["DBus", "BgWorkerCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["DBus", "BgWorkerCore", "SystemSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
 
         // Thin executables.
@@ -82,7 +84,7 @@ let package = Package(
         .executableTarget(
             name: "bgworker-bench",
             dependencies: [
-                "DBus", "CDBus", "BgWorkerAPI", "BgWorkerCore", "TestSupport", "CShims", "ClientSupport",
+                "DBus", "CDBus", "BgWorkerAPI", "BgWorkerCore", "TestSupport", "CShims", "ClientSupport", "SystemSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -99,7 +101,7 @@ let package = Package(
                           path: "Tests/Fuzz/dbus-message", exclude: ["corpus", "crashes"]),
 
         // Starts real components for tests and the benchmark: buses, keepalived pairs, systemd.
-        .target(name: "TestSupport", dependencies: ["CShims"]),
+        .target(name: "TestSupport", dependencies: ["CShims", "SystemSupport"]),
 
         .testTarget(name: "DBusTests", dependencies: ["DBus", "TestSupport"]),
         .testTarget(name: "BgWorkerCoreTests", dependencies: ["BgWorkerAPI", "BgWorkerCore", "TestSupport"], exclude: ["toml-test"]),

@@ -1,4 +1,5 @@
 import Glibc
+import SystemSupport
 
 /// Writes `line` and a newline to `fd` in one `write` where possible, so lines from several
 /// threads never interleave and nothing waits in a buffer (stdout may be a pipe to the daemon,
@@ -21,21 +22,10 @@ public func writeLine(_ line: String, to fd: Int32 = STDOUT_FILENO) {
 /// Starts a detached thread of its own for blocking work (sigwait, reading standard input), so
 /// that such waits never hold a thread of Swift's cooperative pool.
 public func startThread(_ body: @escaping @Sendable () -> Void) {
-    final class Box: Sendable {
-        let body: @Sendable () -> Void
-        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
-    }
-    let box = Unmanaged.passRetained(Box(body)).toOpaque()
-    var thread = pthread_t()
-    let rc = pthread_create(&thread, nil, { raw in
-        guard let raw else { return nil }
-        Unmanaged<Box>.fromOpaque(raw).takeRetainedValue().body()
-        return nil
-    }, box)
-    guard rc == 0 else {
-        Unmanaged<Box>.fromOpaque(box).release()
-        writeLine("cannot start a thread: \(String(cString: strerror(rc)))", to: STDERR_FILENO)
+    do {
+        try startDedicatedThread(name: "bgw-wait", body)
+    } catch {
+        writeLine("cannot start a thread: \(error)", to: STDERR_FILENO)
         exit(1)
     }
-    pthread_detach(thread)
 }

@@ -1,6 +1,7 @@
 import CDBus
 import Glibc
 import Synchronization
+import SystemSupport
 
 /// Where to connect.
 public enum BusAddress: Sendable, Hashable {
@@ -152,7 +153,7 @@ public final class DBusConnection: Sendable {
         }
         if !arguments.isEmpty { try ValueValidation.validateBody(arguments) }
         let request = OutgoingCall(destination: destination, path: path, interface: interface, member: member,
-                                   arguments: arguments, timeoutNanoseconds: nanoseconds(timeout), autoStart: autoStart)
+                                   arguments: arguments, timeoutNanoseconds: timeoutNanoseconds(timeout), autoStart: autoStart)
         return try await perform(request)
     }
 
@@ -186,7 +187,7 @@ public final class DBusConnection: Sendable {
     /// Calls a method of the bus daemon itself.
     func callBus(_ member: String, _ arguments: [DBusValue] = [], timeout: Duration = .seconds(25)) async throws -> [DBusValue] {
         try await perform(OutgoingCall(destination: BusDaemon.name, path: BusDaemon.path, interface: BusDaemon.interface,
-                                       member: member, arguments: arguments, timeoutNanoseconds: nanoseconds(timeout)))
+                                       member: member, arguments: arguments, timeoutNanoseconds: timeoutNanoseconds(timeout)))
     }
 
     // MARK: Signals out
@@ -510,7 +511,7 @@ public struct NameOwnerWatch: AsyncSequence, Sendable {
         let callID = DBusConnection.newID()
         let routeID = id
         let template = OutgoingCall(destination: nil, path: path, interface: interface, member: member,
-                                    arguments: arguments, timeoutNanoseconds: nanoseconds(timeout))
+                                    arguments: arguments, timeoutNanoseconds: timeoutNanoseconds(timeout))
         core.submit { state in state.callOwner(route: routeID, callID: callID, template) }
         return callID
     }

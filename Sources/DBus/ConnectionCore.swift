@@ -1,6 +1,7 @@
 import CDBus
 import Glibc
 import Synchronization
+import SystemSupport
 
 /// Something for the connection thread to do: a closure over the thread's state, or a job of a
 /// task that prefers this connection as its executor (method handlers run that way, so a
@@ -58,24 +59,14 @@ final class ConnectionCore: TaskExecutor, Sendable {
     /// Resumes `ready` once the connection can be used, or with the failure.
     func start(address: String, busClient: Bool, timeout: Duration,
                ready: CheckedContinuation<Void, any Error>) throws(DBusConnectionError) {
-        let box = Unmanaged.passRetained(ThreadStart { [self] in
-            self.loopThread.store(UInt(pthread_self()), ordering: .releasing)
-            self.stateBox.state.run(address: address, busClient: busClient, timeout: timeout, ready: ready)
-        })
-        var attributes = pthread_attr_t()
-        pthread_attr_init(&attributes)
-        defer { pthread_attr_destroy(&attributes) }
-        pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, &attributes, { raw in
-            guard let raw else { return nil }
-            let start = Unmanaged<ThreadStart>.fromOpaque(raw).takeRetainedValue()
-            start.body()
-            return nil
-        }, box.toOpaque())
-        if rc != 0 {
-            box.release()
-            throw DBusConnectionError(.connectFailed, "cannot start the connection thread: \(String(cString: strerror(rc)))")
+        do {
+            // Named, so that `top -H` and /proc tell it from the thread that created it.
+            try startDedicatedThread(name: "bgw-bus", stackSize: 8 << 20) { [self] in
+                self.loopThread.store(UInt(pthread_self()), ordering: .releasing)
+                self.stateBox.state.run(address: address, busClient: busClient, timeout: timeout, ready: ready)
+            }
+        } catch {
+            throw DBusConnectionError(.connectFailed, "cannot start the connection thread: \(errnoText(error.errno))")
         }
     }
 
@@ -131,10 +122,6 @@ final class ConnectionCore: TaskExecutor, Sendable {
 }
 
 /// The connection thread's entry point, retained across pthread_create.
-private final class ThreadStart {
-    let body: () -> Void
-    init(_ body: @escaping () -> Void) { self.body = body }
-}
 
 /// Holds the thread-confined state. `@unchecked Sendable` is safe because `state` is touched
 /// only on the connection thread, except `setUp` and setting `handle`, both done before the
@@ -150,18 +137,7 @@ struct EventHub {
     var terminal: ConnectionEvent?
 }
 
-// MARK: - Monotonic time in nanoseconds (the clock timerfd uses)
-
-func monotonicNow() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
-}
-
-func nanoseconds(_ d: Duration) -> UInt64 {
-    let (s, atto) = d.components
-    if s < 0 { return 0 }
-    let (mul, overflow) = UInt64(s).multipliedReportingOverflow(by: 1_000_000_000)
-    if overflow { return UInt64.max / 2 }
-    return mul &+ UInt64(atto / 1_000_000_000)
+/// A timeout in nanoseconds for libdbus's pending calls: never negative.
+func timeoutNanoseconds(_ duration: Duration) -> UInt64 {
+    UInt64(max(nanoseconds(duration), 0))
 }

@@ -1,5 +1,6 @@
 import CDBus
 import Glibc
+import SystemSupport
 
 /// Everything the connection thread owns: the libdbus connection, its watches and timeouts in an
 /// epoll set, the calls awaiting replies, the signal subscriptions. Touched on that thread only.
@@ -351,7 +352,7 @@ final class LoopState {
     }
 
     private func expireDeadlines() {
-        let now = monotonicNow()
+        let now = monotonicNanoseconds()
         while let top = deadlines.top {
             if let call = pending[top.serial], call.id != top.id {
                 deadlines.pop()  // stale entry of a reused serial
@@ -459,7 +460,7 @@ final class LoopState {
             completion.run(self, .failure(notConnectedError))
             return
         }
-        let deadline = monotonicNow() &+ call.timeoutNanoseconds
+        let deadline = monotonicNanoseconds() &+ call.timeoutNanoseconds
         pending[serial] = PendingCall(id: id, what: "\(call.interface ?? "").\(call.member)", completion: completion)
         addDeadline(deadline, serial: serial, id: id)
     }
@@ -501,7 +502,7 @@ final class LoopState {
     private func sayHello(timeout: Duration, ready: CheckedContinuation<Void, any Error>) {
         let hello = OutgoingCall(
             destination: BusDaemon.name, path: BusDaemon.path, interface: BusDaemon.interface,
-            member: "Hello", arguments: [], timeoutNanoseconds: nanoseconds(timeout))
+            member: "Hello", arguments: [], timeoutNanoseconds: timeoutNanoseconds(timeout))
         startCall(hello, id: 0, completion: .callback { state, result in
             switch result {
             case .success(let values):

@@ -5,6 +5,7 @@ import CShims
 import DBus
 import Foundation
 import Glibc
+import SystemSupport
 import TestSupport
 
 struct DaemonBenchmark: AsyncParsableCommand {

@@ -6,6 +6,7 @@ import CShims
 import DBus
 import Foundation
 import Glibc
+import SystemSupport
 import Synchronization
 import TestSupport
 

@@ -8,6 +8,7 @@
 import CDBus
 import Foundation
 import Glibc
+import SystemSupport
 import Synchronization
 import TestSupport
 

@@ -7,6 +7,7 @@ import ArgumentParser
 import DBus
 import Foundation
 import Glibc
+import SystemSupport
 import TestSupport
 
 struct PacemakerBenchmark: AsyncParsableCommand {

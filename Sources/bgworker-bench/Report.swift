@@ -2,14 +2,7 @@
 // as a table or as JSON.
 import Foundation
 import Glibc
-
-/// Nanoseconds of CLOCK_MONOTONIC: the clock of every timestamp in the benchmark, and the clock
-/// of the kernel's process-event timestamps (`ktime_get_ns`), so the two can be subtracted.
-func monotonicNanoseconds() -> UInt64 {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
-}
+import SystemSupport
 
 /// A set of measurements of one quantity.
 struct Samples: Sendable {

@@ -7,6 +7,7 @@ import CShims
 import DBus
 import Foundation
 import Glibc
+import SystemSupport
 import TestSupport
 
 struct SoakBenchmark: AsyncParsableCommand {

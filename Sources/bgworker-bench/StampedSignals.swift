@@ -11,6 +11,7 @@ import CDBus
 import DBus
 import Foundation
 import Glibc
+import SystemSupport
 import Synchronization
 
 final class StampedSignals: Sendable {

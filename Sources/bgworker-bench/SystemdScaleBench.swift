@@ -6,6 +6,7 @@ import ArgumentParser
 import DBus
 import Foundation
 import Glibc
+import SystemSupport
 import TestSupport
 
 struct SystemdScaleBenchmark: AsyncParsableCommand {

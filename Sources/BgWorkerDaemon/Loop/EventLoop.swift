@@ -334,12 +334,6 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds.
-func monotonicNanoseconds() -> UInt64 {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
-}
 
 extension EventLoop {
     private static let sharedLoop = Mutex<EventLoop?>(nil)

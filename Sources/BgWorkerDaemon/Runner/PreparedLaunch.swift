@@ -47,7 +47,7 @@ public struct WorkerCredentials: Sendable, Equatable {
             }
         }
         if let group {
-            guard let gid = groupID(group) ?? gid_t(group) else {
+            guard let gid = groupID(group) else {
                 throw RunnerError(.invalidSpec, worker: worker, context: "no such group \"\(group)\"")
             }
             credentials.gid = gid
@@ -63,56 +63,6 @@ public struct WorkerCredentials: Sendable, Equatable {
         return credentials
     }
 
-    /// getpwnam_r, or getpwuid_r for a number.
-    private static func passwdEntry(_ user: String) -> (name: String, uid: uid_t, gid: gid_t)? {
-        var entry = passwd()
-        var result: UnsafeMutablePointer<passwd>?
-        var buffer = [CChar](repeating: 0, count: 16 * 1024)
-        while true {
-            let rc: Int32 = buffer.withUnsafeMutableBufferPointer { raw in
-                if let uid = uid_t(user) {
-                    getpwuid_r(uid, &entry, raw.baseAddress!, raw.count, &result)
-                } else {
-                    getpwnam_r(user, &entry, raw.baseAddress!, raw.count, &result)
-                }
-            }
-            if rc == ERANGE && buffer.count < 1 << 20 {
-                buffer = [CChar](repeating: 0, count: buffer.count * 4)
-                continue
-            }
-            guard rc == 0, result != nil else { return nil }
-            return (String(cString: entry.pw_name), entry.pw_uid, entry.pw_gid)
-        }
-    }
-
-    /// getgrnam_r.
-    private static func groupID(_ name: String) -> gid_t? {
-        var entry = group()
-        var result: UnsafeMutablePointer<group>?
-        var buffer = [CChar](repeating: 0, count: 16 * 1024)
-        while true {
-            let rc = buffer.withUnsafeMutableBufferPointer { raw in
-                getgrnam_r(name, &entry, raw.baseAddress!, raw.count, &result)
-            }
-            if rc == ERANGE && buffer.count < 1 << 20 {
-                buffer = [CChar](repeating: 0, count: buffer.count * 4)
-                continue
-            }
-            guard rc == 0, result != nil else { return nil }
-            return entry.gr_gid
-        }
-    }
-
-    /// getgrouplist: `gid` plus every group that lists the user.
-    private static func groupList(user: String, gid: gid_t) -> [gid_t] {
-        var count: Int32 = 32
-        while true {
-            var groups = [gid_t](repeating: 0, count: Int(count))
-            let capacity = count
-            if getgrouplist(user, gid, &groups, &count) >= 0 { return Array(groups.prefix(Int(count))) }
-            if count <= capacity { count = capacity * 2 }
-        }
-    }
 }
 
 /// A launch ready for `_bgw_spawn`: NUL-terminated C strings and arrays that live as long as

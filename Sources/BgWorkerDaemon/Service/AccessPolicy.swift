@@ -26,7 +26,7 @@ final class AccessPolicy: Sendable {
             group.withLock { $0 = nil }
             return nil
         }
-        let gid = resolveGroupID(adminGroup)
+        let gid = groupID(adminGroup)
         group.withLock { $0 = gid.map { Group(name: adminGroup, gid: $0) } }
         return gid == nil ? "admin-group '\(adminGroup)' does not exist; only root may change state" : nil
     }
@@ -99,13 +99,3 @@ final class AccessPolicy: Sendable {
     }
 }
 
-/// The gid of a group name or a numeric id (`getgrnam_r`).
-func resolveGroupID(_ group: String) -> UInt32? {
-    if let numeric = UInt32(group) { return numeric }
-    var entry = Glibc.group()
-    var result: UnsafeMutablePointer<Glibc.group>?
-    var buffer = [CChar](repeating: 0, count: 16384)
-    let rc = getgrnam_r(group, &entry, &buffer, buffer.count, &result)
-    guard rc == 0, result != nil else { return nil }
-    return entry.gr_gid
-}

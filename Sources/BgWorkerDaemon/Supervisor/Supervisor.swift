@@ -869,13 +869,6 @@ public actor Supervisor {
     }
 }
 
-/// Whole nanoseconds of a duration (saturating).
-func nanoseconds(_ duration: Duration) -> Int64 {
-    let (seconds, attoseconds) = duration.components
-    let (scaled, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-    if overflow { return seconds < 0 ? .min : .max }
-    return scaled &+ attoseconds / 1_000_000_000
-}
 
 /// Microseconds since the Unix epoch (`StateChangedAt`).
 func wallClockMicroseconds() -> UInt64 {

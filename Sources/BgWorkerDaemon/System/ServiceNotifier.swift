@@ -54,11 +54,7 @@ public struct ServiceNotifier: Sendable {
         return .microseconds(Int64(clamping: microseconds))
     }
 
-    static func monotonicMicroseconds() -> UInt64 {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        return UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1000
-    }
+    static func monotonicMicroseconds() -> UInt64 { monotonicNanoseconds() / 1000 }
 }
 
 /// Sends `WATCHDOG=1` every half interval, on a timer, until the service group shuts down.

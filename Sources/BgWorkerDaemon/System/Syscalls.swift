@@ -3,22 +3,7 @@
 import CShims
 import Glibc
 import Synchronization
-
-/// The text of an errno value, e.g. "No such file or directory".
-public func errnoText(_ code: Int32) -> String {
-    String(cString: strerror(code))
-}
-
-/// A failed system call: the call and its errno.
-public struct SystemCallError: Error, CustomStringConvertible {
-    public var call: String
-    public var errno: Int32
-    public var description: String { "\(call): \(errnoText(errno))" }
-    init(call: String, errno: Int32) {
-        self.call = call
-        self.errno = errno
-    }
-}
+@_exported import SystemSupport
 
 /// The name of a `readdir` entry, read in place up to its NUL. Safe: readdir returns a pointer
 /// to a whole record whose `d_name` is NUL-terminated within `d_reclen`; loading the 256-byte
@@ -27,16 +12,6 @@ public struct SystemCallError: Error, CustomStringConvertible {
 func direntName(_ entry: UnsafeMutablePointer<dirent>) -> String {
     let offset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
     return String(cString: UnsafeRawPointer(entry).advanced(by: offset).assumingMemoryBound(to: CChar.self))
-}
-
-/// Calls `body` until it does not fail with EINTR.
-@inline(__always)
-func retryOnInterrupt<T: BinaryInteger>(_ body: () -> T) -> T {
-    while true {
-        let rc = body()
-        if rc < 0 && errno == EINTR { continue }
-        return rc
-    }
 }
 
 /// An epoll instance (`epoll_create1(EPOLL_CLOEXEC)`); each registration carries a 64-bit token.
@@ -118,32 +93,3 @@ func makeOneShotTimer(after delay: Duration) throws(SystemCallError) -> Int32 {
     return fd
 }
 
-/// Starts a detached pthread that runs `body` and exits. Unlike Dispatch workers or the
-/// cooperative pool, the thread lives exactly as long as `body` runs, which is what
-/// PR_SET_PDEATHSIG (armed per spawning *thread*) needs.
-func startDedicatedThread(
-    name: String, stackSize: Int = 512 * 1024, _ body: @escaping @Sendable () -> Void
-) throws(SystemCallError) {
-    final class Box: Sendable {
-        let name: String
-        let body: @Sendable () -> Void
-        init(name: String, body: @escaping @Sendable () -> Void) { self.name = name; self.body = body }
-    }
-    let box = Unmanaged.passRetained(Box(name: name, body: body)).toOpaque()
-    var attributes = pthread_attr_t()
-    pthread_attr_init(&attributes)
-    defer { pthread_attr_destroy(&attributes) }
-    pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
-    pthread_attr_setstacksize(&attributes, stackSize)
-    var thread = pthread_t()
-    let rc = pthread_create(&thread, &attributes, { raw in
-        let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
-        _bgw_set_thread_name(box.name)
-        box.body()
-        return nil
-    }, box)
-    if rc != 0 {
-        Unmanaged<Box>.fromOpaque(box).release()
-        throw SystemCallError(call: "pthread_create", errno: rc)
-    }
-}

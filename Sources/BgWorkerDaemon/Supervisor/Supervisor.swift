@@ -5,6 +5,7 @@
 // See docs/design.md.
 import BgWorkerAPI
 import BgWorkerCore
+import CShims
 import DBus
 import Glibc
 import Logging
@@ -72,6 +73,10 @@ public actor Supervisor {
 
     private var settleWaiters: [String: [CheckedContinuation<Void, Never>]] = [:]
     private var drainWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Maintenance mode's inhibitors (their read ends are on the loop) and the `Inhibit` calls
+    /// that wait for the workers maintenance holds to be gone.
+    private var inhibitors = InhibitorTable()
+    private var maintenanceWaiters: [CheckedContinuation<Void, Never>] = []
     private var isStarted = false
     private var isAdopted = false
     /// Until `start` (the daemon owns its bus name), starts and stops are kept here, not given to
@@ -297,6 +302,58 @@ public actor Supervisor {
         applyLogLevel(level)
         apply(.managerLogLevel(level))
         logger.notice("log level set to \(level.rawValue) by \(sender)")
+    }
+
+    // MARK: - Maintenance (Inhibit)
+
+    /// `Inhibit`: a new inhibitor; returns the write end of its pipe once every worker that
+    /// maintenance holds is gone (`Fleet.maintenanceSettled`). The daemon holds that end until
+    /// the reply has gone out (or failed), so the inhibitor cannot end before the caller has it.
+    func inhibit(who: String, why: String, uid: UInt32, pid: UInt32) async throws(DBusError) -> UnixFD {
+        var (inhibitor, writeEnd) = try inhibitors.make(who: who, why: why, uid: uid, pid: pid, since: wallClockMicroseconds())
+        let id = inhibitor.id
+        do {
+            inhibitor.registration = try loop.register(fd: inhibitor.readFD, events: EPOLLIN.rawValue) { [weak self] events in
+                self?.onLoop { $0.inhibitorReady(id, events: events) }
+            }
+        } catch {
+            close(inhibitor.readFD)
+            throw DBusError.failed("cannot watch the inhibitor's pipe: \(error)")
+        }
+        inhibitors.add(inhibitor)
+        logger.notice("maintenance inhibitor taken by \(who) (\(why)), uid \(uid) pid \(pid); \(inhibitors.held.count) held")
+        maintenanceChanged()
+        // Checked and registered with no suspension between (as in applyAndWaitUntilSettled).
+        if !fleet.maintenanceSettled {
+            await withCheckedContinuation { maintenanceWaiters.append($0) }
+        }
+        return writeEnd
+    }
+
+    /// `ListInhibitors`, oldest first.
+    func inhibitorList() -> [Inhibitor] { inhibitors.held }
+
+    /// The read end of an inhibitor is ready: data a holder wrote (drained, ignored), or every
+    /// write end closed, which ends the inhibitor.
+    private func inhibitorReady(_ id: UInt64, events: UInt32) {
+        guard let fd = inhibitors.held.first(where: { $0.id == id })?.readFD,
+              InhibitorTable.writersGone(fd, events: events),
+              let inhibitor = inhibitors.remove(id) else { return }
+        if let registration = inhibitor.registration { loop.unregister(registration) }
+        close(inhibitor.readFD)
+        logger.notice("maintenance inhibitor of \(inhibitor.who) (\(inhibitor.why)) released; \(inhibitors.held.count) held")
+        maintenanceChanged()
+    }
+
+    /// Tells the fleet the oldest inhibitor (or none), after `Maintenance` is set when it flips:
+    /// PropertiesChanged goes out before the state changes it causes, as `HARole`'s does.
+    private func maintenanceChanged() {
+        let held = !inhibitors.isEmpty
+        if held != (fleet.maintenance != nil) {
+            logger.notice(held ? "maintenance mode begins: held workers stop" : "maintenance mode ends: held workers start again")
+            setManagerProperty("Maintenance", .bool(held))
+        }
+        apply(.maintenance(inhibitors.oldestHold))
     }
 
     // MARK: - Reload
@@ -803,6 +860,11 @@ public actor Supervisor {
     private func resumeWaiters() {
         for name in Array(settleWaiters.keys) where fleet.isSettled(name) {
             settleWaiters.removeValue(forKey: name)?.forEach { $0.resume() }
+        }
+        if !maintenanceWaiters.isEmpty, fleet.maintenanceSettled {
+            let waiters = maintenanceWaiters
+            maintenanceWaiters = []
+            waiters.forEach { $0.resume() }
         }
         if isShuttingDown, !fleet.hasProcesses, !drainWaiters.isEmpty {
             let waiters = drainWaiters

@@ -80,7 +80,7 @@ struct Inhibit: AsyncParsableCommand {
 
     @OptionGroup var options: GlobalOptions
 
-    @Option(help: "Who holds maintenance mode (default: the command).")
+    @Option(help: "Who holds maintenance mode (default: the command, e.g. 'apt-get upgrade').")
     var who: String?
 
     @Option(help: "Why.")
@@ -95,8 +95,10 @@ struct Inhibit: AsyncParsableCommand {
 
     func run() async throws {
         let argv = command
-        // At most 256 bytes, as the daemon accepts.
-        let holder = String(decoding: Array((who ?? argv.joined(separator: " ")).utf8.prefix(256)), as: UTF8.self)
+        // By default the command as typed, its program without the folder (`apt-get upgrade`);
+        // at most 256 bytes, as the daemon accepts.
+        let typed = ([String(argv[0].split(separator: "/").last ?? "")] + argv.dropFirst()).joined(separator: " ")
+        let holder = String(decoding: Array((who ?? typed).utf8.prefix(256)), as: UTF8.self)
         var inhibitor: UnixFD?
         try await Session.run(options) { session in
             let reply = try await session.client.callManager(

@@ -98,7 +98,7 @@ struct DaemonMaintenanceTests {
         return (process, line)
     }
 
-    struct InhibitorRow: Equatable {
+    struct InhibitorRow: Equatable, Sendable {
         var who: String, why: String, uid: UInt32, pid: UInt32, since: UInt64
     }
 
@@ -334,5 +334,50 @@ func waitUntil(_ what: String, timeout: Duration = .seconds(15), _ check: () asy
     while try await !check() {
         guard ContinuousClock.now < deadline else { throw TestProcessError("\(what): not within \(timeout)") }
         await Task.yield()
+    }
+}
+
+/// Inhibitors are FIFOs in the runtime folder: a restarted daemon takes them back.
+@Suite(.timeLimit(.minutes(3)))
+struct DaemonMaintenanceRestartTests {
+    @Test func anInhibitorOutlivesARestartOfTheDaemon() async throws {
+        try await DaemonFixture.with(DaemonMaintenanceTests.workers) { fixture in
+            let (holder, _) = try await DaemonMaintenanceTests.hold(fixture, who: "apt", why: "upgrades bgworker")
+            let before = try await DaemonMaintenanceTests.inhibitors(fixture)
+            try await fixture.stopDaemon()
+            try await fixture.startDaemon()
+            // From its first start on: held never ran under the new daemon.
+            #expect(try await DaemonMaintenanceTests.maintenance(fixture) == true)
+            let held = try await fixture.worker("held")
+            #expect(held.state == "standby" && held.pid == 0, "\(held)")
+            // (Its StateReason is empty: a worker that rests from the start has had no state change,
+            // as a standby worker of the HA role at start; ListInhibitors says who holds it.)
+            #expect(try await fixture.worker("exempt").state == "running")
+            #expect(try await DaemonMaintenanceTests.inhibitors(fixture) == before)
+            #expect(try fixture.daemon.log.contains("taken back from the previous daemon"))
+
+            let monitor = try await fixture.monitor()
+            holder.signal(SIGTERM)
+            try await DaemonMaintenanceTests.maintenanceChanged(monitor, to: false)
+            _ = try await monitor.waitUntil(fixture, worker: "held", is: "running")
+            #expect(try await DaemonMaintenanceTests.inhibitors(fixture).isEmpty)
+            let left = try FileManager.default.contentsOfDirectory(atPath: fixture.directory.file("run/inhibitors"))
+            #expect(left.isEmpty, "\(left)")
+        }
+    }
+
+    /// A holder that died while no daemon ran: the next daemon ends maintenance at once.
+    @Test func anInhibitorWhoseHolderDiedMeanwhileEndsAtStart() async throws {
+        try await DaemonFixture.with(DaemonMaintenanceTests.workers) { fixture in
+            let (holder, _) = try await DaemonMaintenanceTests.hold(fixture, who: "apt", why: "crashed")
+            try await fixture.stopDaemon()
+            holder.signal(SIGKILL)
+            _ = try await holder.waitForExit()
+            try await fixture.startDaemon()
+            let monitor = try await fixture.monitor()
+            _ = try await monitor.waitUntil(fixture, worker: "held", is: "running")
+            #expect(try await DaemonMaintenanceTests.maintenance(fixture) == false)
+            #expect(try await DaemonMaintenanceTests.inhibitors(fixture).isEmpty)
+        }
     }
 }

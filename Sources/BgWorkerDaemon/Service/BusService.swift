@@ -95,7 +95,7 @@ struct BusServiceFactory: Sendable {
     private static let inhibitorRow = DBusType.structure([.string, .string, .uint32, .uint32, .uint64])
 
     /// The manager object `/org/example/BgWorker`.
-    func makeManager(version: String, runner: String, logLevel: LogLevel, role: HARole) throws -> ExportedObject {
+    func makeManager(version: String, runner: String, logLevel: LogLevel, role: HARole, maintenance: Bool) throws -> ExportedObject {
         let nameArgument = [DBusArgument("name", .string)]
         let interface = DBusInterface(
             BgWorkerBus.managerInterface,
@@ -195,7 +195,7 @@ struct BusServiceFactory: Sendable {
                     return .string(level.rawValue)
                 },
                 DBusProperty("Runner", .string, initial: .string(runner)),
-                DBusProperty("Maintenance", .bool, initial: .bool(false)),
+                DBusProperty("Maintenance", .bool, initial: .bool(maintenance)),
             ],
             signals: [
                 DBusSignalDeclaration(

@@ -20,12 +20,17 @@ public struct SupervisorSettings: Sendable {
     /// the daemon's bus; nil when the daemon uses the default system bus.
     public var busAddressForWorkers: String?
     public var version: String
+    /// Where maintenance inhibitors are kept as FIFOs, so that a restarted daemon takes them back
+    /// (`$RUNTIME_DIRECTORY/inhibitors`); nil: plain pipes, forgotten when the daemon ends.
+    public var inhibitorDirectory: String?
 
-    public init(loader: ConfigurationLoader, runnerKind: RunnerKind, busAddressForWorkers: String?, version: String) {
+    public init(loader: ConfigurationLoader, runnerKind: RunnerKind, busAddressForWorkers: String?, version: String,
+                inhibitorDirectory: String? = nil) {
         self.loader = loader
         self.runnerKind = runnerKind
         self.busAddressForWorkers = busAddressForWorkers
         self.version = version
+        self.inhibitorDirectory = inhibitorDirectory
     }
 }
 
@@ -75,7 +80,7 @@ public actor Supervisor {
     private var drainWaiters: [CheckedContinuation<Void, Never>] = []
     /// Maintenance mode's inhibitors (their read ends are on the loop) and the `Inhibit` calls
     /// that wait for the workers maintenance holds to be gone.
-    private var inhibitors = InhibitorTable()
+    private var inhibitors: InhibitorTable
     private var maintenanceWaiters: [CheckedContinuation<Void, Never>] = []
     private var isStarted = false
     private var isAdopted = false
@@ -118,6 +123,12 @@ public actor Supervisor {
         fleet = Fleet(configuration: configuration, enableState: persisted, role: configuration.ha.source.initialRole)
         if let warning = access.configure(adminGroup: configuration.daemon.adminGroup) { logger.warning("\(warning)") }
         runner.logs?.configure(configuration.logBufferLines)
+        // Those a previous daemon left: maintenance holds from the first start on (`adopt`).
+        inhibitors = InhibitorTable(directory: settings.inhibitorDirectory)
+        for problem in inhibitors.load() { logger.warning("inhibitor dropped: \(problem)") }
+        for inhibitor in inhibitors.held {
+            logger.notice("maintenance inhibitor of \(inhibitor.who) (\(inhibitor.why)), uid \(inhibitor.uid) pid \(inhibitor.pid), taken back from the previous daemon")
+        }
     }
 
     // MARK: - Life cycle
@@ -128,7 +139,7 @@ public actor Supervisor {
         let factory = BusServiceFactory(supervisor: self, access: access)
         manager = try factory.makeManager(
             version: settings.version, runner: runner.kind, logLevel: configuration.daemon.logLevel,
-            role: fleet.roleState.reported)
+            role: fleet.roleState.reported, maintenance: !inhibitors.isEmpty)
         let now = wallClockMicroseconds()
         for status in fleet.workers {
             workerObjects[status.name] = try factory.makeWorker(status, stateChangedAt: now)
@@ -175,6 +186,15 @@ public actor Supervisor {
         runner.setEventHandler { [weak self] event in
             self?.onLoop { $0.runnerReported(event) }
         }
+        // Inhibitors taken back at init: watched, and in force before the first start.
+        for index in inhibitors.held.indices {
+            do {
+                try watch(&inhibitors.held[index])
+            } catch {
+                logger.error("\(error)")
+            }
+        }
+        if !inhibitors.isEmpty { maintenanceChanged() }
         let specs = configuration.workers.map(launchSpec)
         let adopted = await runner.adopt(specs)
         for (name, pid) in adopted.sorted(by: { $0.key < $1.key }) {
@@ -311,16 +331,15 @@ public actor Supervisor {
     /// the reply has gone out (or failed), so the inhibitor cannot end before the caller has it.
     func inhibit(who: String, why: String, uid: UInt32, pid: UInt32) async throws(DBusError) -> UnixFD {
         var (inhibitor, writeEnd) = try inhibitors.make(who: who, why: why, uid: uid, pid: pid, since: wallClockMicroseconds())
-        let id = inhibitor.id
-        do {
-            inhibitor.registration = try loop.register(fd: inhibitor.readFD, events: EPOLLIN.rawValue) { [weak self] events in
-                self?.onLoop { $0.inhibitorReady(id, events: events) }
-            }
-        } catch {
-            close(inhibitor.readFD)
-            throw DBusError.failed("cannot watch the inhibitor's pipe: \(error)")
-        }
         inhibitors.add(inhibitor)
+        do {
+            try watch(&inhibitor)
+            inhibitors.held[inhibitors.held.count - 1] = inhibitor
+        } catch {
+            _ = inhibitors.remove(inhibitor.id)
+            close(inhibitor.readFD)
+            throw error
+        }
         logger.notice("maintenance inhibitor taken by \(who) (\(why)), uid \(uid) pid \(pid); \(inhibitors.held.count) held")
         maintenanceChanged()
         // Checked and registered with no suspension between (as in applyAndWaitUntilSettled).
@@ -328,6 +347,18 @@ public actor Supervisor {
             await withCheckedContinuation { maintenanceWaiters.append($0) }
         }
         return writeEnd
+    }
+
+    /// Registers the inhibitor's read end with the loop.
+    private func watch(_ inhibitor: inout Inhibitor) throws(DBusError) {
+        let id = inhibitor.id
+        do {
+            inhibitor.registration = try loop.register(fd: inhibitor.readFD, events: EPOLLIN.rawValue) { [weak self] events in
+                self?.onLoop { $0.inhibitorReady(id, events: events) }
+            }
+        } catch {
+            throw DBusError.failed("cannot watch the inhibitor of \(inhibitor.who): \(error)")
+        }
     }
 
     /// `ListInhibitors`, oldest first.

@@ -15,7 +15,7 @@ struct MaintenanceBenchmark: AsyncParsableCommand {
 
     @Option(help: "Workers that maintenance holds.")
     var workers = 100
-    @Option(help: "Rounds (each: Inhibit, release, Disable all, Enable all).")
+    @Option(help: "Rounds (each: Inhibit and release, Disable and Enable of all, Stop and Start of all).")
     var rounds = 10
 
     func run() async throws {
@@ -31,11 +31,24 @@ struct MaintenanceBenchmark: AsyncParsableCommand {
         _ = try await d.waitForRunning(count: count, prefix: prefix, from: 0, timeout: .seconds(60))
         let names = (1...count).map { prefix + String(format: "%04d", $0) }
         var inhibit = Samples(), release = Samples(), disable = Samples(), enable = Samples()
+        var stop = Samples(), start = Samples()
         for round in 0..<rounds {
-            // Alternate which comes first, so that neither always meets a freshly started fleet.
-            let order = round % 2 == 0 ? [true, false] : [false, true]
-            for maintenanceFirst in order {
-                if maintenanceFirst {
+            // Rotate which comes first, so that none always meets a freshly started fleet.
+            let order = [[0, 1, 2], [1, 2, 0], [2, 0, 1]][round % 3]
+            for kind in order {
+                if kind == 2 {
+                    // Stop/Start write nothing: the same work as maintenance without the fsyncs.
+                    let t0 = monotonicNanoseconds()
+                    try await callAll(d, "Stop", names)
+                    stop.addInterval(from: t0, to: monotonicNanoseconds())
+                    try await checkNoneRuns(d, names)
+                    await pause(100)
+                    let from = d.states.nextIndex
+                    let t1 = monotonicNanoseconds()
+                    try await callAll(d, "Start", names)
+                    let last = try await d.waitForRunning(count: count, prefix: prefix, from: from, timeout: .seconds(60))
+                    start.addInterval(from: t1, to: last)
+                } else if kind == 0 {
                     let t0 = monotonicNanoseconds()
                     let reply = try await d.call("Inhibit", [.string("bench"), .string("round \(round)")], timeout: .seconds(120))
                     inhibit.addInterval(from: t0, to: monotonicNanoseconds())
@@ -69,7 +82,11 @@ struct MaintenanceBenchmark: AsyncParsableCommand {
                                       baseline: ("Enable x\(count) at once -> running", enable.p50), aim: "<= 1.2x"))
         section.figures.append(Figure("  Disable x\(count) at once -> every reply", disable))
         section.figures.append(Figure("  Enable x\(count) at once -> every worker running", enable))
-        section.notes.append("worker: `\(DaemonBenchmark.worker.joined(separator: " "))`; Inhibit waits for every held process to be gone, as each Disable does; 'running' is the last of the \(count) WorkerStateChanged running signals; release closes the only inhibitor's fd; Disable/Enable persist the intent (fsync) one request at a time")
+        section.figures.append(Figure("Inhibit -> reply, against Stop", inhibit,
+                                      baseline: ("Stop x\(count) at once -> replies", stop.p50), aim: "-"))
+        section.figures.append(Figure("release -> running, against Start", release,
+                                      baseline: ("Start x\(count) at once -> running", start.p50), aim: "-"))
+        section.notes.append("worker: `\(DaemonBenchmark.worker.joined(separator: " "))`; Inhibit waits for every held process to be gone, as each Disable does; 'running' is the last of the \(count) WorkerStateChanged running signals; release closes the only inhibitor's fd; Disable/Enable persist the intent (fsync) one request at a time; Stop/Start (not persisted) are the same stops and starts without the writes")
         return section
     }
 

@@ -205,7 +205,7 @@ struct InhibitorTable {
             let fifo = Self.fifoPath(directory, id)
             guard case .success(let bytes) = readWholeFile(Self.descriptionPath(directory, id)),
                   let d = Self.parseDescription(String(decoding: bytes, as: UTF8.self), id: id) else { continue }
-            let readFD = open(fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+            let readFD = open(fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW)
             guard readFD >= 0 else {
                 dropped.append("\(fifo): \(errnoText(errno))")
                 continue
@@ -216,7 +216,7 @@ struct InhibitorTable {
                 dropped.append("\(fifo): not a FIFO")
                 continue
             }
-            let probe = open(fifo, O_WRONLY | O_NONBLOCK | O_CLOEXEC)
+            let probe = open(fifo, O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW)
             if probe >= 0 { close(probe) }
             found.append(Inhibitor(id: id, who: d.who, why: d.why, uid: d.uid, pid: d.pid, since: d.since, readFD: readFD))
         }

@@ -187,11 +187,13 @@ public actor Supervisor {
             self?.onLoop { $0.runnerReported(event) }
         }
         // Inhibitors taken back at init: watched, and in force before the first start.
-        for index in inhibitors.held.indices {
+        for index in inhibitors.held.indices.reversed() {
             do {
                 try watch(&inhibitors.held[index])
             } catch {
-                logger.error("\(error)")
+                // Unwatched it could never end: dropped, as its holder would be told by no one.
+                logger.error("\(error); the inhibitor is dropped")
+                if let dropped = inhibitors.remove(inhibitors.held[index].id) { close(dropped.readFD) }
             }
         }
         if !inhibitors.isEmpty { maintenanceChanged() }
@@ -326,7 +328,7 @@ public actor Supervisor {
 
     // MARK: - Maintenance (Inhibit)
 
-    /// `Inhibit`: a new inhibitor; returns the write end of its pipe once every worker that
+    /// `Inhibit`: a new inhibitor; returns the write end of its FIFO once every worker that
     /// maintenance holds is gone (`Fleet.maintenanceSettled`). The daemon holds that end until
     /// the reply has gone out (or failed), so the inhibitor cannot end before the caller has it.
     func inhibit(who: String, why: String, uid: UInt32, pid: UInt32) async throws(DBusError) -> UnixFD {

@@ -36,41 +36,34 @@ struct MaintenanceBenchmark: AsyncParsableCommand {
             // Rotate which comes first, so that none always meets a freshly started fleet.
             let order = [[0, 1, 2], [1, 2, 0], [2, 0, 1]][round % 3]
             for kind in order {
-                if kind == 2 {
-                    // Stop/Start write nothing: the same work as maintenance without the fsyncs.
-                    let t0 = monotonicNanoseconds()
-                    try await callAll(d, "Stop", names)
-                    stop.addInterval(from: t0, to: monotonicNanoseconds())
-                    try await checkNoneRuns(d, names)
-                    await pause(100)
-                    let from = d.states.nextIndex
-                    let t1 = monotonicNanoseconds()
-                    try await callAll(d, "Start", names)
-                    let last = try await d.waitForRunning(count: count, prefix: prefix, from: from, timeout: .seconds(60))
-                    start.addInterval(from: t1, to: last)
-                } else if kind == 0 {
-                    let t0 = monotonicNanoseconds()
+                // Each pair: its stop (until the reply; nothing may run then), then its start
+                // (until the last worker's running signal).
+                let stopMember: String, startMember: String
+                switch kind {
+                case 0: (stopMember, startMember) = ("Inhibit", "release")
+                case 1: (stopMember, startMember) = ("Disable", "Enable")
+                default: (stopMember, startMember) = ("Stop", "Start")  // writes nothing: no fsyncs
+                }
+                var inhibitor: UnixFD?
+                let t0 = monotonicNanoseconds()
+                if kind == 0 {
                     let reply = try await d.call("Inhibit", [.string("bench"), .string("round \(round)")], timeout: .seconds(120))
-                    inhibit.addInterval(from: t0, to: monotonicNanoseconds())
                     guard case .unixFD(let fd)? = reply.first else { throw BenchError("Inhibit answered \(reply)") }
-                    try await checkNoneRuns(d, names)
-                    await pause(100)
-                    let from = d.states.nextIndex
-                    let t1 = monotonicNanoseconds()
-                    fd.close()
-                    let last = try await d.waitForRunning(count: count, prefix: prefix, from: from, timeout: .seconds(60))
-                    release.addInterval(from: t1, to: last)
+                    inhibitor = fd
                 } else {
-                    let t0 = monotonicNanoseconds()
-                    try await callAll(d, "Disable", names)
-                    disable.addInterval(from: t0, to: monotonicNanoseconds())
-                    try await checkNoneRuns(d, names)
-                    await pause(100)
-                    let from = d.states.nextIndex
-                    let t1 = monotonicNanoseconds()
-                    try await callAll(d, "Enable", names)
-                    let last = try await d.waitForRunning(count: count, prefix: prefix, from: from, timeout: .seconds(60))
-                    enable.addInterval(from: t1, to: last)
+                    try await callAll(d, stopMember, names)
+                }
+                let stopped = monotonicNanoseconds()
+                try await checkNoneRuns(d, names)
+                await pause(100)
+                let from = d.states.nextIndex
+                let t1 = monotonicNanoseconds()
+                if let inhibitor { inhibitor.close() } else { try await callAll(d, startMember, names) }
+                let last = try await d.waitForRunning(count: count, prefix: prefix, from: from, timeout: .seconds(60))
+                switch kind {
+                case 0: inhibit.addInterval(from: t0, to: stopped); release.addInterval(from: t1, to: last)
+                case 1: disable.addInterval(from: t0, to: stopped); enable.addInterval(from: t1, to: last)
+                default: stop.addInterval(from: t0, to: stopped); start.addInterval(from: t1, to: last)
                 }
                 await pause(100)
             }

@@ -82,14 +82,22 @@ struct DaemonMaintenanceTests {
     /// Starts a holder and returns it once its line came (killed at teardown).
     static func hold(_ fixture: DaemonFixture, who: String, why: String, _ options: [String] = [],
                      asUser uid: Int? = nil) async throws -> (process: ChildProcess, line: String) {
-        let script = fixture.directory.file("holder.py")
+        let (process, line) = try await hold(address: fixture.bus.unixAddress, folder: fixture.directory.path, who: who, why: why,
+                                             options, asUser: uid)
+        fixture.atTeardown { await process.terminate(grace: .seconds(2)) }
+        return (process, line)
+    }
+
+    /// The holder on the bus at `address` (its script written to `folder`); the caller stops it.
+    static func hold(address: String, folder: String, who: String, why: String, _ options: [String] = [],
+                     asUser uid: Int? = nil) async throws -> (process: ChildProcess, line: String) {
+        let script = folder + "/holder.py"
         if !FileManager.default.fileExists(atPath: script) {
             try Self.holder.write(toFile: script, atomically: true, encoding: .utf8)
         }
-        var argv = ["/usr/bin/python3", script, fixture.bus.unixAddress, who, why] + options
+        var argv = ["/usr/bin/python3", script, address, who, why] + options
         if let uid { argv = ["setpriv", "--reuid=\(uid)", "--regid=\(uid)", "--clear-groups"] + argv }
         let process = try ChildProcess(argv, captureStderr: true)
-        fixture.atTeardown { await process.terminate(grace: .seconds(2)) }
         guard let line = try await process.readLine(timeout: .seconds(60)) else {
             var stderr: [String] = []
             while let line = try await process.readErrorLine(timeout: .seconds(2)) { stderr.append(line) }

@@ -194,6 +194,10 @@ struct InhibitorTable {
     /// there is removed. Blocking file work: call it off the loop. Returns what it dropped, for the log.
     mutating func load() -> [String] {
         guard let directory else { return [] }
+        // The runtime folder itself may not exist yet (the systemd runner keeps nothing else there).
+        if let slash = directory.lastIndex(of: "/"), slash != directory.startIndex {
+            _ = mkdir(String(directory[..<slash]), 0o755)
+        }
         guard mkdir(directory, 0o700) == 0 || errno == EEXIST else {
             return ["cannot make \(directory): \(errnoText(errno)); inhibitors will not outlive a restart of bgworkerd"]
         }

@@ -63,7 +63,7 @@ let package = Package(
         .executableTarget(
             name: "bgworkerctl",
             dependencies: [
-                "DBus", "BgWorkerAPI", "ClientSupport", "BgWorkerCore",
+                "DBus", "BgWorkerAPI", "ClientSupport", "BgWorkerCore", "CShims",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

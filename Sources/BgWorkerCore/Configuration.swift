@@ -201,6 +201,9 @@ public struct WorkerDefinition: Sendable, Hashable {
     public var logLevel: LogLevel? = nil
     /// `log-buffer-lines`; nil: the daemon's. Not part of the process definition either.
     public var logBufferLines: Int? = nil
+    /// `run-during-maintenance`: keeps running while an inhibitor holds maintenance mode. Not
+    /// part of the process definition: a change applies at once, without a restart.
+    public var runDuringMaintenance = false
 
     public init(name: String, exec: [String]) {
         self.name = name
@@ -372,7 +375,7 @@ private struct ConfigDecoder {
     static let workerKeys = [
         "exec", "enabled", "run-on", "restart-delay", "restart-delay-max", "stable-after", "start-limit-burst",
         "start-limit-interval", "stop-timeout", "environment", "working-directory", "user", "group", "log-level",
-        "log-buffer-lines",
+        "log-buffer-lines", "run-during-maintenance",
     ] + ResourceControls.keys
 
     var file = ""
@@ -579,6 +582,8 @@ private struct ConfigDecoder {
                 if let count = integer(value, section, key, in: 0...Int64(DaemonSettings.maxLogBufferLines)) {
                     worker.logBufferLines = Int(count)
                 }
+            case "run-during-maintenance":
+                if let flag = bool(value, section, key) { worker.runDuringMaintenance = flag }
             case "memory-max":
                 if let bytes = byteSize(value, section, key) { worker.resources.memoryMax = bytes }
             case "cpu-quota":

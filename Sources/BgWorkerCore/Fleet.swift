@@ -51,6 +51,20 @@ public struct WorkerStatus: Sendable, Equatable {
     public var name: String { definition.name }
 }
 
+/// Who holds maintenance mode, as the workers it holds show it: the oldest inhibitor still held.
+public struct MaintenanceHold: Sendable, Hashable {
+    public var who: String
+    public var why: String
+
+    public init(who: String, why: String) {
+        self.who = who
+        self.why = why
+    }
+
+    /// `maintenance: WHO: WHY`, the reason of a worker that maintenance keeps in `standby`.
+    public var reason: String { "maintenance: \(who): \(why)" }
+}
+
 /// Everything that happens to the fleet.
 public enum FleetEvent: Sendable, Equatable {
     /// Bus `Enable`. Throws `noSuchWorker`.
@@ -69,6 +83,11 @@ public enum FleetEvent: Sendable, Equatable {
     case workerLogLevel(String, LogLevel?)
     /// The HA source's role (`standalone` when HA is not configured). Repeats are harmless.
     case roleChanged(HARole)
+    /// Maintenance mode after any change of the inhibitors: the oldest inhibitor still held, or
+    /// nil once the last one is gone. nil to a hold stops every worker without
+    /// `run-during-maintenance`; a hold to nil starts again what the other rules allow; a new
+    /// holder only changes the reason of workers that come to rest from then on. Repeats are harmless.
+    case maintenance(MaintenanceHold?)
     /// A `spawn` action succeeded: the program was executed with this pid.
     case processStarted(String, pid: Int32)
     /// A `spawn` action failed; `reason` is the runner's text (e.g. "No such file or directory").
@@ -137,7 +156,11 @@ public struct Fleet: Sendable {
     public private(set) var isShuttingDown = false
     /// The manager's `LogLevel`: `[daemon] log-level`, or what the bus set since.
     public private(set) var managerLogLevel: LogLevel
-    private var isStarted = false
+    /// The oldest inhibitor while maintenance mode is held (the daemon's `Maintenance` property is
+    /// `maintenance != nil`; the daemon keeps the inhibitors themselves).
+    public private(set) var maintenance: MaintenanceHold?
+    /// Whether `start` ran (before it, every worker rests whatever the rules say).
+    public private(set) var isStarted = false
     private var needsPersist = false
     private var records: [String: WorkerRecord] = [:]
 
@@ -186,9 +209,23 @@ public struct Fleet: Sendable {
         records.values.contains { $0.process != .none }
     }
 
-    /// Whether the worker should run now by the rules (intent, failed, run rule, shutdown).
+    /// Whether the worker should run now by the rules (intent, failed, run rule, maintenance,
+    /// shutdown).
     public func shouldRun(_ name: String) -> Bool {
         records[name].map(shouldRun) ?? false
+    }
+
+    /// Whether maintenance mode keeps this worker from running now (held, and the worker has no
+    /// `run-during-maintenance`), whatever the other rules say.
+    public func isHeldByMaintenance(_ name: String) -> Bool {
+        records[name].map(isHeldByMaintenance) ?? false
+    }
+
+    /// Whether no worker that maintenance holds has a process (or a start in flight), workers
+    /// being removed included: the daemon replies to `Inhibit` once this is true. True outside
+    /// maintenance (nothing to wait for).
+    public var maintenanceSettled: Bool {
+        !records.values.contains { isHeldByMaintenance($0) && $0.process != .none }
     }
 
     // MARK: Events
@@ -291,6 +328,8 @@ public struct Fleet: Sendable {
             updateRole(now: now, &effects) { $0.report(role, at: now) }
         case .roleTimerFired:
             updateRole(now: now, timerConsumed: true, &effects) { $0.expireLease(at: now) }
+        case .maintenance(let hold):
+            updateMaintenance(hold, now: now, &effects)
         case .processStarted(let name, let pid):
             guard var record = records[name], record.process == .spawning else { break }
             record.process = .live(pid)
@@ -357,7 +396,11 @@ public struct Fleet: Sendable {
 
     private func shouldRun(_ record: WorkerRecord) -> Bool {
         isStarted && !isShuttingDown && record.enabled && !record.failed && !record.stoppedByHand && !record.removing
-            && mayRun(record.definition.runOn, roleInForce: roleState.inForce)
+            && mayRun(record.definition.runOn, roleInForce: roleState.inForce) && !isHeldByMaintenance(record)
+    }
+
+    private func isHeldByMaintenance(_ record: WorkerRecord) -> Bool {
+        maintenance != nil && !record.definition.runDuringMaintenance
     }
 
     /// Why a worker rests, if it does: the cause reported when it stops or stays down.
@@ -365,7 +408,18 @@ public struct Fleet: Sendable {
         if !record.enabled { return "disabled" }
         if record.stoppedByHand { return "stop requested" }
         if !mayRun(record.definition.runOn, roleInForce: roleState.inForce) { return "HA role \(roleState.inForce.rawValue)" }
+        if let maintenance, isHeldByMaintenance(record) { return maintenance.reason }
         return nil
+    }
+
+    /// The reason of a worker coming to rest in `standby`: maintenance's when maintenance alone
+    /// keeps it there (whatever event brought it), so `StateReason` names the inhibitor to wait
+    /// for; else the cause of the event.
+    private func standbyReason(_ record: WorkerRecord, cause: String) -> String {
+        guard let maintenance, !isShuttingDown, isHeldByMaintenance(record),
+            mayRun(record.definition.runOn, roleInForce: roleState.inForce)
+        else { return cause }
+        return maintenance.reason
     }
 
     /// Reconciles and stores (or drops) the record.
@@ -414,7 +468,7 @@ public struct Fleet: Sendable {
             }
             let resting: WorkerState =
                 !record.enabled ? .disabled : record.stoppedByHand ? .stopped : record.failed ? .failed : .standby
-            effects.setState(&record, resting, cause)
+            effects.setState(&record, resting, resting == .standby ? standbyReason(record, cause: cause) : cause)
             return true
         }
     }
@@ -501,6 +555,19 @@ public struct Fleet: Sendable {
         }
     }
 
+    /// Sets the holder and reconciles every worker for which the rules' answer changed: only
+    /// the start or the end of maintenance changes it (a worker still stopping when it ends
+    /// starts after its exit, as for any stop).
+    private mutating func updateMaintenance(_ hold: MaintenanceHold?, now: MonotonicInstant, _ effects: inout Effects) {
+        let ranBefore = Set(records.values.filter(shouldRun).map(\.definition.name))
+        maintenance = hold
+        let cause = hold?.reason ?? "maintenance ended"
+        for name in records.keys.sorted() {
+            guard var record = records[name], shouldRun(record) != ranBefore.contains(name) else { continue }
+            commit(&record, cause: cause, now: now, &effects)
+        }
+    }
+
     private func roleTimerActions(deadlineBefore: MonotonicInstant?, _ effects: inout Effects) {
         let deadline = roleState.timerDeadline
         guard deadline != deadlineBefore else { return }
@@ -560,7 +627,7 @@ public struct Fleet: Sendable {
             guard var record = records[name] else {
                 let enabled = enableState.effectiveEnabled(for: definition)
                 var record = WorkerRecord(definition: definition, enabled: enabled, state: enabled ? .standby : .disabled)
-                record.reason = "added"
+                record.reason = enabled ? standbyReason(record, cause: "added") : "added"
                 effects.actions.append(.workerAdded(record.status(managerLogLevel: managerLogLevel)))
                 commit(&record, cause: restingCause(record) ?? "added", now: now, &effects)
                 continue
@@ -602,6 +669,10 @@ public struct Fleet: Sendable {
             // The run rule's answer may change through run-on, on-lost, or both at once.
             if mayRun(old.runOn, roleInForce: roleBefore) != mayRun(definition.runOn, roleInForce: roleAfter) {
                 cause = cause ?? (old.runOn != definition.runOn ? "configuration changed" : "HA role \(roleAfter.rawValue)")
+            }
+            // A flipped `run-during-maintenance` applies at once while maintenance is held.
+            if let maintenance, old.runDuringMaintenance != definition.runDuringMaintenance {
+                cause = cause ?? (definition.runDuringMaintenance ? "configuration changed" : maintenance.reason)
             }
             // A changed restart policy applies from now on.
             record.nextDelay = min(max(record.nextDelay, definition.restartDelay), definition.restartDelayMax)

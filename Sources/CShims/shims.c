@@ -15,6 +15,10 @@
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
 
+int _bgw_spawn_actions_closefrom(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+}
+
 int _bgw_pidfd_open(pid_t pid, unsigned int flags) {
     return (int)syscall(SYS_pidfd_open, pid, flags);
 }

@@ -18,7 +18,7 @@ struct BgWorkerBench: AsyncParsableCommand {
             """,
         version: bgworkerVersion,
         subcommands: [DBusBench.self, DaemonBenchmark.self, HABenchmark.self, SystemdBenchmark.self, SystemdScaleBenchmark.self,
-                      SoakBenchmark.self, PacemakerBenchmark.self, AllBenchmarks.self])
+                      SoakBenchmark.self, PacemakerBenchmark.self, MaintenanceBenchmark.self, AllBenchmarks.self])
 
     static func main() async {
         Interrupt.install()

@@ -146,8 +146,14 @@ struct Status: AsyncParsableCommand {
             async let managerInfo = session.client.manager()
             async let workerInfos = session.client.workers()
             let (manager, workers) = try await (managerInfo, workerInfos)
-            let summary = fields([("Version", manager.version), ("Runner", manager.runner),
-                                  ("HA role", manager.haRole), ("Log level", manager.logLevel)])
+            var summaryFields = [("Version", manager.version), ("Runner", manager.runner),
+                                 ("HA role", manager.haRole), ("Log level", manager.logLevel)]
+            if let maintenance = manager.maintenance {
+                // The oldest holder, whose reason the held workers show.
+                let holder = maintenance ? try? await session.client.inhibitors().first : nil
+                summaryFields.append(("Maintenance", !maintenance ? "no" : holder.map { "yes (\($0.who): \($0.why))" } ?? "yes"))
+            }
+            let summary = fields(summaryFields)
             let body = workers.isEmpty ? "No workers." : table(WorkerInfo.header, workers.map(\.row), colour: WorkerInfo.colour)
             session.print(summary + "\n\n" + body,
                           json: .object(manager.jsonMembers + [("workers", .array(workers.map(\.json)))]))
@@ -466,7 +472,8 @@ struct BgWorkerCtl: AsyncParsableCommand {
             """,
         version: programVersion,
         subcommands: [Status.self, List.self, Show.self, Cat.self, IsActive.self, IsFailed.self, Enable.self, Disable.self,
-                      Restart.self, Start.self, Stop.self, Reload.self, LogLevel.self, Logs.self, HA.self, Watch.self])
+                      Restart.self, Start.self, Stop.self, Reload.self, Inhibit.self, Maintenance.self, LogLevel.self, Logs.self, HA.self,
+                      Watch.self])
 
     @OptionGroup var options: GlobalOptions
 

@@ -153,6 +153,7 @@ extension ListedWorker {
 extension ManagerInfo {
     var jsonMembers: [(String, JSON)] {
         [("version", .string(version)), ("haRole", .string(haRole)), ("runner", .string(runner)), ("logLevel", .string(logLevel))]
+            + (maintenance.map { [("maintenance", JSON.bool($0))] } ?? [])
     }
 }
 

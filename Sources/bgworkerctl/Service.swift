@@ -17,6 +17,8 @@ struct ManagerInfo {
     var haRole: String
     var runner: String
     var logLevel: String
+    /// nil from a daemon without maintenance mode.
+    var maintenance: Bool?
 
     init(_ properties: [String: DBusValue]) {
         func text(_ key: String) -> String { properties[key]?.unwrappingVariant.stringValue ?? "" }
@@ -24,6 +26,7 @@ struct ManagerInfo {
         haRole = text("HARole")
         runner = text("Runner")
         logLevel = text("LogLevel")
+        maintenance = properties["Maintenance"]?.unwrappingVariant.boolValue
     }
 }
 

@@ -55,6 +55,25 @@ private func workerError(_ body: String) -> [String] {
         #expect(definition.resources.isEmpty)
         #expect(definition.logLevel == nil)
         #expect(try worker("log-level = \"debug\"").logLevel == .debug)
+        #expect(!definition.runDuringMaintenance)
+        #expect(try worker("run-during-maintenance = true").runDuringMaintenance)
+        #expect(try !worker("run-during-maintenance = false").runDuringMaintenance)
+    }
+
+    @Test func runDuringMaintenanceIsNotPartOfTheProcess() throws {
+        let plain = try worker("")
+        let exempt = try worker("run-during-maintenance = true")
+        #expect(!plain.processDiffers(from: exempt))
+        #expect(plain.definitionHash == exempt.definitionHash)
+    }
+
+    @Test func mistypedRunDuringMaintenanceGetsTheKey() {
+        #expect(workerError("run-during-maintainance = true") == [
+            "\(mainPath):3: [worker.w] unknown key 'run-during-maintainance' (did you mean 'run-during-maintenance'?)"
+        ])
+        #expect(workerError("run_during_maintenance = true") == [
+            "\(mainPath):3: [worker.w] unknown key 'run_during_maintenance' (did you mean 'run-during-maintenance'?)"
+        ])
     }
 
     @Test func contractExample() throws {
@@ -240,6 +259,8 @@ private func workerError(_ body: String) -> [String] {
         ("protect-system = \"yes\"", "'protect-system' must be true, false, \"full\" or \"strict\""),
         ("protect-home = \"strict\"", "'protect-home' must be true, false, \"read-only\" or \"tmpfs\""),
         ("no-new-privileges = \"true\"", "'no-new-privileges' must be true or false, not a string"),
+        ("run-during-maintenance = \"yes\"", "'run-during-maintenance' must be true or false, not a string"),
+        ("run-during-maintenance = 1", "'run-during-maintenance' must be true or false, not an integer"),
     ] as [(String, String)])
     func workerKeyErrors(body: String, message: String) {
         let line = body.contains("\n") ? 4 : 3

@@ -3,7 +3,7 @@
 func definition(
     _ name: String = "w", runOn: RunOn = .primary, enabled: Bool = true, delay: Double = 1, delayMax: Double = 60,
     stableAfter: Double = 10, burst: Int = 5, interval: Double = 60, exec: [String] = ["/bin/worker"],
-    logLevel: LogLevel? = nil
+    logLevel: LogLevel? = nil, duringMaintenance: Bool = false
 ) -> WorkerDefinition {
     var definition = WorkerDefinition(name: name, exec: exec)
     definition.runOn = runOn
@@ -14,6 +14,7 @@ func definition(
     definition.startLimitBurst = burst
     definition.startLimitInterval = interval
     definition.logLevel = logLevel
+    definition.runDuringMaintenance = duringMaintenance
     return definition
 }
 
@@ -25,7 +26,7 @@ func configuration(
 
 /// Drives a fleet with a fake clock and checks, after every step, the invariants that hold
 /// whatever happens: one stateChanged per real change, at most one process per worker, timers
-/// only for backoff workers, settled workers obeying the run rule.
+/// only for backoff workers, settled workers obeying the run rule, no spawn that maintenance holds.
 struct FleetHarness {
     var fleet: Fleet
     var now = MonotonicInstant(nanoseconds: 0)
@@ -136,9 +137,12 @@ struct FleetHarness {
         lastActions = actions
         for action in actions {
             switch action {
-            case .spawn(let name, _):
+            case .spawn(let name, let definition):
                 if spawning.contains(name) || live[name] != nil {
                     violations.append("second process for \(name) at \(now)")
+                }
+                if fleet.maintenance != nil && !definition.runDuringMaintenance {
+                    violations.append("spawn of \(name) during maintenance at \(now)")
                 }
                 spawning.insert(name)
             case .stop(let name, let pid):
@@ -153,9 +157,16 @@ struct FleetHarness {
             case .cancelRoleTimer:
                 if roleTimer == nil { violations.append("cancelRoleTimer without a role timer at \(now)") }
                 roleTimer = nil
-            case .stateChanged(let name, let state, let pid, _):
+            case .stateChanged(let name, let state, let pid, let reason):
                 if announced[name] == state { violations.append("stateChanged \(name) to the same state \(state)") }
                 announced[name] = state
+                // Resting where only maintenance holds it: the reason names the oldest inhibitor.
+                if state == .standby, let hold = fleet.maintenance, fleet.isHeldByMaintenance(name), !fleet.isShuttingDown,
+                    let runOn = fleet.status(of: name)?.definition.runOn, mayRun(runOn, roleInForce: fleet.roleState.inForce),
+                    reason != hold.reason
+                {
+                    violations.append("\(name): standby under \(hold.reason) with reason \(reason)")
+                }
                 if state == .running && pid == nil { violations.append("running without pid: \(name)") }
             case .propertiesChanged(let name, let properties):
                 for case .effectiveLogLevel(let level) in properties {
@@ -198,7 +209,7 @@ struct FleetHarness {
             case .running:
                 if !shouldRun { violations.append("\(name): running but should not run") }
             case .standby:
-                if !status.enabled || (mayRunNow && !fleet.isShuttingDown) {
+                if !status.enabled || (mayRunNow && fleet.isStarted && !fleet.isShuttingDown && !fleet.isHeldByMaintenance(name)) {
                     violations.append("\(name): standby but enabled=\(status.enabled) mayRun=\(mayRunNow)")
                 }
             case .disabled:
@@ -221,6 +232,11 @@ struct FleetHarness {
             if status.state.isSettled && status.state != .running && status.pid != nil {
                 violations.append("\(name): \(status.state) with pid")
             }
+        }
+        // `maintenanceSettled` (the daemon's Inhibit replies on it): no held worker has a process.
+        let heldBusy = fleet.workers.filter { fleet.isHeldByMaintenance($0.name) && (spawning.contains($0.name) || live[$0.name] != nil) }
+        if fleet.maintenanceSettled != heldBusy.isEmpty {
+            violations.append("maintenanceSettled \(fleet.maintenanceSettled), held with processes: \(heldBusy.map(\.name))")
         }
         for name in announced.keys where fleet.status(of: name) == nil {
             violations.append("\(name): announced but gone without workerRemoved")

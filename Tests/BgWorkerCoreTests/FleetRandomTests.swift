@@ -5,10 +5,13 @@ import Testing
 
 @Suite struct FleetRandomTests {
     /// 2000 random event sequences of 120 steps — bus calls (Stop/Start and log levels too), role changes (incl. bursts), reloads that
-    /// add/remove/change workers, starts and exits delivered late and in any order, early and
+    /// add/remove/change workers (and flip `run-during-maintenance`), inhibitors taken and
+    /// released (maintenance), starts and exits delivered late and in any order, early and
     /// late timers, shutdown — checking after every step that no worker has two processes, that
-    /// every state change is announced exactly once, that settled workers obey the run rule, and
-    /// that only backoff workers have a timer. At the end everything settles.
+    /// no worker maintenance holds is spawned, that every state change is announced exactly once,
+    /// that settled workers obey the run rule (maintenance included), that `maintenanceSettled`
+    /// is right, and that only backoff workers have a timer. At the end maintenance ends (every
+    /// worker the rules allow runs again) and everything settles.
     @Test(arguments: 0..<4)
     func randomSequencesKeepTheInvariants(batch: UInt64) {
         for seed in (batch * 500)..<(batch * 500 + 500) {
@@ -28,7 +31,8 @@ import Testing
             delay: delay, delayMax: delay * [1, 4, 16].randomElement(using: &rng)!,
             stableAfter: [0.0, 1, 5].randomElement(using: &rng)!, burst: [0, 1, 3, 5].randomElement(using: &rng)!,
             interval: [1.0, 10].randomElement(using: &rng)!,
-            exec: ["/bin/w", ["a", "b"].randomElement(using: &rng)!], logLevel: randomLevel(&rng))
+            exec: ["/bin/w", ["a", "b"].randomElement(using: &rng)!], logLevel: randomLevel(&rng),
+            duringMaintenance: Int.random(in: 0..<3, using: &rng) == 0)
     }
 
     private func randomLevel(_ rng: inout SeededRandom) -> LogLevel? {
@@ -50,9 +54,21 @@ import Testing
         var h = FleetHarness(randomConfiguration(&rng), role: roles.randomElement(using: &rng)!)
         let allNames = ["a", "b", "c", "d", "nope"]
         var trace: [(Int, [FleetAction], RoleState)] = []
+        // The inhibitors held, oldest first, as the daemon keeps them.
+        var holders: [MaintenanceHold] = []
+        var nextHolder = 0
         for step in 0..<steps {
             let name = allNames.randomElement(using: &rng)!
-            switch Int.random(in: 0..<18, using: &rng) {
+            switch Int.random(in: 0..<20, using: &rng) {
+            case 18, 19:
+                // Take an inhibitor, or release any one of them (its holder closed it or died).
+                if holders.isEmpty || Bool.random(using: &rng) {
+                    nextHolder += 1
+                    holders.append(MaintenanceHold(who: "h\(nextHolder)", why: "test"))
+                } else {
+                    holders.remove(at: Int.random(in: 0..<holders.count, using: &rng))
+                }
+                h.run(.maintenance(holders.first))
             case 0: _ = try? h.send(.enable(name))
             case 1: _ = try? h.send(.disable(name))
             case 2:
@@ -103,6 +119,9 @@ import Testing
             if trace.count > 4 { trace.removeFirst() }
             if !h.violations.isEmpty { return h.violations + trace.map { "step \($0.0): \($0.1) role \($0.2)" } }
         }
+        // Maintenance ends: the invariants (no standby that the rules would run) check the restart.
+        h.run(.maintenance(nil))
+        if !h.violations.isEmpty { return h.violations + trace.map { "step \($0.0): \($0.1) role \($0.2)" } }
         // Settle: deliver every start and exit, fire every timer, until quiet.
         h.run(.shutdown)
         var rounds = 0

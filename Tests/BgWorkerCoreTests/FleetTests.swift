@@ -2,7 +2,7 @@ import Testing
 
 @testable import BgWorkerCore
 
-private func stateChanges(_ actions: [FleetAction]) -> [String] {
+func stateChanges(_ actions: [FleetAction]) -> [String] {
     actions.compactMap {
         if case .stateChanged(let name, let state, _, let reason) = $0 { return "\(name) \(state.rawValue): \(reason)" }
         return nil
@@ -19,7 +19,7 @@ enum TableEvent: String, CaseIterable, Sendable {
 
 /// Brings worker "w" (run-on primary) into a state; the harness's role is primary unless the
 /// state needs otherwise.
-private func harness(in state: WorkerState) -> FleetHarness {
+func harness(in state: WorkerState) -> FleetHarness {
     switch state {
     case .disabled:
         return FleetHarness(configuration([definition(enabled: false)]), role: .primary)
@@ -55,7 +55,7 @@ private func harness(in state: WorkerState) -> FleetHarness {
     }
 }
 
-private func apply(_ event: TableEvent, to h: inout FleetHarness) -> FleetError? {
+func apply(_ event: TableEvent, to h: inout FleetHarness) -> FleetError? {
     do {
         switch event {
         case .enable: try h.send(.enable("w"))

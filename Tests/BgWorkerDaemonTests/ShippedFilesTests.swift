@@ -71,6 +71,8 @@ import TestSupport
             Member(kind: "method", name: "Stop", detail: ["name:s:in"]),
             Member(kind: "method", name: "Start", detail: ["name:s:in"]),
             Member(kind: "method", name: "Logs", detail: ["name:s:in", "lines:u:in", "output:a(ts):out"]),
+            Member(kind: "method", name: "Inhibit", detail: ["who:s:in", "why:s:in", "fd:h:out"]),
+            Member(kind: "method", name: "ListInhibitors", detail: ["inhibitors:a(ssuut):out"]),
             Member(kind: "method", name: "SetHARole", detail: ["role:s:in"]),
             Member(kind: "signal", name: "WorkerStateChanged", detail: ["name:s", "state:s", "pid:u", "reason:s"]),
             Member(kind: "signal", name: "HARoleChanged", detail: ["role:s"]),
@@ -78,10 +80,11 @@ import TestSupport
             Member(kind: "property", name: "HARole", detail: ["s", "read"]),
             Member(kind: "property", name: "LogLevel", detail: ["s", "readwrite"]),
             Member(kind: "property", name: "Runner", detail: ["s", "read"]),
+            Member(kind: "property", name: "Maintenance", detail: ["b", "read"]),
         ]
         #expect(try Self.members(ofInterface: "org.example.BgWorker", inFile: "org.example.BgWorker.xml") == expected)
         let annotations = try Self.changeSignalAnnotations(inFile: "org.example.BgWorker.xml")
-        #expect(annotations == ["Version": "const", "HARole": "true", "LogLevel": "true", "Runner": "true"])
+        #expect(annotations == ["Version": "const", "HARole": "true", "LogLevel": "true", "Runner": "true", "Maintenance": "true"])
     }
 
     @Test func workerInterfaceMatchesTheContract() throws {
@@ -184,6 +187,7 @@ import TestSupport
                 let reads: [[String]] = [
                     manager + ["--method", "org.example.BgWorker.ListWorkers"],
                     manager + ["--method", "org.example.BgWorker.GetWorker", "dice"],
+                    manager + ["--method", "org.example.BgWorker.ListInhibitors"],
                     manager + ["--method", "org.freedesktop.DBus.Properties.Get", "org.example.BgWorker", "Version"],
                     manager + ["--method", "org.freedesktop.DBus.Properties.GetAll", "org.example.BgWorker"],
                     worker + ["--method", "org.freedesktop.DBus.Properties.GetAll", "org.example.BgWorker.Worker"],
@@ -207,6 +211,8 @@ import TestSupport
                     manager + ["--method", "org.example.BgWorker.Disable", "dice"],
                     manager + ["--method", "org.example.BgWorker.Enable", "dice"],
                     manager + ["--method", "org.freedesktop.DBus.Properties.Set", "org.example.BgWorker", "LogLevel", "<'debug'>"],
+                    // gdbus holds the inhibitor until it exits, just after the reply.
+                    manager + ["--method", "org.example.BgWorker.Inhibit", "policy-test", "a check"],
                 ]
                 for change in changes {
                     let refused = try await Self.gdbus(as: nobody, on: bus, change)

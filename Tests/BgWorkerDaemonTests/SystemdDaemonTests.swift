@@ -257,6 +257,50 @@ extension SystemdNamespaceTests {
         /// The emergency stop with units: the unit is gone when Stop replies and is not started
         /// again; Stop is not persisted, so a new daemon (adopting the other worker's unit after a
         /// SIGKILL) starts it again.
+        /// Maintenance stops held workers' units (and only theirs); a SIGKILLed daemon's successor
+        /// adopts the exempt unit, takes the inhibitor back and starts no held worker; its release
+        /// starts the unit again.
+        @Test(.enabled(if: rootTestsEnabled, needsRoot))
+        func maintenanceStopsTheHeldUnitsAndOutlivesTheDaemon() async throws {
+            let workers = """
+                [worker.held]
+                exec = ["/bin/sleep", "300"]
+
+                [worker.exempt]
+                exec = ["/bin/sleep", "300"]
+                run-during-maintenance = true
+                """
+            try await SystemdDaemonFixture.with(workers) { f in
+                try await f.startDaemon()
+                let before = try await f.workers()
+                let held = try #require(before["held"])
+                let (holder, line) = try await DaemonMaintenanceTests.hold(
+                    address: f.bus.unixAddress, folder: f.directory, who: "apt", why: "upgrade")
+                defer { holder.signal(SIGKILL) }
+                #expect(line.hasPrefix("held 1 errors -"), "\(line)")
+                #expect(try await f.units() == ["bgworker-exempt.service"], "held's unit is gone when Inhibit replies")
+                #expect(try await !f.isAliveInside(held.pid))
+                #expect(try await f.workers()["held"]?.state == "standby")
+
+                try await f.stopDaemon(signal: SIGKILL)
+                try await f.startDaemon()
+                let after = try await f.workers()
+                #expect(after["exempt"]?.state == "running" && after["exempt"]?.pid == before["exempt"]?.pid, "adopted")
+                #expect(after["held"]?.state == "standby", "\(after)")
+                #expect(try await f.units() == ["bgworker-exempt.service"])
+                #expect(try await f.managerProperty("Maintenance") == "b true")
+
+                let monitor = try await f.monitor()
+                holder.signal(SIGTERM)
+                _ = try await monitor.waitFor("held running", timeout: .seconds(30)) { message in
+                    message.member == "WorkerStateChanged" && message.body.first?.string == "held" && message.body.dropFirst().first?.string == "running"
+                }
+                await monitor.stop()
+                #expect(try await f.units() == ["bgworker-exempt.service", "bgworker-held.service"])
+                #expect(try await f.managerProperty("Maintenance") == "b false")
+            }
+        }
+
         @Test(.enabled(if: rootTestsEnabled, needsRoot))
         func stopRemovesTheUnitAndANewDaemonStartsItAgain() async throws {
             let workers = """

@@ -79,13 +79,13 @@ struct ClientsEndToEndTests {
             var r = try await setup.ctl(["status"])
             #expect(r.status == 0, "\(r.stderr)")
             let lines = r.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
-            #expect(lines[0].hasPrefix("  Version: ") && lines[0].count > "  Version: ".count)
-            try #require(lines.count == 8, "\(r.stdout)")
-            #expect(Array(lines[1...4]) == ["   Runner: process", "  HA role: standalone", "Log level: info", ""])
-            #expect(lines[5].range(of: #"^NAME +STATE +PID +ENABLED +RESTARTS +LAST-EXIT +RUN-ON +SINCE$"#, options: .regularExpression) != nil)
-            #expect(lines[6].range(of: #"^off +disabled +- +no +0 +- +primary +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$"#, options: .regularExpression) != nil,
-                    "\(lines[6])")
-            #expect(lines[7].range(of: #"^sleeper +running +\d+ +yes +0 +- +any +\d{4}-"#, options: .regularExpression) != nil, "\(lines[7])")
+            #expect(lines[0].hasPrefix("    Version: ") && lines[0].count > "    Version: ".count)
+            try #require(lines.count == 9, "\(r.stdout)")
+            #expect(Array(lines[1...5]) == ["     Runner: process", "    HA role: standalone", "  Log level: info", "Maintenance: no", ""])
+            #expect(lines[6].range(of: #"^NAME +STATE +PID +ENABLED +RESTARTS +LAST-EXIT +RUN-ON +SINCE$"#, options: .regularExpression) != nil)
+            #expect(lines[7].range(of: #"^off +disabled +- +no +0 +- +primary +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$"#, options: .regularExpression) != nil,
+                    "\(lines[7])")
+            #expect(lines[8].range(of: #"^sleeper +running +\d+ +yes +0 +- +any +\d{4}-"#, options: .regularExpression) != nil, "\(lines[8])")
 
             let sleeper = try await setup.worker("sleeper")
             let firstPid = try #require(sleeper["pid"] as? Int)

@@ -97,7 +97,8 @@ public enum DaemonMain {
         }
         let settings = SupervisorSettings(
             loader: loader, runnerKind: runnerKind,
-            busAddressForWorkers: busAddress == defaultSystemBusAddress ? nil : busAddress, version: bgworkerVersion)
+            busAddressForWorkers: busAddress == defaultSystemBusAddress ? nil : busAddress, version: bgworkerVersion,
+            inhibitorDirectory: options.runtimeDirectory + "/inhibitors")
         let supervisor: Supervisor
         do {
             supervisor = try Supervisor(

@@ -91,8 +91,11 @@ struct BusServiceFactory: Sendable {
         { [access] call in try await access.authorizeRoot(call) }
     }
 
+    /// `ListInhibitors`' row: who, why, uid, pid, since (µs since the epoch).
+    private static let inhibitorRow = DBusType.structure([.string, .string, .uint32, .uint32, .uint64])
+
     /// The manager object `/org/example/BgWorker`.
-    func makeManager(version: String, runner: String, logLevel: LogLevel, role: HARole) throws -> ExportedObject {
+    func makeManager(version: String, runner: String, logLevel: LogLevel, role: HARole, maintenance: Bool) throws -> ExportedObject {
         let nameArgument = [DBusArgument("name", .string)]
         let interface = DBusInterface(
             BgWorkerBus.managerInterface,
@@ -148,6 +151,29 @@ struct BusServiceFactory: Sendable {
                     }
                     return [.objectPath(try ObjectPath(BgWorkerBus.workerPath(name)))]
                 },
+                // Authorized first: a caller who may not change state gets no pipe at all.
+                DBusMethod(
+                    "Inhibit", in: [DBusArgument("who", .string), DBusArgument("why", .string)],
+                    out: [DBusArgument("fd", .unixFD)], authorize: authorize
+                ) { call in
+                    let who = call.arguments.first?.stringValue ?? ""
+                    let why = call.arguments.count > 1 ? call.arguments[1].stringValue ?? "" : ""
+                    let caller: Credentials
+                    do {
+                        caller = try await call.connection.credentials(of: call.sender)
+                    } catch {
+                        throw DBusError.failed("cannot tell who the caller is: \(error)")
+                    }
+                    let fd = try await requireSupervisor().inhibit(who: who, why: why, uid: caller.uid, pid: caller.pid ?? 0)
+                    return [.unixFD(fd)]
+                },
+                DBusMethod("ListInhibitors", out: [DBusArgument("inhibitors", .array(Self.inhibitorRow))]) { _ in
+                    let rows = try await requireSupervisor().inhibitorList().map { inhibitor -> DBusValue in
+                        .structure([.string(inhibitor.who), .string(inhibitor.why), .uint32(inhibitor.uid),
+                                    .uint32(inhibitor.pid), .uint64(inhibitor.since)])
+                    }
+                    return [.array(Self.inhibitorRow, rows)]
+                },
                 // Anyone may read, as ListWorkers.
                 DBusMethod(
                     "Logs", in: [DBusArgument("name", .string), DBusArgument("lines", .uint32)],
@@ -169,6 +195,7 @@ struct BusServiceFactory: Sendable {
                     return .string(level.rawValue)
                 },
                 DBusProperty("Runner", .string, initial: .string(runner)),
+                DBusProperty("Maintenance", .bool, initial: .bool(maintenance)),
             ],
             signals: [
                 DBusSignalDeclaration(

@@ -5,6 +5,7 @@
 // See docs/design.md.
 import BgWorkerAPI
 import BgWorkerCore
+import CShims
 import DBus
 import Glibc
 import Logging
@@ -19,12 +20,17 @@ public struct SupervisorSettings: Sendable {
     /// the daemon's bus; nil when the daemon uses the default system bus.
     public var busAddressForWorkers: String?
     public var version: String
+    /// Where maintenance inhibitors are kept as FIFOs, so that a restarted daemon takes them back
+    /// (`$RUNTIME_DIRECTORY/inhibitors`); nil: plain pipes, forgotten when the daemon ends.
+    public var inhibitorDirectory: String?
 
-    public init(loader: ConfigurationLoader, runnerKind: RunnerKind, busAddressForWorkers: String?, version: String) {
+    public init(loader: ConfigurationLoader, runnerKind: RunnerKind, busAddressForWorkers: String?, version: String,
+                inhibitorDirectory: String? = nil) {
         self.loader = loader
         self.runnerKind = runnerKind
         self.busAddressForWorkers = busAddressForWorkers
         self.version = version
+        self.inhibitorDirectory = inhibitorDirectory
     }
 }
 
@@ -72,6 +78,10 @@ public actor Supervisor {
 
     private var settleWaiters: [String: [CheckedContinuation<Void, Never>]] = [:]
     private var drainWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Maintenance mode's inhibitors (their read ends are on the loop) and the `Inhibit` calls
+    /// that wait for the workers maintenance holds to be gone.
+    private var inhibitors: InhibitorTable
+    private var maintenanceWaiters: [CheckedContinuation<Void, Never>] = []
     private var isStarted = false
     private var isAdopted = false
     /// Until `start` (the daemon owns its bus name), starts and stops are kept here, not given to
@@ -113,6 +123,12 @@ public actor Supervisor {
         fleet = Fleet(configuration: configuration, enableState: persisted, role: configuration.ha.source.initialRole)
         if let warning = access.configure(adminGroup: configuration.daemon.adminGroup) { logger.warning("\(warning)") }
         runner.logs?.configure(configuration.logBufferLines)
+        // Those a previous daemon left: maintenance holds from the first start on (`adopt`).
+        inhibitors = InhibitorTable(directory: settings.inhibitorDirectory)
+        for problem in inhibitors.load() { logger.warning("inhibitor dropped: \(problem)") }
+        for inhibitor in inhibitors.held {
+            logger.notice("maintenance inhibitor of \(inhibitor.who) (\(inhibitor.why)), uid \(inhibitor.uid) pid \(inhibitor.pid), taken back from the previous daemon")
+        }
     }
 
     // MARK: - Life cycle
@@ -123,7 +139,7 @@ public actor Supervisor {
         let factory = BusServiceFactory(supervisor: self, access: access)
         manager = try factory.makeManager(
             version: settings.version, runner: runner.kind, logLevel: configuration.daemon.logLevel,
-            role: fleet.roleState.reported)
+            role: fleet.roleState.reported, maintenance: !inhibitors.isEmpty)
         let now = wallClockMicroseconds()
         for status in fleet.workers {
             workerObjects[status.name] = try factory.makeWorker(status, stateChangedAt: now)
@@ -170,6 +186,17 @@ public actor Supervisor {
         runner.setEventHandler { [weak self] event in
             self?.onLoop { $0.runnerReported(event) }
         }
+        // Inhibitors taken back at init: watched, and in force before the first start.
+        for index in inhibitors.held.indices.reversed() {
+            do {
+                try watch(&inhibitors.held[index])
+            } catch {
+                // Unwatched it could never end: dropped, as its holder would be told by no one.
+                logger.error("\(error); the inhibitor is dropped")
+                if let dropped = inhibitors.remove(inhibitors.held[index].id) { close(dropped.readFD) }
+            }
+        }
+        if !inhibitors.isEmpty { maintenanceChanged() }
         let specs = configuration.workers.map(launchSpec)
         let adopted = await runner.adopt(specs)
         for (name, pid) in adopted.sorted(by: { $0.key < $1.key }) {
@@ -297,6 +324,69 @@ public actor Supervisor {
         applyLogLevel(level)
         apply(.managerLogLevel(level))
         logger.notice("log level set to \(level.rawValue) by \(sender)")
+    }
+
+    // MARK: - Maintenance (Inhibit)
+
+    /// `Inhibit`: a new inhibitor; returns the write end of its FIFO once every worker that
+    /// maintenance holds is gone (`Fleet.maintenanceSettled`). The daemon holds that end until
+    /// the reply has gone out (or failed), so the inhibitor cannot end before the caller has it.
+    func inhibit(who: String, why: String, uid: UInt32, pid: UInt32) async throws(DBusError) -> UnixFD {
+        var (inhibitor, writeEnd) = try inhibitors.make(who: who, why: why, uid: uid, pid: pid, since: wallClockMicroseconds())
+        inhibitors.add(inhibitor)
+        do {
+            try watch(&inhibitor)
+            inhibitors.held[inhibitors.held.count - 1] = inhibitor
+        } catch {
+            _ = inhibitors.remove(inhibitor.id)
+            close(inhibitor.readFD)
+            throw error
+        }
+        logger.notice("maintenance inhibitor taken by \(who) (\(why)), uid \(uid) pid \(pid); \(inhibitors.held.count) held")
+        maintenanceChanged()
+        // Checked and registered with no suspension between (as in applyAndWaitUntilSettled).
+        if !fleet.maintenanceSettled {
+            await withCheckedContinuation { maintenanceWaiters.append($0) }
+        }
+        return writeEnd
+    }
+
+    /// Registers the inhibitor's read end with the loop.
+    private func watch(_ inhibitor: inout Inhibitor) throws(DBusError) {
+        let id = inhibitor.id
+        do {
+            inhibitor.registration = try loop.register(fd: inhibitor.readFD, events: EPOLLIN.rawValue) { [weak self] events in
+                self?.onLoop { $0.inhibitorReady(id, events: events) }
+            }
+        } catch {
+            throw DBusError.failed("cannot watch the inhibitor of \(inhibitor.who): \(error)")
+        }
+    }
+
+    /// `ListInhibitors`, oldest first.
+    func inhibitorList() -> [Inhibitor] { inhibitors.held }
+
+    /// The read end of an inhibitor is ready: data a holder wrote (drained, ignored), or every
+    /// write end closed, which ends the inhibitor.
+    private func inhibitorReady(_ id: UInt64, events: UInt32) {
+        guard let fd = inhibitors.held.first(where: { $0.id == id })?.readFD,
+              InhibitorTable.writersGone(fd, events: events),
+              let inhibitor = inhibitors.remove(id) else { return }
+        if let registration = inhibitor.registration { loop.unregister(registration) }
+        close(inhibitor.readFD)
+        logger.notice("maintenance inhibitor of \(inhibitor.who) (\(inhibitor.why)) released; \(inhibitors.held.count) held")
+        maintenanceChanged()
+    }
+
+    /// Tells the fleet the oldest inhibitor (or none), after `Maintenance` is set when it flips:
+    /// PropertiesChanged goes out before the state changes it causes, as `HARole`'s does.
+    private func maintenanceChanged() {
+        let held = !inhibitors.isEmpty
+        if held != (fleet.maintenance != nil) {
+            logger.notice(held ? "maintenance mode begins: held workers stop" : "maintenance mode ends: held workers start again")
+            setManagerProperty("Maintenance", .bool(held))
+        }
+        apply(.maintenance(inhibitors.oldestHold))
     }
 
     // MARK: - Reload
@@ -819,6 +909,11 @@ public actor Supervisor {
     private func resumeWaiters() {
         for name in Array(settleWaiters.keys) where fleet.isSettled(name) {
             settleWaiters.removeValue(forKey: name)?.forEach { $0.resume() }
+        }
+        if !maintenanceWaiters.isEmpty, fleet.maintenanceSettled {
+            let waiters = maintenanceWaiters
+            maintenanceWaiters = []
+            waiters.forEach { $0.resume() }
         }
         if isShuttingDown, !fleet.hasProcesses, !drainWaiters.isEmpty {
             let waiters = drainWaiters

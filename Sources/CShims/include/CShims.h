@@ -19,6 +19,11 @@ int _bgw_pidfd_send_signal(int pidfd, int sig);
 /// pipe2(fds, O_CLOEXEC): glibc declares pipe2 only under _GNU_SOURCE, which Swift does not set.
 int _bgw_pipe_cloexec(int fds[2]);
 
+/// posix_spawn_file_actions_addclosefrom_np(actions, from) (glibc 2.34+, declared only under
+/// _GNU_SOURCE): the child closes every fd from `from` up. Returns 0 or an error number.
+#include <spawn.h>
+int _bgw_spawn_actions_closefrom(posix_spawn_file_actions_t *actions, int from);
+
 /// Names the calling thread (prctl(PR_SET_NAME); at most 15 bytes are kept).
 void _bgw_set_thread_name(const char *name);
 

@@ -4,6 +4,7 @@
 import ArgumentParser
 import DBus
 import Glibc
+import SystemSupport
 import TestSupport
 
 struct MaintenanceBenchmark: AsyncParsableCommand {

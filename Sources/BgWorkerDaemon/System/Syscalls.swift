@@ -1,8 +1,9 @@
-// Thin wrappers over the Linux calls the runner's threads are built of: epoll, eventfd, timerfd,
-// a dedicated pthread. Each names the C function it wraps and retries EINTR where that is right.
+// Thin wrappers over the Linux calls the runner's threads are built of: epoll, eventfd, timerfd
+// (threads, the clock and errno are in SystemSupport). Each names the C function it wraps and retries EINTR where that is right.
 import CShims
 import Glibc
 import Synchronization
+// Re-exported: the daemon's public API throws SystemCallError, and its files use the helpers unprefixed.
 @_exported import SystemSupport
 
 /// The name of a `readdir` entry, read in place up to its NUL. Safe: readdir returns a pointer

@@ -38,14 +38,19 @@ enum RunnerStep: Sendable, Hashable, CustomStringConvertible {
 final class FakeRunner: WorkerRunner {
     private struct Process {
         let pid: Int32
+        let spec: LaunchSpec
         var answer: (@Sendable (Result<Int32, RunnerError>) -> Void)?
         var alive = true
+        /// A stop reached it (it ends when the test says, or at once once automatic).
+        var stopped = false
     }
     private struct State {
         var handler: EventHandler?
         /// Every process ever spawned, by worker, oldest first.
         var processes: [String: [Process]] = [:]
         var nextPid: Int32 = 1000
+        /// Starts answer themselves and stops end their process (draining at the end of a test).
+        var automatic = false
     }
 
     let kind = "fake"
@@ -77,20 +82,26 @@ final class FakeRunner: WorkerRunner {
         let (pid, live) = state.withLock { state -> (Int32, [Int32]) in
             let live = state.processes[spec.name, default: []].filter(\.alive).map(\.pid)
             state.nextPid += 1
-            state.processes[spec.name, default: []].append(Process(pid: state.nextPid, answer: answer))
+            state.processes[spec.name, default: []].append(Process(pid: state.nextPid, spec: spec, answer: answer))
             return (state.nextPid, live)
         }
         if !live.isEmpty {
             violations.update { $0.append("two live processes of \(spec.name): \(live) and \(pid)") }
         }
         note(.spawn(spec.name, pid: pid))
+        if state.withLock({ $0.automatic }) { answerStart(spec.name) }
     }
 
     func submitStop(name: String, done: @escaping @Sendable () -> Void) {
         loop.preconditionOnLoopThread("(submitStop)")
-        let pid = state.withLock { $0.processes[name]?.last(where: \.alive)?.pid }
+        let pid = state.withLock { state -> Int32? in
+            guard let index = state.processes[name]?.lastIndex(where: \.alive) else { return nil }
+            state.processes[name]?[index].stopped = true
+            return state.processes[name]?[index].pid
+        }
         note(.stop(name, pid: pid))
         loop.execute(done)
+        if pid != nil, state.withLock({ $0.automatic }) { exit(name, .killed(15)) }
     }
 
     func adopt(_ specs: [LaunchSpec]) async -> [String: Int32] { [:] }
@@ -136,6 +147,21 @@ final class FakeRunner: WorkerRunner {
         }
     }
 
+    /// From now on starts answer themselves and stops end their process at once; the starts
+    /// waiting for an answer are answered, and the processes a stop reached end.
+    func becomeAutomatic() {
+        loop.execute { [self] in
+            let (waiting, stopped) = state.withLock { state -> ([String], [String]) in
+                state.automatic = true
+                return (
+                    state.processes.flatMap { name, processes in processes.filter { $0.answer != nil }.map { _ in name } },
+                    state.processes.filter { $0.value.contains { $0.alive && $0.stopped } }.map(\.key))
+            }
+            for name in waiting { answerStart(name) }
+            for name in stopped { exit(name, .killed(15)) }
+        }
+    }
+
     /// Hands `event` to the supervisor as is (a stale or unknown pid, as a confused runner would).
     func report(_ event: RunnerEvent) {
         loop.execute { [self] in state.withLock { $0.handler }?.deliver(event) }
@@ -156,6 +182,23 @@ final class FakeRunner: WorkerRunner {
     }
 
     // MARK: - Reading
+
+    /// What the process `pid` was started with.
+    func spec(of pid: Int32) -> LaunchSpec? {
+        state.withLock { state in state.processes.values.joined().first { $0.pid == pid }?.spec }
+    }
+
+    /// Workers with a start not answered yet, one entry per start.
+    func unansweredStarts() -> [String] {
+        state.withLock { state in
+            state.processes.flatMap { name, processes in processes.filter { $0.answer != nil }.map { _ in name } }.sorted()
+        }
+    }
+
+    /// Workers with a live process.
+    func liveWorkers() -> [String] {
+        state.withLock { state in state.processes.filter { $0.value.contains(where: \.alive) }.map(\.key).sorted() }
+    }
 
     /// The pids of `name`'s processes that are alive.
     func livePids(_ name: String) -> [Int32] {

@@ -6,6 +6,7 @@
 import BgWorkerCore
 import DBus
 import Dispatch
+import Foundation
 import Logging
 import TestSupport
 import Testing
@@ -14,7 +15,7 @@ import Testing
 
 /// A request as the bus service makes it.
 enum Request: Sendable, CustomStringConvertible {
-    case enable(String), disable(String), restart(String), stop(String), start(String), setHARole(String)
+    case enable(String), disable(String), restart(String), stop(String), start(String), setHARole(String), reload
 
     var description: String {
         switch self {
@@ -24,6 +25,7 @@ enum Request: Sendable, CustomStringConvertible {
         case .stop(let name): "stop \(name)"
         case .start(let name): "start \(name)"
         case .setHARole(let role): "SetHARole \(role)"
+        case .reload: "reload"
         }
     }
 }
@@ -44,6 +46,7 @@ extension Supervisor {
             case .stop(let name): try await stop(name)
             case .start(let name): try await start(name)
             case .setHARole(let role): try await setHARole(role, by: "test")
+            case .reload: try await reloadForBus()
             }
             runner.note(.returned(request.description))
         } catch {
@@ -86,12 +89,26 @@ private struct Rig {
     let io: BlockingWork
 
     init(_ workers: [WorkerDefinition], ha: HASettings = HASettings(), io: BlockingWork? = nil) throws {
+        let directory = try TemporaryDirectory(prefix: "bgw-sup")
+        var configuration = Configuration(ha: ha, workers: workers)
+        configuration.daemon.stateDirectory = directory.path
+        try self.init(configuration, directory: directory, io: io)
+    }
+
+    /// With the configuration of a file (`text` after a `[daemon]` table naming the state
+    /// directory), which `rewrite` changes for a reload.
+    init(file text: String) throws {
+        let directory = try TemporaryDirectory(prefix: "bgw-sup")
+        try Self.write(text, in: directory)
+        let loaded = ConfigurationLoader(mainPath: directory.file("bgworkerd.toml")).load(validatingFor: .process)
+        try self.init(loaded.get(), directory: directory, io: nil)
+    }
+
+    private init(_ configuration: Configuration, directory: TemporaryDirectory, io: BlockingWork?) throws {
+        self.directory = directory
         self.io = try io ?? BlockingWork(name: "sup-test-io")
         loop = try EventLoop(name: "sup-test", manualClock: true)
         runner = FakeRunner(loop: loop)
-        directory = try TemporaryDirectory(prefix: "bgw-sup")
-        var configuration = Configuration(ha: ha, workers: workers)
-        configuration.daemon.stateDirectory = directory.path
         let (logger, log) = CapturedLog.make()
         self.log = log
         let settings = SupervisorSettings(
@@ -101,6 +118,14 @@ private struct Rig {
             configuration: configuration, runner: runner, settings: settings, logger: logger,
             logLevel: LogLevelControl(.trace), blockingWork: self.io)
     }
+
+    private static func write(_ text: String, in directory: TemporaryDirectory) throws {
+        try "[daemon]\nstate-directory = \"\(directory.path)\"\n\n\(text)"
+            .write(toFile: directory.file("bgworkerd.toml"), atomically: true, encoding: .utf8)
+    }
+
+    /// Replaces the configuration file (a reload reads it).
+    func rewrite(_ text: String) throws { try Self.write(text, in: directory) }
 
     /// Starts the supervisor, answering the first start of each of `answering` (in that order).
     func start(answering names: [String] = []) async throws {
@@ -186,13 +211,23 @@ private struct Rig {
 
     func checkViews(sourceLocation: SourceLocation = #_sourceLocation) async {
         check(sourceLocation: sourceLocation)
+        let problems = await viewProblems()
+        #expect(problems == [], sourceLocation: sourceLocation)
+    }
+
+    /// Where the supervisor's view and the runner's differ: a pid shown that is not the one live
+    /// process, or more than one live process.
+    func viewProblems() async -> [String] {
+        var problems: [String] = []
         for status in await supervisor.workerList() {
             let live = runner.livePids(status.name)
-            #expect(live.count <= 1, "\(status.name): live \(live)", sourceLocation: sourceLocation)
-            if let pid = status.pid {
-                #expect(live == [pid], "\(status.name) shows pid \(pid), live: \(live)", sourceLocation: sourceLocation)
+            if live.count > 1 { problems.append("\(status.name): live \(live)") }
+            if let pid = status.pid, live != [pid] {
+                problems.append("\(status.name) is \(status.state.rawValue) with pid \(pid), live: \(live)")
             }
+            if status.state == .running, status.pid == nil { problems.append("\(status.name) running without a pid") }
         }
+        return problems
     }
 
     func finish() {
@@ -619,6 +654,150 @@ private let second: UInt64 = 1_000_000_000
         await rig.advance(by: 10 * second)
         #expect(rig.steps(since: mark).filter { if case .spawn = $0 { true } else { false } } == [])
         await rig.checkViews()
+        rig.finish()
+    }
+
+    // MARK: - Random events
+
+    /// Random requests, role changes, answers, failed starts, exits and clock moves, from a seed;
+    /// after every step the invariants hold, and at the end (every start answered, shutdown)
+    /// every call has returned and no process is left.
+    @Test(arguments: [1, 2, 3, 4, 5, 6, 7, 8] as [UInt64])
+    func randomEventsKeepOneProcessPerWorkerAndEveryCallReturns(seed: UInt64) async throws {
+        let rig = try Rig(
+            [worker("a", delay: 0, runOn: .any), worker("b", delay: 1, runOn: .primary),
+             worker("c", enabled: false, delay: 0.5, runOn: .secondary, burst: 4)],
+            ha: HASettings(source: .pacemaker, lease: 30))
+        try await rig.start(answering: ["a"])
+        var random = SeededRandom(seed: seed)
+        let names = ["a", "b", "c"]
+        var issued = 0
+        var history: [String] = []
+        for _ in 0..<500 {
+            let name = names[random.below(names.count)]
+            switch random.below(10) {
+            case 0, 1:
+                let requests: [Request] = [.enable(name), .disable(name), .restart(name), .stop(name), .start(name)]
+                let request = requests[random.below(requests.count)]
+                history.append("\(request)")
+                _ = rig.request(request)
+                issued += 1
+            case 2:
+                let role = ["primary", "secondary", "unknown"][random.below(3)]
+                history.append("SetHARole \(role)")
+                _ = rig.request(.setHARole(role))
+                issued += 1
+            case 3, 4:
+                guard let waiting = rig.runner.unansweredStarts().first(where: { $0 == name }) else { continue }
+                history.append("answer \(waiting)")
+                rig.runner.answerStart(waiting)
+            case 5:
+                guard let waiting = rig.runner.unansweredStarts().first(where: { $0 == name }) else { continue }
+                history.append("fail \(waiting)")
+                rig.runner.failStart(waiting)
+            case 6, 7:
+                guard rig.runner.liveWorkers().contains(name) else { continue }
+                let status: WorkerExit = [.exited(0), .exited(1), .killed(9)][random.below(3)]
+                history.append("exit \(name) \(status)")
+                rig.runner.exit(name, status)
+            default:
+                let nanoseconds = UInt64(random.below(25)) * 100_000_000 + UInt64(random.below(2))
+                history.append("advance \(nanoseconds)")
+                rig.loop.advanceClock(by: nanoseconds)
+            }
+            await rig.barrier()
+            let problems = rig.runner.violations.value + (await rig.viewProblems())
+            guard problems.isEmpty else {
+                Issue.record("seed \(seed), after \(history.suffix(12)): \(problems)\nsteps: \(rig.runner.steps.value.suffix(20))")
+                rig.finish()
+                return
+            }
+        }
+        // The end: every start answers itself and every stop ends its process; shut down.
+        rig.runner.becomeAutomatic()
+        let down = WatchedValue(false)
+        Task {
+            await rig.supervisor.shutdown()
+            down.update { $0 = true }
+        }
+        do {
+            try await down.wait("the shutdown") { $0 }
+        } catch {
+            Issue.record("seed \(seed): \(error); workers \(await rig.supervisor.workerList().map { "\($0.name) \($0.state) \($0.pid.map(String.init) ?? "-")" }); live \(rig.runner.liveWorkers()), unanswered \(rig.runner.unansweredStarts()); history \(history.suffix(15)); steps \(rig.runner.steps.value.suffix(25)); log \(rig.log.value.suffix(12).map(\.message))")
+            rig.finish()
+            return
+        }
+        #expect(rig.runner.liveWorkers() == [], "seed \(seed)")
+        let calls = issued
+        try await rig.runner.steps.wait("every call's return (\(calls))") { steps in
+            steps.count { if case .returned = $0 { true } else if case .failed = $0 { true } else { false } } >= calls
+        }
+        #expect(rig.runner.steps.value.count { if case .returned = $0 { true } else if case .failed = $0 { true } else { false } } == issued)
+        rig.finish()
+    }
+
+    // MARK: - Reload
+
+    /// A reload changes the program of a worker whose start is in flight: it is stopped once its
+    /// pid is known, and the new program starts once it is gone.
+    @Test func aReloadThatChangesAStartingWorkerRestartsItOnceItsPidIsKnown() async throws {
+        let rig = try Rig(file: "[worker.w]\nexec = [\"/bin/true\"]\nrestart-delay = 0\n")
+        let started = Task { await rig.supervisor.start() }
+        let old = try await rig.runner.waitForSpawn("w")
+        try rig.rewrite("[worker.w]\nexec = [\"/bin/false\"]\nrestart-delay = 0\n")
+        await rig.request(.reload).value
+        #expect(rig.steps(since: 0) == [.spawn("w", pid: old), .returned("reload")])
+        #expect(await rig.status("w")?.state == .stopping)
+        rig.runner.answerStart("w")
+        await started.value
+        try await rig.waitFor(.stop("w", pid: old))
+        rig.runner.exit("w", .killed(15))
+        let new = try await rig.runner.waitForSpawn("w", count: 2)
+        #expect(rig.runner.spec(of: old)?.argv == ["/bin/true"])
+        #expect(rig.runner.spec(of: new)?.argv == ["/bin/false"])
+        rig.runner.answerStart("w")
+        await rig.barrier()
+        #expect(await rig.status("w")?.state == .running)
+        await rig.checkViews()
+        rig.finish()
+    }
+
+    /// A reload removes a worker whose start is in flight: it goes once its process is gone, and
+    /// a Disable waiting for it returns then.
+    @Test func aWorkerRemovedDuringItsStartGoesOnceItsProcessIsGone() async throws {
+        let rig = try Rig(file: "[worker.w]\nexec = [\"/bin/true\"]\nenabled = false\n\n[worker.x]\nexec = [\"/bin/true\"]\n")
+        try await rig.start(answering: ["x"])
+        let enable = rig.request(.enable("w"))
+        let pid = try await rig.runner.waitForSpawn("w")
+        try rig.rewrite("[worker.x]\nexec = [\"/bin/true\"]\n")
+        await rig.request(.reload).value
+        #expect(await rig.status("w")?.state == .stopping)
+        rig.runner.answerStart("w")
+        try await rig.waitFor(.stop("w", pid: pid))
+        await rig.barrier()
+        #expect(!rig.runner.steps.value.contains(.returned("enable w")))
+        rig.runner.exit("w", .killed(15))
+        await enable.value
+        #expect(await rig.status("w") == nil)
+        await rig.request(.enable("w")).value
+        #expect(rig.runner.steps.value.last.map { if case .failed("enable w", _) = $0 { true } else { false } } == true)
+        await rig.checkViews()
+        rig.finish()
+    }
+
+    /// A reload removes a worker in its restart delay: the delay's expiry starts nothing.
+    @Test func aWorkerRemovedInItsRestartDelayNeverStartsAgain() async throws {
+        let rig = try Rig(file: "[worker.w]\nexec = [\"/bin/true\"]\nrestart-delay = 2\n")
+        try await rig.start(answering: ["w"])
+        rig.runner.exit("w")
+        await rig.barrier()
+        #expect(await rig.status("w")?.state == .backoff)
+        try rig.rewrite("")
+        await rig.request(.reload).value
+        #expect(await rig.status("w") == nil)
+        let mark = rig.mark
+        await rig.advance(by: 10 * second)
+        #expect(rig.steps(since: mark) == [])
         rig.finish()
     }
 }

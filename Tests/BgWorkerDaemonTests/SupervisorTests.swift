@@ -135,8 +135,18 @@ private struct Rig {
             try await runner.waitForSpawn(name)
             runner.answerStart(name)
         }
-        await started.value
+        try await done(started, "the start")
         check()
+    }
+
+    /// Waits (with a deadline: a hung call fails the test instead of hanging it) for `task`.
+    func done(_ task: Task<Void, Never>, _ what: String) async throws {
+        let finished = WatchedValue(false)
+        Task {
+            await task.value
+            finished.update { $0 = true }
+        }
+        try await finished.wait(what) { $0 }
     }
 
     func request(_ request: Request) -> Task<Void, Never> {
@@ -248,7 +258,7 @@ private let second: UInt64 = 1_000_000_000
         let pid = try await rig.runner.waitForSpawn("w")
         rig.runner.exit("w", .exited(3))
         rig.runner.answerStart("w")
-        await started.value  // the first start was answered, though its process is gone already
+        try await rig.done(started, "started")  // the first start was answered, though its process is gone already
         let respawned = try await rig.runner.waitForSpawn("w", count: 2)
         #expect(rig.steps(since: 0) == [
             .spawn("w", pid: pid), .exited("w", pid: pid, .exited(3)), .answered("w", pid: pid),
@@ -273,7 +283,7 @@ private let second: UInt64 = 1_000_000_000
         let pid = try await rig.runner.waitForSpawn("w")
         rig.runner.exit("w")
         rig.runner.answerStart("w")
-        await started.value
+        try await rig.done(started, "started")
         await rig.barrier()
         #expect(await rig.status("w")?.state == .backoff)
         #expect(rig.steps(since: 0) == [.spawn("w", pid: pid), .exited("w", pid: pid, .exited(1)), .answered("w", pid: pid)])
@@ -294,8 +304,8 @@ private let second: UInt64 = 1_000_000_000
         try await rig.waitForState("w", .stopping)
         rig.runner.exit("w", .killed(9))
         rig.runner.answerStart("w")
-        await enable.value
-        await disable.value
+        try await rig.done(enable, "enable")
+        try await rig.done(disable, "disable")
         let steps = rig.steps(since: 0)
         #expect(Array(steps.prefix(4)) == [
             .spawn("w", pid: pid), .exited("w", pid: pid, .killed(9)), .answered("w", pid: pid), .stop("w", pid: nil),
@@ -314,7 +324,7 @@ private let second: UInt64 = 1_000_000_000
         // As a runner reporting a stale exit would: deliver it by hand, then answer.
         rig.runner.report(.exited(name: "w", pid: pid + 100, status: .exited(1)))
         rig.runner.answerStart("w")
-        await started.value
+        try await rig.done(started, "started")
         await rig.barrier()
         #expect(await rig.status("w")?.state == .running)
         #expect(await rig.status("w")?.pid == pid)
@@ -332,7 +342,7 @@ private let second: UInt64 = 1_000_000_000
         await rig.barrier()
         #expect(rig.steps(since: 0) == [.spawn("w", pid: pid)], "Enable returned before its start was answered")
         rig.runner.answerStart("w")
-        await call.value
+        try await rig.done(call, "call")
         #expect(rig.steps(since: 0) == [.spawn("w", pid: pid), .answered("w", pid: pid), .returned("enable w")])
         #expect(await rig.status("w")?.state == .running)
         await rig.checkViews()
@@ -347,7 +357,7 @@ private let second: UInt64 = 1_000_000_000
         await rig.barrier()
         #expect(!rig.runner.steps.value.contains(.returned("enable w")))
         rig.runner.failStart("w")
-        await call.value
+        try await rig.done(call, "call")
         #expect(rig.steps(since: 1) == [.startFailed("w"), .returned("enable w")])
         #expect(await rig.status("w")?.state == .backoff)
         await rig.checkViews()
@@ -365,7 +375,7 @@ private let second: UInt64 = 1_000_000_000
         #expect(rig.steps(since: mark) == [.stop("w", pid: pid)], "Disable returned before the process was gone")
         #expect(await rig.status("w")?.state == .stopping)
         rig.runner.exit("w", .killed(15))
-        await call.value
+        try await rig.done(call, "call")
         #expect(rig.steps(since: mark) == [.stop("w", pid: pid), .exited("w", pid: pid, .killed(15)), .returned("disable w")])
         #expect(await rig.status("w")?.state == .disabled)
         await rig.checkViews()
@@ -385,7 +395,7 @@ private let second: UInt64 = 1_000_000_000
         #expect(rig.steps(since: mark) == [.stop("w", pid: old), .exited("w", pid: old, .exited(0)), .spawn("w", pid: new)],
                 "Restart returned before the new process ran")
         rig.runner.answerStart("w")
-        await call.value
+        try await rig.done(call, "call")
         #expect(Array(rig.steps(since: mark).suffix(2)) == [.answered("w", pid: new), .returned("restart w")])
         #expect(await rig.status("w")?.state == .running)
         #expect(await rig.status("w")?.restarts == 0)
@@ -403,7 +413,7 @@ private let second: UInt64 = 1_000_000_000
         await rig.barrier()
         #expect(rig.steps(since: mark) == [.stop("w", pid: pid)], "Stop returned before the process was gone")
         rig.runner.exit("w", .killed(15))
-        await stop.value
+        try await rig.done(stop, "stop")
         #expect(rig.steps(since: mark) == [.stop("w", pid: pid), .exited("w", pid: pid, .killed(15)), .returned("stop w")])
         #expect(await rig.status("w")?.state == .stopped)
 
@@ -413,7 +423,7 @@ private let second: UInt64 = 1_000_000_000
         await rig.barrier()
         #expect(rig.steps(since: mark) == [.spawn("w", pid: new)], "Start returned before its start was answered")
         rig.runner.answerStart("w")
-        await start.value
+        try await rig.done(start, "start")
         #expect(rig.steps(since: mark) == [.spawn("w", pid: new), .answered("w", pid: new), .returned("start w")])
         #expect(await rig.status("w")?.state == .running)
         await rig.checkViews()
@@ -514,7 +524,7 @@ private let second: UInt64 = 1_000_000_000
         let rig = try Rig([worker("p", runOn: .primary)], ha: HASettings(source: .pacemaker))
         try await rig.start()
         #expect(await rig.status("p")?.state == .standby)
-        await rig.request(.setHARole("primary")).value
+        try await rig.done(rig.request(.setHARole("primary")), ".setHARole(primary)")
         let pid = try await rig.runner.waitForSpawn("p")
         #expect(rig.steps(since: 0) == [.spawn("p", pid: pid), .returned("SetHARole primary")])
         let mark = rig.mark
@@ -526,7 +536,7 @@ private let second: UInt64 = 1_000_000_000
         await rig.barrier()
         #expect(rig.steps(since: mark) == [.answered("p", pid: pid), .stop("p", pid: pid)], "SetHARole returned early")
         rig.runner.exit("p", .killed(15))
-        await secondary.value
+        try await rig.done(secondary, "secondary")
         #expect(rig.steps(since: mark) == [
             .answered("p", pid: pid), .stop("p", pid: pid), .exited("p", pid: pid, .killed(15)), .returned("SetHARole secondary"),
         ])
@@ -540,7 +550,7 @@ private let second: UInt64 = 1_000_000_000
     @Test func roleFlappingDuringAStartNeverMakesTwoProcesses() async throws {
         let rig = try Rig([worker("p", runOn: .primary)], ha: HASettings(source: .pacemaker))
         try await rig.start()
-        await rig.request(.setHARole("primary")).value
+        try await rig.done(rig.request(.setHARole("primary")), ".setHARole(primary)")
         let first = try await rig.runner.waitForSpawn("p")
         let mark = rig.mark
         let secondary = rig.request(.setHARole("secondary"))
@@ -555,8 +565,8 @@ private let second: UInt64 = 1_000_000_000
         let next = try await rig.runner.waitForSpawn("p", count: 2)
         await rig.checkViews()
         rig.runner.answerStart("p")
-        await secondary.value
-        await primary.value
+        try await rig.done(secondary, "secondary")
+        try await rig.done(primary, "primary")
         let steps = rig.steps(since: mark)
         #expect(Array(steps.prefix(5)) == [
             .answered("p", pid: first), .stop("p", pid: first), .exited("p", pid: first, .killed(15)),
@@ -605,7 +615,7 @@ private let second: UInt64 = 1_000_000_000
         await rig.barrier()
         #expect(await rig.status("w")?.state == .backoff)
         let mark = rig.mark
-        await rig.request(intent).value  // settled at once: no process
+        try await rig.done(rig.request(intent), "intent")  // settled at once: no process
         #expect(rig.steps(since: mark) == [.returned(intent.description)])
         await rig.advance(by: 10 * second)
         #expect(rig.steps(since: mark) == [.returned(intent.description)], "the cancelled restart delay spawned")
@@ -623,7 +633,7 @@ private let second: UInt64 = 1_000_000_000
         let call = rig.request(.restart("w"))
         try await rig.runner.waitForSpawn("w", count: 2)
         rig.runner.answerStart("w")
-        await call.value
+        try await rig.done(call, "call")
         let mark = rig.mark
         await rig.advance(by: 10 * second)
         #expect(rig.steps(since: mark) == [], "the cancelled restart delay spawned")
@@ -637,22 +647,76 @@ private let second: UInt64 = 1_000_000_000
     @Test func aRoleChangeDuringTheDelayCancelsIt() async throws {
         let rig = try Rig([worker("p", delay: 2, runOn: .primary)], ha: HASettings(source: .pacemaker))
         try await rig.start()
-        await rig.request(.setHARole("primary")).value
+        try await rig.done(rig.request(.setHARole("primary")), ".setHARole(primary)")
         try await rig.runner.waitForSpawn("p")
         rig.runner.answerStart("p")
         rig.runner.exit("p")
         await rig.barrier()
         #expect(await rig.status("p")?.state == .backoff)
-        await rig.request(.setHARole("secondary")).value
+        try await rig.done(rig.request(.setHARole("secondary")), ".setHARole(secondary)")
         #expect(await rig.status("p")?.state == .standby)
         await rig.advance(by: 10 * second)
         #expect(rig.runner.livePids("p") == [])
-        await rig.request(.setHARole("primary")).value
+        try await rig.done(rig.request(.setHARole("primary")), ".setHARole(primary)")
         try await rig.runner.waitForSpawn("p", count: 2)
         rig.runner.answerStart("p")
         let mark = rig.mark
         await rig.advance(by: 10 * second)
         #expect(rig.steps(since: mark).filter { if case .spawn = $0 { true } else { false } } == [])
+        await rig.checkViews()
+        rig.finish()
+    }
+
+    // MARK: - Shutdown and the lease
+
+    /// Shutdown while a start is in flight: it returns only once that process, stopped when its
+    /// pid is known, is gone.
+    @Test func shutdownDuringAStartReturnsOnceTheProcessIsGone() async throws {
+        let rig = try Rig([worker("w"), worker("x")])
+        try await rig.start(answering: ["w", "x"])
+        let running = try #require(await rig.status("x")?.pid)
+        rig.runner.exit("w")  // w restarts at once: a start in flight
+        let starting = try await rig.runner.waitForSpawn("w", count: 2)
+        let down = WatchedValue(false)
+        Task {
+            await rig.supervisor.shutdown()
+            down.update { $0 = true }
+        }
+        try await rig.waitFor(.stop("x", pid: running))
+        try await rig.waitForState("w", .stopping)
+        rig.runner.exit("x", .killed(15))
+        try await rig.waitForState("x", .standby)
+        await rig.barrier()
+        #expect(down.value == false, "shutdown returned with a start in flight")
+        rig.runner.answerStart("w")
+        try await rig.waitFor(.stop("w", pid: starting))
+        await rig.barrier()
+        #expect(down.value == false, "shutdown returned before the last process was gone")
+        rig.runner.exit("w", .killed(15))
+        try await down.wait("the shutdown") { $0 }
+        #expect(rig.runner.liveWorkers() == [])
+        await rig.checkViews()
+        rig.finish()
+    }
+
+    /// With source `pacemaker`, a role lasts its lease (30 s) unless set again: the worker of the
+    /// role stops exactly when the lease ends, and a renewal moves that end.
+    @Test func theLeaseEndsToTheNanosecondAndARenewalMovesIt() async throws {
+        let rig = try Rig([worker("p", runOn: .primary)], ha: HASettings(source: .pacemaker, lease: 30))
+        try await rig.start()
+        try await rig.done(rig.request(.setHARole("primary")), ".setHARole(primary)")
+        let pid = try await rig.runner.waitForSpawn("p")
+        rig.runner.answerStart("p")
+        await rig.advance(by: 20 * second)
+        try await rig.done(rig.request(.setHARole("primary")), ".setHARole(primary)")  // renewed: the lease now ends at 50 s
+        await rig.advance(by: 30 * second - 1)
+        #expect(await rig.status("p")?.state == .running, "the lease ended before 30 s after its renewal")
+        #expect(!rig.runner.steps.value.contains(.stop("p", pid: pid)))
+        await rig.advance(by: 1)
+        try await rig.waitFor(.stop("p", pid: pid))
+        #expect(await rig.status("p")?.state == .stopping)
+        rig.runner.exit("p", .killed(15))
+        try await rig.waitForState("p", .standby)
         await rig.checkViews()
         rig.finish()
     }
@@ -745,11 +809,11 @@ private let second: UInt64 = 1_000_000_000
         let started = Task { await rig.supervisor.start() }
         let old = try await rig.runner.waitForSpawn("w")
         try rig.rewrite("[worker.w]\nexec = [\"/bin/false\"]\nrestart-delay = 0\n")
-        await rig.request(.reload).value
+        try await rig.done(rig.request(.reload), ".reload")
         #expect(rig.steps(since: 0) == [.spawn("w", pid: old), .returned("reload")])
         #expect(await rig.status("w")?.state == .stopping)
         rig.runner.answerStart("w")
-        await started.value
+        try await rig.done(started, "started")
         try await rig.waitFor(.stop("w", pid: old))
         rig.runner.exit("w", .killed(15))
         let new = try await rig.runner.waitForSpawn("w", count: 2)
@@ -770,16 +834,16 @@ private let second: UInt64 = 1_000_000_000
         let enable = rig.request(.enable("w"))
         let pid = try await rig.runner.waitForSpawn("w")
         try rig.rewrite("[worker.x]\nexec = [\"/bin/true\"]\n")
-        await rig.request(.reload).value
+        try await rig.done(rig.request(.reload), ".reload")
         #expect(await rig.status("w")?.state == .stopping)
         rig.runner.answerStart("w")
         try await rig.waitFor(.stop("w", pid: pid))
         await rig.barrier()
         #expect(!rig.runner.steps.value.contains(.returned("enable w")))
         rig.runner.exit("w", .killed(15))
-        await enable.value
+        try await rig.done(enable, "enable")
         #expect(await rig.status("w") == nil)
-        await rig.request(.enable("w")).value
+        try await rig.done(rig.request(.enable("w")), ".enable(w)")
         #expect(rig.runner.steps.value.last.map { if case .failed("enable w", _) = $0 { true } else { false } } == true)
         await rig.checkViews()
         rig.finish()
@@ -793,7 +857,7 @@ private let second: UInt64 = 1_000_000_000
         await rig.barrier()
         #expect(await rig.status("w")?.state == .backoff)
         try rig.rewrite("")
-        await rig.request(.reload).value
+        try await rig.done(rig.request(.reload), ".reload")
         #expect(await rig.status("w") == nil)
         let mark = rig.mark
         await rig.advance(by: 10 * second)

@@ -723,15 +723,45 @@ private let second: UInt64 = 1_000_000_000
 
     // MARK: - Random events
 
-    /// Random requests, role changes, answers, failed starts, exits and clock moves, from a seed;
+    /// Random requests, role changes, reloads, answers, failed starts, exits and clock moves, from a seed;
     /// after every step the invariants hold, and at the end (every start answered, shutdown)
     /// every call has returned and no process is left.
     @Test(arguments: [1, 2, 3, 4, 5, 6, 7, 8] as [UInt64])
     func randomEventsKeepOneProcessPerWorkerAndEveryCallReturns(seed: UInt64) async throws {
-        let rig = try Rig(
-            [worker("a", delay: 0, runOn: .any), worker("b", delay: 1, runOn: .primary),
-             worker("c", enabled: false, delay: 0.5, runOn: .secondary, burst: 4)],
-            ha: HASettings(source: .pacemaker, lease: 30))
+        // Reloads change a's program and take c out and in again.
+        func configuration(program: String, withC: Bool) -> String {
+            var text = """
+                [ha]
+                source = "pacemaker"
+                lease = 30
+
+                [worker.a]
+                exec = ["\(program)"]
+                run-on = "any"
+                restart-delay = 0
+                start-limit-burst = 0
+
+                [worker.b]
+                exec = ["/bin/true"]
+                run-on = "primary"
+                restart-delay = 1
+
+                """
+            if withC {
+                text += """
+
+                    [worker.c]
+                    exec = ["/bin/true"]
+                    enabled = false
+                    run-on = "secondary"
+                    restart-delay = 0.5
+                    start-limit-burst = 4
+
+                    """
+            }
+            return text
+        }
+        let rig = try Rig(file: configuration(program: "/bin/true", withC: true))
         try await rig.start(answering: ["a"])
         var random = SeededRandom(seed: seed)
         let names = ["a", "b", "c"]
@@ -745,6 +775,12 @@ private let second: UInt64 = 1_000_000_000
                 let request = requests[random.below(requests.count)]
                 history.append("\(request)")
                 _ = rig.request(request)
+                issued += 1
+            case 2 where random.below(4) == 0:
+                let (program, withC) = (["/bin/true", "/bin/false"][random.below(2)], random.below(2) == 0)
+                history.append("reload \(program) \(withC ? "with" : "without") c")
+                try rig.rewrite(configuration(program: program, withC: withC))
+                _ = rig.request(.reload)
                 issued += 1
             case 2:
                 let role = ["primary", "secondary", "unknown"][random.below(3)]

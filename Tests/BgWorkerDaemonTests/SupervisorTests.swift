@@ -154,7 +154,9 @@ private struct Rig {
     }
 
     /// Returns once what the test handed to the loop before (answers, exits, clock moves) has
-    /// been carried out, with all it set off on the loop.
+    /// been carried out, with what each of those steps did at once (spawns, stops, timers). Not
+    /// the calls a step resumed: a resumed task comes back to the loop through the global
+    /// executor, so tests wait for a call's `returned` step instead.
     func barrier() async {
         _ = await supervisor.workerList()
     }
@@ -213,12 +215,12 @@ private struct Rig {
         await supervisor.workerList().first { $0.name == name }
     }
 
-    /// The invariants, after every step: never two live processes of one worker, and the pid the
-    /// supervisor shows is the runner's live process.
+    /// Never two live processes of one worker (the runner checks it at every spawn).
     func check(sourceLocation: SourceLocation = #_sourceLocation) {
         #expect(runner.violations.value == [], sourceLocation: sourceLocation)
     }
 
+    /// `check`, and the supervisor's view matches the runner's (`viewProblems`).
     func checkViews(sourceLocation: SourceLocation = #_sourceLocation) async {
         check(sourceLocation: sourceLocation)
         let problems = await viewProblems()

@@ -1,5 +1,7 @@
 // The daemon's event loop (Loop/EventLoop.swift): jobs, timers, fds, and the executor checks the
 // supervisor's one `assumeIsolated` relies on.
+import Dispatch
+import Foundation
 import Glibc
 import Synchronization
 import TestSupport
@@ -21,6 +23,37 @@ private actor LoopBound {
     nonisolated func fromLoop(_ what: String) { assumeIsolated { $0.seen.append(what) } }
     func record(_ what: String) { seen.append(what) }
     func onLoopThread() -> Bool { loop.isOnLoopThread }
+}
+
+/// A task executor with one thread of its own that counts the jobs it has run: once it has run
+/// every job it was given, each task that prefers it has reached a suspension.
+private final class CountingTaskExecutor: TaskExecutor {
+    private let jobs = Mutex<[UnownedJob]>([])
+    private let available = DispatchSemaphore(value: 0)
+    /// Jobs run to their end, and jobs given and not yet run.
+    let progress = WatchedValue<(done: Int, waiting: Int)>((0, 0))
+
+    init() {
+        let thread = Thread { [self] in run() }
+        thread.start()
+    }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        jobs.withLock { $0.append(job) }
+        progress.update { $0.waiting += 1 }
+        available.signal()
+    }
+
+    /// The thread lives as long as the test process (a few parked threads, one per test).
+    private func run() {
+        while true {
+            available.wait()
+            let job = jobs.withLock { $0.removeFirst() }
+            job.runSynchronously(on: asUnownedTaskExecutor())
+            progress.update { $0.done += 1; $0.waiting -= 1 }
+        }
+    }
 }
 
 @Suite struct LoopTests {
@@ -102,10 +135,14 @@ private actor LoopBound {
 
     @Test func aSleepEndsAtItsDeadlineAndACancelledOneAtOnceTakingItsTimerBack() async throws {
         let loop = try EventLoop(name: "test-loop", manualClock: true)
-        let sleeping = Task { try await loop.sleep(until: 1_000) }
-        let cancelled = Task { try await loop.sleep(until: 5_000) }
-        // Both timers armed (each sleep arms its timer with a loop job).
-        while await onLoop(loop, { loop.pendingTimers }) < 2 { await Task.yield() }
+        // The sleeps run on an executor that says when it has run all it was given: then both
+        // have handed their timer to the loop (a job queued before they suspend), so the next
+        // job of the loop sees both timers armed.
+        let executor = CountingTaskExecutor()
+        let sleeping = Task(executorPreference: executor) { try await loop.sleep(until: 1_000) }
+        let cancelled = Task(executorPreference: executor) { try await loop.sleep(until: 5_000) }
+        try await executor.progress.wait("both sleeps begun") { $0.done >= 2 && $0.waiting == 0 }
+        #expect(await onLoop(loop) { loop.pendingTimers } == 2)
         cancelled.cancel()
         await #expect(throws: CancellationError.self) { try await cancelled.value }
         loop.advanceClock(by: 1_000)

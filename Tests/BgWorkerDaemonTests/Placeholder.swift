@@ -1,3 +1,0 @@
-import Testing
-@testable import BgWorkerDaemon
-@Test func placeholderDaemon() {}

@@ -151,7 +151,7 @@ struct Status: AsyncParsableCommand {
             if let maintenance = manager.maintenance {
                 // The oldest holder, whose reason the held workers show.
                 let holder = maintenance ? try? await session.client.inhibitors().first : nil
-                summaryFields.append(("Maintenance", !maintenance ? "no" : holder.map { "yes (\($0.who): \($0.why))" } ?? "yes"))
+                summaryFields.append(("Maintenance", !maintenance ? "no" : holder.map { "yes (\(Terminal.escaped($0.who)): \(Terminal.escaped($0.why)))" } ?? "yes"))
             }
             let summary = fields(summaryFields)
             let body = workers.isEmpty ? "No workers." : table(WorkerInfo.header, workers.map(\.row), colour: WorkerInfo.colour)

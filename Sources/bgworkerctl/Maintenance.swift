@@ -26,7 +26,8 @@ struct InhibitorInfo {
     }
 
     static let header = ["WHO", "WHY", "UID", "PID", "SINCE"]
-    var row: [String] { [who, why, String(uid), String(pid), Time.local(microseconds: since)] }
+    /// who and why come from any client that may Inhibit: control characters escaped.
+    var row: [String] { [Terminal.escaped(who), Terminal.escaped(why), String(uid), String(pid), Time.local(microseconds: since)] }
     var json: JSON {
         .object([("who", .string(who)), ("why", .string(why)), ("uid", .uint(UInt64(uid))), ("pid", .uint(UInt64(pid))),
                  ("since", .uint(since))])
@@ -96,9 +97,11 @@ struct Inhibit: AsyncParsableCommand {
     func run() async throws {
         let argv = command
         // By default the command as typed, its program without the folder (`apt-get upgrade`);
-        // at most 256 bytes, as the daemon accepts.
+        // at most 256 bytes, as the daemon accepts, cut between characters (a cut inside one
+        // decoded as U+FFFD, 3 bytes, past the limit).
         let typed = ([String(argv[0].split(separator: "/").last ?? "")] + argv.dropFirst()).joined(separator: " ")
-        let holder = String(decoding: Array((who ?? typed).utf8.prefix(256)), as: UTF8.self)
+        var holder = who ?? typed
+        while holder.utf8.count > 256 { holder.removeLast() }
         var inhibitor: UnixFD?
         try await Session.run(options) { session in
             let reply = try await session.client.callManager(

@@ -229,6 +229,33 @@ struct DaemonMaintenanceTests {
         }
     }
 
+    /// scripts/adversarial/maintenance.py step 9: a holder that writes into its fd without end
+    /// kept the loop draining it (half a core). Now nothing reads: the pipe fills and stays full,
+    /// and the holder's exit still ends the inhibitor with the bytes unread.
+    @Test func aHolderWritingIntoItsFdFillsThePipeAndCostsTheLoopNothing() async throws {
+        try await DaemonFixture.with(Self.workers) { fixture in
+            let monitor = try await fixture.monitor()
+            let writer = """
+                import dbus, os, select, sys
+                bus = dbus.bus.BusConnection(sys.argv[1])
+                manager = dbus.Interface(bus.get_object("\(BgWorkerBus.busName)", "\(BgWorkerBus.managerPath)"), "\(BgWorkerBus.managerInterface)")
+                fd = manager.Inhibit("writer", "writes", timeout=120).take()
+                os.set_blocking(fd, False)
+                total = 0
+                while total < 64 << 20:
+                    try: total += os.write(fd, b"x" * 65536)
+                    except BlockingIOError:
+                        # Full: does anybody drain it within a second?
+                        if not select.select([], [fd], [], 1.0)[1]: break
+                print("full" if total < 64 << 20 else "drained", total)
+                """
+            let r = try await run(["/usr/bin/python3", "-c", writer, fixture.bus.unixAddress])
+            #expect(r.status == 0 && r.stdout.hasPrefix("full "), "\(r)")
+            try await Self.maintenanceChanged(monitor, to: false)
+            _ = try await monitor.waitUntil(fixture, worker: "held", is: "running")
+        }
+    }
+
     @Test func aHundredInhibitorsAtOnce() async throws {
         try await DaemonFixture.with(Self.workers) { fixture in
             let monitor = try await fixture.monitor()

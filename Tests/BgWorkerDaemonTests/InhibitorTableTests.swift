@@ -70,4 +70,28 @@ import TestSupport
         let left = try FileManager.default.contentsOfDirectory(atPath: directory).filter { !$0.hasPrefix("\(next.id).") }
         #expect(left.isEmpty, "\(left)")
     }
+
+    /// scripts/adversarial/maintenance.py step 8: a who and a why ending in CR (the description's
+    /// "\r\n" read as one Character: no line break, the inhibitor dropped by the next daemon)
+    /// and a combining mark after a newline (it fused with the escape's `n`: "ń").
+    @Test func whoAndWhyWithCarriageReturnsAndCombiningMarksOutliveARestart() throws {
+        let folder = try TemporaryDirectory(prefix: "bgw-inhibitors")
+        defer { folder.remove() }
+        let directory = folder.file("inhibitors")
+        var first = InhibitorTable(directory: directory)
+        _ = first.load()
+        let texts = [("upgrade\r", "apt\r"), ("a\n\u{301}b", "\\\n\u{301}\r\n\\")]
+        var ends: [UnixFD] = []
+        for (index, (who, why)) in texts.enumerated() {
+            let (inhibitor, end) = try first.make(who: who, why: why, uid: 0, pid: 1, since: UInt64(index))
+            first.add(inhibitor)
+            ends.append(end)
+        }
+        for inhibitor in first.held { close(inhibitor.readFD) }
+        var second = InhibitorTable(directory: directory)
+        _ = second.load()
+        defer { for inhibitor in second.held { close(inhibitor.readFD) } }
+        #expect(second.held.map { [$0.who, $0.why] } == texts.map { [$0.0, $0.1] })
+        for end in ends { end.close() }
+    }
 }

@@ -77,6 +77,23 @@ struct ClientsInhibitTests {
         }
     }
 
+    /// scripts/adversarial/maintenance.py step 8: any client that may Inhibit chooses who and why;
+    /// `maintenance` and `status` printed them raw (ESC sequences, CR, newlines reached the terminal).
+    @Test func maintenanceAndStatusEscapeControlCharactersOfWhoAndWhy() async throws {
+        try await ClientsEndToEndTests.Setup.with({ _ in Self.workers }) { setup in
+            let ctl = builtExecutablePath("bgworkerctl")
+            let r = try await run([ctl, "--bus", setup.bus.address, "inhibit", "--who", "evil\u{1B}[31m\r", "--why", "two\nlines\u{7}", "--",
+                                   "/bin/sh", "-c", #""$0" --bus "$1" status; "$0" --bus "$1" maintenance"#, ctl, setup.bus.address])
+            #expect(r.status == 0, "\(r)")
+            #expect(!r.stdout.unicodeScalars.contains { $0 == "\u{1B}" || $0 == "\r" || $0 == "\u{7}" }, "\(r.stdout)")
+            #expect(r.stdout.contains(#"Maintenance: yes (evil\x1b[31m\x0d: two\x0alines\x07)"#), "\(r.stdout)")
+            #expect(r.stdout.split(separator: "\n").contains { $0.hasPrefix(#"evil\x1b[31m\x0d  two\x0alines\x07  0 "#) }, "\(r.stdout)")
+            // A --who past 256 bytes is cut between characters, not inside `é` (InvalidArgs then).
+            let long = try await run([ctl, "--bus", setup.bus.address, "inhibit", "--who", String(repeating: "a", count: 255) + "é", "--", "/bin/true"])
+            #expect(long.status == 0, "\(long)")
+        }
+    }
+
     @Test func sigtermReachesTheCommandAndItsStatusIsTheExitStatus() async throws {
         try await ClientsEndToEndTests.Setup.with({ _ in Self.workers }) { setup in
             let ctl = builtExecutablePath("bgworkerctl")

@@ -136,20 +136,24 @@ struct InhibitorTable {
     static func fifoPath(_ directory: String, _ id: UInt64) -> String { "\(directory)/\(id).fifo" }
     static func descriptionPath(_ directory: String, _ id: UInt64) -> String { "\(directory)/\(id).inhibitor" }
 
-    /// Writes `uid pid since` and who and why (one line each, `\` and newlines escaped) beside the
+    /// Writes `uid pid since` and who and why (one line each, `\`, LF and CR escaped) beside the
     /// FIFO, by rename so a reader never sees half of it. A failure only costs the inhibitor's
     /// survival of a daemon restart (its FIFO without a description is dropped then).
     private static func describe(_ inhibitor: Inhibitor, in directory: String) {
+        // By scalar, not Character: a CR before the line's LF would make one "\r\n" Character
+        // (no line break for the parser), and a combining mark after an escape's `n` would fuse
+        // with it (no escape).
         func escaped(_ text: String) -> String {
-            var out = ""
-            for character in text {
-                switch character {
-                case "\\": out += "\\\\"
-                case "\n": out += "\\n"
-                default: out.append(character)
+            var out = String.UnicodeScalarView()
+            for scalar in text.unicodeScalars {
+                switch scalar {
+                case "\\": out.append(contentsOf: "\\\\".unicodeScalars)
+                case "\n": out.append(contentsOf: "\\n".unicodeScalars)
+                case "\r": out.append(contentsOf: "\\r".unicodeScalars)
+                default: out.append(scalar)
                 }
             }
-            return out
+            return String(out)
         }
         let text = "\(inhibitor.uid) \(inhibitor.pid) \(inhibitor.since)\n\(escaped(inhibitor.who))\n\(escaped(inhibitor.why))\n"
         let path = descriptionPath(directory, inhibitor.id)
@@ -164,22 +168,24 @@ struct InhibitorTable {
 
     /// The description written by `describe`, nil when it does not read as one.
     static func parseDescription(_ text: String, id: UInt64) -> (uid: UInt32, pid: UInt32, since: UInt64, who: String, why: String)? {
-        func unescaped(_ line: Substring) -> String {
-            var out = ""
+        // By scalar, as `describe` escapes.
+        func unescaped(_ line: String) -> String {
+            var out = String.UnicodeScalarView()
             var escaping = false
-            for character in line {
+            for scalar in line.unicodeScalars {
                 if escaping {
-                    out.append(character == "n" ? "\n" : character)
+                    out.append(scalar == "n" ? "\n" : scalar == "r" ? "\r" : scalar)
                     escaping = false
-                } else if character == "\\" {
+                } else if scalar == "\\" {
                     escaping = true
                 } else {
-                    out.append(character)
+                    out.append(scalar)
                 }
             }
-            return out
+            return String(out)
         }
-        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        let lines = text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false)
+            .map { String(String.UnicodeScalarView($0)) }
         guard lines.count >= 3 else { return nil }
         let numbers = lines[0].split(separator: " ")
         guard numbers.count == 3, let uid = UInt32(numbers[0]), let pid = UInt32(numbers[1]), let since = UInt64(numbers[2])

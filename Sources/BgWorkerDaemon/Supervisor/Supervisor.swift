@@ -351,11 +351,13 @@ public actor Supervisor {
         return writeEnd
     }
 
-    /// Registers the inhibitor's read end with the loop.
+    /// Registers the inhibitor's read end with the loop, for HUP only (epoll always reports HUP
+    /// and ERR): with EPOLLIN, a holder writing without end kept the loop draining (half a core,
+    /// scripts/adversarial/maintenance.py step 9); now its writes stop at the full pipe.
     private func watch(_ inhibitor: inout Inhibitor) throws(DBusError) {
         let id = inhibitor.id
         do {
-            inhibitor.registration = try loop.register(fd: inhibitor.readFD, events: EPOLLIN.rawValue) { [weak self] events in
+            inhibitor.registration = try loop.register(fd: inhibitor.readFD, events: 0) { [weak self] events in
                 self?.onLoop { $0.inhibitorReady(id, events: events) }
             }
         } catch {

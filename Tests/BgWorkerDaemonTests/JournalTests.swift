@@ -63,6 +63,19 @@ struct JournalTests {
         #expect(LogLevelControl.level(named: "verbose") == nil)
     }
 
+    /// A client's who/why or a worker's path reaches the log file as one printable line: no raw
+    /// control character (an ESC could recolour the admin's terminal, a CR hide what precedes it),
+    /// and a `\n` typed by the client stays distinct from an escaped newline.
+    @Test func aLogLineEscapesControlCharactersAndBackslashes() {
+        let record = LogRecord(
+            level: .notice, message: "Inhibit by evil\n\u{1B}[31mRED\r\u{07}\u{85}\u{2028} typed \\n end\tok",
+            label: "bgworkerd.access", metadata: [("who", "a \"b\"\u{1B}"), ("plain", "x")],
+            file: "f", function: "g", line: 1, time: timespec())
+        let line = record.formattedLine()
+        #expect(!line.unicodeScalars.contains { ($0.value < 0x20 && $0 != "\t") || (0x7F...0x9F).contains($0.value) || $0 == "\u{2028}" })
+        #expect(line.hasSuffix(#"bgworkerd.access: Inhibit by evil\n\x1b[31mRED\r\x07\x85\x2028 typed \\n end"# + "\tok" + #" who="a \"b\"\x1b" plain=x"#))
+    }
+
     @Test func journalFieldsOfARecord() {
         let record = LogRecord(
             level: .notice, message: "worker started", label: "bgworkerd.supervisor",

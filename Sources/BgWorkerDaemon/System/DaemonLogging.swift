@@ -78,13 +78,16 @@ struct LogRecord: Sendable {
     }
 
     /// `2026-01-02T03:04:05.678Z warning label: message key=value key2="two words"`.
+    /// Text from a peer (a client's who/why, a worker's path) is escaped (`escapedForLog`): one
+    /// record is one line, and it cannot recolour or rewrite a terminal that shows the log.
     func formattedLine() -> String {
-        var text = "\(Self.utcTimestamp(time)) \(level) \(label): \(message)"
+        var text = "\(Self.utcTimestamp(time)) \(level) \(label): \(message.escapedForLog())"
         for (key, value) in metadata {
-            let needsQuotes = value.isEmpty || value.contains(where: { $0 == " " || $0 == "\"" || $0 == "=" || $0.isNewline })
-            text += needsQuotes ? " \(key)=\(Self.quoted(value))" : " \(key)=\(value)"
+            let escaped = value.escapedForLog()
+            let needsQuotes = escaped.isEmpty || escaped.contains(where: { $0 == " " || $0 == "\"" || $0 == "=" })
+            text += needsQuotes ? " \(key)=\"\(escaped.replacing("\"", with: "\\\""))\"" : " \(key)=\(escaped)"
         }
-        return text.replacingNewlines()
+        return text
     }
 
     static func utcTimestamp(_ time: timespec) -> String {
@@ -99,16 +102,32 @@ struct LogRecord: Sendable {
             + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2))."
             + "\(pad(Int32(time.tv_nsec / 1_000_000), 3))Z"
     }
-
-    private static func quoted(_ value: String) -> String {
-        "\"" + value.replacing("\\", with: "\\\\").replacing("\"", with: "\\\"") + "\""
-    }
 }
 
 extension String {
-    /// One line: newlines become `\n`, so that a message cannot fake a second log line.
-    fileprivate func replacingNewlines() -> String {
-        contains(where: \.isNewline) ? replacing("\r\n", with: "\\n").replacing("\n", with: "\\n").replacing("\r", with: "\\r") : self
+    /// One line, printable: `\` as `\\`, newline as `\n`, carriage return as `\r`, every other
+    /// control character but tab (C0, DEL, C1) as `\xNN`, as bgworkerctl shows worker output. A
+    /// message then cannot fake a second log line, move the cursor or hide what precedes a `\r`,
+    /// and a `\n` typed by a client stays `\\n`, never mistaken for an escaped newline.
+    func escapedForLog() -> String {
+        func needsEscape(_ scalar: Unicode.Scalar) -> Bool {
+            scalar == "\\" || (scalar.value < 0x20 && scalar != "\t") || (0x7F...0x9F).contains(scalar.value)
+                || scalar == "\u{2028}" || scalar == "\u{2029}"
+        }
+        guard unicodeScalars.contains(where: needsEscape) else { return self }
+        var out = ""
+        for scalar in unicodeScalars {
+            switch scalar {
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case _ where needsEscape(scalar):
+                let hex = String(scalar.value, radix: 16)
+                out += "\\x" + (hex.count < 2 ? "0" : "") + hex
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
     }
 }
 

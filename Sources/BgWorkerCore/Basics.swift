@@ -187,6 +187,10 @@ public enum WorkerExit: Sendable, Hashable, CustomStringConvertible {
     case killed(Int32)
     /// A signal ended it and it dumped core.
     case dumped(Int32)
+    /// Killed for a missed watchdog deadline or `WATCHDOG=trigger` (SIGABRT, then SIGKILL).
+    case watchdog
+    /// Killed for sending no `READY=1` within `start-timeout`.
+    case startTimeout
 
     /// The contract's `LastExit` form: `exited 3`, `killed SIGKILL`, `dumped SIGSEGV`.
     public var description: String {
@@ -194,6 +198,8 @@ public enum WorkerExit: Sendable, Hashable, CustomStringConvertible {
         case .exited(let code): "exited \(code)"
         case .killed(let signal): "killed \(signalName(signal))"
         case .dumped(let signal): "dumped \(signalName(signal))"
+        case .watchdog: "watchdog"
+        case .startTimeout: "start-timeout"
         }
     }
 
@@ -204,6 +210,8 @@ public enum WorkerExit: Sendable, Hashable, CustomStringConvertible {
         case .exited(let code): "exited with status \(code)"
         case .killed(let signal): "killed by \(signalName(signal))"
         case .dumped(let signal): "killed by \(signalName(signal)) (core dumped)"
+        case .watchdog: "killed by the watchdog"
+        case .startTimeout: "no READY=1 within start-timeout"
         }
     }
 
@@ -231,6 +239,14 @@ public func signalName(_ signal: Int32) -> String {
     if signal == 34 { return "SIGRTMIN" }
     if signal > 34 && signal <= 64 { return "SIGRTMIN+\(signal - 34)" }
     return "SIG\(signal)"
+}
+
+/// Seconds as microseconds (`WATCHDOG_USEC`, systemd's `...USec` properties), rounded down and
+/// clamped: a configured 1e300 s must not trap.
+public func clampedMicroseconds(_ seconds: Double) -> UInt64 {
+    let microseconds = seconds * 1_000_000
+    guard microseconds.isFinite, microseconds < 1.8e19 else { return microseconds > 0 ? UInt64.max : 0 }
+    return microseconds > 0 ? UInt64(microseconds) : 0
 }
 
 /// Seconds as people write them: `60`, `1.5`.

@@ -85,6 +85,11 @@ public enum RunOn: String, Sendable, CaseIterable {
     case primary, secondary, any
 }
 
+/// `ready`: `exec`, running once executed; `notify`, running once it sends `READY=1`.
+public enum ReadyMode: String, Sendable, CaseIterable {
+    case exec, notify
+}
+
 /// What role `unknown` does to `primary`/`secondary` workers.
 public enum OnLost: String, Sendable, CaseIterable {
     case stop, keep
@@ -204,6 +209,16 @@ public struct WorkerDefinition: Sendable, Hashable {
     /// `run-during-maintenance`: keeps running while an inhibitor holds maintenance mode. Not
     /// part of the process definition: a change applies at once, without a restart.
     public var runDuringMaintenance = false
+    /// `ready`: when a started process counts as `running`.
+    public var ready: ReadyMode = .exec
+    /// `start-timeout`, seconds: for `ready = "notify"`, how long to wait for `READY=1`
+    /// (0: without limit, as systemd's `TimeoutStartSec=0`).
+    public var startTimeout: Double = 90.0
+    /// `watchdog`, seconds between required `WATCHDOG=1` messages; 0 is off.
+    public var watchdog: Double = 0.0
+
+    /// Whether the worker speaks the notify protocol to the daemon (gets `NOTIFY_SOCKET`).
+    public var usesNotify: Bool { ready == .notify || watchdog > 0 }
 
     public init(name: String, exec: [String]) {
         self.name = name
@@ -375,7 +390,7 @@ private struct ConfigDecoder {
     static let workerKeys = [
         "exec", "enabled", "run-on", "restart-delay", "restart-delay-max", "stable-after", "start-limit-burst",
         "start-limit-interval", "stop-timeout", "environment", "working-directory", "user", "group", "log-level",
-        "log-buffer-lines", "run-during-maintenance",
+        "log-buffer-lines", "run-during-maintenance", "ready", "start-timeout", "watchdog",
     ] + ResourceControls.keys
 
     var file = ""
@@ -584,6 +599,12 @@ private struct ConfigDecoder {
                 }
             case "run-during-maintenance":
                 if let flag = bool(value, section, key) { worker.runDuringMaintenance = flag }
+            case "ready":
+                if let mode: ReadyMode = enumeration(value, section, key) { worker.ready = mode }
+            case "start-timeout":
+                if let seconds = duration(value, section, key) { worker.startTimeout = seconds }
+            case "watchdog":
+                if let seconds = duration(value, section, key) { worker.watchdog = seconds }
             case "memory-max":
                 if let bytes = byteSize(value, section, key) { worker.resources.memoryMax = bytes }
             case "cpu-quota":

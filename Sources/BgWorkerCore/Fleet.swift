@@ -31,6 +31,8 @@ public enum WorkerProperty: Sendable, Hashable {
     case logLevel(LogLevel?)
     /// Its own level, else the manager's.
     case effectiveLogLevel(LogLevel)
+    /// The last `STATUS=` of its process ("" when none).
+    case statusText(String)
 }
 
 /// A worker as the bus shows it.
@@ -47,6 +49,8 @@ public struct WorkerStatus: Sendable, Equatable {
     /// Its own level (configured, or set over the bus); nil: it follows the manager's.
     public var logLevel: LogLevel?
     public var effectiveLogLevel: LogLevel
+    /// The last `STATUS=` its current (or last) process sent; "" when none.
+    public var statusText: String = ""
 
     public var name: String { definition.name }
 }
@@ -94,6 +98,14 @@ public enum FleetEvent: Sendable, Equatable {
     case startFailed(String, reason: String)
     /// A started (or adopted) process is gone.
     case processExited(String, pid: Int32, status: WorkerExit)
+    /// The process sent `READY=1` (the systemd runner: its unit became active).
+    case processReady(String, pid: Int32)
+    /// The process sent `RELOADING=1`.
+    case processReloading(String, pid: Int32)
+    /// The process sent `STOPPING=1`: it ends by itself (its exit still counts as unexpected).
+    case processStopping(String, pid: Int32)
+    /// The process sent `STATUS=text`.
+    case processStatus(String, pid: Int32, text: String)
     /// A timer set by `scheduleTimer` is due.
     case timerFired(String)
     /// The timer set by `scheduleRoleTimer` is due (the bounded `keep` or the lease may be over).
@@ -339,8 +351,35 @@ public struct Fleet: Sendable {
                 effects.actions.append(.stop(name: name, pid: pid))
             } else {
                 record.startedAt = now
-                effects.setState(&record, .running, "started")
+                // A notify worker stays `starting` until READY=1.
+                if record.definition.ready == .exec { effects.setState(&record, .running, "started") }
             }
+            records[name] = record
+        case .processReady(let name, let pid):
+            guard var record = records[name], record.process == .live(pid), !record.stopRequested,
+                record.state == .starting
+            else { break }
+            let reloaded = record.reloading
+            record.reloading = false
+            effects.setState(&record, .running, reloaded ? "reloaded (READY=1)" : "ready (READY=1)")
+            records[name] = record
+        case .processReloading(let name, let pid):
+            guard var record = records[name], record.process == .live(pid), !record.stopRequested,
+                record.state == .running
+            else { break }
+            record.reloading = true
+            effects.setState(&record, .starting, "reloading (RELOADING=1)")
+            records[name] = record
+        case .processStopping(let name, let pid):
+            guard var record = records[name], record.process == .live(pid), !record.stopRequested,
+                record.state == .running || record.state == .starting
+            else { break }
+            effects.setState(&record, .stopping, "stopping by itself (STOPPING=1)")
+            records[name] = record
+        case .processStatus(let name, let pid, let text):
+            guard var record = records[name], record.process == .live(pid), record.statusText != text else { break }
+            record.statusText = text
+            effects.property(name, .statusText(text))
             records[name] = record
         case .startFailed(let name, let reason):
             guard var record = records[name], record.process == .spawning else { break }
@@ -456,6 +495,11 @@ public struct Fleet: Sendable {
                 if record.backoffUntil == nil {
                     record.process = .spawning
                     record.startedAt = nil
+                    record.reloading = false
+                    if !record.statusText.isEmpty {
+                        record.statusText = ""
+                        effects.property(name, .statusText(""))
+                    }
                     effects.actions.append(.spawn(name: name, definition: record.definition))
                     effects.setState(&record, .starting, cause)
                 }
@@ -726,6 +770,9 @@ private struct WorkerRecord: Sendable {
     var lastExit: WorkerExit? = nil
     /// The cause of the latest decision; reported when a requested stop completes.
     var cause = ""
+    /// `starting` again after RELOADING=1, until READY=1.
+    var reloading = false
+    var statusText = ""
 
     init(definition: WorkerDefinition, enabled: Bool, state: WorkerState) {
         self.definition = definition
@@ -745,7 +792,8 @@ private struct WorkerRecord: Sendable {
     func status(managerLogLevel: LogLevel) -> WorkerStatus {
         WorkerStatus(
             definition: definition, state: state, reason: reason, enabled: enabled, pid: pid, restarts: restarts,
-            lastExit: lastExit, logLevel: logLevel, effectiveLogLevel: effectiveLogLevel(managerLogLevel))
+            lastExit: lastExit, logLevel: logLevel, effectiveLogLevel: effectiveLogLevel(managerLogLevel),
+            statusText: statusText)
     }
 }
 
@@ -774,7 +822,7 @@ private struct Effects {
     private func sameProperty(_ a: WorkerProperty, _ b: WorkerProperty) -> Bool {
         switch (a, b) {
         case (.enabled, .enabled), (.pid, .pid), (.restarts, .restarts), (.lastExit, .lastExit), (.runOn, .runOn),
-            (.logLevel, .logLevel), (.effectiveLogLevel, .effectiveLogLevel):
+            (.logLevel, .logLevel), (.effectiveLogLevel, .effectiveLogLevel), (.statusText, .statusText):
             true
         default: false
         }

@@ -55,7 +55,7 @@ public func workerName(fromSystemdUnitName unit: String) -> String? {
 
 extension WorkerDefinition {
     /// The fields that shape the process itself: exec, environment, working directory, user,
-    /// group, stop timeout and resource/sandbox settings (and the name). A change in any of them
+    /// group, stop timeout, resource/sandbox settings and the readiness keys (and the name). A change in any of them
     /// restarts a running worker on reload; `enabled`, `run-on` and the restart policy apply
     /// without a restart.
     ///
@@ -78,6 +78,11 @@ extension WorkerDefinition {
         encoder.field("protect-system", resources.protectSystem?.rawValue)
         encoder.field("protect-home", resources.protectHome?.rawValue)
         encoder.field("no-new-privileges", resources.noNewPrivileges.map { String($0) })
+        // Only when set, so that the hash of a worker that does not use them (the systemd
+        // runner's adoption key) stays what it was before these keys existed.
+        if ready != .exec { encoder.field("ready", ready.rawValue) }
+        if ready == .notify { encoder.field("start-timeout", String(startTimeout.bitPattern, radix: 16)) }
+        if watchdog > 0 { encoder.field("watchdog", String(watchdog.bitPattern, radix: 16)) }
         return encoder.bytes
     }
 

@@ -111,6 +111,20 @@ static int spawn_child(void *arg) {
         }
     }
 
+    // sd_watchdog_enabled() compares WATCHDOG_PID with getpid(): the program's own pid, which
+    // only the child knows. The parent is suspended (CLONE_VFORK); the buffer is this spawn's.
+    if (req->watchdog_pid_value) {
+        char digits[16];
+        int count = 0;
+        unsigned long pid = (unsigned long)syscall(SYS_getpid);
+        do {
+            digits[count++] = (char)('0' + pid % 10);
+            pid /= 10;
+        } while (pid && count < 10);
+        for (int i = 0; i < count; i++) req->watchdog_pid_value[i] = digits[count - 1 - i];
+        req->watchdog_pid_value[count] = 0;
+    }
+
     if (move_fd(req->stdin_fd, 0) < 0 || move_fd(req->stdout_fd, 1) < 0 ||
         move_fd(req->stderr_fd, 2) < 0)
         return child_fail(ctx, _BGW_SPAWN_STDIO);

@@ -48,6 +48,8 @@ struct FleetHarness {
     var lastActions: [FleetAction] = []
     var persisted: EnableState? = nil
     var removed: Set<String> = []
+    /// The pid each worker last sent READY=1 from (`ready`).
+    var readyFrom: [String: Int32] = [:]
 
     init(_ configuration: Configuration, role: HARole = .standalone, enableState: EnableState = EnableState(), start: Bool = true) {
         fleet = Fleet(configuration: configuration, enableState: enableState, role: role)
@@ -106,6 +108,13 @@ struct FleetHarness {
     mutating func failsToStart(_ name: String = "w", _ reason: String = "No such file or directory") {
         if spawning.remove(name) == nil { violations.append("failsToStart(\(name)) without a spawn") }
         run(.startFailed(name, reason: reason))
+    }
+
+    /// The process sends READY=1.
+    mutating func ready(_ name: String = "w", pid: Int32? = nil) {
+        let pid = pid ?? live[name] ?? 0
+        readyFrom[name] = pid
+        run(.processReady(name, pid: pid))
     }
 
     /// The live process exits by itself (or after a stop).
@@ -168,6 +177,11 @@ struct FleetHarness {
                     violations.append("\(name): standby under \(hold.reason) with reason \(reason)")
                 }
                 if state == .running && pid == nil { violations.append("running without pid: \(name)") }
+                if state == .running, fleet.status(of: name)?.definition.ready == .notify, let pid, readyFrom[name] != pid,
+                    !reason.hasPrefix("adopted")
+                {
+                    violations.append("notify worker \(name) running without READY=1 from pid \(pid)")
+                }
             case .propertiesChanged(let name, let properties):
                 for case .effectiveLogLevel(let level) in properties {
                     // PropertiesChanged of EffectiveLogLevel only when it really changes.

@@ -26,13 +26,15 @@ import Testing
 
     private func randomDefinition(_ name: String, _ rng: inout SeededRandom) -> WorkerDefinition {
         let delay = [0.0, 0.5, 1, 2].randomElement(using: &rng)!
-        return definition(
+        var result = definition(
             name, runOn: RunOn.allCases.randomElement(using: &rng)!, enabled: Int.random(in: 0..<4, using: &rng) != 0,
             delay: delay, delayMax: delay * [1, 4, 16].randomElement(using: &rng)!,
             stableAfter: [0.0, 1, 5].randomElement(using: &rng)!, burst: [0, 1, 3, 5].randomElement(using: &rng)!,
             interval: [1.0, 10].randomElement(using: &rng)!,
             exec: ["/bin/w", ["a", "b"].randomElement(using: &rng)!], logLevel: randomLevel(&rng),
             duringMaintenance: Int.random(in: 0..<3, using: &rng) == 0)
+        if Int.random(in: 0..<3, using: &rng) == 0 { result.ready = .notify }
+        return result
     }
 
     private func randomLevel(_ rng: inout SeededRandom) -> LogLevel? {
@@ -59,7 +61,16 @@ import Testing
         var nextHolder = 0
         for step in 0..<steps {
             let name = allNames.randomElement(using: &rng)!
-            switch Int.random(in: 0..<20, using: &rng) {
+            switch Int.random(in: 0..<22, using: &rng) {
+            case 20, 21:
+                // The notify protocol: from the live process, or stale (an old pid).
+                let pid = h.live[name] ?? 1
+                switch Int.random(in: 0..<5, using: &rng) {
+                case 0, 1: h.ready(name, pid: pid)
+                case 2: h.run(.processReloading(name, pid: pid))
+                case 3: h.run(.processStopping(name, pid: pid))
+                default: h.run(.processStatus(name, pid: pid, text: "step \(step)"))
+                }
             case 18, 19:
                 // Take an inhibitor, or release any one of them (its holder closed it or died).
                 if holders.isEmpty || Bool.random(using: &rng) {

@@ -96,7 +96,9 @@ import TestSupport
             + properties.map { Member(kind: "property", name: $0.0, detail: [$0.1, "read"]) }
             + [Member(kind: "property", name: "LogLevel", detail: ["s", "readwrite"]),
                Member(kind: "property", name: "EffectiveLogLevel", detail: ["s", "read"]),
-               Member(kind: "property", name: "StateReason", detail: ["s", "read"])]
+               Member(kind: "property", name: "StateReason", detail: ["s", "read"]),
+               Member(kind: "property", name: "StatusText", detail: ["s", "read"]),
+               Member(kind: "property", name: "ReadyAt", detail: ["t", "read"])]
         #expect(try Self.members(ofInterface: "org.example.BgWorker.Worker", inFile: "org.example.BgWorker.Worker.xml") == expected)
         let annotations = try Self.changeSignalAnnotations(inFile: "org.example.BgWorker.Worker.xml")
         #expect(annotations["Name"] == "const")

@@ -50,7 +50,8 @@ public func chooseRunner(_ requested: RunnerKind, daemonBus: BusAddress, loop: E
 public func makeRunner(_ choice: RunnerChoice, runtimeDirectory: String, loop: EventLoop) throws(RunnerSelectionError) -> any WorkerRunner {
     if let runner = choice.systemdRunner { return runner }
     do {
-        return try ProcessRunner(loop: loop, processGroupFile: runtimeDirectory + "/process-groups")
+        return try ProcessRunner(
+            loop: loop, processGroupFile: runtimeDirectory + "/process-groups", notifySocket: runtimeDirectory + "/notify")
     } catch {
         throw RunnerSelectionError(description: "cannot start the process runner: \(error)")
     }

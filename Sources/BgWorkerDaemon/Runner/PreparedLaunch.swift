@@ -69,13 +69,19 @@ public struct WorkerCredentials: Sendable, Equatable {
 /// this object.
 final class PreparedLaunch: @unchecked Sendable {
     // Safety of @unchecked Sendable: every property is set in init and never changed; the
-    // pointed-to memory is owned by this object, written only in init and read by one spawn.
+    // pointed-to memory is owned by this object, written in init and by the one spawn's child
+    // (WATCHDOG_PID's value, while the spawning thread is suspended) and read by that spawn.
     let spec: LaunchSpec
     let credentials: WorkerCredentials
     private let argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>
     private let envp: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>
     private let workingDirectory: UnsafeMutablePointer<CChar>?
     private let groups: [gid_t]
+    /// Where the child writes its pid, when the environment has `WATCHDOG_PID` set to
+    /// `watchdogPidPlaceholder`.
+    private let watchdogPidValue: UnsafeMutablePointer<CChar>?
+    /// What the process runner sets `WATCHDOG_PID` to; the child replaces it with its own pid.
+    static let watchdogPidPlaceholder = "0000000000"
 
     init(_ spec: LaunchSpec) throws(RunnerError) {
         guard let program = spec.argv.first, program.hasPrefix("/") else {
@@ -95,7 +101,13 @@ final class PreparedLaunch: @unchecked Sendable {
         }
         groups = credentials.groups ?? []
         argv = Self.cArray(spec.argv)
-        envp = Self.cArray(spec.environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })
+        let environment = spec.environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+        let envp = Self.cArray(environment)
+        self.envp = envp
+        // The child writes its pid into this entry's value (10 digits of room): see _bgw_spawn.
+        watchdogPidValue = environment.firstIndex(of: "WATCHDOG_PID=\(Self.watchdogPidPlaceholder)").map {
+            envp[$0]! + "WATCHDOG_PID=".utf8.count
+        }
         workingDirectory = spec.workingDirectory.map { strdup($0)! }
     }
 
@@ -121,7 +133,8 @@ final class PreparedLaunch: @unchecked Sendable {
                 gid: credentials.gid ?? 0,
                 set_uid: credentials.uid == nil ? 0 : 1,
                 uid: credentials.uid ?? 0,
-                record_fd: -1, record_offset: 0, record_generation: 0)
+                record_fd: -1, record_offset: 0, record_generation: 0,
+                watchdog_pid_value: watchdogPidValue)
             return body(&request)
         }
     }

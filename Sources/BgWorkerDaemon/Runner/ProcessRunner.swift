@@ -28,8 +28,12 @@ public final class ProcessRunner: WorkerRunner {
     ///     anything starts. A file locked by a live runner is refused (`.runtimeDirectoryInUse`).
     ///     nil: no record (tests).
     ///   - output: where workers' stdout and stderr lines go.
+    ///   - notifySocket: where the notify socket of workers with `ready = notify` or a watchdog
+    ///     is made (e.g. `/run/bgworker/notify`), at the first such start. nil: such workers
+    ///     cannot start (tests that run none).
     public init(
-        loop: EventLoop? = nil, processGroupFile: String? = nil, output: WorkerOutputDestination = .automatic
+        loop: EventLoop? = nil, processGroupFile: String? = nil, output: WorkerOutputDestination = .automatic,
+        notifySocket: String? = nil
     ) throws(RunnerError) {
         let loop = loop ?? .shared
         self.loop = loop
@@ -45,7 +49,7 @@ public final class ProcessRunner: WorkerRunner {
             }
         }
         do {
-            monitor = try ProcessMonitor(loop: loop, groupRecord: record, output: output, logs: logs)
+            monitor = try ProcessMonitor(loop: loop, groupRecord: record, output: output, logs: logs, notifyPath: notifySocket)
         } catch {
             throw RunnerError(.unavailable, worker: nil, context: error.description)
         }
@@ -61,7 +65,7 @@ public final class ProcessRunner: WorkerRunner {
     public func submitStart(_ spec: LaunchSpec, answer: @escaping @Sendable (Result<Int32, RunnerError>) -> Void) {
         let launch: PreparedLaunch
         do {
-            launch = try PreparedLaunch(spec)
+            launch = try PreparedLaunch(monitor.withNotifyEnvironment(spec))
         } catch {
             // Never nested in the caller (see `WorkerRunner`).
             return loop.execute { answer(.failure(error)) }
@@ -93,8 +97,16 @@ private struct RunningWorker {
     var stopTimeout: Duration
     /// The loop timer that sends SIGKILL, while stopping.
     var killTimer: LoopTimer?
-    /// SIGTERM has been sent.
+    /// SIGTERM (or the watchdog's SIGABRT) has been sent.
     var stopping = false
+    /// Its side of the notify protocol; nil for a worker that does not speak it.
+    var readiness: WorkerReadiness?
+    /// The loop timer for `readiness.deadline`, and when it fires (it may fire early: the
+    /// deadline only moves later on a keep-alive, and is checked again then).
+    var readinessTimer: LoopTimer?
+    var readinessTimerAt: UInt64 = 0
+    /// What its exit is reported as when the runner killed it for the notify protocol.
+    var exitOverride: WorkerExit?
 }
 
 /// A worker whose main process is reaped, until every other process of its group is gone too.
@@ -145,13 +157,25 @@ private final class ProcessMonitor: @unchecked Sendable {
     /// Running and draining workers (a name stays taken until all of its group is gone).
     private var idsByName: [String: UInt64] = [:]
     private var nextID: UInt64 = 1
+    /// Running workers by their pid, which is their process group's id (notify senders).
+    private var idsByGroup: [Int32: UInt64] = [:]
+    /// The notify socket's path; made at the first start of a worker that speaks the protocol.
+    private let notifyPath: String?
+    private var notifyReceiver: NotifyReceiver?
+    private var notifyRegistration: LoopRegistration?
+    /// Refused notify datagrams: the first of a second is reported at once, the rest counted
+    /// and reported when the second is over (a flood costs one event a second).
+    private var refusalsSuppressed = 0
+    private var refusalTimer: LoopTimer?
     private var shutdownWaiters: [@Sendable () -> Void] = []
     private var ended = false
 
     init(
-        loop: EventLoop, groupRecord: ProcessGroupRecord?, output: WorkerOutputDestination, logs: WorkerLogBuffers?
+        loop: EventLoop, groupRecord: ProcessGroupRecord?, output: WorkerOutputDestination, logs: WorkerLogBuffers?,
+        notifyPath: String?
     ) throws(SystemCallError) {
         self.loop = loop
+        self.notifyPath = notifyPath
         self.groupRecord = groupRecord
         killedLeftoverGroups = groupRecord?.killedLeftovers ?? []
         devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
@@ -179,6 +203,7 @@ private final class ProcessMonitor: @unchecked Sendable {
         guard !ended, !shutdownWaiters.isEmpty, workers.isEmpty, draining.isEmpty else { return }
         ended = true
         groupRecord?.finish()
+        closeNotifySocket()
         close(devNull)
         events.finish()
         let waiters = shutdownWaiters
@@ -209,6 +234,13 @@ private final class ProcessMonitor: @unchecked Sendable {
         }
         guard shutdownWaiters.isEmpty else { return failure(.shutDown, "the runner is shutting down") }
         guard idsByName[name] == nil else { return failure(.alreadyRunning, "it runs already") }
+        if launch.spec.usesNotify {
+            do {
+                try openNotifySocket()
+            } catch {
+                return failure(.spawnFailed, "the notify socket \(notifyPath ?? "(none)"): \(error.call)", error.errno)
+            }
+        }
 
         // The child records its group in this slot before it can run anything of its own.
         var slot: Int?
@@ -274,9 +306,18 @@ private final class ProcessMonitor: @unchecked Sendable {
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
             pump.watch(fd: fd, worker: name, pid: result.pid, priority: priority)
         }
-        workers[id] = RunningWorker(
+        var worker = RunningWorker(
             name: name, pid: result.pid, pidfd: result.pidfd, registration: registration, slot: slot, stopTimeout: launch.spec.stopTimeout)
+        if launch.spec.usesNotify {
+            let spec = launch.spec
+            worker.readiness = WorkerReadiness(
+                ready: spec.ready, startTimeout: spec.startTimeout, watchdog: spec.watchdog,
+                stopTimeout: Double(nanoseconds(spec.stopTimeout)) / 1e9, now: monotonicNow())
+        }
+        workers[id] = worker
         idsByName[name] = id
+        idsByGroup[result.pid] = id
+        armReadinessTimer(id: id)
         return .success(result.pid)
     }
 
@@ -285,6 +326,8 @@ private final class ProcessMonitor: @unchecked Sendable {
     private func stop(id: UInt64) {
         guard var worker = workers[id], !worker.stopping else { return }
         worker.stopping = true
+        // Asked to stop: no deadline of the notify protocol applies any more.
+        worker.readiness?.stop()
         signalGroup(worker, SIGTERM)
         signalGroup(worker, SIGCONT)
         if worker.stopTimeout <= .zero {
@@ -315,6 +358,7 @@ private final class ProcessMonitor: @unchecked Sendable {
     /// the group id cannot be reused), reap it through its pidfd, report the exit.
     private func reap(id: UInt64) {
         guard let worker = workers.removeValue(forKey: id) else { return }
+        idsByGroup[worker.pid] = nil
         _ = kill(-worker.pid, SIGKILL)
         var code: Int32 = 0
         var status: Int32 = 0
@@ -322,8 +366,9 @@ private final class ProcessMonitor: @unchecked Sendable {
         loop.unregister(worker.registration)
         close(worker.pidfd)
         if let timer = worker.killTimer { loop.cancel(timer) }
+        if let timer = worker.readinessTimer { loop.cancel(timer) }
         // waitid cannot fail for our own unreaped child; if it did, the process is gone anyway.
-        let exit = rc == 0 ? WorkerExit(siginfoCode: code, status: status) : .killed(SIGKILL)
+        let exit = worker.exitOverride ?? (rc == 0 ? WorkerExit(siginfoCode: code, status: status) : .killed(SIGKILL))
         let group = DrainingGroup(
             name: worker.name, slot: worker.slot,
             event: .exited(name: worker.name, pid: worker.pid, status: exit), members: [])
@@ -384,5 +429,152 @@ private final class ProcessMonitor: @unchecked Sendable {
         // code), so the runner's state is whole: the supervisor hears of it with no hop.
         events.deliverNow(group.event)
         endRunnerIfDone()
+    }
+
+    // MARK: - The notify protocol (docs/notify.md)
+
+    /// The spec with `NOTIFY_SOCKET` (and the watchdog's variables) for a worker that speaks the
+    /// protocol; from any thread (it reads only the immutable path).
+    nonisolated func withNotifyEnvironment(_ spec: LaunchSpec) throws(RunnerError) -> LaunchSpec {
+        guard spec.usesNotify else { return spec }
+        guard let notifyPath else {
+            throw RunnerError(.invalidSpec, worker: spec.name, context: "ready = notify or a watchdog needs a notify socket, and this runner has none")
+        }
+        var spec = spec
+        spec.environment["NOTIFY_SOCKET"] = notifyPath
+        if spec.watchdog > 0 {
+            spec.environment["WATCHDOG_USEC"] = String(clampedMicroseconds(spec.watchdog))
+            spec.environment["WATCHDOG_PID"] = PreparedLaunch.watchdogPidPlaceholder
+        }
+        return spec
+    }
+
+    private func monotonicNow() -> MonotonicInstant {
+        MonotonicInstant(nanoseconds: Int64(clamping: loop.now()))
+    }
+
+    private func openNotifySocket() throws(SystemCallError) {
+        guard notifyReceiver == nil else { return }
+        guard let notifyPath else { throw SystemCallError(call: "no notify socket configured", errno: EINVAL) }
+        let receiver = try NotifyReceiver(path: notifyPath)
+        do {
+            notifyRegistration = try loop.register(fd: receiver.fd) { [self] _ in notifyReadable() }
+        } catch {
+            receiver.close()
+            throw error
+        }
+        notifyReceiver = receiver
+    }
+
+    private func closeNotifySocket() {
+        if let notifyRegistration { loop.unregister(notifyRegistration) }
+        notifyRegistration = nil
+        notifyReceiver?.close()
+        notifyReceiver = nil
+        if let refusalTimer { loop.cancel(refusalTimer) }
+        refusalTimer = nil
+    }
+
+    /// At most a batch per wake-up, so that a flood of datagrams leaves the loop to the bus and
+    /// to exits in between (the socket is level-triggered: the loop comes back for the rest).
+    private func notifyReadable() {
+        for _ in 0..<64 {
+            guard let datagram = notifyReceiver?.receive() else { return }
+            switch datagram {
+            case .message(let pid, _, let message): notified(by: pid, message)
+            case .refused(let pid, let reason): refused(pid: pid, reason: reason)
+            }
+        }
+    }
+
+    /// A message counts when its sender is in the process group of a worker that speaks the
+    /// protocol (the group's id is the worker's pid).
+    private func notified(by sender: Int32, _ message: NotifyMessage) {
+        let group = getpgid(sender)
+        guard group > 0, let id = idsByGroup[group], var worker = workers[id], var readiness = worker.readiness else {
+            return refused(pid: sender, reason: "not a process of a worker that speaks the notify protocol")
+        }
+        let effects = readiness.receive(message, now: monotonicNow())
+        worker.readiness = readiness
+        workers[id] = worker
+        let (name, pid) = (worker.name, worker.pid)
+        // Each event may reach the supervisor and come back as a stop (nested): state is stored
+        // before, and looked up again after.
+        for effect in effects {
+            switch effect {
+            case .ready: events.deliverNow(.ready(name: name, pid: pid))
+            case .reloading: events.deliverNow(.reloading(name: name, pid: pid))
+            case .stopping: events.deliverNow(.stopping(name: name, pid: pid))
+            case .status(let text): events.deliverNow(.status(name: name, pid: pid, text: text))
+            case .expired(let expiry): readinessExpired(id: id, expiry)
+            }
+        }
+        armReadinessTimer(id: id)
+    }
+
+    private func refused(pid: Int32?, reason: String) {
+        guard refusalTimer == nil else {
+            refusalsSuppressed += 1
+            return
+        }
+        events.deliverNow(.notifyRefused(pid: pid, reason: reason, alsoRefused: 0))
+        refusalTimer = loop.schedule(after: .seconds(1)) { [self] in refusalWindowEnded() }
+    }
+
+    private func refusalWindowEnded() {
+        refusalTimer = nil
+        guard refusalsSuppressed > 0 else { return }
+        let count = refusalsSuppressed
+        refusalsSuppressed = 0
+        events.deliverNow(.notifyRefused(pid: nil, reason: "in the last second", alsoRefused: count))
+        refusalTimer = loop.schedule(after: .seconds(1)) { [self] in refusalWindowEnded() }
+    }
+
+    /// Arms the worker's readiness timer for its deadline, unless one fires at or before it.
+    private func armReadinessTimer(id: UInt64) {
+        guard var worker = workers[id], let deadline = worker.readiness?.deadline else { return }
+        let at = UInt64(max(deadline.nanoseconds, 0))
+        if worker.readinessTimer != nil, worker.readinessTimerAt <= at { return }
+        if let timer = worker.readinessTimer { loop.cancel(timer) }
+        worker.readinessTimer = loop.schedule(at: at) { [self] in readinessTimerFired(id: id) }
+        worker.readinessTimerAt = at
+        workers[id] = worker
+    }
+
+    private func readinessTimerFired(id: UInt64) {
+        guard var worker = workers[id], var readiness = worker.readiness else { return }
+        worker.readinessTimer = nil
+        let expiry = readiness.timerFired(now: monotonicNow())
+        worker.readiness = readiness
+        workers[id] = worker
+        if let expiry { readinessExpired(id: id, expiry) } else { armReadinessTimer(id: id) }
+    }
+
+    private func readinessExpired(id: UInt64, _ expiry: ReadinessExpiry) {
+        guard var worker = workers[id] else { return }
+        switch expiry {
+        case .startTimeout:
+            worker.exitOverride = .startTimeout
+            workers[id] = worker
+            stop(id: id)
+        case .watchdog:
+            guard !worker.stopping else { return }
+            // SIGABRT to the main process alone (its core shows where it hung), SIGKILL to the
+            // whole group after the stop timeout, as systemd's WatchdogSignal does.
+            worker.exitOverride = .watchdog
+            worker.stopping = true
+            worker.readiness?.stop()
+            _ = _bgw_pidfd_send_signal(worker.pidfd, SIGABRT)
+            _ = _bgw_pidfd_send_signal(worker.pidfd, SIGCONT)
+            if worker.stopTimeout <= .zero {
+                signalGroup(worker, SIGKILL)
+            } else {
+                worker.killTimer = loop.schedule(after: worker.stopTimeout) { [self] in stopTimeoutExpired(id: id) }
+            }
+            workers[id] = worker
+        case .stopTimeout:
+            // STOPPING=1 and still there after the stop timeout.
+            signalGroup(worker, SIGKILL)
+        }
     }
 }

@@ -30,6 +30,15 @@ public struct LaunchSpec: Sendable, Equatable {
     /// `user` and `group` resolved to ids ahead of the spawn (the process runner uses them
     /// instead of looking the names up on the event loop); nil: resolved at the spawn.
     public var credentials: WorkerCredentials.Resolution?
+    /// `ready`: with `notify` the process counts as running once it sends `READY=1`.
+    public var ready: ReadyMode
+    /// Seconds to wait for `READY=1` (`ready = notify`); 0: without limit.
+    public var startTimeout: Double
+    /// Seconds between required `WATCHDOG=1`; 0 is off.
+    public var watchdog: Double
+
+    /// Whether the worker speaks the notify protocol (gets `NOTIFY_SOCKET`).
+    public var usesNotify: Bool { ready == .notify || watchdog > 0 }
 
     public init(
         name: String,
@@ -41,7 +50,10 @@ public struct LaunchSpec: Sendable, Equatable {
         stopTimeout: Duration = .seconds(5),
         definitionHash: UInt64 = 0,
         resources: ResourceControls = ResourceControls(),
-        credentials: WorkerCredentials.Resolution? = nil
+        credentials: WorkerCredentials.Resolution? = nil,
+        ready: ReadyMode = .exec,
+        startTimeout: Double = 90,
+        watchdog: Double = 0
     ) {
         self.name = name
         self.argv = argv
@@ -53,6 +65,9 @@ public struct LaunchSpec: Sendable, Equatable {
         self.definitionHash = definitionHash
         self.resources = resources
         self.credentials = credentials
+        self.ready = ready
+        self.startTimeout = startTimeout
+        self.watchdog = watchdog
     }
 }
 
@@ -61,6 +76,19 @@ public enum RunnerEvent: Sendable, Equatable {
     /// The worker's main process ended (and, for the process runner, the rest of its process
     /// group was killed). Comes once for every successful `start` and every adopted worker.
     case exited(name: String, pid: Int32, status: WorkerExit)
+    /// The worker's process sent `READY=1` (the systemd runner: its `Type=notify` unit became
+    /// active). Only for a `ready = notify` worker while starting, or after `reloading`.
+    case ready(name: String, pid: Int32)
+    /// The worker's process sent `RELOADING=1`.
+    case reloading(name: String, pid: Int32)
+    /// The worker's process sent `STOPPING=1`.
+    case stopping(name: String, pid: Int32)
+    /// The worker's `STATUS=` text (the systemd runner: its unit's `StatusText`).
+    case status(name: String, pid: Int32, text: String)
+    /// A notify datagram was refused or dropped (a sender outside every notify worker, too big,
+    /// carrying fds): for the log. At most one a second; `alsoRefused` counts those not reported
+    /// since the last.
+    case notifyRefused(pid: Int32?, reason: String, alsoRefused: Int)
 }
 
 /// Why a runner could not do what it was asked. Codes are open so that runners can add their own.

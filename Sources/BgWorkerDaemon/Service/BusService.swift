@@ -32,6 +32,9 @@ struct WorkerPropertyValues {
             ("LogLevel", .string(status.logLevel?.rawValue ?? "")),
             ("EffectiveLogLevel", .string(status.effectiveLogLevel.rawValue)),
             ("StateReason", .string(status.reason)),
+            ("StatusText", .string(status.statusText)),
+            // While running, the last state change was the one into `running`.
+            ("ReadyAt", .uint64(status.state == .running ? stateChangedAt : 0)),
         ]
     }
 
@@ -43,6 +46,7 @@ struct WorkerPropertyValues {
         case .lastExit(let exit): ("LastExit", .string(exit?.description ?? ""))
         case .runOn(let runOn): ("RunOn", .string(runOn.rawValue))
         case .logLevel(let level): ("LogLevel", .string(level?.rawValue ?? ""))
+        case .statusText(let text): ("StatusText", .string(text))
         case .effectiveLogLevel(let level): ("EffectiveLogLevel", .string(level.rawValue))
         }
     }

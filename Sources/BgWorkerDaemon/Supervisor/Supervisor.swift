@@ -573,6 +573,20 @@ public actor Supervisor {
             } else {
                 logger.debug("ignoring the exit of pid \(pid) of worker \(name): not its process")
             }
+        case .ready(let name, let pid):
+            apply(.processReady(name, pid: pid))
+        case .reloading(let name, let pid):
+            apply(.processReloading(name, pid: pid))
+        case .stopping(let name, let pid):
+            apply(.processStopping(name, pid: pid))
+        case .status(let name, let pid, let text):
+            apply(.processStatus(name, pid: pid, text: text))
+        case .notifyRefused(let pid, let reason, let alsoRefused):
+            var message = "notify message refused"
+            if let pid { message += " from pid \(pid)" }
+            message += ": \(reason)"
+            if alsoRefused > 0 { message = "\(alsoRefused) more notify messages refused \(reason)" }
+            logger.warning("\(message)")
         }
     }
 
@@ -788,10 +802,12 @@ public actor Supervisor {
         if let pid { metadata["pid"] = "\(pid)" }
         let level: Logger.Level = state == .failed ? .error : (state == .backoff ? .warning : .info)
         logger.log(level: level, "worker \(name): \(state.rawValue) (\(reason))", metadata: metadata)
+        let now = wallClockMicroseconds()
         emitManagerSignal(BgWorkerBus.Signal.workerStateChanged, [.string(name), .string(state.rawValue), .uint32(busPid(pid)), .string(reason)])
         setWorkerProperties(name, [
             ("State", .string(state.rawValue)), ("Pid", .uint32(busPid(pid))),
-            ("StateChangedAt", .uint64(wallClockMicroseconds())), ("StateReason", .string(reason)),
+            ("StateChangedAt", .uint64(now)), ("StateReason", .string(reason)),
+            ("ReadyAt", .uint64(state == .running ? now : 0)),
         ])
     }
 
@@ -862,7 +878,8 @@ public actor Supervisor {
             workingDirectory: definition.workingDirectory, user: definition.user, group: definition.group,
             stopTimeout: .nanoseconds(Int64(min(definition.stopTimeout, 1e9) * 1e9)),
             definitionHash: definition.definitionHash, resources: definition.resources,
-            credentials: credentials[definition.name])
+            credentials: credentials[definition.name], ready: definition.ready, startTimeout: definition.startTimeout,
+            watchdog: definition.watchdog)
     }
 
     /// Every worker's `user`/`group` as ids (getpwnam_r, getgrnam_r, getgrouplist): blocking,

@@ -73,6 +73,9 @@ struct _bgw_spawn_request {
     int record_fd;
     off_t record_offset;
     unsigned int record_generation;
+    // The value part of the envp entry "WATCHDOG_PID=..." (room for 10 digits and a NUL): the
+    // child writes its own pid there before execve, as systemd sets WATCHDOG_PID. NULL: none.
+    char *watchdog_pid_value;
 };
 
 /// What `_bgw_spawn` did: on success pid and pidfd of the new process (which has executed

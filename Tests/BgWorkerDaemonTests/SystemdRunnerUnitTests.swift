@@ -33,6 +33,23 @@ struct SystemdRunnerUnitTests {
         #expect(WorkerUnit(worker: "x.y-z_1").name == "bgworker-x.y-z_1.service")
     }
 
+    @Test func notifyAndWatchdogGoToSystemd() {
+        let plain = properties(LaunchSpec(name: "a", argv: ["/bin/true"]))
+        #expect(plain["Type"] == .string("exec"))
+        #expect(plain["NotifyAccess"] == nil && plain["WatchdogUSec"] == nil && plain["TimeoutStartUSec"] == nil)
+        let notify = properties(LaunchSpec(name: "a", argv: ["/bin/true"], ready: .notify, startTimeout: 2.5, watchdog: 1e300))
+        #expect(notify["Type"] == .string("notify"))
+        #expect(notify["NotifyAccess"] == .string("all"))
+        #expect(notify["TimeoutStartUSec"] == .uint64(2_500_000))
+        #expect(notify["WatchdogUSec"] == .uint64(.max))
+        let unlimited = properties(LaunchSpec(name: "a", argv: ["/bin/true"], ready: .notify, startTimeout: 0))
+        #expect(unlimited["TimeoutStartUSec"] == .uint64(.max))
+        let watchdogOnly = properties(LaunchSpec(name: "a", argv: ["/bin/true"], watchdog: 3))
+        #expect(watchdogOnly["Type"] == .string("exec"))
+        #expect(watchdogOnly["NotifyAccess"] == .string("all"))
+        #expect(watchdogOnly["WatchdogUSec"] == .uint64(3_000_000))
+    }
+
     @Test func propertiesOfAPlainWorker() throws {
         let spec = LaunchSpec(name: "dice", argv: ["/usr/bin/env", "$HOME", "${X}", "$$", "%n"],
                               environment: ["B": "2", "A": "1"], stopTimeout: .milliseconds(2500),
@@ -126,6 +143,29 @@ struct SystemdRunnerUnitTests {
         ["ActiveState": .variant(.string(active)), "SubState": .variant(.string(sub))]
     }
 
+    /// Type=notify (ready = "notify"): StatusText, reloading and deactivating while running, the
+    /// watchdog's and the start timeout's results.
+    @Test func aNotifyUnitsStatesAndResults() {
+        var t = UnitTracker()
+        #expect(t.startJobCreated("/j/5") == [])
+        #expect(t.propertiesChanged(Self.unit("activating", "start")) == [])
+        #expect(t.propertiesChanged(["StatusText": .variant(.string("connecting"))]) == [])
+        #expect(t.propertiesChanged(Self.service(mainPID: 11).merging(Self.unit("active", "running")) { a, _ in a }) == [])
+        #expect(t.jobRemoved(job: "/j/5", result: "done") == [.started(pid: 11), .status(pid: 11, "connecting"), .ready(pid: 11)])
+        #expect(t.propertiesChanged(["StatusText": .variant(.string("cycle 1"))]) == [.status(pid: 11, "cycle 1")])
+        #expect(t.propertiesChanged(Self.unit("reloading", "reload")) == [.reloading(pid: 11)])
+        #expect(t.propertiesChanged(Self.unit("active", "running")) == [.ready(pid: 11)])
+        #expect(t.propertiesChanged(Self.unit("deactivating", "stop-watchdog")) == [.stopping(pid: 11)])
+        #expect(t.propertiesChanged(Self.service(mainPID: 0, result: "watchdog", code: 3, status: 6, execMainPID: 11)) == [])
+        #expect(t.propertiesChanged(Self.unit("failed", "failed")) == [.exited(pid: 11, .watchdog)])
+
+        var late = UnitTracker()
+        #expect(late.startJobCreated("/j/6") == [])
+        #expect(late.propertiesChanged(Self.service(mainPID: 0, result: "timeout", code: 2, status: 15, execMainPID: 12)
+            .merging(Self.unit("failed", "failed")) { a, _ in a }) == [])
+        #expect(late.jobRemoved(job: "/j/6", result: "timeout") == [.started(pid: 12), .exited(pid: 12, .startTimeout)])
+    }
+
     @Test func aStartThatRunsAndExits() {
         var t = UnitTracker()
         // The new unit's first announcement reads inactive: no exit.
@@ -135,7 +175,7 @@ struct SystemdRunnerUnitTests {
         #expect(t.propertiesChanged(Self.unit("activating", "start")) == [])
         #expect(t.propertiesChanged(Self.unit("active", "running")) == [])
         #expect(t.jobRemoved(job: "/org/freedesktop/systemd1/job/25", result: "done") == [], "another job")
-        #expect(t.jobRemoved(job: "/org/freedesktop/systemd1/job/26", result: "done") == [.started(pid: 39)])
+        #expect(t.jobRemoved(job: "/org/freedesktop/systemd1/job/26", result: "done") == [.started(pid: 39), .ready(pid: 39)])
         #expect(t.propertiesChanged(Self.service(mainPID: 0, result: "exit-code", code: 1, status: 3, execMainPID: 39)) == [])
         #expect(t.propertiesChanged(Self.unit("failed", "failed")) == [.exited(pid: 39, .exited(3))])
         #expect(t.phase == .ended)
@@ -147,7 +187,7 @@ struct SystemdRunnerUnitTests {
         _ = t.propertiesChanged(Self.service(mainPID: 7))
         _ = t.propertiesChanged(Self.unit("active", "running"))
         #expect(t.jobRemoved(job: "/j/1", result: "done") == [])
-        #expect(t.startJobCreated("/j/1") == [.started(pid: 7)])
+        #expect(t.startJobCreated("/j/1") == [.started(pid: 7), .ready(pid: 7)])
     }
 
     @Test func aMissingProgramFailsTheStart() {
@@ -181,7 +221,7 @@ struct SystemdRunnerUnitTests {
         _ = t.startJobCreated("/j/61")
         _ = t.propertiesChanged(Self.service(mainPID: 48))
         _ = t.propertiesChanged(Self.unit("active", "running"))
-        #expect(t.jobRemoved(job: "/j/61", result: "done") == [.started(pid: 48)])
+        #expect(t.jobRemoved(job: "/j/61", result: "done") == [.started(pid: 48), .ready(pid: 48)])
         _ = t.propertiesChanged(Self.unit("deactivating", "stop-sigterm"))
         _ = t.propertiesChanged(Self.service(mainPID: 48, result: "timeout"))
         #expect(t.propertiesChanged(Self.unit("deactivating", "stop-sigkill")) == [])
@@ -194,12 +234,12 @@ struct SystemdRunnerUnitTests {
         _ = t.startJobCreated("/j/1")
         #expect(t.jobRemoved(job: "/j/1", result: "done") == [.needsProperties])
         #expect(t.propertiesRead(Self.service(mainPID: 5).merging(Self.unit("active", "running")) { a, _ in a })
-                == [.started(pid: 5)])
+                == [.started(pid: 5), .ready(pid: 5)])
         var gone = UnitTracker()
         _ = gone.startJobCreated("/j/1")
         _ = gone.jobRemoved(job: "/j/1", result: "done")
         #expect(gone.propertiesRead(Self.service(mainPID: 0, result: "exit-code", code: 1, status: 0, execMainPID: 9)
-            .merging(Self.unit("inactive", "dead")) { a, _ in a }) == [.started(pid: 9), .exited(pid: 9, .exited(0))])
+            .merging(Self.unit("inactive", "dead")) { a, _ in a }) == [.started(pid: 9), .ready(pid: 9), .exited(pid: 9, .exited(0))])
     }
 
     @Test func adoptionAndLeaving() {

@@ -530,6 +530,14 @@ actor SystemdUnitTable {
             remove(id, startFailure: nil)
         case .needsProperties:
             sendRead(id: id, interface: SystemdBus.service, waiter: nil)
+        case .ready(let pid):
+            if entry.reportsExit { eventSink.post(.ready(name: unit.worker, pid: pid)) }
+        case .reloading(let pid):
+            if entry.reportsExit { eventSink.post(.reloading(name: unit.worker, pid: pid)) }
+        case .stopping(let pid):
+            if entry.reportsExit { eventSink.post(.stopping(name: unit.worker, pid: pid)) }
+        case .status(let pid, let text):
+            if entry.reportsExit { eventSink.post(.status(name: unit.worker, pid: pid, text: text)) }
         }
     }
 

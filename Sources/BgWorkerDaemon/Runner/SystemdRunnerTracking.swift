@@ -27,6 +27,8 @@ struct UnitStatus: Sendable, Equatable {
     var execMainStatus: Int32 = 0
     /// The Service's `Environment` (read at adoption; carries the definition hash).
     var environment: [String] = []
+    /// The Service's `StatusText`: the worker's last `STATUS=` (Type=notify, NotifyAccess=all).
+    var statusText = ""
 
     /// Takes the values of a PropertiesChanged's `a{sv}` (or a GetAll). Unknown names and values
     /// of an unexpected type are ignored: a peer's odd message must not crash us.
@@ -42,6 +44,7 @@ struct UnitStatus: Sendable, Equatable {
             case "ExecMainCode": if let v = value.int32Value { execMainCode = v }
             case "ExecMainStatus": if let v = value.int32Value { execMainStatus = v }
             case "Environment": if let v = value.stringArrayValue { environment = v }
+            case "StatusText": if let v = value.stringValue { statusText = v }
             default: break
             }
         }
@@ -50,9 +53,10 @@ struct UnitStatus: Sendable, Equatable {
     /// The unit has ended: nothing of it runs any more.
     var hasEnded: Bool { activeState == "inactive" || activeState == "failed" }
 
-    /// How the main process ended.
+    /// How the main process ended; `watchdog` when systemd killed it for its watchdog.
     var exit: WorkerExit {
-        switch execMainCode {
+        if result == "watchdog" { return .watchdog }
+        return switch execMainCode {
         case 1: .exited(execMainStatus)
         case 2: .killed(execMainStatus)
         case 3: .dumped(execMainStatus)
@@ -109,6 +113,15 @@ struct UnitTracker: Sendable, Equatable {
         case startFailed(String)
         /// The running unit ended.
         case exited(pid: Int32, WorkerExit)
+        /// The unit is `active` (at its start: a Type=notify worker sent READY=1), or active
+        /// again after `reloading`.
+        case ready(pid: Int32)
+        /// The running unit went `reloading` (RELOADING=1).
+        case reloading(pid: Int32)
+        /// The running unit went `deactivating` (STOPPING=1, or a stop).
+        case stopping(pid: Int32)
+        /// The unit's `StatusText` changed.
+        case status(pid: Int32, String)
         /// The start job is done but no pid was announced: read the Service's properties and
         /// pass them to `propertiesRead`.
         case needsProperties
@@ -127,13 +140,25 @@ struct UnitTracker: Sendable, Equatable {
 
     /// A PropertiesChanged of the unit's object.
     mutating func propertiesChanged(_ changed: [String: DBusValue]) -> [Outcome] {
+        let before = status
         status.apply(changed)
         if awaitingPid { return startDone() }
-        if case .running(let pid) = phase, status.hasEnded {
+        guard case .running(let pid) = phase else { return [] }
+        if status.hasEnded {
             phase = .ended
             return [.exited(pid: pid, status.exit)]
         }
-        return []
+        var outcomes: [Outcome] = []
+        if status.statusText != before.statusText { outcomes.append(.status(pid: pid, status.statusText)) }
+        if status.activeState != before.activeState {
+            switch status.activeState {
+            case "reloading": outcomes.append(.reloading(pid: pid))
+            case "active" where before.activeState == "reloading": outcomes.append(.ready(pid: pid))
+            case "deactivating": outcomes.append(.stopping(pid: pid))
+            default: break
+            }
+        }
+        return outcomes
     }
 
     /// The answer to `needsProperties`: the Service's (and Unit's) current properties.
@@ -211,7 +236,9 @@ struct UnitTracker: Sendable, Equatable {
             // own set-up failures (200-245), it did run: report a start and an exit, as the
             // process runner would.
             if status.hasEnded, programRan, status.execMainPID != 0, let pid = Int32(exactly: status.execMainPID) {
-                return [.started(pid: pid), .exited(pid: pid, status.exit)]
+                // Type=notify without READY=1 within TimeoutStartUSec: the job's result is
+                // "timeout" (systemd stopped the unit).
+                return [.started(pid: pid), .exited(pid: pid, result == "timeout" ? .startTimeout : status.exit)]
             }
             return [.startFailed(failureText(jobResult: result))]
         }
@@ -240,6 +267,9 @@ struct UnitTracker: Sendable, Equatable {
     private mutating func enterRunning(pid: Int32) -> [Outcome] {
         phase = .running(pid: pid)
         var outcomes: [Outcome] = [.started(pid: pid)]
+        if !status.statusText.isEmpty { outcomes.append(.status(pid: pid, status.statusText)) }
+        // A start job is done once the unit is active: for Type=notify, after READY=1.
+        outcomes.append(.ready(pid: pid))
         // Only when systemd's order was broken (a read after the fact): it ran and ended already.
         if status.hasEnded && status.execMainCode != 0 {
             phase = .ended

@@ -57,7 +57,7 @@ struct WorkerUnit: Sendable, Equatable {
     /// - `ExecStartEx` with the flag `no-env-expand`, not `ExecStart`: systemd expands `$NAME`,
     ///   `${NAME}` and `$$` in `ExecStart` arguments at exec time, and the worker's argv must reach
     ///   it byte for byte, as with the process runner (systemd 252, tested).
-    /// - `Type=exec`: the start job ends only once `execve` succeeded, so a missing program is a
+    /// - `Type=exec` (`notify` for `ready = "notify"`): the start job ends only once `execve` succeeded, so a missing program is a
     ///   failed start (status 203/EXEC) rather than a start followed by an exit.
     /// - `KillMode=control-group`: stopping the worker stops everything in its cgroup.
     /// - `CollectMode=inactive-or-failed`: the unit is unloaded when it ends, failed or not, so the
@@ -80,6 +80,15 @@ struct WorkerUnit: Sendable, Equatable {
             ("Restart", .string("no")),
             ("SyslogIdentifier", .string(spec.name)),
         ]
+        // The notify protocol goes to systemd itself: it serves NOTIFY_SOCKET, enforces the start
+        // timeout and the watchdog (SIGABRT, then SIGKILL after TimeoutAbortUSec, which defaults
+        // to the stop timeout), and shows STATUS= as StatusText. 0 s is "no limit" for systemd too.
+        if spec.ready == .notify {
+            list[list.firstIndex { $0.0 == "Type" }!].1 = .string("notify")
+            list.append(("TimeoutStartUSec", .uint64(spec.startTimeout > 0 ? clampedMicroseconds(spec.startTimeout) : .max)))
+        }
+        if spec.usesNotify { list.append(("NotifyAccess", .string("all"))) }
+        if spec.watchdog > 0 { list.append(("WatchdogUSec", .uint64(clampedMicroseconds(spec.watchdog)))) }
         if let directory = spec.workingDirectory ?? daemonDirectory {
             list.append(("WorkingDirectory", .string(directory)))
         }

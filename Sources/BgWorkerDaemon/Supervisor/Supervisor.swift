@@ -71,6 +71,10 @@ public actor Supervisor {
     private var spawning: Set<String> = []
     /// Exits the runner reported before the start that made the process was answered.
     private var earlyExits: [String: (pid: Int32, status: WorkerExit)] = [:]
+    /// Notify events (READY=1, STATUS=...) that overtook the answer to `start`, in order: the
+    /// systemd runner reports its unit active while the answer is on its way, and a process
+    /// runner worker's first datagram can be read before the answer's loop job runs.
+    private var earlyNotifications: [String: [(pid: Int32, event: FleetEvent)]] = [:]
     /// Each worker's pending timer (restart delay, start limit...), on the loop.
     private var timers: [String: LoopTimer] = [:]
     /// The fleet's role timer (the end of a bounded `on-lost = keep`).
@@ -547,6 +551,7 @@ public actor Supervisor {
     private func startSucceeded(_ name: String, pid: Int32) {
         spawning.remove(name)
         apply(.processStarted(name, pid: pid))
+        for early in earlyNotifications.removeValue(forKey: name) ?? [] where early.pid == pid { apply(early.event) }
         if let early = earlyExits.removeValue(forKey: name), early.pid == pid {
             apply(.processExited(name, pid: pid, status: early.status))
         }
@@ -556,6 +561,7 @@ public actor Supervisor {
     private func startFailed(_ name: String, _ error: RunnerError) {
         spawning.remove(name)
         earlyExits[name] = nil
+        earlyNotifications[name] = nil
         logger.error("cannot start worker \(name): \(error)", metadata: ["worker": "\(name)"])
         let reason = error.errno.map { "\(error.context): \(errnoText($0))" } ?? error.context
         apply(.startFailed(name, reason: reason))
@@ -574,19 +580,33 @@ public actor Supervisor {
                 logger.debug("ignoring the exit of pid \(pid) of worker \(name): not its process")
             }
         case .ready(let name, let pid):
-            apply(.processReady(name, pid: pid))
+            notified(name, pid: pid, .processReady(name, pid: pid))
         case .reloading(let name, let pid):
-            apply(.processReloading(name, pid: pid))
+            notified(name, pid: pid, .processReloading(name, pid: pid))
         case .stopping(let name, let pid):
-            apply(.processStopping(name, pid: pid))
+            notified(name, pid: pid, .processStopping(name, pid: pid))
         case .status(let name, let pid, let text):
-            apply(.processStatus(name, pid: pid, text: text))
+            notified(name, pid: pid, .processStatus(name, pid: pid, text: text))
         case .notifyRefused(let pid, let reason, let alsoRefused):
             var message = "notify message refused"
             if let pid { message += " from pid \(pid)" }
             message += ": \(reason)"
             if alsoRefused > 0 { message = "\(alsoRefused) more notify messages refused \(reason)" }
             logger.warning("\(message)")
+        }
+    }
+
+    private func notified(_ name: String, pid: Int32, _ event: FleetEvent) {
+        if spawning.contains(name), fleet.status(of: name)?.pid != pid {
+            // Bounded: a start's answer comes, and a flood of STATUS= before it keeps the last.
+            var early = earlyNotifications[name, default: []]
+            if early.count >= 16 {
+                early.remove(at: early.firstIndex { if case .processStatus = $0.event { true } else { false } } ?? 0)
+            }
+            early.append((pid, event))
+            earlyNotifications[name] = early
+        } else {
+            apply(event)
         }
     }
 
@@ -761,6 +781,7 @@ public actor Supervisor {
         case .spawn(let name, let definition):
             spawning.insert(name)
             earlyExits[name] = nil
+            earlyNotifications[name] = nil
             runner.submitStart(launchSpec(definition)) { [weak self] result in
                 self?.onLoop { $0.startAnswered(name, result) }
             }

@@ -74,3 +74,16 @@ func milliseconds(_ d: Duration) -> Int32 {
     let c = d.components
     return Int32(clamping: c.seconds * 1000 + c.attoseconds / 1_000_000_000_000_000)
 }
+
+/// Live (not zombie) processes of process group `pgid`, from /proc. A zombie whose parent died
+/// waits for its reaper (PID 1 of the namespace), which may never come in a test container.
+public func liveMembers(ofGroup pgid: pid_t) -> [pid_t] {
+    guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+    return entries.compactMap { pid_t($0) }.filter { pid in
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return false }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 2 && fields[0] != "Z" && fields[0] != "X" && pid_t(fields[2]) == pgid
+    }
+}

@@ -1,0 +1,297 @@
+import BgWorkerAPI
+import Foundation
+import Glibc
+import Testing
+import TestSupport
+
+/// Worker readiness and watchdog (the sd_notify protocol) against the real daemon (process
+/// runner), with senders no one here wrote: systemd-notify and python3's socket module.
+@Suite(.timeLimit(.minutes(3)))
+struct DaemonNotifyTests {
+    /// A python3 one-liner that sends each argument as one datagram to NOTIFY_SOCKET.
+    static let send = "/usr/bin/python3 -c 'import os, socket, sys\\nfor m in sys.argv[1:]: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(m.encode(), os.environ[\"NOTIFY_SOCKET\"])'"
+
+    static func path(_ worker: String) -> String { BgWorkerBus.workerPathPrefix + worker }
+
+    /// Waits until `property` of `worker` satisfies `predicate`: reads it, and after each
+    /// PropertiesChanged of the worker's object reads it again.
+    static func waitForProperty(
+        _ fixture: DaemonFixture, _ monitor: BusMonitor, _ worker: String, _ property: String,
+        timeout: Duration = .seconds(15), _ predicate: (BusValue) -> Bool
+    ) async throws -> BusValue {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let value = try await fixture.property(property, worker: worker)
+            if predicate(value) { return value }
+            let left = deadline - ContinuousClock.now
+            guard left > .zero else { throw TestProcessError("\(worker).\(property) is \(value) after \(timeout)") }
+            _ = try await monitor.waitFor("PropertiesChanged of \(worker)", timeout: left) {
+                $0.member == "PropertiesChanged" && $0.path == path(worker)
+            }
+        }
+    }
+
+    /// Writes a line into the fifo a worker reads its next step from.
+    static func step(_ fifo: String) {
+        let writer = open(fifo, O_WRONLY)
+        _ = write(writer, "x\n", 2)
+        close(writer)
+    }
+
+    /// Starts the daemon with `workers`, whose scripts read their steps from `$0`: the fifo
+    /// returned, given as the argument after each script.
+    static func withSteps(_ workers: String, _ body: (DaemonFixture, String) async throws -> Void) async throws {
+        try await DaemonFixture.with("", start: false) { fixture in
+            let fifo = fixture.directory.file("steps")
+            #expect(mkfifo(fifo, 0o600) == 0)
+            try fixture.writeConfiguration(workers.replacingOccurrences(of: "\"]\n", with: "\", \"\(fifo)\"]\n"))
+            try await fixture.startDaemon()
+            try await body(fixture, fifo)
+        }
+    }
+
+    @Test func systemdNotifyFromAShellWorkerMakesItRunningWithItsStatus() async throws {
+        let workers = shellWorker(
+            "n", "systemd-notify --status=connecting; read line < \"$0\"; systemd-notify --ready --status=up; exec sleep 1000",
+            extra: "ready = \"notify\"")
+            + shellWorker("plain", "exec sleep 1000")
+        try await Self.withSteps(workers) { fixture, fifo in
+            let monitor = try await fixture.monitor()
+            let status = try await Self.waitForProperty(fixture, monitor, "n", "StatusText") { $0.string == "connecting" }
+            #expect(status.string == "connecting")
+            let starting = try await fixture.worker("n")
+            #expect(starting.state == "starting" && starting.pid != 0, "\(starting)")
+            #expect(try await fixture.property("ReadyAt", worker: "n").uint64 == 0)
+            let variables = environment(of: starting.pid)
+            #expect(variables["NOTIFY_SOCKET"] == fixture.directory.file("run") + "/notify")
+            #expect(variables["WATCHDOG_USEC"] == nil)
+            #expect(environment(of: try await fixture.worker("plain").pid)["NOTIFY_SOCKET"] == nil, "only notify workers get it")
+
+            Self.step(fifo)
+            let change = try await monitor.stateChange(of: "n", to: "running")
+            #expect(change.reason == "ready (READY=1)")
+            #expect(change.pid == starting.pid)
+            _ = try await Self.waitForProperty(fixture, monitor, "n", "StatusText") { $0.string == "up" }
+            let readyAt = try #require(try await fixture.property("ReadyAt", worker: "n").uint64)
+            let now = UInt64(Date().timeIntervalSince1970 * 1e6)
+            #expect(readyAt > now - 60_000_000 && readyAt <= now)
+            #expect(try await fixture.property("StateChangedAt", worker: "n").uint64 == readyAt)
+        }
+    }
+
+    @Test func aRawPythonSenderAndAnOutsiderWhoseReadyIsIgnored() async throws {
+        let script = """
+            \(Self.send) STATUS=waiting; read line < "$0"; \(Self.send) STATUS=after; read line < "$0"; \
+            \(Self.send) 'READY=1\nSTATUS=ready'; exec sleep 1000
+            """
+        try await Self.withSteps(shellWorker("py", script, extra: "ready = \"notify\"")) { fixture, fifo in
+            let monitor = try await fixture.monitor()
+            _ = try await Self.waitForProperty(fixture, monitor, "py", "StatusText") { $0.string == "waiting" }
+            // The test itself is no process of the worker: its READY=1 is dropped and logged.
+            let outsider = try await run(["/usr/bin/python3", "-c", """
+                import os, socket, sys
+                socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1\\nSTATUS=spoofed", sys.argv[1])
+                print(os.getpid())
+                """, fixture.directory.file("run") + "/notify"])
+            #expect(outsider.status == 0, "\(outsider.stderr)")
+            let outsiderPid = outsider.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            // The worker's next datagram comes after the outsider's on the same socket.
+            Self.step(fifo)
+            _ = try await Self.waitForProperty(fixture, monitor, "py", "StatusText") { $0.string == "after" }
+            #expect(try await fixture.worker("py").state == "starting")
+            let log = try fixture.daemon.log
+            #expect(log.contains("notify message refused from pid \(outsiderPid)"), "\(log)")
+            Self.step(fifo)
+            _ = try await monitor.stateChange(of: "py", to: "running")
+            _ = try await Self.waitForProperty(fixture, monitor, "py", "StatusText") { $0.string == "ready" }
+        }
+    }
+
+    @Test func noReadyWithinTheStartTimeoutStopsTheGroupAsStartTimeout() async throws {
+        // The worker's child stays in its group: it must go too.
+        let workers = shellWorker("slow", "sleep 1000 & exec sleep 1000", extra: """
+            ready = "notify"
+            start-timeout = 1
+            restart-delay = 30
+            """)
+        try await DaemonFixture.with(workers) { fixture in
+            let monitor = try await fixture.monitor()
+            let starting = try await fixture.worker("slow")
+            #expect(starting.state == "starting" && starting.pid != 0)
+            let row = try await monitor.waitUntil(fixture, worker: "slow", is: "backoff")
+            #expect(liveMembers(ofGroup: pid_t(starting.pid)).isEmpty, "the worker's child went with it")
+            let change = try await fixture.property("StateReason", worker: "slow")
+            #expect(change.string == "no READY=1 within start-timeout")
+            #expect(try await fixture.property("LastExit", worker: "slow").string == "start-timeout")
+            #expect(row.pid == 0)
+        }
+    }
+
+    @Test func extendTimeoutUsecGivesAStartMoreTime() async throws {
+        // start-timeout 0.5 s; the worker asks for 30 s more, then waits 1 s before READY=1.
+        let workers = shellWorker(
+            "ext", "\(Self.send) EXTEND_TIMEOUT_USEC=30000000; sleep 1; \(Self.send) READY=1; exec sleep 1000",
+            extra: "ready = \"notify\"\nstart-timeout = 0.5")
+        try await DaemonFixture.with(workers) { fixture in
+            let monitor = try await fixture.monitor()
+            let change = try await monitor.stateChange(of: "ext", timeout: .seconds(20))
+            #expect(change.state == "running", "\(change)")
+            #expect(try await fixture.property("LastExit", worker: "ext").string == "")
+        }
+    }
+
+    @Test func aMissedWatchdogAbortsTheMainProcessAndKillsTheGroup() async throws {
+        // Runs (ready = exec) and never pings. SIGABRT is ignored by the shell's `trap`, so the
+        // SIGKILL after stop-timeout is what ends it; its child goes with the group.
+        let workers = shellWorker("hang", "trap '' ABRT; sleep 1000 & wait", extra: """
+            watchdog = 0.3
+            stop-timeout = 0.2
+            restart-delay = 30
+            """)
+        try await DaemonFixture.with(workers) { fixture in
+            let monitor = try await fixture.monitor()
+            let running = try await monitor.waitUntil(fixture, worker: "hang", is: "running")
+            let variables = environment(of: running.pid)
+            #expect(variables["WATCHDOG_USEC"] == "300000")
+            #expect(variables["WATCHDOG_PID"] == String(running.pid), "the worker's own pid, as systemd sets it")
+            #expect(variables["NOTIFY_SOCKET"] != nil)
+            _ = try await monitor.waitUntil(fixture, worker: "hang", is: "backoff")
+            #expect(try await fixture.property("LastExit", worker: "hang").string == "watchdog")
+            #expect(try await fixture.property("StateReason", worker: "hang").string == "killed by the watchdog")
+            #expect(liveMembers(ofGroup: pid_t(running.pid)).isEmpty, "nothing of the group is left")
+        }
+    }
+
+    @Test func theWatchdogsSignalIsSIGABRTToTheMainProcess() async throws {
+        // The worker catches SIGABRT, writes where it got it and exits 3; the stop timeout
+        // (SIGKILL) is far away.
+        try await DaemonFixture.with("", start: false) { fixture in
+            let marker = fixture.directory.file("abrt")
+            let program = fixture.directory.file("abrt.py")
+            try """
+                import os, signal, time
+                def got(*_):
+                    open("\(marker)", "w").write(str(os.getpid()))
+                    os._exit(3)
+                signal.signal(signal.SIGABRT, got)
+                time.sleep(1000)
+                """.write(toFile: program, atomically: true, encoding: .utf8)
+            try fixture.writeConfiguration(execWorker("py", ["/usr/bin/python3", program], extra: """
+                watchdog = 0.3
+                stop-timeout = 60
+                restart-delay = 30
+                """))
+            try await fixture.startDaemon()
+            let monitor = try await fixture.monitor()
+            let running = try await monitor.waitUntil(fixture, worker: "py", is: "running")
+            _ = try await monitor.waitUntil(fixture, worker: "py", is: "backoff", timeout: .seconds(20))
+            #expect(try await fixture.property("LastExit", worker: "py").string == "watchdog")
+            #expect(try String(contentsOfFile: marker, encoding: .utf8) == String(running.pid))
+        }
+    }
+
+    @Test func pingsKeepItRunningUntilTheyStopAndWatchdogUsecChangesTheDeadline() async throws {
+        // 40 pings 50 ms apart under a 1 s watchdog, then WATCHDOG_USEC=200000 and no more pings.
+        let script = """
+            \(Self.send) READY=1; i=0; while [ $i -lt 40 ]; do i=$((i+1)); \(Self.send) WATCHDOG=1 STATUS=ping$i; sleep 0.05; done; \
+            \(Self.send) WATCHDOG_USEC=200000 STATUS=silent; exec sleep 1000
+            """
+        let workers = shellWorker("pinger", script, extra: "ready = \"notify\"\nwatchdog = 1\nrestart-delay = 30")
+        try await DaemonFixture.with(workers) { fixture in
+            let monitor = try await fixture.monitor()
+            _ = try await Self.waitForProperty(fixture, monitor, "pinger", "StatusText", timeout: .seconds(30)) { $0.string == "ping40" }
+            #expect(try await fixture.worker("pinger").state == "running", "2 s of pings under a 1 s watchdog")
+            #expect(try await fixture.property("Restarts", worker: "pinger").uint32 == 0)
+            let start = ContinuousClock.now
+            _ = try await monitor.waitUntil(fixture, worker: "pinger", is: "backoff", timeout: .seconds(10))
+            #expect(try await fixture.property("LastExit", worker: "pinger").string == "watchdog")
+            // 200 ms, not the configured 1 s (plus the stop timeout's 5 s would not be reached:
+            // sleep dies of SIGABRT at once).
+            #expect(ContinuousClock.now - start < .seconds(5))
+        }
+    }
+
+    @Test func watchdogTriggerAndADeathBetweenReadyAndTheFirstPing() async throws {
+        let workers = shellWorker("trigger", "\(Self.send) READY=1 WATCHDOG=trigger; exec sleep 1000", extra: """
+            ready = "notify"
+            restart-delay = 30
+            """)
+            + shellWorker("dies", "\(Self.send) READY=1; exit 7", extra: """
+                ready = "notify"
+                watchdog = 10
+                restart-delay = 30
+                """)
+        try await DaemonFixture.with(workers) { fixture in
+            let monitor = try await fixture.monitor()
+            _ = try await monitor.waitUntil(fixture, worker: "trigger", is: "backoff")
+            #expect(try await fixture.property("LastExit", worker: "trigger").string == "watchdog")
+            _ = try await monitor.waitUntil(fixture, worker: "dies", is: "backoff")
+            #expect(try await fixture.property("LastExit", worker: "dies").string == "exited 7")
+        }
+    }
+
+    @Test func stoppingAndReloadingAsSystemdDefinesThem() async throws {
+        let script = """
+            \(Self.send) READY=1; read line < "$0"; \(Self.send) RELOADING=1; read line < "$0"; \(Self.send) READY=1; \
+            read line < "$0"; \(Self.send) STOPPING=1; read line < "$0"; exit 0
+            """
+        try await Self.withSteps(shellWorker("r", script, extra: "ready = \"notify\"\nrestart-delay = 30")) { fixture, fifo in
+            let monitor = try await fixture.monitor()
+            _ = try await monitor.waitUntil(fixture, worker: "r", is: "running")
+            Self.step(fifo)
+            #expect(try await monitor.stateChange(of: "r").reason == "reloading (RELOADING=1)")
+            #expect(try await fixture.worker("r").state == "starting")
+            #expect(try await fixture.property("ReadyAt", worker: "r").uint64 == 0)
+            Self.step(fifo)
+            let reloaded = try await monitor.stateChange(of: "r")
+            #expect(reloaded.state == "running" && reloaded.reason == "reloaded (READY=1)")
+            Self.step(fifo)
+            let stopping = try await monitor.stateChange(of: "r")
+            #expect(stopping.state == "stopping" && stopping.reason == "stopping by itself (STOPPING=1)")
+            Self.step(fifo)
+            let exited = try await monitor.stateChange(of: "r")
+            #expect(exited.state == "backoff" && exited.reason == "exited with status 0", "\(exited)")
+        }
+    }
+
+    @Test func aReloadWhileStartingKeepsWaitingForReady() async throws {
+        let workers = shellWorker("w", "read line < \"$0\"; \(Self.send) READY=1; exec sleep 1000", extra: "ready = \"notify\"")
+        try await Self.withSteps(workers) { fixture, fifo in
+            let monitor = try await fixture.monitor()
+            let starting = try await fixture.worker("w")
+            #expect(starting.state == "starting")
+            // A reload that changes nothing, and one that only adds a worker.
+            try await fixture.call("Reload")
+            let configuration = try String(contentsOfFile: fixture.configPath, encoding: .utf8)
+            try configuration.appending(shellWorker("other", "exec sleep 1000")).write(toFile: fixture.configPath, atomically: true, encoding: .utf8)
+            try await fixture.call("Reload")
+            #expect(try await fixture.worker("w").pid == starting.pid)
+            Self.step(fifo)
+            let change = try await monitor.stateChange(of: "w", to: "running")
+            #expect(change.pid == starting.pid)
+        }
+    }
+
+    @Test func aFloodOfDatagramsLeavesTheDaemonAnswering() async throws {
+        // 100,000 STATUS= datagrams from the worker (the kernel may drop some when the socket's
+        // queue is full: python blocks instead, as sd_notify would), while the test reads GetAll.
+        let flood = "/usr/bin/python3 -c 'import os, socket\\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\\ns.connect(os.environ[\"NOTIFY_SOCKET\"])\\ns.send(b\"READY=1\")\\nfor i in range(100000): s.send(b\"STATUS=flood %d\" % i)\\ns.send(b\"STATUS=done\")'"
+        let workers = shellWorker("flood", "\(flood); exec sleep 1000", extra: "ready = \"notify\"")
+        try await DaemonFixture.with(workers) { fixture in
+            let monitor = try await fixture.monitor()
+            var reads = 0
+            while try await fixture.property("StatusText", worker: "flood").string != "done" {
+                let all = try await fixture.busctl([
+                    "call", DaemonFixture.busName, Self.path("flood"), "org.freedesktop.DBus.Properties", "GetAll", "s",
+                    BgWorkerBus.workerInterface,
+                ])
+                #expect(all.status == 0, "\(all.stderr)")
+                reads += 1
+                if reads > 10_000 { break }
+            }
+            _ = try await Self.waitForProperty(fixture, monitor, "flood", "StatusText", timeout: .seconds(60)) { $0.string == "done" }
+            #expect(try await fixture.worker("flood").state == "running")
+            #expect(reads > 0)
+        }
+    }
+}

@@ -116,6 +116,8 @@ struct Cat: AsyncParsableCommand {
             ("start-limit-interval", seconds(worker.startLimitInterval)), ("stop-timeout", seconds(worker.stopTimeout)),
             ("log-level", worker.logLevel.map { "\"\($0.rawValue)\"" } ?? "(the daemon's)"),
             ("log-buffer-lines", String(worker.logBufferLines ?? daemon.logBufferLines)),
+            ("run-during-maintenance", String(worker.runDuringMaintenance)), ("ready", "\"\(worker.ready.rawValue)\""),
+            ("start-timeout", seconds(worker.startTimeout)), ("watchdog", seconds(worker.watchdog)),
             ("user", "(the daemon's)"), ("group", "(the daemon's)"), ("working-directory", "(the daemon's)"),
         ]
         return values.filter { !set.contains($0.0) }.map { "\($0.0) = \($0.1)" }

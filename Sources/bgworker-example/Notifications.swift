@@ -51,48 +51,45 @@ final class Notifications: FollowerEvents {
 
     /// `WATCHDOG=1`, from the main loop.
     func ping() {
-        send("WATCHDOG=1")
+        send { _ in "WATCHDOG=1" }
     }
 
     /// A cycle of work is done.
     func cycleDone(_ cycle: Int) {
         guard announcing else { return }
-        let status = state.withLock { state -> String? in
+        send { state in
             state.cycle = cycle
-            return Self.changedStatus(&state)
+            return Self.changedStatus(&state).map { "STATUS=\($0)" }
         }
-        if let status { send("STATUS=\(status)") }
     }
 
     /// SIGTERM came: the worker is stopping.
     func stopping() {
         guard announcing else { return }
-        send("STOPPING=1")
+        send { _ in "STOPPING=1" }
     }
 
     func busWorks() {
         guard announcing else { return }
-        let (becameReady, status) = state.withLock { state -> (Bool, String?) in
+        let sent = send { state in
             state.connected = true
             state.problem = nil
             let becameReady = !state.ready
             state.ready = true
-            return (becameReady, Self.changedStatus(&state))
+            // One datagram: the status that said "not ready" never outlives READY=1.
+            let lines = (becameReady ? ["READY=1"] : []) + (Self.changedStatus(&state).map { ["STATUS=\($0)"] } ?? [])
+            return lines.isEmpty ? nil : lines.joined(separator: "\n")
         }
-        // One datagram: the status that said "not ready" never outlives READY=1.
-        let message = (becameReady ? ["READY=1"] : []) + (status.map { ["STATUS=\($0)"] } ?? [])
-        if !message.isEmpty { send(message.joined(separator: "\n")) }
-        if becameReady { log.info("ready: the bus connection works (READY=1 sent)") }
+        if sent.hasPrefix("READY=1") { log.info("ready: the bus connection works (READY=1 sent)") }
     }
 
     func busFails(_ reason: String) {
         guard announcing else { return }
-        let status = state.withLock { state -> String? in
+        send { state in
             state.connected = false
             state.problem = reason
-            return Self.changedStatus(&state)
+            return Self.changedStatus(&state).map { "STATUS=\($0)" }
         }
-        if let status { send("STATUS=\(status)") }
     }
 
     /// The status the state calls for, when it differs from the one last sent.
@@ -108,15 +105,23 @@ final class Notifications: FollowerEvents {
         return status
     }
 
-    private func send(_ message: String) {
-        let result = sd_notify(0, message)
-        guard result < 0 else { return }
-        // Said once at warning level (the daemon's socket went away?), then at debug.
-        let failures = state.withLock { state in
+    /// Changes the state and sends the message it calls for (none when nil), under the lock: two
+    /// threads' statuses reach the socket in the order they were decided, so an older one can
+    /// never outlive a newer one. Returns the message sent ("" for none).
+    @discardableResult
+    private func send(_ change: (inout State) -> String?) -> String {
+        let (message, failure) = state.withLock { state -> (String, (result: Int32, count: Int)?) in
+            guard let message = change(&state) else { return ("", nil) }
+            let result = sd_notify(0, message)
+            guard result < 0 else { return (message, nil) }
             state.failedSends += 1
-            return state.failedSends
+            return (message, (result, state.failedSends))
         }
-        log.log(failures == 1 ? .warning : .debug,
-                "cannot send \(message.split(separator: "\n").joined(separator: " ")) to NOTIFY_SOCKET: \(String(cString: strerror(-result)))")
+        if let failure {
+            // Said once at warning level (the daemon's socket went away?), then at debug.
+            log.log(failure.count == 1 ? .warning : .debug,
+                    "cannot send \(message.split(separator: "\n").joined(separator: " ")) to NOTIFY_SOCKET: \(String(cString: strerror(-failure.result)))")
+        }
+        return message
     }
 }

@@ -72,10 +72,8 @@ struct ClientsReadinessTests {
 
     @Test func watchShowsReadinessChanges() async throws {
         try await Self.withDaemon { bus, daemon in
-            let watch = try ChildProcess([builtExecutablePath("bgworkerctl"), "watch", "--bus", bus.address], extraEnvironment: ["TZ": "UTC"],
-                                         captureStdout: true, captureStderr: true)
+            let (watch, lines) = try ctlWatch(bus)
             defer { Task { await watch.terminate() } }
-            let lines = OutputLines(of: watch)
             try await lines.wait("the owner line") { $0.contains(" owner :") }
             let loader = try daemon.fleet.worker("loader")
             try loader.setProperties(BgWorkerBus.workerInterface, [("StatusText", .string("connected to the database"))])

@@ -176,6 +176,37 @@ struct ClientsNotifyTests {
         }
     }
 
+    /// The whole story under the real daemon: `starting` until READY=1, the status and "ready
+    /// since" in `bgworkerctl status`, then the watchdog catching the hung main loop.
+    @Test(.disabled("needs bgworkerd's side of issue 11 (the ready/watchdog keys, NOTIFY_SOCKET): enable it once merged"))
+    func theExampleUnderTheDaemonIsReadyThenCaughtByTheWatchdog() async throws {
+        try await ClientsEndToEndTests.Setup.with({ _ in
+            """
+            [worker.importer]
+            exec = ["\(builtExecutablePath("bgworker-example"))", "--notify", "--interval", "0.1", "--hang-after", "10"]
+            run-on = "any"
+            ready = "notify"
+            start-timeout = 10.0
+            watchdog = 0.5
+            restart-delay = 60.0
+            """
+        }) { setup in
+            let watch = try await setup.watch()
+            defer { Task { await watch.process.terminate() } }
+            try await watch.lines.wait("running") { $0.contains(" worker importer: running, pid ") }
+            let status = try await setup.ctl(["status", "importer"])
+            #expect(status.stdout.contains("Ready: since "), "\(status.stdout)")
+            #expect(status.stdout.contains(#"Status: "cycle "#), "\(status.stdout)")
+            let running = try await setup.worker("importer")
+            #expect((running["readyAt"] as? Int ?? 0) > 0)
+            // Ten cycles (1 s), then no ping for the 0.5 s watchdog: SIGABRT, LastExit watchdog.
+            try await watch.lines.wait("the watchdog", timeout: .seconds(20)) { $0.contains(" worker importer: backoff") }
+            let caught = try await setup.worker("importer")
+            #expect(caught["lastExit"] as? String == "watchdog", "\(caught)")
+            #expect(caught["readyAt"] as? Int == 0)
+        }
+    }
+
     // MARK: - The senders docs/workers.md shows
 
     /// The fenced code block of docs/workers.md in `language` that contains `marker`.

@@ -70,7 +70,7 @@ let package = Package(
         .executableTarget(
             name: "bgworker-example",
             dependencies: [
-                "DBus", "BgWorkerAPI", "ClientSupport", "BgWorkerCore",
+                "DBus", "BgWorkerAPI", "ClientSupport", "BgWorkerCore", "CSystemd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

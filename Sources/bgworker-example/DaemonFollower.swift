@@ -2,6 +2,14 @@ import BgWorkerAPI
 import DBus
 import Synchronization
 
+/// What the follower tells the rest of the worker about its bus connection (its readiness).
+protocol FollowerEvents: Sendable {
+    /// Connected, and following: the match rules are in place.
+    func busWorks()
+    /// A connection attempt failed or the connection in use ended; `reason` is for people.
+    func busFails(_ reason: String)
+}
+
 /// Follows the log level the daemon gives this worker over the bus for as long as the worker
 /// runs: its own object's `EffectiveLogLevel` (the worker's own level, else the manager's) when
 /// bgworkerd said where that object is (`BGWORKER_OBJECT_PATH`), else the manager's `LogLevel`.
@@ -34,15 +42,18 @@ final class DaemonFollower: Sendable {
     private let source: Source
     private let log: WorkerLog
     private let backoff: Backoff
+    private let events: (any FollowerEvents)?
     /// The connection in use, so that `stop()` can end it from another thread; nil and
     /// `stopped` once stopped.
     private let current = Mutex<(connection: DBusConnection?, stopped: Bool)>((nil, false))
 
-    init(bus: BusAddress, log: WorkerLog, source: Source = .manager, backoff: Backoff = Backoff()) {
+    init(bus: BusAddress, log: WorkerLog, source: Source = .manager, backoff: Backoff = Backoff(),
+         events: (any FollowerEvents)? = nil) {
         self.bus = bus
         self.source = source
         self.log = log
         self.backoff = backoff
+        self.events = events
     }
 
     /// Connects, follows, reconnects; returns only when the task is cancelled or `stop()` was called.
@@ -60,6 +71,7 @@ final class DaemonFollower: Sendable {
             } catch {
                 // Said once per outage at warning level; every further attempt at debug.
                 log.log(failures == 0 ? .warning : .debug, "cannot connect to the bus: \(error)")
+                events?.busFails("cannot connect to the bus: \(error)")
                 failures += 1
                 continue
             }
@@ -80,6 +92,7 @@ final class DaemonFollower: Sendable {
             }
             if stoppedMeanwhile || Task.isCancelled { return }
             log.warning("lost the bus connection; opening a new one")
+            events?.busFails("reconnecting")
             // A connection that lasted resets the delay; one that fails at once keeps doubling it.
             failures = lasted >= backoff.stableAfter ? 1 : failures + 1
         }
@@ -110,6 +123,7 @@ final class DaemonFollower: Sendable {
             log.warning("cannot follow \(Self.service): \(error)")
             return ContinuousClock.now - started
         }
+        events?.busWorks()
         // Subscribed first, read second: no change between the two is lost, and the reply
         // comes in message order among the owner's signals, so neither can undo the other.
         if watch.initialOwner != nil {

@@ -163,11 +163,13 @@ struct Status: AsyncParsableCommand {
     /// One worker as `status NAME` shows it: its fields and its last 10 output lines.
     private static func detail(of name: String, _ session: Session) async throws -> (String, JSON) {
         let worker = try await session.client.worker(named: name)
+        let readiness = worker.readinessFields
         var lines = [
             ("Name", worker.name),
             ("State", Style.state(worker.state) + (worker.stateReason.isEmpty ? "" : " (\(Terminal.escaped(worker.stateReason)))")),
             ("Since", Time.local(microseconds: worker.stateChangedAt)),
-            ("Pid", worker.pid == 0 ? "-" : String(worker.pid)), ("Enabled", worker.enabled ? "yes" : "no"),
+        ] + readiness.ready + [("Pid", worker.pid == 0 ? "-" : String(worker.pid))] + readiness.status + [
+            ("Enabled", worker.enabled ? "yes" : "no"),
             ("Restarts", String(worker.restarts)), ("Last exit", worker.lastExit.isEmpty ? "-" : worker.lastExit),
             ("Run on", worker.runOn),
         ]

@@ -109,7 +109,16 @@ extension WorkerInfo {
             ("stateChangedAt", .uint(stateChangedAt)), ("path", .string(path)),
             ("logLevel", .string(logLevel)), ("effectiveLogLevel", .string(effectiveLogLevel)),
             ("stateReason", .string(stateReason)),
-        ])
+        ] + (statusText.map { [("statusText", JSON.string($0))] } ?? [])
+          + (readyAt.map { [("readyAt", JSON.uint($0))] } ?? []))
+    }
+
+    /// `status NAME`'s readiness lines: `Ready: since TIME` while ready, `Status: "text"` when the
+    /// worker sent one (as systemctl shows it); none from a daemon without the properties.
+    var readinessFields: (ready: [(String, String)], status: [(String, String)]) {
+        let ready = readyAt.flatMap { $0 > 0 ? [("Ready", "since \(Time.local(microseconds: $0))")] : nil } ?? []
+        let status = statusText.flatMap { $0.isEmpty ? nil : [("Status", "\"\(Terminal.escaped($0))\"")] } ?? []
+        return (ready, status)
     }
 
     /// `debug (its own)` or `info (the daemon's)`; nil from a daemon without per-worker levels.

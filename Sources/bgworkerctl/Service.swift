@@ -49,6 +49,11 @@ struct WorkerInfo {
     var effectiveLogLevel: String
     /// Why it is in its state ("" from a daemon without it).
     var stateReason: String
+    /// The last `STATUS=` of a notify worker; nil from a daemon without the readiness protocol.
+    var statusText: String?
+    /// When the current process became `running` (µs since the epoch; 0: not running); nil from
+    /// a daemon without the readiness protocol.
+    var readyAt: UInt64?
 
     init(path: String, properties: [String: DBusValue]) {
         func value(_ key: String) -> DBusValue? { properties[key]?.unwrappingVariant }
@@ -64,6 +69,8 @@ struct WorkerInfo {
         logLevel = value("LogLevel")?.stringValue ?? ""
         effectiveLogLevel = value("EffectiveLogLevel")?.stringValue ?? ""
         stateReason = value("StateReason")?.stringValue ?? ""
+        statusText = value("StatusText")?.stringValue
+        readyAt = value("ReadyAt")?.uint64Value
     }
 }
 

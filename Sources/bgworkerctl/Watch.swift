@@ -6,8 +6,8 @@ struct Watch: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Print the daemon's signals as they come, one line each, until interrupted.",
         discussion: """
-            WorkerStateChanged, HARoleChanged and the PropertiesChanged of the daemon's objects, \
-            from the current owner of org.example.BgWorker only; and the owner itself (first line: \
+            WorkerStateChanged, HARoleChanged and the PropertiesChanged of the daemon's objects \
+            (among them a notify worker's readiness: ReadyAt, StatusText), from the current owner of org.example.BgWorker only; and the owner itself (first line: \
             the owner now), so a daemon restart shows. Ends with status 1 when the bus connection ends.
             """)
 

@@ -239,10 +239,8 @@ struct ClientsCtlTests {
 
     @Test func watchPrintsEachSignalOfTheOwnerAsItComes() async throws {
         try await Self.withDaemon { bus, daemon in
-            let watch = try ChildProcess([builtExecutablePath("bgworkerctl"), "watch", "--bus", bus.address], extraEnvironment: ["TZ": "UTC"],
-                                         captureStdout: true, captureStderr: true)
+            let (watch, lines) = try ctlWatch(bus)
             defer { Task { await watch.terminate() } }
-            let lines = OutputLines(of: watch)
             let owner = try #require(daemon.connection?.uniqueName)
             try await lines.wait("the owner line") { $0.hasSuffix(" owner \(owner)") }
 
@@ -304,6 +302,13 @@ struct ClientsCtlTests {
             #expect(role["role"] as? String == "primary")
         }
     }
+}
+
+/// `bgworkerctl watch` on `bus`, in UTC, its lines read as they come.
+func ctlWatch(_ bus: PrivateBus) throws -> (process: ChildProcess, lines: OutputLines) {
+    let watch = try ChildProcess([builtExecutablePath("bgworkerctl"), "watch", "--bus", bus.address], extraEnvironment: ["TZ": "UTC"],
+                                 captureStdout: true, captureStderr: true)
+    return (watch, OutputLines(of: watch))
 }
 
 /// Runs bgworkerctl on `bus` (with --bus after the arguments, in UTC so times are fixed).

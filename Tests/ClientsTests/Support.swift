@@ -64,6 +64,9 @@ struct WorkerSeed: Sendable {
     var lastExit: String = ""
     var runOn: String = "primary"
     var stateChangedAt: UInt64 = 1_700_000_000_000_000
+    /// The readiness properties, exported only when set (nil: a daemon without them, as before).
+    var statusText: String? = nil
+    var readyAt: UInt64? = nil
 }
 
 /// Our own implementation of the org.example.BgWorker contract, on our DBus module: enough
@@ -246,7 +249,8 @@ final class StandInDaemon: Sendable {
                     DBusProperty("LastExit", .string, initial: .string(seed.lastExit)),
                     DBusProperty("RunOn", .string, initial: .string(seed.runOn)),
                     DBusProperty("StateChangedAt", .uint64, initial: .uint64(seed.stateChangedAt)),
-                ]),
+                ] + (seed.statusText.map { [DBusProperty("StatusText", .string, initial: .string($0))] } ?? [])
+                  + (seed.readyAt.map { [DBusProperty("ReadyAt", .uint64, initial: .uint64($0))] } ?? [])),
         ])
     }
 }

@@ -178,7 +178,7 @@ struct ClientsNotifyTests {
 
     /// The whole story under the real daemon: `starting` until READY=1, the status and "ready
     /// since" in `bgworkerctl status`, then the watchdog catching the hung main loop.
-    @Test(.disabled("needs bgworkerd's side of issue 11 (the ready/watchdog keys, NOTIFY_SOCKET): enable it once merged"))
+    @Test
     func theExampleUnderTheDaemonIsReadyThenCaughtByTheWatchdog() async throws {
         try await ClientsEndToEndTests.Setup.with({ _ in
             """

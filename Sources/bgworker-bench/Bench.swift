@@ -18,7 +18,8 @@ struct BgWorkerBench: AsyncParsableCommand {
             """,
         version: bgworkerVersion,
         subcommands: [DBusBench.self, DaemonBenchmark.self, HABenchmark.self, SystemdBenchmark.self, SystemdScaleBenchmark.self,
-                      SoakBenchmark.self, PacemakerBenchmark.self, MaintenanceBenchmark.self, AllBenchmarks.self])
+                      SoakBenchmark.self, PacemakerBenchmark.self, MaintenanceBenchmark.self, NotifyBenchmark.self, NotifyRelay.self,
+                      AllBenchmarks.self])
 
     static func main() async {
         Interrupt.install()
@@ -74,6 +75,8 @@ struct AllBenchmarks: AsyncParsableCommand {
         await attempt("ha") { try await HABenchmark.measure(HABenchmark.Settings()) }
         await attempt("systemd") { [try await SystemdBenchmark.measure(SystemdBenchmark.Settings())] }
         await attempt("pacemaker") { [try await PacemakerBenchmark.measure(moves: 10)] }
+        await attempt("maintenance") { [try await MaintenanceBenchmark.measure()] }
+        await attempt("notify") { [try await NotifyBenchmark.measure()] }
         try await common.emit(sections, context: context)
     }
 }

@@ -99,6 +99,8 @@ let package = Package(
                           path: "Tests/Fuzz/config", exclude: ["corpus", "crashes", "regressions"]),
         .executableTarget(name: "bgworker-fuzz-dbus-message", dependencies: ["DBus", "FuzzSupport"],
                           path: "Tests/Fuzz/dbus-message", exclude: ["corpus", "crashes"]),
+        .executableTarget(name: "bgworker-fuzz-notify-message", dependencies: ["BgWorkerCore", "FuzzSupport"],
+                          path: "Tests/Fuzz/notify-message", exclude: ["corpus", "crashes", "README.md"]),
 
         // Starts real components for tests and the benchmark: buses, keepalived pairs, systemd.
         .target(name: "TestSupport", dependencies: ["CShims", "SystemSupport"]),

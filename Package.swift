@@ -107,7 +107,8 @@ let package = Package(
 
         .testTarget(name: "DBusTests", dependencies: ["DBus", "TestSupport"]),
         .testTarget(name: "BgWorkerCoreTests", dependencies: ["BgWorkerAPI", "BgWorkerCore", "TestSupport"], exclude: ["toml-test"]),
-        .testTarget(name: "BgWorkerDaemonTests", dependencies: ["BgWorkerAPI", "BgWorkerDaemon", "TestSupport"]),
+        .testTarget(name: "BgWorkerDaemonTests", dependencies: ["BgWorkerAPI", "BgWorkerDaemon", "TestSupport"],
+                    exclude: ["Fixtures"]),
         // bgworkerctl, bgworker-example and bgworker-ha-sim, run as real processes.
         .testTarget(name: "ClientsTests", dependencies: ["DBus", "BgWorkerAPI", "TestSupport"]),
     ]

@@ -152,6 +152,15 @@ final class NotifyReceiver {
         return .message(pid: pid, uid: credentials.uid, message)
     }
 
+    /// Linux's `struct ucred` {pid_t, uid_t, gid_t} and SCM_CREDENTIALS (2): Glibc declares them only
+    /// under _GNU_SOURCE, which Swift's Glibc module does not see. The kernel ABI fixes both.
+    struct PeerCredentials {
+        var pid: Int32
+        var uid: UInt32
+        static let size = 12
+        static let scmCredentials: Int32 = 2
+    }
+
     /// SCM_CREDENTIALS and every SCM_RIGHTS fd in the first `length` bytes of a control buffer
     /// (CMSG_FIRSTHDR / CMSG_NXTHDR: those are C macros, not visible to Swift).
     static func controlMessages(_ buffer: [UInt8], length: Int) -> (PeerCredentials?, [Int32]) {
@@ -185,15 +194,6 @@ final class NotifyReceiver {
         }
         return (credentials, descriptors)
     }
-}
-
-/// Linux's `struct ucred` {pid_t, uid_t, gid_t} and SCM_CREDENTIALS (2): Glibc declares them only
-/// under _GNU_SOURCE, which Swift's Glibc module does not see. The kernel ABI fixes both.
-struct PeerCredentials {
-    var pid: Int32
-    var uid: UInt32
-    static let size = 12
-    static let scmCredentials: Int32 = 2
 }
 
 /// CMSG_ALIGN: control messages are laid out on size_t boundaries.

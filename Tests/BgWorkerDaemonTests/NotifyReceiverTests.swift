@@ -133,10 +133,11 @@ import Testing
 
         let started = ContinuousClock.now
         let ready = try #require(message(try await fixture.next()))
-        // The shell's pid (root: systemd-notify passes its parent's), or systemd-notify's own,
-        // whose parent is the shell (it is alive: it waits for the barrier).
-        let parent = ready.pid == shell.pid ? shell.pid : parentPid(of: ready.pid)
-        #expect(parent == shell.pid, "attributed to \(ready.pid), shell \(shell.pid)")
+        // systemd-notify is alive until we close its barrier fd: the shell's only child.
+        let children = childrenOf(shell.pid)
+        #expect(children.count == 1)
+        // The shell's pid (root: systemd-notify passes its parent's), or systemd-notify's own.
+        #expect(ready.pid == shell.pid || children.contains(ready.pid), "attributed to \(ready.pid), shell \(shell.pid)")
         var expected = NotifyMessage()
         expected.ready = true
         expected.status = "from shell"
@@ -144,7 +145,7 @@ import Testing
 
         let barrier = try #require(message(try await fixture.next()))
         #expect(barrier.2.barrier)
-        #expect(barrier.pid == shell.pid || parentPid(of: barrier.pid) == shell.pid)
+        #expect(barrier.pid == shell.pid || children.contains(barrier.pid))
         // Its fd was closed by receive(): systemd-notify ends well within its 5 s barrier timeout.
         #expect(try await shell.readLine(timeout: .seconds(4)) == "rc 0")
         _ = try await shell.waitForExit(timeout: .seconds(4))
@@ -287,11 +288,9 @@ import Testing
         #expect(openDescriptorCount() == before)
     }
 
-    private func parentPid(of pid: Int32) -> Int32? {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return nil }
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        return fields.count > 1 ? Int32(fields[1]) : nil
+    private func childrenOf(_ pid: Int32) -> [Int32] {
+        let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
+        return text.split(separator: " ").compactMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
     }
 
     private func openDescriptorCount() -> Int {

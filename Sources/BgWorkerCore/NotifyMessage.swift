@@ -39,38 +39,56 @@ public struct NotifyMessage: Sendable, Equatable {
         if let offset = text.firstIndex(of: 0) { throw .embeddedNUL(offset: offset) }
         let lines = try Self.splitLines(text)
 
-        if lines.contains(where: { $0.elementsEqual("BARRIER=1".utf8) }) {
+        if lines.contains(where: { $0.elementsEqual(Key.barrier) }) {
             guard lines.count == 1 else { throw .barrierWithOtherLines(lines.count - 1) }
             barrier = true
             return
         }
-        func has(_ line: String) -> Bool { lines.contains { $0.elementsEqual(line.utf8) } }
+        func has(_ line: [UInt8]) -> Bool { lines.contains { $0.elementsEqual(line) } }
         // systemd looks up each valued key with strv_find_startswith: the first line wins.
-        func first(_ key: String) -> ArraySlice<UInt8>? {
-            let prefix = Array(key.utf8) + [UInt8(ascii: "=")]
+        func first(_ prefix: [UInt8]) -> ArraySlice<UInt8>? {
             guard let line = lines.first(where: { $0.starts(with: prefix) }) else { return nil }
             return line[(line.startIndex + prefix.count)...]
         }
 
-        ready = has("READY=1")
-        reloading = has("RELOADING=1")
-        stopping = has("STOPPING=1")
-        if let value = first("STATUS") { status = Self.statusText(value) }
-        if let value = first("WATCHDOG") {
-            watchdogPing = value.elementsEqual("1".utf8)
-            watchdogTrigger = value.elementsEqual("trigger".utf8)
+        ready = has(Key.ready)
+        reloading = has(Key.reloading)
+        stopping = has(Key.stopping)
+        if let value = first(Key.status) { status = Self.statusText(value) }
+        if let value = first(Key.watchdog) {
+            watchdogPing = value.elementsEqual(Key.one)
+            watchdogTrigger = value.elementsEqual(Key.trigger)
         }
-        if let value = first("WATCHDOG_USEC") { watchdogUsec = Self.unsignedNumber(value) }
-        if let value = first("EXTEND_TIMEOUT_USEC") { extendTimeoutUsec = Self.unsignedNumber(value) }
-        if let value = first("MAINPID"), let pid = Self.unsignedNumber(value), pid > 0, pid <= UInt64(Int32.max) {
+        if let value = first(Key.watchdogUsec) { watchdogUsec = Self.unsignedNumber(value) }
+        if let value = first(Key.extendTimeoutUsec) { extendTimeoutUsec = Self.unsignedNumber(value) }
+        if let value = first(Key.mainPid), let pid = Self.unsignedNumber(value), pid > 0, pid <= UInt64(Int32.max) {
             mainPid = Int32(pid)
         }
+    }
+
+    /// The lines and key prefixes, as bytes once (a flood parses many datagrams a second).
+    private enum Key {
+        static let barrier = Array("BARRIER=1".utf8)
+        static let ready = Array("READY=1".utf8)
+        static let reloading = Array("RELOADING=1".utf8)
+        static let stopping = Array("STOPPING=1".utf8)
+        static let status = Array("STATUS=".utf8)
+        static let watchdog = Array("WATCHDOG=".utf8)
+        static let watchdogUsec = Array("WATCHDOG_USEC=".utf8)
+        static let extendTimeoutUsec = Array("EXTEND_TIMEOUT_USEC=".utf8)
+        static let mainPid = Array("MAINPID=".utf8)
+        static let one = Array("1".utf8)
+        static let trigger = Array("trigger".utf8)
     }
 
     /// systemd's strv_split_newlines (extract_first_word with no flags): lines end at `\n` or
     /// `\r`, empty lines vanish, and a backslash takes the next byte literally (a newline too);
     /// a backslash at the very end makes systemd drop the datagram.
     static func splitLines(_ text: [UInt8]) throws(NotifyMessageError) -> [ArraySlice<UInt8>] {
+        // Without a backslash the lines are slices of the text as it is.
+        if !text.contains(UInt8(ascii: "\\")) {
+            return text.split(whereSeparator: { $0 == UInt8(ascii: "\n") || $0 == UInt8(ascii: "\r") })
+        }
         var lines: [ArraySlice<UInt8>] = []
         var current: [UInt8] = []
         var inLine = false
@@ -112,9 +130,9 @@ public struct NotifyMessage: Sendable, Equatable {
     /// digits; overflow and negative values are refused (nil).
     static func unsignedNumber(_ value: ArraySlice<UInt8>) -> UInt64? {
         // systemd skips its WHITESPACE (" \t\n\r") before the 0b/0o check, strtoull all of isspace after it.
-        let whitespace: Set<UInt8> = [0x20, 0x09, 0x0A, 0x0D]
-        let isspace: Set<UInt8> = [0x20, 0x09, 0x0A, 0x0B, 0x0C, 0x0D]
-        var rest = value.drop { whitespace.contains($0) }
+        let whitespace = { (byte: UInt8) in byte == 0x20 || byte == 0x09 || byte == 0x0A || byte == 0x0D }
+        let isspace = { (byte: UInt8) in whitespace(byte) || byte == 0x0B || byte == 0x0C }
+        var rest = value.drop(while: whitespace)
         var base: UInt64 = 0
         if rest.count >= 2, rest.first == UInt8(ascii: "0") {
             switch rest.dropFirst().first {
@@ -124,7 +142,7 @@ public struct NotifyMessage: Sendable, Equatable {
             }
         }
         // strtoull: its own whitespace skip, a sign, then (base 0) the 0x / 0 prefixes.
-        rest = rest.drop { isspace.contains($0) }
+        rest = rest.drop(while: isspace)
         var negative = false
         if let sign = rest.first, sign == UInt8(ascii: "+") || sign == UInt8(ascii: "-") {
             negative = sign == UInt8(ascii: "-")

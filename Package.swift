@@ -99,13 +99,16 @@ let package = Package(
                           path: "Tests/Fuzz/config", exclude: ["corpus", "crashes", "regressions"]),
         .executableTarget(name: "bgworker-fuzz-dbus-message", dependencies: ["DBus", "FuzzSupport"],
                           path: "Tests/Fuzz/dbus-message", exclude: ["corpus", "crashes"]),
+        .executableTarget(name: "bgworker-fuzz-notify-message", dependencies: ["BgWorkerCore", "FuzzSupport"],
+                          path: "Tests/Fuzz/notify-message", exclude: ["corpus", "crashes", "README.md"]),
 
         // Starts real components for tests and the benchmark: buses, keepalived pairs, systemd.
         .target(name: "TestSupport", dependencies: ["CShims", "SystemSupport"]),
 
         .testTarget(name: "DBusTests", dependencies: ["DBus", "TestSupport"]),
         .testTarget(name: "BgWorkerCoreTests", dependencies: ["BgWorkerAPI", "BgWorkerCore", "TestSupport"], exclude: ["toml-test"]),
-        .testTarget(name: "BgWorkerDaemonTests", dependencies: ["BgWorkerAPI", "BgWorkerDaemon", "TestSupport"]),
+        .testTarget(name: "BgWorkerDaemonTests", dependencies: ["BgWorkerAPI", "BgWorkerDaemon", "TestSupport"],
+                    exclude: ["Fixtures"]),
         // bgworkerctl, bgworker-example and bgworker-ha-sim, run as real processes.
         .testTarget(name: "ClientsTests", dependencies: ["DBus", "BgWorkerAPI", "TestSupport"]),
     ]

@@ -193,7 +193,10 @@ struct ClientsNotifyTests {
         }) { setup in
             let watch = try await setup.watch()
             defer { Task { await watch.process.terminate() } }
-            try await watch.lines.wait("running") { $0.contains(" worker importer: running, pid ") }
+            // Subscribed first, then read: READY=1 may have come before the watch started.
+            if try await setup.worker("importer")["state"] as? String != "running" {
+                try await watch.lines.wait("running") { $0.contains(" worker importer: running, pid ") }
+            }
             let status = try await setup.ctl(["status", "importer"])
             #expect(status.stdout.contains("Ready: since "), "\(status.stdout)")
             #expect(status.stdout.contains(#"Status: "cycle "#), "\(status.stdout)")

@@ -107,6 +107,8 @@ private struct RunningWorker {
     var readinessTimerAt: UInt64 = 0
     /// What its exit is reported as when the runner killed it for the notify protocol.
     var exitOverride: WorkerExit?
+    /// The last few pids whose messages counted for it (`ProcessMonitor.senderGroups`).
+    var recentSenders: [Int32] = []
 }
 
 /// A worker whose main process is reaped, until every other process of its group is gone too.
@@ -159,6 +161,12 @@ private final class ProcessMonitor: @unchecked Sendable {
     private var nextID: UInt64 = 1
     /// Running workers by their pid, which is their process group's id (notify senders).
     private var idsByGroup: [Int32: UInt64] = [:]
+    /// The group of each recent sender whose message counted: a sender that exits right after
+    /// a burst (its queued datagrams are read after its exit) is still placed. Used only when
+    /// the pid no longer exists (a live pid is always looked up anew); a worker's entries go with
+    /// it, at most `recentSendersKept` each.
+    private var senderGroups: [Int32: Int32] = [:]
+    private static let recentSendersKept = 32
     /// The notify socket's path; made at the first start of a worker that speaks the protocol.
     private let notifyPath: String?
     private var notifyReceiver: NotifyReceiver?
@@ -359,6 +367,7 @@ private final class ProcessMonitor: @unchecked Sendable {
     private func reap(id: UInt64) {
         guard let worker = workers.removeValue(forKey: id) else { return }
         idsByGroup[worker.pid] = nil
+        for sender in worker.recentSenders where senderGroups[sender] == worker.pid { senderGroups[sender] = nil }
         _ = kill(-worker.pid, SIGKILL)
         var code: Int32 = 0
         var status: Int32 = 0
@@ -477,22 +486,38 @@ private final class ProcessMonitor: @unchecked Sendable {
 
     /// At most a batch per wake-up, so that a flood of datagrams leaves the loop to the bus and
     /// to exits in between (the socket is level-triggered: the loop comes back for the rest).
+    /// A worker's STATUS= texts of one batch reach the supervisor as the last one (a flood of
+    /// them costs one PropertiesChanged a batch, not one a datagram).
     private func notifyReadable() {
+        var statuses: [UInt64: (name: String, pid: Int32, text: String)] = [:]
         for _ in 0..<64 {
-            guard let datagram = notifyReceiver?.receive() else { return }
+            guard let datagram = notifyReceiver?.receive() else { break }
             switch datagram {
-            case .message(let pid, _, let message): notified(by: pid, message)
+            case .message(let pid, _, let message): notified(by: pid, message, statuses: &statuses)
             case .refused(let pid, let reason): refused(pid: pid, reason: reason)
             }
+        }
+        for (_, status) in statuses.sorted(by: { $0.key < $1.key }) {
+            events.deliverNow(.status(name: status.name, pid: status.pid, text: status.text))
         }
     }
 
     /// A message counts when its sender is in the process group of a worker that speaks the
     /// protocol (the group's id is the worker's pid).
-    private func notified(by sender: Int32, _ message: NotifyMessage) {
-        let group = getpgid(sender)
+    private func notified(
+        by sender: Int32, _ message: NotifyMessage, statuses: inout [UInt64: (name: String, pid: Int32, text: String)]
+    ) {
+        var group = getpgid(sender)
+        if group < 0, errno == ESRCH, let known = senderGroups[sender] { group = known }
         guard group > 0, let id = idsByGroup[group], var worker = workers[id], var readiness = worker.readiness else {
-            return refused(pid: sender, reason: "not a process of a worker that speaks the notify protocol")
+            let reason = group < 0 ? "its sender is gone and cannot be placed" : "not a process of a worker that speaks the notify protocol"
+            return refused(pid: sender, reason: reason)
+        }
+        if senderGroups.updateValue(group, forKey: sender) == nil {
+            worker.recentSenders.append(sender)
+            if worker.recentSenders.count > Self.recentSendersKept {
+                senderGroups[worker.recentSenders.removeFirst()] = nil
+            }
         }
         let effects = readiness.receive(message, now: monotonicNow())
         worker.readiness = readiness
@@ -505,7 +530,7 @@ private final class ProcessMonitor: @unchecked Sendable {
             case .ready: events.deliverNow(.ready(name: name, pid: pid))
             case .reloading: events.deliverNow(.reloading(name: name, pid: pid))
             case .stopping: events.deliverNow(.stopping(name: name, pid: pid))
-            case .status(let text): events.deliverNow(.status(name: name, pid: pid, text: text))
+            case .status(let text): statuses[id] = (name, pid, text)
             case .expired(let expiry): readinessExpired(id: id, expiry)
             }
         }

@@ -160,52 +160,61 @@ struct DaemonNotifyTests {
     }
 
     @Test func aMissedWatchdogAbortsTheMainProcessAndKillsTheGroup() async throws {
-        // Runs (ready = exec) and never pings. SIGABRT is ignored by the shell's `trap`, so the
-        // SIGKILL after stop-timeout is what ends it; its child goes with the group.
-        let workers = shellWorker("hang", "trap '' ABRT; sleep 1000 & wait", extra: """
+        // Starting until the test's step, then READY=1 and no ping. SIGABRT is ignored by the
+        // shell's `trap`, so the SIGKILL after stop-timeout ends it; its child goes with the group.
+        let workers = shellWorker("hang", "trap '' ABRT; read line < \"$0\"; \(Self.send) READY=1; sleep 1000 & wait", extra: """
+            ready = "notify"
             watchdog = 0.3
             stop-timeout = 0.2
             restart-delay = 30
             """)
-        try await DaemonFixture.with(workers) { fixture in
+        try await Self.withSteps(workers) { fixture, fifo in
             let monitor = try await fixture.monitor()
-            let running = try await monitor.waitUntil(fixture, worker: "hang", is: "running")
-            let variables = environment(of: running.pid)
+            let starting = try await fixture.worker("hang")
+            #expect(starting.state == "starting")
+            let variables = environment(of: starting.pid)
             #expect(variables["WATCHDOG_USEC"] == "300000")
-            #expect(variables["WATCHDOG_PID"] == String(running.pid), "the worker's own pid, as systemd sets it")
+            #expect(variables["WATCHDOG_PID"] == String(starting.pid), "the worker's own pid, as systemd sets it")
             #expect(variables["NOTIFY_SOCKET"] != nil)
+            Self.step(fifo)
             _ = try await monitor.waitUntil(fixture, worker: "hang", is: "backoff")
             #expect(try await fixture.property("LastExit", worker: "hang").string == "watchdog")
             #expect(try await fixture.property("StateReason", worker: "hang").string == "killed by the watchdog")
-            #expect(liveMembers(ofGroup: pid_t(running.pid)).isEmpty, "nothing of the group is left")
+            #expect(liveMembers(ofGroup: pid_t(starting.pid)).isEmpty, "nothing of the group is left")
         }
     }
 
     @Test func theWatchdogsSignalIsSIGABRTToTheMainProcess() async throws {
-        // The worker catches SIGABRT, writes where it got it and exits 3; the stop timeout
-        // (SIGKILL) is far away.
+        // Starting until the test's step; then READY=1 and no ping: the worker catches SIGABRT,
+        // writes its pid and exits 3; the stop timeout (SIGKILL) is far away.
         try await DaemonFixture.with("", start: false) { fixture in
             let marker = fixture.directory.file("abrt")
+            let fifo = fixture.directory.file("steps")
+            #expect(mkfifo(fifo, 0o600) == 0)
             let program = fixture.directory.file("abrt.py")
             try """
-                import os, signal, time
+                import os, signal, socket, time
                 def got(*_):
                     open("\(marker)", "w").write(str(os.getpid()))
                     os._exit(3)
                 signal.signal(signal.SIGABRT, got)
+                open("\(fifo)").readline()
+                socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
                 time.sleep(1000)
                 """.write(toFile: program, atomically: true, encoding: .utf8)
             try fixture.writeConfiguration(execWorker("py", ["/usr/bin/python3", program], extra: """
+                ready = "notify"
                 watchdog = 0.3
                 stop-timeout = 60
                 restart-delay = 30
                 """))
             try await fixture.startDaemon()
             let monitor = try await fixture.monitor()
-            let running = try await monitor.waitUntil(fixture, worker: "py", is: "running")
+            let starting = try await fixture.worker("py")
+            Self.step(fifo)
             _ = try await monitor.waitUntil(fixture, worker: "py", is: "backoff", timeout: .seconds(20))
             #expect(try await fixture.property("LastExit", worker: "py").string == "watchdog")
-            #expect(try String(contentsOfFile: marker, encoding: .utf8) == String(running.pid))
+            #expect(try String(contentsOfFile: marker, encoding: .utf8) == String(starting.pid))
         }
     }
 

@@ -261,7 +261,6 @@ import Testing
             print("sent", n, flush=True)
             """.replacingOccurrences(of: "sys.argv[2]", with: "\(count)"))
         defer { Task { await sender.terminate() } }
-        let before = openDescriptorCount()
         var pings = 0, refused = 0, last = -1, inOrder = true
         let deadline = ContinuousClock.now + .seconds(120)
         while pings + refused < count {
@@ -284,8 +283,8 @@ import Testing
         #expect(inOrder)
         #expect(try await sender.readLine(timeout: .seconds(30)) == "sent \(count)")
         #expect(fixture.receiver.receive() == nil)
-        // The 100 fds that came along were all closed.
-        #expect(openDescriptorCount() == before)
+        // The 100 fds that came along were closed: the fd tests above see each one's POLLHUP (a
+        // count of this process's fds is no proof while other suites run beside this one).
     }
 
     private func childrenOf(_ pid: Int32) -> [Int32] {
@@ -293,7 +292,4 @@ import Testing
         return text.split(separator: " ").compactMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
     }
 
-    private func openDescriptorCount() -> Int {
-        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
-    }
 }

@@ -67,6 +67,24 @@ private func workerError(_ body: String) -> [String] {
         #expect(plain.definitionHash == exempt.definitionHash)
     }
 
+    @Test func readinessKeys() throws {
+        let plain = try worker("")
+        #expect(plain.ready == .exec && plain.startTimeout == 90 && plain.watchdog == 0 && !plain.usesNotify)
+        let notify = try worker("ready = \"notify\"\nstart-timeout = 2.5\nwatchdog = 10")
+        #expect(notify.ready == .notify && notify.startTimeout == 2.5 && notify.watchdog == 10 && notify.usesNotify)
+        #expect(try worker("watchdog = 1").usesNotify, "a watchdog alone needs the socket too")
+        // Part of the process (a restart applies them), but the hash of a worker that sets none
+        // is what it was before they existed: the systemd runner's adopted units stay adopted.
+        #expect(plain.processDiffers(from: notify))
+        #expect(plain.definitionHash == (try worker("ready = \"exec\"\nwatchdog = 0\nstart-timeout = 5")).definitionHash)
+        #expect(workerError("ready = \"soon\"").first?.contains("'ready'") == true)
+        #expect(workerError("watchdog = -1") == ["\(mainPath):3: [worker.w] 'watchdog' must not be negative"])
+        #expect(workerError("start-timeout = \"90\"").first?.contains("must be a number of seconds") == true)
+        #expect(try worker("watchdog = 1e300").watchdog == 1e300, "clamped where it is used (clampedMicroseconds)")
+        #expect(clampedMicroseconds(1e300) == .max && clampedMicroseconds(-1) == 0 && clampedMicroseconds(.nan) == 0)
+        #expect(clampedMicroseconds(2.5) == 2_500_000)
+    }
+
     @Test func mistypedRunDuringMaintenanceGetsTheKey() {
         #expect(workerError("run-during-maintainance = true") == [
             "\(mainPath):3: [worker.w] unknown key 'run-during-maintainance' (did you mean 'run-during-maintenance'?)"

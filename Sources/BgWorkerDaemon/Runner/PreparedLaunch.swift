@@ -121,7 +121,7 @@ final class PreparedLaunch: @unchecked Sendable {
                 gid: credentials.gid ?? 0,
                 set_uid: credentials.uid == nil ? 0 : 1,
                 uid: credentials.uid ?? 0,
-                record_fd: -1, record_offset: 0, record_generation: 0)
+                record_fd: -1, record_offset: 0, record_generation: 0, nofile_soft: 0)
             return body(&request)
         }
     }
@@ -160,6 +160,7 @@ final class PreparedLaunch: @unchecked Sendable {
         case _BGW_SPAWN_PARENT_GONE: return "the daemon exited during the spawn"
         case _BGW_SPAWN_CLOSE_FDS: return "close_range"
         case _BGW_SPAWN_EXEC: return "execve \(program)"
+        case _BGW_SPAWN_RLIMIT: return "setrlimit RLIMIT_NOFILE"
         default: return "spawn step \(step)"
         }
     }

@@ -82,6 +82,10 @@ public final class ProcessRunner: WorkerRunner {
     }
 }
 
+/// The soft RLIMIT_NOFILE a worker starts with: the daemon raises its own (`raiseSoftNofileLimit`),
+/// a program expects the conventional one (select() cannot go above 1024).
+let workerSoftNofile = 1024
+
 /// A worker the runner runs. Its pid is also its process group id.
 private struct RunningWorker {
     var name: String
@@ -235,6 +239,7 @@ private final class ProcessMonitor: @unchecked Sendable {
         }
         var result = _bgw_spawn_result()
         let rc = launch.withRequest(stdin: devNull, stdout: stdoutPipe[1], stderr: stderrPipe[1]) { request in
+            request.nofile_soft = Int32(workerSoftNofile)
             if let slot, let groupRecord {
                 request.record_fd = groupRecord.descriptor
                 request.record_offset = groupRecord.offset(of: slot)

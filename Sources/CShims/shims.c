@@ -161,14 +161,13 @@ static int spawn_child(void *arg) {
         return child_fail(ctx, _BGW_SPAWN_STDIO);
 
     // The daemon raises its own soft limit for its many fds; a program expects the usual one
-    // (select() breaks above 1024).
+    // (select() breaks above 1024). Best effort: a seccomp filter of the daemon's unit may refuse
+    // setrlimit (@resources), and a worker with the daemon's limit is better than none.
     if (req->nofile_soft > 0) {
         struct rlimit limit;
-        if (getrlimit(RLIMIT_NOFILE, &limit) < 0) return child_fail(ctx, _BGW_SPAWN_RLIMIT);
-        rlim_t soft = (rlim_t)req->nofile_soft < limit.rlim_max ? (rlim_t)req->nofile_soft : limit.rlim_max;
-        if (soft < limit.rlim_cur) {
-            limit.rlim_cur = soft;
-            if (setrlimit(RLIMIT_NOFILE, &limit) < 0) return child_fail(ctx, _BGW_SPAWN_RLIMIT);
+        if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && (rlim_t)req->nofile_soft < limit.rlim_cur) {
+            limit.rlim_cur = (rlim_t)req->nofile_soft;
+            setrlimit(RLIMIT_NOFILE, &limit);
         }
     }
 

@@ -160,7 +160,6 @@ final class PreparedLaunch: @unchecked Sendable {
         case _BGW_SPAWN_PARENT_GONE: return "the daemon exited during the spawn"
         case _BGW_SPAWN_CLOSE_FDS: return "close_range"
         case _BGW_SPAWN_EXEC: return "execve \(program)"
-        case _BGW_SPAWN_RLIMIT: return "setrlimit RLIMIT_NOFILE"
         default: return "spawn step \(step)"
         }
     }

@@ -558,7 +558,7 @@ public actor Supervisor {
         earlyExits[name] = nil
         logger.error("cannot start worker \(name): \(error)", metadata: ["worker": "\(name)"])
         let reason = error.errno.map { "\(error.context): \(errnoText($0))" } ?? error.context
-        apply(.startFailed(name, reason: reason))
+        apply(.startFailed(name, reason: reason, retry: error.code != .outOfFileDescriptors))
         firstStartAnswered(name)
     }
 

@@ -50,7 +50,6 @@ enum {
     _BGW_SPAWN_PARENT_GONE,// the parent died before the child could arm PDEATHSIG
     _BGW_SPAWN_CLOSE_FDS,  // close_range(3, ~0, CLOSE_RANGE_CLOEXEC)
     _BGW_SPAWN_EXEC,       // execve(2)
-    _BGW_SPAWN_RLIMIT,     // setrlimit(RLIMIT_NOFILE) to the request's nofile_soft
 };
 
 /// What `_bgw_spawn` runs. All strings and arrays are prepared by the caller before the call:
@@ -74,8 +73,8 @@ struct _bgw_spawn_request {
     int record_fd;
     off_t record_offset;
     unsigned int record_generation;
-    // > 0: the child's soft RLIMIT_NOFILE is lowered to this (never raised, capped by the hard
-    // limit); 0: inherited.
+    // > 0: the child's soft RLIMIT_NOFILE is lowered to this (never raised; best effort, a
+    // seccomp filter may refuse it); 0: inherited.
     int nofile_soft;
 };
 

@@ -18,6 +18,36 @@ struct DaemonScaleTests {
         return (String(fields[3]), String(fields[4]))
     }
 
+    /// `count` `/bin/sleep` workers (with `extra` keys) on a daemon started under
+    /// `prlimit --nofile=LIMITS`; `body` gets the fixture and the daemon; teardown always.
+    static func withDaemon(
+        _ count: Int, extra: String = "", nofile limits: String, timeout: Duration,
+        _ body: (DaemonFixture, DaemonProcess) async throws -> Void
+    ) async throws {
+        let workers = (1...count).map { String(format: "[worker.w%04d]\nexec = [\"/bin/sleep\", \"1000\"]\n", $0) + extra }
+            .joined(separator: "\n")
+        let fixture = try await DaemonFixture(workers, start: false)
+        let daemon: DaemonProcess
+        do {
+            daemon = try await DaemonProcess(
+                bus: fixture.bus, configPath: fixture.configPath, arguments: ["--runner", "process"],
+                runtimeDirectory: fixture.directory.file("run"), timeout: timeout,
+                wrapper: ["prlimit", "--nofile=\(limits)", "--"])
+        } catch {
+            await fixture.teardown()
+            throw error
+        }
+        do {
+            try await body(fixture, daemon)
+        } catch {
+            print("--- bgworkerd log (tail) ---\n\(daemon.log.suffix(4000))")
+            await daemon.process.terminate(grace: .seconds(30))
+            await fixture.teardown()
+            throw error
+        }
+        await fixture.teardown()
+    }
+
     @Test func twoThousandWorkersRunUnderASoftLimitOf1024() async throws {
         var limits = rlimit()
         getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limits)
@@ -33,19 +63,7 @@ struct DaemonScaleTests {
             #expect(Bool(!isCI), "CI must run this as root with a hard RLIMIT_NOFILE of at least \(2 * count + 1000)")
             return
         }
-        let workers = (1...count).map { String(format: "[worker.w%04d]\nexec = [\"/bin/sleep\", \"1000\"]\n", $0) }.joined(separator: "\n")
-        let fixture = try await DaemonFixture(workers, start: false)
-        let daemon: DaemonProcess
-        do {
-            daemon = try await DaemonProcess(
-                bus: fixture.bus, configPath: fixture.configPath, arguments: ["--runner", "process"],
-                runtimeDirectory: fixture.directory.file("run"), timeout: .seconds(120),
-                wrapper: ["prlimit", "--nofile=1024:\(limits.rlim_max)", "--"])
-        } catch {
-            await fixture.teardown()
-            throw error
-        }
-        do {
+        try await Self.withDaemon(count, nofile: "1024:\(limits.rlim_max)", timeout: .seconds(120)) { fixture, daemon in
             let rows = try await fixture.listWorkers()
             let notRunning = rows.filter { $0.state != "running" }
             #expect(rows.count == count)
@@ -60,12 +78,24 @@ struct DaemonScaleTests {
             }
             #expect(WaitStatus.exitCode(try await daemon.stop(timeout: .seconds(120))) == 0)
             #expect(rows.allSatisfy { $0.pid == 0 || kill(pid_t($0.pid), 0) != 0 }, "every worker is gone once the daemon exited")
-        } catch {
-            print("--- bgworkerd log (tail) ---\n\(daemon.log.suffix(4000))")
-            await daemon.process.terminate(grace: .seconds(30))
-            await fixture.teardown()
-            throw error
         }
-        await fixture.teardown()
+    }
+
+    /// Past the limit anyway (a hard limit of 300 and 200 workers): the workers that do not fit
+    /// fail at once with a reason that says what to raise, none sits in backoff, and the ones
+    /// that fit run. Before, they cycled through backoff with `pipe2: Too many open files`.
+    @Test func workersBeyondTheFdLimitFailWithAReasonInsteadOfBackingOff() async throws {
+        try await Self.withDaemon(200, extra: "restart-delay = 0.1\n", nofile: "300:300", timeout: .seconds(60)) { fixture, daemon in
+            let rows = try await fixture.listWorkers()
+            let running = rows.filter { $0.state == "running" }, failed = rows.filter { $0.state == "failed" }
+            #expect(running.count > 100 && running.count < 150, "\(running.count) running")
+            #expect(running.count + failed.count == 200, "\(rows.filter { $0.state != "running" && $0.state != "failed" })")
+            if let first = failed.first {
+                let reason = try await fixture.property("StateReason", worker: first.name).string ?? ""
+                #expect(reason.contains("out of file descriptors") && reason.contains("soft limit 300")
+                        && reason.contains("LimitNOFILE="), "\(reason)")
+            }
+            #expect(WaitStatus.exitCode(try await daemon.stop(timeout: .seconds(60))) == 0)
+        }
     }
 }

@@ -189,6 +189,13 @@ public struct Fleet: Sendable {
         records.keys.sorted().compactMap { status(of: $0) }
     }
 
+    /// How many workers are in each state (those being removed included, as in `workers`).
+    public var stateCounts: [WorkerState: Int] {
+        var counts: [WorkerState: Int] = [:]
+        for record in records.values { counts[record.state, default: 0] += 1 }
+        return counts
+    }
+
     public func status(of name: String) -> WorkerStatus? {
         record(named: name).map { $0.status(managerLogLevel: managerLogLevel) }
     }

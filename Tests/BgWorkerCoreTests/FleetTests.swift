@@ -207,6 +207,16 @@ private let transitions: [WorkerState: [TableEvent: WorkerState?]] = [
         #expect(h.spawning.contains("w"))
     }
 
+    /// STATUS= counts states without listing (sorting) every worker (issue 15); same answer.
+    @Test func stateCountsAgreeWithTheListOfWorkers() {
+        var h = FleetHarness(configuration([definition("a"), definition("b"), definition("c", enabled: false)]))
+        h.started("a")
+        var listed: [WorkerState: Int] = [:]
+        for worker in h.fleet.workers { listed[worker.state, default: 0] += 1 }
+        #expect(h.fleet.stateCounts == listed)
+        #expect(listed == [.running: 1, .starting: 1, .disabled: 1])
+    }
+
     @Test func delayDoublesUpToTheMaximumAndRestartsAreCounted() {
         var h = FleetHarness(configuration([definition(delay: 1, delayMax: 10, burst: 0)]))
         var delays: [Double] = []

@@ -95,7 +95,9 @@ public enum FleetEvent: Sendable, Equatable {
     /// A `spawn` action succeeded: the program was executed with this pid.
     case processStarted(String, pid: Int32)
     /// A `spawn` action failed; `reason` is the runner's text (e.g. "No such file or directory").
-    case startFailed(String, reason: String)
+    /// `retry: false` (the daemon is out of file descriptors): the worker fails at once instead
+    /// of backing off, since a retry cannot succeed until an operator acts.
+    case startFailed(String, reason: String, retry: Bool = true)
     /// A started (or adopted) process is gone.
     case processExited(String, pid: Int32, status: WorkerExit)
     /// The process sent `READY=1` (the systemd runner: its unit became active).
@@ -197,6 +199,13 @@ public struct Fleet: Sendable {
     /// Workers sorted by name, including ones being removed whose process is still stopping.
     public var workers: [WorkerStatus] {
         records.keys.sorted().compactMap { status(of: $0) }
+    }
+
+    /// How many workers are in each state (those being removed included, as in `workers`).
+    public var stateCounts: [WorkerState: Int] {
+        var counts: [WorkerState: Int] = [:]
+        for record in records.values { counts[record.state, default: 0] += 1 }
+        return counts
     }
 
     public func status(of name: String) -> WorkerStatus? {
@@ -381,11 +390,15 @@ public struct Fleet: Sendable {
             record.statusText = text
             effects.property(name, .statusText(text))
             records[name] = record
-        case .startFailed(let name, let reason):
+        case .startFailed(let name, let reason, let retry):
             guard var record = records[name], record.process == .spawning else { break }
             record.process = .none
             if record.stopRequested {
                 commit(&record, cause: record.cause, now: now, &effects)
+            } else if !retry {
+                record.stopRequested = false
+                record.failed = true
+                commit(&record, cause: "failed to start: \(reason)", now: now, &effects)
             } else {
                 unexpectedEnd(&record, reason: "failed to start: \(reason)", ranFor: nil, now: now, &effects)
                 records[name] = record

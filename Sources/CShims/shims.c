@@ -4,8 +4,10 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
+#include <sys/resource.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
 #include <string.h>
@@ -13,6 +15,9 @@
 
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+#ifndef CLOSE_RANGE_UNSHARE
+#define CLOSE_RANGE_UNSHARE (1U << 1)
 #endif
 
 int _bgw_spawn_actions_closefrom(posix_spawn_file_actions_t *actions, int from) {
@@ -58,7 +63,41 @@ struct spawn_context {
     // (CLONE_VFORK), so this needs no pipe and no synchronisation.
     volatile int failed_step;
     volatile int error;
+    // stdin, stdout, stderr, record: the low fds the request's ones were duplicated onto, all
+    // below keep_below (see low_fds).
+    int fds[4];
+    int keep_below;
 };
+
+// Four fds with low numbers, opened once on /dev/null and kept: before each spawn the request's
+// stdin/stdout/stderr/record fds are duplicated onto them (dup3 replaces, never allocates), so
+// the child copies only the fds below them (CLOSE_RANGE_UNSHARE) however many the daemon holds;
+// after the spawn they point at /dev/null again, so no pipe's write end stays open here.
+// `low_lock` is held from the first dup3 to the last: spawns of different threads (tests run
+// several runners in one process) take turns.
+static pthread_mutex_t low_lock = PTHREAD_MUTEX_INITIALIZER;
+static int low_fds[4] = { -1, -1, -1, -1 };
+static int low_null = -1;
+
+static int low_fds_ready(void) {
+    if (low_null >= 0) return 0;
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null < 0) return -1;
+    int fds[4];
+    for (int i = 0; i < 4; i++) {
+        fds[i] = fcntl(null, F_DUPFD_CLOEXEC, 3);
+        if (fds[i] < 0) {
+            int e = errno;
+            for (int j = 0; j < i; j++) close(fds[j]);
+            close(null);
+            errno = e;
+            return -1;
+        }
+    }
+    memcpy(low_fds, fds, sizeof fds);
+    low_null = null;
+    return 0;
+}
 
 // Raw syscalls for the id changes: glibc's setuid/setgid/setgroups broadcast the change to every
 // thread of the process (SIGSETXID), and in a CLONE_VM child "every thread" means the parent's.
@@ -83,6 +122,13 @@ static int spawn_child(void *arg) {
     struct spawn_context *ctx = arg;
     const struct _bgw_spawn_request *req = ctx->req;
 
+    // The child shares the parent's fd table (CLONE_FILES): a copy of it, and closing every
+    // close-on-exec fd at execve, cost as much as the daemon has fds open (2 per worker), which
+    // made each spawn slower as workers were added. Only the low fds are copied (everything
+    // the child needs was put there by _bgw_spawn); nothing is touched before this.
+    if (close_range((unsigned)ctx->keep_below, ~0U, CLOSE_RANGE_UNSHARE) < 0)
+        return child_fail(ctx, _BGW_SPAWN_CLOSE_FDS);
+
     // Every signal was blocked by the parent before clone. Reset all dispositions to the default
     // (handlers are the parent's code in the parent's memory; ignored signals would be inherited
     // by the program) before the mask is emptied just before execve.
@@ -104,7 +150,7 @@ static int spawn_child(void *arg) {
     if (req->record_fd >= 0) {
         struct { int32_t pgid; uint32_t generation; } entry = {
             (int32_t)syscall(SYS_getpid), req->record_generation };
-        ssize_t written = pwrite(req->record_fd, &entry, sizeof entry, req->record_offset);
+        ssize_t written = pwrite(ctx->fds[3], &entry, sizeof entry, req->record_offset);
         if (written != (ssize_t)sizeof entry) {
             if (written >= 0) errno = EIO;
             return child_fail(ctx, _BGW_SPAWN_RECORD);
@@ -125,9 +171,19 @@ static int spawn_child(void *arg) {
         req->watchdog_pid_value[count] = 0;
     }
 
-    if (move_fd(req->stdin_fd, 0) < 0 || move_fd(req->stdout_fd, 1) < 0 ||
-        move_fd(req->stderr_fd, 2) < 0)
+    if (move_fd(ctx->fds[0], 0) < 0 || move_fd(ctx->fds[1], 1) < 0 || move_fd(ctx->fds[2], 2) < 0)
         return child_fail(ctx, _BGW_SPAWN_STDIO);
+
+    // The daemon raises its own soft limit for its many fds; a program expects the usual one
+    // (select() breaks above 1024). Best effort: a seccomp filter of the daemon's unit may refuse
+    // setrlimit (@resources), and a worker with the daemon's limit is better than none.
+    if (req->nofile_soft > 0) {
+        struct rlimit limit;
+        if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && (rlim_t)req->nofile_soft < limit.rlim_cur) {
+            limit.rlim_cur = (rlim_t)req->nofile_soft;
+            setrlimit(RLIMIT_NOFILE, &limit);
+        }
+    }
 
     if (req->working_directory && chdir(req->working_directory) < 0)
         return child_fail(ctx, _BGW_SPAWN_CHDIR);
@@ -193,16 +249,37 @@ int _bgw_spawn(const struct _bgw_spawn_request *req, struct _bgw_spawn_result *r
     pthread_sigmask(SIG_BLOCK, &all, &saved);
 
     struct spawn_context ctx = { .req = req, .parent_pid = getpid(), .failed_step = 0, .error = 0 };
+    pthread_mutex_lock(&low_lock);
+    int low_errno = 0;
+    if (low_fds_ready() < 0) {
+        low_errno = errno;
+    } else {
+        int from[4] = { req->stdin_fd, req->stdout_fd, req->stderr_fd, req->record_fd >= 0 ? req->record_fd : low_null };
+        ctx.keep_below = 0;
+        for (int i = 0; i < 4 && low_errno == 0; i++) {
+            ctx.fds[i] = low_fds[i];
+            if (low_fds[i] + 1 > ctx.keep_below) ctx.keep_below = low_fds[i] + 1;
+            if (dup3(from[i], low_fds[i], O_CLOEXEC) < 0) low_errno = errno;
+        }
+    }
     int pidfd = -1;
-    pid_t pid = clone(spawn_child, (char *)stack + CHILD_STACK_SIZE,
-                      CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &ctx, &pidfd);
-    int clone_errno = errno;
+    pid_t pid = -1;
+    int clone_errno = low_errno;
+    if (low_errno == 0) {
+        pid = clone(spawn_child, (char *)stack + CHILD_STACK_SIZE,
+                    CLONE_VM | CLONE_VFORK | CLONE_FILES | CLONE_PIDFD | SIGCHLD, &ctx, &pidfd);
+        clone_errno = errno;
+    }
+    if (low_null >= 0) {
+        for (int i = 0; i < 4; i++) dup3(low_null, low_fds[i], O_CLOEXEC);
+    }
+    pthread_mutex_unlock(&low_lock);
 
     pthread_sigmask(SIG_SETMASK, &saved, NULL);
     munmap(stack, CHILD_STACK_SIZE);
 
     if (pid < 0) {
-        result->failed_step = _BGW_SPAWN_CLONE;
+        result->failed_step = low_errno != 0 ? _BGW_SPAWN_STDIO : _BGW_SPAWN_CLONE;
         result->error = clone_errno;
         return -1;
     }

@@ -378,9 +378,16 @@ public final class DBusConnection: Sendable {
         core.exports.withLock { Array($0.values) }
     }
 
-    private static func nearestManager(of path: ObjectPath, in registry: [ObjectPath: ExportedObject]) -> ObjectPath? {
-        registry.values.filter { $0.isObjectManager && path.isDescendant(of: $0.path) }
-            .max { $0.path.rawValue.count < $1.path.rawValue.count }?.path
+    /// The closest ancestor that is an ObjectManager: one lookup per ancestor, not a scan of
+    /// every object (exporting 10,000 workers one by one was quadratic, issue 15).
+    static func nearestManager(of path: ObjectPath, in registry: [ObjectPath: ExportedObject]) -> ObjectPath? {
+        var ancestor = path.rawValue[...]
+        while ancestor != "/", let slash = ancestor.lastIndex(of: "/") {
+            ancestor = slash == ancestor.startIndex ? "/" : ancestor[..<slash]
+            let candidate = ObjectPath(trusted: String(ancestor))
+            if registry[candidate]?.isObjectManager == true { return candidate }
+        }
+        return nil
     }
 }
 

@@ -27,10 +27,11 @@ public final class DaemonProcess: Sendable {
 
     /// Starts `bgworkerd --config configPath --bus <bus> arguments...` and (by default) waits for
     /// READY=1. Throws with the daemon's log when it exits or does not get ready in time.
+    /// `wrapper`: a command that execs the daemon as its own process (e.g. `prlimit ... --`).
     public init(
         bus: PrivateBus, configPath: String, arguments: [String] = [], environment: [String: String] = [:],
         runtimeDirectory: String? = nil, logPath: String? = nil,
-        waitUntilReady shouldWait: Bool = true, timeout: Duration = .seconds(30)
+        waitUntilReady shouldWait: Bool = true, timeout: Duration = .seconds(30), wrapper: [String] = []
     ) async throws {
         self.bus = bus
         self.configPath = configPath
@@ -42,7 +43,7 @@ public final class DaemonProcess: Sendable {
         extra["NOTIFY_SOCKET"] = notifications.address
         extra["RUNTIME_DIRECTORY"] = runtimeDirectory ?? "\(folder)/run"
         process = try ChildProcess(
-            [builtExecutablePath("bgworkerd"), "--config", configPath, "--bus", bus.unixAddress] + arguments,
+            wrapper + [builtExecutablePath("bgworkerd"), "--config", configPath, "--bus", bus.unixAddress] + arguments,
             extraEnvironment: extra, captureStdout: false, captureStderr: false, logFile: log)
         if shouldWait {
             do {

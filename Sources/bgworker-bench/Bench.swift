@@ -17,7 +17,7 @@ struct BgWorkerBench: AsyncParsableCommand {
             namespaces with keepalived, a systemd namespace) are skipped when not root.
             """,
         version: bgworkerVersion,
-        subcommands: [DBusBench.self, DaemonBenchmark.self, HABenchmark.self, SystemdBenchmark.self, SystemdScaleBenchmark.self,
+        subcommands: [DBusBench.self, DaemonBenchmark.self, HABenchmark.self, SystemdBenchmark.self, SystemdScaleBenchmark.self, ScaleBenchmark.self,
                       SoakBenchmark.self, PacemakerBenchmark.self, MaintenanceBenchmark.self, NotifyBenchmark.self, NotifyRelay.self,
                       AllBenchmarks.self])
 

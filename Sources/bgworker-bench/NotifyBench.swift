@@ -84,7 +84,9 @@ struct NotifyBenchmark: AsyncParsableCommand {
         await d.stop()
 
         // The floor: the same worker, the same datagram, read by the relay, which emits a signal.
-        let bus = try await PrivateBus(directory: directory)
+        // A folder of its own: stopping the bus removes the folder it was given.
+        let busDirectory = try Interrupt.directory(prefix: "bgw-bench-relay")
+        let bus = try await PrivateBus(directory: busDirectory)
         let socketPath = directory.file("relay.sock")
         let signals = try await SignalLog(address: bus.unixAddress, MatchRule(interface: NotifyRelay.interface))
         let relay = try ChildProcess(

@@ -327,23 +327,24 @@ struct FloorProcess {
     let pidfd: Int32
     let pipes: [Int32]
 
-    static func spawn(_ argv: [String], environment: [String]) throws -> FloorProcess {
+    /// `oneOutputPipe`: stdout and stderr share one pipe (2 fds held: the pidfd and its read end).
+    static func spawn(_ argv: [String], environment: [String], oneOutputPipe: Bool = false) throws -> FloorProcess {
         var spawn = CleanSpawn(newProcessGroup: true)
         defer { spawn.destroy() }
         var out: [Int32] = [-1, -1], err: [Int32] = [-1, -1]
-        guard _bgw_pipe_cloexec(&out) == 0, _bgw_pipe_cloexec(&err) == 0 else { throw BenchError("pipe2: \(errno)") }
+        guard _bgw_pipe_cloexec(&out) == 0, oneOutputPipe || _bgw_pipe_cloexec(&err) == 0 else { throw BenchError("pipe2: \(errno)") }
         posix_spawn_file_actions_addopen(&spawn.actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_adddup2(&spawn.actions, out[1], 1)
-        posix_spawn_file_actions_adddup2(&spawn.actions, err[1], 2)
+        posix_spawn_file_actions_adddup2(&spawn.actions, oneOutputPipe ? out[1] : err[1], 2)
         var pid: pid_t = 0
         let rc = spawn.spawn(&pid, argv, environment: environment)
-        close(out[1])
-        close(err[1])
+        let ends = oneOutputPipe ? [out] : [out, err]
+        ends.forEach { close($0[1]) }
         guard rc == 0 else {
-            close(out[0]); close(err[0])
+            ends.forEach { close($0[0]) }
             throw BenchError("posix_spawn \(argv[0]): \(String(cString: strerror(rc)))")
         }
-        return FloorProcess(pid: pid, pidfd: _bgw_pidfd_open(pid, 0), pipes: [out[0], err[0]])
+        return FloorProcess(pid: pid, pidfd: _bgw_pidfd_open(pid, 0), pipes: ends.map { $0[0] })
     }
 
     /// Sends `signal`, waits on the pidfd until the process is gone and reaps it (blocking).

@@ -60,7 +60,7 @@ func logToJournal() async throws {
 
     let runner = try ProcessRunner(output: .journal)
     let events = runner.eventStream()
-    let script = #"echo out-line; echo "<4>warn-line"; echo err-line >&2; printf 'nul-a\000nul-b\n'; printf 'caf\351\n'"#
+    let script = #"echo out-line; echo "<4>warn-line"; echo err-line >&2; echo "<3>bad-line" >&2; printf 'nul-a\000nul-b\n'; printf 'caf\351\n'"#
         + #"; printf 'esc-\033[31mred\n'"#
     _ = try await runner.start(
         LaunchSpec(name: "probe-worker", argv: ["/bin/sh", "-c", script], environment: ["PATH": "/usr/bin:/bin"]))

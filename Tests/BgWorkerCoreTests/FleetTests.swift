@@ -193,6 +193,30 @@ private let transitions: [WorkerState: [TableEvent: WorkerState?]] = [
         #expect(WorkerExit.dumped(11).description == "dumped SIGSEGV")
     }
 
+    /// Issue 15: a worker that cannot start because the daemon is out of fds (`retry: false`)
+    /// fails at once with the runner's text, instead of backing off and retrying for ever
+    /// (335 of 1,000 workers sat in backoff with `pipe2: Too many open files`); Restart starts it again.
+    @Test func aStartThatCannotBeRetriedFailsAtOnceWithoutABackoffTimer() throws {
+        var h = FleetHarness(configuration([definition(burst: 0)]))
+        #expect(h.spawning.remove("w") != nil)
+        h.run(.startFailed("w", reason: "pipe2: out of file descriptors", retry: false))
+        #expect(h.state() == .failed)
+        #expect(h.timers["w"] == nil)
+        #expect(h.fleet.status(of: "w")?.reason == "failed to start: pipe2: out of file descriptors")
+        try h.send(.restart("w"))
+        #expect(h.spawning.contains("w"))
+    }
+
+    /// STATUS= counts states without listing (sorting) every worker (issue 15); same answer.
+    @Test func stateCountsAgreeWithTheListOfWorkers() {
+        var h = FleetHarness(configuration([definition("a"), definition("b"), definition("c", enabled: false)]))
+        h.started("a")
+        var listed: [WorkerState: Int] = [:]
+        for worker in h.fleet.workers { listed[worker.state, default: 0] += 1 }
+        #expect(h.fleet.stateCounts == listed)
+        #expect(listed == [.running: 1, .starting: 1, .disabled: 1])
+    }
+
     @Test func delayDoublesUpToTheMaximumAndRestartsAreCounted() {
         var h = FleetHarness(configuration([definition(delay: 1, delayMax: 10, burst: 0)]))
         var delays: [Double] = []

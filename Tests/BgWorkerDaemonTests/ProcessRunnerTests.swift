@@ -176,6 +176,34 @@ struct ProcessRunnerStartTests {
         output.close()
     }
 
+    /// Issue 15: a spawn copied the daemon's whole fd table into the child (and closed every
+    /// close-on-exec fd at execve), so each one cost as many fds as the daemon held. The table a
+    /// worker starts with (`FDSize`, never shrunk by execve) must stay the default 64 slots
+    /// while the daemon holds 3,000 fds; before the fix it had 4,096. The worker also gets the
+    /// conventional soft RLIMIT_NOFILE (1024) whatever the daemon's is.
+    @Test func aWorkerGetsASmallFdTableAndTheUsualSoftLimitWhateverTheDaemonHolds() async throws {
+        var limits = rlimit()
+        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limits)
+        let saved = limits
+        defer { var restore = saved; setrlimit(Int32(RLIMIT_NOFILE.rawValue), &restore) }
+        limits.rlim_cur = limits.rlim_max
+        setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limits)
+        try #require(limits.rlim_max >= 4000, "the hard RLIMIT_NOFILE (\(limits.rlim_max)) leaves no room for 3,000 fds")
+        let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        let held = (0..<3000).map { _ in fcntl(null, F_DUPFD_CLOEXEC, 0) }
+        defer { held.forEach { close($0) }; close(null) }
+        try #require(held.allSatisfy { $0 >= 0 })
+        let output = try CapturedWorkerOutput()
+        let runner = try ProcessRunner(output: output.destination)
+        // /proc/$$: the worker's own table (grep, forked by the shell, has a fresh small one).
+        _ = try await runner.start(shell("fdtable", #"grep FDSize /proc/$$/status; echo "soft=$(ulimit -Sn)""#))
+        #expect(try await output.line("FDSize") { $0.contains("FDSize") } .hasSuffix("\t64"))
+        #expect(try await output.line("soft") { $0.hasPrefix("fdtable: soft=") } == "fdtable: soft=\(min(1024, limits.rlim_max))")
+        #expect(try await exitEvent(of: "fdtable", in: runner).status == .exited(0))
+        await runner.shutdown()
+        output.close()
+    }
+
     @Test func userAndGroupAreApplied() async throws {
         guard geteuid() == 0 else {
             #expect(Bool(!isCI), "CI must run as root")

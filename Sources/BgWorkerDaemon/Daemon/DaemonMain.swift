@@ -42,6 +42,8 @@ public enum DaemonMain {
     /// stop, 1 when it cannot start (each problem is printed on stderr).
     public static func run(_ options: DaemonOptions, logLevel: LogLevelControl, logger: Logger) async -> Int32 {
         let loader = ConfigurationLoader(mainPath: options.configPath)
+        let files = FileLimit.raiseSoftToHard()
+        logger.info("RLIMIT_NOFILE \(files.soft) (hard \(files.hard)): room for about \(files.soft / 2) workers at 2 fds each")
         // The daemon's one event loop: the supervisor, the runner, timers and signals live on it.
         let loop: EventLoop
         do {

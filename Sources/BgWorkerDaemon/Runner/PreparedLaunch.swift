@@ -134,7 +134,7 @@ final class PreparedLaunch: @unchecked Sendable {
                 set_uid: credentials.uid == nil ? 0 : 1,
                 uid: credentials.uid ?? 0,
                 record_fd: -1, record_offset: 0, record_generation: 0,
-                watchdog_pid_value: watchdogPidValue)
+                watchdog_pid_value: watchdogPidValue, nofile_soft: 0)
             return body(&request)
         }
     }

@@ -86,6 +86,10 @@ public final class ProcessRunner: WorkerRunner {
     }
 }
 
+/// The soft RLIMIT_NOFILE a worker starts with: the daemon raises its own (`raiseSoftNofileLimit`),
+/// a program expects the conventional one (select() cannot go above 1024).
+let workerSoftNofile = 1024
+
 /// A worker the runner runs. Its pid is also its process group id.
 private struct RunningWorker {
     var name: String
@@ -260,21 +264,17 @@ private final class ProcessMonitor: @unchecked Sendable {
             }
         }
         func releaseSlot() { if let slot { groupRecord?.clear(slot) } }
-        var stdoutPipe: [Int32] = [-1, -1]
-        var stderrPipe: [Int32] = [-1, -1]
-        guard _bgw_pipe_cloexec(&stdoutPipe) == 0 else {
+        // One pipe for stdout and stderr: with the pidfd, 2 fds held per worker (issue 15).
+        var outputPipe: [Int32] = [-1, -1]
+        guard _bgw_pipe_cloexec(&outputPipe) == 0 else {
             let code = errno
             releaseSlot()
-            return failure(.spawnFailed, "pipe2", code)
-        }
-        guard _bgw_pipe_cloexec(&stderrPipe) == 0 else {
-            let code = errno
-            close(stdoutPipe[0]); close(stdoutPipe[1])
-            releaseSlot()
-            return failure(.spawnFailed, "pipe2", code)
+            return failure(code == EMFILE || code == ENFILE ? .outOfFileDescriptors : .spawnFailed,
+                           "pipe2" + fileBudget(code), code)
         }
         var result = _bgw_spawn_result()
-        let rc = launch.withRequest(stdin: devNull, stdout: stdoutPipe[1], stderr: stderrPipe[1]) { request in
+        let rc = launch.withRequest(stdin: devNull, stdout: outputPipe[1], stderr: outputPipe[1]) { request in
+            request.nofile_soft = Int32(workerSoftNofile)
             if let slot, let groupRecord {
                 request.record_fd = groupRecord.descriptor
                 request.record_offset = groupRecord.offset(of: slot)
@@ -282,16 +282,15 @@ private final class ProcessMonitor: @unchecked Sendable {
             }
             return _bgw_spawn(&request, &result)
         }
-        close(stdoutPipe[1])
-        close(stderrPipe[1])
+        close(outputPipe[1])
         guard rc == 0 else {
-            close(stdoutPipe[0])
-            close(stderrPipe[0])
+            close(outputPipe[0])
             // The child may have written the slot before a later step failed; it has been reaped.
             releaseSlot()
             var context = launch.describe(step: result.failed_step)
             if result.failed_step == _BGW_SPAWN_RECORD, let groupRecord { context += " \(groupRecord.path)" }
-            return failure(.spawnFailed, context, result.error)
+            let outOfFiles = result.error == EMFILE || result.error == ENFILE
+            return failure(outOfFiles ? .outOfFileDescriptors : .spawnFailed, context + fileBudget(result.error), result.error)
         }
 
         let id = nextID
@@ -306,14 +305,12 @@ private final class ProcessMonitor: @unchecked Sendable {
             _ = _bgw_waitid_pidfd(result.pidfd, 0, &code, &status)
             close(result.pidfd)
             releaseSlot()
-            close(stdoutPipe[0])
-            close(stderrPipe[0])
-            return failure(.spawnFailed, error.call, error.errno)
+            close(outputPipe[0])
+            let outOfFiles = error.errno == EMFILE || error.errno == ENFILE
+            return failure(outOfFiles ? .outOfFileDescriptors : .spawnFailed, error.call + fileBudget(error.errno), error.errno)
         }
-        for (fd, priority) in [(stdoutPipe[0], SyslogPriority.info), (stderrPipe[0], SyslogPriority.error)] {
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            pump.watch(fd: fd, worker: name, pid: result.pid, priority: priority)
-        }
+        _ = fcntl(outputPipe[0], F_SETFL, fcntl(outputPipe[0], F_GETFL) | O_NONBLOCK)
+        pump.watch(fd: outputPipe[0], worker: name, pid: result.pid, priority: SyslogPriority.info)
         var worker = RunningWorker(
             name: name, pid: result.pid, pidfd: result.pidfd, registration: registration, slot: slot, stopTimeout: launch.spec.stopTimeout)
         if launch.spec.usesNotify {
@@ -327,6 +324,17 @@ private final class ProcessMonitor: @unchecked Sendable {
         idsByGroup[result.pid] = id
         armReadinessTimer(id: id)
         return .success(result.pid)
+    }
+
+    /// What to tell an operator when the daemon is out of fds: its limit, what its workers hold,
+    /// what to raise. (Counting /proc/self/fd would need one more fd.)
+    private func fileBudget(_ code: Int32?) -> String {
+        guard code == EMFILE || code == ENFILE else { return "" }
+        let limit = FileLimit.current
+        let whose = code == EMFILE ? "bgworkerd's RLIMIT_NOFILE (LimitNOFILE= in bgworkerd.service)" : "the system's fs.file-max"
+        return ": out of file descriptors: \(workers.count) running workers hold 2 each, soft limit \(limit.soft) "
+            + "(hard \(limit.hard)); raise \(whose) or run fewer workers. Not retried: the worker is failed "
+            + "until Restart or Enable"
     }
 
     /// SIGTERM (and SIGCONT, so that a stopped process sees it) to the worker's group, and a

@@ -111,6 +111,9 @@ public struct RunnerError: Error, Sendable, Equatable, CustomStringConvertible {
         /// Another live daemon holds the runtime directory's record of process groups: one
         /// process runner per runtime directory (docs/process-runner.md).
         public static let runtimeDirectoryInUse = Code("runtime-directory-in-use")
+        /// The daemon is out of file descriptors (EMFILE/ENFILE): retrying cannot help until
+        /// the limit is raised or other workers stop, so the worker fails instead of backing off.
+        public static let outOfFileDescriptors = Code("out-of-file-descriptors")
     }
 
     public var code: Code

@@ -564,7 +564,7 @@ public actor Supervisor {
         earlyNotifications[name] = nil
         logger.error("cannot start worker \(name): \(error)", metadata: ["worker": "\(name)"])
         let reason = error.errno.map { "\(error.context): \(errnoText($0))" } ?? error.context
-        apply(.startFailed(name, reason: reason))
+        apply(.startFailed(name, reason: reason, retry: error.code != .outOfFileDescriptors))
         firstStartAnswered(name)
     }
 
@@ -966,11 +966,11 @@ public actor Supervisor {
 
     /// `3 workers: 2 running, 1 standby`.
     public func statusText() -> String {
-        let workers = fleet.workers
-        var counts: [WorkerState: Int] = [:]
-        for worker in workers { counts[worker.state, default: 0] += 1 }
+        // Counted, not listed: `fleet.workers` sorts every name and builds every status (issue 15).
+        let counts = fleet.stateCounts
+        let total = counts.values.reduce(0, +)
         let parts = WorkerState.allCases.compactMap { state in counts[state].map { "\($0) \(state.rawValue)" } }
-        let head = workers.count == 1 ? "1 worker" : "\(workers.count) workers"
+        let head = total == 1 ? "1 worker" : "\(total) workers"
         return parts.isEmpty ? head : head + ": " + parts.joined(separator: ", ")
     }
 

@@ -76,6 +76,9 @@ struct _bgw_spawn_request {
     // The value part of the envp entry "WATCHDOG_PID=..." (room for 10 digits and a NUL): the
     // child writes its own pid there before execve, as systemd sets WATCHDOG_PID. NULL: none.
     char *watchdog_pid_value;
+    // > 0: the child's soft RLIMIT_NOFILE is lowered to this (never raised; best effort, a
+    // seccomp filter may refuse it); 0: inherited.
+    int nofile_soft;
 };
 
 /// What `_bgw_spawn` did: on success pid and pidfd of the new process (which has executed

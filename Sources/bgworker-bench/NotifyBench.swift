@@ -41,7 +41,7 @@ struct NotifyBenchmark: AsyncParsableCommand {
         try await readyFigures(program, directory, rounds: rounds, into: &section)
         try await watchdogFigures(program, directory, rounds: max(rounds / 4, 20), into: &section)
         try await startFigures(program, count: workers, into: &section)
-        section.notes.append("workers: a C program (clock_gettime, sendto on NOTIFY_SOCKET); READY=1 rounds alternate with RELOADING=1 (running -> starting) on one worker; the floor's relay is a Swift process with our DBus module: recv() on a datagram socket, then one emitted signal per datagram")
+        section.notes.append("workers: a C program, statically linked (clock_gettime, sendto on NOTIFY_SOCKET); in the third figure both halves run it, and only the notify half must run it up to its sendto before it counts as running; READY=1 rounds alternate with RELOADING=1 (running -> starting) on one worker; the floor's relay is a Swift process with our DBus module: recv() on a datagram socket, then one emitted signal per datagram")
         return section
     }
 
@@ -221,7 +221,10 @@ struct NotifyBenchmark: AsyncParsableCommand {
         guard let compiler = candidates.compactMap({ $0 }).first(where: { access($0, X_OK) == 0 }) else {
             throw BenchError("no C compiler (set CC)")
         }
-        let status = runBlocking([compiler, "-O2", "-o", binary, source])
+        // Static: no dynamic loader at each start, so that a worker's own start (which a notify
+        // worker must finish before READY=1, and an exec worker need not) costs little.
+        var status = runBlocking([compiler, "-O2", "-static", "-o", binary, source])
+        if status != 0 { status = runBlocking([compiler, "-O2", "-o", binary, source]) }
         guard status == 0 else { throw BenchError("\(compiler) failed on \(source) (status \(status))") }
         return binary
     }

@@ -127,22 +127,24 @@ struct DaemonNotifyTests {
     }
 
     @Test func noReadyWithinTheStartTimeoutStopsTheGroupAsStartTimeout() async throws {
-        // The worker's child stays in its group: it must go too.
-        let workers = shellWorker("slow", "sleep 1000 & exec sleep 1000", extra: """
-            ready = "notify"
-            start-timeout = 1
-            restart-delay = 30
-            """)
-        try await DaemonFixture.with(workers) { fixture in
+        // The worker's child stays in its group: it must go too. The shell writes its pid (the
+        // group's id) first: the test may read the state only after the timeout.
+        try await DaemonFixture.with("", start: false) { fixture in
+            let pidFile = fixture.directory.file("pid")
+            try fixture.writeConfiguration(shellWorker("slow", "echo $$ > \(pidFile); sleep 1000 & exec sleep 1000", extra: """
+                ready = "notify"
+                start-timeout = 1
+                restart-delay = 30
+                """))
+            try await fixture.startDaemon()
             let monitor = try await fixture.monitor()
-            let starting = try await fixture.worker("slow")
-            #expect(starting.state == "starting" && starting.pid != 0)
             let row = try await monitor.waitUntil(fixture, worker: "slow", is: "backoff")
-            #expect(liveMembers(ofGroup: pid_t(starting.pid)).isEmpty, "the worker's child went with it")
             let change = try await fixture.property("StateReason", worker: "slow")
             #expect(change.string == "no READY=1 within start-timeout")
             #expect(try await fixture.property("LastExit", worker: "slow").string == "start-timeout")
             #expect(row.pid == 0)
+            let group = try #require(pid_t(try String(contentsOfFile: pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
+            #expect(group > 1 && liveMembers(ofGroup: group).isEmpty, "the worker's child went with it")
         }
     }
 

@@ -183,7 +183,7 @@ struct ClientsNotifyTests {
         try await ClientsEndToEndTests.Setup.with({ _ in
             """
             [worker.importer]
-            exec = ["\(builtExecutablePath("bgworker-example"))", "--notify", "--interval", "0.1", "--hang-after", "10"]
+            exec = ["\(builtExecutablePath("bgworker-example"))", "--notify", "--interval", "0.1", "--hang-after", "50"]
             run-on = "any"
             ready = "notify"
             start-timeout = 10.0
@@ -202,7 +202,8 @@ struct ClientsNotifyTests {
             #expect(status.stdout.contains(#"Status: "cycle "#), "\(status.stdout)")
             let running = try await setup.worker("importer")
             #expect((running["readyAt"] as? Int ?? 0) > 0)
-            // Ten cycles (1 s), then no ping for the 0.5 s watchdog: SIGABRT, LastExit watchdog.
+            // Fifty cycles (5 s: room for the reads above on a loaded machine), then no ping for the
+            // 0.5 s watchdog: SIGABRT, LastExit watchdog.
             try await watch.lines.wait("the watchdog", timeout: .seconds(20)) { $0.contains(" worker importer: backoff") }
             let caught = try await setup.worker("importer")
             #expect(caught["lastExit"] as? String == "watchdog", "\(caught)")

@@ -16,7 +16,7 @@ import Logging
 actor SystemdUnitTable {
     private struct Entry {
         let unit: WorkerUnit
-        var tracker = UnitTracker()
+        var tracker: UnitTracker
         /// The caller of `start`, waiting for the start job's end.
         var starter: CheckedContinuation<Result<Int32, RunnerError>, Never>?
         /// False for units found at adoption that are being stopped: the supervisor does not
@@ -183,7 +183,7 @@ actor SystemdUnitTable {
     // MARK: Entries
 
     /// A new entry for `unit`; refused when the runner is shut down or follows that worker already.
-    func reserve(_ unit: WorkerUnit, reportsExit: Bool) throws(RunnerError) -> UInt64 {
+    func reserve(_ unit: WorkerUnit, reportsExit: Bool, notify: Bool = false) throws(RunnerError) -> UInt64 {
         guard !shuttingDown else {
             throw RunnerError(.shutDown, worker: unit.worker, context: "the runner is shut down")
         }
@@ -192,7 +192,7 @@ actor SystemdUnitTable {
         }
         let id = nextID
         nextID += 1
-        entries[id] = Entry(unit: unit, reportsExit: reportsExit)
+        entries[id] = Entry(unit: unit, tracker: UnitTracker(notify: notify), reportsExit: reportsExit)
         idsByWorker[unit.worker] = id
         idsByPath[unit.path.rawValue] = id
         idsByUnit[unit.name] = id

@@ -164,6 +164,22 @@ struct SystemdRunnerUnitTests {
         #expect(t.propertiesChanged(Self.service(mainPID: 0, result: "watchdog", code: 3, status: 6, execMainPID: 11)) == [])
         #expect(t.propertiesChanged(Self.unit("failed", "failed")) == [.exited(pid: 11, .watchdog)])
 
+        // No READY=1 within TimeoutStartUSec: systemd stops the unit (Result `timeout`, the job
+        // `failed`); its deactivating is no STOPPING=1.
+        var late = UnitTracker(notify: true)
+        #expect(late.startJobCreated("/j/6") == [])
+        #expect(late.propertiesChanged(merged(Self.service(mainPID: 12), Self.unit("activating", "start"))) == [.started(pid: 12)])
+        #expect(late.propertiesChanged(Self.unit("deactivating", "stop-sigterm")) == [])
+        #expect(late.propertiesChanged(Self.service(mainPID: 0, result: "timeout", code: 2, status: 15, execMainPID: 12)) == [])
+        #expect(late.propertiesChanged(Self.unit("failed", "failed")) == [.exited(pid: 12, .startTimeout)])
+        #expect(late.jobRemoved(job: "/j/6", result: "failed") == [])
+        // The same when its pid was never seen activating: the job's end reports it.
+        var unseen = UnitTracker(notify: true)
+        #expect(unseen.startJobCreated("/j/10") == [])
+        #expect(unseen.propertiesChanged(merged(Self.service(mainPID: 0, result: "timeout", code: 2, status: 15, execMainPID: 16),
+                                                Self.unit("failed", "failed"))) == [])
+        #expect(unseen.jobRemoved(job: "/j/10", result: "failed") == [.started(pid: 16), .exited(pid: 16, .startTimeout)])
+
         // The pid announced before StartTransientUnit's reply: answered with the reply.
         var early = UnitTracker(notify: true)
         #expect(early.propertiesChanged(merged(Self.service(mainPID: 13), Self.unit("activating", "start"))) == [])

@@ -153,7 +153,8 @@ struct UnitTracker: Sendable, Equatable {
         guard case .running(let pid) = phase else { return [] }
         if status.hasEnded {
             phase = .ended
-            return [.exited(pid: pid, status.exit)]
+            // systemd stopped it for want of READY=1 within TimeoutStartUSec.
+            return [.exited(pid: pid, awaitingReady && status.result == "timeout" ? .startTimeout : status.exit)]
         }
         var outcomes: [Outcome] = []
         if status.statusText != before.statusText { outcomes.append(.status(pid: pid, status.statusText)) }
@@ -163,7 +164,8 @@ struct UnitTracker: Sendable, Equatable {
             case "active" where before.activeState == "reloading" || awaitingReady:
                 awaitingReady = false
                 outcomes.append(.ready(pid: pid))
-            case "deactivating": outcomes.append(.stopping(pid: pid))
+            // While activating, systemd ignores STOPPING=1: this is its start timeout's stop.
+            case "deactivating" where !awaitingReady: outcomes.append(.stopping(pid: pid))
             default: break
             }
         }
@@ -259,9 +261,9 @@ struct UnitTracker: Sendable, Equatable {
             // own set-up failures (200-245), it did run: report a start and an exit, as the
             // process runner would.
             if status.hasEnded, programRan, status.execMainPID != 0, let pid = Int32(exactly: status.execMainPID) {
-                // Type=notify without READY=1 within TimeoutStartUSec: the job's result is
-                // "timeout" (systemd stopped the unit).
-                return [.started(pid: pid), .exited(pid: pid, result == "timeout" ? .startTimeout : status.exit)]
+                // Type=notify without READY=1 within TimeoutStartUSec (its pid not seen while
+                // activating): systemd stopped the unit, its Result is "timeout" (the job's "failed").
+                return [.started(pid: pid), .exited(pid: pid, status.result == "timeout" ? .startTimeout : status.exit)]
             }
             return [.startFailed(failureText(jobResult: result))]
         }

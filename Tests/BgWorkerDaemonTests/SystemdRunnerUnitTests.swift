@@ -288,6 +288,11 @@ struct SystemdRunnerUnitTests {
         _ = endedMeanwhile.propertiesChanged(Self.unit("failed", "failed"))
         #expect(endedMeanwhile.adopted(pid: 12) == [.exited(pid: 12, .exited(1))])
 
+        // A notify unit's last STATUS= is read with its state and reported at adoption.
+        var withStatus = UnitTracker()
+        _ = withStatus.propertiesRead(Self.service(mainPID: 13).merging(["StatusText": .variant(.string("cycle 9"))]) { a, _ in a })
+        _ = withStatus.propertiesRead(Self.unit("active", "running"))
+        #expect(withStatus.adopted(pid: 13) == [.status(pid: 13, "cycle 9")])
 
         var leaving = UnitTracker()
         _ = leaving.propertiesChanged(Self.service(mainPID: 30))

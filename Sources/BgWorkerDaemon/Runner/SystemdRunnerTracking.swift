@@ -226,7 +226,8 @@ struct UnitTracker: Sendable, Equatable {
             phase = .ended
             return [.exited(pid: pid, status.exit)]
         }
-        return []
+        // The worker's last STATUS=, as read with the unit's state.
+        return status.statusText.isEmpty ? [] : [.status(pid: pid, status.statusText)]
     }
 
     /// A unit found at adoption that the runner stops: followed until it ends, whatever runs in it.

@@ -117,6 +117,28 @@ extension SystemdNamespaceTests {
             }
         }
 
+        /// A notify unit that never sends READY=1 (start-timeout 0: no limit) holds up nothing:
+        /// the daemon is ready, another worker's Stop and Start go through systemd meanwhile, and
+        /// Stop of the starting worker removes its unit by the time it replies.
+        @Test(.enabled(if: rootTestsEnabled, needsRoot))
+        func aStartingNotifyUnitHoldsUpNoOtherCommand() async throws {
+            let workers = shellWorker("wait", "exec sleep 1000", extra: "ready = \"notify\"\nstart-timeout = 0")
+                + shellWorker("other", "exec sleep 1000")
+            try await SystemdDaemonFixture.with(workers) { f in
+                try await f.startDaemon()
+                #expect(try await f.workers()["wait"]?.state == "starting")
+                #expect(try await f.unitProperty("wait", "Service", "TimeoutStartUSec") == "t 18446744073709551615")
+                try await f.call("Stop", "s", ["other"])
+                try await f.call("Start", "s", ["other"])
+                let other = try #require(try await f.workers()["other"])
+                #expect(other.state == "running")
+                #expect(try await f.unitProperty("other", "Service", "MainPID") == "u \(other.pid)")
+                try await f.call("Stop", "s", ["wait"])
+                #expect(try await f.workers()["wait"]?.state == "stopped")
+                #expect(try await f.units() == ["bgworker-other.service"])
+            }
+        }
+
         /// No READY=1 within start-timeout: systemd stops the unit, LastExit `start-timeout`, and
         /// the restart policy applies (backoff, then a new unit). A missed watchdog and
         /// WATCHDOG=trigger: LastExit `watchdog`.

@@ -164,7 +164,8 @@ struct UnitTracker: Sendable, Equatable {
             case "active" where before.activeState == "reloading" || awaitingReady:
                 awaitingReady = false
                 outcomes.append(.ready(pid: pid))
-            // While activating, systemd ignores STOPPING=1: this is its start timeout's stop.
+            // Before READY=1 this is systemd's stop (its start timeout, ours): systemd acts on
+            // a STOPPING=1 sent while activating only at READY=1.
             case "deactivating" where !awaitingReady: outcomes.append(.stopping(pid: pid))
             default: break
             }

@@ -92,6 +92,22 @@ extension SystemdNamespaceTests {
                 #expect(try await f.unitProperty("n", "Service", "MainPID") == "u \(starting.pid)")
                 _ = try await f.waitForProperty(monitor, "n", "StatusText") { $0.string == "connecting" }
                 #expect(try await f.workerProperty("ReadyAt", "n").uint64 == 0)
+                // systemd's variables: its own notify socket, the watchdog's; none for a plain worker.
+                func environment(_ pid: UInt32) async throws -> [String: String] {
+                    let text = try await f.namespace.run(inside: ["cat", "/proc/\(pid)/environ"]).stdout
+                    return Dictionary(text.split(separator: "\0").map { entry in
+                        let parts = entry.split(separator: "=", maxSplits: 1).map(String.init)
+                        return (parts[0], parts.count > 1 ? parts[1] : "")
+                    }, uniquingKeysWith: { _, last in last })
+                }
+                let variables = try await environment(starting.pid)
+                #expect(variables["NOTIFY_SOCKET"] == "/run/systemd/notify")
+                #expect(variables["WATCHDOG_USEC"] == "30000000")
+                #expect(variables["WATCHDOG_PID"] == String(starting.pid))
+                #expect(try await environment(try #require(listed["plain"]).pid)["NOTIFY_SOCKET"] == nil, "only notify workers get it")
+                // A reload that changes nothing while it starts: it keeps waiting for READY=1.
+                try await f.call("Reload")
+                #expect(try await f.workers()["n"].map { [$0.state, String($0.pid)] } == ["starting", String(starting.pid)])
 
                 let fd = open(fifo, O_WRONLY)
                 _ = write(fd, "x\n", 2)
@@ -103,6 +119,7 @@ extension SystemdNamespaceTests {
                 let readyAt = try #require(try await f.workerProperty("ReadyAt", "n").uint64)
                 let now = UInt64(Date().timeIntervalSince1970 * 1e6)
                 #expect(readyAt > now - 60_000_000 && readyAt <= now)
+                #expect(try await f.workerProperty("StateChangedAt", "n").uint64 == readyAt)
                 #expect(try await f.unitProperty("n", "Unit", "ActiveState") == "s \"active\"")
 
                 // Adoption: the definition hash with ready/watchdog matches; StatusText is read.
@@ -159,6 +176,13 @@ extension SystemdNamespaceTests {
                     ready = "notify"
                     restart-delay = 30
                     """)
+                + shellWorker("dies", "systemd-notify --ready; exit 7", extra: """
+                    ready = "notify"
+                    watchdog = 10
+                    restart-delay = 30
+                    """)
+                + shellWorker("ext", "systemd-notify EXTEND_TIMEOUT_USEC=30000000; sleep 1.5; systemd-notify --ready; exec sleep 1000",
+                              extra: "ready = \"notify\"\nstart-timeout = 1\nrestart-delay = 30")
             try await SystemdDaemonFixture.with(workers) { f in
                 try await f.startDaemon()
                 let monitor = try await f.monitor()
@@ -178,6 +202,10 @@ extension SystemdNamespaceTests {
                 #expect(try await f.workerProperty("StateReason", "hang").string == "killed by the watchdog")
                 try await f.waitForState(monitor, "trigger", "backoff")
                 #expect(try await f.workerProperty("LastExit", "trigger").string == "watchdog")
+                try await f.waitForState(monitor, "dies", "backoff")
+                #expect(try await f.workerProperty("LastExit", "dies").string == "exited 7", "died between READY=1 and its first ping")
+                try await f.waitForState(monitor, "ext", "running")
+                #expect(try await f.workerProperty("LastExit", "ext").string == "", "EXTEND_TIMEOUT_USEC went to systemd")
             }
         }
 
@@ -199,19 +227,21 @@ extension SystemdNamespaceTests {
                 try await f.startDaemon()
                 let monitor = try await f.monitor()
                 defer { Task { await monitor.stop() } }
+                // Its `running` signal may come after the read that sees it: each wait below
+                // names the state it waits for.
                 try await f.waitForState(monitor, "r", "running")
                 step()
-                let reloading = try await monitor.stateChange(of: "r")
+                let reloading = try await monitor.stateChange(of: "r", to: "starting")
                 #expect(reloading.state == "starting" && reloading.reason == "reloading (RELOADING=1)", "\(reloading)")
                 #expect(try await f.workerProperty("ReadyAt", "r").uint64 == 0)
                 step()
-                let reloaded = try await monitor.stateChange(of: "r")
+                let reloaded = try await monitor.stateChange(of: "r", to: "running")
                 #expect(reloaded.state == "running" && reloaded.reason == "reloaded (READY=1)", "\(reloaded)")
                 step()
-                let stopping = try await monitor.stateChange(of: "r")
+                let stopping = try await monitor.stateChange(of: "r", to: "stopping")
                 #expect(stopping.state == "stopping" && stopping.reason == "stopping by itself (STOPPING=1)", "\(stopping)")
                 step()
-                let exited = try await monitor.stateChange(of: "r")
+                let exited = try await monitor.stateChange(of: "r", to: "backoff")
                 #expect(exited.state == "backoff" && exited.reason == "exited with status 0", "\(exited)")
             }
         }

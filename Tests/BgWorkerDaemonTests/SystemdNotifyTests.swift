@@ -134,6 +134,29 @@ extension SystemdNamespaceTests {
             }
         }
 
+        /// A unit that is `reloading` (RELOADING=1, no READY=1 yet) when the daemon restarts is
+        /// adopted with its pid, not stopped and started again, and shown reloading.
+        @Test(.enabled(if: rootTestsEnabled, needsRoot))
+        func aReloadingUnitIsAdopted() async throws {
+            let workers = shellWorker("rl", "systemd-notify --ready; systemd-notify RELOADING=1; exec sleep 1000",
+                                      extra: "ready = \"notify\"\nrestart-delay = 30")
+            try await SystemdDaemonFixture.with(workers) { f in
+                try await f.startDaemon()
+                let monitor = try await f.monitor()
+                defer { Task { await monitor.stop() } }
+                _ = try await f.waitForProperty(monitor, "rl", "StateReason") { $0.string == "reloading (RELOADING=1)" }
+                let before = try #require(try await f.workers()["rl"])
+                #expect(try await f.unitProperty("rl", "Unit", "ActiveState") == "s \"reloading\"")
+                try await f.stopDaemon(signal: SIGKILL)
+                try await f.startDaemon()
+                let after = try #require(try await f.workers()["rl"])
+                #expect(after.pid == before.pid, "adopted, not started anew: \(after)")
+                #expect(after.state == "starting", "still reloading")
+                #expect(try await f.workerProperty("StateReason", "rl").string == "reloading (RELOADING=1)")
+                #expect(try await f.units() == ["bgworker-rl.service"])
+            }
+        }
+
         /// A notify unit that never sends READY=1 (start-timeout 0: no limit) holds up nothing:
         /// the daemon is ready, another worker's Stop and Start go through systemd meanwhile, and
         /// Stop of the starting worker removes its unit by the time it replies.

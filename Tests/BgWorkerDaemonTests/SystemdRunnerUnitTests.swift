@@ -293,6 +293,11 @@ struct SystemdRunnerUnitTests {
         _ = withStatus.propertiesRead(Self.service(mainPID: 13).merging(["StatusText": .variant(.string("cycle 9"))]) { a, _ in a })
         _ = withStatus.propertiesRead(Self.unit("active", "running"))
         #expect(withStatus.adopted(pid: 13) == [.status(pid: 13, "cycle 9")])
+        var reloading = UnitTracker()
+        _ = reloading.propertiesRead(Self.service(mainPID: 14))
+        _ = reloading.propertiesRead(Self.unit("reloading", "reload"))
+        #expect(reloading.adopted(pid: 14) == [.reloading(pid: 14)])
+        #expect(reloading.propertiesChanged(Self.unit("active", "running")) == [.ready(pid: 14)])
 
         var leaving = UnitTracker()
         _ = leaving.propertiesChanged(Self.service(mainPID: 30))

@@ -346,7 +346,8 @@ actor SystemdUnitTable {
         let status = entry.tracker.status
         let hash = WorkerUnit.definitionHash(inEnvironment: status.environment)
         let state = status.activeState
-        if let definitionHash, state == "active", status.mainPID != 0, let pid = Int32(exactly: status.mainPID),
+        // `reloading` (RELOADING=1) is a running worker's state too: taken over, not restarted.
+        if let definitionHash, state == "active" || state == "reloading", status.mainPID != 0, let pid = Int32(exactly: status.mainPID),
            hash == definitionHash {
             update(id) { $0.adopted(pid: pid) }
             return entries[id] == nil ? .ended(state: "inactive") : .adopted(pid)

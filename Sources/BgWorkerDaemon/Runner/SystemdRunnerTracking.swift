@@ -227,8 +227,10 @@ struct UnitTracker: Sendable, Equatable {
             phase = .ended
             return [.exited(pid: pid, status.exit)]
         }
-        // The worker's last STATUS=, as read with the unit's state.
-        return status.statusText.isEmpty ? [] : [.status(pid: pid, status.statusText)]
+        // The worker's last STATUS=, as read with the unit's state, and a reload in progress.
+        var outcomes: [Outcome] = status.statusText.isEmpty ? [] : [.status(pid: pid, status.statusText)]
+        if status.activeState == "reloading" { outcomes.append(.reloading(pid: pid)) }
+        return outcomes
     }
 
     /// A unit found at adoption that the runner stops: followed until it ends, whatever runs in it.

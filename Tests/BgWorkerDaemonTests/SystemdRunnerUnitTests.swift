@@ -143,15 +143,20 @@ struct SystemdRunnerUnitTests {
         ["ActiveState": .variant(.string(active)), "SubState": .variant(.string(sub))]
     }
 
-    /// Type=notify (ready = "notify"): StatusText, reloading and deactivating while running, the
-    /// watchdog's and the start timeout's results.
+    /// Type=notify (ready = "notify"): the start is answered once the main process runs (the
+    /// start job waits for READY=1), StatusText, reloading and deactivating while running, the
+    /// watchdog's and the start timeout's results (sequences seen with systemd 252).
     @Test func aNotifyUnitsStatesAndResults() {
-        var t = UnitTracker()
+        func merged(_ a: [String: DBusValue], _ b: [String: DBusValue]) -> [String: DBusValue] { a.merging(b) { x, _ in x } }
+        var t = UnitTracker(notify: true)
+        #expect(t.propertiesChanged(Self.unit("inactive", "dead")) == [])
         #expect(t.startJobCreated("/j/5") == [])
-        #expect(t.propertiesChanged(Self.unit("activating", "start")) == [])
         #expect(t.propertiesChanged(["StatusText": .variant(.string("connecting"))]) == [])
-        #expect(t.propertiesChanged(Self.service(mainPID: 11).merging(Self.unit("active", "running")) { a, _ in a }) == [])
-        #expect(t.jobRemoved(job: "/j/5", result: "done") == [.started(pid: 11), .status(pid: 11, "connecting"), .ready(pid: 11)])
+        #expect(t.propertiesChanged(merged(Self.service(mainPID: 11), Self.unit("activating", "start")))
+            == [.started(pid: 11), .status(pid: 11, "connecting")])
+        #expect(t.propertiesChanged(["StatusText": .variant(.string("up"))]) == [.status(pid: 11, "up")])
+        #expect(t.propertiesChanged(Self.unit("active", "running")) == [.ready(pid: 11)])
+        #expect(t.jobRemoved(job: "/j/5", result: "done") == [])
         #expect(t.propertiesChanged(["StatusText": .variant(.string("cycle 1"))]) == [.status(pid: 11, "cycle 1")])
         #expect(t.propertiesChanged(Self.unit("reloading", "reload")) == [.reloading(pid: 11)])
         #expect(t.propertiesChanged(Self.unit("active", "running")) == [.ready(pid: 11)])
@@ -159,11 +164,38 @@ struct SystemdRunnerUnitTests {
         #expect(t.propertiesChanged(Self.service(mainPID: 0, result: "watchdog", code: 3, status: 6, execMainPID: 11)) == [])
         #expect(t.propertiesChanged(Self.unit("failed", "failed")) == [.exited(pid: 11, .watchdog)])
 
-        var late = UnitTracker()
+        // No READY=1 within TimeoutStartUSec: systemd stops the unit (Result `timeout`, the job
+        // `failed`); its deactivating is no STOPPING=1.
+        var late = UnitTracker(notify: true)
         #expect(late.startJobCreated("/j/6") == [])
-        #expect(late.propertiesChanged(Self.service(mainPID: 0, result: "timeout", code: 2, status: 15, execMainPID: 12)
-            .merging(Self.unit("failed", "failed")) { a, _ in a }) == [])
-        #expect(late.jobRemoved(job: "/j/6", result: "timeout") == [.started(pid: 12), .exited(pid: 12, .startTimeout)])
+        #expect(late.propertiesChanged(merged(Self.service(mainPID: 12), Self.unit("activating", "start"))) == [.started(pid: 12)])
+        #expect(late.propertiesChanged(Self.unit("deactivating", "stop-sigterm")) == [])
+        #expect(late.propertiesChanged(Self.service(mainPID: 0, result: "timeout", code: 2, status: 15, execMainPID: 12)) == [])
+        #expect(late.propertiesChanged(Self.unit("failed", "failed")) == [.exited(pid: 12, .startTimeout)])
+        #expect(late.jobRemoved(job: "/j/6", result: "failed") == [])
+        // The same when its pid was never seen activating: the job's end reports it.
+        var unseen = UnitTracker(notify: true)
+        #expect(unseen.startJobCreated("/j/10") == [])
+        #expect(unseen.propertiesChanged(merged(Self.service(mainPID: 0, result: "timeout", code: 2, status: 15, execMainPID: 16),
+                                                Self.unit("failed", "failed"))) == [])
+        #expect(unseen.jobRemoved(job: "/j/10", result: "failed") == [.started(pid: 16), .exited(pid: 16, .startTimeout)])
+
+        // The pid announced before StartTransientUnit's reply: answered with the reply.
+        var early = UnitTracker(notify: true)
+        #expect(early.propertiesChanged(merged(Self.service(mainPID: 13), Self.unit("activating", "start"))) == [])
+        #expect(early.startJobCreated("/j/7") == [.started(pid: 13)])
+
+        // READY=1 before the pid was seen activating: the job's end answers, ready at once.
+        var quick = UnitTracker(notify: true)
+        #expect(quick.startJobCreated("/j/8") == [])
+        #expect(quick.propertiesChanged(merged(Self.service(mainPID: 14), Self.unit("active", "running"))) == [])
+        #expect(quick.jobRemoved(job: "/j/8", result: "done") == [.started(pid: 14), .ready(pid: 14)])
+
+        // Not a notify unit: the start job's end answers (Type=exec: the exec succeeded).
+        var exec = UnitTracker()
+        #expect(exec.startJobCreated("/j/9") == [])
+        #expect(exec.propertiesChanged(merged(Self.service(mainPID: 15), Self.unit("activating", "start"))) == [])
+        #expect(exec.jobRemoved(job: "/j/9", result: "done") == [.started(pid: 15), .ready(pid: 15)])
     }
 
     @Test func aStartThatRunsAndExits() {
@@ -255,6 +287,17 @@ struct SystemdRunnerUnitTests {
         #expect(WorkerUnit.definitionHash(inEnvironment: endedMeanwhile.status.environment) == 0xaa)
         _ = endedMeanwhile.propertiesChanged(Self.unit("failed", "failed"))
         #expect(endedMeanwhile.adopted(pid: 12) == [.exited(pid: 12, .exited(1))])
+
+        // A notify unit's last STATUS= is read with its state and reported at adoption.
+        var withStatus = UnitTracker()
+        _ = withStatus.propertiesRead(Self.service(mainPID: 13).merging(["StatusText": .variant(.string("cycle 9"))]) { a, _ in a })
+        _ = withStatus.propertiesRead(Self.unit("active", "running"))
+        #expect(withStatus.adopted(pid: 13) == [.status(pid: 13, "cycle 9")])
+        var reloading = UnitTracker()
+        _ = reloading.propertiesRead(Self.service(mainPID: 14))
+        _ = reloading.propertiesRead(Self.unit("reloading", "reload"))
+        #expect(reloading.adopted(pid: 14) == [.reloading(pid: 14)])
+        #expect(reloading.propertiesChanged(Self.unit("active", "running")) == [.ready(pid: 14)])
 
         var leaving = UnitTracker()
         _ = leaving.propertiesChanged(Self.service(mainPID: 30))

@@ -116,7 +116,7 @@ public final class SystemdRunner: WorkerRunner {
             throw RunnerError(.invalidSpec, worker: spec.name, context: "argv[0] must be an absolute path")
         }
         let unit = WorkerUnit(worker: spec.name)
-        let id = try await table.reserve(unit, reportsExit: true)
+        let id = try await table.reserve(unit, reportsExit: true, notify: spec.ready == .notify)
         do {
             try await table.follow(id: id)
             let connection = try await table.currentConnection(for: spec.name)

@@ -16,7 +16,7 @@ import Logging
 actor SystemdUnitTable {
     private struct Entry {
         let unit: WorkerUnit
-        var tracker = UnitTracker()
+        var tracker: UnitTracker
         /// The caller of `start`, waiting for the start job's end.
         var starter: CheckedContinuation<Result<Int32, RunnerError>, Never>?
         /// False for units found at adoption that are being stopped: the supervisor does not
@@ -183,7 +183,7 @@ actor SystemdUnitTable {
     // MARK: Entries
 
     /// A new entry for `unit`; refused when the runner is shut down or follows that worker already.
-    func reserve(_ unit: WorkerUnit, reportsExit: Bool) throws(RunnerError) -> UInt64 {
+    func reserve(_ unit: WorkerUnit, reportsExit: Bool, notify: Bool = false) throws(RunnerError) -> UInt64 {
         guard !shuttingDown else {
             throw RunnerError(.shutDown, worker: unit.worker, context: "the runner is shut down")
         }
@@ -192,7 +192,7 @@ actor SystemdUnitTable {
         }
         let id = nextID
         nextID += 1
-        entries[id] = Entry(unit: unit, reportsExit: reportsExit)
+        entries[id] = Entry(unit: unit, tracker: UnitTracker(notify: notify), reportsExit: reportsExit)
         idsByWorker[unit.worker] = id
         idsByPath[unit.path.rawValue] = id
         idsByUnit[unit.name] = id
@@ -346,7 +346,8 @@ actor SystemdUnitTable {
         let status = entry.tracker.status
         let hash = WorkerUnit.definitionHash(inEnvironment: status.environment)
         let state = status.activeState
-        if let definitionHash, state == "active", status.mainPID != 0, let pid = Int32(exactly: status.mainPID),
+        // `reloading` (RELOADING=1) is a running worker's state too: taken over, not restarted.
+        if let definitionHash, state == "active" || state == "reloading", status.mainPID != 0, let pid = Int32(exactly: status.mainPID),
            hash == definitionHash {
             update(id) { $0.adopted(pid: pid) }
             return entries[id] == nil ? .ended(state: "inactive") : .adopted(pid)

@@ -135,26 +135,38 @@ struct UnitTracker: Sendable, Equatable {
     private var endedJobs: [String: String] = [:]
     /// The start job ended `done`, but its pid is not known yet.
     private var awaitingPid = false
+    /// A Type=notify unit: its start is answered once its main process runs, not when its start
+    /// job ends (READY=1, which may take up to start-timeout: the runner's one command queue and
+    /// the daemon's own READY=1 would wait that long, with the worker's pid unknown).
+    private let notify: Bool
+    /// A notify unit answered as started whose READY=1 has not come yet.
+    private var awaitingReady = false
 
-    init() {}
+    init(notify: Bool = false) { self.notify = notify }
 
     /// A PropertiesChanged of the unit's object.
     mutating func propertiesChanged(_ changed: [String: DBusValue]) -> [Outcome] {
         let before = status
         status.apply(changed)
         if awaitingPid { return startDone() }
+        if phase == .starting { return notifyStarted() }
         guard case .running(let pid) = phase else { return [] }
         if status.hasEnded {
             phase = .ended
-            return [.exited(pid: pid, status.exit)]
+            // systemd stopped it for want of READY=1 within TimeoutStartUSec.
+            return [.exited(pid: pid, awaitingReady && status.result == "timeout" ? .startTimeout : status.exit)]
         }
         var outcomes: [Outcome] = []
         if status.statusText != before.statusText { outcomes.append(.status(pid: pid, status.statusText)) }
         if status.activeState != before.activeState {
             switch status.activeState {
             case "reloading": outcomes.append(.reloading(pid: pid))
-            case "active" where before.activeState == "reloading": outcomes.append(.ready(pid: pid))
-            case "deactivating": outcomes.append(.stopping(pid: pid))
+            case "active" where before.activeState == "reloading" || awaitingReady:
+                awaitingReady = false
+                outcomes.append(.ready(pid: pid))
+            // Before READY=1 this is systemd's stop (its start timeout, ours): systemd acts on
+            // a STOPPING=1 sent while activating only at READY=1.
+            case "deactivating" where !awaitingReady: outcomes.append(.stopping(pid: pid))
             default: break
             }
         }
@@ -190,7 +202,21 @@ struct UnitTracker: Sendable, Equatable {
         startJob = job
         if let result = endedJobs.removeValue(forKey: job) { return startJobEnded(result) }
         endedJobs = [:]
-        return []
+        return notifyStarted()
+    }
+
+    /// A notify unit whose main process runs while its start job waits for READY=1: answered as
+    /// started (the process runner's answer comes after the exec too; the state stays `starting`).
+    /// Only once the start job is known, so the answer has a caller to go to.
+    private mutating func notifyStarted() -> [Outcome] {
+        guard notify, phase == .starting, startJob != nil, status.activeState == "activating", status.mainPID != 0,
+              let pid = Int32(exactly: status.mainPID)
+        else { return [] }
+        phase = .running(pid: pid)
+        awaitingReady = true
+        var outcomes: [Outcome] = [.started(pid: pid)]
+        if !status.statusText.isEmpty { outcomes.append(.status(pid: pid, status.statusText)) }
+        return outcomes
     }
 
     /// The runner adopts this unit, running `pid`: its end is the worker's exit from now on.
@@ -201,7 +227,10 @@ struct UnitTracker: Sendable, Equatable {
             phase = .ended
             return [.exited(pid: pid, status.exit)]
         }
-        return []
+        // The worker's last STATUS=, as read with the unit's state, and a reload in progress.
+        var outcomes: [Outcome] = status.statusText.isEmpty ? [] : [.status(pid: pid, status.statusText)]
+        if status.activeState == "reloading" { outcomes.append(.reloading(pid: pid)) }
+        return outcomes
     }
 
     /// A unit found at adoption that the runner stops: followed until it ends, whatever runs in it.
@@ -236,9 +265,9 @@ struct UnitTracker: Sendable, Equatable {
             // own set-up failures (200-245), it did run: report a start and an exit, as the
             // process runner would.
             if status.hasEnded, programRan, status.execMainPID != 0, let pid = Int32(exactly: status.execMainPID) {
-                // Type=notify without READY=1 within TimeoutStartUSec: the job's result is
-                // "timeout" (systemd stopped the unit).
-                return [.started(pid: pid), .exited(pid: pid, result == "timeout" ? .startTimeout : status.exit)]
+                // Type=notify without READY=1 within TimeoutStartUSec (its pid not seen while
+                // activating): systemd stopped the unit, its Result is "timeout" (the job's "failed").
+                return [.started(pid: pid), .exited(pid: pid, status.result == "timeout" ? .startTimeout : status.exit)]
             }
             return [.startFailed(failureText(jobResult: result))]
         }

@@ -75,6 +75,9 @@ public actor Supervisor {
     /// systemd runner reports its unit active while the answer is on its way, and a process
     /// runner worker's first datagram can be read before the answer's loop job runs.
     private var earlyNotifications: [String: [(pid: Int32, event: FleetEvent)]] = [:]
+    /// `runner.adopt` runs: its notify events (an adopted unit's StatusText) come before the
+    /// fleet knows the adopted pids, and are kept in `earlyNotifications` until it does.
+    private var adopting = false
     /// Each worker's pending timer (restart delay, start limit...), on the loop.
     private var timers: [String: LoopTimer] = [:]
     /// The fleet's role timer (the end of a bounded `on-lost = keep`).
@@ -202,7 +205,9 @@ public actor Supervisor {
         }
         if !inhibitors.isEmpty { maintenanceChanged() }
         let specs = configuration.workers.map(launchSpec)
+        adopting = true
         let adopted = await runner.adopt(specs)
+        adopting = false
         for (name, pid) in adopted.sorted(by: { $0.key < $1.key }) {
             logger.notice("adopted worker \(name) (pid \(pid))", metadata: ["worker": "\(name)"])
         }
@@ -211,6 +216,10 @@ public actor Supervisor {
             if case .spawn(let name, _) = action { name } else { nil }
         })
         perform(actions)
+        for (name, early) in earlyNotifications where !spawning.contains(name) {
+            earlyNotifications[name] = nil
+            for early in early where early.pid == adopted[name] { apply(early.event) }
+        }
     }
 
     /// Once the daemon owns its bus name: stops what the adoption left over, then starts every
@@ -597,7 +606,7 @@ public actor Supervisor {
     }
 
     private func notified(_ name: String, pid: Int32, _ event: FleetEvent) {
-        if spawning.contains(name), fleet.status(of: name)?.pid != pid {
+        if spawning.contains(name) || adopting, fleet.status(of: name)?.pid != pid {
             // Bounded: a start's answer comes, and a flood of STATUS= before it keeps the last.
             var early = earlyNotifications[name, default: []]
             if early.count >= 16 {

@@ -1,0 +1,272 @@
+import BgWorkerAPI
+import Foundation
+import Glibc
+import TestSupport
+import Testing
+
+@testable import BgWorkerDaemon
+
+// Readiness and watchdog with the systemd runner (issue 11, item 4): the built bgworkerd inside a
+// systemd namespace (SystemdDaemonFixture), workers that speak the notify protocol to systemd
+// itself (systemd-notify, no one here wrote it), and the same answers on our bus as the process
+// runner gives in DaemonNotifyTests, except where docs/systemd-runner.md says why not.
+
+extension SystemdDaemonFixture {
+    /// A property of a worker object on the daemon's bus.
+    func workerProperty(_ name: String, _ worker: String) async throws -> BusValue {
+        let r = try await run(["busctl", "--address=\(bus.unixAddress)", "--json=short", "get-property", DaemonFixture.busName,
+                               BgWorkerBus.workerPathPrefix + worker, BgWorkerBus.workerInterface, name])
+        guard r.status == 0 else { throw TestProcessError("get-property \(name) failed: \(r.stderr)") }
+        let top = try JSONDecoder().decode([String: BusValue].self, from: Data(r.stdout.utf8))
+        guard let data = top["data"] else { throw TestProcessError("get-property \(name) printed \(r.stdout)") }
+        return data
+    }
+
+    /// Waits until `worker`'s `property` satisfies `predicate`: reads it, and again after each
+    /// PropertiesChanged of the worker's object.
+    func waitForProperty(_ monitor: BusMonitor, _ worker: String, _ property: String, timeout: Duration = .seconds(20),
+                         _ predicate: (BusValue) -> Bool) async throws -> BusValue {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let value = try await workerProperty(property, worker)
+            if predicate(value) { return value }
+            let left = deadline - ContinuousClock.now
+            guard left > .zero else { throw TestProcessError("\(worker).\(property) is \(value) after \(timeout)") }
+            _ = try await monitor.waitFor("PropertiesChanged of \(worker)", timeout: left) {
+                $0.member == "PropertiesChanged" && $0.path == BgWorkerBus.workerPathPrefix + worker
+            }
+        }
+    }
+
+    /// Waits until `worker` is `state` (ListWorkers, again after each of its WorkerStateChanged).
+    @discardableResult
+    func waitForState(_ monitor: BusMonitor, _ worker: String, _ state: String, timeout: Duration = .seconds(20)) async throws
+        -> (state: String, pid: UInt32)
+    {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            if let row = try await workers()[worker], row.state == state { return row }
+            let left = deadline - ContinuousClock.now
+            guard left > .zero else { throw TestProcessError("\(worker) is not \(state) after \(timeout)") }
+            _ = try await monitor.stateChange(of: worker, timeout: left)
+        }
+    }
+
+    /// A fifo in the fixture's folder (visible inside the namespace) a worker reads its steps from.
+    func stepsFifo() throws -> String {
+        let fifo = "\(directory)/steps"
+        guard mkfifo(fifo, 0o666) == 0 else { throw TestProcessError("mkfifo \(fifo): \(errno)") }
+        return fifo
+    }
+}
+
+extension SystemdNamespaceTests {
+    @Suite("notify workers with the systemd runner, inside a systemd namespace", .timeLimit(.minutes(5)))
+    struct SystemdNotifyTests {
+        static let needsRoot: Comment = "needs root: PID and mount namespaces for a systemd of the test's own"
+
+        /// `systemd-notify --status` while starting, then `--ready --status` on the test's step:
+        /// `starting` while the unit is `activating` (the daemon itself is ready meanwhile), then
+        /// `running` with ReadyAt and StatusText from the unit's StatusText; a new daemon after a
+        /// SIGKILL adopts the unit with its pid and reads its StatusText.
+        @Test(.enabled(if: rootTestsEnabled, needsRoot))
+        func aNotifyUnitIsStartingUntilReadyAndIsAdoptedWithItsStatus() async throws {
+            try await SystemdDaemonFixture.with("") { f in
+                let fifo = try f.stepsFifo()
+                try f.writeConfiguration(shellWorker(
+                    "n", "systemd-notify --status=connecting; read line < \(fifo); systemd-notify --ready --status=up; exec sleep 1000",
+                    extra: "ready = \"notify\"\nwatchdog = 30") + shellWorker("plain", "exec sleep 1000"))
+                try await f.startDaemon()
+                let monitor = try await f.monitor()
+                defer { Task { await monitor.stop() } }
+                let listed = try await f.workers()
+                #expect(listed["plain"]?.state == "running")
+                let starting = try #require(listed["n"])
+                #expect(starting.state == "starting", "\(starting)")
+                #expect(try await f.unitProperty("n", "Unit", "ActiveState") == "s \"activating\"")
+                #expect(try await f.unitProperty("n", "Service", "Type") == "s \"notify\"")
+                #expect(try await f.unitProperty("n", "Service", "NotifyAccess") == "s \"all\"")
+                #expect(try await f.unitProperty("n", "Service", "WatchdogUSec") == "t 30000000")
+                #expect(try await f.unitProperty("n", "Service", "TimeoutStartUSec") == "t 90000000")
+                #expect(starting.pid != 0, "the main pid is known while the start job runs")
+                #expect(try await f.unitProperty("n", "Service", "MainPID") == "u \(starting.pid)")
+                _ = try await f.waitForProperty(monitor, "n", "StatusText") { $0.string == "connecting" }
+                #expect(try await f.workerProperty("ReadyAt", "n").uint64 == 0)
+                // systemd's variables: its own notify socket, the watchdog's; none for a plain worker.
+                func environment(_ pid: UInt32) async throws -> [String: String] {
+                    let text = try await f.namespace.run(inside: ["cat", "/proc/\(pid)/environ"]).stdout
+                    return Dictionary(text.split(separator: "\0").map { entry in
+                        let parts = entry.split(separator: "=", maxSplits: 1).map(String.init)
+                        return (parts[0], parts.count > 1 ? parts[1] : "")
+                    }, uniquingKeysWith: { _, last in last })
+                }
+                let variables = try await environment(starting.pid)
+                #expect(variables["NOTIFY_SOCKET"] == "/run/systemd/notify")
+                #expect(variables["WATCHDOG_USEC"] == "30000000")
+                #expect(variables["WATCHDOG_PID"] == String(starting.pid))
+                #expect(try await environment(try #require(listed["plain"]).pid)["NOTIFY_SOCKET"] == nil, "only notify workers get it")
+                // A reload that changes nothing while it starts: it keeps waiting for READY=1.
+                try await f.call("Reload")
+                #expect(try await f.workers()["n"].map { [$0.state, String($0.pid)] } == ["starting", String(starting.pid)])
+
+                let fd = open(fifo, O_WRONLY)
+                _ = write(fd, "x\n", 2)
+                close(fd)
+                let change = try await monitor.stateChange(of: "n", to: "running", timeout: .seconds(20))
+                #expect(change.reason == "ready (READY=1)")
+                #expect(change.pid == starting.pid)
+                _ = try await f.waitForProperty(monitor, "n", "StatusText") { $0.string == "up" }
+                let readyAt = try #require(try await f.workerProperty("ReadyAt", "n").uint64)
+                let now = UInt64(Date().timeIntervalSince1970 * 1e6)
+                #expect(readyAt > now - 60_000_000 && readyAt <= now)
+                #expect(try await f.workerProperty("StateChangedAt", "n").uint64 == readyAt)
+                #expect(try await f.unitProperty("n", "Unit", "ActiveState") == "s \"active\"")
+
+                // Adoption: the definition hash with ready/watchdog matches; StatusText is read.
+                try await f.stopDaemon(signal: SIGKILL)
+                try await f.startDaemon()
+                let after = try await f.workers()
+                #expect(after["n"]?.state == "running" && after["n"]?.pid == starting.pid, "adopted: \(after)")
+                #expect(after["plain"]?.state == "running" && after["plain"]?.pid == listed["plain"]?.pid, "adopted: \(after)")
+                let monitor2 = try await f.monitor()
+                defer { Task { await monitor2.stop() } }
+                _ = try await f.waitForProperty(monitor2, "n", "StatusText") { $0.string == "up" }
+            }
+        }
+
+        /// A unit that is `reloading` (RELOADING=1, no READY=1 yet) when the daemon restarts is
+        /// adopted with its pid, not stopped and started again, and shown reloading.
+        @Test(.enabled(if: rootTestsEnabled, needsRoot))
+        func aReloadingUnitIsAdopted() async throws {
+            let workers = shellWorker("rl", "systemd-notify --ready; systemd-notify RELOADING=1; exec sleep 1000",
+                                      extra: "ready = \"notify\"\nrestart-delay = 30")
+            try await SystemdDaemonFixture.with(workers) { f in
+                try await f.startDaemon()
+                let monitor = try await f.monitor()
+                defer { Task { await monitor.stop() } }
+                _ = try await f.waitForProperty(monitor, "rl", "StateReason") { $0.string == "reloading (RELOADING=1)" }
+                let before = try #require(try await f.workers()["rl"])
+                #expect(try await f.unitProperty("rl", "Unit", "ActiveState") == "s \"reloading\"")
+                try await f.stopDaemon(signal: SIGKILL)
+                try await f.startDaemon()
+                let after = try #require(try await f.workers()["rl"])
+                #expect(after.pid == before.pid, "adopted, not started anew: \(after)")
+                #expect(after.state == "starting", "still reloading")
+                #expect(try await f.workerProperty("StateReason", "rl").string == "reloading (RELOADING=1)")
+                #expect(try await f.units() == ["bgworker-rl.service"])
+            }
+        }
+
+        /// A notify unit that never sends READY=1 (start-timeout 0: no limit) holds up nothing:
+        /// the daemon is ready, another worker's Stop and Start go through systemd meanwhile, and
+        /// Stop of the starting worker removes its unit by the time it replies.
+        @Test(.enabled(if: rootTestsEnabled, needsRoot))
+        func aStartingNotifyUnitHoldsUpNoOtherCommand() async throws {
+            let workers = shellWorker("wait", "exec sleep 1000", extra: "ready = \"notify\"\nstart-timeout = 0")
+                + shellWorker("other", "exec sleep 1000")
+            try await SystemdDaemonFixture.with(workers) { f in
+                try await f.startDaemon()
+                #expect(try await f.workers()["wait"]?.state == "starting")
+                #expect(try await f.unitProperty("wait", "Service", "TimeoutStartUSec") == "t 18446744073709551615")
+                try await f.call("Stop", "s", ["other"])
+                try await f.call("Start", "s", ["other"])
+                let other = try #require(try await f.workers()["other"])
+                #expect(other.state == "running")
+                #expect(try await f.unitProperty("other", "Service", "MainPID") == "u \(other.pid)")
+                try await f.call("Stop", "s", ["wait"])
+                #expect(try await f.workers()["wait"]?.state == "stopped")
+                #expect(try await f.units() == ["bgworker-other.service"])
+            }
+        }
+
+        /// No READY=1 within start-timeout: systemd stops the unit, LastExit `start-timeout`, and
+        /// the restart policy applies (backoff, then a new unit). A missed watchdog and
+        /// WATCHDOG=trigger: LastExit `watchdog`.
+        @Test(.enabled(if: rootTestsEnabled, needsRoot))
+        func startTimeoutAndTheWatchdogAsLastExit() async throws {
+            let workers = shellWorker("slow", "exec sleep 1000", extra: """
+                ready = "notify"
+                start-timeout = 1
+                restart-delay = 0.5
+                """)
+                + shellWorker("hang", "systemd-notify --ready; exec sleep 1000", extra: """
+                    ready = "notify"
+                    watchdog = 0.5
+                    stop-timeout = 1
+                    restart-delay = 30
+                    """)
+                + shellWorker("trigger", "systemd-notify --ready; systemd-notify WATCHDOG=trigger; exec sleep 1000", extra: """
+                    ready = "notify"
+                    restart-delay = 30
+                    """)
+                + shellWorker("dies", "systemd-notify --ready; exit 7", extra: """
+                    ready = "notify"
+                    watchdog = 10
+                    restart-delay = 30
+                    """)
+                + shellWorker("ext", "systemd-notify EXTEND_TIMEOUT_USEC=30000000; sleep 1.5; systemd-notify --ready; exec sleep 1000",
+                              extra: "ready = \"notify\"\nstart-timeout = 1\nrestart-delay = 30")
+            try await SystemdDaemonFixture.with(workers) { f in
+                try await f.startDaemon()
+                let monitor = try await f.monitor()
+                defer { Task { await monitor.stop() } }
+                let first = try #require(try await f.workers()["slow"])
+                // systemd's stop after the timeout is no STOPPING=1: straight to backoff.
+                let backoff = try await monitor.stateChange(of: "slow", timeout: .seconds(20))
+                #expect(backoff.state == "backoff" && backoff.reason == "no READY=1 within start-timeout", "\(backoff)")
+                #expect(backoff.pid == 0)
+                #expect(try await f.workerProperty("LastExit", "slow").string == "start-timeout")
+                let again = try await monitor.stateChange(of: "slow", to: "starting", timeout: .seconds(20))
+                #expect(again.pid != first.pid, "restarted in a new unit")
+                #expect(try await f.workerProperty("Restarts", "slow").uint32 == 1)
+
+                try await f.waitForState(monitor, "hang", "backoff")
+                #expect(try await f.workerProperty("LastExit", "hang").string == "watchdog")
+                #expect(try await f.workerProperty("StateReason", "hang").string == "killed by the watchdog")
+                try await f.waitForState(monitor, "trigger", "backoff")
+                #expect(try await f.workerProperty("LastExit", "trigger").string == "watchdog")
+                try await f.waitForState(monitor, "dies", "backoff")
+                #expect(try await f.workerProperty("LastExit", "dies").string == "exited 7", "died between READY=1 and its first ping")
+                try await f.waitForState(monitor, "ext", "running")
+                #expect(try await f.workerProperty("LastExit", "ext").string == "", "EXTEND_TIMEOUT_USEC went to systemd")
+            }
+        }
+
+        /// RELOADING=1, READY=1, STOPPING=1 and an exit, as in DaemonNotifyTests.
+        @Test(.enabled(if: rootTestsEnabled, needsRoot))
+        func reloadingAndStoppingAsSystemdDefinesThem() async throws {
+            try await SystemdDaemonFixture.with("") { f in
+                let fifo = try f.stepsFifo()
+                let script = """
+                    systemd-notify --ready; read line < \(fifo); systemd-notify RELOADING=1; read line < \(fifo); \
+                    systemd-notify --ready; read line < \(fifo); systemd-notify STOPPING=1; read line < \(fifo); exit 0
+                    """
+                try f.writeConfiguration(shellWorker("r", script, extra: "ready = \"notify\"\nrestart-delay = 30"))
+                func step() {
+                    let fd = open(fifo, O_WRONLY)
+                    _ = write(fd, "x\n", 2)
+                    close(fd)
+                }
+                try await f.startDaemon()
+                let monitor = try await f.monitor()
+                defer { Task { await monitor.stop() } }
+                // Its `running` signal may come after the read that sees it: each wait below
+                // names the state it waits for.
+                try await f.waitForState(monitor, "r", "running")
+                step()
+                let reloading = try await monitor.stateChange(of: "r", to: "starting")
+                #expect(reloading.state == "starting" && reloading.reason == "reloading (RELOADING=1)", "\(reloading)")
+                #expect(try await f.workerProperty("ReadyAt", "r").uint64 == 0)
+                step()
+                let reloaded = try await monitor.stateChange(of: "r", to: "running")
+                #expect(reloaded.state == "running" && reloaded.reason == "reloaded (READY=1)", "\(reloaded)")
+                step()
+                let stopping = try await monitor.stateChange(of: "r", to: "stopping")
+                #expect(stopping.state == "stopping" && stopping.reason == "stopping by itself (STOPPING=1)", "\(stopping)")
+                step()
+                let exited = try await monitor.stateChange(of: "r", to: "backoff")
+                #expect(exited.state == "backoff" && exited.reason == "exited with status 0", "\(exited)")
+            }
+        }
+    }
+}

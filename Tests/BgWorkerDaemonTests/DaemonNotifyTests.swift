@@ -268,18 +268,20 @@ struct DaemonNotifyTests {
         try await Self.withSteps(shellWorker("r", script, extra: "ready = \"notify\"\nrestart-delay = 30")) { fixture, fifo in
             let monitor = try await fixture.monitor()
             _ = try await monitor.waitUntil(fixture, worker: "r", is: "running")
+            // The `running` signal may still be queued after the read that saw it: each wait
+            // names its state.
             Self.step(fifo)
-            #expect(try await monitor.stateChange(of: "r").reason == "reloading (RELOADING=1)")
+            #expect(try await monitor.stateChange(of: "r", to: "starting").reason == "reloading (RELOADING=1)")
             #expect(try await fixture.worker("r").state == "starting")
             #expect(try await fixture.property("ReadyAt", worker: "r").uint64 == 0)
             Self.step(fifo)
-            let reloaded = try await monitor.stateChange(of: "r")
+            let reloaded = try await monitor.stateChange(of: "r", to: "running")
             #expect(reloaded.state == "running" && reloaded.reason == "reloaded (READY=1)")
             Self.step(fifo)
-            let stopping = try await monitor.stateChange(of: "r")
+            let stopping = try await monitor.stateChange(of: "r", to: "stopping")
             #expect(stopping.state == "stopping" && stopping.reason == "stopping by itself (STOPPING=1)")
             Self.step(fifo)
-            let exited = try await monitor.stateChange(of: "r")
+            let exited = try await monitor.stateChange(of: "r", to: "backoff")
             #expect(exited.state == "backoff" && exited.reason == "exited with status 0", "\(exited)")
         }
     }

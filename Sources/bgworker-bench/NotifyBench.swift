@@ -40,6 +40,7 @@ struct NotifyBenchmark: AsyncParsableCommand {
         let program = try compileWorker(in: directory)
         try await readyFigures(program, directory, rounds: rounds, into: &section)
         try await watchdogFigures(program, directory, rounds: max(rounds / 4, 20), into: &section)
+        try await floodFigures(program, into: &section)
         try await startFigures(program, count: workers, into: &section)
         section.notes.append("workers: a C program, statically linked (clock_gettime, sendto on NOTIFY_SOCKET); in the third figure both halves run it, and only the notify half must run it up to its sendto before it counts as running; READY=1 rounds alternate with RELOADING=1 (running -> starting) on one worker; the floor's relay is a Swift process with our DBus module: recv() on a datagram socket, then one emitted signal per datagram")
         return section
@@ -152,6 +153,49 @@ struct NotifyBenchmark: AsyncParsableCommand {
                                       note: "the deadline is the worker's WATCHDOG=1 send time + \(interval) s (the daemon's is later by the datagram's trip: this overstates)"))
     }
 
+    // MARK: the bus during a flood
+
+    static func floodFigures(_ program: String, into section: inout Section) async throws {
+        progress("notify: GetAll during a flood of 100,000 datagrams")
+        let d = try await BenchDaemon.start("""
+            [worker.flood]
+            exec = ["\(program)", "flood"]
+            ready = "notify"
+
+            """)
+        let path = try ObjectPath(BgWorkerBus.workerPathPrefix + "flood")
+        func getAll() async throws -> UInt64 {
+            let t0 = monotonicNanoseconds()
+            _ = try await d.client.call(destination: BgWorkerBus.busName, path: path, interface: "org.freedesktop.DBus.Properties",
+                                        member: "GetAll", arguments: [.string(BgWorkerBus.workerInterface)])
+            return monotonicNanoseconds() &- t0
+        }
+        func statusText() async throws -> String {
+            let reply = try await d.client.call(destination: BgWorkerBus.busName, path: path, interface: "org.freedesktop.DBus.Properties",
+                                                member: "Get", arguments: [.string(BgWorkerBus.workerInterface), .string("StatusText")])
+            if case .variant(let value)? = reply.first { return value.stringValue ?? "" }
+            return ""
+        }
+        var during = Samples(), idle = Samples()
+        do {
+            let deadline = monotonicNanoseconds() + 120_000_000_000
+            var calls = 0
+            while monotonicNanoseconds() < deadline {
+                during.add(Double(try await getAll()) / 1e6)
+                calls += 1
+                if calls % 10 == 0, try await statusText() == "done" { break }
+            }
+            for _ in 0..<200 { idle.add(Double(try await getAll()) / 1e6) }
+        } catch {
+            await d.stop()
+            throw error
+        }
+        await d.stop()
+        section.figures.append(Figure("GetAll of the flooding worker, during 100,000 STATUS= datagrams", during,
+                                      baseline: ("GetAll of the same worker, idle", idle.p50), aim: "p99 < 50 ms"))
+        section.figures.append(Figure("  GetAll of the same worker, idle", idle))
+    }
+
     // MARK: N notify workers at once
 
     static func startFigures(_ program: String, count: Int, into section: inout Section) async throws {
@@ -232,6 +276,7 @@ struct NotifyBenchmark: AsyncParsableCommand {
     static let notifyWorkerSource = #"""
         #define _GNU_SOURCE
         #include <fcntl.h>
+        #include <stdio.h>
         #include <signal.h>
         #include <stddef.h>
         #include <stdint.h>
@@ -267,13 +312,24 @@ struct NotifyBenchmark: AsyncParsableCommand {
             sendto(sock, text, strlen(text), 0, (struct sockaddr *)&addr, addr_len);
         }
 
-        // notify-worker idle | ready | cycle TRIGGER RESULTS | watchdog - RESULTS
+        // notify-worker idle | ready | flood | cycle TRIGGER RESULTS | watchdog - RESULTS
         int main(int argc, char **argv) {
             if (argc < 2) return 2;
             if (!strcmp(argv[1], "idle")) for (;;) pause();
             open_notify();
             if (!strcmp(argv[1], "ready")) {
                 send_message("READY=1");
+                for (;;) pause();
+            }
+            if (!strcmp(argv[1], "flood")) {
+                // A blocking socket: a full queue makes sendto wait, as sd_notify does.
+                send_message("READY=1");
+                char text[64];
+                for (int i = 0; i < 100000; i++) {
+                    snprintf(text, sizeof text, "STATUS=flood %d", i);
+                    send_message(text);
+                }
+                send_message("STATUS=done");
                 for (;;) pause();
             }
             if (argc < 4) return 2;

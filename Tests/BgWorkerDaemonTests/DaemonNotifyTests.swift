@@ -126,6 +126,24 @@ struct DaemonNotifyTests {
         }
     }
 
+    @Test func aCProgramLinkedWithLibsystemdsSdNotify() async throws {
+        // Fixtures/sd-notify-sender.c: sd_notify(READY=1, STATUS=...), then sd_notify_barrier,
+        // run by the worker's shell as its child (in its group).
+        try await DaemonFixture.with("", start: false) { fixture in
+            let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+                .appendingPathComponent("Fixtures/sd-notify-sender.c").path
+            let binary = fixture.directory.file("sd-notify-sender")
+            let compiled = try await run(["cc", "-o", binary, source, "-lsystemd"])
+            try #require(compiled.status == 0, "cc failed: \(compiled.stderr)")
+            try fixture.writeConfiguration(shellWorker("c", "\(binary) > /dev/null; echo barrier=$?; exec sleep 1000", extra: "ready = \"notify\""))
+            try await fixture.startDaemon()
+            let monitor = try await fixture.monitor()
+            _ = try await monitor.waitUntil(fixture, worker: "c", is: "running")
+            _ = try await Self.waitForProperty(fixture, monitor, "c", "StatusText") { $0.string == "from C via sd_notify" }
+            #expect(try await fixture.property("StateReason", worker: "c").string == "ready (READY=1)")
+        }
+    }
+
     @Test func noReadyWithinTheStartTimeoutStopsTheGroupAsStartTimeout() async throws {
         // The worker's child stays in its group: it must go too. The shell writes its pid (the
         // group's id) first: the test may read the state only after the timeout.

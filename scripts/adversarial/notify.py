@@ -188,7 +188,10 @@ def getall(name):
     c = rig.conn()
     p = dbus.Interface(c.get_object(NAME, "/org/example/BgWorker/worker/" + name.replace("-", "_"), introspect=False),
                        "org.freedesktop.DBus.Properties")
-    return {str(k): v for k, v in p.GetAll(NAME + ".Worker").items()}
+    try:
+        return {str(k): v for k, v in p.GetAll(NAME + ".Worker").items()}
+    finally:
+        c.close()  # now, not at a garbage collection in the idle window (a NameOwnerChanged)
 
 
 def check_alive(label):
@@ -327,8 +330,16 @@ def step_call(label):
     name = rnd.choice(list(KINDS))
     method = rnd.choice(["Stop", "Start", "Restart", "Disable", "Enable", "Enable", "Start"])
     m = rig.mgr()
+    keys = dict(KINDS[name][1], **overrides.get(name, {}))
+    t = time.monotonic()
     r = call(m, method, name, timeout=30)
-    return "%s %s: %s" % (method, name, r)
+    took = time.monotonic() - t
+    # Every start-timeout and stop-timeout here is at most 3 s; only a first start that no
+    # timeout bounds (start-timeout 0, a worker that never sends READY=1) may keep a call waiting.
+    unbounded = keys.get("ready") == "notify" and keys.get("start_timeout", 90) == 0 and name in ("never", "setsid")
+    if took > 10 and not unbounded and method != "Disable":
+        problem("%s: %s %s replied after %.1f s (%s)" % (label, method, name, took, r))
+    return "%s %s: %s (%.2f s)" % (method, name, r, took)
 
 
 def step_reload(label):
@@ -481,6 +492,9 @@ log("fds: %d at the start, %d at the end" % (fds0, fds1))
 if fds1 > fds0:
     problem("daemon fds grew from %d to %d" % (fds0, fds1))
 time.sleep(2.5)  # the refusal window's last report
+import gc
+gc.collect()  # every client connection of this script closed before the window
+time.sleep(1.0)
 a = thread_switches(rig.daemon.pid)
 time.sleep(args.idle)
 b = thread_switches(rig.daemon.pid)

@@ -373,6 +373,8 @@ def step_watchdog_exit(label):
         return "watchdog-exit %s: not configured for it (%s)" % (name, keys)
     if want == "start-timeout" and not keys.get("start_timeout"):
         return "watchdog-exit %s: start-timeout 0" % name
+    if keys.get("ready") != "notify" and not keys.get("watchdog"):
+        return "watchdog-exit %s: does not speak the protocol now (%s)" % (name, keys)
     call(rig.mgr(), "Enable", name); call(rig.mgr(), "Start", name)
     try:
         wait_for("%s LastExit %s" % (name, want), lambda: str(getall(name)["LastExit"]) == want, 15)
@@ -496,10 +498,16 @@ import gc
 gc.collect()  # every client connection of this script closed before the window
 time.sleep(1.0)
 a = thread_switches(rig.daemon.pid)
-time.sleep(args.idle)
-b = thread_switches(rig.daemon.pid)
+start, when, last = time.monotonic(), [], a
+while time.monotonic() - start < args.idle:  # sampled, to say when a wake-up came
+    time.sleep(0.25)
+    now = thread_switches(rig.daemon.pid)
+    if now != last:
+        when.append(round(time.monotonic() - start, 2))
+    last = now
+b = last
 woke = {k: b[k] - a.get(k, 0) for k in b if b[k] - a.get(k, 0)}
-log("idle %.0fs: context switches %s" % (args.idle, woke or "none"))
+log("idle %.0fs: context switches %s%s" % (args.idle, woke or "none", " at %s s" % when if when else ""))
 if woke:
     problem("idle daemon woke: %s" % woke)
 check("final")

@@ -219,9 +219,13 @@ public struct Fleet: Sendable {
         return record
     }
 
-    /// Whether the worker is settled (see `WorkerState.isSettled`); true for a worker that is gone.
+    /// Whether the worker is settled (see `WorkerState.isSettled`), or `starting` after RELOADING=1;
+    /// true for a worker that is gone.
     public func isSettled(_ name: String) -> Bool {
-        records[name]?.state.isSettled ?? true
+        guard let record = records[name] else { return true }
+        // `starting` after RELOADING=1 is the worker's own doing, with no timeout: nothing the
+        // daemon asked for is under way, and READY=1 may never come.
+        return record.state.isSettled || (record.state == .starting && record.reloading)
     }
 
     /// Whether any worker has a process (or a start in flight). After `shutdown`, the daemon

@@ -351,6 +351,14 @@ final class LoopState {
         _ = timerfd_settime(deadlineTimerFD, Int32(TFD_TIMER_ABSTIME), &spec, nil)
     }
 
+    private func clearDeadlines() {
+        deadlines = DeadlineHeap()
+        guard armedDeadline != 0 else { return }
+        armedDeadline = 0
+        var off = itimerspec()
+        _ = timerfd_settime(deadlineTimerFD, Int32(TFD_TIMER_ABSTIME), &off, nil)
+    }
+
     private func expireDeadlines() {
         let now = monotonicNanoseconds()
         while let top = deadlines.top {
@@ -387,6 +395,8 @@ final class LoopState {
         case DBUS_MESSAGE_TYPE_METHOD_RETURN, DBUS_MESSAGE_TYPE_ERROR:
             let serial = dbus_message_get_reply_serial(message)
             guard let call = pending.removeValue(forKey: serial) else { return }
+            // The last answer: no deadline is left to wake for (an idle daemon does not wake).
+            if pending.isEmpty { clearDeadlines() }
             call.complete(self, replyResult(message))
         case DBUS_MESSAGE_TYPE_SIGNAL:
             if dbus_message_is_signal(message, DBUS_INTERFACE_LOCAL, "Disconnected") != 0,

@@ -57,6 +57,26 @@ import Testing
         #expect(h.violations.isEmpty)
     }
 
+    /// RELOADING=1 makes a running worker `starting` with no timeout until its READY=1, which
+    /// may never come. Nothing the daemon asked for is under way: a repeated Enable or a Start
+    /// (no-ops on a running worker) must reply at once. They waited for READY=1 (the clients'
+    /// NoReply after their timeout, found by scripts/adversarial/notify.py).
+    @Test func aWorkerReloadingByItselfIsSettled() throws {
+        var h = FleetHarness(configuration([notifyDefinition()]))
+        let pid = h.started()
+        #expect(!h.fleet.isSettled("w"), "its first start waits for READY=1")
+        h.ready()
+        h.run(.processReloading("w", pid: pid))
+        #expect(h.state() == .starting)
+        #expect(h.fleet.isSettled("w"))
+        try h.send(.stop("w"))
+        #expect(h.state() == .stopping)
+        #expect(!h.fleet.isSettled("w"), "a Stop of a reloading worker waits for its exit")
+        h.exits("w", .killed(15))
+        #expect(h.fleet.isSettled("w"))
+        #expect(h.violations.isEmpty)
+    }
+
     @Test func stoppingByItselfThenExitingIsUnexpected() {
         var h = FleetHarness(configuration([notifyDefinition()]))
         let pid = h.started()

@@ -166,6 +166,25 @@ struct DaemonNotifyTests {
         }
     }
 
+    /// The socket file removed under the daemon (a cleaner of /run, an operator's rm): the next
+    /// notify worker's start makes it anew. It did not: the daemon kept its unreachable socket,
+    /// and every notify worker started from then on ended with LastExit start-timeout.
+    @Test func aRemovedSocketFileIsMadeAgainAtTheNextStart() async throws {
+        let workers = shellWorker("w", "\(Self.send) READY=1; exec sleep 1000", extra: """
+            ready = "notify"
+            start-timeout = 3
+            """)
+        try await DaemonFixture.with(workers) { fixture in
+            let monitor = try await fixture.monitor()
+            _ = try await monitor.waitUntil(fixture, worker: "w", is: "running")
+            #expect(unlink(fixture.directory.file("run") + "/notify") == 0)
+            try await fixture.call("Restart", "s", ["w"])
+            let change = try await monitor.stateChange(of: "w", to: "running", timeout: .seconds(10))
+            #expect(change.reason == "ready (READY=1)", "\(change)")
+            #expect(try await fixture.property("LastExit", worker: "w").string != "start-timeout")
+        }
+    }
+
     @Test func extendTimeoutUsecGivesAStartMoreTime() async throws {
         // start-timeout 0.5 s; the worker asks for 30 s more, then waits 1 s before READY=1.
         let workers = shellWorker(

@@ -85,6 +85,25 @@ private final class CountingTaskExecutor: TaskExecutor {
         loop.stop()
     }
 
+    /// A notify worker sending WATCHDOG_USEC= ever smaller (from huge) moves its deadline earlier
+    /// with each message: the runner cancels its timer and schedules an earlier one. The cancelled
+    /// entries lie far in the future, below the heap's top: they must not pile up (they did, one
+    /// per message, until their deadline passed; days for a hostile worker).
+    @Test func timersCancelledFarInTheFutureDoNotPileUp() async throws {
+        let loop = try EventLoop(name: "test-loop", manualClock: true)
+        let entries = await onLoop(loop) {
+            var timer = loop.schedule(at: UInt64(Int64.max)) {}
+            for step in 1...100_000 {
+                loop.cancel(timer)
+                timer = loop.schedule(at: UInt64(Int64.max) - UInt64(step)) {}
+            }
+            return (loop.heapEntries, loop.pendingTimers)
+        }
+        #expect(entries.1 == 1)
+        #expect(entries.0 <= 128, "\(entries.0) heap entries for 1 live timer")
+        loop.stop()
+    }
+
     @Test func timersFireInDeadlineOrderAndACancelledOneNever() async throws {
         let loop = try EventLoop(name: "test-loop", manualClock: true)
         let fired = Mutex<[String]>([])

@@ -125,3 +125,39 @@ import TestSupport
         }
     }
 }
+
+/// An idle connection does not wake: once every call of ours is answered, no deadline timer is
+/// left armed. It was: the timer of a call's deadline fired at that deadline although the reply
+/// had long come (bgworkerd's bus thread woke once, 25 s after each admin call, in an idle
+/// window of scripts/adversarial/notify.py).
+@Suite struct ConnectionIdleTests {
+    /// Context switches of each `bgw-bus` thread of this process, by tid.
+    static func busThreads() -> [String: Int] {
+        var out: [String: Int] = [:]
+        for tid in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? [] {
+            guard let comm = try? String(contentsOfFile: "/proc/self/task/\(tid)/comm", encoding: .utf8),
+                  comm.hasPrefix("bgw-bus"),
+                  let status = try? String(contentsOfFile: "/proc/self/task/\(tid)/status", encoding: .utf8) else { continue }
+            out[tid] = status.split(separator: "\n").filter { $0.contains("ctxt_switches:") }
+                .compactMap { Int($0.split(separator: "\t").last?.trimmingCharacters(in: .whitespaces) ?? "") }.reduce(0, +)
+        }
+        return out
+    }
+
+    @Test func anAnsweredCallLeavesNoTimerToWakeFor() async throws {
+        try await withBus { fx in
+            let before = Set(Self.busThreads().keys)
+            let c = try await fx.connect()
+            let mine = try #require(Set(Self.busThreads().keys).subtracting(before).first)
+            _ = try await c.call(destination: "org.freedesktop.DBus", path: try ObjectPath("/org/freedesktop/DBus"),
+                                 interface: "org.freedesktop.DBus", member: "GetId", timeout: .seconds(1))
+            // A window across the call's deadline (1 s after it was sent): nothing may wake the thread.
+            try await Task.sleep(for: .milliseconds(200))
+            let start = Self.busThreads()[mine]
+            try await Task.sleep(for: .milliseconds(1500))
+            let end = Self.busThreads()[mine]
+            #expect(start != nil && start == end, "the connection's thread woke \((end ?? 0) - (start ?? 0)) times while idle")
+            c.close()
+        }
+    }
+}

@@ -30,16 +30,7 @@ def client(addr, seed, q):
     q.put(n)
 
 
-def switches(pid):
-    out = {}
-    for t in os.listdir("/proc/%d/task" % pid):
-        try:
-            st = open("/proc/%d/task/%s/status" % (pid, t)).read()
-            comm = open("/proc/%d/task/%s/comm" % (pid, t)).read().strip()
-        except OSError:
-            continue
-        out[(t, comm)] = sum(int(l.split()[1]) for l in st.splitlines() if "ctxt_switches:" in l)
-    return out
+switches = thread_switches
 
 
 def config(gen):

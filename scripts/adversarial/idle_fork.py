@@ -16,17 +16,7 @@ log("seed", args.seed)
 problems = []
 
 
-def switches(pid):
-    out = {}
-    for t in os.listdir("/proc/%d/task" % pid):
-        try:
-            st = open("/proc/%d/task/%s/status" % (pid, t)).read()
-            comm = open("/proc/%d/task/%s/comm" % (pid, t)).read().strip()
-        except OSError:
-            continue
-        v = sum(int(l.split()[1]) for l in st.splitlines() if l.endswith("ctxt_switches") or "ctxt_switches:" in l)
-        out[(t, comm)] = v
-    return out
+switches = thread_switches
 
 
 def main():

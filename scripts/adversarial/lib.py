@@ -207,3 +207,16 @@ def call(m, method, *args, timeout=30):
         return "ok"
     except dbus.DBusException as e:
         return e.get_dbus_name() or str(e)
+
+
+def thread_switches(pid):
+    """Context switches of each thread of `pid`: (tid, comm) -> count (an idle daemon adds none)."""
+    out = {}
+    for t in os.listdir("/proc/%d/task" % pid):
+        try:
+            st = open("/proc/%d/task/%s/status" % (pid, t)).read()
+            comm = open("/proc/%d/task/%s/comm" % (pid, t)).read().strip()
+        except OSError:
+            continue
+        out[(t, comm)] = sum(int(l.split()[1]) for l in st.splitlines() if "ctxt_switches:" in l)
+    return out

@@ -220,7 +220,20 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
     @discardableResult
     public func cancel(_ timer: LoopTimer) -> Bool {
         preconditionOnLoopThread("(cancel)")
-        return timers.removeValue(forKey: timer.sequence) != nil
+        guard timers.removeValue(forKey: timer.sequence) != nil else { return false }
+        // A cancelled entry leaves the heap only at its top: ones far in the future (a notify
+        // worker moving its watchdog deadline ever earlier) would pile up. Dropping them all once
+        // they are half the heap costs O(log n) a cancel, amortized.
+        if heap.count > 64, heap.count > 2 * timers.count {
+            heap = heap.filter { timers[$0.sequence] != nil }.sorted(by: Self.before)  // sorted: a valid heap
+        }
+        return true
+    }
+
+    /// Heap entries, cancelled ones not yet dropped included (tests).
+    var heapEntries: Int {
+        preconditionOnLoopThread("(heapEntries)")
+        return heap.count
     }
 
     /// Timers pending (tests).

@@ -471,7 +471,12 @@ private final class ProcessMonitor: @unchecked Sendable {
     }
 
     private func openNotifySocket() throws(SystemCallError) {
-        guard notifyReceiver == nil else { return }
+        // A socket whose file was removed (a cleaner of the runtime directory) can no longer be
+        // reached by a new worker: bind anew (one lstat a notify start).
+        if let notifyReceiver {
+            if notifyReceiver.isStillAtPath { return }
+            closeNotifySocket()
+        }
         guard let notifyPath else { throw SystemCallError(call: "no notify socket configured", errno: EINVAL) }
         let receiver = try NotifyReceiver(path: notifyPath)
         do {

@@ -98,6 +98,13 @@ final class NotifyReceiver {
         }
     }
 
+    /// Whether `path` is still this socket's file (not removed or replaced since the bind).
+    var isStillAtPath: Bool {
+        var status = stat()
+        return !closed && lstat(path, &status) == 0
+            && UInt64(status.st_dev) == inode.device && UInt64(status.st_ino) == inode.number
+    }
+
     /// The next datagram, or nil when none is waiting (EAGAIN, or the socket is closed). Never
     /// blocks and never fails for a peer's bytes: those come back as `.refused`.
     func receive() -> NotifyDatagram? {

@@ -199,11 +199,7 @@ final class DaemonFixture: Sendable {
     func property(_ name: String, worker label: String? = nil) async throws -> BusValue {
         let path = label.map { "\(Self.manager)/worker/\($0)" } ?? Self.manager
         let interface = label == nil ? Self.interface : "\(Self.interface).Worker"
-        let result = try await busctl(["--json=short", "get-property", Self.busName, path, interface, name])
-        guard result.status == 0 else { throw TestProcessError("get-property \(name) failed: \(result.stderr)") }
-        let top = try JSONDecoder().decode([String: BusValue].self, from: Data(result.stdout.utf8))
-        guard let data = top["data"] else { throw TestProcessError("get-property \(name) printed \(result.stdout)") }
-        return data
+        return try await busctlProperty(address: bus.unixAddress, path: path, interface: interface, name)
     }
 
     /// A monitor of the daemon's signals, method calls, replies and errors.
@@ -230,7 +226,36 @@ final class DaemonFixture: Sendable {
     }
 }
 
+/// A property of the daemon's object at `path`, read with `busctl get-property` on `address`.
+func busctlProperty(address: String, path: String, interface: String, _ name: String) async throws -> BusValue {
+    let result = try await run(["busctl", "--address=\(address)", "--json=short", "get-property", DaemonFixture.busName,
+                                path, interface, name])
+    guard result.status == 0 else { throw TestProcessError("get-property \(name) failed: \(result.stderr)") }
+    let top = try JSONDecoder().decode([String: BusValue].self, from: Data(result.stdout.utf8))
+    guard let data = top["data"] else { throw TestProcessError("get-property \(name) printed \(result.stdout)") }
+    return data
+}
+
 extension BusMonitor {
+    /// Returns once `worker`'s `property`, as `read` reads it, satisfies `predicate`: reads it,
+    /// and again after each PropertiesChanged of the worker's object. Start the monitor before
+    /// the change can happen.
+    func waitForProperty(
+        of worker: String, _ property: String, timeout: Duration, read: (String) async throws -> BusValue,
+        _ predicate: (BusValue) -> Bool
+    ) async throws -> BusValue {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let value = try await read(property)
+            if predicate(value) { return value }
+            let left = deadline - ContinuousClock.now
+            guard left > .zero else { throw TestProcessError("\(worker).\(property) is \(value) after \(timeout)") }
+            _ = try await waitFor("PropertiesChanged of \(worker)", timeout: left) {
+                $0.member == "PropertiesChanged" && $0.path == BgWorkerBus.workerPathPrefix + worker
+            }
+        }
+    }
+
     /// Returns once `worker` is in `state`: reads it (ListWorkers), and after each of its
     /// WorkerStateChanged reads it again. Start the monitor before the change can happen.
     func waitUntil(_ fixture: DaemonFixture, worker: String, is state: String, timeout: Duration = .seconds(15)) async throws -> WorkerRow {

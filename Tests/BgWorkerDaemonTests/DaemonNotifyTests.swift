@@ -38,16 +38,8 @@ struct DaemonNotifyTests {
         _ fixture: DaemonFixture, _ monitor: BusMonitor, _ worker: String, _ property: String,
         timeout: Duration = .seconds(15), _ predicate: (BusValue) -> Bool
     ) async throws -> BusValue {
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            let value = try await fixture.property(property, worker: worker)
-            if predicate(value) { return value }
-            let left = deadline - ContinuousClock.now
-            guard left > .zero else { throw TestProcessError("\(worker).\(property) is \(value) after \(timeout)") }
-            _ = try await monitor.waitFor("PropertiesChanged of \(worker)", timeout: left) {
-                $0.member == "PropertiesChanged" && $0.path == path(worker)
-            }
-        }
+        try await monitor.waitForProperty(of: worker, property, timeout: timeout, read: { try await fixture.property($0, worker: worker) },
+                                          predicate)
     }
 
     /// Writes a line into the fifo a worker reads its next step from.

@@ -14,28 +14,16 @@ import Testing
 extension SystemdDaemonFixture {
     /// A property of a worker object on the daemon's bus.
     func workerProperty(_ name: String, _ worker: String) async throws -> BusValue {
-        let r = try await run(["busctl", "--address=\(bus.unixAddress)", "--json=short", "get-property", DaemonFixture.busName,
-                               BgWorkerBus.workerPathPrefix + worker, BgWorkerBus.workerInterface, name])
-        guard r.status == 0 else { throw TestProcessError("get-property \(name) failed: \(r.stderr)") }
-        let top = try JSONDecoder().decode([String: BusValue].self, from: Data(r.stdout.utf8))
-        guard let data = top["data"] else { throw TestProcessError("get-property \(name) printed \(r.stdout)") }
-        return data
+        try await busctlProperty(address: bus.unixAddress, path: BgWorkerBus.workerPathPrefix + worker,
+                                 interface: BgWorkerBus.workerInterface, name)
     }
 
     /// Waits until `worker`'s `property` satisfies `predicate`: reads it, and again after each
     /// PropertiesChanged of the worker's object.
     func waitForProperty(_ monitor: BusMonitor, _ worker: String, _ property: String, timeout: Duration = .seconds(20),
                          _ predicate: (BusValue) -> Bool) async throws -> BusValue {
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            let value = try await workerProperty(property, worker)
-            if predicate(value) { return value }
-            let left = deadline - ContinuousClock.now
-            guard left > .zero else { throw TestProcessError("\(worker).\(property) is \(value) after \(timeout)") }
-            _ = try await monitor.waitFor("PropertiesChanged of \(worker)", timeout: left) {
-                $0.member == "PropertiesChanged" && $0.path == BgWorkerBus.workerPathPrefix + worker
-            }
-        }
+        try await monitor.waitForProperty(of: worker, property, timeout: timeout, read: { try await workerProperty($0, worker) },
+                                          predicate)
     }
 
     /// Waits until `worker` is `state` (ListWorkers, again after each of its WorkerStateChanged).

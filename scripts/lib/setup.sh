@@ -53,6 +53,22 @@ install_packages() {
 }
 
 # Puts Swift on PATH (it lives in /opt/swift/usr/bin on these machines) and names its version.
+# Tests run built programs and the OCF agent as another user (nobody, via setpriv and ocf-tester):
+# every folder above the checkout must let others through. A clone under `mktemp -d` (0700)
+# does not; as root, add search permission (x, not r) to each such folder and say so.
+ensure_checkout_reachable() {
+    [[ $(id -u) -eq 0 ]] || return 0
+    local dir
+    dir=$(pwd -P)
+    while [[ $dir != / ]]; do
+        if [[ $(( 0$(stat -c %a "$dir") & 1 )) -eq 0 ]]; then
+            log "chmod o+x $dir (tests run programs of this checkout as nobody)"
+            chmod o+x "$dir"
+        fi
+        dir=$(dirname "$dir")
+    done
+}
+
 ensure_swift() {
     if ! command -v swift >/dev/null; then
         export PATH="$PATH:/opt/swift/usr/bin"

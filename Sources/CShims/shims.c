@@ -142,7 +142,10 @@ static int spawn_child(void *arg) {
         if (old.sa_handler != SIG_DFL) sigaction(sig, &dfl, NULL);
     }
 
-    if (setpgid(0, 0) < 0) return child_fail(ctx, _BGW_SPAWN_SETPGID);
+    // A session of its own, as systemd gives each service: setpgid can only join a group of the
+    // caller's session, so no process of another worker can move into this one's group (and be
+    // counted as this worker by the notify socket, or hide in its kill group).
+    if (setsid() < 0) return child_fail(ctx, _BGW_SPAWN_SETSID);
 
     // Recorded before the program can run (and fork): a daemon SIGKILLed from here on leaves a
     // group its successor knows. The parent is suspended (CLONE_VFORK), so no write of its own

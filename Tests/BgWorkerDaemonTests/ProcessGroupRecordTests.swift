@@ -107,10 +107,10 @@ func recordOnDisk(_ path: String) -> (header: ProcessGroupRecord.Header?, groups
 /// Writes a record as a previous owner would have left it.
 func writeRecord(
     _ path: String, owner: Int32, session: Int32, generation: UInt32, slots: [(pgid: Int32, generation: UInt32)],
-    ownerStart: UInt64 = 0, boot: UInt64 = ProcessGroupRecord.currentBoot
+    ownerStart: UInt64 = 0, boot: UInt64 = ProcessGroupRecord.currentBoot, version: UInt32 = ProcessGroupRecord.version
 ) {
     var bytes = ProcessGroupRecord.magic
-    for field in [ProcessGroupRecord.version, UInt32(ProcessGroupRecord.slotSize), UInt32(bitPattern: owner),
+    for field in [version, UInt32(ProcessGroupRecord.slotSize), UInt32(bitPattern: owner),
                   UInt32(bitPattern: session), generation, 0] {
         withUnsafeBytes(of: field) { bytes += $0 }
     }
@@ -122,9 +122,22 @@ func writeRecord(
     FileManager.default.createFile(atPath: path, contents: Data(bytes))
 }
 
-/// A `sleep` left in a process group of its own whose leader has exited, so not our child:
-/// what a SIGKILLed daemon's worker leaves behind.
+/// A `sleep` left in a session (and process group) of its own whose leader has exited, so not
+/// our child: what a SIGKILLed daemon's worker leaves behind.
 func orphanedGroup() async throws -> (pgid: Int32, pid: Int32) {
+    // The subshell leads no group, so setsid(1) makes the session in place, without a fork.
+    let shell = try ChildProcess(
+        ["/bin/sh", "-c", #"(exec setsid /bin/sh -c 'sleep 1000 >/dev/null 2>&1 & echo $$ $!')"#], captureStdout: true)
+    let line = try await shell.readLine() ?? ""
+    try await shell.waitForExit()
+    let ids = line.split(separator: " ").compactMap { Int32($0) }
+    try #require(ids.count == 2, "\(line)")
+    return (ids[0], ids[1])
+}
+
+/// What a worker of a version 3 daemon left: a `sleep` in a process group of its own, in our
+/// session.
+func orphanedGroupInOurSession() async throws -> (pgid: Int32, pid: Int32) {
     let shell = try ChildProcess(["/bin/sh", "-c", "sleep 1000 >/dev/null 2>&1 & echo $!"], captureStdout: true)
     let pid = try #require(Int32(try await shell.readLine() ?? ""))
     try await shell.waitForExit()
@@ -207,6 +220,31 @@ struct ProcessRunnerGroupRecordTests {
         record.finish()
     }
 
+    /// A daemon upgraded after a crash of the version before (whose workers stayed in its session)
+    /// still kills what that one left; and a version 4 record does not name a group of that kind,
+    /// whose session is not its own.
+    @Test func aVersion3RecordStillKillsItsGroupsInTheOwnersSession() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let path = directory.file("process-groups")
+        let left = try await orphanedGroupInOurSession()
+        defer { kill(-left.pgid, SIGKILL) }
+        writeRecord(path, owner: try await deadPid(), session: getsid(0), generation: 5,
+                    slots: [(left.pgid, 5)], version: 4)
+        let current = try ProcessGroupRecord(path: path)
+        #expect(current.killedLeftovers == [], "a group in another session than its own is not a version 4 worker's")
+        #expect(isAlive(left.pid))
+        current.finish()
+
+        writeRecord(path, owner: try await deadPid(), session: getsid(0), generation: 5,
+                    slots: [(left.pgid, 5)], version: ProcessGroupRecord.sharedSessionVersion)
+        let upgraded = try ProcessGroupRecord(path: path)
+        #expect(upgraded.killedLeftovers == [left.pgid])
+        try await waitUntilGone(left.pid, timeout: .seconds(1))
+        #expect(recordOnDisk(path).header?.version == ProcessGroupRecord.version)
+        upgraded.finish()
+    }
+
     /// The adversarial run of 2026-12-05: a record naming every group killed the machine's own
     /// tools (in session 0, like a daemon started there). Only what the dead owner can have
     /// started is killed.
@@ -219,7 +257,7 @@ struct ProcessRunnerGroupRecordTests {
         let ownerStart = (ProcStat.read(pid: older.pid)?.startTime ?? 0) + 1  // "started" after it
         // A group whose leader lives and is not dying: the id names a new group, not the owner's.
         // (Not our child: groups with a child of ours in them are skipped for another reason.)
-        let starter = try ChildProcess(["/bin/sh", "-c", #"/usr/bin/python3 -c 'import os, time; os.setpgid(0, 0); print(os.getpid(), flush=True); time.sleep(1000)' &"#], captureStdout: true)
+        let starter = try ChildProcess(["/bin/sh", "-c", #"/usr/bin/python3 -c 'import os, time; os.setsid(); print(os.getpid(), flush=True); time.sleep(1000)' &"#], captureStdout: true)
         let leaderPid = try #require(Int32(try await starter.readLine() ?? ""))
         defer { kill(leaderPid, SIGKILL) }
         try await starter.waitForExit()

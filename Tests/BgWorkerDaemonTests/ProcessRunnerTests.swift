@@ -103,10 +103,33 @@ struct ProcessRunnerStartTests {
         let exe = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe")
         #expect(exe.hasSuffix("/sleep"))
         #expect(getpgid(pid) == pid, "the worker leads its own process group")
+        #expect(getsid(pid) == pid, "and its own session")
         await runner.stop(name: "sleeper")
         let exit = try await exitEvent(of: "sleeper", in: runner)
         #expect(exit.pid == pid)
         #expect(exit.status == .killed(SIGTERM))
+        await runner.shutdown()
+    }
+
+    /// Issue 11's adversarial run: every worker was in the daemon's session, so a process of one
+    /// worker could join another's group (setpgid ignores the user), speak for it on the notify
+    /// socket and sit in its kill group. Each worker now has a session of its own.
+    @Test func aProcessOfOneWorkerCannotJoinAnothersGroup() async throws {
+        let runner = try ProcessRunner(output: .fileDescriptor(2))
+        let target = try await runner.start(LaunchSpec(name: "target", argv: ["/bin/sleep", "1000"]))
+        // A child of the worker (not a group or session leader) tries; exit 0 only when refused.
+        let attempt = """
+            import errno, os, sys
+            try:
+                os.setpgid(0, \(target))
+            except OSError as error:
+                sys.exit(0 if error.errno == errno.EPERM else 2)
+            sys.exit(1)
+            """
+        _ = try await runner.start(LaunchSpec(name: "intruder", argv: ["/bin/sh", "-c", "/usr/bin/python3 -c \"$0\"", attempt]))
+        #expect(try await exitEvent(of: "intruder", in: runner).status == .exited(0), "setpgid into another worker's group was not refused")
+        await runner.stop(name: "target")
+        _ = try await exitEvent(of: "target", in: runner)
         await runner.shutdown()
     }
 
@@ -406,10 +429,15 @@ struct ProcessRunnerExitTests {
     }
 
     @Test func shutdownStopsEveryWorkerInParallel() async throws {
-        let runner = try ProcessRunner(output: .fileDescriptor(2))
+        let output = try CapturedWorkerOutput()
+        defer { output.close() }
+        let runner = try ProcessRunner(output: output.destination)
         var pids: [Int32] = []
         for index in 0..<3 {
-            pids.append(try await runner.start(shell("stubborn-\(index)", #"trap "" TERM; exec sleep 1000"#, stopTimeout: .seconds(3))))
+            // Under load a SIGTERM could land before the shell had run its `trap`: wait for it.
+            let name = "stubborn-\(index)"
+            pids.append(try await runner.start(shell(name, #"trap "" TERM; echo ready; exec sleep 1000"#, stopTimeout: .seconds(3))))
+            _ = try await output.line("\(name) ready") { $0 == "\(name): ready" }
         }
         pids.append(try await runner.start(LaunchSpec(name: "polite", argv: ["/bin/sleep", "1000"])))
         let clock = ContinuousClock()
@@ -479,7 +507,8 @@ struct ProcessRunnerDaemonKilledTests {
     }
 
     /// In a PID namespace whose session leader is outside it (`unshare --pid --fork`, some CI
-    /// containers), every session id reads 0. The record must still find and kill the leftovers.
+    /// containers), the daemon's session id reads 0; its workers' sessions are their own and read
+    /// as such. The record must find and kill the leftovers there too.
     @Test func aNewRunnerKillsWhatIsLeftWhereSessionIdsReadZero() async throws {
         guard isRoot else {
             #expect(Bool(!isCI), "CI must run as root")
@@ -516,7 +545,7 @@ struct ProcessRunnerDaemonKilledTests {
         #expect(result.status == 0, "\(result.stderr)")
         let lines = result.stdout.split(separator: "\n").map(String.init)
         let worker = try #require(lines.first { $0.hasPrefix("worker=") }?.dropFirst("worker=".count))
-        #expect(lines.contains("session=0"), "\(lines)")
+        #expect(lines.contains("session=\(worker)"), "\(lines)")
         #expect(lines.contains("killed=\(worker)"), "\(lines)")
         #expect(lines.contains("child-state=Z") || lines.contains("child-state=gone"), "\(lines)")
         #expect(lines.contains("record-bytes=\(ProcessGroupRecord.headerSize)"), "a header, no slot: \(lines)")

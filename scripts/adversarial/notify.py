@@ -12,7 +12,7 @@
 # it, LastExit watchdog/start-timeout where the step forces it). At the end: no fd growth, and an
 # idle daemon without watchdog workers has no wake-up at all.
 # Usage: scripts/adversarial/run scripts/adversarial/notify.py [--seed N] [--steps N] [--many N]
-import argparse, array, os, random, select, signal, socket, subprocess, sys, time
+import argparse, array, os, random, select, signal, socket, struct, subprocess, sys, time
 sys.path.insert(0, os.path.dirname(__file__))
 from lib import *
 
@@ -112,37 +112,41 @@ PAYLOADS = {
 
 
 def sender_child(pgid, datagrams, fds=0, barrier=True, uid=None):
-    """Forks a child that joins process group `pgid` (None: stays outside every worker), sends
-    each datagram (with `fds` file descriptors on the first), then waits on a barrier; returns
-    its exit status: 0 sent and barrier passed, 2 could not join, 3 barrier timed out."""
+    """Forks a child that speaks for the worker whose process group is `pgid` (None: for no
+    worker), sends each datagram (with `fds` file descriptors on the first), then waits on a
+    barrier; returns its exit status: 0 sent and barrier passed, 2 could join the worker's group
+    (each worker has a session of its own: no process outside it may), 3 barrier timed out.
+    Each worker leads its own session, so the rig cannot join its group: as root it sends the
+    worker's pid as its SCM_CREDENTIALS instead (CAP_SYS_ADMIN may), which the daemon places alike."""
     path = os.path.join(rig.root, "run", "notify")
     pid = os.fork()
     if pid == 0:
         try:
+            os.setpgid(0, 0)
             if pgid is not None:
                 try:
                     os.setpgid(0, pgid)
-                except OSError:
                     os._exit(2)
-            else:
-                os.setpgid(0, 0)
+                except OSError:
+                    pass
             if uid is not None:
                 os.setgid(uid); os.setuid(uid)
+            creds = [] if pgid is None else [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, struct.pack("iII", pgid, 0, 0))]
             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             for i, d in enumerate(datagrams):
                 try:
                     if i == 0 and fds:
                         extra = [os.open("/dev/null", os.O_RDONLY) for _ in range(fds)]
-                        s.sendmsg([d], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", extra))], 0, path)
+                        s.sendmsg([d], creds + [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", extra))], 0, path)
                         for f in extra: os.close(f)
                     else:
-                        s.sendto(d, path)
+                        s.sendmsg([d], creds, 0, path)
                 except OSError:
                     pass
             if barrier:
                 r, w = os.pipe()
                 try:
-                    s.sendmsg([b"BARRIER=1"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [w]))], 0, path)
+                    s.sendmsg([b"BARRIER=1"], creds + [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [w]))], 0, path)
                 except OSError:
                     os._exit(4)
                 os.close(w)
@@ -312,6 +316,8 @@ def step_inject(label):
                 problem("%s: %s pid %d StatusText %r after a confirmed STATUS=%s" % (label, name, pid, str(a["StatusText"]), text))
     else:
         rc = sender_child(pid, [PAYLOADS.get(kind, b"READY=1")])
+    if rc == 2:
+        problem("%s: a process outside %s joined its process group %d" % (label, name, pid))
     return "inject %s into %s (pid %d): rc %d" % (kind, name, pid, rc)
 
 

@@ -162,7 +162,7 @@ final class PreparedLaunch: @unchecked Sendable {
         case _BGW_SPAWN_STACK: return "mmap of the child's stack"
         case _BGW_SPAWN_CLONE: return "clone"
         case _BGW_SPAWN_SIGNALS: return "resetting signals"
-        case _BGW_SPAWN_SETPGID: return "setpgid"
+        case _BGW_SPAWN_SETSID: return "setsid"
         case _BGW_SPAWN_RECORD: return "writing its process group into the record"
         case _BGW_SPAWN_STDIO: return "dup2 of stdin/stdout/stderr"
         case _BGW_SPAWN_CHDIR: return "chdir \(spec.workingDirectory ?? "")"

@@ -5,7 +5,7 @@
 //
 // Two rules make that safe (issues 8 and 17, docs/process-runner.md):
 // - A group is recorded before its program runs: the spawned child writes its own pid (= its
-//   group) into a slot of the file right after setpgid, long before execve (`_bgw_spawn`).
+//   group) into a slot of the file right after setsid, long before execve (`_bgw_spawn`).
 // - Only a dead daemon's groups are killed: a daemon holds an flock on the file for its life, so
 //   a second daemon on the same runtime directory cannot take it and refuses to start, naming
 //   the holder (whose pid is in the header).
@@ -17,7 +17,7 @@
 //   us, not writable by others, in a folder only root or we can write).
 //
 // Layout (native byte order): a 48-byte header, then 8-byte slots, one per running worker.
-//   header: magic "BGWPGRP\0", version u32 (3), slot size u32 (8), owner pid i32, owner session
+//   header: magic "BGWPGRP\0", version u32 (4), slot size u32 (8), owner pid i32, owner session
 //           i32, generation u32, unused u32, owner start time u64 (clock ticks after boot,
 //           /proc/PID/stat field 22), boot u64 (the first 16 hex digits of the boot id)
 //   slot:   pgid i32 (0: free), generation u32
@@ -25,9 +25,12 @@
 // owner recorded), then starts the file afresh with the next generation. A child of a dead owner
 // that was still on its way to exec (it fails its parent check and exits, never running the
 // program) may write its slot after that; its old generation marks it stale.
-// The session id is 0 when the session's leader lives outside our PID namespace (a daemon started
-// by `unshare --pid --fork`, or in some containers): /proc then says 0 for every such process, so
-// 0 is recorded and matched like any other id.
+// Version 4: each worker leads a session of its own (setsid), so a recorded group's members are
+// those in the session of the same id. Version 3 (before 2026-12-05): the workers' groups were in
+// the owner's session (the header's); its records are still read, so that a daemon upgraded after
+// a crash still cleans up. That session id is 0 when its leader lives outside our PID namespace
+// (a daemon started by `unshare --pid --fork`, or in some containers): /proc then says 0 for every
+// such process, so 0 is recorded and matched like any other id.
 import CShims
 import Glibc
 
@@ -78,7 +81,9 @@ struct ProcessGroupRecordError: Error, Sendable, CustomStringConvertible {
 final class ProcessGroupRecord {
     static let headerSize = 48
     static let slotSize = 8
-    static let version: UInt32 = 3
+    static let version: UInt32 = 4
+    /// The version before workers had sessions of their own; read, never written.
+    static let sharedSessionVersion: UInt32 = 3
     static let magic: [UInt8] = Array("BGWPGRP".utf8) + [0]
     /// Slots made at the start and added at the first growth; the file doubles after that.
     static let initialSlots = 64
@@ -215,7 +220,7 @@ final class ProcessGroupRecord {
     var descriptor: Int32 { fd }
 
     /// Empties the slot (its group is gone) and makes it free again. A write that fails leaves a
-    /// stale entry: the next owner would kill that group only if it lived, in our session.
+    /// stale entry: the next owner would kill that group only if it lived, in its own session.
     func clear(_ slot: Int) {
         var zero: UInt64 = 0
         _ = pwrite(fd, &zero, Self.slotSize, offset(of: slot))
@@ -251,7 +256,9 @@ final class ProcessGroupRecord {
     // MARK: reading a previous owner's record
 
     struct Header {
+        var version: UInt32 = ProcessGroupRecord.version
         var owner: Int32
+        /// The owner's own session; its workers' groups were in it up to version 3.
         var session: Int32
         var generation: UInt32
         /// When the owner started, in clock ticks after boot.
@@ -286,12 +293,12 @@ final class ProcessGroupRecord {
         func field(_ at: Int) -> UInt32 {
             bytes.dropFirst(at).prefix(4).withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
         }
-        guard field(8) == version, field(12) == UInt32(slotSize) else { return nil }
+        guard field(8) == version || field(8) == sharedSessionVersion, field(12) == UInt32(slotSize) else { return nil }
         func wide(_ at: Int) -> UInt64 {
             bytes.dropFirst(at).prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
         }
-        return Header(owner: Int32(bitPattern: field(16)), session: Int32(bitPattern: field(20)), generation: field(24),
-                      ownerStart: wide(32), boot: wide(40))
+        return Header(version: field(8), owner: Int32(bitPattern: field(16)), session: Int32(bitPattern: field(20)),
+                      generation: field(24), ownerStart: wide(32), boot: wide(40))
     }
 
     /// What a previous owner left: its header, and the groups to kill with their session. A file
@@ -323,7 +330,7 @@ final class ProcessGroupRecord {
                 ($0.loadUnaligned(as: Int32.self), $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
             }
             if pgid > 1, generation == header.generation, seen.insert(pgid).inserted {
-                groups.append((pgid, header.session))
+                groups.append((pgid, header.version == sharedSessionVersion ? header.session : pgid))
             }
             at += slotSize
         }
@@ -386,11 +393,11 @@ final class ProcessGroupRecord {
     }
 
     /// Kills (SIGKILL) what the dead owner `header` can have left in each recorded group: the
-    /// members in its session, of its boot, started no earlier than it, unless a member is this
-    /// process or its child (a group of another runner of ours), and unless the group's leader
-    /// lives on undying (the id then names a new group). Each member is killed through a pidfd
-    /// opened and checked before the signal, so a reused pid is never hit. Waits up to `deadline`
-    /// for them to be gone. Returns the groups killed.
+    /// members in the group's session (its own since version 4), of its boot, started no earlier
+    /// than it, unless a member is this process or its child (a group of another runner of ours),
+    /// and unless the group's leader lives on undying (the id then names a new group). Each member
+    /// is killed through a pidfd opened and checked before the signal, so a reused pid is never
+    /// hit. Waits up to `deadline` for them to be gone. Returns the groups killed.
     static func kill(_ recorded: [(pgid: Int32, session: Int32)], of header: Header, deadline: Duration) -> [Int32] {
         guard !recorded.isEmpty, header.boot != 0, header.boot == currentBoot else { return [] }
         var killed: [Int32] = []

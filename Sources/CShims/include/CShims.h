@@ -39,7 +39,7 @@ enum {
     _BGW_SPAWN_STACK,      // mmap of the child's stack
     _BGW_SPAWN_CLONE,      // clone(2)
     _BGW_SPAWN_SIGNALS,    // sigaction / sigprocmask
-    _BGW_SPAWN_SETPGID,    // setpgid(0, 0)
+    _BGW_SPAWN_SETSID,     // setsid(): its own session and process group
     _BGW_SPAWN_RECORD,     // pwrite of the child's group into its slot of the record file
     _BGW_SPAWN_STDIO,      // dup2 of stdin, stdout, stderr
     _BGW_SPAWN_CHDIR,      // chdir(working_directory)
@@ -67,7 +67,7 @@ struct _bgw_spawn_request {
     gid_t gid;
     int set_uid;                 // nonzero: setresuid(uid, uid, uid)
     uid_t uid;
-    // The runner's record of process groups (ProcessGroupRecord.swift): right after setpgid the
+    // The runner's record of process groups (ProcessGroupRecord.swift): right after setsid the
     // child writes { int32 pid, uint32 record_generation } (native byte order) at record_offset
     // of record_fd, before any other step, and fails the spawn if it cannot. -1: no record.
     int record_fd;
@@ -91,7 +91,7 @@ struct _bgw_spawn_result {
 };
 
 /// Starts `req->path` in a new process: clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD), then in the
-/// child: default signal dispositions, own process group, its group written into the record,
+/// child: default signal dispositions, own session and process group, its group written into the record,
 /// stdio, working directory, ids,
 /// PR_SET_PDEATHSIG(SIGKILL) (after the id change, which would clear it), check that the parent
 /// still lives, mark every other fd close-on-exec, empty signal mask, execve. The caller's

@@ -218,7 +218,10 @@ public struct WorkerDefinition: Sendable, Hashable {
     public var watchdog: Double = 0.0
 
     /// Whether the worker speaks the notify protocol to the daemon (gets `NOTIFY_SOCKET`).
-    public var usesNotify: Bool { ready == .notify || watchdog > 0 }
+    public var usesNotify: Bool { Self.usesNotify(ready: ready, watchdog: watchdog) }
+
+    /// The one rule for who gets `NOTIFY_SOCKET`, for definitions and launch specs alike.
+    public static func usesNotify(ready: ReadyMode, watchdog: Double) -> Bool { ready == .notify || watchdog > 0 }
 
     public init(name: String, exec: [String]) {
         self.name = name

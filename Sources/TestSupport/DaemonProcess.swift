@@ -88,6 +88,9 @@ public final class DaemonProcess: Sendable {
     /// Sends a signal to the daemon.
     public func signal(_ sig: Int32) { process.signal(sig) }
 
+    /// The daemon's pid (a child of this process).
+    public var pid: pid_t { process.pid }
+
     /// SIGTERM (by default) and waits for the exit; returns the raw wait status.
     @discardableResult
     public func stop(signal sig: Int32 = SIGTERM, timeout: Duration = .seconds(20)) async throws -> Int32 {

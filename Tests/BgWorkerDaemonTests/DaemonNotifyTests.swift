@@ -43,9 +43,10 @@ struct DaemonNotifyTests {
     }
 
     /// Writes a line into the fifo a worker reads its next step from.
-    static func step(_ fifo: String) {
+    static func step(_ fifo: String, _ line: String = "x") {
         let writer = open(fifo, O_WRONLY)
-        _ = write(writer, "x\n", 2)
+        let bytes = Array((line + "\n").utf8)
+        _ = bytes.withUnsafeBytes { write(writer, $0.baseAddress, $0.count) }
         close(writer)
     }
 
@@ -267,6 +268,78 @@ struct DaemonNotifyTests {
             // 200 ms, not the configured 1 s (plus the stop timeout's 5 s would not be reached:
             // sleep dies of SIGABRT at once).
             #expect(ContinuousClock.now - start < .seconds(5))
+        }
+    }
+
+    /// The overload run of issue 11: 1,000 workers pinging every 50 ms got thousands of watchdog
+    /// kills, because a deadline was judged while their pings sat unread on the socket behind
+    /// other datagrams (64 are read per wake-up). Here the daemon is stopped (SIGSTOP) past the
+    /// worker's deadline while 150 datagrams and then the worker's ping are queued; once it
+    /// continues, the ping must count before the deadline is judged.
+    @Test func aPingQueuedBehindOthersCountsBeforeTheDeadlineIsJudged() async throws {
+        try await DaemonFixture.with("", start: false) { fixture in
+            let steps = fixture.directory.file("steps")
+            let reply = fixture.directory.file("reply")
+            #expect(mkfifo(steps, 0o600) == 0 && mkfifo(reply, 0o600) == 0)
+            let program = fixture.directory.file("pinger.py")
+            try """
+                import array, os, select, socket
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                address = os.environ["NOTIFY_SOCKET"]
+                def barrier():
+                    r, w = os.pipe()
+                    s.sendmsg([b"BARRIER=1"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [w]))], 0, address)
+                    os.close(w)
+                    select.select([r], [], [])
+                s.sendto(b"READY=1", address)
+                barrier()
+                while True:
+                    step = open("\(steps)").readline().strip()
+                    s.sendto(b"WATCHDOG=1\\nSTATUS=" + step.encode(), address)
+                    if step == "primed":
+                        barrier()
+                    open("\(reply)", "w").write(step + "\\n")
+                """.write(toFile: program, atomically: true, encoding: .utf8)
+            try fixture.writeConfiguration(execWorker("p", ["/usr/bin/python3", program], extra: """
+                ready = "notify"
+                watchdog = 1
+                restart-delay = 30
+                """))
+            try await fixture.startDaemon()
+            let monitor = try await fixture.monitor()
+            let running = try await monitor.waitUntil(fixture, worker: "p", is: "running")
+            func step(_ name: String) async throws {
+                let answer = try ChildProcess(["cat", reply], captureStdout: true)
+                Self.step(steps, name)
+                #expect(try await answer.readLine() == name)
+                try await answer.waitForExit()
+            }
+            // The daemon has read this ping (barrier): its deadline is at most 1 s from here.
+            try await step("primed")
+            let deadline = ContinuousClock.now + .seconds(1)
+            let daemon = try fixture.daemon
+            daemon.signal(SIGSTOP)
+            let stopped = await onThread { () -> Int32 in
+                var info = siginfo_t()
+                return waitid(P_PID, id_t(daemon.pid), &info, WSTOPPED | WNOWAIT)
+            }
+            #expect(stopped == 0)
+            let outsider = try ChildProcess([
+                "/usr/bin/python3", "-c",
+                "import socket, sys\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\nfor _ in range(150): s.sendto(b'STATUS=outsider', sys.argv[1])",
+                fixture.directory.file("run") + "/notify",
+            ])
+            #expect(try await outsider.waitForExit() == 0)
+            try await Task.sleep(until: deadline + .milliseconds(200))  // the deadline passes while it is stopped
+            try await step("late")
+            daemon.signal(SIGCONT)
+            let status = try? await Self.waitForProperty(fixture, monitor, "p", "StatusText", timeout: .seconds(10)) {
+                $0.string == "late"
+            }
+            #expect(status?.string == "late")
+            let after = try await fixture.worker("p")
+            #expect(after.state == "running" && after.pid == running.pid, "\(after)")
+            #expect(try await fixture.property("LastExit", worker: "p").string == "")
         }
     }
 

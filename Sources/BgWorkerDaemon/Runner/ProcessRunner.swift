@@ -171,6 +171,8 @@ private final class ProcessMonitor: @unchecked Sendable {
     /// it, at most `recentSendersKept` each.
     private var senderGroups: [Int32: Int32] = [:]
     private static let recentSendersKept = 32
+    /// Datagrams read before a readiness deadline is judged: a full queue (512 by default) and more.
+    private static let drainBeforeJudging = 1024
     /// The notify socket's path; made at the first start of a worker that speaks the protocol.
     private let notifyPath: String?
     private var notifyReceiver: NotifyReceiver?
@@ -452,7 +454,7 @@ private final class ProcessMonitor: @unchecked Sendable {
 
     /// The spec with `NOTIFY_SOCKET` (and the watchdog's variables) for a worker that speaks the
     /// protocol; from any thread (it reads only the immutable path).
-    nonisolated func withNotifyEnvironment(_ spec: LaunchSpec) throws(RunnerError) -> LaunchSpec {
+    func withNotifyEnvironment(_ spec: LaunchSpec) throws(RunnerError) -> LaunchSpec {
         guard spec.usesNotify else { return spec }
         guard let notifyPath else {
             throw RunnerError(.invalidSpec, worker: spec.name, context: "ready = notify or a watchdog needs a notify socket, and this runner has none")
@@ -501,9 +503,12 @@ private final class ProcessMonitor: @unchecked Sendable {
     /// to exits in between (the socket is level-triggered: the loop comes back for the rest).
     /// A worker's STATUS= texts of one batch reach the supervisor as the last one (a flood of
     /// them costs one PropertiesChanged a batch, not one a datagram).
-    private func notifyReadable() {
+    private func notifyReadable() { readNotifications(atMost: 64) }
+
+    /// Reads up to `limit` datagrams now (fewer when the socket runs dry).
+    private func readNotifications(atMost limit: Int) {
         var statuses: [UInt64: (name: String, pid: Int32, text: String)] = [:]
-        for _ in 0..<64 {
+        for _ in 0..<limit {
             guard let datagram = notifyReceiver?.receive() else { break }
             switch datagram {
             case .message(let pid, _, let message): notified(by: pid, message, statuses: &statuses)
@@ -516,7 +521,8 @@ private final class ProcessMonitor: @unchecked Sendable {
     }
 
     /// A message counts when its sender is in the process group of a worker that speaks the
-    /// protocol (the group's id is the worker's pid).
+    /// protocol (the group's id is the worker's pid). Only the worker's own processes can be in
+    /// it: the group is in the worker's own session, and setpgid joins groups of one's session only.
     private func notified(
         by sender: Int32, _ message: NotifyMessage, statuses: inout [UInt64: (name: String, pid: Int32, text: String)]
     ) {
@@ -555,7 +561,7 @@ private final class ProcessMonitor: @unchecked Sendable {
             refusalsSuppressed += 1
             return
         }
-        events.deliverNow(.notifyRefused(pid: pid, reason: reason, alsoRefused: 0))
+        events.deliverNow(.notifyRefused(pid: pid, reason: reason))
         refusalTimer = loop.schedule(after: .seconds(1)) { [self] in refusalWindowEnded() }
     }
 
@@ -564,7 +570,7 @@ private final class ProcessMonitor: @unchecked Sendable {
         guard refusalsSuppressed > 0 else { return }
         let count = refusalsSuppressed
         refusalsSuppressed = 0
-        events.deliverNow(.notifyRefused(pid: nil, reason: "in the last second", alsoRefused: count))
+        events.deliverNow(.notifyRefusalsCounted(count))
         refusalTimer = loop.schedule(after: .seconds(1)) { [self] in refusalWindowEnded() }
     }
 
@@ -580,12 +586,22 @@ private final class ProcessMonitor: @unchecked Sendable {
     }
 
     private func readinessTimerFired(id: UInt64) {
+        guard workers[id] != nil else { return }
+        workers[id]?.readinessTimer = nil
+        // A busy loop may reach this timer before the socket: pings already queued there count.
+        // The queue holds at most net.unix.max_dgram_qlen (512 by default) datagrams; more is
+        // what senders sent meanwhile. What is read may arm a later timer (or stop the worker).
+        readNotifications(atMost: Self.drainBeforeJudging)
         guard var worker = workers[id], var readiness = worker.readiness else { return }
-        worker.readinessTimer = nil
         let expiry = readiness.timerFired(now: monotonicNow())
         worker.readiness = readiness
         workers[id] = worker
-        if let expiry { readinessExpired(id: id, expiry) } else { armReadinessTimer(id: id) }
+        guard let expiry else { return armReadinessTimer(id: id) }
+        if let timer = worker.readinessTimer {
+            loop.cancel(timer)
+            workers[id]?.readinessTimer = nil
+        }
+        readinessExpired(id: id, expiry)
     }
 
     private func readinessExpired(id: UInt64, _ expiry: ReadinessExpiry) {

@@ -38,7 +38,7 @@ public struct LaunchSpec: Sendable, Equatable {
     public var watchdog: Double
 
     /// Whether the worker speaks the notify protocol (gets `NOTIFY_SOCKET`).
-    public var usesNotify: Bool { ready == .notify || watchdog > 0 }
+    public var usesNotify: Bool { WorkerDefinition.usesNotify(ready: ready, watchdog: watchdog) }
 
     public init(
         name: String,
@@ -86,9 +86,10 @@ public enum RunnerEvent: Sendable, Equatable {
     /// The worker's `STATUS=` text (the systemd runner: its unit's `StatusText`).
     case status(name: String, pid: Int32, text: String)
     /// A notify datagram was refused or dropped (a sender outside every notify worker, too big,
-    /// carrying fds): for the log. At most one a second; `alsoRefused` counts those not reported
-    /// since the last.
-    case notifyRefused(pid: Int32?, reason: String, alsoRefused: Int)
+    /// carrying fds): for the log. At most one a second; the rest are counted.
+    case notifyRefused(pid: Int32?, reason: String)
+    /// How many notify datagrams were refused in the last second without a `notifyRefused` each.
+    case notifyRefusalsCounted(Int)
 }
 
 /// Why a runner could not do what it was asked. Codes are open so that runners can add their own.

@@ -596,12 +596,10 @@ public actor Supervisor {
             notified(name, pid: pid, .processStopping(name, pid: pid))
         case .status(let name, let pid, let text):
             notified(name, pid: pid, .processStatus(name, pid: pid, text: text))
-        case .notifyRefused(let pid, let reason, let alsoRefused):
-            var message = "notify message refused"
-            if let pid { message += " from pid \(pid)" }
-            message += ": \(reason)"
-            if alsoRefused > 0 { message = "\(alsoRefused) more notify messages refused \(reason)" }
-            logger.warning("\(message)")
+        case .notifyRefused(let pid, let reason):
+            logger.warning("notify message refused\(pid.map { " from pid \($0)" } ?? ""): \(reason)")
+        case .notifyRefusalsCounted(let count):
+            logger.warning("\(count) more notify messages refused in the last second")
         }
     }
 

@@ -3,6 +3,7 @@ import CShims
 import Foundation
 import Glibc
 import TestSupport
+import Synchronization
 import Testing
 
 @testable import BgWorkerDaemon
@@ -243,6 +244,70 @@ struct ProcessRunnerGroupRecordTests {
         try await waitUntilGone(left.pid, timeout: .seconds(1))
         #expect(recordOnDisk(path).header?.version == ProcessGroupRecord.version)
         upgraded.finish()
+    }
+
+    /// The spawn-kill test saw a leftover survive under load (9,000 other processes in /proc):
+    /// a member forked between the scan of /proc and its kill, and its child, in no scan, lived
+    /// on. Here the fork is made to happen just there.
+    @Test func aMemberThatForksBetweenTheScanAndItsKillLeavesNothing() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let commands = try NamedPipe(in: directory, name: "commands")
+        let answers = try NamedPipe(in: directory, name: "answers")
+        // A session of its own (the subshell leads no group, so setsid(1) does not fork) whose
+        // leader has exited, not our child: what a dead daemon's worker leaves. The member
+        // left, python, forks a sleeper on each line.
+        let script = "import os, sys, time\nprint(os.getpid(), flush=True)\nfor line in sys.stdin:\n    child = os.fork()\n    if child == 0:\n        time.sleep(1000)\n        os._exit(0)\n    print(child, flush=True)\n"
+        let starter = try ChildProcess(["/bin/sh", "-c", #"(exec setsid /bin/sh -c '/usr/bin/python3 -c "$0" < "$1" > "$2" &' "$0" "$1" "$2")"#, script, commands.path, answers.path])
+        try await starter.waitForExit()
+        let reader = open(answers.path, O_RDONLY | O_CLOEXEC)
+        #expect(reader >= 0)
+        defer { close(reader) }
+        @Sendable func answer() -> Int32? {
+            var line: [UInt8] = []
+            var byte: UInt8 = 0
+            while read(reader, &byte, 1) == 1, byte != UInt8(ascii: "\n") { line.append(byte) }
+            return Int32(String(decoding: line, as: UTF8.self))
+        }
+        let member = try #require(await onThread { answer() })
+        let group = getpgid(member)
+        #expect(group != member && getsid(member) == group)
+        defer { kill(-group, SIGKILL) }
+        let header = ProcessGroupRecord.Header(owner: try await deadPid(), session: getsid(0), generation: 1,
+                                               boot: ProcessGroupRecord.currentBoot)
+        let forked = Mutex<Int32?>(nil)
+        let killed = await onThread {
+            ProcessGroupRecord.kill([(group, group)], of: header, deadline: .seconds(5)) {
+                commands.send("fork")
+                forked.withLock { $0 = answer() }
+            }
+        }
+        let child = try #require(forked.withLock { $0 })
+        #expect(killed == [group])
+        try await waitUntilGone(member, timeout: .seconds(5))
+        try await waitUntilGone(child, timeout: .seconds(5))
+    }
+
+    /// The spawn-kill test at load 600: a leader killed by PR_SET_PDEATHSIG can look alive and
+    /// not dying for a moment (its SIGKILL taken, not yet exiting), and its group was skipped as
+    /// a new one that reuses the id. Here the leader is alive at the scan and killed just after.
+    @Test func aLeaderSeenAliveJustBeforeItDiesStillHasItsGroupKilled() async throws {
+        let starter = try ChildProcess(
+            ["/bin/sh", "-c", #"(exec setsid /bin/sh -c 'sleep 1000 >/dev/null 2>&1 & echo $$ $!; exec sleep 1000 >/dev/null 2>&1' &)"#],
+            captureStdout: true)
+        let line = try await starter.readLine() ?? ""
+        try await starter.waitForExit()
+        let ids = line.split(separator: " ").compactMap { Int32($0) }
+        try #require(ids.count == 2, "\(line)")
+        let (leader, member) = (ids[0], ids[1])
+        defer { kill(-leader, SIGKILL) }
+        let header = ProcessGroupRecord.Header(owner: try await deadPid(), session: getsid(0), generation: 1,
+                                               boot: ProcessGroupRecord.currentBoot)
+        let killed = await onThread {
+            ProcessGroupRecord.kill([(leader, leader)], of: header, deadline: .seconds(5)) { _ = kill(leader, SIGKILL) }
+        }
+        #expect(killed == [leader])
+        try await waitUntilGone(member, timeout: .seconds(5))
     }
 
     /// The adversarial run of 2026-12-05: a record naming every group killed the machine's own

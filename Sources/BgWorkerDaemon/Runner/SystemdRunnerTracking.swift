@@ -165,8 +165,10 @@ struct UnitTracker: Sendable, Equatable {
                 awaitingReady = false
                 outcomes.append(.ready(pid: pid))
             // Before READY=1 this is systemd's stop (its start timeout, ours): systemd acts on
-            // a STOPPING=1 sent while activating only at READY=1.
-            case "deactivating" where !awaitingReady: outcomes.append(.stopping(pid: pid))
+            // a STOPPING=1 sent while activating only at READY=1. `stop-watchdog` is its watchdog
+            // (a miss or WATCHDOG=trigger), no STOPPING=1: the process runner goes from running
+            // to the exit too.
+            case "deactivating" where !awaitingReady && status.subState != "stop-watchdog": outcomes.append(.stopping(pid: pid))
             default: break
             }
         }

@@ -357,6 +357,35 @@ extension SystemdNamespaceTests {
             }
         }
 
+        /// systemd's own stops are no STOPPING=1: the main process of a notify and of a plain
+        /// worker exits while a child lives on in its cgroup, which systemd then stops
+        /// (`deactivating`). Both went `stopping`, "stopping by itself (STOPPING=1)", before
+        /// `backoff`; the process runner goes from running to backoff.
+        @Test(.enabled(if: rootTestsEnabled, needsRoot))
+        func aMainProcessThatExitsBeforeItsChildIsNotStoppingByItself() async throws {
+            try await SystemdDaemonFixture.with("") { f in
+                let steps = try f.stepsFifo(), plainSteps = try f.stepsFifo("plain-steps")
+                try f.writeConfiguration(
+                    shellWorker("n", "systemd-notify --ready; sleep 1000 & read line < \(steps); exit 3",
+                                extra: "ready = \"notify\"\nrestart-delay = 30")
+                        + shellWorker("plain", "sleep 1000 & read line < \(plainSteps); exit 3", extra: "restart-delay = 30"))
+                try await f.startDaemon()
+                let monitor = try await f.monitor()
+                defer { Task { await monitor.stop() } }
+                try await f.waitForState(monitor, "n", "running")
+                #expect(try await f.workers()["plain"]?.state == "running")
+                // Every state change from here on (both are running, each waits for its step).
+                let changes = try await f.monitor()
+                defer { Task { await changes.stop() } }
+                DaemonNotifyTests.step(steps)
+                let notify = try await changes.states(of: "n", until: "backoff")
+                #expect(notify == ["backoff: exited with status 3"])
+                DaemonNotifyTests.step(plainSteps)
+                let plain = try await changes.states(of: "plain", until: "backoff")
+                #expect(plain == ["backoff: exited with status 3"])
+            }
+        }
+
         /// RELOADING=1, READY=1, STOPPING=1 and an exit, as in DaemonNotifyTests.
         @Test(.enabled(if: rootTestsEnabled, needsRoot))
         func reloadingAndStoppingAsSystemdDefinesThem() async throws {

@@ -48,6 +48,12 @@ extension SystemdDaemonFixture {
         return fifo
     }
 
+    /// The shell line that waits for the test's next step on `fifo` (DaemonNotifyTests.step). It
+    /// reads again after an end of file: a script that reopens the fifo for its next step while
+    /// the test has not yet closed its end of the last one gets one (seen under load: the script
+    /// ran on to its next READY=1 at once).
+    static func awaitStep(_ fifo: String) -> String { "until read line < \(fifo); do :; done" }
+
     /// The command line of a notify sender of DaemonNotifyTests, put in the fixture's folder for
     /// units that run as `nobody`: not in the checkout, whose folders may be closed to others (a
     /// clone under a 0700 mktemp folder), nor in /tmp, which is the namespace's own.
@@ -284,7 +290,7 @@ extension SystemdNamespaceTests {
                             restart-delay = 30
                             """)
                         + shellWorker("hang", """
-                            read line < \(hangSteps); \(send) READY=1; \(pings); \(send) WATCHDOG_USEC=4000000 STATUS=silent; exec sleep 1000
+                            \(SystemdDaemonFixture.awaitStep(hangSteps)); \(send) READY=1; \(pings); \(send) WATCHDOG_USEC=4000000 STATUS=silent; exec sleep 1000
                             """, extra: """
                             ready = "notify"
                             user = "nobody"
@@ -391,35 +397,31 @@ extension SystemdNamespaceTests {
         func reloadingAndStoppingAsSystemdDefinesThem() async throws {
             try await SystemdDaemonFixture.with("") { f in
                 let fifo = try f.stepsFifo()
+                let step = SystemdDaemonFixture.awaitStep(fifo)
                 let script = """
-                    systemd-notify --ready; read line < \(fifo); systemd-notify RELOADING=1; read line < \(fifo); \
-                    systemd-notify --ready; read line < \(fifo); systemd-notify STOPPING=1; read line < \(fifo); exit 0
+                    systemd-notify --ready; \(step); systemd-notify RELOADING=1; \(step); \
+                    systemd-notify --ready; \(step); systemd-notify STOPPING=1; \(step); exit 0
                     """
                 try f.writeConfiguration(shellWorker("r", script, extra: "ready = \"notify\"\nrestart-delay = 30"))
-                func step() {
-                    let fd = open(fifo, O_WRONLY)
-                    _ = write(fd, "x\n", 2)
-                    close(fd)
-                }
                 try await f.startDaemon()
                 let monitor = try await f.monitor()
                 defer { Task { await monitor.stop() } }
                 // Its `running` signal may come after the read that sees it: each wait below
                 // names the state it waits for.
                 try await f.waitForState(monitor, "r", "running")
-                step()
+                DaemonNotifyTests.step(fifo)
                 let reloading = try await monitor.stateChange(of: "r", to: "starting")
                 #expect(reloading.state == "starting" && reloading.reason == "reloading (RELOADING=1)", "\(reloading)")
                 let readyAt = try await f.workerProperty("ReadyAt", "r")
                 let stateNow = try await f.workerProperty("State", "r")
                 #expect(readyAt.uint64 == 0, "ReadyAt \(readyAt), State \(stateNow)")
-                step()
+                DaemonNotifyTests.step(fifo)
                 let reloaded = try await monitor.stateChange(of: "r", to: "running")
                 #expect(reloaded.state == "running" && reloaded.reason == "reloaded (READY=1)", "\(reloaded)")
-                step()
+                DaemonNotifyTests.step(fifo)
                 let stopping = try await monitor.stateChange(of: "r", to: "stopping")
                 #expect(stopping.state == "stopping" && stopping.reason == "stopping by itself (STOPPING=1)", "\(stopping)")
-                step()
+                DaemonNotifyTests.step(fifo)
                 let exited = try await monitor.stateChange(of: "r", to: "backoff")
                 #expect(exited.state == "backoff" && exited.reason == "exited with status 0", "\(exited)")
             }

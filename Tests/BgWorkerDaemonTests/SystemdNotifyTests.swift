@@ -267,8 +267,9 @@ extension SystemdNamespaceTests {
         }
 
         /// The python3 and C senders of DaemonNotifyTests, speaking to systemd from units that run
-        /// as `nobody`, with the answers DaemonNotifyTests gets from the process runner. Each
-        /// worker waits for its step, and every state it goes through from then on is checked:
+        /// as `nobody`, with the answers the process runner gives (the same state sequences, seen
+        /// with these scripts under it). Each worker waits for its step, and every state it goes
+        /// through from then on is checked:
         /// - `ready`: STATUS= while starting (ReadyAt 0), then READY=1 and STATUS=: `running`,
         ///   same pid, ReadyAt now, StatusText;
         /// - `trigger`: READY=1, then WATCHDOG=trigger: `backoff`, LastExit `watchdog`;

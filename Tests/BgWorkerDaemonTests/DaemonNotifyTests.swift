@@ -14,7 +14,12 @@ struct DaemonNotifyTests {
     /// reads its message cannot be placed (docs/notify.md), which a shell's helper must avoid.
     static let send: String = {
         let path = "/tmp/bgw-notify-send-\(getuid()).py"
-        try? """
+        return (try? writeSender(to: path)) ?? "/usr/bin/python3 \(path)"
+    }()
+
+    /// Writes the sender above to `path` (readable by all); returns the command line that runs it.
+    static func writeSender(to path: String) throws -> String {
+        try """
             import array, os, select, socket, sys
             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             address = os.environ["NOTIFY_SOCKET"]
@@ -28,7 +33,15 @@ struct DaemonNotifyTests {
             poller.poll(5000)
             """.write(toFile: path, atomically: true, encoding: .utf8)
         return "/usr/bin/python3 \(path)"
-    }()
+    }
+
+    /// Compiles Fixtures/sd-notify-sender.c (libsystemd's sd_notify and sd_notify_barrier) to `binary`.
+    static func compileSdNotifySender(to binary: String) async throws {
+        let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("Fixtures/sd-notify-sender.c").path
+        let compiled = try await run(["cc", "-o", binary, source, "-lsystemd"])
+        try #require(compiled.status == 0, "cc failed: \(compiled.stderr)")
+    }
 
     static func path(_ worker: String) -> String { BgWorkerBus.workerPathPrefix + worker }
 
@@ -123,11 +136,8 @@ struct DaemonNotifyTests {
         // Fixtures/sd-notify-sender.c: sd_notify(READY=1, STATUS=...), then sd_notify_barrier,
         // run by the worker's shell as its child (in its group).
         try await DaemonFixture.with("", start: false) { fixture in
-            let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-                .appendingPathComponent("Fixtures/sd-notify-sender.c").path
             let binary = fixture.directory.file("sd-notify-sender")
-            let compiled = try await run(["cc", "-o", binary, source, "-lsystemd"])
-            try #require(compiled.status == 0, "cc failed: \(compiled.stderr)")
+            try await Self.compileSdNotifySender(to: binary)
             try fixture.writeConfiguration(shellWorker("c", "\(binary) > /dev/null; echo barrier=$?; exec sleep 1000", extra: "ready = \"notify\""))
             try await fixture.startDaemon()
             let monitor = try await fixture.monitor()

@@ -41,11 +41,57 @@ extension SystemdDaemonFixture {
     }
 
     /// A fifo in the fixture's folder (visible inside the namespace) a worker reads its steps from.
-    func stepsFifo() throws -> String {
-        let fifo = "\(directory)/steps"
+    func stepsFifo(_ name: String = "steps") throws -> String {
+        let fifo = "\(directory)/\(name)"
         guard mkfifo(fifo, 0o666) == 0 else { throw TestProcessError("mkfifo \(fifo): \(errno)") }
+        chmod(fifo, 0o666)
         return fifo
     }
+
+    /// The shell line that waits for the test's next step on `fifo` (DaemonNotifyTests.step). It
+    /// reads again after an end of file: a script that reopens the fifo for its next step while
+    /// the test has not yet closed its end of the last one gets one (seen under load: the script
+    /// ran on to its next READY=1 at once).
+    static func awaitStep(_ fifo: String) -> String { "until read line < \(fifo); do :; done" }
+
+    /// The command line of a notify sender of DaemonNotifyTests, put in the fixture's folder for
+    /// units that run as `nobody`: not in the checkout, whose folders may be closed to others (a
+    /// clone under a 0700 mktemp folder), nor in /tmp, which is the namespace's own.
+    func sender(_ kind: NotifySender) async throws -> String {
+        chmod(directory, 0o755)
+        switch kind {
+        case .python:
+            let command = try DaemonNotifyTests.writeSender(to: "\(directory)/send.py")
+            chmod("\(directory)/send.py", 0o644)
+            return command
+        case .c:
+            let binary = "\(directory)/sd-notify-sender"
+            try await DaemonNotifyTests.compileSdNotifySender(to: binary)
+            chmod(binary, 0o755)
+            return binary
+        }
+    }
+}
+
+extension BusMonitor {
+    /// `state: reason` of each of `worker`'s WorkerStateChanged, up to the first to `state`.
+    func states(of worker: String, until state: String, timeout: Duration = .seconds(30)) async throws -> [String] {
+        let deadline = ContinuousClock.now + timeout
+        var seen: [String] = []
+        while true {
+            let change = try await stateChange(of: worker, timeout: deadline - ContinuousClock.now)
+            seen.append("\(change.state): \(change.reason)")
+            if change.state == state { return seen }
+        }
+    }
+}
+
+/// The senders of DaemonNotifyTests: the raw python3 socket sender (each argument one datagram,
+/// then a barrier) and Fixtures/sd-notify-sender.c (libsystemd's sd_notify with the arguments as
+/// the lines of one message, then sd_notify_barrier).
+enum NotifySender: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case python, c
+    var testDescription: String { self == .python ? "python3 socket sender" : "C sender, libsystemd's sd_notify" }
 }
 
 extension SystemdNamespaceTests {
@@ -220,40 +266,163 @@ extension SystemdNamespaceTests {
             }
         }
 
+        /// The python3 and C senders of DaemonNotifyTests, speaking to systemd from units that run
+        /// as `nobody`, with the answers the process runner gives (the same state sequences, seen
+        /// with these scripts under it). Each worker waits for its step, and every state it goes
+        /// through from then on is checked:
+        /// - `ready`: STATUS= while starting (ReadyAt 0), then READY=1 and STATUS=: `running`,
+        ///   same pid, ReadyAt now, StatusText;
+        /// - `trigger`: READY=1, then WATCHDOG=trigger: `backoff`, LastExit `watchdog`;
+        /// - `hang`: WATCHDOG=1 pings that keep it running past its 1 s watchdog, then
+        ///   WATCHDOG_USEC=4 s and silence: `backoff` (LastExit `watchdog`) no sooner than the new
+        ///   deadline, then a restart (a new unit, a new pid, Restarts 1).
+        @Test(.enabled(if: rootTestsEnabled, needsRoot), arguments: NotifySender.allCases)
+        func readinessStatusAndTheWatchdogFromEachSender(_ kind: NotifySender) async throws {
+            try await SystemdDaemonFixture.with("") { f in
+                let send = try await f.sender(kind)
+                let steps = try f.stepsFifo(), triggerSteps = try f.stepsFifo("trigger-steps"), hangSteps = try f.stepsFifo("hang-steps")
+                let pings = "i=0; while [ $i -lt 15 ]; do i=$((i+1)); \(send) WATCHDOG=1 STATUS=ping$i; sleep 0.1; done"
+                try f.writeConfiguration(
+                    shellWorker("ready", "\(send) 'STATUS=waiting for the step'; read line < \(steps); \(send) READY=1 STATUS=up; exec sleep 1000",
+                                extra: "ready = \"notify\"\nuser = \"nobody\"")
+                        + shellWorker("trigger", "read line < \(triggerSteps); \(send) READY=1; \(send) WATCHDOG=trigger; exec sleep 1000", extra: """
+                            ready = "notify"
+                            user = "nobody"
+                            restart-delay = 30
+                            """)
+                        + shellWorker("hang", """
+                            \(SystemdDaemonFixture.awaitStep(hangSteps)); \(send) READY=1; \(pings); \(send) WATCHDOG_USEC=4000000 STATUS=silent; exec sleep 1000
+                            """, extra: """
+                            ready = "notify"
+                            user = "nobody"
+                            watchdog = 1
+                            stop-timeout = 1
+                            restart-delay = 0.5
+                            """))
+                try await f.startDaemon()
+                // `changes` serves `states(of:until:)` alone: the waits for properties on `monitor` consume
+                // the state changes of other workers.
+                let monitor = try await f.monitor(), changes = try await f.monitor()
+                defer { Task { await monitor.stop(); await changes.stop() } }
+
+                _ = try await f.waitForProperty(monitor, "ready", "StatusText") { $0.string == "waiting for the step" }
+                let starting = try #require(try await f.workers()["ready"])
+                #expect(starting.state == "starting" && starting.pid != 0, "\(starting)")
+                #expect(try await f.workerProperty("ReadyAt", "ready").uint64 == 0)
+                DaemonNotifyTests.step(steps)
+                let readied = try await changes.states(of: "ready", until: "running")
+                #expect(readied == ["running: ready (READY=1)"])
+                #expect(try await f.workers()["ready"]?.pid == starting.pid)
+                _ = try await f.waitForProperty(monitor, "ready", "StatusText") { $0.string == "up" }
+                let readyAt = try #require(try await f.workerProperty("ReadyAt", "ready").uint64)
+                let now = UInt64(Date().timeIntervalSince1970 * 1e6)
+                #expect(readyAt > now - 60_000_000 && readyAt <= now)
+
+                DaemonNotifyTests.step(triggerSteps)
+                let triggered = try await changes.states(of: "trigger", until: "backoff")
+                #expect(triggered == ["running: ready (READY=1)", "backoff: killed by the watchdog"])
+                #expect(try await f.workerProperty("LastExit", "trigger").string == "watchdog")
+
+                let first = try await f.waitForState(monitor, "hang", "starting")
+                DaemonNotifyTests.step(hangSteps)
+                _ = try await f.waitForProperty(monitor, "hang", "StatusText", timeout: .seconds(60)) { $0.string == "silent" }
+                let silentSeen = ContinuousClock.now
+                #expect(try await f.workerProperty("Restarts", "hang").uint32 == 0, "15 pings over more than 1 s kept it running")
+                let ended = try await changes.states(of: "hang", until: "backoff")
+                #expect(ContinuousClock.now - silentSeen > .seconds(2), "WATCHDOG_USEC=4000000 replaced the 1 s watchdog")
+                #expect(ended == ["running: ready (READY=1)", "backoff: killed by the watchdog"])
+                #expect(try await f.workerProperty("LastExit", "hang").string == "watchdog")
+                #expect(try await changes.stateChange(of: "hang", timeout: .seconds(20)).state == "starting")
+                let pid = try await f.waitForProperty(monitor, "hang", "Pid") { ($0.uint32 ?? 0) != 0 }
+                #expect(pid.uint32 != first.pid, "restarted in a new unit")
+                #expect(try await f.workerProperty("Restarts", "hang").uint32 == 1)
+            }
+        }
+
+        /// Where the runners differ (docs/systemd-runner.md): systemd's watchdog SIGABRT goes to
+        /// every process of the unit's cgroup (KillMode=control-group), not to the main process
+        /// alone as with the process runner, where a child that outlives the main process's
+        /// SIGABRT is ended by the SIGKILL after stop-timeout. Here the child traps SIGABRT and
+        /// says so; the stop timeout (SIGKILL) is far away.
+        @Test(.enabled(if: rootTestsEnabled, needsRoot))
+        func theWatchdogsSIGABRTReachesTheWholeCgroup() async throws {
+            try await SystemdDaemonFixture.with("") { f in
+                let send = try await f.sender(.c), marker = "\(f.directory)/child"
+                let child = "(trap 'echo SIGABRT > \(marker); exit 9' ABRT; sleep 1000 & wait)"
+                try f.writeConfiguration(shellWorker("hang", "trap '' ABRT; \(send) READY=1; \(child); wait", extra: """
+                    ready = "notify"
+                    watchdog = 0.5
+                    stop-timeout = 60
+                    restart-delay = 30
+                    """))
+                try await f.startDaemon()
+                let monitor = try await f.monitor()
+                defer { Task { await monitor.stop() } }
+                try await f.waitForState(monitor, "hang", "backoff")
+                #expect(try await f.workerProperty("LastExit", "hang").string == "watchdog")
+                #expect((try? String(contentsOfFile: marker, encoding: .utf8)) == "SIGABRT\n", "the child got SIGABRT too")
+            }
+        }
+
+        /// systemd's own stops are no STOPPING=1: the main process of a notify and of a plain
+        /// worker exits while a child lives on in its cgroup, which systemd then stops
+        /// (`deactivating`). Both went `stopping`, "stopping by itself (STOPPING=1)", before
+        /// `backoff`; the process runner goes from running to backoff.
+        @Test(.enabled(if: rootTestsEnabled, needsRoot))
+        func aMainProcessThatExitsBeforeItsChildIsNotStoppingByItself() async throws {
+            try await SystemdDaemonFixture.with("") { f in
+                let steps = try f.stepsFifo(), plainSteps = try f.stepsFifo("plain-steps")
+                try f.writeConfiguration(
+                    shellWorker("n", "systemd-notify --ready; sleep 1000 & read line < \(steps); exit 3",
+                                extra: "ready = \"notify\"\nrestart-delay = 30")
+                        + shellWorker("plain", "sleep 1000 & read line < \(plainSteps); exit 3", extra: "restart-delay = 30"))
+                try await f.startDaemon()
+                let monitor = try await f.monitor()
+                defer { Task { await monitor.stop() } }
+                try await f.waitForState(monitor, "n", "running")
+                #expect(try await f.workers()["plain"]?.state == "running")
+                // Every state change from here on (both are running, each waits for its step).
+                let changes = try await f.monitor()
+                defer { Task { await changes.stop() } }
+                DaemonNotifyTests.step(steps)
+                let notify = try await changes.states(of: "n", until: "backoff")
+                #expect(notify == ["backoff: exited with status 3"])
+                DaemonNotifyTests.step(plainSteps)
+                let plain = try await changes.states(of: "plain", until: "backoff")
+                #expect(plain == ["backoff: exited with status 3"])
+            }
+        }
+
         /// RELOADING=1, READY=1, STOPPING=1 and an exit, as in DaemonNotifyTests.
         @Test(.enabled(if: rootTestsEnabled, needsRoot))
         func reloadingAndStoppingAsSystemdDefinesThem() async throws {
             try await SystemdDaemonFixture.with("") { f in
                 let fifo = try f.stepsFifo()
+                let step = SystemdDaemonFixture.awaitStep(fifo)
                 let script = """
-                    systemd-notify --ready; read line < \(fifo); systemd-notify RELOADING=1; read line < \(fifo); \
-                    systemd-notify --ready; read line < \(fifo); systemd-notify STOPPING=1; read line < \(fifo); exit 0
+                    systemd-notify --ready; \(step); systemd-notify RELOADING=1; \(step); \
+                    systemd-notify --ready; \(step); systemd-notify STOPPING=1; \(step); exit 0
                     """
                 try f.writeConfiguration(shellWorker("r", script, extra: "ready = \"notify\"\nrestart-delay = 30"))
-                func step() {
-                    let fd = open(fifo, O_WRONLY)
-                    _ = write(fd, "x\n", 2)
-                    close(fd)
-                }
                 try await f.startDaemon()
                 let monitor = try await f.monitor()
                 defer { Task { await monitor.stop() } }
                 // Its `running` signal may come after the read that sees it: each wait below
                 // names the state it waits for.
                 try await f.waitForState(monitor, "r", "running")
-                step()
+                DaemonNotifyTests.step(fifo)
                 let reloading = try await monitor.stateChange(of: "r", to: "starting")
                 #expect(reloading.state == "starting" && reloading.reason == "reloading (RELOADING=1)", "\(reloading)")
                 let readyAt = try await f.workerProperty("ReadyAt", "r")
                 let stateNow = try await f.workerProperty("State", "r")
                 #expect(readyAt.uint64 == 0, "ReadyAt \(readyAt), State \(stateNow)")
-                step()
+                DaemonNotifyTests.step(fifo)
                 let reloaded = try await monitor.stateChange(of: "r", to: "running")
                 #expect(reloaded.state == "running" && reloaded.reason == "reloaded (READY=1)", "\(reloaded)")
-                step()
+                DaemonNotifyTests.step(fifo)
                 let stopping = try await monitor.stateChange(of: "r", to: "stopping")
                 #expect(stopping.state == "stopping" && stopping.reason == "stopping by itself (STOPPING=1)", "\(stopping)")
-                step()
+                DaemonNotifyTests.step(fifo)
                 let exited = try await monitor.stateChange(of: "r", to: "backoff")
                 #expect(exited.state == "backoff" && exited.reason == "exited with status 0", "\(exited)")
             }

@@ -160,7 +160,8 @@ struct SystemdRunnerUnitTests {
         #expect(t.propertiesChanged(["StatusText": .variant(.string("cycle 1"))]) == [.status(pid: 11, "cycle 1")])
         #expect(t.propertiesChanged(Self.unit("reloading", "reload")) == [.reloading(pid: 11)])
         #expect(t.propertiesChanged(Self.unit("active", "running")) == [.ready(pid: 11)])
-        #expect(t.propertiesChanged(Self.unit("deactivating", "stop-watchdog")) == [.stopping(pid: 11)])
+        // systemd's watchdog kill is no STOPPING=1: it was reported as `stopping by itself`.
+        #expect(t.propertiesChanged(Self.unit("deactivating", "stop-watchdog")) == [])
         #expect(t.propertiesChanged(Self.service(mainPID: 0, result: "watchdog", code: 3, status: 6, execMainPID: 11)) == [])
         #expect(t.propertiesChanged(Self.unit("failed", "failed")) == [.exited(pid: 11, .watchdog)])
 
@@ -248,12 +249,31 @@ struct SystemdRunnerUnitTests {
         #expect(exited.jobRemoved(job: "/j/6", result: "failed") == [.started(pid: 41), .exited(pid: 41, .exited(3))])
     }
 
-    @Test func aStopEndsWithTheSignalThatEndedIt() {
+    /// The main process ended while others of its cgroup live: systemd stops them (deactivating,
+    /// stop-sigterm, after the Service's flush with ExecMainCode). That is no STOPPING=1, which it
+    /// was reported as; a STOPPING=1 (the same SubState, the main process alive) still is.
+    @Test func theStopOfWhatOutlivesTheMainProcessIsNoStopping() {
+        var t = Self.running(50, job: "/j/71")
+        #expect(t.propertiesChanged(Self.service(mainPID: 0, result: "exit-code", code: 1, status: 3, execMainPID: 50)) == [])
+        #expect(t.propertiesChanged(Self.unit("deactivating", "stop-sigterm")) == [])
+        #expect(t.propertiesChanged(Self.unit("failed", "failed")) == [.exited(pid: 50, .exited(3))])
+
+        var stopping = Self.running(51, job: "/j/72")
+        #expect(stopping.propertiesChanged(Self.unit("deactivating", "stop-sigterm")) == [.stopping(pid: 51)])
+    }
+
+    /// A tracker whose unit's start job is done, with `pid` running.
+    private static func running(_ pid: UInt32, job: String) -> UnitTracker {
         var t = UnitTracker()
-        _ = t.startJobCreated("/j/61")
-        _ = t.propertiesChanged(Self.service(mainPID: 48))
-        _ = t.propertiesChanged(Self.unit("active", "running"))
-        #expect(t.jobRemoved(job: "/j/61", result: "done") == [.started(pid: 48), .ready(pid: 48)])
+        _ = t.startJobCreated(job)
+        _ = t.propertiesChanged(service(mainPID: pid))
+        _ = t.propertiesChanged(unit("active", "running"))
+        #expect(t.jobRemoved(job: job, result: "done") == [.started(pid: Int32(pid)), .ready(pid: Int32(pid))])
+        return t
+    }
+
+    @Test func aStopEndsWithTheSignalThatEndedIt() {
+        var t = Self.running(48, job: "/j/61")
         _ = t.propertiesChanged(Self.unit("deactivating", "stop-sigterm"))
         _ = t.propertiesChanged(Self.service(mainPID: 48, result: "timeout"))
         #expect(t.propertiesChanged(Self.unit("deactivating", "stop-sigkill")) == [])

@@ -164,9 +164,13 @@ struct UnitTracker: Sendable, Equatable {
             case "active" where before.activeState == "reloading" || awaitingReady:
                 awaitingReady = false
                 outcomes.append(.ready(pid: pid))
-            // Before READY=1 this is systemd's stop (its start timeout, ours): systemd acts on
-            // a STOPPING=1 sent while activating only at READY=1.
-            case "deactivating" where !awaitingReady: outcomes.append(.stopping(pid: pid))
+            // Only a STOPPING=1 is reported; systemd's own stops are not, since the process runner
+            // goes from running to the exit there: before READY=1 (its start timeout, ours; it acts
+            // on a STOPPING=1 sent while activating only at READY=1), its watchdog kill
+            // (`stop-watchdog`), and the stop of what is left in the cgroup once the main process
+            // ended (its end is announced first, in the Service's flush).
+            case "deactivating" where !awaitingReady && status.subState != "stop-watchdog" && status.execMainCode == 0:
+                outcomes.append(.stopping(pid: pid))
             default: break
             }
         }

@@ -1,3 +1,4 @@
+import CDBus
 @_spi(WireFormat) @testable import DBus
 import Foundation
 import Testing
@@ -34,6 +35,26 @@ struct ManagedObjectsTests {
             #expect(Self.writerBody(values) == (try Self.libdbusBody(values)), "round \(round): \(values)")
         }
         #expect(Self.writerBody([.unixFD(try UnixFD(duplicating: 0))]) == nil, "a descriptor has no meaning as bytes alone")
+    }
+
+    /// Received bodies are read from their bytes (`WireReader`), not through libdbus' iterators:
+    /// both must give the values sent.
+    @Test func theReaderReadsWhatTheIteratorsRead() throws {
+        func check(_ values: [DBusValue], _ comment: Comment) throws {
+            let bytes = try WireFormat.encodeSignal(path: "/a", interface: "org.example.A", member: "B", values)
+            let message = try #require(bytes.withUnsafeBufferPointer { buffer in
+                buffer.withMemoryRebound(to: CChar.self) { dbus_message_demarshal($0.baseAddress, Int32($0.count), nil) }
+            })
+            defer { dbus_message_unref(message) }
+            let fromWire = try Marshal.readFromWire(message)
+            #expect(fromWire == values, comment)
+            #expect(try Marshal.readIterating(message) == values, comment)
+        }
+        try check(Samples.everyType, "every sample type")
+        var fuzzer = Fuzzer(seed: 16)
+        for round in 0..<2000 {
+            try check((0..<(1 + round % 3)).map { _ in fuzzer.randomValue(fuzzer.randomType(depth: 0)) }, "round \(round)")
+        }
     }
 
     /// An interface with a property of every sample type.

@@ -172,8 +172,19 @@ public final class ExportedObject: Sendable {
             guard values[interface]?[name] != value else { return false }
             values[interface, default: [:]][name] = value
             managedEntry = nil
+            ExportedObject.noteChange()
             return true
         }
+    }
+
+    /// Counts every change a GetManagedObjects reply could show (a value, an export, an
+    /// unexport), process-wide: a kept reply is reused only while the count is the one read
+    /// before it was built. Bumped while the change's own lock is held, so a reply built from
+    /// an older value always sees a newer count.
+    static let changes = Atomic<UInt64>(0)
+
+    static func noteChange() {
+        changes.add(1, ordering: .sequentiallyConsistent)
     }
 
     private let stored: Mutex<Stored>

@@ -338,8 +338,17 @@ extension LoopState {
     /// Answers GetManagedObjects with a body written straight into wire format: with thousands
     /// of objects, building the reply as values through libdbus' iterators took ~44 us per
     /// object (docs/benchmarks.md, "Bus reads"). The same content either way.
+    ///
+    /// While nothing changed (no value, no export or unexport), the last reply is sent again,
+    /// readdressed: with thousands of objects, libdbus' validation of the body is most of the
+    /// cost of building one.
     func sendManagedObjects(_ reply: ReplyAddress, under root: ObjectPath) {
         guard !reply.noReply, connection != nil else { return }
+        let changes = ExportedObject.changes.load(ordering: .sequentiallyConsistent)
+        if let kept = managedReplies[root], kept.changes == changes, let message = readdressed(kept.message, reply) {
+            _ = sendAndRelease(message)
+            return
+        }
         let objects = managedObjectList(under: root)
         var body = WireWriter(capacity: 512 * objects.count + 8)
         let array = body.beginArray(elementAlignment: 8)
@@ -349,18 +358,31 @@ extension LoopState {
             break
         }
         body.endArray(array)
-        if written, let message = methodReturn(reply, emptyValue: .dictionary(key: .objectPath, value: ManagedObjects.interfacesType, []),
-                                               body: body.bytes) {
+        if written, let built = methodReturn(reply, emptyValue: .dictionary(key: .objectPath, value: ManagedObjects.interfacesType, []),
+                                             body: body.bytes), let message = readdressed(built, reply) {
+            if let old = managedReplies.updateValue((changes, built), forKey: root) { dbus_message_unref(old.message) }
             _ = sendAndRelease(message)
             return
         }
         sendReply(reply, .success([managedObjects(under: root)]), outTypes: [ManagedObjects.type])
     }
 
-    /// A method return to `reply` whose body is `body`, one value already in wire format
-    /// (little-endian). libdbus writes the header (for `emptyValue`, of the same type), `body`
-    /// replaces the empty one, and libdbus reads the whole back, validating it as it validates
-    /// every message it receives. Nil when it refuses: the caller then builds the reply itself.
+    /// A copy of `template` (a method return) answering `reply`: serial 0 for the connection to
+    /// number, `reply`'s reply serial and destination. The caller owns it.
+    private func readdressed(_ template: OpaquePointer, _ reply: ReplyAddress) -> OpaquePointer? {
+        guard let m = dbus_message_copy(template) else { return nil }
+        guard dbus_message_set_reply_serial(m, reply.serial) != 0, dbus_message_set_destination(m, reply.destination) != 0 else {
+            dbus_message_unref(m)
+            return nil
+        }
+        return m
+    }
+
+    /// A method return whose body is `body`, one value already in wire format (little-endian),
+    /// addressed to `reply` (`readdressed` answers another call with it). libdbus writes the
+    /// header (for `emptyValue`, of the same type), `body` replaces the empty one, and libdbus
+    /// reads the whole back, validating it as it validates every message it receives. Nil when
+    /// it refuses: the caller then builds the reply itself. The caller owns the result.
     private func methodReturn(_ reply: ReplyAddress, emptyValue: DBusValue, body: [UInt8]) -> OpaquePointer? {
         guard let template = dbus_message_new(DBUS_MESSAGE_TYPE_METHOD_RETURN) else { return nil }
         defer { dbus_message_unref(template) }
@@ -392,9 +414,7 @@ extension LoopState {
         let loaded = whole.withUnsafeBufferPointer { buffer in
             buffer.withMemoryRebound(to: CChar.self) { dbus_message_demarshal($0.baseAddress, Int32(buffer.count), &error) }
         }
-        guard let loaded else { return nil }
-        defer { dbus_message_unref(loaded) }
-        return dbus_message_copy(loaded)
+        return loaded
     }
 
     func localMachineID() -> String {

@@ -79,14 +79,14 @@ struct ManagedObjectsTests {
 
     /// A server with an object manager at /org/example and a client; `managed` calls
     /// GetManagedObjects on it.
-    static func withManager(_ body: (_ server: DBusConnection, _ client: DBusConnection,
+    static func withManager(_ body: (_ fx: BusFixture, _ server: DBusConnection, _ client: DBusConnection,
                                      _ managed: () async throws -> DBusValue?) async throws -> Void) async throws {
         try await withBus { fx in
             let server = try await fx.connect()
             let client = try await fx.connect()
             let root = try ExportedObject(path: try ObjectPath("/org/example"), interfaces: [], objectManager: true)
             try server.export(root)
-            try await body(server, client) {
+            try await body(fx, server, client) {
                 try await client.call(destination: server.uniqueName, path: root.path,
                                       interface: "org.freedesktop.DBus.ObjectManager", member: "GetManagedObjects").first
             }
@@ -96,13 +96,20 @@ struct ManagedObjectsTests {
     }
 
     @Test func theReplyHoldsEveryObjectWithItsCurrentValuesAfterEachChange() async throws {
-        try await Self.withManager { server, client, managed in
+        try await Self.withManager { fx, server, client, managed in
             // Exported out of order; a sibling tree outside the manager's path is left out.
             let objects = try (0..<300).reversed().map { try Self.object(try ObjectPath("/org/example/o\($0)")) }
             for o in objects { try server.export(o) }
             try server.export(try Self.object(try ObjectPath("/org/other")))
             #expect(try await managed() == Self.expected(objects))
-            #expect(try await managed() == Self.expected(objects), "the kept entries")
+            #expect(try await managed() == Self.expected(objects), "the kept reply, sent again")
+            // The kept reply readdressed to another caller (else it would never arrive).
+            let other = try await fx.connect()
+            #expect(try await other.call(destination: server.uniqueName, path: try ObjectPath("/org/example"),
+                                         interface: "org.freedesktop.DBus.ObjectManager", member: "GetManagedObjects").first
+                == Self.expected(objects))
+            other.close()
+            #expect(try await managed() == Self.expected(objects))
 
             // A change by the owner shows in the very next reply.
             try objects[7].setProperty("org.example.Count", "N", .uint32(42))
@@ -127,7 +134,7 @@ struct ManagedObjectsTests {
     }
 
     @Test func objectsWithDescriptorsAreStillListed() async throws {
-        try await Self.withManager { server, _, managed in
+        try await Self.withManager { _, server, _, managed in
             let plain = try Self.object(try ObjectPath("/org/example/a"))
             let withFD = try ExportedObject(path: try ObjectPath("/org/example/b"), interfaces: [
                 DBusInterface("org.example.FD", properties: [DBusProperty("F", .unixFD, initial: .unixFD(try UnixFD(duplicating: 0)))]),

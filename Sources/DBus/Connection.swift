@@ -347,6 +347,7 @@ public final class DBusConnection: Sendable {
                 throw DBusConnectionError(.objectPathInUse, "an object is already exported at \(object.path)")
             }
             registry[object.path] = object
+            ExportedObject.noteChange()
             return Self.nearestManager(of: object.path, in: registry)
         }
         object.attach(core)
@@ -361,6 +362,7 @@ public final class DBusConnection: Sendable {
     public func unexport(_ path: ObjectPath) {
         let removed = core.exports.withLock { registry -> (ExportedObject, ObjectPath?)? in
             guard let object = registry.removeValue(forKey: path) else { return nil }
+            ExportedObject.noteChange()
             return (object, Self.nearestManager(of: path, in: registry))
         }
         guard let (object, manager) = removed else { return }

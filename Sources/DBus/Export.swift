@@ -162,7 +162,32 @@ public final class ExportedObject: Sendable {
     }
 
     let tables: [String: Table]
-    private let values: Mutex<[String: [String: DBusValue]]>
+    /// The property values, and this object's GetManagedObjects entry written from them: one
+    /// lock, and every change of a value drops the entry, so it is never older than the values.
+    private struct Stored {
+        var values: [String: [String: DBusValue]]
+        var managedEntry: [UInt8]?
+
+        mutating func set(_ interface: String, _ name: String, _ value: DBusValue) -> Bool {
+            guard values[interface]?[name] != value else { return false }
+            values[interface, default: [:]][name] = value
+            managedEntry = nil
+            ExportedObject.noteChange()
+            return true
+        }
+    }
+
+    /// Counts every change a GetManagedObjects reply could show (a value, an export, an
+    /// unexport), process-wide: a kept reply is reused only while the count is the one read
+    /// before it was built. Bumped while the change's own lock is held, so a reply built from
+    /// an older value always sees a newer count.
+    static let changes = Atomic<UInt64>(0)
+
+    static func noteChange() {
+        changes.add(1, ordering: .sequentiallyConsistent)
+    }
+
+    private let stored: Mutex<Stored>
     private let attachments = Mutex<[WeakCore]>([])
 
     public init(path: ObjectPath, interfaces: [DBusInterface], objectManager: Bool = false) throws(DBusConnectionError) {
@@ -209,7 +234,7 @@ public final class ExportedObject: Sendable {
         self.interfaces = interfaces
         self.isObjectManager = objectManager
         self.tables = tables
-        self.values = Mutex(values)
+        self.stored = Mutex(Stored(values: values))
     }
 
     private static func bad(_ message: String) -> DBusConnectionError {
@@ -218,12 +243,12 @@ public final class ExportedObject: Sendable {
 
     /// The current value of a property.
     public func property(_ interface: String, _ name: String) -> DBusValue? {
-        values.withLock { $0[interface]?[name] }
+        stored.withLock { $0.values[interface]?[name] }
     }
 
     /// All current values of an interface's properties.
     public func properties(_ interface: String) -> [String: DBusValue] {
-        values.withLock { $0[interface] ?? [:] }
+        stored.withLock { $0.values[interface] ?? [:] }
     }
 
     /// Stores a property value and, when it changed, announces it with PropertiesChanged on
@@ -242,13 +267,8 @@ public final class ExportedObject: Sendable {
             }
             try ValueValidation.validateBody([value])
         }
-        let changed: [(String, DBusValue)] = values.withLock { all in
-            var changed: [(String, DBusValue)] = []
-            for (name, value) in changes where all[interface]?[name] != value {
-                all[interface, default: [:]][name] = value
-                changed.append((name, value))
-            }
-            return changed
+        let changed: [(String, DBusValue)] = stored.withLock { stored in
+            changes.filter { stored.set(interface, $0.0, $0.1) }
         }
         announce(interface: interface, changed: changed)
     }
@@ -292,7 +312,7 @@ public final class ExportedObject: Sendable {
     /// The interfaces and readable property values, as GetManagedObjects and InterfacesAdded
     /// carry them (`a{sa{sv}}`), standard interfaces included.
     func interfacesAndProperties() -> DBusValue {
-        let snapshot = values.withLock { $0 }
+        let snapshot = stored.withLock { $0.values }
         var entries: [DBusDictEntry] = []
         for name in standardInterfaceNames() {
             entries.append(DBusDictEntry(.string(name), .dictionary(key: .string, value: .variant, [])))
@@ -307,6 +327,54 @@ public final class ExportedObject: Sendable {
         return .dictionary(key: .string, value: .dictionary(key: .string, value: .variant), entries)
     }
 
+    /// Appends this object's entry of a GetManagedObjects reply (`{oa{sa{sv}}}`: the same
+    /// interfaces and values as `interfacesAndProperties`, in the same order) in wire format to
+    /// `writer`, at an 8-byte boundary. Written once and kept until a value changes (built under
+    /// the lock, so a change cannot slip in between). False when a property holds a unix fd.
+    func writeManagedEntry(to writer: inout WireWriter) -> Bool {
+        let entry: [UInt8]? = stored.withLock { stored in
+            if let entry = stored.managedEntry { return entry }
+            // Written from offset 0: its padding holds wherever it lands on an 8-byte boundary.
+            var own = WireWriter(capacity: 512)
+            guard Self.writeEntry(path: path, standard: standardInterfaceNames(), interfaces: interfaces,
+                                  values: stored.values, to: &own) else { return nil }
+            stored.managedEntry = own.bytes
+            return own.bytes
+        }
+        guard let entry else { return false }
+        writer.pad(to: 8)
+        writer.bytes.append(contentsOf: entry)
+        return true
+    }
+
+    private static func writeEntry(path: ObjectPath, standard: [String], interfaces: [DBusInterface],
+                                   values snapshot: [String: [String: DBusValue]], to writer: inout WireWriter) -> Bool {
+        writer.pad(to: 8)
+        writer.string(path.rawValue)
+        let interfaceArray = writer.beginArray(elementAlignment: 8)
+        for name in standard {
+            writer.pad(to: 8)
+            writer.string(name)
+            writer.endArray(writer.beginArray(elementAlignment: 8))
+        }
+        for i in interfaces {
+            writer.pad(to: 8)
+            writer.string(i.name)
+            let properties = writer.beginArray(elementAlignment: 8)
+            let current = snapshot[i.name]
+            for p in i.properties {
+                guard let v = current?[p.name] else { continue }
+                writer.pad(to: 8)
+                writer.string(p.name)
+                writer.signature(of: v.type)
+                guard writer.write(v) else { return false }
+            }
+            writer.endArray(properties)
+        }
+        writer.endArray(interfaceArray)
+        return true
+    }
+
     func standardInterfaceNames() -> [String] {
         var names = [StandardInterface.peer, StandardInterface.introspectable, StandardInterface.properties]
         if isObjectManager { names.append(StandardInterface.objectManager) }
@@ -315,11 +383,7 @@ public final class ExportedObject: Sendable {
 
     /// Stores a value set over the bus (already checked) and announces it.
     func storeFromBus(interface: String, name: String, value: DBusValue) {
-        let changed = values.withLock { all -> Bool in
-            guard all[interface]?[name] != value else { return false }
-            all[interface, default: [:]][name] = value
-            return true
-        }
+        let changed = stored.withLock { $0.set(interface, name, value) }
         if changed { announce(interface: interface, changed: [(name, value)]) }
     }
 

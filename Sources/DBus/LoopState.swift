@@ -39,6 +39,9 @@ final class LoopState {
 
     var subscriptions: [UInt64: SignalRoute] = [:]
     var machineID: String?
+    /// The last GetManagedObjects reply per object manager, with `ExportedObject.changes` as
+    /// read before it was built (owned references; released at shutdown).
+    var managedReplies: [ObjectPath: (changes: UInt64, message: OpaquePointer)] = [:]
 
     // epoll tags: the kind in the high 32 bits, a descriptor in the low ones.
     private enum Tag {
@@ -52,6 +55,7 @@ final class LoopState {
         // Only when the thread never ran (it closes them itself when it ends).
         if epollFD >= 0 { Glibc.close(epollFD) }
         if deadlineTimerFD >= 0 { Glibc.close(deadlineTimerFD) }
+        for (_, kept) in managedReplies { dbus_message_unref(kept.message) }
     }
 
     func setUp(core: ConnectionCore) throws(DBusConnectionError) {
@@ -208,6 +212,8 @@ final class LoopState {
         let calls = pending
         pending = [:]
         for (_, call) in calls { call.complete(self, .failure(reason)) }
+        for (_, kept) in managedReplies { dbus_message_unref(kept.message) }
+        managedReplies = [:]
         let routes = subscriptions
         subscriptions = [:]
         for (_, route) in routes { route.finish(throwing: reason) }

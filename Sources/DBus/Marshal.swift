@@ -164,6 +164,12 @@ enum Marshal {
     /// from the socket, so the iterator walks well-formed data; anything still unexpected is
     /// reported as `invalidMessage`, never trusted.
     static func read(_ message: OpaquePointer) throws(DBusConnectionError) -> [DBusValue] {
+        if let values = try readFromWire(message) { return values }
+        return try readIterating(message)
+    }
+
+    /// `read` through libdbus' iterators: for bodies with unix fds.
+    static func readIterating(_ message: OpaquePointer) throws(DBusConnectionError) -> [DBusValue] {
         var iter = DBusMessageIter()
         guard dbus_message_iter_init(message, &iter) != 0 else { return [] }
         return try readAll(&iter)

@@ -201,6 +201,40 @@ struct DaemonBusApiTests {
         }
     }
 
+    /// GetManagedObjects keeps each worker's entry until its properties change: read right after
+    /// a change (busctl, as a client no one here wrote), it must agree with Get.
+    @Test func theObjectManagerShowsAStateChangeAtOnce() async throws {
+        try await DaemonFixture.with(Self.twoWorkers) { fixture in
+            func managed(_ label: String) async throws -> [String: BusValue] {
+                let reply = try await fixture.call("GetManagedObjects", interface: "org.freedesktop.DBus.ObjectManager")
+                guard case .object(let objects)? = reply.first,
+                      case .object(let interfaces)? = objects["\(DaemonFixture.manager)/worker/\(label)"],
+                      case .object(let properties)? = interfaces["\(DaemonFixture.interface).Worker"]
+                else { throw TestProcessError("GetManagedObjects answered \(reply)") }
+                return properties.compactMapValues { if case .object(let v) = $0 { v["data"] } else { nil } }
+            }
+            let monitor = try await fixture.monitor()
+            let before = try await managed("quiet")
+            #expect(before["State"]?.string == "disabled")
+            #expect(before["Enabled"] == .bool(false))
+
+            try await fixture.call("Enable", "s", ["quiet"])
+            let pid = try await monitor.waitUntil(fixture, worker: "quiet", is: "running").pid
+            let after = try await managed("quiet")
+            #expect(after["State"]?.string == "running")
+            #expect(after["Enabled"] == .bool(true))
+            #expect(after["Pid"]?.uint32 == pid)
+            #expect(after["StateChangedAt"] == (try await fixture.property("StateChangedAt", worker: "quiet")))
+
+            try await fixture.call("Disable", "s", ["quiet"])
+            _ = try await monitor.waitUntil(fixture, worker: "quiet", is: "disabled")
+            let disabled = try await managed("quiet")
+            #expect(disabled["State"]?.string == "disabled")
+            #expect(disabled["Pid"]?.uint32 == 0)
+            #expect(disabled["Restarts"] == (try await fixture.property("Restarts", worker: "quiet")))
+        }
+    }
+
     @Test func introspectionMatchesTheShippedXML() async throws {
         try await DaemonFixture.with(Self.twoWorkers) { fixture in
             let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()

@@ -55,7 +55,9 @@ struct DaemonNotifyTests {
                                           predicate)
     }
 
-    /// Writes a line into the fifo a worker reads its next step from.
+    /// Writes a line into the fifo a worker reads its next step from. A worker reads each step
+    /// with `until read line < fifo; do :; done`: a read that opens the fifo again before this
+    /// end is closed gets end-of-file (systemd runner's tests saw steps skipped so).
     static func step(_ fifo: String, _ line: String = "x") {
         let writer = open(fifo, O_WRONLY)
         let bytes = Array((line + "\n").utf8)
@@ -77,7 +79,7 @@ struct DaemonNotifyTests {
 
     @Test func systemdNotifyFromAShellWorkerMakesItRunningWithItsStatus() async throws {
         let workers = shellWorker(
-            "n", "systemd-notify --status=connecting; read line < \"$0\"; systemd-notify --ready --status=up; exec sleep 1000",
+            "n", "systemd-notify --status=connecting; until read line < \"$0\"; do :; done; systemd-notify --ready --status=up; exec sleep 1000",
             extra: "ready = \"notify\"")
             + shellWorker("plain", "exec sleep 1000")
         try await Self.withSteps(workers) { fixture, fifo in
@@ -106,7 +108,7 @@ struct DaemonNotifyTests {
 
     @Test func aRawPythonSenderAndAnOutsiderWhoseReadyIsIgnored() async throws {
         let script = """
-            \(Self.send) STATUS=waiting; read line < "$0"; \(Self.send) STATUS=after; read line < "$0"; \
+            \(Self.send) STATUS=waiting; until read line < "$0"; do :; done; \(Self.send) STATUS=after; until read line < "$0"; do :; done; \
             \(Self.send) READY=1 STATUS=ready; exec sleep 1000
             """
         try await Self.withSteps(shellWorker("py", script, extra: "ready = \"notify\"")) { fixture, fifo in
@@ -204,7 +206,7 @@ struct DaemonNotifyTests {
     @Test func aMissedWatchdogAbortsTheMainProcessAndKillsTheGroup() async throws {
         // Starting until the test's step, then READY=1 and no ping. SIGABRT is ignored by the
         // shell's `trap`, so the SIGKILL after stop-timeout ends it; its child goes with the group.
-        let workers = shellWorker("hang", "trap '' ABRT; read line < \"$0\"; \(Self.send) READY=1; sleep 1000 & wait", extra: """
+        let workers = shellWorker("hang", "trap '' ABRT; until read line < \"$0\"; do :; done; \(Self.send) READY=1; sleep 1000 & wait", extra: """
             ready = "notify"
             watchdog = 0.3
             stop-timeout = 0.2
@@ -374,8 +376,8 @@ struct DaemonNotifyTests {
 
     @Test func stoppingAndReloadingAsSystemdDefinesThem() async throws {
         let script = """
-            \(Self.send) READY=1; read line < "$0"; \(Self.send) RELOADING=1; read line < "$0"; \(Self.send) READY=1; \
-            read line < "$0"; \(Self.send) STOPPING=1; read line < "$0"; exit 0
+            \(Self.send) READY=1; until read line < "$0"; do :; done; \(Self.send) RELOADING=1; until read line < "$0"; do :; done; \(Self.send) READY=1; \
+            until read line < "$0"; do :; done; \(Self.send) STOPPING=1; until read line < "$0"; do :; done; exit 0
             """
         try await Self.withSteps(shellWorker("r", script, extra: "ready = \"notify\"\nrestart-delay = 30")) { fixture, fifo in
             let monitor = try await fixture.monitor()
@@ -399,7 +401,7 @@ struct DaemonNotifyTests {
     }
 
     @Test func aReloadWhileStartingKeepsWaitingForReady() async throws {
-        let workers = shellWorker("w", "read line < \"$0\"; \(Self.send) READY=1; exec sleep 1000", extra: "ready = \"notify\"")
+        let workers = shellWorker("w", "until read line < \"$0\"; do :; done; \(Self.send) READY=1; exec sleep 1000", extra: "ready = \"notify\"")
         try await Self.withSteps(workers) { fixture, fifo in
             let monitor = try await fixture.monitor()
             let starting = try await fixture.worker("w")

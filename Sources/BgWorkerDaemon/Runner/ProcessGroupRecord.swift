@@ -452,10 +452,12 @@ final class ProcessGroupRecord {
         var signalled = Set<ProcessIdentity>()
         var members: [Int32] = []
         while true {
+            // Any member not signalled before, even one gone by its kill: it may have forked first.
             var newcomers = false
             for process in processes where leftovers[process.pgrp] == process.session && isOwners(process) {
                 let identity = ProcessIdentity(pid: process.pid, startTime: process.startTime)
                 guard !signalled.contains(identity) else { continue }
+                newcomers = true
                 let pidfd = _bgw_pidfd_open(process.pid, 0)
                 guard pidfd >= 0 else { continue }
                 guard let now = ProcStat.read(pid: process.pid), now.pgrp == process.pgrp, now.startTime == process.startTime,
@@ -466,7 +468,6 @@ final class ProcessGroupRecord {
                 members.append(pidfd)
                 signalled.insert(identity)
                 killed.insert(process.pgrp)
-                newcomers = true
             }
             guard newcomers, ContinuousClock.now < end else { break }
             processes = ProcStat.all()

@@ -118,6 +118,30 @@ static int move_fd(int from, int to) {
     return dup2(from, to) < 0 ? -1 : 0;
 }
 
+// This process's start time, /proc/self/stat field 22 (clock ticks after boot), or 0 when it
+// cannot be read: with it the next daemon tells its leader from a later process reusing the pid.
+// Only open/read/close and arithmetic: the child shares the parent's memory (CLONE_VM).
+static uint64_t own_start_time(void) {
+    char buffer[1024];
+    int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buffer, sizeof buffer - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    // The command name may hold spaces and parentheses: fields are counted after its last ')'.
+    ssize_t at = n - 1;
+    while (at >= 0 && buffer[at] != ')') at--;
+    if (at < 0) return 0;
+    int field = 2;
+    for (at++; at < n && field < 22; at++) {
+        if (buffer[at] == ' ') field++;
+    }
+    uint64_t value = 0;
+    int digits = 0;
+    for (; at < n && buffer[at] >= '0' && buffer[at] <= '9'; at++, digits++) value = value * 10 + (uint64_t)(buffer[at] - '0');
+    return field == 22 && digits > 0 ? value : 0;
+}
+
 static int spawn_child(void *arg) {
     struct spawn_context *ctx = arg;
     const struct _bgw_spawn_request *req = ctx->req;
@@ -151,8 +175,8 @@ static int spawn_child(void *arg) {
     // group its successor knows. The parent is suspended (CLONE_VFORK), so no write of its own
     // races with this one. The raw getpid: the pid of this clone, whatever glibc may cache.
     if (req->record_fd >= 0) {
-        struct { int32_t pgid; uint32_t generation; } entry = {
-            (int32_t)syscall(SYS_getpid), req->record_generation };
+        struct { int32_t pgid; uint32_t generation; uint64_t start_time; } entry = {
+            (int32_t)syscall(SYS_getpid), req->record_generation, own_start_time() };
         ssize_t written = pwrite(ctx->fds[3], &entry, sizeof entry, req->record_offset);
         if (written != (ssize_t)sizeof entry) {
             if (written >= 0) errno = EIO;

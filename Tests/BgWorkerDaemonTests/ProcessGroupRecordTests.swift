@@ -106,19 +106,23 @@ func recordOnDisk(_ path: String) -> (header: ProcessGroupRecord.Header?, groups
 }
 
 /// Writes a record as a previous owner would have left it.
+/// Slots of the current version get the start time of `leaderStarts[pgid]` (0, unknown, if none).
 func writeRecord(
     _ path: String, owner: Int32, session: Int32, generation: UInt32, slots: [(pgid: Int32, generation: UInt32)],
-    ownerStart: UInt64 = 0, boot: UInt64 = ProcessGroupRecord.currentBoot, version: UInt32 = ProcessGroupRecord.version
+    leaderStarts: [Int32: UInt64] = [:], ownerStart: UInt64 = 0, boot: UInt64 = ProcessGroupRecord.currentBoot,
+    version: UInt32 = ProcessGroupRecord.version
 ) {
+    let long = version == ProcessGroupRecord.version
     var bytes = ProcessGroupRecord.magic
-    for field in [version, UInt32(ProcessGroupRecord.slotSize), UInt32(bitPattern: owner),
-                  UInt32(bitPattern: session), generation, 0] {
+    for field in [version, UInt32(long ? ProcessGroupRecord.slotSize : ProcessGroupRecord.shortSlotSize),
+                  UInt32(bitPattern: owner), UInt32(bitPattern: session), generation, 0] {
         withUnsafeBytes(of: field) { bytes += $0 }
     }
     for field in [ownerStart, boot] { withUnsafeBytes(of: field) { bytes += $0 } }
     for slot in slots {
         withUnsafeBytes(of: slot.pgid) { bytes += $0 }
         withUnsafeBytes(of: slot.generation) { bytes += $0 }
+        if long { withUnsafeBytes(of: leaderStarts[slot.pgid] ?? 0) { bytes += $0 } }
     }
     FileManager.default.createFile(atPath: path, contents: Data(bytes))
 }
@@ -143,6 +147,11 @@ func orphanedGroupInOurSession() async throws -> (pgid: Int32, pid: Int32) {
     let pid = try #require(Int32(try await shell.readLine() ?? ""))
     try await shell.waitForExit()
     return (shell.pid, pid)
+}
+
+/// The header of a dead owner of this boot, generation 1.
+func deadOwnerHeader() async throws -> ProcessGroupRecord.Header {
+    ProcessGroupRecord.Header(owner: try await deadPid(), session: getsid(0), generation: 1, boot: ProcessGroupRecord.currentBoot)
 }
 
 /// A pid that no process has now (a child that ran and was reaped).
@@ -183,8 +192,8 @@ struct ProcessRunnerGroupRecordTests {
         #expect(size() == ProcessGroupRecord.headerSize + 256 * ProcessGroupRecord.slotSize, "doubled")
 
         // A slot written (as the child writes it) and cleared is zero again and handed out next.
-        var entry: (Int32, UInt32) = (4242, record.generation)
-        _ = pwrite(record.descriptor, &entry, 8, record.offset(of: 5))
+        var entry: (Int32, UInt32, UInt64) = (4242, record.generation, 0)
+        _ = pwrite(record.descriptor, &entry, 16, record.offset(of: 5))
         #expect(recordOnDisk(path).groups == [4242])
         record.clear(5)
         #expect(recordOnDisk(path).groups == [])
@@ -221,21 +230,33 @@ struct ProcessRunnerGroupRecordTests {
         record.finish()
     }
 
-    /// A daemon upgraded after a crash of the version before (whose workers stayed in its session)
-    /// still kills what that one left; and a version 4 record does not name a group of that kind,
+    /// A daemon upgraded after a crash of an earlier version still kills what that one left:
+    /// version 4 (8-byte slots, a session per worker) and version 3 (whose workers stayed in its
+    /// session); and a record of version 4 or later does not name a group of version 3's kind,
     /// whose session is not its own.
-    @Test func aVersion3RecordStillKillsItsGroupsInTheOwnersSession() async throws {
+    @Test func olderRecordsStillKillWhatTheirOwnersLeft() async throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
         let path = directory.file("process-groups")
+        let orphan = try await orphanedGroup()
+        defer { kill(-orphan.pgid, SIGKILL) }
+        writeRecord(path, owner: try await deadPid(), session: getsid(0), generation: 5,
+                    slots: [(orphan.pgid, 5)], version: ProcessGroupRecord.ownSessionVersion)
+        let afterVersion4 = try ProcessGroupRecord(path: path)
+        #expect(afterVersion4.killedLeftovers == [orphan.pgid])
+        try await waitUntilGone(orphan.pid, timeout: .seconds(1))
+        afterVersion4.finish()
+
         let left = try await orphanedGroupInOurSession()
         defer { kill(-left.pgid, SIGKILL) }
-        writeRecord(path, owner: try await deadPid(), session: getsid(0), generation: 5,
-                    slots: [(left.pgid, 5)], version: 4)
-        let current = try ProcessGroupRecord(path: path)
-        #expect(current.killedLeftovers == [], "a group in another session than its own is not a version 4 worker's")
-        #expect(isAlive(left.pid))
-        current.finish()
+        for version in [ProcessGroupRecord.ownSessionVersion, ProcessGroupRecord.version] {
+            writeRecord(path, owner: try await deadPid(), session: getsid(0), generation: 5,
+                        slots: [(left.pgid, 5)], version: version)
+            let current = try ProcessGroupRecord(path: path)
+            #expect(current.killedLeftovers == [], "a group in another session than its own is not a version \(version) worker's")
+            #expect(isAlive(left.pid))
+            current.finish()
+        }
 
         writeRecord(path, owner: try await deadPid(), session: getsid(0), generation: 5,
                     slots: [(left.pgid, 5)], version: ProcessGroupRecord.sharedSessionVersion)
@@ -276,11 +297,10 @@ struct ProcessRunnerGroupRecordTests {
         let group = getpgid(member)
         #expect(group != member && getsid(member) == group)
         defer { kill(-group, SIGKILL) }
-        let header = ProcessGroupRecord.Header(owner: try await deadPid(), session: getsid(0), generation: 1,
-                                               boot: ProcessGroupRecord.currentBoot)
+        let header = try await deadOwnerHeader()
         let forked = Mutex<Int32?>(nil)
         let killed = await onThread {
-            ProcessGroupRecord.kill([(group, group)], of: header, deadline: .seconds(5)) {
+            ProcessGroupRecord.kill([.init(pgid: group)], of: header, deadline: .seconds(5)) {
                 commands.send(memberExits ? "exit" : "fork")
                 forked.withLock { $0 = answer() }
                 // Reaped by PID 1, which says nothing: look until the pid is free.
@@ -294,10 +314,13 @@ struct ProcessRunnerGroupRecordTests {
         try await waitUntilGone(child, timeout: .seconds(5))
     }
 
-    /// The spawn-kill test at load 600: a leader killed by PR_SET_PDEATHSIG can look alive and
-    /// not dying for a moment (its SIGKILL taken, not yet exiting), and its group was skipped as
-    /// a new one that reuses the id. Here the leader is alive at the scan and killed just after.
-    @Test func aLeaderSeenAliveJustBeforeItDiesStillHasItsGroupKilled() async throws {
+    /// A leader that outlives its daemon is the worker's as long as it is the process recorded:
+    /// one whose PR_SET_PDEATHSIG is not delivered yet (the spawn-kill test at load 600 saw such
+    /// a leader alive and not dying, and its group was skipped), or cleared by executing a
+    /// set-user-ID program. With the start time of a version 3 or 4 record unknown, such a
+    /// leader is taken for a later process with its pid, and its group is left alone.
+    @Test(arguments: [true, false])
+    func aLeaderThatOutlivesItsDaemonIsKilledWithItsGroup(startRecorded: Bool) async throws {
         let starter = try ChildProcess(
             ["/bin/sh", "-c", #"(exec setsid /bin/sh -c 'sleep 1000 >/dev/null 2>&1 & echo $$ $!; exec sleep 1000 >/dev/null 2>&1' &)"#],
             captureStdout: true)
@@ -307,13 +330,40 @@ struct ProcessRunnerGroupRecordTests {
         try #require(ids.count == 2, "\(line)")
         let (leader, member) = (ids[0], ids[1])
         defer { kill(-leader, SIGKILL) }
-        let header = ProcessGroupRecord.Header(owner: try await deadPid(), session: getsid(0), generation: 1,
-                                               boot: ProcessGroupRecord.currentBoot)
+        let start = try #require(ProcStat.read(pid: leader)?.startTime)
+        let header = try await deadOwnerHeader()
         let killed = await onThread {
-            ProcessGroupRecord.kill([(leader, leader)], of: header, deadline: .seconds(5)) { _ = kill(leader, SIGKILL) }
+            ProcessGroupRecord.kill([.init(pgid: leader, leaderStart: startRecorded ? start : 0)], of: header, deadline: .seconds(5))
+        }
+        if startRecorded {
+            #expect(killed == [leader])
+            try await waitUntilGone(leader, timeout: .seconds(5))
+            try await waitUntilGone(member, timeout: .seconds(5))
+        } else {
+            #expect(killed == [])
+            #expect(isAlive(leader) && isAlive(member))
+        }
+    }
+
+    /// A member that made a group of its own (setpgid) is still in its worker's session, which
+    /// only setsid leaves: it is killed with the rest.
+    @Test func aMemberThatLeftItsGroupButNotItsSessionIsKilled() async throws {
+        let starter = try ChildProcess(
+            ["/bin/sh", "-c", #"(exec setsid /bin/sh -c '/usr/bin/python3 -c "import os, time; os.setpgid(0, 0); print(os.getpid(), flush=True); time.sleep(1000)" & wait' &)"#],
+            captureStdout: true)
+        let member = try #require(Int32(try await starter.readLine() ?? ""))
+        try await starter.waitForExit()
+        let leader = getsid(member)
+        defer { kill(member, SIGKILL); kill(-leader, SIGKILL) }
+        #expect(getpgid(member) == member && leader != member)
+        let start = try #require(ProcStat.read(pid: leader)?.startTime)
+        let header = try await deadOwnerHeader()
+        let killed = await onThread {
+            ProcessGroupRecord.kill([.init(pgid: leader, leaderStart: start)], of: header, deadline: .seconds(5))
         }
         #expect(killed == [leader])
         try await waitUntilGone(member, timeout: .seconds(5))
+        try await waitUntilGone(leader, timeout: .seconds(5))
     }
 
     /// The adversarial run of 2026-12-05: a record naming every group killed the machine's own
@@ -326,8 +376,9 @@ struct ProcessRunnerGroupRecordTests {
         let older = try await orphanedGroup()
         defer { kill(-older.pgid, SIGKILL) }
         let ownerStart = (ProcStat.read(pid: older.pid)?.startTime ?? 0) + 1  // "started" after it
-        // A group whose leader lives and is not dying: the id names a new group, not the owner's.
-        // (Not our child: groups with a child of ours in them are skipped for another reason.)
+        // A group whose leader lives but started at another time than the recorded one: a later
+        // process reuses the id. (Not our child: groups with a child of ours in them are skipped
+        // for another reason.)
         let starter = try ChildProcess(["/bin/sh", "-c", #"/usr/bin/python3 -c 'import os, time; os.setsid(); print(os.getpid(), flush=True); time.sleep(1000)' &"#], captureStdout: true)
         let leaderPid = try #require(Int32(try await starter.readLine() ?? ""))
         defer { kill(leaderPid, SIGKILL) }
@@ -335,8 +386,10 @@ struct ProcessRunnerGroupRecordTests {
         // Another boot's record names nothing.
         let otherBoot = try await orphanedGroup()
         defer { kill(-otherBoot.pgid, SIGKILL) }
+        let leaderStart = try #require(ProcStat.read(pid: leaderPid)?.startTime)
         writeRecord(path, owner: try await deadPid(), session: getsid(0), generation: 2,
-                    slots: [(older.pgid, 2), (leaderPid, 2)], ownerStart: ownerStart)
+                    slots: [(older.pgid, 2), (leaderPid, 2)], leaderStarts: [leaderPid: leaderStart - 1],
+                    ownerStart: ownerStart)
         let record = try ProcessGroupRecord(path: path)
         #expect(record.killedLeftovers == [])
         #expect(isAlive(older.pid) && isAlive(leaderPid))
@@ -403,8 +456,8 @@ struct ProcessRunnerGroupRecordTests {
         defer { directory.remove() }
         let path = directory.file("process-groups")
         let owner = try ProcessGroupRecord(path: path)
-        var entry: (Int32, UInt32) = (4242, owner.generation)
-        _ = pwrite(owner.descriptor, &entry, 8, owner.offset(of: try owner.claimSlot()))
+        var entry: (Int32, UInt32, UInt64) = (4242, owner.generation, 0)
+        _ = pwrite(owner.descriptor, &entry, 16, owner.offset(of: try owner.claimSlot()))
         let before = FileManager.default.contents(atPath: path)
 
         #expect {
@@ -529,6 +582,9 @@ struct ProcessRunnerTwoRunnersTests {
         let second = try await ProbeWithWorker(groupFile: files[1])
         #expect(first.untouched && second.untouched)
         #expect(recordOnDisk(files[0]).groups == [first.worker] && recordOnDisk(files[1]).groups == [second.worker])
+        // The child wrote its own start time, which tells it from a later process with its pid.
+        let slots = ProcessGroupRecord.parse(Array(FileManager.default.contents(atPath: files[0]) ?? Data())).groups
+        #expect(slots.map(\.leaderStart) == [try #require(ProcStat.read(pid: first.worker)).startTime])
 
         let order = firstCrashesFirst ? [(first, files[0]), (second, files[1])] : [(second, files[1]), (first, files[0])]
         try await order[0].0.crashAndClean(groupFile: order[0].1)

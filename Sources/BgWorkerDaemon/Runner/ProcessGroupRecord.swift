@@ -10,27 +10,30 @@
 //   a second daemon on the same runtime directory cannot take it and refuses to start, naming
 //   the holder (whose pid is in the header).
 //
-// - Only what the dead owner can have started is killed: a process that started before the owner,
-//   or in another boot, cannot be its worker's; a group whose leader lives and is not dying
-//   (PR_SET_PDEATHSIG kills every worker leader with its daemon) is a new group that reuses the
-//   id; and only a file that no other user can have written is believed (no symlink, owned by
+// - Only what the dead owner can have started is killed: a process that started before the owner
+//   or its worker's leader, or in another boot, cannot be its worker's; a live process with the
+//   leader's pid but another start time is a later process that reuses the id (and its session,
+//   then, is not the worker's: the kernel frees a session id only when no process is left in
+//   it); and only a file that no other user can have written is believed (no symlink, owned by
 //   us, not writable by others, in a folder only root or we can write).
 //
-// Layout (native byte order): a 48-byte header, then 8-byte slots, one per running worker.
-//   header: magic "BGWPGRP\0", version u32 (4), slot size u32 (8), owner pid i32, owner session
+// Layout (native byte order): a 48-byte header, then 16-byte slots, one per running worker.
+//   header: magic "BGWPGRP\0", version u32 (5), slot size u32 (16), owner pid i32, owner session
 //           i32, generation u32, unused u32, owner start time u64 (clock ticks after boot,
 //           /proc/PID/stat field 22), boot u64 (the first 16 hex digits of the boot id)
-//   slot:   pgid i32 (0: free), generation u32
+//   slot:   pgid i32 (0: free), generation u32, the leader's start time u64 (0: unknown)
 // A new owner kills the groups of the slots whose generation is the header's (what the previous
 // owner recorded), then starts the file afresh with the next generation. A child of a dead owner
 // that was still on its way to exec (it fails its parent check and exits, never running the
 // program) may write its slot after that; its old generation marks it stale.
-// Version 4: each worker leads a session of its own (setsid), so a recorded group's members are
-// those in the session of the same id. Version 3 (before 2026-12-05): the workers' groups were in
-// the owner's session (the header's); its records are still read, so that a daemon upgraded after
-// a crash still cleans up. That session id is 0 when its leader lives outside our PID namespace
-// (a daemon started by `unshare --pid --fork`, or in some containers): /proc then says 0 for every
-// such process, so 0 is recorded and matched like any other id.
+// Since version 4 each worker leads a session of its own (setsid), so a recorded group's members
+// are the processes in the session of the same id, whatever group they moved to. Versions 3 and 4
+// (before 2026-12-06) had 8-byte slots without the leader's start time; version 3's workers' groups
+// were in the owner's session (the header's). Both are still read, so that a daemon upgraded after
+// a crash still cleans up; without a start time, a leader that lives and is not dying is taken
+// for a later process with its id. The owner's session id is 0 when its leader lives outside our
+// PID namespace (a daemon started by `unshare --pid --fork`, or in some containers): /proc then
+// says 0 for every such process, so 0 is recorded and matched like any other id.
 import CShims
 import Glibc
 
@@ -80,10 +83,14 @@ struct ProcessGroupRecordError: Error, Sendable, CustomStringConvertible {
 /// Used on one thread at a time: made by the runner's creator, then only on the event loop thread.
 final class ProcessGroupRecord {
     static let headerSize = 48
-    static let slotSize = 8
-    static let version: UInt32 = 4
+    static let slotSize = 16
+    static let version: UInt32 = 5
+    /// The version before each slot had its leader's start time; read, never written.
+    static let ownSessionVersion: UInt32 = 4
     /// The version before workers had sessions of their own; read, never written.
     static let sharedSessionVersion: UInt32 = 3
+    /// The slot size of versions 3 and 4.
+    static let shortSlotSize = 8
     static let magic: [UInt8] = Array("BGWPGRP".utf8) + [0]
     /// Slots made at the start and added at the first growth; the file doubles after that.
     static let initialSlots = 64
@@ -222,7 +229,7 @@ final class ProcessGroupRecord {
     /// Empties the slot (its group is gone) and makes it free again. A write that fails leaves a
     /// stale entry: the next owner would kill that group only if it lived, in its own session.
     func clear(_ slot: Int) {
-        var zero: UInt64 = 0
+        var zero: (UInt64, UInt64) = (0, 0)
         _ = pwrite(fd, &zero, Self.slotSize, offset(of: slot))
         free.append(slot)
     }
@@ -293,7 +300,8 @@ final class ProcessGroupRecord {
         func field(_ at: Int) -> UInt32 {
             bytes.dropFirst(at).prefix(4).withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
         }
-        guard field(8) == version || field(8) == sharedSessionVersion, field(12) == UInt32(slotSize) else { return nil }
+        let slotSizes: [UInt32: Int] = [version: slotSize, ownSessionVersion: shortSlotSize, sharedSessionVersion: shortSlotSize]
+        guard let size = slotSizes[field(8)], field(12) == UInt32(size) else { return nil }
         func wide(_ at: Int) -> UInt64 {
             bytes.dropFirst(at).prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
         }
@@ -301,10 +309,34 @@ final class ProcessGroupRecord {
                       generation: field(24), ownerStart: wide(32), boot: wide(40))
     }
 
-    /// What a previous owner left: its header, and the groups to kill with their session. A file
-    /// without our header names nothing (the text of earlier daemons said nothing of when they
-    /// started, so what it names cannot be told from a reused id).
-    static func readRecord(_ fd: Int32) -> (header: Header?, groups: [(pgid: Int32, session: Int32)]) {
+    /// A worker's group as its owner recorded it.
+    struct RecordedGroup: Equatable {
+        /// The group's id: its leader's pid, and (since version 4) its session's id.
+        var pgid: Int32
+        /// The session its members are in.
+        var session: Int32
+        /// When the leader started (clock ticks after boot); 0: not recorded (versions 3 and 4).
+        var leaderStart: UInt64 = 0
+
+        init(pgid: Int32, session: Int32? = nil, leaderStart: UInt64 = 0) {
+            self.pgid = pgid
+            self.session = session ?? pgid
+            self.leaderStart = leaderStart
+        }
+
+        /// Since version 4 the whole session is the worker's: a member may have left the group
+        /// (setpgid) but cannot leave the session without making its own (setsid).
+        var isOwnSession: Bool { session == pgid }
+
+        func contains(_ process: ProcStat) -> Bool {
+            process.session == session && (isOwnSession || process.pgrp == pgid)
+        }
+    }
+
+    /// What a previous owner left: its header, and the groups to kill. A file without our header
+    /// names nothing (the text of earlier daemons said nothing of when they started, so what it
+    /// names cannot be told from a reused id).
+    static func readRecord(_ fd: Int32) -> (header: Header?, groups: [RecordedGroup]) {
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
@@ -320,28 +352,29 @@ final class ProcessGroupRecord {
         return parse(bytes)
     }
 
-    static func parse(_ bytes: [UInt8]) -> (header: Header?, groups: [(pgid: Int32, session: Int32)]) {
+    static func parse(_ bytes: [UInt8]) -> (header: Header?, groups: [RecordedGroup]) {
         guard let header = parseHeader(bytes[...]) else { return (nil, []) }
-        var groups: [(pgid: Int32, session: Int32)] = []
+        let size = header.version == version ? slotSize : shortSlotSize
+        var groups: [RecordedGroup] = []
         var seen = Set<Int32>()
         var at = headerSize
-        while at + slotSize <= bytes.count {
-            let (pgid, generation) = bytes[at..<(at + slotSize)].withUnsafeBytes {
-                ($0.loadUnaligned(as: Int32.self), $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
+        while at + size <= bytes.count {
+            let (pgid, generation, start) = bytes[at..<(at + size)].withUnsafeBytes {
+                ($0.loadUnaligned(as: Int32.self), $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self),
+                 size == slotSize ? $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self) : 0)
             }
             if pgid > 1, generation == header.generation, seen.insert(pgid).inserted {
-                groups.append((pgid, header.version == sharedSessionVersion ? header.session : pgid))
+                groups.append(RecordedGroup(
+                    pgid: pgid, session: header.version == sharedSessionVersion ? header.session : pgid, leaderStart: start))
             }
-            at += slotSize
+            at += size
         }
         return (header, groups)
     }
 
     /// Whether `pid` runs (a zombie has exited: its files, and its locks, are gone).
     static func isLive(_ pid: Int32) -> Bool {
-        if pid == getpid() { return true }
-        guard let state = ProcStat.read(pid: pid)?.state else { return false }
-        return state != "Z" && state != "X"
+        pid == getpid() || ProcStat.read(pid: pid)?.isRunning == true
     }
 
     /// Waits up to `timeout` for the lock (`flock` itself has no timeout, so a thread of its own
@@ -394,80 +427,72 @@ final class ProcessGroupRecord {
 
     /// Kills (SIGKILL) what the dead owner `header` can have left in each recorded group: the
     /// members in the group's session (its own since version 4), of its boot, started no earlier
-    /// than it, unless a member is this process or its child (a group of another runner of ours),
-    /// and unless the group's leader lives on undying until the deadline (the id then names a new
-    /// group; a leader killed by PR_SET_PDEATHSIG is given that long to be seen dying). Each member
-    /// is killed through a pidfd opened and checked before the signal, so a reused pid is never
-    /// hit; the groups are scanned again until no new member turns up (one may fork between a
-    /// scan and its kill). Waits up to `deadline` for them to be gone. Returns the groups killed.
+    /// than the owner and the group's leader, unless a member is this process or its child (a
+    /// group of another runner of ours), and unless a live process with the leader's pid started
+    /// at another time (a later process reusing the id: see the file's comment). Each member is
+    /// killed through a pidfd opened and checked before the signal, so a reused pid is never hit;
+    /// the groups are scanned again until no new member turns up (one may fork between a scan and
+    /// its kill). Waits up to `deadline` for them to be gone. Returns the groups killed.
     /// - Parameter afterFirstScan: for tests: runs between the first scan and what follows it.
     static func kill(
-        _ recorded: [(pgid: Int32, session: Int32)], of header: Header, deadline: Duration,
-        afterFirstScan: () -> Void = {}
+        _ recorded: [RecordedGroup], of header: Header, deadline: Duration, afterFirstScan: () -> Void = {}
     ) -> [Int32] {
         guard !recorded.isEmpty, header.boot != 0, header.boot == currentBoot else { return [] }
         let end = ContinuousClock.now + deadline
         let me = getpid()
-        func isOwners(_ process: ProcStat) -> Bool {
-            process.startTime >= header.ownerStart && process.state != "Z" && process.state != "X"
-        }
         var processes = ProcStat.all()
-        // The dead owner's groups, judged once: group id -> session.
-        var leftovers: [Int32: Int32] = [:]
-        // Groups whose leader looks alive and not dying, with a pidfd of the leader.
-        var livingLeaders: [(pgid: Int32, session: Int32, leader: Int32, pidfd: Int32)] = []
+        let byPid = Dictionary(processes.map { ($0.pid, $0) }, uniquingKeysWith: { first, _ in first })
+        let bySession = Dictionary(grouping: processes, by: \.session)
+        // The dead owner's groups, judged once, each with the earliest start of its members,
+        // found by session (own sessions) or by group (version 3's shared session).
+        var leftovers: [(group: RecordedGroup, earliest: UInt64)] = []
+        var leftoverSessions: [Int32: Int] = [:]
+        var leftoverGroups: [Int32: Int] = [:]
         for group in recorded {
-            let inGroup = processes.filter { $0.pgrp == group.pgid && $0.session == group.session && isOwners($0) }
-            guard !inGroup.isEmpty, !inGroup.contains(where: { $0.ppid == me || $0.pid == me }) else { continue }
-            if let leader = processes.first(where: { $0.pid == group.pgid }), leader.state != "Z", leader.state != "X",
-               !leader.isDying {
-                let pidfd = _bgw_pidfd_open(leader.pid, 0)
-                if pidfd >= 0 {
-                    livingLeaders.append((group.pgid, group.session, leader.pid, pidfd))
+            if let leader = byPid[group.pgid] {
+                if group.leaderStart != 0 {
+                    guard leader.startTime == group.leaderStart else { continue }
+                } else if leader.state != "Z", leader.state != "X", !leader.isDying {
+                    // Without a recorded start: PR_SET_PDEATHSIG kills every leader with its
+                    // daemon, so one that lives on is taken for a later process with the id.
                     continue
                 }
             }
-            leftovers[group.pgid] = group.session
+            let earliest = max(header.ownerStart, group.leaderStart)
+            let inGroup = (bySession[group.session] ?? []).filter {
+                group.contains($0) && $0.startTime >= earliest && $0.isRunning
+            }
+            guard !inGroup.isEmpty, !inGroup.contains(where: { $0.ppid == me || $0.pid == me }) else { continue }
+            if group.isOwnSession { leftoverSessions[group.session] = leftovers.count } else { leftoverGroups[group.pgid] = leftovers.count }
+            leftovers.append((group, earliest))
         }
         afterFirstScan()
-        if !livingLeaders.isEmpty {
-            // A leader killed by PR_SET_PDEATHSIG looks alive between taking its SIGKILL and
-            // exiting; at load 600 that moment was long enough for its group to be skipped (the
-            // spawn-kill test). So a living leader gets the deadline to die: one that still lives
-            // and is not dying after it leads a new group that reuses the id.
-            waitUntilExited(livingLeaders.map(\.pidfd), deadline: end - ContinuousClock.now)
-            for group in livingLeaders {
-                var exited = pollfd(fd: group.pidfd, events: Int16(POLLIN), revents: 0)
-                if poll(&exited, 1, 0) > 0 || ProcStat.read(pid: group.leader)?.isDying ?? true {
-                    leftovers[group.pgid] = group.session
-                }
-                close(group.pidfd)
-            }
-            processes = ProcStat.all()
-        }
         // A member can fork between the scan and its kill (a load test saw it with 9,000 other
         // processes in /proc): scan again until a scan finds no one new. A killed process
         // cannot fork, so each round leaves only what the last one's forkers made.
         var killed = Set<Int32>()
         var signalled = Set<ProcessIdentity>()
         var members: [Int32] = []
-        while true {
+        while !leftovers.isEmpty {
             // Any member not signalled before, even one gone by its kill: it may have forked first.
             var newcomers = false
-            for process in processes where leftovers[process.pgrp] == process.session && isOwners(process) {
+            for process in processes where process.isRunning {
+                guard let index = leftoverSessions[process.session] ?? leftoverGroups[process.pgrp] else { continue }
+                let (group, earliest) = leftovers[index]
+                guard group.contains(process), process.startTime >= earliest else { continue }
                 let identity = ProcessIdentity(pid: process.pid, startTime: process.startTime)
                 guard !signalled.contains(identity) else { continue }
                 newcomers = true
                 let pidfd = _bgw_pidfd_open(process.pid, 0)
                 guard pidfd >= 0 else { continue }
-                guard let now = ProcStat.read(pid: process.pid), now.pgrp == process.pgrp, now.startTime == process.startTime,
-                      _bgw_pidfd_send_signal(pidfd, SIGKILL) == 0 else {
+                guard let now = ProcStat.read(pid: process.pid), now.session == process.session,
+                      now.startTime == process.startTime, _bgw_pidfd_send_signal(pidfd, SIGKILL) == 0 else {
                     close(pidfd)
                     continue
                 }
                 members.append(pidfd)
                 signalled.insert(identity)
-                killed.insert(process.pgrp)
+                killed.insert(group.pgid)
             }
             guard newcomers, ContinuousClock.now < end else { break }
             processes = ProcStat.all()
@@ -514,6 +539,9 @@ struct ProcStat {
     var flags: UInt64 = 0
     /// Clock ticks after boot (field 22).
     var startTime: UInt64 = 0
+
+    /// Not exited: neither a zombie nor dead.
+    var isRunning: Bool { state != "Z" && state != "X" }
 
     /// Exiting (PF_EXITING), or with SIGKILL pending: what PR_SET_PDEATHSIG leaves of a worker
     /// leader whose daemon died.

@@ -68,8 +68,9 @@ struct _bgw_spawn_request {
     int set_uid;                 // nonzero: setresuid(uid, uid, uid)
     uid_t uid;
     // The runner's record of process groups (ProcessGroupRecord.swift): right after setsid the
-    // child writes { int32 pid, uint32 record_generation } (native byte order) at record_offset
-    // of record_fd, before any other step, and fails the spawn if it cannot. -1: no record.
+    // child writes { int32 pid, uint32 record_generation, uint64 start time } (native byte order,
+    // the start time as /proc/PID/stat field 22, 0 if unreadable) at record_offset of record_fd,
+    // before any other step, and fails the spawn if it cannot. -1: no record.
     int record_fd;
     off_t record_offset;
     unsigned int record_generation;

@@ -1,4 +1,5 @@
 import ArgumentParser
+import BgWorkerAPI
 import BgWorkerCore
 import ClientSupport
 import DBus
@@ -378,14 +379,15 @@ struct LogLevel: AsyncParsableCommand {
 
 struct Logs: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Print a worker's last output lines, kept in memory by bgworkerd; -f follows them in the journal.",
+        abstract: "Print a worker's last output lines, kept in memory by bgworkerd; -f follows new ones.",
         discussion: """
             bgworkerd keeps the last log-buffer-lines lines (default 200) of each worker of the \
             process runner. Under the systemd runner the workers write to the journal, and logs \
             becomes journalctl --lines N -u bgworker-NAME.service. -f follows through the journal (journalctl -f): \
             the worker's unit under the systemd runner, the daemon's entries with BGWORKER_NAME \
             under the process runner (which writes there wherever journald runs); without a \
-            journal, -f is refused: the daemon has no signal for new lines.
+            journal, through bgworkerd itself (FollowLogs): it ends when the worker is removed \
+            or the daemon exits.
             """)
 
     @OptionGroup var options: GlobalOptions
@@ -393,7 +395,7 @@ struct Logs: AsyncParsableCommand {
     @Option(name: [.short, .customLong("lines")], help: "How many lines (the newest).")
     var n: UInt32 = 10
 
-    @Flag(name: [.short, .customLong("follow")], help: "Print new lines as they come, through the journal (journalctl -f).")
+    @Flag(name: [.short, .customLong("follow")], help: "Print new lines as they come (through the journal where journald runs).")
     var follow = false
 
     @Argument(help: "The worker's name.", completion: WorkerNames.completion)
@@ -415,8 +417,8 @@ struct Logs: AsyncParsableCommand {
         }
     }
 
-    /// Becomes `journalctl -f` on the worker's lines. Following needs no polling there; through
-    /// the daemon it would need a signal for new lines, which the contract does not have.
+    /// Becomes `journalctl -f` on the worker's lines, or, without journald, reads them from the
+    /// daemon (`FollowLogs`). Neither polls.
     private func followInJournal(_ session: Session) async throws {
         _ = try await session.client.workerPath(name)  // NoSuchWorker (4) for an unknown name
         if try await session.client.managerProperty("Runner") == "systemd" {
@@ -425,12 +427,39 @@ struct Logs: AsyncParsableCommand {
             // The process runner's entries (WorkerOutput): this worker's, from a bgworkerd.
             try readJournal(session, ["BGWORKER_NAME=\(name)", "_COMM=bgworkerd"], follow: true)
         } else {
-            throw CommandFailure(
-                message: "cannot follow \(name): journald does not run here (\(Self.journalSocket)), so bgworkerd writes its "
-                    + "workers' output to its own standard error, and it has no signal for new lines; "
-                    + "`bgworkerctl logs \(name)` prints the lines it keeps",
-                status: Exit.failure)
+            try await followThroughDaemon(session)
         }
+    }
+
+    /// Prints the records of a `FollowLogs` socket until the daemon ends it (the worker was
+    /// removed, or bgworkerd exited): exit 1 then, with the reason on stderr.
+    private func followThroughDaemon(_ session: Session) async throws {
+        let socket = try await session.client.followLogs(of: name, count: n)
+        session.client.connection.close()
+        guard let fd = socket.take() else { throw CommandFailure(message: "FollowLogs gave no socket", status: Exit.failure) }
+        defer { Glibc.close(fd) }
+        // A line is at most 4,096 bytes, 12,288 once bytes that are not UTF-8 are replaced.
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { raw in recv(fd, raw.baseAddress, raw.count, 0) }
+            if count == 0 { break }
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else {
+                throw CommandFailure(message: "cannot read \(name)'s output: \(String(cString: strerror(errno)))", status: Exit.failure)
+            }
+            guard let record = FollowedLogRecord(decoding: buffer[0..<count]) else { continue }
+            let line = LogLine(time: record.time, text: record.text)
+            if session.json {
+                if record.dropped > 0 { writeLine(JSON.object([("dropped", .uint(UInt64(record.dropped)))]).rendered) }
+                writeLine(line.json.rendered)
+            } else {
+                if record.dropped > 0 { writeLine("-- \(record.dropped) lines not shown: this reader fell behind --") }
+                writeLine(line.rendered(worker: name))
+            }
+        }
+        throw CommandFailure(
+            message: "bgworkerd stopped following \(name): the worker was removed from the configuration, or the daemon exited",
+            status: Exit.failure)
     }
 
     /// Becomes journalctl on `matches`: the last N lines, and new ones with `follow`.

@@ -184,6 +184,16 @@ struct ServiceClient {
         return WorkerInfo(path: path.rawValue, properties: try await allProperties(of: path, Service.workerInterface))
     }
 
+    /// FollowLogs (beyond the contract): a socket of the worker's last `count` lines and then
+    /// each new one, one `FollowedLogRecord` per packet.
+    func followLogs(of name: String, count: UInt32) async throws -> UnixFD {
+        let reply = try await callManager("FollowLogs", [.string(name), .uint32(count)])
+        guard let fd = reply.first?.unixFDValue else {
+            throw DBusConnectionError(.invalidMessage, "FollowLogs answered \(reply)")
+        }
+        return fd
+    }
+
     /// Logs: the worker's last `count` output lines, oldest first (NoSuchWorker for an unknown name).
     func logs(of name: String, count: UInt32) async throws -> [LogLine] {
         let reply = try await callManager("Logs", [.string(name), .uint32(count)])

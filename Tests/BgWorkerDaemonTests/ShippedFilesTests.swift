@@ -71,6 +71,8 @@ import TestSupport
             Member(kind: "method", name: "Stop", detail: ["name:s:in"]),
             Member(kind: "method", name: "Start", detail: ["name:s:in"]),
             Member(kind: "method", name: "Logs", detail: ["name:s:in", "lines:u:in", "output:a(ts):out"]),
+            // Beyond the contract: `logs -f` where no journal runs (docs/bgworkerctl.md).
+            Member(kind: "method", name: "FollowLogs", detail: ["name:s:in", "lines:u:in", "output:h:out"]),
             Member(kind: "method", name: "Inhibit", detail: ["who:s:in", "why:s:in", "fd:h:out"]),
             Member(kind: "method", name: "ListInhibitors", detail: ["inhibitors:a(ssuut):out"]),
             Member(kind: "method", name: "SetHARole", detail: ["role:s:in"]),

@@ -119,16 +119,100 @@ struct ClientsLogsTests {
     }
 
     /// `logs -f` follows through the journal; where there is none (this test's machine unless
-    /// journald runs), it is refused with the reason, since the daemon has no signal for new
-    /// lines. The journal path itself needs journald and is not covered here.
+    /// journald runs), through bgworkerd's `FollowLogs`: the last N lines, then each new one,
+    /// until the worker is removed (exit 1 with the reason). The journal path itself needs
+    /// journald and is not covered here.
     @Test(.enabled(if: access("/run/systemd/journal/socket", F_OK) != 0, "journald runs here: -f would follow the journal"))
-    func followWithoutAJournalIsRefusedWithTheReason() async throws {
-        try await Setup.with({ _ in "[worker.quiet]\nexec = [\"/bin/sleep\", \"1000\"]" }) { setup in
-            var r = try await setup.ctl(["logs", "-f", "quiet"])
-            #expect(r.status == 1, "\(r)")
-            #expect(r.stderr.hasPrefix("bgworkerctl: cannot follow quiet: journald does not run here"), "\(r.stderr)")
-            r = try await setup.ctl(["logs", "--follow", "nope"])
-            #expect(r.status == 4, "\(r)")
+    func followWithoutAJournalReadsThroughTheDaemon() async throws {
+        try await Setup.with({ directory in
+            _ = mkfifo(directory.file("say"), 0o600)
+            return """
+                [worker.talker]
+                exec = ["/bin/sh", "-c", "echo one; echo two; echo three; exec 3<>\(directory.file("say")); while read -r line <&3; do echo $line; done"]
+                """
+        }) { setup in
+            _ = try await Self.logs(setup, ["talker"], endingWith: "talker: three")
+            let follower = try ChildProcess([builtExecutablePath("bgworkerctl"), "--bus", setup.bus.address, "logs", "-f", "talker", "-n", "2"],
+                                            captureStdout: true, captureStderr: true)
+            let lines = OutputLines(of: follower)
+            try await lines.wait("the last 2 lines") { $0.hasSuffix("talker: three") }
+            #expect(lines.all.map { $0.split(separator: " ", maxSplits: 2).last ?? "" } == ["talker: two", "talker: three"], "\(lines.all)")
+            let say = open(setup.directory.file("say"), O_WRONLY | O_CLOEXEC)
+            #expect(say >= 0)
+            defer { close(say) }
+            _ = write(say, "four\n", 5)
+            try await lines.wait("a new line") { $0.hasSuffix("talker: four") }
+
+            // Removed from the configuration: the daemon ends the stream, bgworkerctl says why.
+            try "[worker.other]\nexec = [\"/bin/sleep\", \"1000\"]\n".write(
+                toFile: setup.directory.file("bgworkerd.toml"), atomically: true, encoding: .utf8)
+            #expect(try await setup.ctl(["reload"]).status == 0)
+            let status = try await follower.waitForExit()
+            let error = try await follower.readErrorLine(timeout: .seconds(10)) ?? ""
+            #expect(status == 1 << 8 && error.hasPrefix("bgworkerctl: bgworkerd stopped following talker"), "\(status) \(error)")
+
+            let unknown = try await setup.ctl(["logs", "--follow", "nope"])
+            #expect(unknown.status == 4, "\(unknown)")
+        }
+    }
+
+    /// `FollowLogs` from python3-dbus: the backlog, then every line accounted for while the reader
+    /// does not read (the lines it could not be sent are counted in the next record), the daemon
+    /// still answering meanwhile; at most 64 followers (LimitsExceeded), and a closed follower
+    /// frees its place.
+    @Test func followLogsFromAClientNoOneHereWrote() async throws {
+        try await Setup.with({ directory in
+            _ = mkfifo(directory.file("go"), 0o600)
+            return """
+                [worker.flood]
+                exec = ["/bin/sh", "-c", "echo ready; exec 3<>\(directory.file("go")); read -r x <&3; i=1; while [ $i -le 5000 ]; do echo line $i; i=$((i+1)); done; echo flooded; read -r x <&3; echo tail; exec sleep 1000"]
+                """
+        }) { setup in
+            _ = try await Self.logs(setup, ["flood"], endingWith: "flood: ready")
+            let script = #"""
+                import dbus, os, socket, struct, sys
+                bus = dbus.bus.BusConnection(sys.argv[1])
+                manager = dbus.Interface(bus.get_object("org.example.BgWorker", "/org/example/BgWorker"), "org.example.BgWorker")
+                follower = socket.socket(fileno=manager.FollowLogs("flood", dbus.UInt32(5)).take())
+                def record():
+                    data = follower.recv(65536)
+                    time, dropped = struct.unpack("<QI", data[:12])
+                    return dropped, data[12:].decode()
+                print("backlog", record(), flush=True)
+                go = os.open(sys.argv[2], os.O_WRONLY)
+                os.write(go, b"go\n")
+                # Not reading while 5,000 lines come; the daemon answers meanwhile.
+                while not any("flooded" in str(text) for _, text in manager.Logs("flood", dbus.UInt32(1))):
+                    pass
+                os.write(go, b"tail\n")
+                received, dropped = 0, 0
+                while True:
+                    lost, text = record()
+                    dropped += lost
+                    if text == "tail":
+                        break
+                    received += 1
+                print("accounted", received + dropped, "dropped", dropped, flush=True)
+                others = [socket.socket(fileno=manager.FollowLogs("flood", dbus.UInt32(0)).take()) for _ in range(63)]
+                try:
+                    manager.FollowLogs("flood", dbus.UInt32(0))
+                    print("65th: allowed")
+                except dbus.DBusException as e:
+                    print("65th:", e.get_dbus_name())
+                others.pop().close()
+                print("after a close:", socket.socket(fileno=manager.FollowLogs("flood", dbus.UInt32(1)).take()).recv(65536)[12:].decode())
+                """#
+            let r = try await run(["/usr/bin/python3", "-c", script, setup.bus.address, setup.directory.file("go")])
+            let out = r.stdout.split(separator: "\n").map(String.init)
+            #expect(r.status == 0 && out.count == 4, "\(r)")
+            guard out.count == 4 else { return }
+            #expect(out[0] == "backlog (0, 'ready')")
+            // 5,000 lines and "flooded": each one received or counted as dropped.
+            let figures = out[1].split(separator: " ")
+            #expect(figures.count == 4 && figures[1] == "5001", "\(out[1])")
+            #expect((Int(figures.last ?? "") ?? 0) > 0, "a reader that does not read loses lines: \(out[1])")
+            #expect(out[2] == "65th: org.freedesktop.DBus.Error.LimitsExceeded")
+            #expect(out[3] == "after a close: tail")
         }
     }
 }

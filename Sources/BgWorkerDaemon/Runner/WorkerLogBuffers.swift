@@ -2,6 +2,13 @@
 // status`/`logs`. Written by the output pump's thread, read by bus calls: one lock, held for a
 // copy of a few lines at most. Memory is bounded: `log-buffer-lines` lines per configured worker
 // (each line at most WorkerOutputPump.maxLineLength bytes); lines of other names are dropped.
+//
+// Followers (`FollowLogs`, where no journal can be followed): each is the daemon's end of a
+// SOCK_SEQPACKET pair, one record per line, sent without blocking under the same lock, so a
+// follower's first records are exactly the lines after its backlog. A follower that does not keep
+// up loses lines (counted in the next record it gets) and never slows the pump.
+import BgWorkerAPI
+import Glibc
 import Synchronization
 
 /// One output line: when the daemon read it (µs since the epoch) and its text.
@@ -41,31 +48,125 @@ public final class WorkerLogBuffers: Sendable {
         }
     }
 
-    private let rings = Mutex<[String: Ring]>([:])
+    /// The daemon's end of one `FollowLogs` socket.
+    private struct Follower {
+        var fd: Int32
+        /// Lines not sent since the last record that reached it (its buffer was full).
+        var dropped: UInt32 = 0
+    }
+
+    private struct State {
+        var rings: [String: Ring] = [:]
+        var followers: [String: [Follower]] = [:]
+        var followerCount: Int { followers.values.reduce(0) { $0 + $1.count } }
+    }
+
+    /// Followers at once, over all workers: each holds an fd of the daemon.
+    public static let maxFollowers = 64
+
+    private let state = Mutex(State())
 
     public init() {}
 
+    deinit {
+        state.withLock { $0.followers.values.joined().forEach { close($0.fd) } }
+    }
+
     /// The capacity of each worker's buffer, by name; buffers of other names are dropped, those
     /// that stay keep their newest lines.
+    /// The followers of a removed worker are closed: they read the end of the stream.
     public func configure(_ capacities: [String: Int]) {
-        rings.withLock { rings in
-            rings = rings.filter { capacities[$0.key] != nil }
+        state.withLock { state in
+            state.rings = state.rings.filter { capacities[$0.key] != nil }
             for (name, capacity) in capacities {
-                rings[name, default: Ring(capacity: capacity)].resize(max(0, capacity))
+                state.rings[name, default: Ring(capacity: capacity)].resize(max(0, capacity))
+            }
+            for (name, followers) in state.followers where capacities[name] == nil {
+                followers.forEach { close($0.fd) }
+                state.followers[name] = nil
             }
         }
     }
 
     func append(worker: String, text: Substring) {
         let line = WorkerLogLine(time: wallClockMicroseconds(), text: String(text))
-        rings.withLock { rings in
-            guard rings[worker] != nil else { return }
-            rings[worker]!.append(line)
+        state.withLock { state in
+            guard state.rings[worker] != nil else { return }
+            state.rings[worker]!.append(line)
+            guard var followers = state.followers[worker] else { return }
+            var kept: [Follower] = []
+            for index in followers.indices where Self.send(line, to: &followers[index]) { kept.append(followers[index]) }
+            state.followers[worker] = kept.isEmpty ? nil : kept
         }
     }
 
     /// The worker's last `count` lines, oldest first (none for a name without a buffer).
     public func last(_ count: Int, of worker: String) -> [WorkerLogLine] {
-        rings.withLock { $0[worker]?.last(count) ?? [] }
+        state.withLock { $0.rings[worker]?.last(count) ?? [] }
+    }
+
+    /// Why a follower was not made.
+    public enum FollowError: Error, Equatable {
+        /// `maxFollowers` follow already.
+        case tooManyFollowers
+        case system(call: String, errno: Int32)
+    }
+
+    /// A new follower of `worker`: returns the caller's end of a SOCK_SEQPACKET pair that gets the
+    /// worker's last `count` lines, then each new one, as records (`encode`). It ends (EOF) when
+    /// the worker is removed or the daemon exits; the daemon lets go of it at the first line
+    /// after the caller closed its end, or at the next `follow`, which drops followers whose
+    /// reader is gone before it counts them.
+    public func follow(_ worker: String, last count: Int) throws(FollowError) -> Int32 {
+        var pair: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+            throw .system(call: "socketpair", errno: errno)
+        }
+        let (ours, theirs) = (pair[0], pair[1])
+        // The caller only reads; the daemon never waits for the caller.
+        _ = shutdown(ours, Int32(SHUT_RD))
+        _ = shutdown(theirs, Int32(SHUT_WR))
+        _ = fcntl(ours, F_SETFL, fcntl(ours, F_GETFL) | O_NONBLOCK)
+        let made: Bool = state.withLock { state in
+            for (name, followers) in state.followers {
+                let live = followers.filter { follower in
+                    var hangUp = pollfd(fd: follower.fd, events: 0, revents: 0)
+                    guard poll(&hangUp, 1, 0) > 0, hangUp.revents & Int16(POLLHUP | POLLERR) != 0 else { return true }
+                    close(follower.fd)
+                    return false
+                }
+                state.followers[name] = live.isEmpty ? nil : live
+            }
+            guard state.followerCount < Self.maxFollowers else { return false }
+            var follower = Follower(fd: ours)
+            // `send` closes the follower's fd when it fails for good: then it is not kept.
+            for line in state.rings[worker]?.last(count) ?? [] where !Self.send(line, to: &follower) { return true }
+            state.followers[worker, default: []].append(follower)
+            return true
+        }
+        guard made else {
+            close(ours)
+            close(theirs)
+            throw .tooManyFollowers
+        }
+        return theirs
+    }
+
+    /// Sends one record; false when the follower's reader is gone (its fd is then closed).
+    private static func send(_ line: WorkerLogLine, to follower: inout Follower) -> Bool {
+        let record = FollowedLogRecord(time: line.time, dropped: follower.dropped, text: line.text).encoded
+        let sent = record.withUnsafeBytes { raw in
+            retryOnInterrupt { Glibc.send(follower.fd, raw.baseAddress, raw.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+        }
+        if sent >= 0 {
+            follower.dropped = 0
+            return true
+        }
+        if errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS {
+            follower.dropped &+= 1
+            return true
+        }
+        close(follower.fd)
+        return false
     }
 }

@@ -188,6 +188,17 @@ struct BusServiceFactory: Sendable {
                     let lines = try await requireSupervisor().logs(name, count: Int(count))
                     return [.array(.structure([.uint64, .string]), lines.map { .structure([.uint64($0.time), .string($0.text)]) })]
                 },
+                // Beyond the contract (docs/bgworkerctl.md): `logs -f` where no journal runs.
+                // Anyone may read, as Logs; at most WorkerLogBuffers.maxFollowers at once.
+                DBusMethod(
+                    "FollowLogs", in: [DBusArgument("name", .string), DBusArgument("lines", .uint32)],
+                    out: [DBusArgument("output", .unixFD)]
+                ) { call in
+                    let name = try Self.nameArgument(call)
+                    let count = call.arguments.count > 1 ? call.arguments[1].uint32Value ?? 0 : 0
+                    let fd = try await requireSupervisor().followLogs(name, count: Int(count))
+                    return [.unixFD(UnixFD(taking: fd))]
+                },
             ],
             properties: [
                 DBusProperty("Version", .string, initial: .string(version), changeSignal: .const),

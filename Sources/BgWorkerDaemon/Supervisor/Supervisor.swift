@@ -331,6 +331,28 @@ public actor Supervisor {
         return runner.logs?.last(count, of: name) ?? []
     }
 
+    /// `FollowLogs` (beyond the contract, docs/bgworkerctl.md): the caller's end of a socket that
+    /// gets the worker's last `count` lines and then each new one. Only the process runner keeps
+    /// output to follow; the systemd runner's is in the journal.
+    func followLogs(_ name: String, count: Int) throws(DBusError) -> Int32 {
+        guard isConfigured(name) else { throw FleetError.noSuchWorker(name).busError(workerNames: workerNames()) }
+        guard let logs = runner.logs else {
+            throw DBusError.notSupported(
+                "the systemd runner's workers write to the journal: journalctl --follow --unit \(systemdUnitName(forWorker: name))")
+        }
+        do {
+            return try logs.follow(name, last: count)
+        } catch {
+            switch error {
+            case .tooManyFollowers:
+                throw DBusError(InhibitorTable.limitsExceeded,
+                                "\(WorkerLogBuffers.maxFollowers) followers of workers' output at once is the most; close one first")
+            case .system(let call, let code):
+                throw DBusError.failed("cannot follow \(name)'s output: \(call): \(errnoText(code))")
+            }
+        }
+    }
+
     /// `LogLevel` set over the bus: the daemon's level changes at once (the DBus layer stores
     /// the property and emits PropertiesChanged, which running workers follow).
     func setLogLevel(_ level: LogLevel, by sender: String) {

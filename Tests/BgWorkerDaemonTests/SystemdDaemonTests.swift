@@ -251,6 +251,10 @@ extension SystemdNamespaceTests {
                 #expect(status.stdout.hasSuffix("\n\nOutput: in the journal, `bgworkerctl logs steady` or `journalctl -u bgworker-steady.service`"),
                         "\(status.stdout)")
                 #expect(try await run(ctl + ["logs", "nope"]).status == 4)
+                // FollowLogs has nothing to follow here: the answer names the unit for journalctl.
+                let follow = try await run(["busctl", "--address", f.bus.address, "call", "org.example.BgWorker",
+                                            "/org/example/BgWorker", "org.example.BgWorker", "FollowLogs", "su", "steady", "1"])
+                #expect(follow.status != 0 && follow.stderr.contains("journalctl --follow --unit bgworker-steady.service"), "\(follow)")
             }
         }
 

@@ -12,7 +12,7 @@ struct DaemonRestartFailedTests {
     @Test func aFailedWorkerRunsAgainAfterADaemonRestartWithRestartsZero() async throws {
         try await DaemonFixture.with("", start: false) { f in
             let marker = f.directory.file("fail")
-            FileManager.default.createFile(atPath: marker, contents: nil)
+            _ = FileManager.default.createFile(atPath: marker, contents: nil)
             try f.writeConfiguration(shellWorker("flaky", "test -e '\(marker)' && exit 3; exec sleep 300",
                                                  extra: "restart-delay = 0.05\nstart-limit-burst = 2\nstart-limit-interval = 60"))
             let monitor = try await f.monitor()

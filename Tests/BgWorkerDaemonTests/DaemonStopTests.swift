@@ -26,7 +26,7 @@ struct DaemonStopTests {
             // busctl, on the manager.
             async let reply = fixture.call("Stop", "s", ["dice"])
             let (changes, answer) = try await monitor.changes(untilReplyTo: "Stop", daemon: daemon)
-            try await reply
+            _ = try await reply
             #expect(answer.type == "method_return")
             #expect(changes.map(\.state) == ["stopping", "stopped"], "\(changes)")
             #expect(changes.last?.reason == "stop requested")

@@ -102,7 +102,7 @@ struct DaemonWorkerTests {
             #expect(try await fixture.worker("looper").state == "failed")
             #expect(try await fixture.property("Restarts", worker: "looper").uint32 == 2)
 
-            FileManager.default.createFile(atPath: healed, contents: nil)
+            _ = FileManager.default.createFile(atPath: healed, contents: nil)
             let daemon = try await fixture.daemonUniqueName()
             try await fixture.call("Restart", "s", ["looper"])
             let restarted = try await monitor.changes(untilReplyTo: "Restart", daemon: daemon)

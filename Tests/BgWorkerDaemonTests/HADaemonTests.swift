@@ -494,14 +494,17 @@ struct HASimDaemonTests {
             let burst = ["primary", "secondary", "primary"]
             try await sim.send(burst)
             // bgworkerd applies and announces every change, in order (docs/ha.md).
-            try await node.history.wait("the burst announced") { $0.roles == ["secondary"] + burst }
+            // Deadlines for a sanitizer build at load 600 (the 10 s default ran out once under TSan).
+            try await node.history.wait("the burst announced", timeout: .seconds(30)) { $0.roles == ["secondary"] + burst }
             try await node.waitFor(["p": "running", "s": "standby"])
             #expect(try await node.runningWorkers() == ["p"])
             node.expectNeverTwoProcesses()
             // A longer one, from primary, ending in secondary.
             let long = (0..<20).map { $0 % 2 == 0 ? "secondary" : "primary" } + ["secondary"]
             try await sim.send(long)
-            try await node.history.wait("the long burst announced") { $0.roles.count == 4 + long.count && $0.roles.last == "secondary" }
+            try await node.history.wait("the long burst announced", timeout: .seconds(60)) {
+                $0.roles.count == 4 + long.count && $0.roles.last == "secondary"
+            }
             try await node.waitFor(["p": "standby", "s": "running"])
             #expect(try await node.runningWorkers() == ["s"])
             node.expectNeverTwoProcesses()

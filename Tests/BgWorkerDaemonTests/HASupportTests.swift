@@ -51,10 +51,9 @@ struct CapturedLog: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
-             file: String, function: String, line: UInt) {
-        let merged = self.metadata.merging(metadata ?? [:]) { $1 }.mapValues { "\($0)" }
-        lines.update { $0.append(Line(level: level, message: "\(message)", metadata: merged)) }
+    func log(event: LogEvent) {
+        let merged = metadata.merging(event.metadata ?? [:]) { $1 }.mapValues { "\($0)" }
+        lines.update { $0.append(Line(level: event.level, message: "\(event.message)", metadata: merged)) }
     }
 
     static func make() -> (Logger, WatchedValue<[Line]>) {

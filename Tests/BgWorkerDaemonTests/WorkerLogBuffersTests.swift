@@ -1,0 +1,71 @@
+import BgWorkerAPI
+@testable import BgWorkerDaemon
+import Glibc
+import Testing
+import TestSupport
+
+/// The in-memory output buffers and their followers (`FollowLogs`), in-process, so that the
+/// sanitizer runs cover the lock and the sockets.
+@Suite("WorkerLogBuffers: buffers and followers")
+struct WorkerLogBuffersTests {
+    /// Reads one record without waiting; nil when none is queued, or at the end of the stream
+    /// (`ended` is then set).
+    static func record(_ fd: Int32, ended: inout Bool) -> FollowedLogRecord? {
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+        if n == 0 { ended = true }
+        return n > 0 ? FollowedLogRecord(decoding: buffer[0..<n]) : nil
+    }
+
+    @Test func aFollowerGetsTheBacklogThenEveryLineOrItsCountUntilTheWorkerGoes() async throws {
+        let buffers = WorkerLogBuffers()
+        buffers.configure(["w": 3, "other": 3])
+        for i in 1...5 { buffers.append(worker: "w", text: "old \(i)") }
+        let fd = try buffers.follow("w", last: 2)
+        defer { close(fd) }
+        var ended = false
+        #expect(Self.record(fd, ended: &ended)?.text == "old 4")
+        #expect(Self.record(fd, ended: &ended)?.text == "old 5")
+        #expect(Self.record(fd, ended: &ended) == nil && !ended)
+
+        // 20,000 lines from the pump's thread while other followers come and go on this one:
+        // the reader does not read meanwhile, so most are dropped, and each is counted.
+        let writer = Task.detached { for i in 1...20_000 { buffers.append(worker: "w", text: "new \(i)") } }
+        for _ in 0..<200 {
+            let other = try buffers.follow("other", last: 1)
+            buffers.append(worker: "other", text: "x")
+            close(other)
+        }
+        await writer.value
+        buffers.append(worker: "w", text: "last")
+        var received = 0, dropped = 0
+        while let record = Self.record(fd, ended: &ended) {
+            received += 1
+            dropped += Int(record.dropped)
+        }
+        // Lines lost at the end are counted in the next record that gets through.
+        buffers.append(worker: "w", text: "final")
+        let final = try #require(Self.record(fd, ended: &ended))
+        #expect(final.text == "final")
+        #expect(received > 0 && received + dropped + Int(final.dropped) == 20_001, "\(received) + \(dropped) + \(final.dropped)")
+
+        // Removed by a Reload: the stream ends.
+        buffers.configure(["other": 3])
+        _ = Self.record(fd, ended: &ended)
+        #expect(ended)
+    }
+
+    @Test func atMostMaxFollowersAndAClosedOneFreesItsPlace() throws {
+        let buffers = WorkerLogBuffers()
+        buffers.configure(["w": 1])
+        var fds = try (0..<WorkerLogBuffers.maxFollowers).map { _ in try buffers.follow("w", last: 0) }
+        defer { fds.forEach { close($0) } }
+        #expect(throws: WorkerLogBuffers.FollowError.tooManyFollowers) { try buffers.follow("w", last: 0) }
+        close(fds.removeLast())
+        let again = try buffers.follow("w", last: 0)
+        fds.append(again)
+        buffers.append(worker: "w", text: "hello")
+        var ended = false
+        #expect(Self.record(again, ended: &ended)?.text == "hello")
+    }
+}

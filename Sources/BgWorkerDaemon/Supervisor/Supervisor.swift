@@ -309,13 +309,10 @@ public actor Supervisor {
         logger.notice("log level of worker \(name) set to \(level?.rawValue ?? "the manager's") by \(sender)", metadata: ["worker": "\(name)"])
     }
 
-    /// `Reload`: an invalid configuration changes nothing and answers InvalidConfig.
+    /// `Reload`: an invalid configuration changes nothing and answers InvalidConfig; one whose
+    /// replaced choices cannot be saved changes nothing and answers StateNotSaved.
     func reloadForBus() async throws(DBusError) {
-        do {
-            try await reload(trigger: "Reload over the bus")
-        } catch {
-            throw DBusError(BgWorkerBus.ErrorName.invalidConfig, error.description)
-        }
+        try await reload(trigger: "Reload over the bus")
     }
 
     func workerList() -> [WorkerStatus] { fleet.workers }
@@ -418,7 +415,7 @@ public actor Supervisor {
     /// Reads the configuration again and applies it; an invalid one changes nothing. The files
     /// are read and parsed, and users and groups looked up, on the blocking-work thread; the
     /// result is applied on the loop in one step.
-    private func reload(trigger: String) async throws(ConfigErrors) {
+    private func reload(trigger: String) async throws(DBusError) {
         notifier.reloading(status: "reloading the configuration")
         logger.notice("reloading the configuration (\(trigger))")
         let (loader, kind) = (settings.loader, settings.runnerKind)
@@ -432,11 +429,27 @@ public actor Supervisor {
         switch loaded {
         case .success(let configuration):
             new = configuration
-            credentials = resolved
         case .failure(let errors):
             for error in errors.errors { logger.error("invalid configuration, nothing changed: \(error)") }
-            throw errors
+            throw DBusError(BgWorkerBus.ErrorName.invalidConfig, errors.description)
         }
+        // Choices made over the bus that the reload replaces (a worker's configured `enabled`
+        // changed) are saved before anything changes, as Enable/Disable do: applied with a failed
+        // write, a later reload could make the stale file look current to the next daemon.
+        // Intents change only in the request queue, so what is applied is what was written.
+        await enterRequestQueue()
+        defer { leaveRequestQueue() }
+        let store = new.daemon.stateDirectory == configuration.daemon.stateDirectory
+            ? stateStore : StateStore(directory: new.daemon.stateDirectory)
+        var candidate = fleet
+        let written = Self.lastPersisted((try? candidate.handle(.reload(new), now: now())) ?? [])
+        if let written, let error = await save(written, to: store) {
+            logger.error("cannot write the state file \(store.path): \(error); \(trigger) refused, nothing changed")
+            throw DBusError(
+                BgWorkerBus.ErrorName.stateNotSaved,
+                "cannot reload: the choices it replaces cannot be saved in \(store.path) (\(error)); nothing changed")
+        }
+        credentials = resolved
         let old = configuration
         configuration = new
         runner.logs?.configure(new.logBufferLines)
@@ -444,9 +457,7 @@ public actor Supervisor {
             applyLogLevel(new.daemon.logLevel)
             setManagerProperty("LogLevel", .string(new.daemon.logLevel.rawValue))
         }
-        if new.daemon.stateDirectory != old.daemon.stateDirectory {
-            stateStore = StateStore(directory: new.daemon.stateDirectory)
-        }
+        stateStore = store
         if let warning = access.configure(adminGroup: new.daemon.adminGroup) { logger.warning("\(warning)") }
         if new.daemon.runner != old.daemon.runner {
             logger.warning("[daemon] runner changed to '\(new.daemon.runner.rawValue)': it takes effect when bgworkerd restarts")
@@ -458,7 +469,7 @@ public actor Supervisor {
             let why = new.ha.source == .none ? "HA is no longer configured" : "HA source changed"
             announceRole(HARoleReport(new.ha.source.initialRole, why: why))
         }
-        apply(.reload(new))
+        apply(.reload(new), written: written)
         if sourceChanged { restartRoleSource() }
         logger.notice("configuration reloaded: \(new.workers.count) workers")
     }
@@ -656,20 +667,10 @@ public actor Supervisor {
     private func persistAndApply(_ event: FleetEvent) async throws(DBusError) {
         var candidate = fleet
         var actions = try handle(event, on: &candidate)
-        let written = actions.lazy.compactMap { action -> EnableState? in
-            if case .persist(let state) = action { state } else { nil }
-        }.last
+        let written = Self.lastPersisted(actions)
         if let written {
             let store = stateStore
-            let saved = await io.run { () -> Result<Void, SystemCallError> in
-                do throws(SystemCallError) {
-                    try store.save(written)
-                    return .success(())
-                } catch {
-                    return .failure(error)
-                }
-            }
-            if case .failure(let error) = saved {
+            if let error = await save(written, to: store) {
                 logger.error("cannot write the state file \(store.path): \(error); \(event) refused, nothing changed")
                 throw stateNotSaved(event, error)
             }
@@ -677,10 +678,33 @@ public actor Supervisor {
             actions = try handle(event, on: &candidate)
         }
         fleet = candidate
-        perform(actions.filter {
-            // Written above; a different state (a reload meanwhile) is written as usual.
-            if case .persist(let state) = $0 { state != written } else { true }
-        })
+        perform(Self.unwritten(actions, written))
+    }
+
+    /// The state the last `.persist` of `actions` would write, if any.
+    private static func lastPersisted(_ actions: [FleetAction]) -> EnableState? {
+        actions.lazy.compactMap { action -> EnableState? in
+            if case .persist(let state) = action { state } else { nil }
+        }.last
+    }
+
+    /// `actions` without a `.persist` of the state `written` before they were worked out again
+    /// (a different state, changed meanwhile, is written as usual).
+    private static func unwritten(_ actions: [FleetAction], _ written: EnableState?) -> [FleetAction] {
+        guard let written else { return actions }
+        return actions.filter { if case .persist(let state) = $0 { state != written } else { true } }
+    }
+
+    /// Writes `state` (write, fsync, rename) on the blocking-work thread; the error, if any.
+    private func save(_ state: EnableState, to store: StateStore) async -> SystemCallError? {
+        await io.run { () -> SystemCallError? in
+            do throws(SystemCallError) {
+                try store.save(state)
+                return nil
+            } catch {
+                return error
+            }
+        }
     }
 
     /// Waits until the requests that came before are persisted and applied.
@@ -717,10 +741,11 @@ public actor Supervisor {
                 + "nothing changed. Stop (bgworkerctl stop \(name)) stops it without writing to disk")
     }
 
-    /// An event that cannot be refused (anything but enable/disable/restart).
-    private func apply(_ event: FleetEvent) {
+    /// An event that cannot be refused (anything but enable/disable/restart); `written`: a state
+    /// already saved, not written again.
+    private func apply(_ event: FleetEvent, written: EnableState? = nil) {
         do {
-            perform(try fleet.handle(event, now: now()))
+            perform(Self.unwritten(try fleet.handle(event, now: now()), written))
         } catch {
             logger.error("unexpected refusal of \(event): \(error)")
         }

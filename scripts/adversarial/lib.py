@@ -109,7 +109,10 @@ class Rig:
         self.starts += 1
         if wait:
             c = self.conn()
-            wait_for("daemon owns its name", lambda: c.name_has_owner(NAME), 30)
+            # A SIGKILLed daemon's name may still show as owned until the bus sees it gone.
+            bus = dbus.Interface(c.get_object("org.freedesktop.DBus", "/org/freedesktop/DBus"), "org.freedesktop.DBus")
+            wait_for("daemon owns its name", lambda: c.name_has_owner(NAME) and
+                     bus.GetConnectionUnixProcessID(c.get_name_owner(NAME)) == self.daemon.pid, 30)
         return self.daemon
 
     def conn(self):

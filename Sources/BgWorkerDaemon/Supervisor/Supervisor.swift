@@ -9,6 +9,7 @@ import CShims
 import DBus
 import Glibc
 import Logging
+import Synchronization
 
 /// What the supervisor needs to know about the daemon it runs in.
 public struct SupervisorSettings: Sendable {
@@ -53,6 +54,9 @@ public actor Supervisor {
     private var stateStore: StateStore
     /// Blocking work (the state file, configuration reading, NSS) runs here, off the loop.
     private let io: BlockingWork
+    /// Whether the last write of the state file failed (set on `io`, in the order of the writes):
+    /// the file then holds choices the fleet no longer has, so the next reload writes first.
+    private let stateFileStale = StaleFlag()
     /// Each worker's `user`/`group` resolved to ids when the configuration was loaded (off the
     /// loop), handed to the spawn.
     private var credentials: [String: WorkerCredentials.Resolution] = [:]
@@ -441,8 +445,11 @@ public actor Supervisor {
         defer { leaveRequestQueue() }
         let store = new.daemon.stateDirectory == configuration.daemon.stateDirectory
             ? stateStore : StateStore(directory: new.daemon.stateDirectory)
+        // A file left stale by a failed write is written too: else a reload that makes its old
+        // lines look current again (a configured `enabled` changed back) would lose the choice.
         var candidate = fleet
-        let written = Self.lastPersisted((try? candidate.handle(.reload(new), now: now())) ?? [])
+        let planned = Self.lastPersisted((try? candidate.handle(.reload(new), now: now())) ?? [])
+        let written = planned ?? (stateFileStale.value ? candidate.enableState : nil)
         if let written, let error = await save(written, to: store) {
             logger.error("cannot write the state file \(store.path): \(error); \(trigger) refused, nothing changed")
             throw DBusError(
@@ -695,13 +702,24 @@ public actor Supervisor {
         return actions.filter { if case .persist(let state) = $0 { state != written } else { true } }
     }
 
-    /// Writes `state` (write, fsync, rename) on the blocking-work thread; the error, if any.
+    /// Writes `state` (write, fsync, rename) on the blocking-work thread before it is applied;
+    /// the error, if any (then nothing is applied, and the file is no staler than it was).
     private func save(_ state: EnableState, to store: StateStore) async -> SystemCallError? {
-        await io.run { () -> SystemCallError? in
+        await io.run(Self.saving(state, to: store, stale: stateFileStale, applied: false))
+    }
+
+    /// The blocking write of `state`. A success leaves the file current; a failure of a state
+    /// already `applied` to the fleet leaves it stale.
+    private nonisolated static func saving(
+        _ state: EnableState, to store: StateStore, stale: StaleFlag, applied: Bool
+    ) -> @Sendable () -> SystemCallError? {
+        {
             do throws(SystemCallError) {
                 try store.save(state)
+                stale.value = false
                 return nil
             } catch {
+                if applied { stale.value = true }
                 return error
             }
         }
@@ -792,14 +810,7 @@ public actor Supervisor {
             case .persist(let state):
                 // In order with the requests' writes, on the blocking-work thread.
                 let (store, logger) = (stateStore, logger)
-                io.submit({ () -> SystemCallError? in
-                    do throws(SystemCallError) {
-                        try store.save(state)
-                        return nil
-                    } catch {
-                        return error
-                    }
-                }, then: { error in
+                io.submit(Self.saving(state, to: store, stale: stateFileStale, applied: true), then: { error in
                     if let error { logger.error("cannot write the state file \(store.path): \(error)") }
                 })
             }
@@ -1042,4 +1053,13 @@ func wallClockMicroseconds() -> UInt64 {
     var now = timespec()
     clock_gettime(CLOCK_REALTIME, &now)
     return UInt64(max(now.tv_sec, 0)) * 1_000_000 + UInt64(max(now.tv_nsec, 0)) / 1000
+}
+
+/// A flag written on the blocking-work thread and read on the loop.
+final class StaleFlag: Sendable {
+    private let state = Mutex(false)
+    var value: Bool {
+        get { state.withLock { $0 } }
+        set { state.withLock { $0 = newValue } }
+    }
 }

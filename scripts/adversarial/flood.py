@@ -75,8 +75,12 @@ def intent_client(addr, seed, names, q):
     """Sequential Enable/Disable on its own workers; reports the last replied intent and any in flight."""
     r = random.Random(seed)
     import dbus
-    c = dbus.bus.BusConnection(addr)
-    m = dbus.Interface(c.get_object(NAME, MGR, introspect=False), NAME)
+    try:
+        c = dbus.bus.BusConnection(addr)
+        m = dbus.Interface(c.get_object(NAME, MGR, introspect=False), NAME)
+    except dbus.DBusException as e:  # under load the SIGKILL can come before this client is up
+        q.put(({}, {}, 0, e.get_dbus_name()))
+        return
     replied, inflight, n_ok = {}, {}, 0
     while True:
         n = r.choice(names)

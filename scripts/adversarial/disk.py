@@ -4,9 +4,10 @@
 # then space back: works again, and the intent survives a restart.
 # --reloads: also, while the disk is broken, a Reload that flips a worker's configured `enabled`
 # (which replaces a choice made over the bus): it answers ok (nothing to write) or StateNotSaved
-# and changes nothing; and every round ends with a SIGKILL of the daemon, after which the intents
-# are as before (a Reload whose write failed used to be applied anyway, and the next daemon read
-# the stale file).
+# and changes nothing; sometimes the daemon is SIGKILLed and started on the broken disk after a
+# flip (its start cannot write the choice it drops); every round ends with a SIGKILL of the daemon
+# once the disk is back, after which the intents are as before (a Reload whose write failed used
+# to be applied anyway, and the next daemon read the stale file).
 # Usage: scripts/adversarial/run scripts/adversarial/disk.py [--seed N] [--rounds N] [--reloads]
 import argparse, os, random, subprocess, sys, time
 sys.path.insert(0, os.path.dirname(__file__))
@@ -98,6 +99,15 @@ def main():
                     r, mode, n, before[n], after[n], meth, target))
         # One worker's configured value flipped 1 to 3 times (twice: back to where the file was).
         flip = rnd.choice(["s0", "s1", "s2"])
+        if args.reloads and mode != "dir" and rnd.random() < 0.3:
+            # The first flip while no daemon runs: the next one starts on the broken disk and
+            # cannot write the choice it drops (logged), so the file is stale until a write.
+            rig.daemon.kill(); rig.daemon.wait(30)
+            configured[flip] = not configured[flip]
+            rig.set_workers(workers())
+            rig.start_daemon(); m = rig.mgr()
+            rig.wait_settled("settled after a start on the broken disk", 30, ("c0a",))
+            counts[(mode, "restart on the broken disk")] = counts.get((mode, "restart on the broken disk"), 0) + 1
         for k in range(rnd.randint(1, 3) if args.reloads else 0):
             configured[flip] = not configured[flip]
             rig.set_workers(workers())

@@ -68,6 +68,75 @@ struct DaemonStateNotSavedTests {
         }
     }
 
+    /// A Reload that replaces a choice made over the bus (the worker's configured `enabled`
+    /// changed) must save that before it changes anything, as Enable/Disable do. It used to apply
+    /// the reload and only log the failed write: `off` disabled over the bus, then two reloads on
+    /// an unwritable state file (configured false, then true again) left `off` running while the
+    /// file still said "disabled, configured true", so the next daemon ran it disabled (found by
+    /// an adversarial run, scripts/adversarial/disk.py `--reloads`).
+    @Test func aReloadThatReplacesAChoiceThatCannotBeSavedChangesNothing() async throws {
+        let configured: (Bool) -> String = { enabled in
+            shellWorker("on", "exec sleep 1000") + shellWorker("off", "exec sleep 1000", extra: "enabled = \(enabled)")
+        }
+        try await DaemonFixture.with(configured(true)) { fixture in
+            try await fixture.call("Disable", "s", ["off"])
+            let file = fixture.stateDirectory + "/enable-state"
+            let saved = fixture.stateDirectory + "/saved"
+            try FileManager.default.moveItem(atPath: file, toPath: saved)
+            try FileManager.default.createDirectory(atPath: file, withIntermediateDirectories: false)
+
+            try fixture.writeConfiguration(configured(false))
+            let refused = try await fixture.dbusSend("Reload")
+            #expect(refused.output.contains("Error \(Self.stateNotSaved)") && refused.output.contains(file), "\(refused.output)")
+            try fixture.writeConfiguration(configured(true))
+            try await fixture.call("Reload")  // the configuration the daemon has: nothing to write
+            let before = try await fixture.worker("off")
+            #expect(before.state == "disabled" && !before.enabled, "\(before)")
+
+            // The disk back (the file as the last save left it): the next daemon agrees.
+            try FileManager.default.removeItem(atPath: file)
+            try FileManager.default.moveItem(atPath: saved, toPath: file)
+            try await fixture.stopDaemon(signal: SIGKILL)
+            try await fixture.startDaemon()
+            let after = try await fixture.worker("off")
+            #expect(after.enabled == before.enabled && after.state == before.state, "before the restart \(before), after \(after)")
+        }
+    }
+
+    /// The same through a write that was only logged: a daemon that starts on a read-only state
+    /// folder after `off`'s configured `enabled` changed drops the old choice but cannot write
+    /// that. A reload that changes the value back must write the file (or fail) first: it used to
+    /// run `off` while the stale file said "disabled, configured true", and the next daemon
+    /// disabled it again.
+    @Test(.enabled(if: rootTestsEnabled, "needs root: a read-only bind mount of the state folder"))
+    func aReloadAfterAFailedWriteAtTheStartWritesFirst() async throws {
+        let configured: (Bool) -> String = { enabled in
+            shellWorker("on", "exec sleep 1000") + shellWorker("off", "exec sleep 1000", extra: "enabled = \(enabled)")
+        }
+        try await DaemonFixture.with(configured(true)) { fixture in
+            try await fixture.call("Disable", "s", ["off"])
+            try await fixture.stopDaemon()
+            let folder = fixture.stateDirectory
+            try await runChecked(["mount", "--bind", folder, folder])
+            fixture.atTeardown { runBlocking(["umount", "-l", folder]) }
+            try await runChecked(["mount", "-o", "remount,bind,ro", folder])
+            try fixture.writeConfiguration(configured(false))
+            try await fixture.startDaemon()
+
+            try fixture.writeConfiguration(configured(true))
+            let reload = try await fixture.dbusSend("Reload")
+            #expect(reload.output.contains("Error \(Self.stateNotSaved)"), "\(reload.output)")
+            let before = try await fixture.worker("off")
+            #expect(before.state == "disabled" && !before.enabled, "\(before)")
+
+            try await runChecked(["umount", folder])
+            try await fixture.stopDaemon(signal: SIGKILL)
+            try await fixture.startDaemon()
+            let after = try await fixture.worker("off")
+            #expect(after.enabled == before.enabled && after.state == before.state, "before the restart \(before), after \(after)")
+        }
+    }
+
     /// Disable of a running worker and Enable of a disabled one are both refused and change
     /// nothing, then and after a restart of the daemon.
     static func expectNothingChanges(_ fixture: DaemonFixture, systemError: String) async throws {

@@ -20,6 +20,10 @@ rnd = random.Random(args.seed)
 STEADY_N = ["s%d" % i for i in range(6)]
 CRASH0 = ["c0a", "c0b"]
 LOOPERS = ("c0a", "c0b", "c0f", "cdef", "fork")
+# ready = "notify": READY=1 from the worker's own pid (the notify socket), then the steady sleep.
+NOTIFY = ["/usr/bin/python3", "-c", "import os, socket; a = os.environ['NOTIFY_SOCKET']; "
+          "a = '\\0' + a[1:] if a[0] == '@' else a; s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); "
+          "s.sendto(b'READY=1', a); os.execv('/bin/sleep', ['sleep', '100000'])"]
 
 
 def config(gen):
@@ -32,6 +36,7 @@ def config(gen):
     w["cdef"] = toml_worker("cdef", CRASH_FAST)                            # default delay
     w["fork"] = toml_worker("fork", FORKER, restart_delay=0.0, start_limit_burst=0)
     w["stub"] = toml_worker("stub", STUBBORN, stop_timeout=0.3)
+    w["nfy"] = toml_worker("nfy", NOTIFY, ready="notify", start_timeout=20.0, stop_timeout=2.0)
     if gen is not None:
         # Reload changes: s0's definition changes, x1 comes and goes, s5's configured enabled flips.
         w["s0"] = toml_worker("s0", [SH, "-c", "exec sleep %d" % (100000 + gen)], stop_timeout=2.0)
@@ -70,8 +75,12 @@ def intent_client(addr, seed, names, q):
     """Sequential Enable/Disable on its own workers; reports the last replied intent and any in flight."""
     r = random.Random(seed)
     import dbus
-    c = dbus.bus.BusConnection(addr)
-    m = dbus.Interface(c.get_object(NAME, MGR, introspect=False), NAME)
+    try:
+        c = dbus.bus.BusConnection(addr)
+        m = dbus.Interface(c.get_object(NAME, MGR, introspect=False), NAME)
+    except dbus.DBusException as e:  # under load the SIGKILL can come before this client is up
+        q.put(({}, {}, 0, e.get_dbus_name()))
+        return
     replied, inflight, n_ok = {}, {}, 0
     while True:
         n = r.choice(names)
@@ -172,7 +181,7 @@ def main():
     call(m, "Reload")
     final = rig.wait_settled("settled after chaos", 30, LOOPERS)
     log("after chaos:", {k: (v["state"], v["enabled"]) for k, v in final.items()})
-    problems += check_proc(rig, STEADY_N + ["stub"], "after chaos")
+    problems += check_proc(rig, STEADY_N + ["stub", "nfy"], "after chaos")
     # The intents survive a daemon restart (SIGTERM).
     before = {k: v["enabled"] for k, v in rig.list().items()}
     rig.daemon.send_signal(signal.SIGTERM)
@@ -189,7 +198,7 @@ def main():
     kills_with_orphans = [0]
     for rnd_i in range(args.kills):
         q = mp.Queue()
-        groups = [STEADY_N[i::3] for i in range(3)] + [["stub"], ["c0a", "fork"]]
+        groups = [STEADY_N[i::3] for i in range(3)] + [["stub", "nfy"], ["c0a", "fork"]]
         ps = [mp.Process(target=intent_client, args=(rig.address, args.seed * 1000 + rnd_i * 10 + i, g, q))
               for i, g in enumerate(groups)]
         for p in ps:
@@ -228,7 +237,7 @@ def main():
                 if got != want:
                     problems.append("round %d: %s Enabled=%s after restart but %s was replied ok"
                                     % (rnd_i, n, got, "Enable" if want else "Disable"))
-        problems += check_proc(rig, STEADY_N + ["stub"], "round %d" % rnd_i)
+        problems += check_proc(rig, STEADY_N + ["stub", "nfy"], "round %d" % rnd_i)
         log("kill round %d: %d ok replies before SIGKILL, states %s" % (
             rnd_i, oks, {k: v["state"][:4] + ("+" if v["enabled"] else "-") for k, v in l.items()}))
     log("daemon starts:", rig.starts, "SIGKILLs leaving grandchildren for the next daemon:", kills_with_orphans[0])

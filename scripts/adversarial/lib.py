@@ -74,6 +74,8 @@ class Rig:
         self.daemon = None
         self.daemon_log = os.path.join(root, "bgworkerd.log")
         self.starts = 0
+        # argv put before bgworkerd's, e.g. ["prlimit", "--nofile=1024:1024", "--"]
+        self.daemon_prefix = []
 
     def set_workers(self, workers):
         """workers: dict name -> toml text. Writes one drop-in per worker."""
@@ -100,14 +102,17 @@ class Rig:
     def start_daemon(self, wait=True):
         env = dict(os.environ, RUNTIME_DIRECTORY=os.path.join(self.root, "run"))
         env.pop("NOTIFY_SOCKET", None)
-        self.daemon = subprocess.Popen([os.path.join(BIN, "bgworkerd"), "--bus", self.address,
+        self.daemon = subprocess.Popen(self.daemon_prefix + [os.path.join(BIN, "bgworkerd"), "--bus", self.address,
                                         "--config", self.conf, "--runner", "process"],
                                        stdout=open(self.daemon_log, "a"), stderr=subprocess.STDOUT,
                                        env=env)
         self.starts += 1
         if wait:
             c = self.conn()
-            wait_for("daemon owns its name", lambda: c.name_has_owner(NAME), 30)
+            # A SIGKILLed daemon's name may still show as owned until the bus sees it gone.
+            bus = dbus.Interface(c.get_object("org.freedesktop.DBus", "/org/freedesktop/DBus"), "org.freedesktop.DBus")
+            wait_for("daemon owns its name", lambda: c.name_has_owner(NAME) and
+                     bus.GetConnectionUnixProcessID(c.get_name_owner(NAME)) == self.daemon.pid, 30)
         return self.daemon
 
     def conn(self):

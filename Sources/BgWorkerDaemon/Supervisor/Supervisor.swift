@@ -9,6 +9,7 @@ import CShims
 import DBus
 import Glibc
 import Logging
+import Synchronization
 
 /// What the supervisor needs to know about the daemon it runs in.
 public struct SupervisorSettings: Sendable {
@@ -53,6 +54,9 @@ public actor Supervisor {
     private var stateStore: StateStore
     /// Blocking work (the state file, configuration reading, NSS) runs here, off the loop.
     private let io: BlockingWork
+    /// Whether the last write of the state file failed (set on `io`, in the order of the writes):
+    /// the file then holds choices the fleet no longer has, so the next reload writes first.
+    private let stateFileStale = StaleFlag()
     /// Each worker's `user`/`group` resolved to ids when the configuration was loaded (off the
     /// loop), handed to the spawn.
     private var credentials: [String: WorkerCredentials.Resolution] = [:]
@@ -309,13 +313,10 @@ public actor Supervisor {
         logger.notice("log level of worker \(name) set to \(level?.rawValue ?? "the manager's") by \(sender)", metadata: ["worker": "\(name)"])
     }
 
-    /// `Reload`: an invalid configuration changes nothing and answers InvalidConfig.
+    /// `Reload`: an invalid configuration changes nothing and answers InvalidConfig; one whose
+    /// replaced choices cannot be saved changes nothing and answers StateNotSaved.
     func reloadForBus() async throws(DBusError) {
-        do {
-            try await reload(trigger: "Reload over the bus")
-        } catch {
-            throw DBusError(BgWorkerBus.ErrorName.invalidConfig, error.description)
-        }
+        try await reload(trigger: "Reload over the bus")
     }
 
     func workerList() -> [WorkerStatus] { fleet.workers }
@@ -440,7 +441,7 @@ public actor Supervisor {
     /// Reads the configuration again and applies it; an invalid one changes nothing. The files
     /// are read and parsed, and users and groups looked up, on the blocking-work thread; the
     /// result is applied on the loop in one step.
-    private func reload(trigger: String) async throws(ConfigErrors) {
+    private func reload(trigger: String) async throws(DBusError) {
         notifier.reloading(status: "reloading the configuration")
         logger.notice("reloading the configuration (\(trigger))")
         let (loader, kind) = (settings.loader, settings.runnerKind)
@@ -454,11 +455,30 @@ public actor Supervisor {
         switch loaded {
         case .success(let configuration):
             new = configuration
-            credentials = resolved
         case .failure(let errors):
             for error in errors.errors { logger.error("invalid configuration, nothing changed: \(error)") }
-            throw errors
+            throw DBusError(BgWorkerBus.ErrorName.invalidConfig, errors.description)
         }
+        // Choices made over the bus that the reload replaces (a worker's configured `enabled`
+        // changed) are saved before anything changes, as Enable/Disable do: applied with a failed
+        // write, a later reload could make the stale file look current to the next daemon.
+        // Intents change only in the request queue, so what is applied is what was written.
+        await enterRequestQueue()
+        defer { leaveRequestQueue() }
+        let store = new.daemon.stateDirectory == configuration.daemon.stateDirectory
+            ? stateStore : StateStore(directory: new.daemon.stateDirectory)
+        // A file left stale by a failed write is written too: else a reload that makes its old
+        // lines look current again (a configured `enabled` changed back) would lose the choice.
+        var candidate = fleet
+        let planned = Self.lastPersisted((try? candidate.handle(.reload(new), now: now())) ?? [])
+        let written = planned ?? (stateFileStale.value ? candidate.enableState : nil)
+        if let written, let error = await save(written, to: store) {
+            logger.error("cannot write the state file \(store.path): \(error); \(trigger) refused, nothing changed")
+            throw DBusError(
+                BgWorkerBus.ErrorName.stateNotSaved,
+                "cannot reload: the choices it replaces cannot be saved in \(store.path) (\(error)); nothing changed")
+        }
+        credentials = resolved
         let old = configuration
         configuration = new
         runner.logs?.configure(new.logBufferLines)
@@ -466,9 +486,7 @@ public actor Supervisor {
             applyLogLevel(new.daemon.logLevel)
             setManagerProperty("LogLevel", .string(new.daemon.logLevel.rawValue))
         }
-        if new.daemon.stateDirectory != old.daemon.stateDirectory {
-            stateStore = StateStore(directory: new.daemon.stateDirectory)
-        }
+        stateStore = store
         if let warning = access.configure(adminGroup: new.daemon.adminGroup) { logger.warning("\(warning)") }
         if new.daemon.runner != old.daemon.runner {
             logger.warning("[daemon] runner changed to '\(new.daemon.runner.rawValue)': it takes effect when bgworkerd restarts")
@@ -480,7 +498,7 @@ public actor Supervisor {
             let why = new.ha.source == .none ? "HA is no longer configured" : "HA source changed"
             announceRole(HARoleReport(new.ha.source.initialRole, why: why))
         }
-        apply(.reload(new))
+        apply(.reload(new), written: written)
         if sourceChanged { restartRoleSource() }
         logger.notice("configuration reloaded: \(new.workers.count) workers")
     }
@@ -678,20 +696,10 @@ public actor Supervisor {
     private func persistAndApply(_ event: FleetEvent) async throws(DBusError) {
         var candidate = fleet
         var actions = try handle(event, on: &candidate)
-        let written = actions.lazy.compactMap { action -> EnableState? in
-            if case .persist(let state) = action { state } else { nil }
-        }.last
+        let written = Self.lastPersisted(actions)
         if let written {
             let store = stateStore
-            let saved = await io.run { () -> Result<Void, SystemCallError> in
-                do throws(SystemCallError) {
-                    try store.save(written)
-                    return .success(())
-                } catch {
-                    return .failure(error)
-                }
-            }
-            if case .failure(let error) = saved {
+            if let error = await save(written, to: store) {
                 logger.error("cannot write the state file \(store.path): \(error); \(event) refused, nothing changed")
                 throw stateNotSaved(event, error)
             }
@@ -699,10 +707,44 @@ public actor Supervisor {
             actions = try handle(event, on: &candidate)
         }
         fleet = candidate
-        perform(actions.filter {
-            // Written above; a different state (a reload meanwhile) is written as usual.
-            if case .persist(let state) = $0 { state != written } else { true }
-        })
+        perform(Self.unwritten(actions, written))
+    }
+
+    /// The state the last `.persist` of `actions` would write, if any.
+    private static func lastPersisted(_ actions: [FleetAction]) -> EnableState? {
+        actions.lazy.compactMap { action -> EnableState? in
+            if case .persist(let state) = action { state } else { nil }
+        }.last
+    }
+
+    /// `actions` without a `.persist` of the state `written` before they were worked out again
+    /// (a different state, changed meanwhile, is written as usual).
+    private static func unwritten(_ actions: [FleetAction], _ written: EnableState?) -> [FleetAction] {
+        guard let written else { return actions }
+        return actions.filter { if case .persist(let state) = $0 { state != written } else { true } }
+    }
+
+    /// Writes `state` (write, fsync, rename) on the blocking-work thread before it is applied;
+    /// the error, if any (then nothing is applied, and the file is no staler than it was).
+    private func save(_ state: EnableState, to store: StateStore) async -> SystemCallError? {
+        await io.run(Self.saving(state, to: store, stale: stateFileStale, applied: false))
+    }
+
+    /// The blocking write of `state`. A success leaves the file current; a failure of a state
+    /// already `applied` to the fleet leaves it stale.
+    private nonisolated static func saving(
+        _ state: EnableState, to store: StateStore, stale: StaleFlag, applied: Bool
+    ) -> @Sendable () -> SystemCallError? {
+        {
+            do throws(SystemCallError) {
+                try store.save(state)
+                stale.value = false
+                return nil
+            } catch {
+                if applied { stale.value = true }
+                return error
+            }
+        }
     }
 
     /// Waits until the requests that came before are persisted and applied.
@@ -739,10 +781,11 @@ public actor Supervisor {
                 + "nothing changed. Stop (bgworkerctl stop \(name)) stops it without writing to disk")
     }
 
-    /// An event that cannot be refused (anything but enable/disable/restart).
-    private func apply(_ event: FleetEvent) {
+    /// An event that cannot be refused (anything but enable/disable/restart); `written`: a state
+    /// already saved, not written again.
+    private func apply(_ event: FleetEvent, written: EnableState? = nil) {
         do {
-            perform(try fleet.handle(event, now: now()))
+            perform(Self.unwritten(try fleet.handle(event, now: now()), written))
         } catch {
             logger.error("unexpected refusal of \(event): \(error)")
         }
@@ -789,14 +832,7 @@ public actor Supervisor {
             case .persist(let state):
                 // In order with the requests' writes, on the blocking-work thread.
                 let (store, logger) = (stateStore, logger)
-                io.submit({ () -> SystemCallError? in
-                    do throws(SystemCallError) {
-                        try store.save(state)
-                        return nil
-                    } catch {
-                        return error
-                    }
-                }, then: { error in
+                io.submit(Self.saving(state, to: store, stale: stateFileStale, applied: true), then: { error in
                     if let error { logger.error("cannot write the state file \(store.path): \(error)") }
                 })
             }
@@ -1039,4 +1075,13 @@ func wallClockMicroseconds() -> UInt64 {
     var now = timespec()
     clock_gettime(CLOCK_REALTIME, &now)
     return UInt64(max(now.tv_sec, 0)) * 1_000_000 + UInt64(max(now.tv_nsec, 0)) / 1000
+}
+
+/// A flag written on the blocking-work thread and read on the loop.
+final class StaleFlag: Sendable {
+    private let state = Mutex(false)
+    var value: Bool {
+        get { state.withLock { $0 } }
+        set { state.withLock { $0 = newValue } }
+    }
 }

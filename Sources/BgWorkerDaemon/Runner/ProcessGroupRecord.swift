@@ -432,13 +432,14 @@ final class ProcessGroupRecord {
     /// at another time (a later process reusing the id: see the file's comment). Each member is
     /// killed through a pidfd opened and checked before the signal, so a reused pid is never hit;
     /// the groups are scanned again until no new member turns up (one may fork between a scan and
-    /// its kill). Waits up to `deadline` for them to be gone. Returns the groups killed.
+    /// its kill), however long that takes up to `scanLimit`. Then waits up to `deadline` for them
+    /// to be gone. Returns the groups killed.
     /// - Parameter afterFirstScan: for tests: runs between the first scan and what follows it.
     static func kill(
-        _ recorded: [RecordedGroup], of header: Header, deadline: Duration, afterFirstScan: () -> Void = {}
+        _ recorded: [RecordedGroup], of header: Header, deadline: Duration, scanLimit: Duration = .seconds(60),
+        afterFirstScan: () -> Void = {}
     ) -> [Int32] {
         guard !recorded.isEmpty, header.boot != 0, header.boot == currentBoot else { return [] }
-        let end = ContinuousClock.now + deadline
         let me = getpid()
         var processes = ProcStat.all()
         let byPid = Dictionary(processes.map { ($0.pid, $0) }, uniquingKeysWith: { first, _ in first })
@@ -452,7 +453,7 @@ final class ProcessGroupRecord {
             if let leader = byPid[group.pgid] {
                 if group.leaderStart != 0 {
                     guard leader.startTime == group.leaderStart else { continue }
-                } else if leader.state != "Z", leader.state != "X", !leader.isDying {
+                } else if leader.isRunning, !leader.isDying {
                     // Without a recorded start: PR_SET_PDEATHSIG kills every leader with its
                     // daemon, so one that lives on is taken for a later process with the id.
                     continue
@@ -469,19 +470,22 @@ final class ProcessGroupRecord {
         afterFirstScan()
         // A member can fork between the scan and its kill (a load test saw it with 9,000 other
         // processes in /proc): scan again until a scan finds no one new. A killed process
-        // cannot fork, so each round leaves only what the last one's forkers made.
+        // cannot fork, so each round leaves only what the last one's forkers made. The deadline
+        // does not cut this short (a scan of thousands of members under load outlasts it, and
+        // what it left was forgotten with the old record); each member is tried once, so one
+        // that cannot be killed does not keep it going, and `scanLimit` bounds the rest.
+        let scanEnd = ContinuousClock.now + max(scanLimit, deadline)
         var killed = Set<Int32>()
-        var signalled = Set<ProcessIdentity>()
+        var tried = Set<ProcessIdentity>()
         var members: [Int32] = []
         while !leftovers.isEmpty {
-            // Any member not signalled before, even one gone by its kill: it may have forked first.
+            // Any member not tried before, even one gone by its kill: it may have forked first.
             var newcomers = false
             for process in processes where process.isRunning {
                 guard let index = leftoverSessions[process.session] ?? leftoverGroups[process.pgrp] else { continue }
                 let (group, earliest) = leftovers[index]
                 guard group.contains(process), process.startTime >= earliest else { continue }
-                let identity = ProcessIdentity(pid: process.pid, startTime: process.startTime)
-                guard !signalled.contains(identity) else { continue }
+                guard tried.insert(ProcessIdentity(pid: process.pid, startTime: process.startTime)).inserted else { continue }
                 newcomers = true
                 let pidfd = _bgw_pidfd_open(process.pid, 0)
                 guard pidfd >= 0 else { continue }
@@ -491,13 +495,13 @@ final class ProcessGroupRecord {
                     continue
                 }
                 members.append(pidfd)
-                signalled.insert(identity)
                 killed.insert(group.pgid)
             }
-            guard newcomers, ContinuousClock.now < end else { break }
+            guard newcomers, ContinuousClock.now < scanEnd else { break }
             processes = ProcStat.all()
         }
-        waitUntilExited(members, deadline: end - ContinuousClock.now)
+        // The killed are dying (SIGKILL pending): given the deadline from here, however long the scans took.
+        waitUntilExited(members, deadline: deadline)
         members.forEach { close($0) }
         return recorded.map(\.pgid).filter { killed.contains($0) }
     }
@@ -539,9 +543,12 @@ struct ProcStat {
     var flags: UInt64 = 0
     /// Clock ticks after boot (field 22).
     var startTime: UInt64 = 0
+    /// Its threads (field 20), counting a main thread that has exited while others run.
+    var threads: Int = 1
 
-    /// Not exited: neither a zombie nor dead.
-    var isRunning: Bool { state != "Z" && state != "X" }
+    /// Not exited. A process whose main thread exited (pthread_exit, or a raw exit) while other
+    /// threads run on says `Z` in /proc, as a zombie does, yet it runs: `threads` tells them apart.
+    var isRunning: Bool { (state != "Z" && state != "X") || threads > 1 }
 
     /// Exiting (PF_EXITING), or with SIGKILL pending: what PR_SET_PDEATHSIG leaves of a worker
     /// leader whose daemon died.
@@ -575,7 +582,7 @@ struct ProcStat {
         let n = buffer.withUnsafeMutableBytes { raw in retryOnInterrupt { Glibc.read(fd, raw.baseAddress, raw.count) } }
         guard n > 0, let close = buffer[0..<n].lastIndex(of: UInt8(ascii: ")")) else { return nil }
         let fields = buffer[(close + 1)..<n].split(separator: UInt8(ascii: " "))
-        // state ppid pgrp session tty_nr tpgid flags ... starttime (fields 3, 4, 5, 6, 7, 8, 9, 22)
+        // state ppid pgrp session tty_nr tpgid flags ... num_threads ... starttime (fields 3-9, 20, 22)
         guard fields.count >= 20, let state = fields[0].first,
               let ppid = Int32(String(decoding: fields[1], as: UTF8.self)),
               let pgrp = Int32(String(decoding: fields[2], as: UTF8.self)),
@@ -583,6 +590,6 @@ struct ProcStat {
         else { return nil }
         func number(_ index: Int) -> UInt64 { UInt64(String(decoding: fields[index], as: UTF8.self)) ?? 0 }
         return ProcStat(pid: pid, state: Character(Unicode.Scalar(state)), ppid: ppid, pgrp: pgrp, session: session,
-                        flags: number(6), startTime: number(19))
+                        flags: number(6), startTime: number(19), threads: Int(clamping: number(17)))
     }
 }

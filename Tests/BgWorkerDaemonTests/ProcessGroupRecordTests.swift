@@ -490,6 +490,24 @@ struct ProcessRunnerGroupRecordTests {
         }
     }
 
+    /// The second adversarial run (2026-12-06): a daemon in a PID namespace of its own but with
+    /// the /proc of the namespace above (`unshare --pid --fork` without `--mount-proc`) recorded
+    /// its namespace's pids and looked them up in the other /proc: its successor skipped the
+    /// worker's leftovers (they survived), and would have killed a session there with the id.
+    @Test(.enabled(if: rootTestsEnabled, "needs root: a PID namespace"))
+    func aRecordUnderAProcOfAnotherPIDNamespaceIsRefused() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let path = directory.file("process-groups")
+        let refused = try await run(["unshare", "--pid", "--fork", builtProduct("bgworker-runner-probe"), "clean", path])
+        #expect(refused.status == 1)
+        #expect(refused.stderr.contains("/proc says this process is pid "), "\(refused.stderr)")
+        #expect(refused.stderr.contains("but it is pid 1 in its own PID namespace"), "\(refused.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: path), "refused before the file is made")
+        let ownProc = try await run(["unshare", "--pid", "--fork", "--mount-proc", builtProduct("bgworker-runner-probe"), "clean", path])
+        #expect(ownProc.status == 0 && ownProc.stdout == "killed=", "\(ownProc.stderr)")
+    }
+
     @Test func aRecordHeldByALiveOwnerIsRefusedAndLeftAlone() throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }

@@ -49,6 +49,9 @@ struct ProcessGroupRecordError: Error, Sendable, CustomStringConvertible {
         /// The file or its folder could have been written by another user, or is not a plain
         /// file: what it names cannot be trusted to be ours to kill.
         case unsafe(String)
+        /// /proc shows another PID namespace than ours (`procSelf`: the pid it gives this
+        /// process, nil when unreadable): pids recorded here name other processes there.
+        case foreignProc(procSelf: Int32?, pid: Int32)
     }
 
     /// The record file, e.g. `/run/bgworker/process-groups`.
@@ -71,6 +74,11 @@ struct ProcessGroupRecordError: Error, Sendable, CustomStringConvertible {
                 + "docs/process-runner.md"
         case .system(let call, let errno):
             return "\(call) \(path): \(errnoText(errno))"
+        case .foreignProc(let procSelf, let pid):
+            let seen = procSelf.map { "says this process is pid \($0)" } ?? "has no /proc/self"
+            return "refusing the record of process groups \(path): /proc \(seen), but it is pid \(pid) in its own PID "
+                + "namespace, so /proc is of another namespace and the pids recorded would name other processes there. "
+                + "Mount a /proc of the daemon's PID namespace (unshare --pid --fork --mount-proc, or a container's own /proc)"
         case .unsafe(let why):
             return "refusing the record of process groups \(path): \(why) (the daemon kills what it names after "
                 + "a crash, so only a file that no other user can have written is used; give the daemon a runtime "
@@ -114,6 +122,7 @@ final class ProcessGroupRecord {
     init(
         path: String, leftoverDeadline: Duration = .seconds(5), lockWait: Duration = .seconds(5)
     ) throws(ProcessGroupRecordError) {
+        try Self.checkProcIsOurs(path: path)
         let flags = O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW
         var fd = open(path, flags, 0o600)
         if fd < 0 && errno == ENOENT, let slash = path.lastIndex(of: "/"), slash != path.startIndex {
@@ -137,6 +146,18 @@ final class ProcessGroupRecord {
         self.path = path
         capacity = Self.initialSlots
         free = (0..<Self.initialSlots).reversed()
+    }
+
+    /// Refuses a /proc of another PID namespace (a daemon started by `unshare --pid --fork`
+    /// without `--mount-proc`): there the recorded pids (our namespace's) are other processes, so
+    /// the next daemon would skip its workers' leftovers or kill another session with the id.
+    private static func checkProcIsOurs(path: String) throws(ProcessGroupRecordError) {
+        var buffer = [CChar](repeating: 0, count: 32)
+        let n = readlink("/proc/self", &buffer, buffer.count - 1)
+        let procSelf = n > 0 ? Int32(String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)) : nil
+        guard procSelf == getpid() else {
+            throw ProcessGroupRecordError(path: path, reason: .foreignProc(procSelf: procSelf, pid: getpid()))
+        }
     }
 
     /// Refuses a file another user could have written (or planted as a hard link), or one in a

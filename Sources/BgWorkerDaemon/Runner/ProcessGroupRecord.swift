@@ -481,10 +481,12 @@ final class ProcessGroupRecord {
                 }
             }
             let earliest = max(header.ownerStart, group.leaderStart)
-            let inGroup = (bySession[group.session] ?? []).filter {
-                group.contains($0) && $0.startTime >= earliest && $0.isRunning
-            }
-            guard !inGroup.isEmpty, !inGroup.contains(where: { $0.ppid == me || $0.pid == me }) else { continue }
+            // Zombies too: a member may have forked after /proc was listed and exited before its
+            // entry was read (the spawn-kill test's `(sleep &)` subshell), its child unlisted. So
+            // is a group that answers kill(-pgid, 0): the worker's, while its pid cannot be reused.
+            let inGroup = (bySession[group.session] ?? []).filter { group.contains($0) && $0.startTime >= earliest }
+            guard !inGroup.isEmpty || Glibc.kill(-group.pgid, 0) == 0,
+                  !inGroup.contains(where: { $0.ppid == me || $0.pid == me }) else { continue }
             if group.isOwnSession { leftoverSessions[group.session] = leftovers.count } else { leftoverGroups[group.pgid] = leftovers.count }
             leftovers.append((group, earliest))
         }
@@ -499,15 +501,20 @@ final class ProcessGroupRecord {
         var killed = Set<Int32>()
         var tried = Set<ProcessIdentity>()
         var members: [Int32] = []
+        // The scans end after two in a row found no one new: a member can also fork after /proc
+        // is listed and be gone (reaped) before its entry is read, its child in neither.
+        var quietScans = 0
         while !leftovers.isEmpty {
-            // Any member not tried before, even one gone by its kill: it may have forked first.
+            // Any member not tried before, even one gone by its kill, or a zombie: it may have
+            // forked first.
             var newcomers = false
-            for process in processes where process.isRunning {
+            for process in processes {
                 guard let index = leftoverSessions[process.session] ?? leftoverGroups[process.pgrp] else { continue }
                 let (group, earliest) = leftovers[index]
                 guard group.contains(process), process.startTime >= earliest else { continue }
                 guard tried.insert(ProcessIdentity(pid: process.pid, startTime: process.startTime)).inserted else { continue }
                 newcomers = true
+                guard process.isRunning else { continue }
                 let pidfd = _bgw_pidfd_open(process.pid, 0)
                 guard pidfd >= 0 else { continue }
                 guard let now = ProcStat.read(pid: process.pid), now.session == process.session,
@@ -518,7 +525,8 @@ final class ProcessGroupRecord {
                 members.append(pidfd)
                 killed.insert(group.pgid)
             }
-            guard newcomers, ContinuousClock.now < scanEnd else { break }
+            quietScans = newcomers ? 0 : quietScans + 1
+            guard quietScans < 2, ContinuousClock.now < scanEnd else { break }
             processes = ProcStat.all()
         }
         // The killed are dying (SIGKILL pending): given the deadline from here, however long the scans took.
@@ -588,9 +596,16 @@ struct ProcStat {
         return false
     }
 
-    /// Every process now, from /proc.
+    /// Every process now, from /proc. Each entry is read as it is listed (not after the whole
+    /// listing), so that few exit in between.
     static func all() -> [ProcStat] {
-        (directoryEntryNames("/proc") ?? []).compactMap { name in Int32(name).flatMap { read(pid: $0) } }
+        guard let stream = opendir("/proc") else { return [] }
+        defer { closedir(stream) }
+        var processes: [ProcStat] = []
+        while let entry = readdir(stream) {
+            if let pid = Int32(direntName(entry)), let process = read(pid: pid) { processes.append(process) }
+        }
+        return processes
     }
 
     /// /proc/PID/stat parsed, or nil when the process is gone. The command name may hold spaces

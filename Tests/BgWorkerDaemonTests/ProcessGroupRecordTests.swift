@@ -317,6 +317,22 @@ struct ProcessRunnerGroupRecordTests {
         try await waitUntilGone(child, timeout: .seconds(5))
     }
 
+    /// The spawn-kill test's survivors: /proc was listed before its entries were read, so a
+    /// worker's `(sleep &)` subshell that forked after the listing and was reaped before its
+    /// entry was read hid its `sleep`, and a group with no member seen was dropped. Here the first
+    /// scan sees nothing of the group (as that listing saw it): the group still answers
+    /// kill(-pgid, 0), so it is kept and scanned again.
+    @Test func aGroupWhoseMembersTheFirstScanMissedIsScannedAgain() async throws {
+        let left = try await orphanedGroup()
+        defer { kill(-left.pgid, SIGKILL) }
+        let header = try await deadOwnerHeader()
+        let killed = await onThread {
+            ProcessGroupRecord.kill([.init(pgid: left.pgid)], of: header, deadline: .seconds(5), firstScan: [])
+        }
+        #expect(killed == [left.pgid])
+        try await waitUntilGone(left.pid, timeout: .seconds(5))
+    }
+
     /// A leader that outlives its daemon is the worker's as long as it is the process recorded:
     /// one whose PR_SET_PDEATHSIG is not delivered yet (the spawn-kill test at load 600 saw such
     /// a leader alive and not dying, and its group was skipped), or cleared by executing a

@@ -456,13 +456,15 @@ final class ProcessGroupRecord {
     /// its kill), however long that takes up to `scanLimit`. Then waits up to `deadline` for them
     /// to be gone. Returns the groups killed.
     /// - Parameter afterFirstScan: for tests: runs between the first scan and what follows it.
+    /// - Parameter firstScan: for tests: the processes the first scan saw (one whose entries were
+    ///   read after a member forked and exited).
     static func kill(
         _ recorded: [RecordedGroup], of header: Header, deadline: Duration, scanLimit: Duration = .seconds(60),
-        afterFirstScan: () -> Void = {}
+        firstScan: [ProcStat]? = nil, afterFirstScan: () -> Void = {}
     ) -> [Int32] {
         guard !recorded.isEmpty, header.boot != 0, header.boot == currentBoot else { return [] }
         let me = getpid()
-        var processes = ProcStat.all()
+        var processes = firstScan ?? ProcStat.all()
         let byPid = Dictionary(processes.map { ($0.pid, $0) }, uniquingKeysWith: { first, _ in first })
         let bySession = Dictionary(grouping: processes, by: \.session)
         // The dead owner's groups, judged once, each with the earliest start of its members,

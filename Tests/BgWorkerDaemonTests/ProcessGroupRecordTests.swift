@@ -12,7 +12,7 @@ import Testing
 /// of a probe started with that marker, and everything those workers started.
 func markedProcesses(_ marker: String) -> [Int32] {
     let needle = Array("BGW_PROBE_MARKER=\(marker)".utf8) + [0]
-    return ProcStat.all().filter { $0.state != "Z" && $0.state != "X" }.map(\.pid).filter { pid in
+    return ProcStat.all().filter(\.isRunning).map(\.pid).filter { pid in
         let fd = open("/proc/\(pid)/environ", O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return false }
         defer { close(fd) }
@@ -272,8 +272,11 @@ struct ProcessRunnerGroupRecordTests {
     /// on. Here the fork is made to happen just there.
     /// With `memberExits`, the member exits (and is reaped) right after its fork, so its kill
     /// finds it gone: its child must still be found (it failed 1 of ~16 runs on a quiet machine).
-    @Test(arguments: [false, true])
-    func aMemberThatForksBetweenTheScanAndItsKillLeavesNothing(memberExits: Bool) async throws {
+    /// With a `deadline` of zero, as when the first scan of thousands of members under load
+    /// outlasts it: the rescan is still made (the adversarial run of 2026-12-06 left 600-700 of a
+    /// forking worker's processes running, and forgotten with the old record).
+    @Test(arguments: [false, true], [Duration.seconds(5), .zero])
+    func aMemberThatForksBetweenTheScanAndItsKillLeavesNothing(memberExits: Bool, deadline: Duration) async throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
         let commands = try NamedPipe(in: directory, name: "commands")
@@ -300,7 +303,7 @@ struct ProcessRunnerGroupRecordTests {
         let header = try await deadOwnerHeader()
         let forked = Mutex<Int32?>(nil)
         let killed = await onThread {
-            ProcessGroupRecord.kill([.init(pgid: group)], of: header, deadline: .seconds(5)) {
+            ProcessGroupRecord.kill([.init(pgid: group)], of: header, deadline: deadline) {
                 commands.send(memberExits ? "exit" : "fork")
                 forked.withLock { $0 = answer() }
                 // Reaped by PID 1, which says nothing: look until the pid is free.
@@ -312,6 +315,22 @@ struct ProcessRunnerGroupRecordTests {
         #expect(killed == [group])
         try await waitUntilGone(member, timeout: .seconds(5))
         try await waitUntilGone(child, timeout: .seconds(5))
+    }
+
+    /// The spawn-kill test's survivors: /proc was listed before its entries were read, so a
+    /// worker's `(sleep &)` subshell that forked after the listing and was reaped before its
+    /// entry was read hid its `sleep`, and a group with no member seen was dropped. Here the first
+    /// scan sees nothing of the group (as that listing saw it): the group still answers
+    /// kill(-pgid, 0), so it is kept and scanned again.
+    @Test func aGroupWhoseMembersTheFirstScanMissedIsScannedAgain() async throws {
+        let left = try await orphanedGroup()
+        defer { kill(-left.pgid, SIGKILL) }
+        let header = try await deadOwnerHeader()
+        let killed = await onThread {
+            ProcessGroupRecord.kill([.init(pgid: left.pgid)], of: header, deadline: .seconds(5), firstScan: [])
+        }
+        #expect(killed == [left.pgid])
+        try await waitUntilGone(left.pid, timeout: .seconds(5))
     }
 
     /// A leader that outlives its daemon is the worker's as long as it is the process recorded:
@@ -343,6 +362,42 @@ struct ProcessRunnerGroupRecordTests {
             #expect(killed == [])
             #expect(isAlive(leader) && isAlive(member))
         }
+    }
+
+    /// A process whose main thread has exited while another thread runs says `Z` in /proc, as a
+    /// zombie does: it was taken for one and left running (the adversarial run of 2026-12-06, as a
+    /// member, and as a leader whose PR_SET_PDEATHSIG a set-user-ID exec had cleared).
+    @Test func aProcessWhoseMainThreadExitedIsKilled() async throws {
+        #if arch(x86_64)
+        let exitCall = 60
+        #else
+        let exitCall = 93  // aarch64
+        #endif
+        // The raw exit ends the main thread alone; the other says the pid once /proc shows it.
+        let script = """
+            import ctypes, os, threading, time
+            def run():
+                while open("/proc/self/stat").read().rsplit(")", 1)[1].split()[0] != "Z": time.sleep(0.01)
+                print(os.getpid(), flush=True)
+                time.sleep(1000)
+            threading.Thread(target=run).start()
+            ctypes.CDLL(None).syscall(\(exitCall), 0)
+            """
+        // In a session of its own whose leader has exited, not our child.
+        let starter = try ChildProcess(
+            ["/bin/sh", "-c", #"(exec setsid /bin/sh -c '/usr/bin/python3 -c "$0" &' "$0")"#, script],
+            captureStdout: true)
+        let member = try #require(Int32(try await starter.readLine() ?? ""))
+        try await starter.waitForExit()
+        defer { kill(member, SIGKILL) }
+        let process = try #require(ProcStat.read(pid: member))
+        #expect(process.state == "Z" && process.threads == 2 && process.isRunning)
+        let header = try await deadOwnerHeader()
+        let killed = await onThread {
+            ProcessGroupRecord.kill([.init(pgid: process.session)], of: header, deadline: .seconds(5))
+        }
+        #expect(killed == [process.session])
+        try await waitUntilGone(member, timeout: .seconds(5))
     }
 
     /// A member that made a group of its own (setpgid) is still in its worker's session, which
@@ -449,6 +504,24 @@ struct ProcessRunnerGroupRecordTests {
             _ = chown(theirs, 65534, 65534)
             #expect(refusal(theirs)?.hasPrefix("it belongs to uid 65534") == true)
         }
+    }
+
+    /// The second adversarial run (2026-12-06): a daemon in a PID namespace of its own but with
+    /// the /proc of the namespace above (`unshare --pid --fork` without `--mount-proc`) recorded
+    /// its namespace's pids and looked them up in the other /proc: its successor skipped the
+    /// worker's leftovers (they survived), and would have killed a session there with the id.
+    @Test(.enabled(if: rootTestsEnabled, "needs root: a PID namespace"))
+    func aRecordUnderAProcOfAnotherPIDNamespaceIsRefused() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let path = directory.file("process-groups")
+        let refused = try await run(["unshare", "--pid", "--fork", builtProduct("bgworker-runner-probe"), "clean", path])
+        #expect(refused.status == 1)
+        #expect(refused.stderr.contains("/proc says this process is pid "), "\(refused.stderr)")
+        #expect(refused.stderr.contains("but it is pid 1 in its own PID namespace"), "\(refused.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: path), "refused before the file is made")
+        let ownProc = try await run(["unshare", "--pid", "--fork", "--mount-proc", builtProduct("bgworker-runner-probe"), "clean", path])
+        #expect(ownProc.status == 0 && ownProc.stdout == "killed=", "\(ownProc.stderr)")
     }
 
     @Test func aRecordHeldByALiveOwnerIsRefusedAndLeftAlone() throws {

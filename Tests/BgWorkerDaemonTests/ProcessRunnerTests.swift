@@ -78,8 +78,7 @@ func waitUntilGone(_ pid: Int32, timeout: Duration = .seconds(10)) async throws 
 
 /// Whether `pid` is a live process (not a zombie, not gone).
 func isAlive(_ pid: Int32) -> Bool {
-    guard let state = ProcStat.read(pid: pid)?.state else { return false }
-    return state != "Z" && state != "X"
+    ProcStat.read(pid: pid)?.isRunning == true
 }
 
 /// The path of an executable product built beside the test bundle.

@@ -49,6 +49,9 @@ struct ProcessGroupRecordError: Error, Sendable, CustomStringConvertible {
         /// The file or its folder could have been written by another user, or is not a plain
         /// file: what it names cannot be trusted to be ours to kill.
         case unsafe(String)
+        /// /proc shows another PID namespace than ours (`procSelf`: the pid it gives this
+        /// process, nil when unreadable): pids recorded here name other processes there.
+        case foreignProc(procSelf: Int32?, pid: Int32)
     }
 
     /// The record file, e.g. `/run/bgworker/process-groups`.
@@ -71,6 +74,11 @@ struct ProcessGroupRecordError: Error, Sendable, CustomStringConvertible {
                 + "docs/process-runner.md"
         case .system(let call, let errno):
             return "\(call) \(path): \(errnoText(errno))"
+        case .foreignProc(let procSelf, let pid):
+            let seen = procSelf.map { "says this process is pid \($0)" } ?? "has no /proc/self"
+            return "refusing the record of process groups \(path): /proc \(seen), but it is pid \(pid) in its own PID "
+                + "namespace, so /proc is of another namespace and the pids recorded would name other processes there. "
+                + "Mount a /proc of the daemon's PID namespace (unshare --pid --fork --mount-proc, or a container's own /proc)"
         case .unsafe(let why):
             return "refusing the record of process groups \(path): \(why) (the daemon kills what it names after "
                 + "a crash, so only a file that no other user can have written is used; give the daemon a runtime "
@@ -114,6 +122,7 @@ final class ProcessGroupRecord {
     init(
         path: String, leftoverDeadline: Duration = .seconds(5), lockWait: Duration = .seconds(5)
     ) throws(ProcessGroupRecordError) {
+        try Self.checkProcIsOurs(path: path)
         let flags = O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW
         var fd = open(path, flags, 0o600)
         if fd < 0 && errno == ENOENT, let slash = path.lastIndex(of: "/"), slash != path.startIndex {
@@ -137,6 +146,18 @@ final class ProcessGroupRecord {
         self.path = path
         capacity = Self.initialSlots
         free = (0..<Self.initialSlots).reversed()
+    }
+
+    /// Refuses a /proc of another PID namespace (a daemon started by `unshare --pid --fork`
+    /// without `--mount-proc`): there the recorded pids (our namespace's) are other processes, so
+    /// the next daemon would skip its workers' leftovers or kill another session with the id.
+    private static func checkProcIsOurs(path: String) throws(ProcessGroupRecordError) {
+        var buffer = [CChar](repeating: 0, count: 32)
+        let n = readlink("/proc/self", &buffer, buffer.count - 1)
+        let procSelf = n > 0 ? Int32(String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)) : nil
+        guard procSelf == getpid() else {
+            throw ProcessGroupRecordError(path: path, reason: .foreignProc(procSelf: procSelf, pid: getpid()))
+        }
     }
 
     /// Refuses a file another user could have written (or planted as a hard link), or one in a
@@ -432,15 +453,18 @@ final class ProcessGroupRecord {
     /// at another time (a later process reusing the id: see the file's comment). Each member is
     /// killed through a pidfd opened and checked before the signal, so a reused pid is never hit;
     /// the groups are scanned again until no new member turns up (one may fork between a scan and
-    /// its kill). Waits up to `deadline` for them to be gone. Returns the groups killed.
+    /// its kill), however long that takes up to `scanLimit`. Then waits up to `deadline` for them
+    /// to be gone. Returns the groups killed.
     /// - Parameter afterFirstScan: for tests: runs between the first scan and what follows it.
+    /// - Parameter firstScan: for tests: the processes the first scan saw (one whose entries were
+    ///   read after a member forked and exited).
     static func kill(
-        _ recorded: [RecordedGroup], of header: Header, deadline: Duration, afterFirstScan: () -> Void = {}
+        _ recorded: [RecordedGroup], of header: Header, deadline: Duration, scanLimit: Duration = .seconds(60),
+        firstScan: [ProcStat]? = nil, afterFirstScan: () -> Void = {}
     ) -> [Int32] {
         guard !recorded.isEmpty, header.boot != 0, header.boot == currentBoot else { return [] }
-        let end = ContinuousClock.now + deadline
         let me = getpid()
-        var processes = ProcStat.all()
+        var processes = firstScan ?? ProcStat.all()
         let byPid = Dictionary(processes.map { ($0.pid, $0) }, uniquingKeysWith: { first, _ in first })
         let bySession = Dictionary(grouping: processes, by: \.session)
         // The dead owner's groups, judged once, each with the earliest start of its members,
@@ -452,37 +476,47 @@ final class ProcessGroupRecord {
             if let leader = byPid[group.pgid] {
                 if group.leaderStart != 0 {
                     guard leader.startTime == group.leaderStart else { continue }
-                } else if leader.state != "Z", leader.state != "X", !leader.isDying {
+                } else if leader.isRunning, !leader.isDying {
                     // Without a recorded start: PR_SET_PDEATHSIG kills every leader with its
                     // daemon, so one that lives on is taken for a later process with the id.
                     continue
                 }
             }
             let earliest = max(header.ownerStart, group.leaderStart)
-            let inGroup = (bySession[group.session] ?? []).filter {
-                group.contains($0) && $0.startTime >= earliest && $0.isRunning
-            }
-            guard !inGroup.isEmpty, !inGroup.contains(where: { $0.ppid == me || $0.pid == me }) else { continue }
+            // Zombies too: a member may have forked after /proc was listed and exited before its
+            // entry was read (the spawn-kill test's `(sleep &)` subshell), its child unlisted. So
+            // is a group that answers kill(-pgid, 0): the worker's, while its pid cannot be reused.
+            let inGroup = (bySession[group.session] ?? []).filter { group.contains($0) && $0.startTime >= earliest }
+            guard !inGroup.isEmpty || Glibc.kill(-group.pgid, 0) == 0,
+                  !inGroup.contains(where: { $0.ppid == me || $0.pid == me }) else { continue }
             if group.isOwnSession { leftoverSessions[group.session] = leftovers.count } else { leftoverGroups[group.pgid] = leftovers.count }
             leftovers.append((group, earliest))
         }
         afterFirstScan()
         // A member can fork between the scan and its kill (a load test saw it with 9,000 other
         // processes in /proc): scan again until a scan finds no one new. A killed process
-        // cannot fork, so each round leaves only what the last one's forkers made.
+        // cannot fork, so each round leaves only what the last one's forkers made. The deadline
+        // does not cut this short (a scan of thousands of members under load outlasts it, and
+        // what it left was forgotten with the old record); each member is tried once, so one
+        // that cannot be killed does not keep it going, and `scanLimit` bounds the rest.
+        let scanEnd = ContinuousClock.now + max(scanLimit, deadline)
         var killed = Set<Int32>()
-        var signalled = Set<ProcessIdentity>()
+        var tried = Set<ProcessIdentity>()
         var members: [Int32] = []
+        // The scans end after two in a row found no one new: a member can also fork after /proc
+        // is listed and be gone (reaped) before its entry is read, its child in neither.
+        var quietScans = 0
         while !leftovers.isEmpty {
-            // Any member not signalled before, even one gone by its kill: it may have forked first.
+            // Any member not tried before, even one gone by its kill, or a zombie: it may have
+            // forked first.
             var newcomers = false
-            for process in processes where process.isRunning {
+            for process in processes {
                 guard let index = leftoverSessions[process.session] ?? leftoverGroups[process.pgrp] else { continue }
                 let (group, earliest) = leftovers[index]
                 guard group.contains(process), process.startTime >= earliest else { continue }
-                let identity = ProcessIdentity(pid: process.pid, startTime: process.startTime)
-                guard !signalled.contains(identity) else { continue }
+                guard tried.insert(ProcessIdentity(pid: process.pid, startTime: process.startTime)).inserted else { continue }
                 newcomers = true
+                guard process.isRunning else { continue }
                 let pidfd = _bgw_pidfd_open(process.pid, 0)
                 guard pidfd >= 0 else { continue }
                 guard let now = ProcStat.read(pid: process.pid), now.session == process.session,
@@ -491,13 +525,14 @@ final class ProcessGroupRecord {
                     continue
                 }
                 members.append(pidfd)
-                signalled.insert(identity)
                 killed.insert(group.pgid)
             }
-            guard newcomers, ContinuousClock.now < end else { break }
+            quietScans = newcomers ? 0 : quietScans + 1
+            guard quietScans < 2, ContinuousClock.now < scanEnd else { break }
             processes = ProcStat.all()
         }
-        waitUntilExited(members, deadline: end - ContinuousClock.now)
+        // The killed are dying (SIGKILL pending): given the deadline from here, however long the scans took.
+        waitUntilExited(members, deadline: deadline)
         members.forEach { close($0) }
         return recorded.map(\.pgid).filter { killed.contains($0) }
     }
@@ -539,9 +574,12 @@ struct ProcStat {
     var flags: UInt64 = 0
     /// Clock ticks after boot (field 22).
     var startTime: UInt64 = 0
+    /// Its threads (field 20), counting a main thread that has exited while others run.
+    var threads: Int = 1
 
-    /// Not exited: neither a zombie nor dead.
-    var isRunning: Bool { state != "Z" && state != "X" }
+    /// Not exited. A process whose main thread exited (pthread_exit, or a raw exit) while other
+    /// threads run on says `Z` in /proc, as a zombie does, yet it runs: `threads` tells them apart.
+    var isRunning: Bool { (state != "Z" && state != "X") || threads > 1 }
 
     /// Exiting (PF_EXITING), or with SIGKILL pending: what PR_SET_PDEATHSIG leaves of a worker
     /// leader whose daemon died.
@@ -560,9 +598,16 @@ struct ProcStat {
         return false
     }
 
-    /// Every process now, from /proc.
+    /// Every process now, from /proc. Each entry is read as it is listed (not after the whole
+    /// listing), so that few exit in between.
     static func all() -> [ProcStat] {
-        (directoryEntryNames("/proc") ?? []).compactMap { name in Int32(name).flatMap { read(pid: $0) } }
+        guard let stream = opendir("/proc") else { return [] }
+        defer { closedir(stream) }
+        var processes: [ProcStat] = []
+        while let entry = readdir(stream) {
+            if let pid = Int32(direntName(entry)), let process = read(pid: pid) { processes.append(process) }
+        }
+        return processes
     }
 
     /// /proc/PID/stat parsed, or nil when the process is gone. The command name may hold spaces
@@ -575,7 +620,7 @@ struct ProcStat {
         let n = buffer.withUnsafeMutableBytes { raw in retryOnInterrupt { Glibc.read(fd, raw.baseAddress, raw.count) } }
         guard n > 0, let close = buffer[0..<n].lastIndex(of: UInt8(ascii: ")")) else { return nil }
         let fields = buffer[(close + 1)..<n].split(separator: UInt8(ascii: " "))
-        // state ppid pgrp session tty_nr tpgid flags ... starttime (fields 3, 4, 5, 6, 7, 8, 9, 22)
+        // state ppid pgrp session tty_nr tpgid flags ... num_threads ... starttime (fields 3-9, 20, 22)
         guard fields.count >= 20, let state = fields[0].first,
               let ppid = Int32(String(decoding: fields[1], as: UTF8.self)),
               let pgrp = Int32(String(decoding: fields[2], as: UTF8.self)),
@@ -583,6 +628,6 @@ struct ProcStat {
         else { return nil }
         func number(_ index: Int) -> UInt64 { UInt64(String(decoding: fields[index], as: UTF8.self)) ?? 0 }
         return ProcStat(pid: pid, state: Character(Unicode.Scalar(state)), ppid: ppid, pgrp: pgrp, session: session,
-                        flags: number(6), startTime: number(19))
+                        flags: number(6), startTime: number(19), threads: Int(clamping: number(17)))
     }
 }

@@ -32,6 +32,48 @@ int _bgw_pidfd_send_signal(int pidfd, int sig) {
     return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
 }
 
+long _bgw_session_members(const pid_t *sessions, size_t count, pid_t *pids, pid_t *found_sessions, size_t capacity) {
+    int fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    char buffer[32768];
+    long found = 0;
+    for (;;) {
+        long n = syscall(SYS_getdents64, fd, buffer, sizeof buffer);
+        if (n < 0) {
+            int error = errno;
+            close(fd);
+            errno = error;
+            return -1;
+        }
+        if (n == 0) break;
+        for (long offset = 0; offset < n;) {
+            // struct linux_dirent64: d_ino u64, d_off s64, d_reclen u16, d_type u8, d_name[].
+            unsigned short length;
+            memcpy(&length, buffer + offset + 16, sizeof length);
+            const char *name = buffer + offset + 19;
+            offset += length;
+            if (name[0] < '1' || name[0] > '9') continue;
+            long pid = 0;
+            for (const char *c = name; *c >= '0' && *c <= '9' && pid < 1L << 31; c++) pid = pid * 10 + (*c - '0');
+            pid_t session = getsid((pid_t)pid);
+            if (session <= 0) continue;
+            size_t low = 0, high = count;
+            while (low < high) {
+                size_t middle = low + (high - low) / 2;
+                if (sessions[middle] < session) low = middle + 1; else high = middle;
+            }
+            if (low == count || sessions[low] != session) continue;
+            if ((size_t)found < capacity) {
+                pids[found] = (pid_t)pid;
+                found_sessions[found] = session;
+            }
+            found++;
+        }
+    }
+    close(fd);
+    return found;
+}
+
 int _bgw_pipe_cloexec(int fds[2]) {
     return pipe2(fds, O_CLOEXEC);
 }

@@ -273,7 +273,7 @@ struct ProcessRunnerGroupRecordTests {
     /// With `memberExits`, the member exits (and is reaped) right after its fork, so its kill
     /// finds it gone: its child must still be found (it failed 1 of ~16 runs on a quiet machine).
     /// With a `deadline` of zero, as when the first scan of thousands of members under load
-    /// outlasts it: the rescan is still made (the adversarial run of 2026-12-06 left 600-700 of a
+    /// outlasts it: the rescan is still made (the adversarial run of 2026-12-05 left 600-700 of a
     /// forking worker's processes running, and forgotten with the old record).
     @Test(arguments: [false, true], [Duration.seconds(5), .zero])
     func aMemberThatForksBetweenTheScanAndItsKillLeavesNothing(memberExits: Bool, deadline: Duration) async throws {
@@ -365,7 +365,7 @@ struct ProcessRunnerGroupRecordTests {
     }
 
     /// A process whose main thread has exited while another thread runs says `Z` in /proc, as a
-    /// zombie does: it was taken for one and left running (the adversarial run of 2026-12-06, as a
+    /// zombie does: it was taken for one and left running (the adversarial run of 2026-12-05, as a
     /// member, and as a leader whose PR_SET_PDEATHSIG a set-user-ID exec had cleared).
     @Test func aProcessWhoseMainThreadExitedIsKilled() async throws {
         #if arch(x86_64)
@@ -506,7 +506,7 @@ struct ProcessRunnerGroupRecordTests {
         }
     }
 
-    /// The second adversarial run (2026-12-06): a daemon in a PID namespace of its own but with
+    /// The second adversarial run (2026-12-05): a daemon in a PID namespace of its own but with
     /// the /proc of the namespace above (`unshare --pid --fork` without `--mount-proc`) recorded
     /// its namespace's pids and looked them up in the other /proc: its successor skipped the
     /// worker's leftovers (they survived), and would have killed a session there with the id.

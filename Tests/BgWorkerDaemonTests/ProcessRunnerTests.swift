@@ -417,6 +417,36 @@ struct ProcessRunnerExitTests {
         output.close()
     }
 
+    /// scripts/adversarial/escape_group.py: a process that moved to a group of its own (job
+    /// control, `setpgid`) is still in its worker's session; the exit is reported only once it
+    /// is gone too, so a restart never runs beside it. With `stop`, the worker is stopped (its
+    /// group gets SIGTERM); without, its main process is SIGKILLed.
+    @Test(arguments: [true, false])
+    func aProcessThatLeftItsGroupIsGoneWhenTheExitIsReported(stop: Bool) async throws {
+        let output = try CapturedWorkerOutput()
+        let runner = try ProcessRunner(output: output.destination)
+        let (reports, report) = AsyncStream.makeStream(of: [Int32].self)
+        runner.setEventHandler { event in
+            guard case .exited(_, let pid, _) = event else { return }
+            // Checked on the runner's thread as the event is handed over, before anything else runs.
+            report.yield(ProcStat.all().filter { $0.session == pid && $0.isRunning }.map(\.pid))
+        }
+        let escape = #"/usr/bin/python3 -c 'import os, time; os.setpgid(0, 0); print("moved", os.getpid(), flush=True); time.sleep(1e6)' &"#
+        let leader = try await runner.start(shell("jobs", escape + " exec sleep 100000"))
+        let moved = try await output.line("the moved process") { $0.hasPrefix("jobs: moved ") }
+        let escaped = try #require(Int32(moved.dropFirst("jobs: moved ".count)))
+        #expect(getpgid(escaped) == escaped && getsid(escaped) == leader)
+        if stop {
+            await runner.stop(name: "jobs")
+        } else {
+            kill(leader, SIGKILL)
+        }
+        let alive = try await waitFor("the exit", in: reports, timeout: .seconds(30)) { _ in true }
+        #expect(alive == [], "members of the worker's session alive when the exit was reported: \(alive)")
+        await runner.shutdown()
+        output.close()
+    }
+
     @Test func whatAWorkerLeavesBehindWhenItExitsIsKilled() async throws {
         let output = try CapturedWorkerOutput()
         let runner = try ProcessRunner(output: output.destination)

@@ -28,7 +28,7 @@
 // program) may write its slot after that; its old generation marks it stale.
 // Since version 4 each worker leads a session of its own (setsid), so a recorded group's members
 // are the processes in the session of the same id, whatever group they moved to. Versions 3 and 4
-// (before 2026-12-06) had 8-byte slots without the leader's start time; version 3's workers' groups
+// (before 2026-12-05) had 8-byte slots without the leader's start time; version 3's workers' groups
 // were in the owner's session (the header's). Both are still read, so that a daemon upgraded after
 // a crash still cleans up; without a start time, a leader that lives and is not dying is taken
 // for a later process with its id. The owner's session id is 0 when its leader lives outside our

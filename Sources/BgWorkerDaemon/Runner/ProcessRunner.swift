@@ -156,10 +156,14 @@ private final class ProcessMonitor: @unchecked Sendable {
     let killedLeftoverGroups: [Int32]
 
     private var workers: [UInt64: RunningWorker] = [:]
-    /// Workers whose leader is reaped while others of their group still die, by id.
+    /// Workers whose leader is reaped while others of their session still die (or are not looked
+    /// for yet: `sessionsToScan`), by id.
     private var draining: [UInt64: DrainingGroup] = [:]
     /// The worker id and loop registration of each watched pidfd of a dying group member.
     private var drainingMembers: [Int32: (id: UInt64, registration: LoopRegistration?)] = [:]
+    /// Sessions of reaped workers (their pid) whose members are looked for at the next scan,
+    /// with the worker's id in `draining`; one scan serves every exit of a loop iteration.
+    private var sessionsToScan: [Int32: UInt64] = [:]
     /// Running and draining workers (a name stays taken until all of its group is gone).
     private var idsByName: [String: UInt64] = [:]
     private var nextID: UInt64 = 1
@@ -391,38 +395,77 @@ private final class ProcessMonitor: @unchecked Sendable {
         let group = DrainingGroup(
             name: worker.name, slot: worker.slot,
             event: .exited(name: worker.name, pid: worker.pid, status: exit), members: [])
-        // Others of the group got SIGKILL above but may not have died yet: until they have, a
-        // restart would run beside them (the chaos test saw the new copy find the old one's lock).
-        let members = dyingMembers(ofGroup: worker.pid)
-        guard !members.isEmpty else { return finish(group) }
-        draining[id] = DrainingGroup(name: group.name, slot: group.slot, event: group.event, members: members)
-        for pidfd in members {
-            let registration = try? loop.register(fd: pidfd) { [self] _ in memberExited(pidfd: pidfd) }
-            drainingMembers[pidfd] = (id, registration)
-            if registration == nil {
-                // Cannot watch it: it has SIGKILL pending, so do not wait for ever.
-                memberExited(pidfd: pidfd)
+        // Others of the worker's session got SIGKILL above (its group) or get it at the scan (a
+        // member that moved to a group of its own: job control), but may not have died yet:
+        // until they have, a restart would run beside them (the chaos test saw the new copy find
+        // the old one's lock; scripts/adversarial/escape_group.py, a job of `bash -m`).
+        draining[id] = group
+        if sessionsToScan.isEmpty {
+            loop.execute { [self] in scanSessions() }
+        }
+        sessionsToScan[worker.pid] = id
+    }
+
+    /// Kills what is left in the sessions of the workers reaped since the last scan, and waits
+    /// for it: each exit is reported once its session is empty. The session is the worker's own
+    /// (setsid at spawn), and no process can join another session, so what is in it is the
+    /// worker's. One pass over /proc with getsid per process (~0.45 µs each here), again until a
+    /// pass finds no one new: a member not killed yet can fork meanwhile; a killed one cannot.
+    private func scanSessions() {
+        let pending = sessionsToScan
+        sessionsToScan = [:]
+        guard !pending.isEmpty else { return }
+        let sessions = pending.keys.sorted()
+        var seen = Set<Int32>()
+        for _ in 0..<Self.sessionScanRounds {
+            var newcomers = false
+            for (pid, session) in Self.sessionMembers(sessions) where seen.insert(pid).inserted {
+                guard let id = pending[session], draining[id] != nil else { continue }
+                newcomers = true
+                let pidfd = _bgw_pidfd_open(pid, 0)
+                guard pidfd >= 0 else { continue }  // gone meanwhile
+                // The pid may have been reused between the scan and the open: a session that only
+                // dies gains no member, so a process still in it is the one scanned.
+                guard getsid(pid) == session else {
+                    close(pidfd)
+                    continue
+                }
+                _ = _bgw_pidfd_send_signal(pidfd, SIGKILL)
+                guard let registration = try? loop.register(fd: pidfd, { [self] _ in memberExited(pidfd: pidfd) }) else {
+                    // Cannot watch it: it has SIGKILL pending, so do not wait for ever.
+                    close(pidfd)
+                    continue
+                }
+                draining[id]?.members.insert(pidfd)
+                drainingMembers[pidfd] = (id, registration)
+            }
+            if !newcomers { break }
+        }
+        for id in pending.values {
+            if let group = draining[id], group.members.isEmpty {
+                draining[id] = nil
+                finish(group)
             }
         }
     }
 
-    /// Live processes of a group whose leader is reaped, as pidfds. Only a group that still has
-    /// members is looked for in /proc, so a worker that leaves nothing behind costs no scan.
-    private func dyingMembers(ofGroup pgid: Int32) -> Set<Int32> {
-        guard kill(-pgid, 0) == 0 else { return [] }
-        var pidfds: Set<Int32> = []
-        for process in ProcStat.all() where process.pgrp == pgid && process.state != "Z" && process.state != "X" {
-            let pidfd = _bgw_pidfd_open(process.pid, 0)
-            guard pidfd >= 0 else { continue }  // gone meanwhile
-            // The pid may have been reused between the scan and the open; a group that only
-            // dies gains no member, so a process still in it is the one scanned.
-            guard ProcStat.read(pid: process.pid)?.pgrp == pgid else {
-                close(pidfd)
-                continue
+    /// Bounds the passes of one scan (a fork bomb loses its forkers at each pass).
+    private static let sessionScanRounds = 64
+
+    /// The processes now in `sessions` (sorted), as (pid, session).
+    private static func sessionMembers(_ sessions: [Int32]) -> [(pid: Int32, session: Int32)] {
+        var capacity = 1024
+        while true {
+            var pids = [Int32](repeating: 0, count: capacity)
+            var found = [Int32](repeating: 0, count: capacity)
+            let count = sessions.withUnsafeBufferPointer { ids in
+                _bgw_session_members(ids.baseAddress, ids.count, &pids, &found, capacity)
             }
-            pidfds.insert(pidfd)
+            // /proc cannot be listed (the runner refuses to start without it): nothing to wait for.
+            guard count >= 0 else { return [] }
+            if count <= capacity { return (0..<count).map { (pids[$0], found[$0]) } }
+            capacity = count + 1024
         }
-        return pidfds
     }
 
     private func memberExited(pidfd: Int32) {

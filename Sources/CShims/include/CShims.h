@@ -16,6 +16,13 @@ int _bgw_pidfd_open(pid_t pid, unsigned int flags);
 /// pidfd_send_signal(2) with no siginfo. Returns 0 or -1 with errno set.
 int _bgw_pidfd_send_signal(int pidfd, int sig);
 
+/// Lists the processes whose session is one of `sessions` (`count` ids, sorted ascending): for
+/// each, its pid into `pids` and its session into `found_sessions`, at most `capacity`. One pass
+/// over /proc (getdents64) with getsid(2) per entry, no file read: cheap enough for every
+/// worker exit. Returns how many were found (more than `capacity` means some were not written),
+/// or -1 with errno set when /proc cannot be listed.
+long _bgw_session_members(const pid_t *sessions, size_t count, pid_t *pids, pid_t *found_sessions, size_t capacity);
+
 /// pipe2(fds, O_CLOEXEC): glibc declares pipe2 only under _GNU_SOURCE, which Swift does not set.
 int _bgw_pipe_cloexec(int fds[2]);
 

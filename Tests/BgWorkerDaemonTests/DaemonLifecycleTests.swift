@@ -189,6 +189,19 @@ struct DaemonLifecycleTests {
         }
     }
 
+    /// A FIFO at the state file's path: opened for reading without O_NONBLOCK it blocked the
+    /// start for ever, SIGTERM pending and blocked (seen before the fix). Now ignored and left.
+    @Test func aFifoAtTheStateFilePathDoesNotBlockTheStart() async throws {
+        try await DaemonFixture.with(shellWorker("on", "exec sleep 1000"), start: false) { fixture in
+            try FileManager.default.createDirectory(atPath: fixture.stateDirectory, withIntermediateDirectories: true)
+            let path = fixture.stateDirectory + "/enable-state"
+            #expect(mkfifo(path, 0o600) == 0)
+            let daemon = try await fixture.startDaemon()
+            #expect(try await fixture.worker("on").state == "running")
+            #expect(daemon.log.contains("not a regular file but a fifo"), "\(daemon.log)")
+        }
+    }
+
     @Test func theDaemonReconnectsWhenItsBusRestartsAndWorkersNeverStop() async throws {
         try await DaemonFixture.with(shellWorker("steady", "exec sleep 1000", extra: #"run-on = "any""#)) { fixture in
             let before = try await fixture.worker("steady")

@@ -369,7 +369,11 @@ extension ResourceControls {
 
 /// True for 1 to 64 of `[A-Za-z0-9_.@-]`.
 public func isValidWorkerName(_ name: String) -> Bool {
-    let bytes = name.utf8
+    isValidWorkerName(utf8: name.utf8)
+}
+
+/// `isValidWorkerName` on bytes, for readers of files that need no String per candidate.
+public func isValidWorkerName<Bytes: Collection<UInt8>>(utf8 bytes: Bytes) -> Bool {
     guard (1...64).contains(bytes.count) else { return false }
     return bytes.allSatisfy { byte in
         switch byte {

@@ -17,7 +17,7 @@ struct BgWorkerBench: AsyncParsableCommand {
             namespaces with keepalived, a systemd namespace) are skipped when not root.
             """,
         version: bgworkerVersion,
-        subcommands: [DBusBench.self, DaemonBenchmark.self, HABenchmark.self, SystemdBenchmark.self, SystemdScaleBenchmark.self, ScaleBenchmark.self,
+        subcommands: [DBusBench.self, DaemonBenchmark.self, HABenchmark.self, SystemdBenchmark.self, SystemdScaleBenchmark.self, ScaleBenchmark.self, StateFileBenchmark.self,
                       SoakBenchmark.self, PacemakerBenchmark.self, MaintenanceBenchmark.self, NotifyBenchmark.self, NotifyRelay.self,
                       AllBenchmarks.self])
 
@@ -77,6 +77,7 @@ struct AllBenchmarks: AsyncParsableCommand {
         await attempt("pacemaker") { [try await PacemakerBenchmark.measure(moves: 10)] }
         await attempt("maintenance") { [try await MaintenanceBenchmark.measure()] }
         await attempt("notify") { [try await NotifyBenchmark.measure()] }
+        await attempt("state-file") { [try await StateFileBenchmark.measure(runs: 5)] }
         try await common.emit(sections, context: context)
     }
 }

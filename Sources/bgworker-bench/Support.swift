@@ -163,16 +163,22 @@ final class BenchDaemon: Sendable {
     /// Writes the configuration (`[daemon]` with a state folder of its own, then `body`) and
     /// starts the daemon; returns once it sent READY=1 and the client is subscribed.
     /// `states`: the signals to record (by default every `WorkerStateChanged`); `logFile`: where
-    /// the daemon's output goes (by default `bgworkerd.log` in its folder).
+    /// the daemon's output goes (by default `bgworkerd.log` in its folder); `stateFile`: a file
+    /// hard-linked (else copied) as the daemon's state file before it starts.
     static func start(_ body: String, bus existing: PrivateBus? = nil, arguments: [String] = ["--runner", "process"],
                       states rule: MatchRule = MatchRule(interface: Manager.interface, member: BgWorkerBus.Signal.workerStateChanged),
                       logFile: String? = nil, timeout: Duration = .seconds(60),
-                      environment extra: [String: String] = [:]) async throws -> BenchDaemon {
+                      environment extra: [String: String] = [:], stateFile: String? = nil) async throws -> BenchDaemon {
         let directory = try Interrupt.directory(prefix: "bgw-bench")
         let bus: PrivateBus
         if let existing { bus = existing } else { bus = try await PrivateBus(directory: directory) }
         let configPath = directory.file("bgworkerd.toml")
         try writeConfiguration(body, to: configPath, stateDirectory: directory.file("state"))
+        if let stateFile {
+            try FileManager.default.createDirectory(atPath: directory.file("state"), withIntermediateDirectories: true)
+            let target = directory.file("state/enable-state")
+            if link(stateFile, target) != 0 { try FileManager.default.copyItem(atPath: stateFile, toPath: target) }
+        }
         // Subscribed before the daemon starts, so that its first signals are seen too.
         let client = try await DBusConnection.connect(.address(bus.unixAddress))
         let states = try await SignalLog(address: bus.unixAddress, rule)

@@ -744,6 +744,18 @@ private let transitions: [WorkerState: [TableEvent: WorkerState?]] = [
         #expect(decoded.state == EnableState())
         #expect(decoded.problem == problem)
     }
+
+    /// A quoted line is cut and escaped: a line of megabytes or of control bytes stays one short,
+    /// printable log line (issue 15).
+    @Test func aProblemQuotesAtMost80BytesEscaped() {
+        let long = "bgworker-enable-state 1\ndisabled " + String(repeating: "a", count: 1 << 20) + "\n"
+        let problem = EnableState.decode(long).problem
+        #expect(problem == "line 2: malformed entry 'disabled " + String(repeating: "a", count: 71) + "... (1048585 bytes)'")
+        let binary = "bgworker-enable-state 1\nenabled \u{1b}[2J\\ \u{7f}é configured=true\n"
+        #expect(EnableState.decode(binary).problem == #"line 2: malformed entry 'enabled \x1b[2J\x5c \x7f\xc3\xa9 configured=true'"#)
+        #expect(EnableState.decode("bgworker-enable-state 1\u{0}\n").problem == #"line 1: unsupported version '1\x00'"#)
+        #expect(EnableState.decode("  # comment\n\n bgworker-enable-state  1 \nenabled  x configured=true").state.intents["x"]?.enabled == true)
+    }
 }
 
 // MARK: - [ha] keep-for

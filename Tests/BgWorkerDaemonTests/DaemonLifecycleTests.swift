@@ -156,13 +156,49 @@ struct DaemonLifecycleTests {
         }
     }
 
-    @Test func aCorruptStateFileIsLoggedAndIgnored() async throws {
+    /// A corrupt file is logged, the configuration applies, and the file is kept aside: the next
+    /// Disable writes a new file and the old content is still there to restore by hand.
+    @Test func aCorruptStateFileIsLoggedIgnoredAndKeptAside() async throws {
         try await DaemonFixture.with(shellWorker("on", "exec sleep 1000"), start: false) { fixture in
             try FileManager.default.createDirectory(atPath: fixture.stateDirectory, withIntermediateDirectories: true)
             try "garbage\n".write(toFile: fixture.stateDirectory + "/enable-state", atomically: true, encoding: .utf8)
             let daemon = try await fixture.startDaemon()
             #expect(try await fixture.worker("on").state == "running")
-            #expect(daemon.log.contains("state file"), "\(daemon.log)")
+            #expect(daemon.log.contains("state file") && daemon.log.contains("enable-state.broken-"), "\(daemon.log)")
+
+            try await fixture.call("Disable", "s", ["on"])
+            let files = try FileManager.default.contentsOfDirectory(atPath: fixture.stateDirectory).sorted()
+            let aside = try #require(files.first { $0.hasPrefix("enable-state.broken-") }, "\(files)")
+            #expect(try String(contentsOfFile: fixture.stateDirectory + "/" + aside, encoding: .utf8) == "garbage\n")
+            let saved = try String(contentsOfFile: fixture.stateDirectory + "/enable-state", encoding: .utf8)
+            #expect(saved.contains("disabled on configured=true"), "\(saved)")
+        }
+    }
+
+    /// A state file of a gigabyte (sparse) is refused unread: the daemon starts and runs its workers.
+    @Test func anOversizedStateFileIsRefusedAndTheDaemonStarts() async throws {
+        try await DaemonFixture.with(shellWorker("on", "exec sleep 1000"), start: false) { fixture in
+            try FileManager.default.createDirectory(atPath: fixture.stateDirectory, withIntermediateDirectories: true)
+            let path = fixture.stateDirectory + "/enable-state"
+            try "bgworker-enable-state 1\ndisabled on configured=true\n".write(toFile: path, atomically: true, encoding: .utf8)
+            #expect(truncate(path, 1 << 30) == 0)
+            let daemon = try await fixture.startDaemon()
+            #expect(try await fixture.worker("on").state == "running")
+            #expect(daemon.log.contains("1073741824 bytes, over the 16 MiB"), "\(daemon.log)")
+            #expect(!FileManager.default.fileExists(atPath: path))
+        }
+    }
+
+    /// A FIFO at the state file's path: opened for reading without O_NONBLOCK it blocked the
+    /// start for ever, SIGTERM pending and blocked (seen before the fix). Now ignored and left.
+    @Test func aFifoAtTheStateFilePathDoesNotBlockTheStart() async throws {
+        try await DaemonFixture.with(shellWorker("on", "exec sleep 1000"), start: false) { fixture in
+            try FileManager.default.createDirectory(atPath: fixture.stateDirectory, withIntermediateDirectories: true)
+            let path = fixture.stateDirectory + "/enable-state"
+            #expect(mkfifo(path, 0o600) == 0)
+            let daemon = try await fixture.startDaemon()
+            #expect(try await fixture.worker("on").state == "running")
+            #expect(daemon.log.contains("not a regular file but a fifo"), "\(daemon.log)")
         }
     }
 

@@ -129,9 +129,9 @@ public actor Supervisor {
         self.logLevel = logLevel
         self.notifier = notifier
         stateStore = StateStore(directory: configuration.daemon.stateDirectory)
-        let (persisted, problem) = stateStore.load()
-        if let problem { logger.warning("state file: \(problem)") }
-        fleet = Fleet(configuration: configuration, enableState: persisted, role: configuration.ha.source.initialRole)
+        let loaded = stateStore.load()
+        if let message = loaded.message(path: stateStore.path) { logger.error("state file: \(message)") }
+        fleet = Fleet(configuration: configuration, enableState: loaded.state, role: configuration.ha.source.initialRole)
         if let warning = access.configure(adminGroup: configuration.daemon.adminGroup) { logger.warning("\(warning)") }
         runner.logs?.configure(configuration.logBufferLines)
         // Those a previous daemon left: maintenance holds from the first start on (`adopt`).

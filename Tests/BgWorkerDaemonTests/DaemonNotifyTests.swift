@@ -314,7 +314,7 @@ struct DaemonNotifyTests {
                 """.write(toFile: program, atomically: true, encoding: .utf8)
             try fixture.writeConfiguration(execWorker("p", ["/usr/bin/python3", program], extra: """
                 ready = "notify"
-                watchdog = 4
+                watchdog = 10
                 restart-delay = 30
                 """))
             try await fixture.startDaemon()
@@ -326,10 +326,11 @@ struct DaemonNotifyTests {
                 #expect(try await answer.readLine() == name)
                 try await answer.waitForExit()
             }
-            // The daemon has read this ping (barrier): its deadline is at most 4 s from here. A 1 s
-            // watchdog ran out under load before the SIGSTOP landed (5 of 8 runs beside a build).
+            // The daemon has read this ping (barrier): its deadline is at most 10 s from here. A
+            // shorter watchdog ran out before the SIGSTOP landed: 1 s under load (5 of 8 runs beside
+            // a build), 4 s in the ThreadSanitizer run of the CI of ce649d2.
             try await step("primed")
-            let deadline = ContinuousClock.now + .seconds(4)
+            let deadline = ContinuousClock.now + .seconds(10)
             let daemon = try fixture.daemon
             daemon.signal(SIGSTOP)
             let stopped = await onThread { () -> Int32 in

@@ -175,7 +175,7 @@ private final class ProcessMonitor: @unchecked Sendable {
     /// it, at most `recentSendersKept` each.
     private var senderGroups: [Int32: Int32] = [:]
     private static let recentSendersKept = 32
-    /// Datagrams read before a readiness deadline is judged: a full queue (512 by default) and more.
+    /// Datagrams read before a readiness deadline is judged: a full queue (512 under systemd) and more.
     private static let drainBeforeJudging = 1024
     /// The notify socket's path; made at the first start of a worker that speaks the protocol.
     private let notifyPath: String?
@@ -632,8 +632,9 @@ private final class ProcessMonitor: @unchecked Sendable {
         guard workers[id] != nil else { return }
         workers[id]?.readinessTimer = nil
         // A busy loop may reach this timer before the socket: pings already queued there count.
-        // The queue holds at most net.unix.max_dgram_qlen (512 by default) datagrams; more is
-        // what senders sent meanwhile. What is read may arm a later timer (or stop the worker).
+        // The queue holds at most net.unix.max_dgram_qlen (512 under systemd, 10 by the kernel's
+        // default) datagrams; more is what senders sent meanwhile. What is read may arm a later
+        // timer (or stop the worker).
         readNotifications(atMost: Self.drainBeforeJudging)
         guard var worker = workers[id], var readiness = worker.readiness else { return }
         let expiry = readiness.timerFired(now: monotonicNow())

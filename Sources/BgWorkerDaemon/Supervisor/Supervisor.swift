@@ -884,10 +884,6 @@ public actor Supervisor {
     }
 
     private func stateChanged(_ name: String, state: WorkerState, pid: Int32?, reason: String) {
-        var metadata: Logger.Metadata = ["worker": "\(name)", "state": "\(state.rawValue)"]
-        if let pid { metadata["pid"] = "\(pid)" }
-        let level: Logger.Level = state == .failed ? .error : (state == .backoff ? .warning : .info)
-        logger.log(level: level, "worker \(name): \(state.rawValue) (\(reason))", metadata: metadata)
         let now = wallClockMicroseconds()
         emitManagerSignal(BgWorkerBus.Signal.workerStateChanged, [.string(name), .string(state.rawValue), .uint32(busPid(pid)), .string(reason)])
         setWorkerProperties(name, [
@@ -895,6 +891,11 @@ public actor Supervisor {
             ("StateChangedAt", .uint64(now)), ("StateReason", .string(reason)),
             ("ReadyAt", .uint64(state == .running ? now : 0)),
         ])
+        // After the signals: formatting the line and waking the log thread would delay them.
+        var metadata: Logger.Metadata = ["worker": "\(name)", "state": "\(state.rawValue)"]
+        if let pid { metadata["pid"] = "\(pid)" }
+        let level: Logger.Level = state == .failed ? .error : (state == .backoff ? .warning : .info)
+        logger.log(level: level, "worker \(name): \(state.rawValue) (\(reason))", metadata: metadata)
     }
 
     private func workerAdded(_ status: WorkerStatus) {

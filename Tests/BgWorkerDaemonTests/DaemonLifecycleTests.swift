@@ -56,14 +56,16 @@ struct DaemonLifecycleTests {
         }
     }
 
-    @Test func sigtermStopsManyCooperativeWorkersWellUnderASecond() async throws {
-        let workers = (1...20).map { shellWorker("w\($0)", "exec sleep 1000") }.joined()
+    /// How fast is the bench's figure (SIGTERM -> exit); here: SIGTERM alone ends them, well before
+    /// the stop timeout's SIGKILL (a wall-clock bound of 1 s failed on a loaded machine).
+    @Test func sigtermStopsManyCooperativeWorkersBeforeTheirStopTimeout() async throws {
+        let workers = (1...20).map { shellWorker("w\($0)", "exec sleep 1000", extra: "stop-timeout = 60") }.joined()
         try await DaemonFixture.with(workers) { fixture in
             let rows = try await fixture.listWorkers()
             #expect(rows.count == 20 && rows.allSatisfy { $0.state == "running" })
             var status: Int32 = 0
             let took = try await elapsed { status = try await fixture.stopDaemon() }
-            #expect(took < .seconds(1), "stopping 20 workers took \(took)")
+            #expect(took < .seconds(30), "stopping 20 workers took \(took)")
             #expect(WaitStatus.exitCode(status) == 0)
             for row in rows { #expect(!isAlive(Int32(row.pid)), "worker \(row.name) is gone") }
         }

@@ -143,7 +143,7 @@ struct DaemonWorkerTests {
                 #expect(result.status == 0, "\(result.output)")
             }
             #expect(took >= .milliseconds(500), "SIGKILL only after the stop timeout")
-            #expect(took < .seconds(3))
+            #expect(took < .seconds(15), "the stop timeout is 0.5 s")
             #expect(try await fixture.worker("stubborn").state == "disabled")
             #expect(try await fixture.property("LastExit", worker: "stubborn").string == "killed SIGKILL")
         }
@@ -172,14 +172,15 @@ struct DaemonWorkerTests {
                 runtimeDirectory: fixture.directory.file("run"), logPath: "/dev/null")
             fixture.atTeardown { await daemon.process.terminate() }
             #expect(try await fixture.worker("flood").state == "running")
-            // The bounds include starting busctl and leave room for a loaded machine (the suites run
-            // in parallel on two cores); a daemon held up by the flood would not answer at all.
+            // How fast is the bench's figure; the bounds include starting busctl and leave room for
+            // a loaded machine (2 s failed with the suites in parallel beside two builds): a daemon
+            // held up by the flood would not answer at all.
             for _ in 0..<5 {
                 let took = try await elapsed { _ = try await fixture.listWorkers() }
-                #expect(took < .seconds(2), "ListWorkers took \(took) during the flood")
+                #expect(took < .seconds(10), "ListWorkers took \(took) during the flood")
             }
             let took = try await elapsed { try await fixture.call("Restart", "s", ["calm"]) }
-            #expect(took < .seconds(2), "Restart took \(took) during the flood")
+            #expect(took < .seconds(10), "Restart took \(took) during the flood")
             #expect(try await fixture.worker("flood").state == "running", "the flood still runs")
             _ = try await daemon.stop()
         }

@@ -95,6 +95,16 @@ func shell(_ name: String, _ script: String, stopTimeout: Duration = .seconds(5)
 
 @Suite("ProcessRunner: starting")
 struct ProcessRunnerStartTests {
+    /// Adopting orphans reads SIGCHLD from a signalfd: a process that has not blocked it in every
+    /// thread (this test process) is refused, before it becomes a subreaper.
+    @Test func adoptingOrphansIsRefusedWithoutSIGCHLDBlocked() throws {
+        var mask = sigset_t()
+        pthread_sigmask(SIG_BLOCK, nil, &mask)
+        try #require(sigismember(&mask, SIGCHLD) == 0)
+        let error = #expect(throws: RunnerError.self) { try ProcessRunner(output: .fileDescriptor(2), adoptOrphans: true) }
+        #expect(error?.code == .unavailable)
+    }
+
     @Test func startReturnsThePidOnceTheProgramHasBeenExecuted() async throws {
         let runner = try ProcessRunner(output: .fileDescriptor(2))
         let pid = try await runner.start(LaunchSpec(name: "sleeper", argv: ["/bin/sleep", "1000"]))

@@ -555,6 +555,7 @@ private final class ProcessMonitor: @unchecked Sendable {
         var capacity = 256
         while true {
             var pids = [Int32](repeating: 0, count: capacity)
+            // Safe: the shim writes at most `capacity` pids, the array's length.
             let count = _bgw_own_children(&pids, capacity)
             // Cannot be listed: no orphan is found (/proc is required to start).
             guard count >= 0 else { return [] }
@@ -566,6 +567,7 @@ private final class ProcessMonitor: @unchecked Sendable {
     /// The BGWORKER_NAME of `pid`'s environment ("" when it has none), nil when it cannot be read.
     private static func workerName(of pid: Int32) -> String? {
         var value = [UInt8](repeating: 0, count: 256)
+        // Safe: the shim writes at most `value.count` bytes; only the first `length` are read back.
         let length = _bgw_environ_value(pid, "BGWORKER_NAME=", &value, value.count)
         if length == -2 { return nil }
         // Longer than any worker's name (at most 64 bytes, isValidWorkerName): no worker's.
@@ -638,6 +640,8 @@ private final class ProcessMonitor: @unchecked Sendable {
     /// spawn and its failure paths reap synchronously on this thread; bgworkerctl's posix_spawn
     /// is another program), so no one else's child is taken. No handler: a signalfd on the loop.
     private func childExited() {
+        // Drained first (non-blocking fd): a SIGCHLD of a later exit wakes the loop again. Safe:
+        // read writes at most the struct's size into it.
         var info = signalfd_siginfo()
         while withUnsafeMutableBytes(of: &info, { read(childSignalFD, $0.baseAddress, $0.count) }) > 0 {}
         var last: Int32 = 0

@@ -95,13 +95,17 @@ func shell(_ name: String, _ script: String, stopTimeout: Duration = .seconds(5)
 
 @Suite("ProcessRunner: starting")
 struct ProcessRunnerStartTests {
-    /// Adopting orphans reads SIGCHLD from a signalfd: a process that has not blocked it in every
-    /// thread (this test process) is refused, before it becomes a subreaper.
+    /// Adopting orphans reads SIGCHLD from a signalfd: a caller whose thread has not blocked it is
+    /// refused, before the process becomes a subreaper. (Only the calling thread can be checked;
+    /// some threads of this test process block every signal, so it is unblocked here for the call.)
     @Test func adoptingOrphansIsRefusedWithoutSIGCHLDBlocked() throws {
-        var mask = sigset_t()
-        pthread_sigmask(SIG_BLOCK, nil, &mask)
-        try #require(sigismember(&mask, SIGCHLD) == 0)
+        var child = sigset_t(), saved = sigset_t()
+        sigemptyset(&child)
+        sigaddset(&child, SIGCHLD)
+        pthread_sigmask(SIG_UNBLOCK, &child, &saved)
+        // No suspension point in between: the mask is this thread's, restored before it returns.
         let error = #expect(throws: RunnerError.self) { try ProcessRunner(output: .fileDescriptor(2), adoptOrphans: true) }
+        pthread_sigmask(SIG_SETMASK, &saved, nil)
         #expect(error?.code == .unavailable)
     }
 

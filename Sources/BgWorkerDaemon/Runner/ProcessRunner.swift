@@ -6,7 +6,9 @@
 // pool or a Dispatch worker, which may retire). Each worker's pidfd is registered with the loop
 // (its exit; reaped with waitid on that pidfd only, so other children of the process are never
 // touched, and no SIGCHLD handler is needed), and a stopping worker has a loop timer for SIGKILL
-// after its stop timeout. A second thread reads the workers' output (WorkerOutputPump).
+// after its stop timeout. A second thread reads the workers' output (WorkerOutputPump). bgworkerd's
+// runner (`adoptOrphans`) is also a child subreaper: it kills its workers' orphans that left their
+// session (setsid) with their worker, and reaps them on SIGCHLD, read from a signalfd (no handler).
 import BgWorkerCore
 import CShims
 import Glibc

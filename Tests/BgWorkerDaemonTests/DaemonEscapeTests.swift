@@ -65,6 +65,22 @@ struct DaemonEscapeTests {
         }
     }
 
+    /// A setsid'd process that starts another one, which calls setsid too: the second one's parent
+    /// lives until the exit's scan kills it, so it becomes bgworkerd's child only then, and is
+    /// looked for again once its parent has died, before Stop replies.
+    @Test func aChainOfSetsidProcessesIsFollowedToItsEnd() async throws {
+        let directory = try TemporaryDirectory(prefix: "bgw-escape")
+        let inner = directory.file("inner"), middle = directory.file("middle")
+        let script = "setsid sh -c 'echo $$ > \(middle); setsid sh -c \"echo \\$\\$ > \(inner); exec sleep 1000\" & exec sleep 1000' & exec sleep 1000"
+        try await DaemonFixture.with(shellWorker("chain", script, extra: "stop-timeout = 5")) { fixture in
+            let outer = try await Self.pid(in: middle, "the first setsid'd process")
+            let last = try await Self.pid(in: inner, "the second setsid'd process")
+            #expect(getsid(last) == last && getsid(outer) == outer && ProcStat.read(pid: last)?.ppid == outer)
+            try await fixture.call("Stop", "s", ["chain"])
+            #expect(!isAlive(outer) && !isAlive(last), "left after Stop replied: \([outer, last].filter(isAlive))")
+        }
+    }
+
     /// A double fork whose intermediate exits at once: the daemonized process is orphaned while
     /// the worker runs, reparented to bgworkerd, reaped when it exits on its own (no zombie), and
     /// killed with its worker when it does not.

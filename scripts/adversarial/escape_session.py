@@ -5,7 +5,9 @@
 #   sid:  `setsid sh -c 'exec sleep 100002' &` (its parent, the worker, lives on);
 #   dbl:  a double fork whose intermediate exits at once, the grandchild calls setsid (orphaned
 #         while the worker runs: reparented to bgworkerd, a child subreaper);
-#   blip: the same, but the orphan exits on its own soon after: it must not stay a zombie.
+#   blip: the same, but the orphan exits on its own soon after: it must not stay a zombie;
+#   chain: a setsid'd process that starts another setsid'd one (whose parent lives until killed:
+#          it becomes bgworkerd's child only then, and must be found before the exit is reported).
 # Before the fix (2026-12-06, main at 5359560): the escaped processes survived every step.
 # Usage: scripts/adversarial/run scripts/adversarial/escape_session.py    (exit 1 on a PROBLEM)
 import os, sys, time
@@ -19,8 +21,10 @@ WORKERS = {
     "sid": [SH, "-c", "setsid sh -c 'exec sleep 100002' & exec sleep 100000"],
     "dbl": [SH, "-c", DOUBLE % "100003"],
     "blip": [SH, "-c", DOUBLE % "0.2"],
+    "chain": [SH, "-c", "setsid sh -c 'setsid sleep 100004 & exec sleep 100005' & exec sleep 100000"],
 }
-ESCAPED = {"sid": "100002", "dbl": "100003"}
+ESCAPED = {"sid": "100002", "dbl": "100003", "chain": "100004"}
+CHAIN_MIDDLE = "100005"
 BLIP = "0.2"
 problems = []
 
@@ -56,6 +60,9 @@ def check(step, running):
         if len(e) > want:
             problems.append("after %s: %s %s %d, but %d escaped processes live: %s" % (
                 step, name, listing[name]["state"], listing[name]["pid"], len(e), e))
+    middle = escaped("chain", CHAIN_MIDDLE)
+    if len(middle) > (1 if running else 0):
+        problems.append("after %s: chain's middle processes live: %s" % (step, middle))
     z = zombies()
     if z:
         problems.append("after %s: zombies %s" % (step, z))
@@ -75,7 +82,7 @@ except TimeoutError as e:
     problems.append(str(e) + ": zombies %s" % zombies())
 check("start", True)
 for method in ("Disable", "Enable", "Stop", "Start", "Restart"):
-    out = call(m, method, "sid") + "/" + call(m, method, "dbl")
+    out = "/".join(call(m, method, n) for n in ESCAPED)
     log("%s -> %s" % (method, out))
     if method in ("Enable", "Start", "Restart"):
         wait_for("escaped again after %s" % method, lambda: all(len(escaped(n)) >= 1 for n in ESCAPED))

@@ -74,6 +74,153 @@ long _bgw_session_members(const pid_t *sessions, size_t count, pid_t *pids, pid_
     return found;
 }
 
+int _bgw_set_child_subreaper(void) {
+    return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+}
+
+// Appends the pids of one children file ("1 2 3 \n") to pids; returns the new count or -1.
+static long read_children(int dirfd, const char *task, pid_t *pids, size_t capacity, long found) {
+    char path[64];
+    size_t used = 0;
+    for (const char *c = task; *c && used < 40; c++) path[used++] = *c;
+    memcpy(path + used, "/children", sizeof "/children");
+    int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno == ENOENT ? found : -1;  // a thread that exited meanwhile
+    char buffer[8192];
+    long pid = 0;
+    int digits = 0;
+    for (;;) {
+        ssize_t n = read(fd, buffer, sizeof buffer);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            int error = errno;
+            close(fd);
+            errno = error;
+            return -1;
+        }
+        // A number may span two reads: the state (pid, digits) carries over.
+        for (ssize_t i = 0; i <= n; i++) {
+            if (i < n && buffer[i] >= '0' && buffer[i] <= '9') {
+                if (pid < 1L << 31) pid = pid * 10 + (buffer[i] - '0');
+                digits++;
+            } else if (digits && (i < n || n == 0)) {
+                if ((size_t)found < capacity) pids[found] = (pid_t)pid;
+                found++;
+                pid = 0;
+                digits = 0;
+            }
+        }
+        if (n == 0) break;
+    }
+    close(fd);
+    return found;
+}
+
+long _bgw_own_children(pid_t *pids, size_t capacity) {
+    int fd = open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    char buffer[4096];
+    long found = 0;
+    for (;;) {
+        long n = syscall(SYS_getdents64, fd, buffer, sizeof buffer);
+        if (n < 0) {
+            int error = errno;
+            close(fd);
+            errno = error;
+            return -1;
+        }
+        if (n == 0) break;
+        for (long offset = 0; offset < n;) {
+            unsigned short length;
+            memcpy(&length, buffer + offset + 16, sizeof length);
+            const char *name = buffer + offset + 19;
+            offset += length;
+            if (name[0] < '1' || name[0] > '9') continue;
+            found = read_children(fd, name, pids, capacity, found);
+            if (found < 0) {
+                int error = errno;
+                close(fd);
+                errno = error;
+                return -1;
+            }
+        }
+    }
+    close(fd);
+    return found;
+}
+
+long _bgw_environ_value(pid_t pid, const char *prefix, char *value, size_t capacity) {
+    char path[32];
+    int used = 0;
+    memcpy(path, "/proc/", 6);
+    used = 6;
+    char digits[12];
+    int count = 0;
+    unsigned long rest = (unsigned long)pid;
+    do {
+        digits[count++] = (char)('0' + rest % 10);
+        rest /= 10;
+    } while (rest && count < 11);
+    while (count) path[used++] = digits[--count];
+    memcpy(path + used, "/environ", sizeof "/environ");
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -2;
+    size_t prefix_length = strlen(prefix);
+    // A streaming match, entry by entry (an environment may be megabytes long): `position` bytes
+    // of the current entry read, `matching` while they equal the prefix, then copied into value.
+    size_t position = 0;
+    int matching = 1;
+    long result = -1;
+    char buffer[8192];
+    for (;;) {
+        ssize_t n = read(fd, buffer, sizeof buffer);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            result = -2;
+            break;
+        }
+        if (n == 0) break;
+        for (ssize_t i = 0; i < n; i++) {
+            char c = buffer[i];
+            if (c == 0) {
+                if (matching && position >= prefix_length) {
+                    size_t length = position - prefix_length;
+                    result = (long)length;  // the first entry counts, as getenv's
+                    goto done;
+                }
+                position = 0;
+                matching = 1;
+                continue;
+            }
+            if (matching) {
+                if (position < prefix_length) {
+                    if (prefix[position] != c) matching = 0;
+                } else if (position - prefix_length < capacity) {
+                    value[position - prefix_length] = c;
+                }
+            }
+            position++;
+        }
+    }
+done:
+    close(fd);
+    return result;
+}
+
+int _bgw_exited_child(pid_t *pid) {
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) < 0) return -1;
+    *pid = info.si_pid;
+    return 0;
+}
+
+int _bgw_reap_pid(pid_t pid) {
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    return waitid(P_PID, (id_t)pid, &info, WEXITED | WNOHANG);
+}
+
 int _bgw_pipe_cloexec(int fds[2]) {
     return pipe2(fds, O_CLOEXEC);
 }

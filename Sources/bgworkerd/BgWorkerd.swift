@@ -16,7 +16,7 @@ enum Main {
     /// can be taken over safely; else libdispatch, with a warning). This thread then runs the
     /// main actor's jobs.
     static func main() {
-        ProcessSignals.block(DaemonMain.daemonSignals)
+        ProcessSignals.block(DaemonMain.blockedSignals)
         let installation: TaskThreadPool.Installation
         do {
             installation = try TaskThreadPool.installAsGlobalExecutor(threads: 3)

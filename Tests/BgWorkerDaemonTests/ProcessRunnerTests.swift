@@ -95,6 +95,20 @@ func shell(_ name: String, _ script: String, stopTimeout: Duration = .seconds(5)
 
 @Suite("ProcessRunner: starting")
 struct ProcessRunnerStartTests {
+    /// Adopting orphans reads SIGCHLD from a signalfd: a caller whose thread has not blocked it is
+    /// refused, before the process becomes a subreaper. (Only the calling thread can be checked;
+    /// some threads of this test process block every signal, so it is unblocked here for the call.)
+    @Test func adoptingOrphansIsRefusedWithoutSIGCHLDBlocked() throws {
+        var child = sigset_t(), saved = sigset_t()
+        sigemptyset(&child)
+        sigaddset(&child, SIGCHLD)
+        pthread_sigmask(SIG_UNBLOCK, &child, &saved)
+        // No suspension point in between: the mask is this thread's, restored before it returns.
+        let error = #expect(throws: RunnerError.self) { try ProcessRunner(output: .fileDescriptor(2), adoptOrphans: true) }
+        pthread_sigmask(SIG_SETMASK, &saved, nil)
+        #expect(error?.code == .unavailable)
+    }
+
     @Test func startReturnsThePidOnceTheProgramHasBeenExecuted() async throws {
         let runner = try ProcessRunner(output: .fileDescriptor(2))
         let pid = try await runner.start(LaunchSpec(name: "sleeper", argv: ["/bin/sleep", "1000"]))

@@ -32,8 +32,12 @@ public struct DaemonStartError: Error, Sendable, CustomStringConvertible {
 
 public enum DaemonMain {
     /// SIGHUP reloads; SIGTERM and SIGINT stop the daemon. The caller blocks them in `main`
-    /// before any thread starts (`ProcessSignals.block(DaemonMain.daemonSignals)`).
+    /// before any thread starts (`ProcessSignals.block(DaemonMain.blockedSignals)`).
     public static let daemonSignals = [SIGHUP, SIGTERM, SIGINT]
+    /// What `main` blocks before any thread starts: the daemon's signals, and SIGCHLD, which the
+    /// process runner reads from a signalfd of its own to reap the orphans it adopts as a child
+    /// subreaper (`ProcessRunner.init(adoptOrphans:)`).
+    public static let blockedSignals = daemonSignals + [SIGCHLD]
 
     /// The default system bus socket: workers need no `DBUS_SYSTEM_BUS_ADDRESS` for it.
     static let defaultSystemBusAddress = "unix:path=/run/dbus/system_bus_socket"

@@ -50,8 +50,11 @@ public func chooseRunner(_ requested: RunnerKind, daemonBus: BusAddress, loop: E
 public func makeRunner(_ choice: RunnerChoice, runtimeDirectory: String, loop: EventLoop) throws(RunnerSelectionError) -> any WorkerRunner {
     if let runner = choice.systemdRunner { return runner }
     do {
+        // bgworkerd blocks SIGCHLD in every thread (DaemonMain.blockedSignals): the runner adopts
+        // the orphans of its workers (a daemonizer's setsid'd process dies with its worker).
         return try ProcessRunner(
-            loop: loop, processGroupFile: runtimeDirectory + "/process-groups", notifySocket: runtimeDirectory + "/notify")
+            loop: loop, processGroupFile: runtimeDirectory + "/process-groups", notifySocket: runtimeDirectory + "/notify",
+            adoptOrphans: true)
     } catch {
         throw RunnerSelectionError(description: "cannot start the process runner: \(error)")
     }

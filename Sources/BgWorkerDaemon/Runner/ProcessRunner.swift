@@ -6,7 +6,9 @@
 // pool or a Dispatch worker, which may retire). Each worker's pidfd is registered with the loop
 // (its exit; reaped with waitid on that pidfd only, so other children of the process are never
 // touched, and no SIGCHLD handler is needed), and a stopping worker has a loop timer for SIGKILL
-// after its stop timeout. A second thread reads the workers' output (WorkerOutputPump).
+// after its stop timeout. A second thread reads the workers' output (WorkerOutputPump). bgworkerd's
+// runner (`adoptOrphans`) is also a child subreaper: it kills its workers' orphans that left their
+// session (setsid) with their worker, and reaps them on SIGCHLD, read from a signalfd (no handler).
 import BgWorkerCore
 import CShims
 import Glibc
@@ -31,12 +33,28 @@ public final class ProcessRunner: WorkerRunner {
     ///   - notifySocket: where the notify socket of workers with `ready = notify` or a watchdog
     ///     is made (e.g. `/run/bgworker/notify`), at the first such start. nil: such workers
     ///     cannot start (tests that run none).
+    ///   - adoptOrphans: make the process a child subreaper, so that a worker's process that left
+    ///     its session (setsid: a daemonizer) is reparented to it when orphaned, and killed with its
+    ///     worker (docs/process-runner.md "Processes that leave the session"). SIGCHLD must be
+    ///     blocked in every thread of the process (it is read from a signalfd; refused otherwise),
+    ///     and nothing else in the process may reap children. The daemon's runner does; tests
+    ///     running a runner inside the test process do not.
     public init(
         loop: EventLoop? = nil, processGroupFile: String? = nil, output: WorkerOutputDestination = .automatic,
-        notifySocket: String? = nil
+        notifySocket: String? = nil, adoptOrphans: Bool = false
     ) throws(RunnerError) {
         let loop = loop ?? .shared
         self.loop = loop
+        if adoptOrphans {
+            var mask = sigset_t()
+            pthread_sigmask(SIG_BLOCK, nil, &mask)
+            guard sigismember(&mask, SIGCHLD) == 1 else {
+                throw RunnerError(.unavailable, worker: nil, context: "adopting orphans needs SIGCHLD blocked in every thread")
+            }
+            guard _bgw_set_child_subreaper() == 0 else {
+                throw RunnerError(.unavailable, worker: nil, context: "prctl(PR_SET_CHILD_SUBREAPER)", errno: errno)
+            }
+        }
         var record: ProcessGroupRecord?
         if let processGroupFile {
             do {
@@ -49,7 +67,8 @@ public final class ProcessRunner: WorkerRunner {
             }
         }
         do {
-            monitor = try ProcessMonitor(loop: loop, groupRecord: record, output: output, logs: logs, notifyPath: notifySocket)
+            monitor = try ProcessMonitor(
+                loop: loop, groupRecord: record, output: output, logs: logs, notifyPath: notifySocket, adoptsOrphans: adoptOrphans)
         } catch {
             throw RunnerError(.unavailable, worker: nil, context: error.description)
         }
@@ -159,11 +178,27 @@ private final class ProcessMonitor: @unchecked Sendable {
     /// Workers whose leader is reaped while others of their session still die (or are not looked
     /// for yet: `sessionsToScan`), by id.
     private var draining: [UInt64: DrainingGroup] = [:]
-    /// The worker id and loop registration of each watched pidfd of a dying group member.
-    private var drainingMembers: [Int32: (id: UInt64, registration: LoopRegistration?)] = [:]
+    /// The worker id, pid and loop registration of each watched pidfd of a dying member.
+    private var drainingMembers: [Int32: (id: UInt64, pid: Int32, registration: LoopRegistration?)] = [:]
+    /// The pids in `drainingMembers`.
+    private var drainingPids: Set<Int32> = []
     /// Sessions of reaped workers (their pid) whose members are looked for at the next scan,
     /// with the worker's id in `draining`; one scan serves every exit of a loop iteration.
     private var sessionsToScan: [Int32: UInt64] = [:]
+    /// Draining workers whose members all died after their scan: their orphans (the dead members'
+    /// children that had left the session, now ours) are looked for again before the exit is reported.
+    private var orphansToRecheck: Set<UInt64> = []
+    /// A `scanSessions` job is queued.
+    private var scanQueued = false
+    /// The runner is a child subreaper and reaps orphans (`ProcessRunner.init(adoptOrphans:)`).
+    private let adoptsOrphans: Bool
+    /// The signalfd of SIGCHLD and its registration, made at the first spawn.
+    private var childSignalFD: Int32 = -1
+    private var childSignalRegistration: LoopRegistration?
+    /// The worker named by each of our children that is no worker's main process ("" for none):
+    /// its BGWORKER_NAME when first seen. A child's pid is not reused before we reap it, and the
+    /// entry goes when we do.
+    private var orphanOwners: [Int32: String] = [:]
     /// Running and draining workers (a name stays taken until all of its group is gone).
     private var idsByName: [String: UInt64] = [:]
     private var nextID: UInt64 = 1
@@ -190,9 +225,10 @@ private final class ProcessMonitor: @unchecked Sendable {
 
     init(
         loop: EventLoop, groupRecord: ProcessGroupRecord?, output: WorkerOutputDestination, logs: WorkerLogBuffers?,
-        notifyPath: String?
+        notifyPath: String?, adoptsOrphans: Bool
     ) throws(SystemCallError) {
         self.loop = loop
+        self.adoptsOrphans = adoptsOrphans
         self.notifyPath = notifyPath
         self.groupRecord = groupRecord
         killedLeftoverGroups = groupRecord?.killedLeftovers ?? []
@@ -222,6 +258,10 @@ private final class ProcessMonitor: @unchecked Sendable {
         ended = true
         groupRecord?.finish()
         closeNotifySocket()
+        if let childSignalRegistration { loop.unregister(childSignalRegistration) }
+        childSignalRegistration = nil
+        if childSignalFD >= 0 { close(childSignalFD) }
+        childSignalFD = -1
         close(devNull)
         events.finish()
         let waiters = shutdownWaiters
@@ -252,6 +292,13 @@ private final class ProcessMonitor: @unchecked Sendable {
         }
         guard shutdownWaiters.isEmpty else { return failure(.shutDown, "the runner is shutting down") }
         guard idsByName[name] == nil else { return failure(.alreadyRunning, "it runs already") }
+        if adoptsOrphans, childSignalRegistration == nil {
+            do {
+                try watchChildren()
+            } catch {
+                return failure(.spawnFailed, "the signalfd of SIGCHLD: \(error.call)", error.errno)
+            }
+        }
         if launch.spec.usesNotify {
             do {
                 try openNotifySocket()
@@ -400,10 +447,14 @@ private final class ProcessMonitor: @unchecked Sendable {
         // until they have, a restart would run beside them (the chaos test saw the new copy find
         // the old one's lock; scripts/adversarial/escape_group.py, a job of `bash -m`).
         draining[id] = group
-        if sessionsToScan.isEmpty {
-            loop.execute { [self] in scanSessions() }
-        }
         sessionsToScan[worker.pid] = id
+        queueScan()
+    }
+
+    private func queueScan() {
+        guard !scanQueued else { return }
+        scanQueued = true
+        loop.execute { [self] in scanSessions() }
     }
 
     /// Kills what is left in the sessions of the workers reaped since the last scan, and waits
@@ -411,42 +462,119 @@ private final class ProcessMonitor: @unchecked Sendable {
     /// (setsid at spawn), and no process can join another session, so what is in it is the
     /// worker's. One pass over /proc with getsid per process (~0.45 µs each here), again until a
     /// pass finds no one new: a member not killed yet can fork meanwhile; a killed one cannot.
+    ///
+    /// With `adoptsOrphans`, each pass also kills the worker's orphans: those of our children that
+    /// are no worker's main process and whose environment names the worker (BGWORKER_NAME). A
+    /// process that called setsid (a daemonizer) is reparented to us once its parent dies; its
+    /// own session, which holds its descendants, is scanned with the worker's from then on. One
+    /// whose parent still lives becomes ours when that parent dies: the members' deaths are waited
+    /// for, and then the orphans are looked for again (`orphansToRecheck`) before the report.
     private func scanSessions() {
-        let pending = sessionsToScan
+        scanQueued = false
+        var pending = sessionsToScan
         sessionsToScan = [:]
-        guard !pending.isEmpty else { return }
-        let sessions = pending.keys.sorted()
+        let rechecks = orphansToRecheck
+        orphansToRecheck = []
+        guard !pending.isEmpty || !rechecks.isEmpty else { return }
+        let ids = Set(pending.values).union(rechecks)
         var seen = Set<Int32>()
         for _ in 0..<Self.sessionScanRounds {
             var newcomers = false
-            for (pid, session) in Self.sessionMembers(sessions) where seen.insert(pid).inserted {
-                guard let id = pending[session], draining[id] != nil else { continue }
-                newcomers = true
-                let pidfd = _bgw_pidfd_open(pid, 0)
-                guard pidfd >= 0 else { continue }  // gone meanwhile
-                // The pid may have been reused between the scan and the open: a session that only
-                // dies gains no member, so a process still in it is the one scanned.
-                guard getsid(pid) == session else {
-                    close(pidfd)
-                    continue
+            if !pending.isEmpty {
+                for (pid, session) in Self.sessionMembers(pending.keys.sorted()) where seen.insert(pid).inserted {
+                    guard let id = pending[session], draining[id] != nil else { continue }
+                    newcomers = true
+                    // The pid may have been reused between the scan and the open: a session that
+                    // only dies gains no member, so a process still in it is the one scanned (a
+                    // session of an orphan that is not killed yet may gain members: its own).
+                    killMember(pid, of: id) { getsid(pid) == session }
                 }
-                _ = _bgw_pidfd_send_signal(pidfd, SIGKILL)
-                guard let registration = try? loop.register(fd: pidfd, { [self] _ in memberExited(pidfd: pidfd) }) else {
-                    // Cannot watch it: it has SIGKILL pending, so do not wait for ever.
-                    close(pidfd)
-                    continue
+            }
+            if adoptsOrphans {
+                for (pid, id) in orphans(of: ids) where seen.insert(pid).inserted {
+                    newcomers = true
+                    // Our child: its pid is not reused before we reap it, on this thread.
+                    killMember(pid, of: id) { true }
+                    let session = getsid(pid)
+                    if session == pid, pending[session] == nil { pending[session] = id }
                 }
-                draining[id]?.members.insert(pidfd)
-                drainingMembers[pidfd] = (id, registration)
             }
             if !newcomers { break }
         }
-        for id in pending.values {
+        for id in ids {
             if let group = draining[id], group.members.isEmpty {
                 draining[id] = nil
                 finish(group)
             }
         }
+    }
+
+    /// SIGKILL to `pid` through a pidfd (when `stillOurs` holds once it is open), and its exit
+    /// waited for as a member of draining worker `id`.
+    private func killMember(_ pid: Int32, of id: UInt64, stillOurs: () -> Bool) {
+        guard !drainingPids.contains(pid) else { return }
+        let pidfd = _bgw_pidfd_open(pid, 0)
+        guard pidfd >= 0 else { return }  // gone meanwhile
+        guard stillOurs() else {
+            close(pidfd)
+            return
+        }
+        _ = _bgw_pidfd_send_signal(pidfd, SIGKILL)
+        guard let registration = try? loop.register(fd: pidfd, { [self] _ in memberExited(pidfd: pidfd) }) else {
+            // Cannot watch it: it has SIGKILL pending, so do not wait for ever.
+            close(pidfd)
+            return
+        }
+        draining[id]?.members.insert(pidfd)
+        drainingMembers[pidfd] = (id, pid, registration)
+        drainingPids.insert(pid)
+    }
+
+    /// Our children whose environment names one of the draining workers `ids`, with its id.
+    /// Workers' main processes and members being killed are skipped; each other child's
+    /// environment is read once (`orphanOwners`).
+    private func orphans(of ids: Set<UInt64>) -> [(pid: Int32, id: UInt64)] {
+        var byName: [String: UInt64] = [:]
+        for id in ids { if let group = draining[id] { byName[group.name] = id } }
+        guard !byName.isEmpty else { return [] }
+        var found: [(Int32, UInt64)] = []
+        for pid in Self.ownChildren() where idsByGroup[pid] == nil && !drainingPids.contains(pid) {
+            let owner: String
+            if let known = orphanOwners[pid] {
+                owner = known
+            } else {
+                guard let read = Self.workerName(of: pid) else { continue }
+                owner = read
+                orphanOwners[pid] = read
+            }
+            if let id = byName[owner] { found.append((pid, id)) }
+        }
+        return found
+    }
+
+    /// This process's children, every thread's.
+    private static func ownChildren() -> [Int32] {
+        var capacity = 256
+        while true {
+            var pids = [Int32](repeating: 0, count: capacity)
+            // Safe: the shim writes at most `capacity` pids, the array's length.
+            let count = _bgw_own_children(&pids, capacity)
+            // Cannot be listed: no orphan is found (/proc is required to start).
+            guard count >= 0 else { return [] }
+            if count <= capacity { return Array(pids[0..<count]) }
+            capacity = count + 256
+        }
+    }
+
+    /// The BGWORKER_NAME of `pid`'s environment ("" when it has none), nil when it cannot be read.
+    private static func workerName(of pid: Int32) -> String? {
+        var value = [UInt8](repeating: 0, count: 256)
+        // Safe: the shim writes at most `value.count` bytes; only the first `length` are read back.
+        let length = _bgw_environ_value(pid, "BGWORKER_NAME=", &value, value.count)
+        if length == -2 { return nil }
+        // Longer than any worker's name (at most 64 bytes, isValidWorkerName): no worker's.
+        guard length >= 0, length <= value.count else { return "" }
+        return String(decoding: value[0..<length], as: UTF8.self)
     }
 
     /// Bounds the passes of one scan (a fork bomb loses its forkers at each pass).
@@ -469,16 +597,67 @@ private final class ProcessMonitor: @unchecked Sendable {
     }
 
     private func memberExited(pidfd: Int32) {
-        guard let (id, registration) = drainingMembers.removeValue(forKey: pidfd) else { return }
+        guard let (id, pid, registration) = drainingMembers.removeValue(forKey: pidfd) else { return }
+        drainingPids.remove(pid)
         if let registration { loop.unregister(registration) }
+        if adoptsOrphans {
+            // An orphan reparented to us is our child: reap it (ECHILD for anyone else's).
+            var code: Int32 = 0, status: Int32 = 0
+            if _bgw_waitid_pidfd(pidfd, WNOHANG, &code, &status) == 0, code != 0 { orphanOwners[pid] = nil }
+        }
         close(pidfd)
         guard var group = draining[id] else { return }
         group.members.remove(pidfd)
-        if group.members.isEmpty {
+        draining[id] = group
+        guard group.members.isEmpty else { return }
+        if adoptsOrphans {
+            // Children of the dead members that had left the session are ours now.
+            orphansToRecheck.insert(id)
+            queueScan()
+        } else {
             draining[id] = nil
             finish(group)
-        } else {
-            draining[id] = group
+        }
+    }
+
+    /// Makes the signalfd of SIGCHLD (blocked in every thread: `ProcessRunner.init`) and watches it.
+    private func watchChildren() throws(SystemCallError) {
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGCHLD)
+        let fd = signalfd(-1, &set, Int32(SFD_CLOEXEC | SFD_NONBLOCK))
+        guard fd >= 0 else { throw SystemCallError(call: "signalfd", errno: errno) }
+        do {
+            childSignalRegistration = try loop.register(fd: fd) { [self] _ in childExited() }
+        } catch {
+            close(fd)
+            throw error
+        }
+        childSignalFD = fd
+    }
+
+    /// SIGCHLD: reaps every exited child. An orphan (reparented to us, the subreaper) that died
+    /// on its own would stay a zombie otherwise. A worker's main process is reaped as its pidfd's
+    /// handler would (`reap`, through the pidfd). Nothing else in bgworkerd makes children (the
+    /// spawn and its failure paths reap synchronously on this thread; bgworkerctl's posix_spawn
+    /// is another program), so no one else's child is taken. No handler: a signalfd on the loop.
+    private func childExited() {
+        // Drained first (non-blocking fd): a SIGCHLD of a later exit wakes the loop again. Safe:
+        // read writes at most the struct's size into it.
+        var info = signalfd_siginfo()
+        while withUnsafeMutableBytes(of: &info, { read(childSignalFD, $0.baseAddress, $0.count) }) > 0 {}
+        var last: Int32 = 0
+        while true {
+            var pid: Int32 = 0
+            // The same pid twice: it could not be reaped (cannot happen); do not spin on it.
+            guard _bgw_exited_child(&pid) == 0, pid > 0, pid != last else { return }
+            last = pid
+            if let id = idsByGroup[pid], workers[id] != nil {
+                reap(id: id)
+            } else {
+                _ = _bgw_reap_pid(pid)
+                orphanOwners[pid] = nil
+            }
         }
     }
 

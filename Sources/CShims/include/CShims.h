@@ -23,6 +23,28 @@ int _bgw_pidfd_send_signal(int pidfd, int sig);
 /// or -1 with errno set when /proc cannot be listed.
 long _bgw_session_members(const pid_t *sessions, size_t count, pid_t *pids, pid_t *found_sessions, size_t capacity);
 
+/// prctl(PR_SET_CHILD_SUBREAPER, 1): orphaned descendants are reparented to this process, not to
+/// init. Returns 0 or -1 with errno set.
+int _bgw_set_child_subreaper(void);
+
+/// The pids of this process's children (every thread's: /proc/self/task/*/children), at most
+/// `capacity` into `pids`. Returns how many there are (more than `capacity`: some not written), or
+/// -1 with errno set.
+long _bgw_own_children(pid_t *pids, size_t capacity);
+
+/// The value of the first entry of /proc/PID/environ (the environment at its last execve) that
+/// starts with `prefix` (e.g. "BGWORKER_NAME="): up to `capacity` bytes into `value`, not
+/// NUL-terminated. Returns its full length, -1 when there is no such entry, -2 when the file
+/// cannot be read.
+long _bgw_environ_value(pid_t pid, const char *prefix, char *value, size_t capacity);
+
+/// waitid(P_ALL, WEXITED | WNOHANG | WNOWAIT): the pid of an exited child, not reaped, into *pid
+/// (0 when none has exited). Returns 0, or -1 with errno set (ECHILD: no children).
+int _bgw_exited_child(pid_t *pid);
+
+/// waitid(P_PID, pid, WEXITED | WNOHANG): reaps that child if it has exited. Returns 0 or -1.
+int _bgw_reap_pid(pid_t pid);
+
 /// pipe2(fds, O_CLOEXEC): glibc declares pipe2 only under _GNU_SOURCE, which Swift does not set.
 int _bgw_pipe_cloexec(int fds[2]);
 

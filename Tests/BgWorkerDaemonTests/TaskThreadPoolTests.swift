@@ -62,7 +62,7 @@ import Testing
                 defer { fclose(file) }
                 var buffer = [CChar](repeating: 0, count: 32)
                 guard fgets(&buffer, 32, file) != nil else { return "" }
-                return String(cString: buffer)
+                return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             }.value
             exit(name.hasPrefix("bgw-task-") ? 0 : 3)
         }

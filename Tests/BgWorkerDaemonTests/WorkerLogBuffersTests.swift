@@ -55,6 +55,39 @@ struct WorkerLogBuffersTests {
         #expect(ended)
     }
 
+    /// A backlog larger than the socket holds (300 lines of 3 KB: ~50 fit) gave the oldest lines
+    /// that fit and lost the newest, uncounted while the worker stayed silent
+    /// (scripts/adversarial/follow_logs.py). The reader gets the newest that fit, the first
+    /// record counting the older ones, and then each new line.
+    @Test func aBacklogLargerThanTheSocketKeepsItsNewestLinesAndCountsTheOthers() throws {
+        let buffers = WorkerLogBuffers()
+        buffers.configure(["w": 300])
+        let pad = String(repeating: "x", count: 3000)
+        for i in 0..<300 { buffers.append(worker: "w", text: "line \(i) \(pad)") }
+        var fds: [Int32] = []
+        defer { fds.forEach { close($0) } }
+        var ended = false
+        for asked in [300, Int(UInt32.max), 120] {
+            let fd = try buffers.follow("w", last: asked)
+            fds.append(fd)
+            var records: [FollowedLogRecord] = []
+            while let record = Self.record(fd, ended: &ended) { records.append(record) }
+            let expected = min(asked, 300)
+            let first = try #require(records.first)
+            #expect(records.count > 10 && records.count < expected, "\(records.count) of \(expected) fit")
+            #expect(records.last?.text == "line 299 \(pad)", "asked \(asked): ends with \(records.last?.text.prefix(12) ?? "nothing")")
+            #expect(first.text.hasPrefix("line \(300 - records.count) "), "\(first.text.prefix(12))")
+            #expect(Int(first.dropped) + records.count == expected, "\(first.dropped) + \(records.count)")
+            #expect(records.dropFirst().allSatisfy { $0.dropped == 0 })
+        }
+        // Then each new line, nothing counted as lost before it.
+        buffers.append(worker: "w", text: "new")
+        for fd in fds {
+            let next = Self.record(fd, ended: &ended)
+            #expect(next?.text == "new" && next?.dropped == 0)
+        }
+    }
+
     @Test func atMostMaxFollowersAndAClosedOneFreesItsPlace() throws {
         let buffers = WorkerLogBuffers()
         buffers.configure(["w": 1])

@@ -11,6 +11,7 @@
 # a line of another worker, and the flooders' lines still reach Logs.
 # Usage: scripts/adversarial/run scripts/adversarial/follow_logs.py [--seed N] [--churn N]
 import argparse, json, os, re, signal, socket, subprocess, sys, time
+import dbus.lowlevel
 sys.path.insert(0, os.path.dirname(__file__))
 from lib import *
 
@@ -626,7 +627,101 @@ for n in ("flood1", "flood2", "victim"):
 rig.wait_settled("after the mix")
 check("mixed", t0)
 
-# --- Phase 9: SIGTERM with 64 followers held (SIGSTOPped, not reading, reading) while the workers
+# --- Phase 9: callers that cannot take the fd (a raw client that never negotiated fd passing:
+# dbus-daemon refuses to forward the reply and answers bgworkerd with an error instead) and callers
+# that vanish before the reply.
+def wire(serial, member, sig="", body=b"", path="/org/example/BgWorker", iface=NAME, dest=NAME):
+    """A little-endian D-Bus method call (no reply flags)."""
+    def pad(b, n):
+        return b + b"\0" * (-len(b) % n)
+    fields = b""
+    for code, ty, value in ((1, b"o", path), (2, b"s", iface), (3, b"s", member), (6, b"s", dest)) + (
+            ((8, b"g", sig),) if sig else ()):
+        fields = pad(fields, 8) + bytes([code, 1]) + ty + b"\0"
+        v = value.encode()
+        fields += (bytes([len(v)]) + v + b"\0") if ty == b"g" else (len(v).to_bytes(4, "little") + v + b"\0")
+    head = b"l\1\0\1" + len(body).to_bytes(4, "little") + serial.to_bytes(4, "little") + len(fields).to_bytes(4, "little")
+    head = pad(head, 8) + fields
+    return pad(head, 8) + body
+
+
+def su_body(name, lines):
+    v = name.encode()
+    b = len(v).to_bytes(4, "little") + v + b"\0"
+    return b + b"\0" * (-len(b) % 4) + lines.to_bytes(4, "little")
+
+
+def raw_client(negotiate):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(rig.sock)
+    s.sendall(b"\0AUTH EXTERNAL %s\r\n" % str(os.getuid()).encode().hex().encode())
+    if not s.recv(4096).startswith(b"OK"):
+        problem("raw client: authentication refused")
+    if negotiate:
+        s.sendall(b"NEGOTIATE_UNIX_FD\r\n")
+        if not s.recv(4096).startswith(b"AGREE_UNIX_FD"):
+            problem("raw client: fd passing refused")
+    s.sendall(b"BEGIN\r\n")
+    return s
+
+
+t0 = time.monotonic()
+# The control: the same bytes from a client that negotiated fd passing get a reply with an fd.
+s = raw_client(True)
+s.sendall(wire(1, "Hello", path="/org/freedesktop/DBus", iface="org.freedesktop.DBus", dest="org.freedesktop.DBus"))
+s.sendall(wire(2, "FollowLogs", "su", su_body("flood1", 0)))
+fds_got, data = [], b""
+end = time.monotonic() + 10
+while time.monotonic() < end and not fds_got:
+    d, f, _, _ = socket.recv_fds(s, 1 << 16, 4)
+    data += d
+    fds_got += f
+log("raw control (fd passing negotiated): %d fds received" % len(fds_got))
+if not fds_got:
+    problem("raw control: FollowLogs from a raw client got no fd: %r" % data[-300:])
+for f in fds_got:
+    os.close(f)
+s.close()
+raw_sockets = []
+for i in range(200):
+    s = raw_client(False)
+    s.sendall(wire(1, "Hello", path="/org/freedesktop/DBus", iface="org.freedesktop.DBus", dest="org.freedesktop.DBus"))
+    s.sendall(wire(2, "FollowLogs", "su", su_body(rnd.choice(["flood1", "quiet"]), rnd.choice([0, 5]))))
+    raw_sockets.append(s)
+    if i % 2:
+        s.close()  # gone before the reply
+time.sleep(1)  # let the replies (refused by dbus-daemon) reach bgworkerd
+got = collections.Counter()
+for s in raw_sockets:
+    try:
+        s.setblocking(False)
+        data = s.recv(1 << 16)
+        # The Hello reply, then what dbus-daemon made of bgworkerd's reply with an fd.
+        kind = re.findall(rb"org\.freedesktop\.DBus\.Error\.\w+", data)
+        got[kind[0].decode() if kind else "no error"] += 1
+        if "sample" not in got:
+            got["sample"] = 1
+            log("raw client got: %r" % data[:400])
+    except OSError:
+        got["closed"] += 1
+    s.close()
+log("raw clients without fd passing: %s" % dict(got))
+vanish = r"""
+import dbus, os, sys
+c = dbus.bus.BusConnection(sys.argv[1])
+m = c.get_object("org.example.BgWorker", "/org/example/BgWorker", introspect=False)
+for i in range(20):
+    msg = dbus.lowlevel.MethodCallMessage("org.example.BgWorker", "/org/example/BgWorker", "org.example.BgWorker", "FollowLogs")
+    msg.append("flood1", dbus.UInt32(i), signature="su")
+    c.send_message(msg)
+c.flush()
+os._exit(0)
+"""
+for _ in range(10):
+    subprocess.run(["/usr/bin/python3", "-c", vanish, rig.address])
+check("callers that cannot take the fd", t0)
+
+# --- Phase 10: SIGTERM with 64 followers held (SIGSTOPped, not reading, reading) while the workers
 # flood: the daemon exits on time and every reader sees the end of the stream.
 stuck = [Client(rnd.choice(["flood1", "flood2", "quiet"]), m, 10) for m in ["stop"] * 30 + ["noread"] * 30]
 readers = [Client(n, "read", 5) for n in ("flood1", "flood2", "victim", "quiet")]

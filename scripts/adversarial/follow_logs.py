@@ -397,7 +397,7 @@ names = ["flood1", "flood2", "quiet", "victim"]
 errs = {}
 for i in range(int(sys.argv[2])):
     try:
-        os.close(m.FollowLogs(names[i % 4], dbus.UInt32(i % 3), timeout=60).take())
+        os.close(m.FollowLogs(names[i % 4], dbus.UInt32([0, 1, 2, 2**32 - 1][i % 4 if i % 8 < 4 else 3]), timeout=60).take())
     except dbus.DBusException as e:
         errs[e.get_dbus_name()] = errs.get(e.get_dbus_name(), 0) + 1
 print(errs, flush=True)
@@ -405,8 +405,12 @@ print(errs, flush=True)
 t0 = time.monotonic()
 churners = [subprocess.Popen(["/usr/bin/python3", "-c", CHURN, rig.address, str(args.churn // 4)],
                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
+churn_rate = rate(1.5)
 results = [c.communicate()[0].strip() for c in churners]
 dt = time.monotonic() - t0
+figure("pump: %.0f lines/s reach the buffer during the churn (half the calls ask for the whole backlog, 1,000 lines of flood1)" % churn_rate)
+if churn_rate < free_rate / 2:
+    problem("pump: the churn slows the workers' output from %.0f to %.0f lines/s" % (free_rate, churn_rate))
 figure("churn: %d FollowLogs opened and closed by 4 clients in %.1f s (%.0f/s); errors %s" % (
     args.churn, dt, args.churn / dt, results))
 if any(r != "{}" for r in results):

@@ -49,8 +49,11 @@ struct WorkerLogBuffersTests {
         #expect(final.text == "final")
         #expect(received > 0 && received + dropped + Int(final.dropped) == 20_001, "\(received) + \(dropped) + \(final.dropped)")
 
-        // Removed by a Reload: the stream ends.
+        // Removed by a Reload: the stream ends. Waited for: a test running beside this one may
+        // fork, and its child holds a copy of the daemon's end until it execs (CLOEXEC).
         buffers.configure(["other": 3])
+        var readable = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        _ = poll(&readable, 1, 10_000)
         _ = Self.record(fd, ended: &ended)
         #expect(ended)
     }
@@ -74,7 +77,8 @@ struct WorkerLogBuffersTests {
             while let record = Self.record(fd, ended: &ended) { records.append(record) }
             let expected = min(asked, 300)
             let first = try #require(records.first)
-            #expect(records.count > 10 && records.count < expected, "\(records.count) of \(expected) fit")
+            // ~50 fit with the default net.core.wmem_default (212,992); all of them where it is ~1 MB.
+            #expect(records.count > 10 && records.count <= expected, "\(records.count) of \(expected) fit")
             #expect(records.last?.text == "line 299 \(pad)", "asked \(asked): ends with \(records.last?.text.prefix(12) ?? "nothing")")
             #expect(first.text.hasPrefix("line \(300 - records.count) "), "\(first.text.prefix(12))")
             #expect(Int(first.dropped) + records.count == expected, "\(first.dropped) + \(records.count)")

@@ -156,7 +156,8 @@ struct ClientsLogsTests {
         }
     }
 
-    /// `logs -f -n 300` of 300 lines of 3 KB (a socket holds ~50): the newest that fit, after a
+    /// `logs -f -n 300` of 300 lines of 3 KB (a socket holds ~50 with the default
+    /// net.core.wmem_default of 212,992 bytes; ~1 MB would hold them all): the newest that fit, after a
     /// line counting the older ones; before the fix (scripts/adversarial/follow_logs.py) it
     /// printed the oldest ~50 and nothing of the newest.
     @Test(.enabled(if: access("/run/systemd/journal/socket", F_OK) != 0, "journald runs here: -f would follow the journal"))

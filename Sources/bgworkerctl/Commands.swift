@@ -440,6 +440,8 @@ struct Logs: AsyncParsableCommand {
         defer { Glibc.close(fd) }
         // A line is at most 4,096 bytes, 12,288 once bytes that are not UTF-8 are replaced.
         var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        // Lines counted in the first record are the oldest of the backlog (more than the socket holds).
+        var first = true
         while true {
             let count = buffer.withUnsafeMutableBytes { raw in recv(fd, raw.baseAddress, raw.count, 0) }
             if count == 0 { break }
@@ -453,9 +455,13 @@ struct Logs: AsyncParsableCommand {
                 if record.dropped > 0 { writeLine(JSON.object([("dropped", .uint(UInt64(record.dropped)))]).rendered) }
                 writeLine(line.json.rendered)
             } else {
-                if record.dropped > 0 { writeLine("-- \(record.dropped) lines not shown: this reader fell behind --") }
+                if record.dropped > 0 {
+                    writeLine(first ? "-- \(record.dropped) older lines not shown: more than the daemon's socket holds --"
+                                    : "-- \(record.dropped) lines not shown: this reader fell behind --")
+                }
                 writeLine(line.rendered(worker: name))
             }
+            first = false
         }
         throw CommandFailure(
             message: "bgworkerd stopped following \(name): the worker was removed from the configuration, or the daemon exited",

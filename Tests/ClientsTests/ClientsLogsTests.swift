@@ -156,6 +156,33 @@ struct ClientsLogsTests {
         }
     }
 
+    /// `logs -f -n 300` of 300 lines of 3 KB (a socket holds ~50 with the default
+    /// net.core.wmem_default of 212,992 bytes; ~1 MB would hold them all): the newest that fit, after a
+    /// line counting the older ones; before the fix (scripts/adversarial/follow_logs.py) it
+    /// printed the oldest ~50 and nothing of the newest.
+    @Test(.enabled(if: access("/run/systemd/journal/socket", F_OK) != 0, "journald runs here: -f would follow the journal"))
+    func followOfABacklogLargerThanTheSocketShowsItsNewestLines() async throws {
+        try await Setup.with({ _ in
+            """
+            [worker.long]
+            exec = ["/bin/sh", "-c", "pad=$(head -c 3000 /dev/zero | tr '\\\\0' x); i=0; while [ $i -lt 300 ]; do echo \\"$i $pad\\"; i=$((i+1)); done; echo done; exec sleep 1000"]
+            log-buffer-lines = 300
+            """
+        }) { setup in
+            _ = try await Self.logs(setup, ["long", "-n", "1"], endingWith: "long: done")
+            let follower = try ChildProcess([builtExecutablePath("bgworkerctl"), "--bus", setup.bus.address, "logs", "-f", "long", "-n", "300"],
+                                            captureStdout: true, captureStderr: true)
+            let lines = OutputLines(of: follower)
+            try await lines.wait("the newest line") { $0.hasSuffix("long: done") }
+            let all = lines.all
+            let skipped = try #require(all.first.flatMap { $0.wholeMatch(of: /-- (\d+) older lines not shown: more than the daemon's socket holds --/) },
+                                       "\(all.first?.prefix(80) ?? "nothing")")
+            let shown = all.dropFirst()
+            #expect(Int(skipped.1)! + shown.count == 300, "\(skipped.1) + \(shown.count)")
+            #expect(shown.count > 10 && shown.dropLast().last?.contains(" long: 299 xxx") == true, "\(shown.dropLast().last?.prefix(60) ?? "")")
+        }
+    }
+
     /// `FollowLogs` from python3-dbus: the backlog, then every line accounted for while the reader
     /// does not read (the lines it could not be sent are counted in the next record), the daemon
     /// still answering meanwhile; at most 64 followers (LimitsExceeded), and a closed follower
@@ -184,8 +211,19 @@ struct ClientsLogsTests {
                 # Not reading while 5,000 lines come; the daemon answers meanwhile.
                 while not any("flooded" in str(text) for _, text in manager.Logs("flood", dbus.UInt32(1))):
                     pass
-                os.write(go, b"tail\n")
+                # What is queued first: "tail" sent to a socket still full would be lost (counted
+                # only in a next record that never comes), and this reader would wait forever.
                 received, dropped = 0, 0
+                follower.setblocking(False)
+                try:
+                    while True:
+                        lost, text = record()
+                        dropped += lost
+                        received += 1
+                except BlockingIOError:
+                    pass
+                follower.setblocking(True)
+                os.write(go, b"tail\n")
                 while True:
                     lost, text = record()
                     dropped += lost

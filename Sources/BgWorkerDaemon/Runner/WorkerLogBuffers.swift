@@ -6,7 +6,8 @@
 // Followers (`FollowLogs`, where no journal can be followed): each is the daemon's end of a
 // SOCK_SEQPACKET pair, one record per line, sent without blocking under the same lock, so a
 // follower's first records are exactly the lines after its backlog. A follower that does not keep
-// up loses lines (counted in the next record it gets) and never slows the pump.
+// up loses lines (counted in the next record it gets) and never slows the pump. A backlog larger
+// than the socket holds keeps its newest lines (the older ones counted in the first record).
 import BgWorkerAPI
 import Glibc
 import Synchronization
@@ -140,7 +141,7 @@ public final class WorkerLogBuffers: Sendable {
             guard state.followerCount < Self.maxFollowers else { return false }
             var follower = Follower(fd: ours)
             // `send` closes the follower's fd when it fails for good: then it is not kept.
-            for line in state.rings[worker]?.last(count) ?? [] where !Self.send(line, to: &follower) { return true }
+            guard Self.sendBacklog(state.rings[worker]?.last(count) ?? [], to: &follower, readBackFrom: theirs) else { return true }
             state.followers[worker, default: []].append(follower)
             return true
         }
@@ -152,21 +153,57 @@ public final class WorkerLogBuffers: Sendable {
         return theirs
     }
 
+    /// Sends the backlog, oldest first. A socket holds far fewer records than a backlog may have
+    /// lines (the kernel charges ~800 bytes per packet: ~270 short lines, ~50 of 3 KB), and the
+    /// newest are the ones a reader asks for: a pass that fills the socket is read back from the
+    /// caller's end (not handed out yet) and the newest lines that fitted are sent again, the
+    /// first counting the older ones as not sent. False when the reader is gone (fd closed).
+    private static func sendBacklog(_ lines: [WorkerLogLine], to follower: inout Follower, readBackFrom theirs: Int32) -> Bool {
+        var start = 0
+        // Newer lines may be longer than those that fitted: a pass may fit fewer; the last pass
+        // counts what does not fit as a reader that fell behind would.
+        for pass in 0..<3 {
+            follower.dropped = UInt32(clamping: start)
+            var fitted = 0
+            sending: for line in lines[start...] {
+                switch trySend(line, to: &follower) {
+                case .sent: fitted += 1
+                case .gone: return false
+                case .full: if pass < 2 { break sending }
+                }
+            }
+            if pass == 2 || start + fitted == lines.count { return true }
+            var scratch: UInt8 = 0
+            // MSG_TRUNC: each call discards one whole record whatever its size; -1 (EAGAIN) once empty.
+            while retryOnInterrupt({ recv(theirs, &scratch, 1, Int32(MSG_DONTWAIT | MSG_TRUNC)) }) > 0 {}
+            start = lines.count - fitted
+        }
+        return true
+    }
+
     /// Sends one record; false when the follower's reader is gone (its fd is then closed).
     private static func send(_ line: WorkerLogLine, to follower: inout Follower) -> Bool {
+        trySend(line, to: &follower) != .gone
+    }
+
+    private enum SendResult { case sent, full, gone }
+
+    /// One record without waiting: sent; the socket full (the line counted in `dropped`); or the
+    /// reader gone, its fd then closed.
+    private static func trySend(_ line: WorkerLogLine, to follower: inout Follower) -> SendResult {
         let record = FollowedLogRecord(time: line.time, dropped: follower.dropped, text: line.text).encoded
         let sent = record.withUnsafeBytes { raw in
             retryOnInterrupt { Glibc.send(follower.fd, raw.baseAddress, raw.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
         }
         if sent >= 0 {
             follower.dropped = 0
-            return true
+            return .sent
         }
         if errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS {
             follower.dropped &+= 1
-            return true
+            return .full
         }
         close(follower.fd)
-        return false
+        return .gone
     }
 }

@@ -102,7 +102,7 @@ struct ClientsLogsTests {
     @Test func aReasonWithControlCharactersIsPrintedEscaped() async throws {
         try await Setup.with({ directory in
             let program = directory.file("prog\u{1B}[31mred")
-            FileManager.default.createFile(atPath: program, contents: Data("#!/bin/sh\nexec sleep 1000\n".utf8))
+            _ = FileManager.default.createFile(atPath: program, contents: Data("#!/bin/sh\nexec sleep 1000\n".utf8))
             chmod(program, 0o755)
             return "[worker.odd]\nexec = [\"\(directory.file("prog"))\\u001b[31mred\"]\nrestart-delay = 30\n"
         }) { setup in

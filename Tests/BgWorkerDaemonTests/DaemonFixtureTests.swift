@@ -135,6 +135,7 @@ final class DaemonFixture: Sendable {
             try await body(fixture)
         } catch {
             print("--- bgworkerd log ---\n\((try? fixture.daemon.log) ?? "")")
+            if let daemon = try? fixture.daemon { print(await threadStacks(of: daemon.pid)) }
             await fixture.teardown()
             throw error
         }
@@ -395,4 +396,13 @@ func elapsed(_ body: () async throws -> Void) async rethrows -> Duration {
     let start = ContinuousClock.now
     try await body()
     return ContinuousClock.now - start
+}
+
+/// Every thread's stack of `pid` (gdb, where installed): printed when a test fails with the daemon
+/// alive, so that a hang (a call never answered) shows where the daemon waits.
+func threadStacks(of pid: pid_t) async -> String {
+    guard FileManager.default.isExecutableFile(atPath: "/usr/bin/gdb"), kill(pid, 0) == 0 else { return "" }
+    let result = try? await run(
+        ["/usr/bin/gdb", "-p", String(pid), "-batch", "-nx", "-ex", "thread apply all bt"], timeout: .seconds(60))
+    return "--- bgworkerd threads (gdb) ---\n\(result?.stdout ?? "gdb failed")"
 }

@@ -41,7 +41,7 @@ struct ClientsExampleTests {
         }
 
         /// Waits for the line saying that the daemon's level has been read from `owner`.
-        func waitUntilFollowing(after: Int = 0) async throws -> Int {
+        @discardableResult func waitUntilFollowing(after: Int = 0) async throws -> Int {
             try await output.wait("following \(BgWorkerBus.busName)", after: after) { $0.contains("following \(BgWorkerBus.busName) at :1.") }
         }
 

@@ -6,7 +6,7 @@ log() { printf '==> %s\n' "$*"; }
 # Debian packages: build (libdbus, libsystemd headers), real components the tests and the demo
 # start, and the real clients they talk with (busctl, gdbus, dbus-send, python3-dbus with
 # python3-gi for GLib, setpriv, nsenter, pgrep); the Debian package's build and checks
-# (dpkg-shlibdeps, strip, readelf, lintian, groff).
+# (dpkg-shlibdeps, strip, readelf, lintian, groff); gdb for the threads of a daemon whose test failed.
 DEBIAN_PACKAGES=(
     libdbus-1-dev libsystemd-dev
     dbus dbus-daemon dbus-bin
@@ -15,6 +15,7 @@ DEBIAN_PACKAGES=(
     util-linux procps
     pacemaker corosync pacemaker-cli-utils resource-agents libxml2-utils
     dpkg-dev binutils lintian groff-base man-db
+    gdb
 )
 
 # Installs DEBIAN_PACKAGES when root (apt-get update first); says so and goes on otherwise.

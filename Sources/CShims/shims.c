@@ -32,46 +32,68 @@ int _bgw_pidfd_send_signal(int pidfd, int sig) {
     return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
 }
 
-long _bgw_session_members(const pid_t *sessions, size_t count, pid_t *pids, pid_t *found_sessions, size_t capacity) {
-    int fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+// Calls `visit` with each entry of the folder at `path` whose name is a number (/proc's pids, a
+// task folder's tids), stopping at its first failure. 0, or -1 with errno (the folder cannot be
+// listed, or `visit` failed).
+static int for_each_numeric_entry(const char *path, int (*visit)(int dirfd, const char *name, void *context), void *context) {
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) return -1;
     char buffer[32768];
-    long found = 0;
-    for (;;) {
+    int rc = 0;
+    while (rc == 0) {
         long n = syscall(SYS_getdents64, fd, buffer, sizeof buffer);
-        if (n < 0) {
-            int error = errno;
-            close(fd);
-            errno = error;
-            return -1;
-        }
-        if (n == 0) break;
-        for (long offset = 0; offset < n;) {
+        if (n < 0) rc = -1;
+        if (n <= 0) break;
+        for (long offset = 0; offset < n && rc == 0;) {
             // struct linux_dirent64: d_ino u64, d_off s64, d_reclen u16, d_type u8, d_name[].
             unsigned short length;
             memcpy(&length, buffer + offset + 16, sizeof length);
             const char *name = buffer + offset + 19;
             offset += length;
             if (name[0] < '1' || name[0] > '9') continue;
-            long pid = 0;
-            for (const char *c = name; *c >= '0' && *c <= '9' && pid < 1L << 31; c++) pid = pid * 10 + (*c - '0');
-            pid_t session = getsid((pid_t)pid);
-            if (session <= 0) continue;
-            size_t low = 0, high = count;
-            while (low < high) {
-                size_t middle = low + (high - low) / 2;
-                if (sessions[middle] < session) low = middle + 1; else high = middle;
-            }
-            if (low == count || sessions[low] != session) continue;
-            if ((size_t)found < capacity) {
-                pids[found] = (pid_t)pid;
-                found_sessions[found] = session;
-            }
-            found++;
+            rc = visit(fd, name, context);
         }
     }
+    int error = errno;
     close(fd);
-    return found;
+    errno = error;
+    return rc;
+}
+
+struct session_scan {
+    const pid_t *sessions;
+    size_t count;
+    pid_t *pids;
+    pid_t *found_sessions;
+    size_t capacity;
+    long found;
+};
+
+static int visit_session_member(int dirfd, const char *name, void *context) {
+    (void)dirfd;
+    struct session_scan *scan = context;
+    long pid = 0;
+    for (const char *c = name; *c >= '0' && *c <= '9' && pid < 1L << 31; c++) pid = pid * 10 + (*c - '0');
+    pid_t session = getsid((pid_t)pid);
+    if (session <= 0) return 0;
+    size_t low = 0, high = scan->count;
+    while (low < high) {
+        size_t middle = low + (high - low) / 2;
+        if (scan->sessions[middle] < session) low = middle + 1; else high = middle;
+    }
+    if (low == scan->count || scan->sessions[low] != session) return 0;
+    if ((size_t)scan->found < scan->capacity) {
+        scan->pids[scan->found] = (pid_t)pid;
+        scan->found_sessions[scan->found] = session;
+    }
+    scan->found++;
+    return 0;
+}
+
+long _bgw_session_members(const pid_t *sessions, size_t count, pid_t *pids, pid_t *found_sessions, size_t capacity) {
+    struct session_scan scan = { sessions, count, pids, found_sessions, capacity, 0 };
+    if (for_each_numeric_entry("/proc", visit_session_member, &scan) < 0) return -1;
+    return scan.found;
 }
 
 int _bgw_set_child_subreaper(void) {
@@ -116,37 +138,22 @@ static long read_children(int dirfd, const char *task, pid_t *pids, size_t capac
     return found;
 }
 
+struct children_list {
+    pid_t *pids;
+    size_t capacity;
+    long found;
+};
+
+static int visit_task(int dirfd, const char *name, void *context) {
+    struct children_list *list = context;
+    list->found = read_children(dirfd, name, list->pids, list->capacity, list->found);
+    return list->found < 0 ? -1 : 0;
+}
+
 long _bgw_own_children(pid_t *pids, size_t capacity) {
-    int fd = open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    char buffer[4096];
-    long found = 0;
-    for (;;) {
-        long n = syscall(SYS_getdents64, fd, buffer, sizeof buffer);
-        if (n < 0) {
-            int error = errno;
-            close(fd);
-            errno = error;
-            return -1;
-        }
-        if (n == 0) break;
-        for (long offset = 0; offset < n;) {
-            unsigned short length;
-            memcpy(&length, buffer + offset + 16, sizeof length);
-            const char *name = buffer + offset + 19;
-            offset += length;
-            if (name[0] < '1' || name[0] > '9') continue;
-            found = read_children(fd, name, pids, capacity, found);
-            if (found < 0) {
-                int error = errno;
-                close(fd);
-                errno = error;
-                return -1;
-            }
-        }
-    }
-    close(fd);
-    return found;
+    struct children_list list = { pids, capacity, 0 };
+    if (for_each_numeric_entry("/proc/self/task", visit_task, &list) < 0) return -1;
+    return list.found;
 }
 
 long _bgw_environ_value(pid_t pid, const char *prefix, char *value, size_t capacity) {

@@ -83,6 +83,15 @@ FOLLOWER = r'''
 import dbus, json, os, re, select, signal, socket, sys, time
 addr, name, lines, mode = sys.argv[1:5]
 child_sock = None
+def follow(leave):
+    """The fd FollowLogs answers; on a bus error, prints it and leaves (a forked child must _exit)."""
+    c = dbus.bus.BusConnection(addr)
+    m = dbus.Interface(c.get_object("org.example.BgWorker", "/org/example/BgWorker", introspect=False), "org.example.BgWorker")
+    try:
+        return m.FollowLogs(name, dbus.UInt32(int(lines)), timeout=60).take()
+    except dbus.DBusException as e:
+        print("err", e.get_dbus_name(), flush=True)
+        leave(0)
 if mode == "pass":  # a child gets the fd over SCM_RIGHTS, the parent exits
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     if os.fork() == 0:
@@ -93,24 +102,12 @@ if mode == "pass":  # a child gets the fd over SCM_RIGHTS, the parent exits
         child_sock = b
     else:
         b.close()
-        c = dbus.bus.BusConnection(addr)
-        m = dbus.Interface(c.get_object("org.example.BgWorker", "/org/example/BgWorker", introspect=False), "org.example.BgWorker")
-        try:
-            fd = m.FollowLogs(name, dbus.UInt32(int(lines)), timeout=60).take()
-        except dbus.DBusException as e:
-            print("err", e.get_dbus_name(), flush=True)
-            os._exit(0)
+        fd = follow(os._exit)
         socket.send_fds(a, [b"x"], [fd])
         print("ok", flush=True)
         os._exit(0)
 else:
-    c = dbus.bus.BusConnection(addr)
-    m = dbus.Interface(c.get_object("org.example.BgWorker", "/org/example/BgWorker", introspect=False), "org.example.BgWorker")
-    try:
-        fd = m.FollowLogs(name, dbus.UInt32(int(lines)), timeout=60).take()
-    except dbus.DBusException as e:
-        print("err", e.get_dbus_name(), flush=True)
-        sys.exit(0)
+    fd = follow(sys.exit)
     print("ok", flush=True)
 if mode == "close":
     os.close(fd); sys.exit(0)

@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -98,6 +99,20 @@ long _bgw_session_members(const pid_t *sessions, size_t count, pid_t *pids, pid_
 
 int _bgw_set_child_subreaper(void) {
     return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+}
+
+int _bgw_sigchld_autoreaps(int restore_default) {
+    struct sigaction current;
+    if (sigaction(SIGCHLD, NULL, &current) < 0) return -1;
+    if (current.sa_handler != SIG_IGN && !(current.sa_flags & SA_NOCLDWAIT)) return 0;
+    if (restore_default) {
+        struct sigaction dfl;
+        memset(&dfl, 0, sizeof dfl);
+        dfl.sa_handler = SIG_DFL;
+        sigemptyset(&dfl.sa_mask);
+        if (sigaction(SIGCHLD, &dfl, NULL) < 0) return -1;
+    }
+    return 1;
 }
 
 // Appends the pids of one children file ("1 2 3 \n") to pids; returns the new count or -1.

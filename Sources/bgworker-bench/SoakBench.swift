@@ -82,7 +82,7 @@ struct SoakBenchmark: AsyncParsableCommand {
             logFile: "/dev/null")
         // Over the bus (the LogLevel property): BenchDaemon writes the [daemon] table itself.
         if let level = settings.logLevel {
-            try await d.client.call(destination: Manager.name, path: Manager.path, interface: "org.freedesktop.DBus.Properties",
+            _ = try await d.client.call(destination: Manager.name, path: Manager.path, interface: "org.freedesktop.DBus.Properties",
                                     member: "Set", arguments: [.string(Manager.interface), .string("LogLevel"), .variant(.string(level))])
         }
         events?.countExits(ofChildrenOf: d.pid)

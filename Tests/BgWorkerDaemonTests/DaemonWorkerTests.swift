@@ -86,6 +86,25 @@ struct DaemonWorkerTests {
         }
     }
 
+    /// SIGCHLD ignored is inherited through exec (a parent's `trap '' CHLD`, Python's
+    /// `signal(SIGCHLD, SIG_IGN)`), and with it the kernel reaps children at once: no exit status,
+    /// and a worker's pid free for reuse while the daemon still signals its group. bgworkerd puts
+    /// SIGCHLD back to its default, so a worker's exit code still reaches LastExit.
+    @Test func aDaemonStartedWithSIGCHLDIgnoredStillSeesItsWorkersExitCodes() async throws {
+        try await DaemonFixture.with(shellWorker("three", "exit 3", extra: "restart-delay = 60"), start: false) { fixture in
+            let ignoring = ["/usr/bin/python3", "-c",
+                            "import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); os.execv(sys.argv[1], sys.argv[1:])"]
+            let daemon = try await DaemonProcess(
+                bus: fixture.bus, configPath: fixture.configPath, arguments: ["--runner", "process"],
+                runtimeDirectory: fixture.directory.file("run"), wrapper: ignoring)
+            fixture.atTeardown { await daemon.process.terminate(grace: .seconds(10)) }
+            try await waitUntil("the worker's exit in LastExit", timeout: .seconds(20)) {
+                try await fixture.property("LastExit", worker: "three").string != ""
+            }
+            #expect(try await fixture.property("LastExit", worker: "three").string == "exited 3", "log:\n\(daemon.log)")
+        }
+    }
+
     @Test func aCrashLoopEndsInFailedAndRestartClearsIt() async throws {
         let directory = try TemporaryDirectory(prefix: "bgw-loop")
         defer { directory.remove() }

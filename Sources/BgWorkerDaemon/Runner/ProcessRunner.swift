@@ -45,6 +45,15 @@ public final class ProcessRunner: WorkerRunner {
     ) throws(RunnerError) {
         let loop = loop ?? .shared
         self.loop = loop
+        // Children reaped by the kernel leave no exit status, and their pids free while their
+        // groups are still signalled. The daemon owns SIGCHLD and takes it back; a host program
+        // that asked for this is refused rather than changed under it.
+        switch _bgw_sigchld_autoreaps(adoptOrphans ? 1 : 0) {
+        case 0: break
+        case 1 where adoptOrphans: break
+        case 1: throw RunnerError(.unavailable, worker: nil, context: "SIGCHLD is ignored (or SA_NOCLDWAIT set): children would be reaped before their exit could be read")
+        default: throw RunnerError(.unavailable, worker: nil, context: "sigaction(SIGCHLD)", errno: errno)
+        }
         if adoptOrphans {
             var mask = sigset_t()
             pthread_sigmask(SIG_BLOCK, nil, &mask)

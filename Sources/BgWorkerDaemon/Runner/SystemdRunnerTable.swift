@@ -239,9 +239,9 @@ actor SystemdUnitTable {
                 let task = Task {
                     do {
                         let watch = try await connection.watchNameOwner(SystemdBus.name, signals: Self.unitSignals)
-                        return try await self.install(watch, on: connection)
+                        return try self.install(watch, on: connection)
                     } catch {
-                        await self.openingEnded()
+                        self.openingEnded()
                         throw error
                     }
                 }

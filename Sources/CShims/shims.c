@@ -251,17 +251,25 @@ void _bgw_set_thread_name(const char *name) {
     prctl(PR_SET_NAME, name, 0, 0, 0);
 }
 
-int _bgw_waitid_pidfd(int pidfd, int extra_flags, int *code, int *status) {
+static int wait_exited(idtype_t type, id_t id, int extra_flags, int *code, int *status) {
     siginfo_t info;
     memset(&info, 0, sizeof info);
     int rc;
     do {
-        rc = waitid((idtype_t)P_PIDFD, (id_t)pidfd, &info, WEXITED | extra_flags);
+        rc = waitid(type, id, &info, WEXITED | extra_flags);
     } while (rc < 0 && errno == EINTR);
     if (rc < 0) return -1;
     *code = info.si_pid == 0 ? 0 : info.si_code;
     *status = info.si_status;
     return 0;
+}
+
+int _bgw_waitid_pidfd(int pidfd, int extra_flags, int *code, int *status) {
+    return wait_exited((idtype_t)P_PIDFD, (id_t)pidfd, extra_flags, code, status);
+}
+
+int _bgw_waitid_pid(pid_t pid, int extra_flags, int *code, int *status) {
+    return wait_exited(P_PID, (id_t)pid, extra_flags, code, status);
 }
 
 // ---- spawning -------------------------------------------------------------------------------

@@ -330,11 +330,13 @@ func workerTables(_ count: Int, prefix: String, argv: [String], extra: String = 
 /// own spawn: it returns once the program has been exec'd.
 struct FloorProcess {
     let pid: pid_t
+    /// -1 without `watchExit`.
     let pidfd: Int32
     let pipes: [Int32]
 
-    /// `oneOutputPipe`: stdout and stderr share one pipe (2 fds held: the pidfd and its read end).
-    static func spawn(_ argv: [String], environment: [String], oneOutputPipe: Bool = false) throws -> FloorProcess {
+    /// `oneOutputPipe`: stdout and stderr share one pipe. `watchExit`: a pidfd is held too, for
+    /// waits with a deadline; without it, 1 fd is held per process, as bgworkerd holds per worker.
+    static func spawn(_ argv: [String], environment: [String], oneOutputPipe: Bool = false, watchExit: Bool = true) throws -> FloorProcess {
         var spawn = CleanSpawn(newProcessGroup: true)
         defer { spawn.destroy() }
         var out: [Int32] = [-1, -1], err: [Int32] = [-1, -1]
@@ -350,22 +352,24 @@ struct FloorProcess {
             ends.forEach { close($0[0]) }
             throw BenchError("posix_spawn \(argv[0]): \(String(cString: strerror(rc)))")
         }
-        return FloorProcess(pid: pid, pidfd: _bgw_pidfd_open(pid, 0), pipes: ends.map { $0[0] })
+        return FloorProcess(pid: pid, pidfd: watchExit ? _bgw_pidfd_open(pid, 0) : -1, pipes: ends.map { $0[0] })
     }
 
-    /// Sends `signal`, waits on the pidfd until the process is gone and reaps it (blocking).
+    /// Sends `signal` (by pid: our unreaped child's is not reused) and reaps the process (blocking).
     func killAndReap(_ signal: Int32 = SIGKILL) {
-        _ = _bgw_pidfd_send_signal(pidfd, signal)
+        _ = kill(pid, signal)
         reap()
     }
 
-    /// Waits (blocking, poll on the pidfd) for the exit, reaps, closes.
+    /// Waits (blocking: poll on the pidfd when there is one, else waitpid) for the exit, reaps, closes.
     func reap() {
-        var fds = [pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)]
-        while poll(&fds, 1, -1) < 0 && errno == EINTR {}
+        if pidfd >= 0 {
+            var fds = [pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)]
+            while poll(&fds, 1, -1) < 0 && errno == EINTR {}
+        }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        close(pidfd)
+        if pidfd >= 0 { close(pidfd) }
         pipes.forEach { close($0) }
     }
 }

@@ -3,12 +3,13 @@
 // Everything happens on the daemon's event loop (Loop/EventLoop.swift), the thread the
 // supervisor runs on: PR_SET_PDEATHSIG fires when the *thread* that spawned a process exits, so
 // spawning happens on that thread, which lives as long as the daemon (never on the cooperative
-// pool or a Dispatch worker, which may retire). Each worker's pidfd is registered with the loop
-// (its exit; reaped with waitid on that pidfd only, so other children of the process are never
-// touched, and no SIGCHLD handler is needed), and a stopping worker has a loop timer for SIGKILL
-// after its stop timeout. A second thread reads the workers' output (WorkerOutputPump). bgworkerd's
-// runner (`adoptOrphans`) is also a child subreaper: it kills its workers' orphans that left their
-// session (setsid) with their worker, and reaps them on SIGCHLD, read from a signalfd (no handler).
+// pool or a Dispatch worker, which may retire). A stopping worker has a loop timer for SIGKILL
+// after its stop timeout. A second thread reads the workers' output (WorkerOutputPump).
+// bgworkerd's runner (`adoptOrphans`) is a child subreaper that owns SIGCHLD: every exit, of a
+// worker or of an orphan it adopted (a worker's process that left its session with setsid, killed
+// with its worker), comes from SIGCHLD read on a signalfd (no handler), and the daemon holds one
+// fd per worker, its output pipe. A runner inside another program (tests) must not reap others'
+// children: it watches each worker's pidfd instead and reaps only that pid.
 import BgWorkerCore
 import CShims
 import Glibc
@@ -118,12 +119,13 @@ public final class ProcessRunner: WorkerRunner {
 /// a program expects the conventional one (select() cannot go above 1024).
 let workerSoftNofile = 1024
 
-/// A worker the runner runs. Its pid is also its process group id.
+/// A worker the runner runs. Its pid is also its process group id; it is our unreaped child until
+/// `reap`, so the pid names it alone until then (the kernel does not reuse it).
 private struct RunningWorker {
     var name: String
     var pid: Int32
-    var pidfd: Int32
-    var registration: LoopRegistration
+    /// Its pidfd and the loop's watch of it, when exits do not come from SIGCHLD (no `adoptOrphans`).
+    var exitWatch: (pidfd: Int32, registration: LoopRegistration)?
     /// Its slot in the record of process groups.
     var slot: Int?
     var stopTimeout: Duration
@@ -326,7 +328,7 @@ private final class ProcessMonitor: @unchecked Sendable {
             }
         }
         func releaseSlot() { if let slot { groupRecord?.clear(slot) } }
-        // One pipe for stdout and stderr: with the pidfd, 2 fds held per worker (issue 15).
+        // One pipe for stdout and stderr: the one fd held per worker (two with a pidfd watch; issue 15).
         var outputPipe: [Int32] = [-1, -1]
         guard _bgw_pipe_cloexec(&outputPipe) == 0 else {
             let code = errno
@@ -357,24 +359,29 @@ private final class ProcessMonitor: @unchecked Sendable {
 
         let id = nextID
         nextID += 1
-        let registration: LoopRegistration
-        do {
-            registration = try loop.register(fd: result.pidfd) { [self] _ in reap(id: id) }
-        } catch {
-            // Cannot watch it, so it must not run.
-            _ = kill(-result.pid, SIGKILL)
-            var code: Int32 = 0, status: Int32 = 0
-            _ = _bgw_waitid_pidfd(result.pidfd, 0, &code, &status)
+        var exitWatch: (pidfd: Int32, registration: LoopRegistration)?
+        if adoptsOrphans {
+            // Its exit comes from SIGCHLD (`childExited`); the pidfd is not kept (issue 15's budget).
             close(result.pidfd)
-            releaseSlot()
-            close(outputPipe[0])
-            let outOfFiles = error.errno == EMFILE || error.errno == ENFILE
-            return failure(outOfFiles ? .outOfFileDescriptors : .spawnFailed, error.call + fileBudget(error.errno), error.errno)
+        } else {
+            do {
+                exitWatch = (result.pidfd, try loop.register(fd: result.pidfd) { [self] _ in reap(id: id) })
+            } catch {
+                // Cannot watch it, so it must not run.
+                _ = kill(-result.pid, SIGKILL)
+                var code: Int32 = 0, status: Int32 = 0
+                _ = _bgw_waitid_pidfd(result.pidfd, 0, &code, &status)
+                close(result.pidfd)
+                releaseSlot()
+                close(outputPipe[0])
+                let outOfFiles = error.errno == EMFILE || error.errno == ENFILE
+                return failure(outOfFiles ? .outOfFileDescriptors : .spawnFailed, error.call + fileBudget(error.errno), error.errno)
+            }
         }
         _ = fcntl(outputPipe[0], F_SETFL, fcntl(outputPipe[0], F_GETFL) | O_NONBLOCK)
         pump.watch(fd: outputPipe[0], worker: name, pid: result.pid, priority: SyslogPriority.info)
         var worker = RunningWorker(
-            name: name, pid: result.pid, pidfd: result.pidfd, registration: registration, slot: slot, stopTimeout: launch.spec.stopTimeout)
+            name: name, pid: result.pid, exitWatch: exitWatch, slot: slot, stopTimeout: launch.spec.stopTimeout)
         if launch.spec.usesNotify {
             let spec = launch.spec
             worker.readiness = WorkerReadiness(
@@ -394,7 +401,7 @@ private final class ProcessMonitor: @unchecked Sendable {
         guard code == EMFILE || code == ENFILE else { return "" }
         let limit = FileLimit.current
         let whose = code == EMFILE ? "bgworkerd's RLIMIT_NOFILE (LimitNOFILE= in bgworkerd.service)" : "the system's fs.file-max"
-        return ": out of file descriptors: \(workers.count) running workers hold 2 each, soft limit \(limit.soft) "
+        return ": out of file descriptors: \(workers.count) running workers hold \(adoptsOrphans ? 1 : 2) each, soft limit \(limit.soft) "
             + "(hard \(limit.hard)); raise \(whose) or run fewer workers. Not retried: the worker is failed "
             + "until Restart or Enable"
     }
@@ -425,15 +432,16 @@ private final class ProcessMonitor: @unchecked Sendable {
 
     /// The leader's pid is its group's id. It is safe to use until the leader is reaped: the
     /// kernel does not reuse the pid of an unreaped process, nor a group id in use. A leader
-    /// that moved to another group still gets the signal through its pidfd.
+    /// that moved to another group still gets the signal by its pid (our unreaped child).
     private func signalGroup(_ worker: RunningWorker, _ signal: Int32) {
         if kill(-worker.pid, signal) < 0 {
-            _ = _bgw_pidfd_send_signal(worker.pidfd, signal)
+            _ = kill(worker.pid, signal)
         }
     }
 
     /// The worker's main process exited: kill what is left of its group (before reaping, while
-    /// the group id cannot be reused), reap it through its pidfd, report the exit.
+    /// the group id cannot be reused), reap exactly that pid, report the exit. Called when the
+    /// exit is known (SIGCHLD's waitid saw it, or its pidfd is readable), so the wait is immediate.
     private func reap(id: UInt64) {
         guard let worker = workers.removeValue(forKey: id) else { return }
         idsByGroup[worker.pid] = nil
@@ -441,9 +449,11 @@ private final class ProcessMonitor: @unchecked Sendable {
         _ = kill(-worker.pid, SIGKILL)
         var code: Int32 = 0
         var status: Int32 = 0
-        let rc = _bgw_waitid_pidfd(worker.pidfd, 0, &code, &status)
-        loop.unregister(worker.registration)
-        close(worker.pidfd)
+        let rc = _bgw_waitid_pid(worker.pid, 0, &code, &status)
+        if let watch = worker.exitWatch {
+            loop.unregister(watch.registration)
+            close(watch.pidfd)
+        }
         if let timer = worker.killTimer { loop.cancel(timer) }
         if let timer = worker.readinessTimer { loop.cancel(timer) }
         // waitid cannot fail for our own unreaped child; if it did, the process is gone anyway.
@@ -645,9 +655,9 @@ private final class ProcessMonitor: @unchecked Sendable {
         childSignalFD = fd
     }
 
-    /// SIGCHLD: reaps every exited child. An orphan (reparented to us, the subreaper) that died
-    /// on its own would stay a zombie otherwise. A worker's main process is reaped as its pidfd's
-    /// handler would (`reap`, through the pidfd). Nothing else in bgworkerd makes children (the
+    /// SIGCHLD: reaps every exited child, the one path of every exit here. A worker's main
+    /// process goes to `reap`; an orphan (reparented to us, the subreaper) that died on its own
+    /// would stay a zombie otherwise. Nothing else in bgworkerd makes children (the
     /// spawn and its failure paths reap synchronously on this thread; bgworkerctl's posix_spawn
     /// is another program), so no one else's child is taken. No handler: a signalfd on the loop.
     private func childExited() {
@@ -675,7 +685,7 @@ private final class ProcessMonitor: @unchecked Sendable {
         idsByName[group.name] = nil
         // Before the report: whoever learns of the exit finds the record without this worker.
         if let slot = group.slot { groupRecord?.clear(slot) }
-        // The last step of the reap, from the pidfd's handler (never nested in the caller's
+        // The last step of the reap, from an exit or scan handler on the loop (never nested in the caller's
         // code), so the runner's state is whole: the supervisor hears of it with no hop.
         events.deliverNow(group.event)
         endRunnerIfDone()
@@ -850,8 +860,8 @@ private final class ProcessMonitor: @unchecked Sendable {
             worker.exitOverride = .watchdog
             worker.stopping = true
             worker.readiness?.stop()
-            _ = _bgw_pidfd_send_signal(worker.pidfd, SIGABRT)
-            _ = _bgw_pidfd_send_signal(worker.pidfd, SIGCONT)
+            _ = kill(worker.pid, SIGABRT)
+            _ = kill(worker.pid, SIGCONT)
             if worker.stopTimeout <= .zero {
                 signalGroup(worker, SIGKILL)
             } else {

@@ -68,6 +68,10 @@ void _bgw_set_thread_name(const char *name);
 /// Returns -1 with errno set on failure.
 int _bgw_waitid_pidfd(int pidfd, int extra_flags, int *code, int *status);
 
+/// `_bgw_waitid_pidfd` for the child `pid` (waitid(P_PID)): for our own child, whose pid is not
+/// reused before this reaps it.
+int _bgw_waitid_pid(pid_t pid, int extra_flags, int *code, int *status);
+
 /// The step of `_bgw_spawn` that failed, for the error message.
 enum {
     _BGW_SPAWN_OK = 0,

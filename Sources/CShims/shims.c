@@ -122,7 +122,14 @@ static long read_children(int dirfd, const char *task, pid_t *pids, size_t capac
     for (const char *c = task; *c && used < 40; c++) path[used++] = *c;
     memcpy(path + used, "/children", sizeof "/children");
     int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return errno == ENOENT ? found : -1;  // a thread that exited meanwhile
+    if (fd < 0) {
+        if (errno != ENOENT) return -1;
+        // A thread that exited meanwhile has no folder any more; a folder without the file is a
+        // kernel without CONFIG_PROC_CHILDREN, where no list can be trusted.
+        if (faccessat(dirfd, task, F_OK, 0) < 0 && errno == ENOENT) return found;
+        errno = ENOENT;
+        return -1;
+    }
     char buffer[8192];
     long pid = 0;
     int digits = 0;

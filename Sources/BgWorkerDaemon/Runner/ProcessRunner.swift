@@ -496,6 +496,12 @@ private final class ProcessMonitor: @unchecked Sendable {
         orphansToRecheck = []
         guard !pending.isEmpty || !rechecks.isEmpty else { return }
         let ids = Set(pending.values).union(rechecks)
+        if adoptsOrphans, let children = Self.listedChildren(), children.allSatisfy({ idsByGroup[$0] != nil }) {
+            // We are a subreaper, so every live process of a reaped worker's session descends from
+            // a child of ours that is no running worker's main (docs/process-runner.md "Exits"):
+            // with none, nothing of those sessions lives, and the pass over /proc is skipped.
+            return finishDrained(ids)
+        }
         var seen = Set<Int32>()
         for _ in 0..<Self.sessionScanRounds {
             var newcomers = false
@@ -520,6 +526,11 @@ private final class ProcessMonitor: @unchecked Sendable {
             }
             if !newcomers { break }
         }
+        finishDrained(ids)
+    }
+
+    /// Reports the exits of those of `ids` with no member left to wait for.
+    private func finishDrained(_ ids: Set<UInt64>) {
         for id in ids {
             if let group = draining[id], group.members.isEmpty {
                 draining[id] = nil
@@ -571,15 +582,17 @@ private final class ProcessMonitor: @unchecked Sendable {
         return found
     }
 
-    /// This process's children, every thread's.
-    private static func ownChildren() -> [Int32] {
+    /// This process's children, every thread's ([] when they cannot be listed: no orphan is found).
+    private static func ownChildren() -> [Int32] { listedChildren() ?? [] }
+
+    /// This process's children, every thread's; nil when they cannot be listed.
+    private static func listedChildren() -> [Int32]? {
         var capacity = 256
         while true {
             var pids = [Int32](repeating: 0, count: capacity)
             // Safe: the shim writes at most `capacity` pids, the array's length.
             let count = _bgw_own_children(&pids, capacity)
-            // Cannot be listed: no orphan is found (/proc is required to start).
-            guard count >= 0 else { return [] }
+            guard count >= 0 else { return nil }
             if count <= capacity { return Array(pids[0..<count]) }
             capacity = count + 256
         }

@@ -45,7 +45,7 @@ problems = []
 ROOT = "/tmp/adv-exit-storm"
 FIFO = os.path.join(ROOT, "crash.fifo")
 TFIFO = os.path.join(ROOT, "tchild.fifo")
-N, M = args.workers, 100
+N, M = max(args.workers, 120), 100  # the stop and ptrace phases pick workers up to s107
 FAST = dict(restart_delay=0, start_limit_burst=0, stop_timeout=1.0)
 SYS_EXIT = 60 if os.uname().machine == "x86_64" else 93
 THREADS = ("thread", "thread2")
@@ -185,6 +185,12 @@ def last_exit(c, name):
     return str(dbus.Interface(obj, "org.freedesktop.DBus.Properties").Get(NAME + ".Worker", "LastExit"))
 
 
+def restarted(before):
+    """Each worker of `before` (name -> old pid) has another pid now (one ListWorkers)."""
+    l = live_listing()
+    return all(l[n]["pid"] not in (0, pid) for n, pid in before.items())
+
+
 def steady_names():
     return ["s%03d" % i for i in range(N)]
 
@@ -277,7 +283,7 @@ def stopped():
     wait_for("stopped", lambda: all(status(p, "State") == "T" for p in pids.values()), 10)
     kill_groups(list(pids.values()), signal.SIGKILL)
     wait_for("restarted after SIGKILL while stopped",
-             lambda: all(live_listing()[n]["pid"] not in (0, pids[n]) for n in pids), 30)
+             lambda: restarted(pids), 30)
     check("killed while stopped")
     # Stopped, then stopped over the bus (SIGTERM and SIGCONT), then started.
     m = rig.mgr()
@@ -305,7 +311,7 @@ def traced():
                                         stderr=subprocess.DEVNULL))
     wait_for("traced", lambda: all(status(listing[n]["pid"], "TracerPid") not in ("0", None) for n in victims), 10)
     kill_groups([listing[n]["pid"] for n in victims], signal.SIGKILL)
-    wait_for("restarted under strace", lambda: all(live_listing()[n]["pid"] not in (0, listing[n]["pid"]) for n in victims), 30)
+    wait_for("restarted under strace", lambda: restarted({n: listing[n]["pid"] for n in victims}), 30)
     for t in tracers:
         t.wait(10)
     check("strace -p then SIGKILL")

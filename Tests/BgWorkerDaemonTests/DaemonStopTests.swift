@@ -4,6 +4,8 @@ import Glibc
 import Testing
 import TestSupport
 
+@testable import BgWorkerDaemon
+
 /// The emergency stop (`Stop`/`Start`, state `stopped`) and per-worker log levels, against the
 /// real daemon (process runner) through busctl, gdbus, dbus-send and python3-dbus.
 @Suite(.timeLimit(.minutes(2)))
@@ -250,4 +252,47 @@ struct DaemonStopTests {
         }
     }
 
+    /// A worker's main process traced by a debugger that is suspended (`strace -p` then ^Z) dies of
+    /// the stop's SIGKILL into a zombie only its tracer can wait for: no SIGCHLD reaches bgworkerd
+    /// until the tracer lets go. Stop (and the daemon's SIGTERM) waited for that for ever since
+    /// exits come from SIGCHLD alone (abfe9bd; with the pidfd before, the loop blocked in waitid):
+    /// the killed main's pidfd says it died, and the zombie is reaped once released.
+    @Test func stopEndsAWorkerWhoseTracerIsSuspended() async throws {
+        let seize = """
+            import ctypes, os, signal, sys
+            assert ctypes.CDLL(None).ptrace(0x4206, int(sys.argv[1]), None, None) == 0  # PTRACE_SEIZE
+            print("seized", flush=True)
+            os.kill(os.getpid(), signal.SIGSTOP)
+            """
+        try await DaemonFixture.with(shellWorker("traced", "exec sleep 1000", extra: "stop-timeout = 0.5")) { fixture in
+            let daemon = try fixture.daemon.pid
+            for round in ["Stop", "SIGTERM"] {
+                let pid = Int32(try await fixture.worker("traced").pid)
+                let tracer = try ChildProcess(["/usr/bin/python3", "-c", seize, String(pid)])
+                fixture.atTeardown { tracer.signal(SIGKILL); _ = try? await tracer.waitForExit() }
+                #expect(try await tracer.readLine() == "seized")
+                try await waitUntil("the tracer suspended") { ProcStat.read(pid: tracer.pid)?.state == "T" }
+                if round == "SIGTERM" {
+                    // The daemon stops its workers and exits (20 s deadline; 0.5 s stop timeout).
+                    #expect(try await fixture.stopDaemon() == 0)
+                    tracer.signal(SIGKILL)
+                    break
+                }
+                try await fixture.call("Stop", "s", ["traced"])
+                let stopped = try await fixture.worker("traced")
+                #expect(stopped.state == "stopped" && stopped.pid == 0)
+                #expect(try await fixture.property("LastExit", worker: "traced").string == "killed SIGKILL")
+                #expect(ProcStat.read(pid: pid)?.state == "Z", "dead, and the tracer's to wait for first")
+                // The tracer goes: the zombie is bgworkerd's again, and reaped.
+                tracer.signal(SIGKILL)
+                _ = try await tracer.waitForExit()
+                try await waitUntil("the released zombie reaped by bgworkerd") {
+                    ProcStat.read(pid: pid).map { $0.ppid != daemon } ?? true
+                }
+                try await fixture.call("Start", "s", ["traced"])
+                let again = try await fixture.worker("traced")
+                #expect(again.state == "running" && again.pid != 0 && Int32(again.pid) != pid)
+            }
+        }
+    }
 }

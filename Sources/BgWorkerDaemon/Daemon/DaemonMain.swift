@@ -47,7 +47,7 @@ public enum DaemonMain {
     public static func run(_ options: DaemonOptions, logLevel: LogLevelControl, logger: Logger) async -> Int32 {
         let loader = ConfigurationLoader(mainPath: options.configPath)
         let files = FileLimit.raiseSoftToHard()
-        logger.info("RLIMIT_NOFILE \(files.soft) (hard \(files.hard)): room for about \(files.soft / 2) workers at 2 fds each")
+        logger.info("RLIMIT_NOFILE \(files.soft) (hard \(files.hard)): room for about \(files.soft) workers of the process runner at 1 fd each (its output pipe)")
         // The daemon's one event loop: the supervisor, the runner, timers and signals live on it.
         let loop: EventLoop
         do {

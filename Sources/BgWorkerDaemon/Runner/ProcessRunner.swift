@@ -126,6 +126,9 @@ private struct RunningWorker {
     var pid: Int32
     /// Its pidfd and the loop's watch of it, when exits do not come from SIGCHLD (no `adoptOrphans`).
     var exitWatch: (pidfd: Int32, registration: LoopRegistration)?
+    /// With `adoptOrphans`: its pidfd, watched once its group got SIGKILL to end a stop
+    /// (`killGroup`): a death that a tracer hides from waitid, and so from SIGCHLD.
+    var deathWatch: (pidfd: Int32, registration: LoopRegistration)?
     /// Its slot in the record of process groups.
     var slot: Int?
     var stopTimeout: Duration
@@ -415,19 +418,47 @@ private final class ProcessMonitor: @unchecked Sendable {
         worker.readiness?.stop()
         signalGroup(worker, SIGTERM)
         signalGroup(worker, SIGCONT)
-        if worker.stopTimeout <= .zero {
-            signalGroup(worker, SIGKILL)
-        } else {
+        if worker.stopTimeout > .zero {
             worker.killTimer = loop.schedule(after: worker.stopTimeout) { [self] in stopTimeoutExpired(id: id) }
         }
         workers[id] = worker
+        if worker.stopTimeout <= .zero { killGroup(id: id) }
     }
 
     private func stopTimeoutExpired(id: UInt64) {
-        guard var worker = workers[id], worker.killTimer != nil else { return }
+        guard workers[id]?.killTimer != nil else { return }
+        workers[id]?.killTimer = nil
+        killGroup(id: id)
+    }
+
+    /// SIGKILL to a stopping worker's group, and from then on its main process's pidfd watched.
+    /// A main process traced by another process (`strace -p`, a debugger) dies into a zombie that
+    /// only its tracer can wait for: SIGCHLD and waitid tell us of it once the tracer waits or
+    /// detaches, which a suspended tracer never does, and the stop (the daemon's SIGTERM too) would
+    /// wait for it for ever. Its pidfd is readable at the death itself (`mainDied`). One fd more,
+    /// only for a worker being killed.
+    private func killGroup(id: UInt64) {
+        guard let worker = workers[id] else { return }
         signalGroup(worker, SIGKILL)
-        worker.killTimer = nil
-        workers[id] = worker
+        guard adoptsOrphans, worker.deathWatch == nil else { return }
+        // Our unreaped child: the pid names it alone.
+        let pidfd = _bgw_pidfd_open(worker.pid, 0)
+        // Cannot (out of fds): its exit still comes from SIGCHLD, once no tracer hides it.
+        guard pidfd >= 0 else { return }
+        guard let registration = try? loop.register(fd: pidfd, { [self] _ in mainDied(id: id) }) else {
+            close(pidfd)
+            return
+        }
+        workers[id]?.deathWatch = (pidfd, registration)
+    }
+
+    /// The killed worker's main process is dead (its pidfd is readable; the SIGCHLD of the same
+    /// death may not have been read yet). Reaped when it can be; when a tracer hides it, its exit
+    /// is reported without its status and the zombie is reaped by pid when SIGCHLD names it
+    /// (`childExited`: no worker's main any more). Its session is emptied and waited for as after
+    /// any exit, so nothing of the worker runs when it restarts.
+    private func mainDied(id: UInt64) {
+        reap(id: id, waitFlags: WNOHANG)
     }
 
     /// The leader's pid is its group's id. It is safe to use until the leader is reaped: the
@@ -442,22 +473,23 @@ private final class ProcessMonitor: @unchecked Sendable {
     /// The worker's main process exited: kill what is left of its group (before reaping, while
     /// the group id cannot be reused), reap exactly that pid, report the exit. Called when the
     /// exit is known (SIGCHLD's waitid saw it, or its pidfd is readable), so the wait is immediate.
-    private func reap(id: UInt64) {
+    private func reap(id: UInt64, waitFlags: Int32 = 0) {
         guard let worker = workers.removeValue(forKey: id) else { return }
         idsByGroup[worker.pid] = nil
         for sender in worker.recentSenders where senderGroups[sender] == worker.pid { senderGroups[sender] = nil }
         _ = kill(-worker.pid, SIGKILL)
         var code: Int32 = 0
         var status: Int32 = 0
-        let rc = _bgw_waitid_pid(worker.pid, 0, &code, &status)
-        if let watch = worker.exitWatch {
+        let rc = _bgw_waitid_pid(worker.pid, waitFlags, &code, &status)
+        for watch in [worker.exitWatch, worker.deathWatch].compactMap({ $0 }) {
             loop.unregister(watch.registration)
             close(watch.pidfd)
         }
         if let timer = worker.killTimer { loop.cancel(timer) }
         if let timer = worker.readinessTimer { loop.cancel(timer) }
         // waitid cannot fail for our own unreaped child; if it did, the process is gone anyway.
-        let exit = worker.exitOverride ?? (rc == 0 ? WorkerExit(siginfoCode: code, status: status) : .killed(SIGKILL))
+        // Nothing to wait for (code 0, `mainDied`): a tracer hides the zombie; it died of our SIGKILL.
+        let exit = worker.exitOverride ?? (rc == 0 && code != 0 ? WorkerExit(siginfoCode: code, status: status) : .killed(SIGKILL))
         let group = DrainingGroup(
             name: worker.name, slot: worker.slot,
             event: .exited(name: worker.name, pid: worker.pid, status: exit), members: [])
@@ -875,15 +907,14 @@ private final class ProcessMonitor: @unchecked Sendable {
             worker.readiness?.stop()
             _ = kill(worker.pid, SIGABRT)
             _ = kill(worker.pid, SIGCONT)
-            if worker.stopTimeout <= .zero {
-                signalGroup(worker, SIGKILL)
-            } else {
+            if worker.stopTimeout > .zero {
                 worker.killTimer = loop.schedule(after: worker.stopTimeout) { [self] in stopTimeoutExpired(id: id) }
             }
             workers[id] = worker
+            if worker.stopTimeout <= .zero { killGroup(id: id) }
         case .stopTimeout:
             // STOPPING=1 and still there after the stop timeout.
-            signalGroup(worker, SIGKILL)
+            killGroup(id: id)
         }
     }
 }

@@ -27,8 +27,8 @@ long _bgw_session_members(const pid_t *sessions, size_t count, pid_t *pids, pid_
 /// init. Returns 0 or -1 with errno set.
 int _bgw_set_child_subreaper(void);
 
-/// Whether the kernel reaps this process's children by itself: SIGCHLD ignored or SA_NOCLDWAIT,
-/// both inherited through execve (a parent's `trap '' CHLD`). Then no exit status can be read and
+/// Whether the kernel reaps this process's children by itself: SIGCHLD ignored (inherited through
+/// execve: a parent's `trap '' CHLD`) or SA_NOCLDWAIT (set in this process: execve clears it). Then no exit status can be read and
 /// a child's pid may be reused while it is still signalled. With `restore_default`, SIGCHLD is
 /// put back to SIG_DFL. Returns 1 when it did reap (before the restore), 0 when not, -1 with errno.
 int _bgw_sigchld_autoreaps(int restore_default);

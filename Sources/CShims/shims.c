@@ -5,6 +5,8 @@
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/resource.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -547,4 +549,35 @@ int _bgw_spawn(const struct _bgw_spawn_request *req, struct _bgw_spawn_result *r
     result->pid = pid;
     result->pidfd = pidfd;
     return 0;
+}
+
+int _bgw_notify_connect(const char *address) {
+    size_t length = strlen(address);
+    struct sockaddr_un sun;
+    memset(&sun, 0, sizeof sun);
+    sun.sun_family = AF_UNIX;
+    if (length == 0 || length >= sizeof sun.sun_path || (address[0] != '/' && address[0] != '@')) {
+        errno = EINVAL;
+        return -1;
+    }
+    memcpy(sun.sun_path, address, length);
+    if (address[0] == '@') sun.sun_path[0] = 0;
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return -1;
+    socklen_t size = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + length + (address[0] == '/' ? 1 : 0));
+    if (connect(fd, (struct sockaddr *)&sun, size) < 0) {
+        int error = errno;
+        close(fd);
+        errno = error;
+        return -1;
+    }
+    return fd;
+}
+
+long _bgw_send_nowait(int fd, const void *bytes, size_t length) {
+    ssize_t sent;
+    do {
+        sent = send(fd, bytes, length, MSG_DONTWAIT | MSG_NOSIGNAL);
+    } while (sent < 0 && errno == EINTR);
+    return sent;
 }

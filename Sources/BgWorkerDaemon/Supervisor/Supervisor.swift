@@ -1042,8 +1042,7 @@ public actor Supervisor {
 
     /// STATUS= follows the counts, at most once per `statusInterval`: a burst of changes (1,000
     /// workers starting) sends the latest text once at the end of the interval instead of a
-    /// datagram each, so NOTIFY_SOCKET is not flooded and a full socket (a reader that is slow or
-    /// gone) cannot block the supervisor for long.
+    /// datagram each, so NOTIFY_SOCKET is not flooded (a full one never blocks: `ServiceNotifier`).
     private func updateStatus() {
         guard statusFlush == nil else { return }  // the flush that is due sends the latest text
         let now = loop.now()

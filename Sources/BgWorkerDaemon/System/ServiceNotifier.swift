@@ -1,18 +1,116 @@
 // Telling systemd how the daemon is doing (sd_notify), and the watchdog keep-alive.
+import CShims
 import CSystemd
 import Glibc
 import ServiceLifecycle
+import Synchronization
 
 /// sd_notify(3) messages. Without `NOTIFY_SOCKET` (not started by systemd with Type=notify)
 /// every call does nothing.
-public struct ServiceNotifier: Sendable {
+///
+/// Never blocks: sd_notify's send waits while the service manager's queue is full
+/// (`net.unix.max_dgram_qlen` unread datagrams, 10 by the kernel's default), and a manager that
+/// does not read (hung, or a test's socket) stopped the daemon's event loop for as long. Here a
+/// full queue keeps the message, in order, and the socket's writability (an event on the loop)
+/// sends it; a `STATUS=` alone replaces a `STATUS=` still waiting, so the queue stays short.
+public final class ServiceNotifier: Sendable {
+    private struct Pending {
+        var fd: Int32 = -1
+        var address = ""
+        var messages: [String] = []
+        var watch: LoopRegistration?
+    }
+
+    private let pending = Mutex(Pending())
+    /// The most messages kept while the manager reads none; beyond, `STATUS=` texts are dropped.
+    private static let kept = 64
+
     public init() {}
 
-    /// Sends `state` (newline-separated `KEY=value` assignments). Returns sd_notify's result:
-    /// > 0 sent, 0 no NOTIFY_SOCKET, < 0 a negative errno.
+    deinit {
+        pending.withLock { if $0.fd >= 0 { close($0.fd) } }
+    }
+
+    /// Sends `state` (newline-separated `KEY=value` assignments). Returns > 0 when sent or kept
+    /// to be sent, 0 without NOTIFY_SOCKET, < 0 a negative errno (the message is dropped).
     @discardableResult
     public func send(_ state: String) -> Int32 {
-        sd_notify(0, state)
+        guard let variable = getenv("NOTIFY_SOCKET"), variable.pointee != 0 else { return 0 }
+        let address = String(cString: variable)
+        // Other forms (AF_VSOCK): libsystemd's own send.
+        guard address.hasPrefix("/") || address.hasPrefix("@") else { return sd_notify(0, state) }
+        let (result, mustWatch) = pending.withLock { p -> (Int32, Bool) in
+            if p.address != address, p.watch == nil {
+                if p.fd >= 0 { close(p.fd) }
+                p.fd = _bgw_notify_connect(address)
+                guard p.fd >= 0 else { return (-errno, false) }
+                p.address = address
+            }
+            guard p.messages.isEmpty else {
+                Self.keep(state, in: &p.messages)
+                return (1, false)
+            }
+            switch Self.sendNow(state, on: p.fd) {
+            case 0: return (1, false)
+            case EAGAIN:
+                p.messages.append(state)
+                return (1, true)
+            case let error:
+                // The manager is gone or its socket replaced: connect anew next time.
+                close(p.fd)
+                p.fd = -1
+                p.address = ""
+                return (-error, false)
+            }
+        }
+        if mustWatch { EventLoop.shared.execute { [self] in watchWritable() } }
+        return result
+    }
+
+    /// 0 when sent, else the errno.
+    private static func sendNow(_ message: String, on fd: Int32) -> Int32 {
+        var bytes = Array(message.utf8)
+        return bytes.withUnsafeMutableBytes { _bgw_send_nowait(fd, $0.baseAddress, $0.count) } < 0 ? errno : 0
+    }
+
+    private static func statusOnly(_ message: String) -> Bool {
+        message.hasPrefix("STATUS=") && !message.contains("\n")
+    }
+
+    private static func keep(_ message: String, in messages: inout [String]) {
+        if statusOnly(message), let last = messages.last, statusOnly(last) {
+            messages[messages.count - 1] = message
+        } else if messages.last == message {
+            return  // the same again (WATCHDOG=1)
+        } else if messages.count < kept || !statusOnly(message) {
+            messages.append(message)
+        }
+    }
+
+    /// On the loop: sends what waits each time the manager's queue has room.
+    private func watchWritable() {
+        pending.withLock { p in
+            guard p.watch == nil, !p.messages.isEmpty, p.fd >= 0 else { return }
+            p.watch = try? EventLoop.shared.register(fd: p.fd, events: EPOLLOUT.rawValue) { [self] _ in flush() }
+            // Cannot watch (out of fds): nothing more is sent until the next message.
+            if p.watch == nil { p.messages = [] }
+        }
+    }
+
+    private func flush() {
+        pending.withLock { p in
+            while let first = p.messages.first {
+                let error = Self.sendNow(first, on: p.fd)
+                if error == EAGAIN { return }
+                if error != 0 {
+                    p.messages = []  // the manager is gone: nothing waits for these any more
+                    break
+                }
+                p.messages.removeFirst()
+            }
+            if let watch = p.watch { EventLoop.shared.unregister(watch) }
+            p.watch = nil
+        }
     }
 
     /// `READY=1`: the daemon owns its bus name and has started its workers (or a reload ended).

@@ -157,4 +157,13 @@ void _bgw_run_global_job(void *job);
 /// Runs a main-actor job received through `enqueue_main`, on the main executor.
 void _bgw_run_main_job(void *job);
 
+
+/// A datagram socket (non-blocking, close-on-exec) connected to a notify socket's address as
+/// NOTIFY_SOCKET gives it: a path ("/run/...") or an abstract name ("@name"). Returns the fd, or
+/// -1 with errno set (EINVAL for any other form).
+int _bgw_notify_connect(const char *address);
+
+/// send(fd, MSG_DONTWAIT | MSG_NOSIGNAL), again on EINTR: never blocks (EAGAIN when the
+/// receiver's queue is full). Returns the bytes sent or -1 with errno set.
+long _bgw_send_nowait(int fd, const void *bytes, size_t length);
 #endif

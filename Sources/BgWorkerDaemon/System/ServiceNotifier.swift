@@ -50,14 +50,21 @@ public final class ServiceNotifier: Sendable {
                 Self.keep(state, in: &p.messages)
                 return (1, false)
             }
-            switch Self.sendNow(state, on: p.fd) {
+            var error = Self.sendNow(state, on: p.fd)
+            if error == ECONNREFUSED || error == ENOTCONN {
+                // The socket was made anew (systemd re-executed): connect again, once.
+                close(p.fd)
+                p.fd = _bgw_notify_connect(address)
+                error = p.fd >= 0 ? Self.sendNow(state, on: p.fd) : errno
+            }
+            switch error {
             case 0: return (1, false)
             case EAGAIN:
                 p.messages.append(state)
                 return (1, true)
             case let error:
-                // The manager is gone or its socket replaced: connect anew next time.
-                close(p.fd)
+                // The manager is gone: connect anew next time.
+                if p.fd >= 0 { close(p.fd) }
                 p.fd = -1
                 p.address = ""
                 return (-error, false)

@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -162,22 +163,20 @@ static long read_children(int dirfd, const char *task, pid_t *pids, size_t capac
     return found;
 }
 
-struct children_list {
-    pid_t *pids;
-    size_t capacity;
-    long found;
-};
-
-static int visit_task(int dirfd, const char *name, void *context) {
-    struct children_list *list = context;
-    list->found = read_children(dirfd, name, list->pids, list->capacity, list->found);
-    return list->found < 0 ? -1 : 0;
+pid_t _bgw_gettid(void) {
+    return (pid_t)syscall(SYS_gettid);
 }
 
-long _bgw_own_children(pid_t *pids, size_t capacity) {
-    struct children_list list = { pids, capacity, 0 };
-    if (for_each_numeric_entry("/proc/self/task", visit_task, &list) < 0) return -1;
-    return list.found;
+long _bgw_threads_children(const pid_t *tids, size_t ntids, pid_t *pids, size_t capacity) {
+    long found = 0;
+    char task[48];
+    for (size_t i = 0; i < ntids; i++) {
+        // "/proc/PID/task/TID": no walk through the /proc/self symlink, no listing of the tasks.
+        snprintf(task, sizeof task, "/proc/%d/task/%d", (int)getpid(), (int)tids[i]);
+        found = read_children(AT_FDCWD, task, pids, capacity, found);
+        if (found < 0) return -1;
+    }
+    return found;
 }
 
 long _bgw_environ_value(pid_t pid, const char *prefix, char *value, size_t capacity) {
@@ -469,6 +468,8 @@ static int spawn_child(void *arg) {
 }
 
 enum { CHILD_STACK_SIZE = 128 * 1024 };
+/// The children's stack, made at the first spawn; guarded by low_lock.
+static void *spawn_stack;
 
 #if defined(__has_feature)
 #if __has_feature(thread_sanitizer)
@@ -490,13 +491,22 @@ int _bgw_spawn(const struct _bgw_spawn_request *req, struct _bgw_spawn_result *r
     result->failed_step = _BGW_SPAWN_OK;
     result->error = 0;
 
-    void *stack = mmap(NULL, CHILD_STACK_SIZE, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (stack == MAP_FAILED) {
-        result->failed_step = _BGW_SPAWN_STACK;
-        result->error = errno;
-        return -1;
+    // One child stack for every spawn, kept: spawns take low_lock, and a CLONE_VFORK child is
+    // done with its stack (exec'd or exited) before clone returns in the parent. Its pages stay
+    // mapped, so a child does not fault them in again at each spawn.
+    pthread_mutex_lock(&low_lock);
+    if (spawn_stack == NULL) {
+        void *stack = mmap(NULL, CHILD_STACK_SIZE, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+        if (stack == MAP_FAILED) {
+            result->failed_step = _BGW_SPAWN_STACK;
+            result->error = errno;
+            pthread_mutex_unlock(&low_lock);
+            return -1;
+        }
+        spawn_stack = stack;
     }
+    void *stack = spawn_stack;
 
     // No signal handler may run in the child while it shares our memory.
     sigset_t all, saved;
@@ -504,7 +514,6 @@ int _bgw_spawn(const struct _bgw_spawn_request *req, struct _bgw_spawn_result *r
     pthread_sigmask(SIG_BLOCK, &all, &saved);
 
     struct spawn_context ctx = { .req = req, .parent_pid = getpid(), .failed_step = 0, .error = 0 };
-    pthread_mutex_lock(&low_lock);
     int low_errno = 0;
     if (low_fds_ready() < 0) {
         low_errno = errno;
@@ -531,7 +540,6 @@ int _bgw_spawn(const struct _bgw_spawn_request *req, struct _bgw_spawn_result *r
     pthread_mutex_unlock(&low_lock);
 
     pthread_sigmask(SIG_SETMASK, &saved, NULL);
-    munmap(stack, CHILD_STACK_SIZE);
 
     if (pid < 0) {
         result->failed_step = low_errno != 0 ? _BGW_SPAWN_STDIO : _BGW_SPAWN_CLONE;

@@ -92,14 +92,7 @@ public final class ProcessRunner: WorkerRunner {
     }
 
     public func submitStart(_ spec: LaunchSpec, answer: @escaping @Sendable (Result<Int32, RunnerError>) -> Void) {
-        let launch: PreparedLaunch
-        do {
-            launch = try PreparedLaunch(monitor.withNotifyEnvironment(spec))
-        } catch {
-            // Never nested in the caller (see `WorkerRunner`).
-            return loop.execute { answer(.failure(error)) }
-        }
-        monitor.submit(.start(launch, answer))
+        monitor.submit(.start(spec, answer))
     }
 
     public func submitStop(name: String, done: @escaping @Sendable () -> Void) {
@@ -166,15 +159,15 @@ private final class ProcessMonitor: @unchecked Sendable {
     // method is called from the loop (a job, a pidfd handler, a timer).
 
     enum Request: Sendable {
-        case start(PreparedLaunch, @Sendable (Result<Int32, RunnerError>) -> Void)
+        case start(LaunchSpec, @Sendable (Result<Int32, RunnerError>) -> Void)
         case stop(String, @Sendable () -> Void)
         case shutdown(@Sendable () -> Void)
 
         /// Answers a request that came after the runner ended.
         func refuse() {
             switch self {
-            case .start(let launch, let answer):
-                answer(.failure(RunnerError(.shutDown, worker: launch.spec.name, context: "the runner is shut down")))
+            case .start(let spec, let answer):
+                answer(.failure(RunnerError(.shutDown, worker: spec.name, context: "the runner is shut down")))
             case .stop(_, let done), .shutdown(let done):
                 done()
             }
@@ -206,6 +199,11 @@ private final class ProcessMonitor: @unchecked Sendable {
     private var scanQueued = false
     /// The runner is a child subreaper and reaps orphans (`ProcessRunner.init(adoptOrphans:)`).
     private let adoptsOrphans: Bool
+    /// Each worker's last launch, by name, with the spec it was made from (`preparedLaunch`).
+    private var launches: [String: (spec: LaunchSpec, launch: PreparedLaunch)] = [:]
+    /// The threads that have spawned workers (the loop thread): with the main thread, which
+    /// adopts every orphan, the only threads of ours that have children (`listedChildren`).
+    private var spawningThreads: [pid_t] = []
     /// The signalfd of SIGCHLD and its registration, made at the first spawn.
     private var childSignalFD: Int32 = -1
     private var childSignalRegistration: LoopRegistration?
@@ -284,11 +282,17 @@ private final class ProcessMonitor: @unchecked Sendable {
 
     private func handle(_ request: Request) {
         switch request {
-        case let .start(launch, reply):
+        case let .start(spec, reply):
             guard !ended else { return answer { request.refuse() } }
-            let result = spawn(launch)
+            let result: Result<Int32, RunnerError>
+            do {
+                result = spawn(try preparedLaunch(spec))
+            } catch {
+                result = .failure(error)
+            }
             answer { reply(result) }
         case let .stop(name, done):
+            launches[name] = nil
             if let id = idsByName[name] { stop(id: id) }
             answer(done)
         case .shutdown(let done):
@@ -297,6 +301,16 @@ private final class ProcessMonitor: @unchecked Sendable {
             for id in workers.keys { stop(id: id) }
             endRunnerIfDone()
         }
+    }
+
+    /// The launch of `spec`, the one made for its last start when the spec is the same (a
+    /// respawn after a crash builds no C strings). A stop request drops it, so only workers meant
+    /// to run keep one.
+    private func preparedLaunch(_ spec: LaunchSpec) throws(RunnerError) -> PreparedLaunch {
+        if let kept = launches[spec.name], kept.spec == spec { return kept.launch }
+        let launch = try PreparedLaunch(withNotifyEnvironment(spec))
+        launches[spec.name] = (spec, launch)
+        return launch
     }
 
     private func spawn(_ launch: PreparedLaunch) -> Result<Int32, RunnerError> {
@@ -339,6 +353,8 @@ private final class ProcessMonitor: @unchecked Sendable {
             return failure(code == EMFILE || code == ENFILE ? .outOfFileDescriptors : .spawnFailed,
                            "pipe2" + fileBudget(code), code)
         }
+        let thread = _bgw_gettid()
+        if !spawningThreads.contains(thread) { spawningThreads.append(thread) }
         var result = _bgw_spawn_result()
         let rc = launch.withRequest(stdin: devNull, stdout: outputPipe[1], stderr: outputPipe[1]) { request in
             request.nofile_soft = Int32(workerSoftNofile)
@@ -528,7 +544,7 @@ private final class ProcessMonitor: @unchecked Sendable {
         orphansToRecheck = []
         guard !pending.isEmpty || !rechecks.isEmpty else { return }
         let ids = Set(pending.values).union(rechecks)
-        if adoptsOrphans, let children = Self.listedChildren(), children.allSatisfy({ idsByGroup[$0] != nil }) {
+        if adoptsOrphans, let children = listedChildren(), children.allSatisfy({ idsByGroup[$0] != nil }) {
             // We are a subreaper, so every live process of a reaped worker's session descends from
             // a child of ours that is no running worker's main (docs/process-runner.md "Exits"):
             // with none, nothing of those sessions lives, and the pass over /proc is skipped.
@@ -600,7 +616,7 @@ private final class ProcessMonitor: @unchecked Sendable {
         for id in ids { if let group = draining[id] { byName[group.name] = id } }
         guard !byName.isEmpty else { return [] }
         var found: [(Int32, UInt64)] = []
-        for pid in Self.ownChildren() where idsByGroup[pid] == nil && !drainingPids.contains(pid) {
+        for pid in ownChildren() where idsByGroup[pid] == nil && !drainingPids.contains(pid) {
             let owner: String
             if let known = orphanOwners[pid] {
                 owner = known
@@ -614,16 +630,22 @@ private final class ProcessMonitor: @unchecked Sendable {
         return found
     }
 
-    /// This process's children, every thread's ([] when they cannot be listed: no orphan is found).
-    private static func ownChildren() -> [Int32] { listedChildren() ?? [] }
+    /// This process's children ([] when they cannot be listed: no orphan is found).
+    private func ownChildren() -> [Int32] { listedChildren() ?? [] }
 
-    /// This process's children, every thread's; nil when they cannot be listed.
-    private static func listedChildren() -> [Int32]? {
+    /// This process's children; nil when they cannot be listed. Only the main thread's and the
+    /// spawning threads' lists are read: a worker's main process is the child of the thread that
+    /// spawned it, and an orphan is adopted by the first live thread of the subreaper, the main
+    /// thread, which never exits before the process. Another thread's child (none today) cannot
+    /// be a member of a worker's session (docs/process-runner.md "Exits").
+    private func listedChildren() -> [Int32]? {
+        var threads = spawningThreads
+        if !threads.contains(getpid()) { threads.append(getpid()) }
         var capacity = 256
         while true {
             var pids = [Int32](repeating: 0, count: capacity)
-            // Safe: the shim writes at most `capacity` pids, the array's length.
-            let count = _bgw_own_children(&pids, capacity)
+            // Safe: the shim reads `threads.count` tids and writes at most `capacity` pids, the array's length.
+            let count = _bgw_threads_children(threads, threads.count, &pids, capacity)
             guard count >= 0 else { return nil }
             if count <= capacity { return Array(pids[0..<count]) }
             capacity = count + 256

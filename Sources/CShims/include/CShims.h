@@ -33,10 +33,13 @@ int _bgw_set_child_subreaper(void);
 /// put back to SIG_DFL. Returns 1 when it did reap (before the restore), 0 when not, -1 with errno.
 int _bgw_sigchld_autoreaps(int restore_default);
 
-/// The pids of this process's children (every thread's: /proc/self/task/*/children), at most
-/// `capacity` into `pids`. Returns how many there are (more than `capacity`: some not written), or
-/// -1 with errno set.
-long _bgw_own_children(pid_t *pids, size_t capacity);
+/// The calling thread's id (what /proc/PID/task lists).
+pid_t _bgw_gettid(void);
+
+/// The pids of the children of this process's threads `tids` (/proc/PID/task/TID/children), at
+/// most `capacity` into `pids`. Returns how many there are (more than `capacity`: some not
+/// written), or -1 with errno set (ENOENT: a kernel without CONFIG_PROC_CHILDREN).
+long _bgw_threads_children(const pid_t *tids, size_t ntids, pid_t *pids, size_t capacity);
 
 /// The value of the first entry of /proc/PID/environ (the environment at its last execve) that
 /// starts with `prefix` (e.g. "BGWORKER_NAME="): up to `capacity` bytes into `value`, not

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Synchronization
 import TestSupport
 import Testing
 
@@ -9,6 +10,7 @@ import Testing
 private final class NotifySocket: Sendable {
     let path: String
     private let fd: Int32
+    private let open = Atomic(true)
     private let directory: TemporaryDirectory
 
     init() throws {
@@ -28,8 +30,13 @@ private final class NotifySocket: Sendable {
     }
 
     deinit {
-        close(fd)
+        close()
         directory.remove()
+    }
+
+    /// Closes the socket, leaving its file: what a manager that went away leaves behind.
+    func close() {
+        if open.exchange(false, ordering: .relaxed) { Glibc.close(fd) }
     }
 
     /// The next datagram, waiting for it up to `timeout`.
@@ -87,6 +94,23 @@ struct NotifyTests {
             #expect(try await socket.receive(containing: marker) == "STATUS=two lines \(marker)")
             notifier.stopping(status: "stopping \(marker)")
             #expect(try await socket.receive(containing: marker) == "STOPPING=1\nSTATUS=stopping \(marker)")
+        }
+    }
+
+    /// systemd re-executed: its socket is made anew at the same path and the old one is closed,
+    /// so a send on the old connection is refused. The message goes to the new one all the same.
+    @Test func aSocketMadeAnewAtTheSamePathGetsTheNextMessage() async throws {
+        let old = try NotifySocket()
+        let new = try NotifySocket()
+        let marker = "marker-\(UInt64.random(in: 0...UInt64.max))"
+        let notifier = ServiceNotifier()
+        try await withEnvironment(["NOTIFY_SOCKET": old.path]) { () async throws in
+            #expect(notifier.status("old \(marker)") > 0)
+            #expect(try await old.receive(containing: marker) == "STATUS=old \(marker)")
+            old.close()
+            #expect(rename(new.path, old.path) == 0)
+            #expect(notifier.status("new \(marker)") > 0)
+            #expect(try await new.receive(containing: marker) == "STATUS=new \(marker)")
         }
     }
 

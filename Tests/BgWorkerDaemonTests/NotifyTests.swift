@@ -13,18 +13,22 @@ private final class NotifySocket: Sendable {
     private let open = Atomic(true)
     private let directory: TemporaryDirectory
 
-    init() throws {
+    /// `abstract`: bound at an abstract name instead, "@name" as NOTIFY_SOCKET gives it.
+    init(abstract: Bool = false) throws {
         directory = try TemporaryDirectory()
-        path = directory.file("notify")
+        path = abstract ? "@bgw-notify-test-\(UInt64.random(in: 0...UInt64.max))" : directory.file("notify")
         fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw TestProcessError("socket: \(errno)") }
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &address.sun_path) { raw in
             for (index, byte) in path.utf8.enumerated() { raw[index] = byte }
+            if abstract { raw[0] = 0 }
         }
+        // An abstract name is exactly its bytes: no terminating NUL in the length.
+        let length = abstract ? MemoryLayout<sa_family_t>.size + path.utf8.count : MemoryLayout<sockaddr_un>.size
         let rc = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(length)) }
         }
         guard rc == 0 else { throw TestProcessError("bind \(path): \(errno)") }
     }
@@ -111,6 +115,18 @@ struct NotifyTests {
             #expect(rename(new.path, old.path) == 0)
             #expect(notifier.status("new \(marker)") > 0)
             #expect(try await new.receive(containing: marker) == "STATUS=new \(marker)")
+        }
+    }
+
+    @Test func anAbstractNameIsReachedAndAnOverlongOneRefused() async throws {
+        let socket = try NotifySocket(abstract: true)
+        let marker = "marker-\(UInt64.random(in: 0...UInt64.max))"
+        try await withEnvironment(["NOTIFY_SOCKET": socket.path]) { () async throws in
+            #expect(ServiceNotifier().status(marker) > 0)
+            #expect(try await socket.receive(containing: marker) == "STATUS=\(marker)")
+        }
+        await withEnvironment(["NOTIFY_SOCKET": "@" + String(repeating: "x", count: 107)]) {
+            #expect(ServiceNotifier().status(marker) == -ENAMETOOLONG)
         }
     }
 

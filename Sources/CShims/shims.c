@@ -559,20 +559,36 @@ int _bgw_spawn(const struct _bgw_spawn_request *req, struct _bgw_spawn_result *r
     return 0;
 }
 
-int _bgw_notify_connect(const char *address) {
-    size_t length = strlen(address);
-    struct sockaddr_un sun;
-    memset(&sun, 0, sizeof sun);
-    sun.sun_family = AF_UNIX;
-    if (length == 0 || length >= sizeof sun.sun_path || (address[0] != '/' && address[0] != '@')) {
+int _bgw_sockaddr_un(const char *address, struct sockaddr_un *out, socklen_t *length) {
+    size_t size = strlen(address);
+    memset(out, 0, sizeof *out);
+    out->sun_family = AF_UNIX;
+    if (size == 0) {
         errno = EINVAL;
         return -1;
     }
-    memcpy(sun.sun_path, address, length);
-    if (address[0] == '@') sun.sun_path[0] = 0;
+    // A path keeps its terminating NUL inside sun_path; an abstract name is as long as written.
+    if (size >= sizeof out->sun_path) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(out->sun_path, address, size);
+    int abstract = address[0] == '@';
+    if (abstract) out->sun_path[0] = 0;
+    *length = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + size + (abstract ? 0 : 1));
+    return 0;
+}
+
+int _bgw_notify_connect(const char *address) {
+    if (address[0] != '/' && address[0] != '@') {
+        errno = EINVAL;
+        return -1;
+    }
+    struct sockaddr_un sun;
+    socklen_t size;
+    if (_bgw_sockaddr_un(address, &sun, &size) < 0) return -1;
     int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) return -1;
-    socklen_t size = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + length + (address[0] == '/' ? 1 : 0));
     if (connect(fd, (struct sockaddr *)&sun, size) < 0) {
         int error = errno;
         close(fd);

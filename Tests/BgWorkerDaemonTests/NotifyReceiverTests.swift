@@ -94,6 +94,22 @@ import Testing
         #expect(throws: SystemCallError.self) { _ = try NotifyReceiver(path: "/" + String(repeating: "x", count: 120)) }
     }
 
+    @Test func aPathThatCannotBeBoundSaysWhy() throws {
+        func refusal(_ path: String) -> SystemCallError? {
+            do {
+                _ = try NotifyReceiver(path: path)
+                return nil
+            } catch {
+                return error
+            }
+        }
+        let long = try #require(refusal("/" + String(repeating: "x", count: 107)))
+        #expect(long.errno == ENAMETOOLONG && long.call.hasSuffix("(108 bytes, at most 107)"), "\(long)")
+        #expect(refusal("@abstract")?.errno == EINVAL)
+        #expect(refusal("/tmp/a\0b")?.errno == EINVAL)
+        #expect(refusal("")?.errno == EINVAL)
+    }
+
     @Test func rawPythonSenderIsAttributedToItsPid() async throws {
         let fixture = try Fixture()
         let sender = try fixture.python(Self.rawSender)

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Synchronization
 import TestSupport
 import Testing
 
@@ -9,27 +10,37 @@ import Testing
 private final class NotifySocket: Sendable {
     let path: String
     private let fd: Int32
+    private let open = Atomic(true)
     private let directory: TemporaryDirectory
 
-    init() throws {
+    /// `abstract`: bound at an abstract name instead, "@name" as NOTIFY_SOCKET gives it.
+    init(abstract: Bool = false) throws {
         directory = try TemporaryDirectory()
-        path = directory.file("notify")
+        path = abstract ? "@bgw-notify-test-\(UInt64.random(in: 0...UInt64.max))" : directory.file("notify")
         fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw TestProcessError("socket: \(errno)") }
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &address.sun_path) { raw in
             for (index, byte) in path.utf8.enumerated() { raw[index] = byte }
+            if abstract { raw[0] = 0 }
         }
+        // An abstract name is exactly its bytes: no terminating NUL in the length.
+        let length = abstract ? MemoryLayout<sa_family_t>.size + path.utf8.count : MemoryLayout<sockaddr_un>.size
         let rc = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(length)) }
         }
         guard rc == 0 else { throw TestProcessError("bind \(path): \(errno)") }
     }
 
     deinit {
-        close(fd)
+        close()
         directory.remove()
+    }
+
+    /// Closes the socket, leaving its file: what a manager that went away leaves behind.
+    func close() {
+        if open.exchange(false, ordering: .relaxed) { Glibc.close(fd) }
     }
 
     /// The next datagram, waiting for it up to `timeout`.
@@ -87,6 +98,35 @@ struct NotifyTests {
             #expect(try await socket.receive(containing: marker) == "STATUS=two lines \(marker)")
             notifier.stopping(status: "stopping \(marker)")
             #expect(try await socket.receive(containing: marker) == "STOPPING=1\nSTATUS=stopping \(marker)")
+        }
+    }
+
+    /// systemd re-executed: its socket is made anew at the same path and the old one is closed,
+    /// so a send on the old connection is refused. The message goes to the new one all the same.
+    @Test func aSocketMadeAnewAtTheSamePathGetsTheNextMessage() async throws {
+        let old = try NotifySocket()
+        let new = try NotifySocket()
+        let marker = "marker-\(UInt64.random(in: 0...UInt64.max))"
+        let notifier = ServiceNotifier()
+        try await withEnvironment(["NOTIFY_SOCKET": old.path]) { () async throws in
+            #expect(notifier.status("old \(marker)") > 0)
+            #expect(try await old.receive(containing: marker) == "STATUS=old \(marker)")
+            old.close()
+            #expect(rename(new.path, old.path) == 0)
+            #expect(notifier.status("new \(marker)") > 0)
+            #expect(try await new.receive(containing: marker) == "STATUS=new \(marker)")
+        }
+    }
+
+    @Test func anAbstractNameIsReachedAndAnOverlongOneRefused() async throws {
+        let socket = try NotifySocket(abstract: true)
+        let marker = "marker-\(UInt64.random(in: 0...UInt64.max))"
+        try await withEnvironment(["NOTIFY_SOCKET": socket.path]) { () async throws in
+            #expect(ServiceNotifier().status(marker) > 0)
+            #expect(try await socket.receive(containing: marker) == "STATUS=\(marker)")
+        }
+        await withEnvironment(["NOTIFY_SOCKET": "@" + String(repeating: "x", count: 107)]) {
+            #expect(ServiceNotifier().status(marker) == -ENAMETOOLONG)
         }
     }
 

@@ -434,11 +434,16 @@ private final class ProcessMonitor: @unchecked Sendable {
         worker.readiness?.stop()
         signalGroup(worker, SIGTERM)
         signalGroup(worker, SIGCONT)
-        if worker.stopTimeout > .zero {
-            worker.killTimer = loop.schedule(after: worker.stopTimeout) { [self] in stopTimeoutExpired(id: id) }
-        }
         workers[id] = worker
-        if worker.stopTimeout <= .zero { killGroup(id: id) }
+        armKill(id: id)
+    }
+
+    /// The second step of a stop, once the first signal is sent: SIGKILL to the group when the
+    /// worker's stop timeout ends (a loop timer), or now when it has none.
+    private func armKill(id: UInt64) {
+        guard let stopTimeout = workers[id]?.stopTimeout else { return }
+        guard stopTimeout > .zero else { return killGroup(id: id) }
+        workers[id]?.killTimer = loop.schedule(after: stopTimeout) { [self] in stopTimeoutExpired(id: id) }
     }
 
     private func stopTimeoutExpired(id: UInt64) {
@@ -929,11 +934,8 @@ private final class ProcessMonitor: @unchecked Sendable {
             worker.readiness?.stop()
             _ = kill(worker.pid, SIGABRT)
             _ = kill(worker.pid, SIGCONT)
-            if worker.stopTimeout > .zero {
-                worker.killTimer = loop.schedule(after: worker.stopTimeout) { [self] in stopTimeoutExpired(id: id) }
-            }
             workers[id] = worker
-            if worker.stopTimeout <= .zero { killGroup(id: id) }
+            armKill(id: id)
         case .stopTimeout:
             // STOPPING=1 and still there after the stop timeout.
             killGroup(id: id)

@@ -3,6 +3,7 @@
 // descriptor that comes along, and parses the bytes (NotifyMessage). Attribution of a pid to a
 // worker, and what a message does, are the supervisor's. docs/notify.md has the rules.
 import BgWorkerCore
+import CShims
 import Glibc
 
 /// One received datagram: a message with its sender's credentials (SCM_CREDENTIALS, set by the
@@ -40,19 +41,24 @@ final class NotifyReceiver {
     /// Binds the socket at `path`. A socket file already there is a stale one (a daemon that
     /// died) and is replaced; any other file there is left alone and bind fails with EADDRINUSE.
     init(path: String) throws(SystemCallError) {
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard !bytes.isEmpty, !bytes.contains(0), bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-            throw SystemCallError(call: "bind \(path)", errno: ENAMETOOLONG)
+        // A NUL would cut the C string short; '@' would make an abstract name, which has no file
+        // to chmod or unlink (and is what a worker reads "@..." in NOTIFY_SOCKET as).
+        guard !path.utf8.contains(0), !path.hasPrefix("@") else {
+            throw SystemCallError(call: "bind \(path) (a notify socket is a file: no NUL, no leading '@')", errno: EINVAL)
         }
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
+        var address = sockaddr_un()
+        var length = socklen_t(0)
+        guard _bgw_sockaddr_un(path, &address, &length) == 0 else {
+            let error = errno
+            let limit = MemoryLayout.size(ofValue: address.sun_path) - 1
+            throw SystemCallError(
+                call: "bind \(path)" + (error == ENAMETOOLONG ? " (\(path.utf8.count) bytes, at most \(limit))" : ""), errno: error)
+        }
 
         let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SystemCallError(call: "socket(AF_UNIX, SOCK_DGRAM)", errno: errno) }
         var status = stat()
         if lstat(path, &status) == 0, status.st_mode & S_IFMT == S_IFSOCK { unlink(path) }
-        let length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + 1)
         let bound = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
         }

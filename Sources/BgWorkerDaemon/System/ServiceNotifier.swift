@@ -19,6 +19,14 @@ public final class ServiceNotifier: Sendable {
         var address = ""
         var messages: [String] = []
         var watch: LoopRegistration?
+
+        /// Closes the socket, if any, and connects a new one to `address`. 0, or connect's errno
+        /// (`fd` is then -1).
+        mutating func reconnect(to address: String) -> Int32 {
+            if fd >= 0 { close(fd) }
+            fd = _bgw_notify_connect(address)
+            return fd >= 0 ? 0 : errno
+        }
     }
 
     private let pending = Mutex(Pending())
@@ -41,9 +49,8 @@ public final class ServiceNotifier: Sendable {
         guard address.hasPrefix("/") || address.hasPrefix("@") else { return sd_notify(0, state) }
         let (result, mustWatch) = pending.withLock { p -> (Int32, Bool) in
             if p.address != address, p.watch == nil {
-                if p.fd >= 0 { close(p.fd) }
-                p.fd = _bgw_notify_connect(address)
-                guard p.fd >= 0 else { return (-errno, false) }
+                let error = p.reconnect(to: address)
+                guard error == 0 else { return (-error, false) }
                 p.address = address
             }
             guard p.messages.isEmpty else {
@@ -53,9 +60,8 @@ public final class ServiceNotifier: Sendable {
             var error = Self.sendNow(state, on: p.fd)
             if error == ECONNREFUSED || error == ENOTCONN {
                 // The socket was made anew (systemd re-executed): connect again, once.
-                close(p.fd)
-                p.fd = _bgw_notify_connect(address)
-                error = p.fd >= 0 ? Self.sendNow(state, on: p.fd) : errno
+                let failed = p.reconnect(to: address)
+                error = failed == 0 ? Self.sendNow(state, on: p.fd) : failed
             }
             switch error {
             case 0: return (1, false)

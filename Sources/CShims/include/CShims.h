@@ -161,9 +161,17 @@ void _bgw_run_global_job(void *job);
 void _bgw_run_main_job(void *job);
 
 
+#include <sys/socket.h>
+#include <sys/un.h>
+/// `address` as a unix socket's address: an abstract name when it starts with '@' (the '@' stands
+/// for the leading NUL, as in NOTIFY_SOCKET), else a path. Fills `out` and its length for bind or
+/// connect. Returns 0, or -1 with errno set: EINVAL when empty, ENAMETOOLONG when it does not fit
+/// sun_path (107 bytes at most).
+int _bgw_sockaddr_un(const char *address, struct sockaddr_un *out, socklen_t *length);
+
 /// A datagram socket (non-blocking, close-on-exec) connected to a notify socket's address as
 /// NOTIFY_SOCKET gives it: a path ("/run/...") or an abstract name ("@name"). Returns the fd, or
-/// -1 with errno set (EINVAL for any other form).
+/// -1 with errno set (EINVAL for any other form, ENAMETOOLONG for one that is too long).
 int _bgw_notify_connect(const char *address);
 
 /// send(fd, MSG_DONTWAIT | MSG_NOSIGNAL), again on EINTR: never blocks (EAGAIN when the

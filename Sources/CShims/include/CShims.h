@@ -10,6 +10,8 @@
 #include <sys/timerfd.h>
 #include <sys/signalfd.h>
 #include <sys/uio.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 /// pidfd_open(2). Returns a pidfd or -1 with errno set.
 int _bgw_pidfd_open(pid_t pid, unsigned int flags);
@@ -160,9 +162,6 @@ void _bgw_run_global_job(void *job);
 /// Runs a main-actor job received through `enqueue_main`, on the main executor.
 void _bgw_run_main_job(void *job);
 
-
-#include <sys/socket.h>
-#include <sys/un.h>
 /// `address` as a unix socket's address: an abstract name when it starts with '@' (the '@' stands
 /// for the leading NUL, as in NOTIFY_SOCKET), else a path. Fills `out` and its length for bind or
 /// connect. Returns 0, or -1 with errno set: EINVAL when empty, ENAMETOOLONG when it does not fit

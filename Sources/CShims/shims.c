@@ -202,6 +202,7 @@ long _bgw_environ_value(pid_t pid, const char *prefix, char *value, size_t capac
     int matching = 1;
     long result = -1;
     char buffer[8192];
+    size_t total = 0;
     for (;;) {
         ssize_t n = read(fd, buffer, sizeof buffer);
         if (n < 0 && errno == EINTR) continue;
@@ -209,7 +210,14 @@ long _bgw_environ_value(pid_t pid, const char *prefix, char *value, size_t capac
             result = -2;
             break;
         }
-        if (n == 0) break;
+        if (n == 0) {
+            // Nothing at all: the process is in the middle of an execve (its new memory's
+            // environment is not set up yet: the kernel reads 0 bytes), a zombie, or has an empty
+            // environment. Not "no such entry": the caller may look again.
+            if (total == 0) result = -3;
+            break;
+        }
+        total += (size_t)n;
         for (ssize_t i = 0; i < n; i++) {
             char c = buffer[i];
             if (c == 0) {

@@ -657,12 +657,16 @@ private final class ProcessMonitor: @unchecked Sendable {
         }
     }
 
-    /// The BGWORKER_NAME of `pid`'s environment ("" when it has none), nil when it cannot be read.
+    /// The BGWORKER_NAME of `pid`'s environment ("" when it has none), nil when it cannot be read
+    /// or is empty: a process caught in the middle of an execve reads as empty, and a "" cached
+    /// then would leave an orphan of the worker unattributed for good (two copies: the flock of
+    /// scripts/adversarial/respawn_orphans.py, `dbl`, hundreds of collisions in 3 s), so it is
+    /// read again at the next scan.
     private static func workerName(of pid: Int32) -> String? {
         var value = [UInt8](repeating: 0, count: 256)
         // Safe: the shim writes at most `value.count` bytes; only the first `length` are read back.
         let length = _bgw_environ_value(pid, "BGWORKER_NAME=", &value, value.count)
-        if length == -2 { return nil }
+        if length == -2 || length == -3 { return nil }
         // Longer than any worker's name (at most 64 bytes, isValidWorkerName): no worker's.
         guard length >= 0, length <= value.count else { return "" }
         return String(decoding: value[0..<length], as: UTF8.self)

@@ -46,7 +46,8 @@ long _bgw_threads_children(const pid_t *tids, size_t ntids, pid_t *pids, size_t 
 /// The value of the first entry of /proc/PID/environ (the environment at its last execve) that
 /// starts with `prefix` (e.g. "BGWORKER_NAME="): up to `capacity` bytes into `value`, not
 /// NUL-terminated. Returns its full length, -1 when there is no such entry, -2 when the file
-/// cannot be read.
+/// cannot be read, -3 when it is empty (a process in the middle of an execve, before its new
+/// environment is set up; a zombie; an empty environment): the answer may differ later.
 long _bgw_environ_value(pid_t pid, const char *prefix, char *value, size_t capacity);
 
 /// waitid(P_ALL, WEXITED | WNOHANG | WNOWAIT): the pid of an exited child, not reaped, into *pid

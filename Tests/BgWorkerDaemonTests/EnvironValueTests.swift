@@ -10,12 +10,17 @@ import TestSupport
 /// must not read as "no BGWORKER_NAME", which the runner would keep for that pid for good.
 @Suite struct EnvironValueTests {
     /// The shim's answer for a `sleep` started with `environment`, and the value it copied.
-    static func value(with environment: [String: String]) throws -> (Int, String) {
-        // posix_spawn: returns once the program is exec'd.
+    static func value(with environment: [String: String]) async throws -> (Int, String) {
         let process = try ChildProcess(["/bin/sleep", "1000"], environment: environment, captureStdout: false)
         defer {
             process.signal(SIGKILL)
             _ = process.waitBlocking()
+        }
+        // posix_spawn returns once the child's new memory is in place, which is before the kernel
+        // copies argv and the environment in (the very window of this shim's -3): wait until
+        // its cmdline, set up with the environment, reads.
+        try await waitUntil("the child's execve done", timeout: .seconds(10)) {
+            ((try? String(contentsOfFile: "/proc/\(process.pid)/cmdline", encoding: .utf8)) ?? "").hasPrefix("/bin/sleep")
         }
         var buffer = [CChar](repeating: 0, count: 64)
         let length = _bgw_environ_value(process.pid, "BGWORKER_NAME=", &buffer, buffer.count)
@@ -23,16 +28,16 @@ import TestSupport
         return (length, copied)
     }
 
-    @Test func anEmptyEnvironmentIsNotReadAsOneWithoutTheName() throws {
-        #expect(try Self.value(with: [:]).0 == -3)
+    @Test func anEmptyEnvironmentIsNotReadAsOneWithoutTheName() async throws {
+        #expect(try await Self.value(with: [:]).0 == -3)
     }
 
-    @Test func anEnvironmentWithoutTheNameSaysSo() throws {
-        #expect(try Self.value(with: ["A": "1"]).0 == -1)
+    @Test func anEnvironmentWithoutTheNameSaysSo() async throws {
+        #expect(try await Self.value(with: ["A": "1"]).0 == -1)
     }
 
-    @Test func theNameIsRead() throws {
-        let (length, copied) = try Self.value(with: ["A": "1", "BGWORKER_NAME": "w1", "Z": "2"])
+    @Test func theNameIsRead() async throws {
+        let (length, copied) = try await Self.value(with: ["A": "1", "BGWORKER_NAME": "w1", "Z": "2"])
         #expect(length == 2 && copied == "w1")
     }
 }

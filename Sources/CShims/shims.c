@@ -179,6 +179,23 @@ long _bgw_threads_children(const pid_t *tids, size_t ntids, pid_t *pids, size_t 
     return found;
 }
 
+int _bgw_cmdline_empty(pid_t pid) {
+    char path[32];
+    snprintf(path, sizeof path, "/proc/%d/cmdline", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    char byte;
+    ssize_t n;
+    do n = read(fd, &byte, 1); while (n < 0 && errno == EINTR);
+    int error = errno;
+    close(fd);
+    if (n < 0) {
+        errno = error;
+        return -1;
+    }
+    return n == 0 ? 1 : 0;
+}
+
 long _bgw_environ_value(pid_t pid, const char *prefix, char *value, size_t capacity) {
     char path[32];
     int used = 0;

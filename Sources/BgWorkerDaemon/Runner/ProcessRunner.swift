@@ -197,6 +197,10 @@ private final class ProcessMonitor: @unchecked Sendable {
     private var orphansToRecheck: Set<UInt64> = []
     /// A `scanSessions` job is queued.
     private var scanQueued = false
+    /// Scans in a row that found a child of ours in the middle of an execve, and the timer of
+    /// the next one (`scanSessions`).
+    private var unsettledRescans = 0
+    private var unsettledTimer: LoopTimer?
     /// The runner is a child subreaper and reaps orphans (`ProcessRunner.init(adoptOrphans:)`).
     private let adoptsOrphans: Bool
     /// Each worker's last launch, by name, with the spec it was made from (`preparedLaunch`).
@@ -556,6 +560,7 @@ private final class ProcessMonitor: @unchecked Sendable {
             return finishDrained(ids)
         }
         var seen = Set<Int32>()
+        var unsettled = false
         for _ in 0..<Self.sessionScanRounds {
             var newcomers = false
             if !pending.isEmpty {
@@ -569,7 +574,9 @@ private final class ProcessMonitor: @unchecked Sendable {
                 }
             }
             if adoptsOrphans {
-                for (pid, id) in orphans(of: ids) where seen.insert(pid).inserted {
+                let (found, anyUnsettled) = orphans(of: ids)
+                unsettled = anyUnsettled
+                for (pid, id) in found where seen.insert(pid).inserted {
                     newcomers = true
                     // Our child: its pid is not reused before we reap it, on this thread.
                     killMember(pid, of: id) { true }
@@ -579,8 +586,30 @@ private final class ProcessMonitor: @unchecked Sendable {
             }
             if !newcomers { break }
         }
+        if unsettled, unsettledRescans < Self.unsettledRescanLimit {
+            // A child of ours in the middle of an execve may be an orphan of these workers (its
+            // environment names its worker once the execve is done): their exits wait, and the
+            // scan runs again shortly (a transient state: bounded, no timer while nothing waits).
+            unsettledRescans += 1
+            for (session, id) in pending where draining[id] != nil { sessionsToScan[session] = id }
+            orphansToRecheck.formUnion(ids)
+            if unsettledTimer == nil {
+                unsettledTimer = loop.schedule(after: Self.unsettledRescanDelay) { [self] in
+                    unsettledTimer = nil
+                    queueScan()
+                }
+            }
+            return
+        }
+        unsettledRescans = 0
         finishDrained(ids)
     }
+
+    /// The scan looks again while a child of ours is in an execve: every 1 ms, at most 200 times
+    /// in a row. Then the exits are reported anyway (an execve blocked that long, on a hung
+    /// file system, is a known gap: docs/process-runner.md).
+    private static let unsettledRescanDelay = Duration.milliseconds(1)
+    private static let unsettledRescanLimit = 200
 
     /// Reports the exits of those of `ids` with no member left to wait for.
     private func finishDrained(_ ids: Set<UInt64>) {
@@ -616,23 +645,29 @@ private final class ProcessMonitor: @unchecked Sendable {
     /// Our children whose environment names one of the draining workers `ids`, with its id.
     /// Workers' main processes and members being killed are skipped; each other child's
     /// environment is read once (`orphanOwners`).
-    private func orphans(of ids: Set<UInt64>) -> [(pid: Int32, id: UInt64)] {
+    /// `unsettled`: a child is in the middle of an execve (neither its environment nor its argv
+    /// can be read yet), so it may be one of them.
+    private func orphans(of ids: Set<UInt64>) -> (found: [(pid: Int32, id: UInt64)], unsettled: Bool) {
         var byName: [String: UInt64] = [:]
         for id in ids { if let group = draining[id] { byName[group.name] = id } }
-        guard !byName.isEmpty else { return [] }
+        guard !byName.isEmpty else { return ([], false) }
         var found: [(Int32, UInt64)] = []
+        var unsettled = false
         for pid in ownChildren() where idsByGroup[pid] == nil && !drainingPids.contains(pid) {
             let owner: String
             if let known = orphanOwners[pid] {
                 owner = known
             } else {
-                guard let read = Self.workerName(of: pid) else { continue }
+                guard let read = Self.workerName(of: pid) else {
+                    if _bgw_cmdline_empty(pid) == 1 { unsettled = true }
+                    continue
+                }
                 owner = read
                 orphanOwners[pid] = read
             }
             if let id = byName[owner] { found.append((pid, id)) }
         }
-        return found
+        return (found, unsettled)
     }
 
     /// This process's children ([] when they cannot be listed: no orphan is found).

@@ -50,6 +50,10 @@ long _bgw_threads_children(const pid_t *tids, size_t ntids, pid_t *pids, size_t 
 /// environment is set up; a zombie; an empty environment): the answer may differ later.
 long _bgw_environ_value(pid_t pid, const char *prefix, char *value, size_t capacity);
 
+/// Whether /proc/PID/cmdline reads as empty: 1 (a process in the middle of an execve, whose new
+/// argv is not set up yet, or a zombie), 0 (it has an argv), -1 with errno (gone).
+int _bgw_cmdline_empty(pid_t pid);
+
 /// waitid(P_ALL, WEXITED | WNOHANG | WNOWAIT): the pid of an exited child, not reaped, into *pid
 /// (0 when none has exited). Returns 0, or -1 with errno set (ECHILD: no children).
 int _bgw_exited_child(pid_t *pid);

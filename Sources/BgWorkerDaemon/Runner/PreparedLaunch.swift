@@ -69,10 +69,8 @@ public struct WorkerCredentials: Sendable, Equatable {
 /// this object.
 final class PreparedLaunch: @unchecked Sendable {
     // Safety of @unchecked Sendable: every property is set in init and never changed; the
-    // pointed-to memory is owned by this object, written in init and by each spawn's child
-    // (WATCHDOG_PID's value, while the spawning thread is suspended) and read by the spawns. A
-    // launch is kept for the worker's next start (`ProcessMonitor.preparedLaunch`), and every
-    // spawn of it runs on the loop thread, one at a time.
+    // pointed-to memory is owned by this object, written in init and by the one spawn's child
+    // (WATCHDOG_PID's value, while the spawning thread is suspended) and read by that spawn.
     let spec: LaunchSpec
     let credentials: WorkerCredentials
     private let argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>

@@ -92,7 +92,14 @@ public final class ProcessRunner: WorkerRunner {
     }
 
     public func submitStart(_ spec: LaunchSpec, answer: @escaping @Sendable (Result<Int32, RunnerError>) -> Void) {
-        monitor.submit(.start(spec, answer))
+        let launch: PreparedLaunch
+        do {
+            launch = try PreparedLaunch(monitor.withNotifyEnvironment(spec))
+        } catch {
+            // Never nested in the caller (see `WorkerRunner`).
+            return loop.execute { answer(.failure(error)) }
+        }
+        monitor.submit(.start(launch, answer))
     }
 
     public func submitStop(name: String, done: @escaping @Sendable () -> Void) {
@@ -159,15 +166,15 @@ private final class ProcessMonitor: @unchecked Sendable {
     // method is called from the loop (a job, a pidfd handler, a timer).
 
     enum Request: Sendable {
-        case start(LaunchSpec, @Sendable (Result<Int32, RunnerError>) -> Void)
+        case start(PreparedLaunch, @Sendable (Result<Int32, RunnerError>) -> Void)
         case stop(String, @Sendable () -> Void)
         case shutdown(@Sendable () -> Void)
 
         /// Answers a request that came after the runner ended.
         func refuse() {
             switch self {
-            case .start(let spec, let answer):
-                answer(.failure(RunnerError(.shutDown, worker: spec.name, context: "the runner is shut down")))
+            case .start(let launch, let answer):
+                answer(.failure(RunnerError(.shutDown, worker: launch.spec.name, context: "the runner is shut down")))
             case .stop(_, let done), .shutdown(let done):
                 done()
             }
@@ -203,8 +210,6 @@ private final class ProcessMonitor: @unchecked Sendable {
     private var unsettledTimer: LoopTimer?
     /// The runner is a child subreaper and reaps orphans (`ProcessRunner.init(adoptOrphans:)`).
     private let adoptsOrphans: Bool
-    /// Each worker's last launch, by name, with the spec it was made from (`preparedLaunch`).
-    private var launches: [String: (spec: LaunchSpec, launch: PreparedLaunch)] = [:]
     /// The threads that have spawned workers (the loop thread): with the main thread, which
     /// adopts every orphan, the only threads of ours that have children (`listedChildren`).
     private var spawningThreads: [pid_t] = []
@@ -286,17 +291,11 @@ private final class ProcessMonitor: @unchecked Sendable {
 
     private func handle(_ request: Request) {
         switch request {
-        case let .start(spec, reply):
+        case let .start(launch, reply):
             guard !ended else { return answer { request.refuse() } }
-            let result: Result<Int32, RunnerError>
-            do {
-                result = spawn(try preparedLaunch(spec))
-            } catch {
-                result = .failure(error)
-            }
+            let result = spawn(launch)
             answer { reply(result) }
         case let .stop(name, done):
-            launches[name] = nil
             if let id = idsByName[name] { stop(id: id) }
             answer(done)
         case .shutdown(let done):
@@ -305,16 +304,6 @@ private final class ProcessMonitor: @unchecked Sendable {
             for id in workers.keys { stop(id: id) }
             endRunnerIfDone()
         }
-    }
-
-    /// The launch of `spec`, the one made for its last start when the spec is the same (a
-    /// respawn after a crash builds no C strings). A stop request drops it, so only workers meant
-    /// to run keep one.
-    private func preparedLaunch(_ spec: LaunchSpec) throws(RunnerError) -> PreparedLaunch {
-        if let kept = launches[spec.name], kept.spec == spec { return kept.launch }
-        let launch = try PreparedLaunch(withNotifyEnvironment(spec))
-        launches[spec.name] = (spec, launch)
-        return launch
     }
 
     private func spawn(_ launch: PreparedLaunch) -> Result<Int32, RunnerError> {

@@ -60,10 +60,6 @@ public actor Supervisor {
     /// Each worker's `user`/`group` resolved to ids when the configuration was loaded (off the
     /// loop), handed to the spawn.
     private var credentials: [String: WorkerCredentials.Resolution] = [:]
-    /// Each worker's last launch spec, with the definition and level it was made from: a respawn
-    /// after a crash builds none (the environment, the definition's hash). A reload drops them all
-    /// (its credentials are resolved anew).
-    private var launchSpecs: [String: (definition: WorkerDefinition, level: LogLevel, spec: LaunchSpec)] = [:]
     /// Bus requests that change workers are persisted and applied one at a time, in the order
     /// they came: a request waits here while an earlier one's intent is being written.
     private var requestInProgress = false
@@ -483,7 +479,6 @@ public actor Supervisor {
                 "cannot reload: the choices it replaces cannot be saved in \(store.path) (\(error)); nothing changed")
         }
         credentials = resolved
-        launchSpecs = [:]
         let old = configuration
         configuration = new
         runner.logs?.configure(new.logBufferLines)
@@ -956,22 +951,13 @@ public actor Supervisor {
     /// bus when it is not the default system bus, the configured variables, then
     /// `BGWORKER_NAME`, `BGWORKER_LOG_LEVEL` and `BGWORKER_OBJECT_PATH`.
     private func launchSpec(_ definition: WorkerDefinition) -> LaunchSpec {
-        // The level in force for this worker (its own, else the manager's), which it then follows
-        // on its own object's EffectiveLogLevel.
-        let level = fleet.status(of: definition.name)?.effectiveLogLevel ?? fleet.managerLogLevel
-        if let kept = launchSpecs[definition.name], kept.level == level, kept.definition == definition {
-            return kept.spec
-        }
-        let spec = makeLaunchSpec(definition, level: level)
-        launchSpecs[definition.name] = (definition, level, spec)
-        return spec
-    }
-
-    private func makeLaunchSpec(_ definition: WorkerDefinition, level: LogLevel) -> LaunchSpec {
         var environment = ["PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
         if let address = settings.busAddressForWorkers { environment["DBUS_SYSTEM_BUS_ADDRESS"] = address }
         environment.merge(definition.environment) { _, configured in configured }
         environment["BGWORKER_NAME"] = definition.name
+        // The level in force for this worker (its own, else the manager's), which it then follows
+        // on its own object's EffectiveLogLevel.
+        let level = fleet.status(of: definition.name)?.effectiveLogLevel ?? fleet.managerLogLevel
         environment["BGWORKER_LOG_LEVEL"] = level.rawValue
         environment["BGWORKER_OBJECT_PATH"] = BgWorkerBus.workerPath(definition.name)
         return LaunchSpec(

@@ -368,7 +368,7 @@ public final class DBusConnection: Sendable {
         guard let (object, manager) = removed else { return }
         object.detach(core)
         if let manager {
-            let names = object.standardInterfaceNames() + object.interfaces.map(\.name)
+            let names = object.interfaces.map(\.name)
             let signal = OutgoingSignal(path: manager, interface: StandardInterface.objectManager, member: "InterfacesRemoved",
                                         arguments: [.objectPath(path), .stringArray(names)])
             core.submit { state in try? state.sendSignal(signal) }

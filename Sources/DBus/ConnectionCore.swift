@@ -1,3 +1,4 @@
+import CShims
 import CDBus
 import Glibc
 import Synchronization
@@ -29,6 +30,8 @@ final class ConnectionCore: TaskExecutor, Sendable {
     let eventFD: Int32
     /// pthread_self() of the connection thread once it runs, 0 before.
     private let loopThread = Atomic<UInt>(0)
+    /// The loop thread's kernel id, for tests that read its /proc entries.
+    let loopThreadID = Atomic<Int32>(0)
     private let stateBox: LoopStateBox
     let exports = Mutex<[ObjectPath: ExportedObject]>([:])
     let uniqueName = Mutex<String?>(nil)
@@ -63,6 +66,7 @@ final class ConnectionCore: TaskExecutor, Sendable {
             // Named, so that `top -H` and /proc tell it from the thread that created it.
             try startDedicatedThread(name: "bgw-bus", stackSize: 8 << 20) { [self] in
                 self.loopThread.store(UInt(pthread_self()), ordering: .releasing)
+                self.loopThreadID.store(_bgw_gettid(), ordering: .releasing)
                 self.stateBox.state.run(address: address, busClient: busClient, timeout: timeout, ready: ready)
             }
         } catch {

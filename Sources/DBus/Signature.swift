@@ -178,6 +178,29 @@ public struct Signature: Sendable, Hashable, CustomStringConvertible {
     public var isEmpty: Bool { types.isEmpty }
 }
 
+extension DBusType {
+    /// The type a one-letter signature names (a basic type or `v`); nil for any other letter.
+    init?(singleCode c: UInt8) {
+        switch c {
+        case TypeCode.byte: self = .byte
+        case TypeCode.bool: self = .bool
+        case TypeCode.int16: self = .int16
+        case TypeCode.uint16: self = .uint16
+        case TypeCode.int32: self = .int32
+        case TypeCode.uint32: self = .uint32
+        case TypeCode.int64: self = .int64
+        case TypeCode.uint64: self = .uint64
+        case TypeCode.double: self = .double
+        case TypeCode.string: self = .string
+        case TypeCode.objectPath: self = .objectPath
+        case TypeCode.signature: self = .signature
+        case TypeCode.unixFD: self = .unixFD
+        case TypeCode.variant: self = .variant
+        default: return nil
+        }
+    }
+}
+
 struct SignatureParser {
     let bytes: [UInt8]
     var index = 0
@@ -203,21 +226,8 @@ struct SignatureParser {
         guard index < bytes.count else { throw fail("incomplete type") }
         let c = bytes[index]
         index += 1
+        if let single = DBusType(singleCode: c) { return single }
         switch c {
-        case TypeCode.byte: return .byte
-        case TypeCode.bool: return .bool
-        case TypeCode.int16: return .int16
-        case TypeCode.uint16: return .uint16
-        case TypeCode.int32: return .int32
-        case TypeCode.uint32: return .uint32
-        case TypeCode.int64: return .int64
-        case TypeCode.uint64: return .uint64
-        case TypeCode.double: return .double
-        case TypeCode.string: return .string
-        case TypeCode.objectPath: return .objectPath
-        case TypeCode.signature: return .signature
-        case TypeCode.unixFD: return .unixFD
-        case TypeCode.variant: return .variant
         case TypeCode.array:
             guard arrayDepth < SignatureLimits.maximumArrayDepth else { throw fail("arrays nested too deeply") }
             if index < bytes.count && bytes[index] == TypeCode.dictOpen {

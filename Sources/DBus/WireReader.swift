@@ -138,6 +138,8 @@ struct WireReader {
     }
 
     private mutating func variantType(_ signature: UnsafeRawBufferPointer) throws -> DBusType {
+        // Most variants hold one basic type: no copy of the signature, no lookup.
+        if signature.count == 1, let single = DBusType(singleCode: signature[0]) { return single }
         let key = Array(signature)
         if let known = variantTypes[key] { return known }
         var parser = SignatureParser(key)

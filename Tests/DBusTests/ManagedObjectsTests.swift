@@ -133,6 +133,23 @@ struct ManagedObjectsTests {
         }
     }
 
+    /// Only the object's own interfaces: the standard ones, which every object answers, are left
+    /// out of the reply (as GDBus leaves them out), both in the written bytes and the value path.
+    @Test func theStandardInterfacesAreNotListed() async throws {
+        try await Self.withManager { _, server, _, managed in
+            let plain = try Self.object(try ObjectPath("/org/example/a"))
+            let withFD = try ExportedObject(path: try ObjectPath("/org/example/b"), interfaces: [
+                DBusInterface("org.example.FD", properties: [DBusProperty("F", .unixFD, initial: .unixFD(try UnixFD(duplicating: 0)))]),
+            ])
+            try server.export(plain)
+            try server.export(withFD)
+            let reply = try await managed()
+            let interfaces = (reply?.dictionaryEntries ?? []).map { Set(($0.value.stringKeyedDictionary ?? [:]).keys) }
+            #expect(interfaces == [Set(plain.interfaces.map(\.name)), ["org.example.FD"]])
+            if let reply { Marshal.closeDescriptors(in: reply) }
+        }
+    }
+
     @Test func objectsWithDescriptorsAreStillListed() async throws {
         try await Self.withManager { _, server, _, managed in
             let plain = try Self.object(try ObjectPath("/org/example/a"))

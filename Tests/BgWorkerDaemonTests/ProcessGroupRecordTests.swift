@@ -174,6 +174,28 @@ func takeRecord(_ path: String, lockWait: Duration) -> Result<UInt32, ProcessGro
 
 @Suite("ProcessRunner: the record of process groups")
 struct ProcessRunnerGroupRecordTests {
+    /// A record of this process's own, opened again once `finish()` released it. Another test's
+    /// spawn running at that moment shares the locked file description until its child executes
+    /// (close-on-exec), and the header names this process: the record would refuse as in use by
+    /// a live daemon. So wait for the lock itself (blocking flock, released by that exec) first.
+    static func reopenOnceUnlocked(_ path: String) throws -> ProcessGroupRecord {
+        var refusal: ProcessGroupRecordError?
+        for _ in 0..<3 {
+            let fd = open(path, O_RDWR | O_CLOEXEC)
+            if fd >= 0 {
+                _ = flock(fd, LOCK_EX)
+                close(fd)
+            }
+            do {
+                return try ProcessGroupRecord(path: path)
+            } catch {
+                guard error.reason == .inUse(holder: getpid()) else { throw error }
+                refusal = error
+            }
+        }
+        throw refusal!
+    }
+
     @Test func slotsAreHandedOutOnceReusedWhenClearedAndTheFileGrows() throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
@@ -202,7 +224,7 @@ struct ProcessRunnerGroupRecordTests {
         let generation = record.generation
         record.finish()
         #expect(size() == ProcessGroupRecord.headerSize, "a finished record keeps only its header")
-        let next = try ProcessGroupRecord(path: path)
+        let next = try Self.reopenOnceUnlocked(path)
         #expect(next.generation == generation + 1)
         #expect(recordOnDisk(path).header?.owner == getpid())
         next.finish()

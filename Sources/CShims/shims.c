@@ -179,9 +179,14 @@ long _bgw_threads_children(const pid_t *tids, size_t ntids, pid_t *pids, size_t 
     return found;
 }
 
+// "/proc/PID/LEAF": 32 bytes hold any pid (10 digits) with "cmdline" or "environ".
+static void proc_pid_path(char path[32], pid_t pid, const char *leaf) {
+    snprintf(path, 32, "/proc/%d/%s", (int)pid, leaf);
+}
+
 int _bgw_cmdline_empty(pid_t pid) {
     char path[32];
-    snprintf(path, sizeof path, "/proc/%d/cmdline", (int)pid);
+    proc_pid_path(path, pid, "cmdline");
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return -1;
     char byte;
@@ -198,18 +203,7 @@ int _bgw_cmdline_empty(pid_t pid) {
 
 long _bgw_environ_value(pid_t pid, const char *prefix, char *value, size_t capacity) {
     char path[32];
-    int used = 0;
-    memcpy(path, "/proc/", 6);
-    used = 6;
-    char digits[12];
-    int count = 0;
-    unsigned long rest = (unsigned long)pid;
-    do {
-        digits[count++] = (char)('0' + rest % 10);
-        rest /= 10;
-    } while (rest && count < 11);
-    while (count) path[used++] = digits[--count];
-    memcpy(path + used, "/environ", sizeof "/environ");
+    proc_pid_path(path, pid, "environ");
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return -2;
     size_t prefix_length = strlen(prefix);

@@ -42,7 +42,7 @@ struct NotifyBenchmark: AsyncParsableCommand {
         try await watchdogFigures(program, directory, rounds: max(rounds / 4, 20), into: &section)
         try await floodFigures(program, into: &section)
         try await startFigures(program, count: workers, into: &section)
-        section.notes.append("workers: a C program, statically linked (clock_gettime, sendto on NOTIFY_SOCKET); in the third figure both halves run it, and only the notify half must run it up to its sendto before it counts as running; READY=1 rounds alternate with RELOADING=1 (running -> starting) on one worker; the floor's relay is a Swift process with our DBus module: recv() on a datagram socket, then one emitted signal per datagram")
+        section.notes.append("workers: a C program, statically linked (clock_gettime, sendto on NOTIFY_SOCKET); in the third figure both halves run it, and only the notify half must run it up to its sendto before it counts as running; READY=1 rounds alternate with RELOADING=1 (running -> starting) on one worker, and each round starts with a Peer.Ping answered by the daemon (the relay, for the floor), so that neither is still sending what the last round caused; the floor's relay is a Swift process with our DBus module: recv() on a datagram socket, then one emitted signal per datagram")
         return section
     }
 
@@ -68,10 +68,15 @@ struct NotifyBenchmark: AsyncParsableCommand {
         do {
             _ = try await d.waitForState("cycle", "starting", from: 0, timeout: .seconds(30))
             for round in 0..<rounds {
+                // Each round starts with the daemon idle, as the floor's relay is: a Ping it
+                // answers after what it queued for the last transition (its PropertiesChanged).
+                try await ping(d.client, Manager.name)
                 let from = d.states.nextIndex
                 try writeByte(triggerFD, "R")
-                let sent = try await readUInt64s(resultsFD, count: 1)[0]
+                // The send time is read after the signal: reading it meanwhile would busy the
+                // bench's own threads just while the signal travels.
                 let (_, at) = try await d.waitForState("cycle", "running", from: from)
+                let sent = try await readUInt64s(resultsFD, count: 1)[0]
                 daemon.addInterval(from: sent, to: at)
                 let back = d.states.nextIndex
                 try writeByte(triggerFD, "L")
@@ -95,14 +100,17 @@ struct NotifyBenchmark: AsyncParsableCommand {
             captureStdout: false, captureStderr: false, logFile: directory.file("relay.log"))
         var floor = Samples()
         do {
-            _ = try await signals.next(from: 0, timeout: .seconds(30), "the relay's Listening") { $0.member == "Listening" }
+            let listening = try await signals.next(from: 0, timeout: .seconds(30), "the relay's Listening") { $0.member == "Listening" }
+            let pinger = try await DBusConnection.connect(.address(bus.unixAddress))
+            defer { pinger.close() }
             let worker = try ChildProcess([program, "cycle", trigger, results], extraEnvironment: ["NOTIFY_SOCKET": socketPath],
                                           captureStdout: false, captureStderr: false)
             for _ in 0..<rounds {
+                try await ping(pinger, listening.signal.sender)
                 let from = signals.nextIndex
                 try writeByte(triggerFD, "R")
-                let sent = try await readUInt64s(resultsFD, count: 1)[0]
                 let entry = try await signals.next(from: from, "the relay's signal") { $0.member == "Received" }
+                let sent = try await readUInt64s(resultsFD, count: 1)[0]
                 floor.addInterval(from: sent, to: entry.at)
                 try writeByte(triggerFD, "L")
                 _ = try await signals.next(from: entry.index + 1, "the relay's signal") { $0.member == "Received" }
@@ -118,6 +126,13 @@ struct NotifyBenchmark: AsyncParsableCommand {
         section.figures.append(Figure("READY=1 sent -> WorkerStateChanged running", daemon,
                                       baseline: ("a datagram -> relay -> one bus signal", floor.p50), aim: "<= 1.5x"))
         section.figures.append(Figure("  floor: a datagram -> relay -> one bus signal", floor))
+    }
+
+    /// One `Peer.Ping` round trip to `destination`: it answers once it has sent what it
+    /// queued before.
+    static func ping(_ connection: DBusConnection, _ destination: String) async throws {
+        _ = try await connection.call(destination: destination, path: try ObjectPath("/"), interface: "org.freedesktop.DBus.Peer",
+                                      member: "Ping", arguments: [])
     }
 
     // MARK: the watchdog's lateness

@@ -215,22 +215,26 @@ struct ScaleBenchmark: AsyncParsableCommand {
         try await d.call("Reload", timeout: timeout)
         r.reloadNone = Double(monotonicNanoseconds() - t) / 1e6
 
+        /// Rewrites every worker's program line to `program` and times a Reload from the call to
+        /// the last of the N `running` signals; every worker must then have a new pid.
+        func reloadChangingEvery(to program: [String]) async throws -> (milliseconds: Double, from: Int) {
+            let before = try await d.pids()
+            try d.rewrite(workerTables(count, prefix: "w", argv: program))
+            let from = d.states.nextIndex
+            let t = monotonicNanoseconds()
+            try await d.call("Reload", timeout: timeout)
+            let allRunning = try await d.waitForRunning(count: count, prefix: "w", from: from, timeout: timeout)
+            let same = try await d.pids().filter { before[$0.key] == $0.value }.count
+            guard same == 0 else { throw BenchError("\(same) workers kept their pid through a Reload that changed every worker") }
+            return (Double(allRunning - t) / 1e6, from)
+        }
+
         // Reload changing every worker, alone: what it costs the daemon.
-        try d.rewrite(workerTables(count, prefix: "w", argv: changedArgv))
-        var from = d.states.nextIndex
-        t = monotonicNanoseconds()
-        try await d.call("Reload", timeout: timeout)
-        var allRunning = try await d.waitForRunning(count: count, prefix: "w", from: from, timeout: timeout)
-        r.reloadAll = Double(allRunning - t) / 1e6
-        var after = try await d.pids()
-        var same = after.filter { pids[$0.key] == $0.value }.count
-        guard same == 0 else { throw BenchError("\(same) workers kept their pid through a Reload that changed every worker") }
+        r.reloadAll = try await reloadChangingEvery(to: changedArgv).milliseconds
 
         // The same Reload back to the first program, while a client reads one worker's State, one
         // Get after the other (issue: < 50 ms p99). That client keeps a core busy (it, dbus-daemon
         // and the daemon's bus thread), so this Reload is timed apart from the one above.
-        try d.rewrite(workerTables(count, prefix: "w", argv: argv))
-        from = d.states.nextIndex
         let client = d.client
         let path = try ObjectPath(BgWorkerBus.workerPath("w0001"))
         let reading = Task { () -> Samples in
@@ -243,17 +247,17 @@ struct ScaleBenchmark: AsyncParsableCommand {
             }
             return samples
         }
-        t = monotonicNanoseconds()
-        try await d.call("Reload", timeout: timeout)
-        allRunning = try await d.waitForRunning(count: count, prefix: "w", from: from, timeout: timeout)
+        let back: (milliseconds: Double, from: Int)
+        do {
+            back = try await reloadChangingEvery(to: argv)
+        } catch {
+            reading.cancel()
+            throw error
+        }
         reading.cancel()
         r.getDuringReload = await reading.value
-        r.signalsDuringReload = d.states.nextIndex - from
-        r.reloadAllUnderReads = Double(allRunning - t) / 1e6
-        let previous = after
-        after = try await d.pids()
-        same = after.filter { previous[$0.key] == $0.value }.count
-        guard same == 0 else { throw BenchError("\(same) workers kept their pid through a Reload that changed every worker") }
+        r.signalsDuringReload = d.states.nextIndex - back.from
+        r.reloadAllUnderReads = back.milliseconds
 
         // SIGTERM -> exit.
         t = monotonicNanoseconds()

@@ -64,24 +64,26 @@ struct NotifyBenchmark: AsyncParsableCommand {
             start-timeout = 0
 
             """)
-        var daemon = Samples()
+        let daemon: Samples
         do {
             _ = try await d.waitForState("cycle", "starting", from: 0, timeout: .seconds(30))
-            for round in 0..<rounds {
-                // Each round starts with the daemon idle, as the floor's relay is: a Ping it
-                // answers after what it queued for the last transition (its PropertiesChanged).
-                try await ping(d.client, Manager.name)
-                let from = d.states.nextIndex
-                try writeByte(triggerFD, "R")
-                // The send time is read after the signal: reading it meanwhile would busy the
-                // bench's own threads just while the signal travels.
-                let (_, at) = try await d.waitForState("cycle", "running", from: from)
-                let sent = try await readUInt64s(resultsFD, count: 1)[0]
-                daemon.addInterval(from: sent, to: at)
-                let back = d.states.nextIndex
-                try writeByte(triggerFD, "L")
-                _ = try await d.waitForState("cycle", "starting", from: back)
-                if round % 50 == 49 { progress("notify: \(round + 1) READY=1 rounds") }
+            // One deadline for all rounds, and each trigger written once its wait is in place:
+            // between a trigger and its signal the bench does nothing (see `SignalLog.next`).
+            daemon = try await withDeadline(roundsDeadline(rounds), "\(rounds) READY=1 rounds") {
+                var daemon = Samples()
+                for round in 0..<rounds {
+                    // Each round starts with the daemon idle, as the floor's relay is: a Ping it
+                    // answers after what it queued for the last transition (its PropertiesChanged).
+                    try await ping(d.client, Manager.name)
+                    let at = try await d.waitForState("cycle", "running") { try writeByte(triggerFD, "R") }
+                    // The send time is read after the signal: reading it meanwhile would busy the
+                    // bench's own threads just while the signal travels.
+                    let sent = try await readUInt64s(resultsFD, count: 1)[0]
+                    daemon.addInterval(from: sent, to: at)
+                    _ = try await d.waitForState("cycle", "starting") { try writeByte(triggerFD, "L") }
+                    if round % 50 == 49 { progress("notify: \(round + 1) READY=1 rounds") }
+                }
+                return daemon
             }
         } catch {
             await d.stop()
@@ -98,22 +100,26 @@ struct NotifyBenchmark: AsyncParsableCommand {
         let relay = try ChildProcess(
             [CommandLine.arguments[0], "notify-relay", "--bus", bus.unixAddress, "--socket", socketPath],
             captureStdout: false, captureStderr: false, logFile: directory.file("relay.log"))
-        var floor = Samples()
+        let floor: Samples
         do {
             let listening = try await signals.next(from: 0, timeout: .seconds(30), "the relay's Listening") { $0.member == "Listening" }
             let pinger = try await DBusConnection.connect(.address(bus.unixAddress))
             defer { pinger.close() }
             let worker = try ChildProcess([program, "cycle", trigger, results], extraEnvironment: ["NOTIFY_SOCKET": socketPath],
                                           captureStdout: false, captureStderr: false)
-            for _ in 0..<rounds {
-                try await ping(pinger, listening.signal.sender)
-                let from = signals.nextIndex
-                try writeByte(triggerFD, "R")
-                let entry = try await signals.next(from: from, "the relay's signal") { $0.member == "Received" }
-                let sent = try await readUInt64s(resultsFD, count: 1)[0]
-                floor.addInterval(from: sent, to: entry.at)
-                try writeByte(triggerFD, "L")
-                _ = try await signals.next(from: entry.index + 1, "the relay's signal") { $0.member == "Received" }
+            let relay = listening.signal.sender
+            floor = try await withDeadline(roundsDeadline(rounds), "\(rounds) relay rounds") {
+                var floor = Samples()
+                for _ in 0..<rounds {
+                    try await ping(pinger, relay)
+                    let entry = try await signals.next(from: signals.nextIndex, "the relay's signal",
+                                                       triggeredBy: { try writeByte(triggerFD, "R") }) { $0.member == "Received" }
+                    let sent = try await readUInt64s(resultsFD, count: 1)[0]
+                    floor.addInterval(from: sent, to: entry.at)
+                    _ = try await signals.next(from: signals.nextIndex, "the relay's signal",
+                                               triggeredBy: { try writeByte(triggerFD, "L") }) { $0.member == "Received" }
+                }
+                return floor
             }
             await worker.terminate(grace: .seconds(2))
         } catch {
@@ -127,6 +133,9 @@ struct NotifyBenchmark: AsyncParsableCommand {
                                       baseline: ("a datagram -> relay -> one bus signal", floor.p50), aim: "<= 1.5x"))
         section.figures.append(Figure("  floor: a datagram -> relay -> one bus signal", floor))
     }
+
+    /// A bound for `rounds` READY=1 rounds: 30 s, and 50 ms a round beyond that.
+    static func roundsDeadline(_ rounds: Int) -> Duration { .seconds(30) + .milliseconds(50 * rounds) }
 
     /// One `Peer.Ping` round trip to `destination`: it answers once it has sent what it
     /// queued before.

@@ -82,35 +82,60 @@ final class SignalLog: Sendable {
     /// The first signal at index `from` or later that matches; waits for it until `timeout`.
     func next(from: Int, timeout: Duration = .seconds(10), _ what: String,
               where match: @escaping @Sendable (DBusSignal) -> Bool) async throws -> Entry {
+        try await withDeadline(timeout, what) { try await self.wait(from: from, what, triggeredBy: {}, where: match) }
+    }
+
+    /// The first signal at index `from` or later that matches, with `trigger` called once the
+    /// waiter is in place and no timer of its own (the caller bounds the whole measurement with
+    /// `withDeadline`): between the trigger and the signal's arrival the bench itself does nothing,
+    /// where a timeout per wait would start two tasks and a timer just as the signal travels.
+    func next(from: Int, _ what: String, triggeredBy trigger: () throws -> Void,
+              where match: @escaping @Sendable (DBusSignal) -> Bool) async throws -> Entry {
+        try await wait(from: from, what, triggeredBy: trigger, where: match)
+    }
+
+    private func wait(from: Int, _ what: String, triggeredBy trigger: () throws -> Void,
+                      where match: @escaping @Sendable (DBusSignal) -> Bool) async throws -> Entry {
         let sink = self.sink
         let id = sink.state.withLock { s -> UInt64 in s.nextID += 1; return s.nextID }
-        return try await withThrowingTaskGroup(of: Entry.self) { group in
-            group.addTask {
-                try await withTaskCancellationHandler {
-                    try await withCheckedThrowingContinuation { continuation in
-                        let found = sink.state.withLock { s -> Result<Entry, any Error>? in
-                            if from < s.entries.count, let e = s.entries[from...].first(where: { match($0.signal) }) {
-                                return .success(e)
-                            }
-                            if s.ended { return .failure(BenchError("the signal subscription ended before \(what)")) }
-                            s.waiters[id] = Sink.Waiter(from: from, match: match, continuation: continuation)
-                            return nil
-                        }
-                        if let found { continuation.resume(with: found) }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                let found = sink.state.withLock { s -> Result<Entry, any Error>? in
+                    if from < s.entries.count, let e = s.entries[from...].first(where: { match($0.signal) }) {
+                        return .success(e)
                     }
-                } onCancel: {
+                    if s.ended { return .failure(BenchError("the signal subscription ended before \(what)")) }
+                    // Cancelled already: `onCancel` may have run before the waiter was in
+                    // place and found nothing to end.
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    s.waiters[id] = Sink.Waiter(from: from, match: match, continuation: continuation)
+                    return nil
+                }
+                if let found { return continuation.resume(with: found) }
+                do { try trigger() } catch {
                     let waiter = sink.state.withLock { $0.waiters.removeValue(forKey: id) }
-                    waiter?.continuation.resume(throwing: CancellationError())
+                    waiter?.continuation.resume(throwing: error)
                 }
             }
-            group.addTask {
-                try await Task.sleep(for: timeout)
-                throw BenchError("timed out after \(timeout) waiting for \(what)")
-            }
-            defer { group.cancelAll() }
-            guard let entry = try await group.next() else { throw CancellationError() }
-            return entry
+        } onCancel: {
+            let waiter = sink.state.withLock { $0.waiters.removeValue(forKey: id) }
+            waiter?.continuation.resume(throwing: CancellationError())
         }
+    }
+}
+
+/// `body`'s result, or an error naming `what` once `timeout` has passed (`body` is cancelled).
+func withDeadline<T: Sendable>(_ timeout: Duration, _ what: String,
+                               _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: timeout)
+            throw BenchError("timed out after \(timeout) waiting for \(what)")
+        }
+        defer { group.cancelAll() }
+        guard let result = try await group.next() else { throw CancellationError() }
+        return result
     }
 }
 
@@ -256,12 +281,22 @@ final class BenchDaemon: Sendable {
     @discardableResult
     func waitForState(_ worker: String, _ state: String, from: Int, notPid: UInt32? = nil,
                       timeout: Duration = .seconds(10)) async throws -> (change: StateChange, at: UInt64) {
-        let entry = try await states.next(from: from, timeout: timeout, "\(worker) \(state)") { signal in
+        let entry = try await states.next(from: from, timeout: timeout, "\(worker) \(state)", where: Self.isState(worker, state, notPid))
+        guard let change = StateChange(entry.signal) else { throw BenchError("bad WorkerStateChanged") }
+        return (change, entry.at)
+    }
+
+    /// As `waitForState`, with `trigger` called once the waiter is in place and no timeout of its
+    /// own (`SignalLog.next(from:_:triggeredBy:where:)`).
+    func waitForState(_ worker: String, _ state: String, triggeredBy trigger: () throws -> Void) async throws -> UInt64 {
+        try await states.next(from: states.nextIndex, "\(worker) \(state)", triggeredBy: trigger, where: Self.isState(worker, state, nil)).at
+    }
+
+    private static func isState(_ worker: String, _ state: String, _ notPid: UInt32?) -> @Sendable (DBusSignal) -> Bool {
+        { signal in
             guard let c = StateChange(signal) else { return false }
             return c.name == worker && c.state == state && (notPid == nil || c.pid != notPid)
         }
-        guard let change = StateChange(entry.signal) else { throw BenchError("bad WorkerStateChanged") }
-        return (change, entry.at)
     }
 
     /// Waits until `count` distinct workers whose names start with `prefix` reported `running`.

@@ -502,6 +502,10 @@ final class LoopState {
 
     func sendSignal(_ signal: OutgoingSignal) throws(DBusConnectionError) {
         guard connection != nil else { throw notConnectedError }
+        if let message = signal.wireMessage() {
+            guard sendAndRelease(message) else { throw notConnectedError }
+            return
+        }
         guard let message = dbus_message_new_signal(signal.path.rawValue, signal.interface, signal.member) else {
             throw DBusConnectionError(.noMemory, "cannot create a signal")
         }

@@ -93,6 +93,16 @@ public final class DBusConnection: Sendable {
         return connection
     }
 
+    /// Arms a one-shot: the next thread that wakes the connection thread to send something
+    /// yields its CPU right after (`sched_yield`). The kernel usually wakes the connection thread
+    /// on its waker's CPU, so a waker that goes on with a long step holds the message back until
+    /// the step ends or is preempted. An event loop that emits signals in the middle of its steps
+    /// arms it once per iteration: the first message of each step goes out at once, and a busy
+    /// loop pays one yield a step, not one a message (docs/dbus-layer.md, "Sending signals").
+    public func yieldOnNextWake() {
+        core.yieldOnWake.store(true, ordering: .relaxed)
+    }
+
     /// Our unique name on the bus (nil on a peer-to-peer connection).
     public var uniqueName: String? { core.uniqueName.withLock { $0 } }
 

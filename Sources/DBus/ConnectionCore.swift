@@ -36,6 +36,8 @@ final class ConnectionCore: TaskExecutor, Sendable {
     let exports = Mutex<[ObjectPath: ExportedObject]>([:])
     let uniqueName = Mutex<String?>(nil)
     let events = Mutex(EventHub())
+    /// Armed by `DBusConnection.yieldOnNextWake`; taken by the next wake of the connection thread.
+    let yieldOnWake = Atomic<Bool>(false)
 
     init() throws(DBusConnectionError) {
         let fd = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
@@ -107,6 +109,7 @@ final class ConnectionCore: TaskExecutor, Sendable {
         if wake {
             var one: UInt64 = 1
             _ = write(eventFD, &one, 8)
+            if yieldOnWake.exchange(false, ordering: .relaxed) { sched_yield() }
         }
         return accepted
     }

@@ -73,6 +73,24 @@ private final class CountingTaskExecutor: TaskExecutor {
         loop.stop()
     }
 
+    @Test func theIterationHookRunsAtEachWakeUntilRemoved() async throws {
+        let loop = try EventLoop(name: "test-loop")
+        let calls = Mutex(0)
+        await onLoop(loop) { loop.setIterationHook { calls.withLock { $0 += 1 } } }
+        // Each job queued from here wakes the loop, which calls the hook before running it.
+        for expected in 1...3 {
+            let seen = await onLoop(loop) { calls.withLock { $0 } }
+            #expect(seen >= expected, "the hook ran \(seen) times by the wake-up of job \(expected)")
+        }
+        let before = await onLoop(loop) {
+            loop.setIterationHook(nil)
+            return calls.withLock { $0 }
+        }
+        _ = await onLoop(loop) { 0 }
+        #expect(calls.withLock { $0 } == before, "removed: not called again")
+        loop.stop()
+    }
+
     @Test func aJobQueuedFromTheLoopRunsAfterTheCurrentOneNotInsideIt() async throws {
         let loop = try EventLoop(name: "test-loop")
         let steps = await onLoop(loop) { () -> [String] in

@@ -130,6 +130,29 @@ import TestSupport
 /// left armed. It was: the timer of a call's deadline fired at that deadline although the reply
 /// had long come (bgworkerd's bus thread woke once, 25 s after each admin call, in an idle
 /// window of scripts/adversarial/notify.py).
+/// `yieldOnNextWake` is a one-shot: the first wake of the connection thread takes it.
+@Suite struct HandOffYieldTests {
+    @Test func theNextWakeTakesItAndOnlyIt() async throws {
+        try await withBus { fx in
+            let c = try await fx.connect()
+            let path = try ObjectPath("/a")
+            func armed() -> Bool { c.core.yieldOnWake.load(ordering: .relaxed) }
+            c.yieldOnNextWake()
+            #expect(armed())
+            // A signal from this task wakes the connection thread unless a wake is already
+            // pending; a round trip lets the thread finish and sleep before the next try.
+            for _ in 0..<100 where armed() {
+                try c.emitSignal(path: path, interface: "org.example.A", member: "B", arguments: [.uint32(1), .uint32(2)])
+                _ = try await c.callBus("GetId")
+            }
+            #expect(!armed(), "one of 100 signals woke the thread and took it")
+            try c.emitSignal(path: path, interface: "org.example.A", member: "B", arguments: [.uint32(3), .uint32(4)])
+            #expect(!armed(), "taken once, not armed again")
+            c.close()
+        }
+    }
+}
+
 @Suite struct ConnectionIdleTests {
     /// Context switches of each `bgw-bus` thread of this process, by tid.
     static func busThreads() -> [String: Int] {

@@ -70,6 +70,7 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
     /// The absolute deadline the timerfd is armed for; nil: disarmed.
     private var armedDeadline: UInt64?
     private var stoppedHandlers: [@Sendable () -> Void] = []
+    private var iterationHook: (() -> Void)?
 
     /// Wake-ups of the loop thread (returns from epoll_wait), for the bench and tests.
     public let wakeUps = Atomic<UInt64>(0)
@@ -193,6 +194,12 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
         return LoopRegistration(token: token)
     }
 
+    /// Calls `hook` each time the loop wakes, before it handles what woke it (nil: none).
+    public func setIterationHook(_ hook: (() -> Void)?) {
+        preconditionOnLoopThread("(setIterationHook)")
+        iterationHook = hook
+    }
+
     /// Stops watching; an event of this round for it is dropped. Close the fd afterwards.
     public func unregister(_ registration: LoopRegistration) {
         preconditionOnLoopThread("(unregister)")
@@ -255,6 +262,7 @@ public final class EventLoop: SerialExecutor, @unchecked Sendable {
                 retryOnInterrupt { epoll_wait(epollFD, events.baseAddress, Int32(events.count), -1) }
             }
             wakeUps.add(1, ordering: .relaxed)
+            iterationHook?()
             for event in ready[0..<max(Int(count), 0)] {
                 switch event.data.u64 {
                 case 0: drain(wakeFD)

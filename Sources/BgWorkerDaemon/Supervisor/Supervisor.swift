@@ -162,6 +162,9 @@ public actor Supervisor {
     /// every worker.
     public func attach(_ connection: DBusConnection) {
         self.connection = connection
+        // The first signal of each step goes out before the step's other work (the loop yields
+        // once after waking the connection thread): READY=1 -> running, docs/benchmarks.md.
+        loop.setIterationHook { [weak connection] in connection?.yieldOnNextWake() }
         for object in workerObjects.values {
             exportObject(object, on: connection)
         }
@@ -182,6 +185,7 @@ public actor Supervisor {
             }
         }
         connection = nil
+        loop.setIterationHook(nil)
         if configuration.ha.source != .none {
             setRole(HARoleReport(.unknown, why: "the daemon's bus connection is down"))
         }

@@ -28,8 +28,8 @@ extension OutgoingSignal {
     func wireBytes(serial: UInt32) -> [UInt8]? {
         var body = WireWriter(capacity: 128)
         for value in arguments where !body.write(value) { return nil }
-        let signature = arguments.signature.rawValue
-        guard signature.utf8.count <= 255, body.bytes.count < Int(Int32.max) - 1024 else { return nil }
+        let signature = arguments.signature
+        guard signature.rawValue.utf8.count <= 255, body.bytes.count < Int(Int32.max) - 1024 else { return nil }
 
         var message = WireWriter(capacity: 128 + body.bytes.count)
         message.bytes += [UInt8(ascii: "l"), UInt8(DBUS_MESSAGE_TYPE_SIGNAL), UInt8(DBUS_HEADER_FLAG_NO_REPLY_EXPECTED), 1]
@@ -45,17 +45,7 @@ extension OutgoingSignal {
         field(DBUS_HEADER_FIELD_INTERFACE, .string(interface))
         field(DBUS_HEADER_FIELD_MEMBER, .string(member))
         if let destination { field(DBUS_HEADER_FIELD_DESTINATION, .string(destination)) }
-        if !arguments.isEmpty {
-            message.pad(to: 8)
-            message.bytes.append(UInt8(DBUS_HEADER_FIELD_SIGNATURE))
-            message.signature(of: .signature)
-            var raw = signature
-            raw.withUTF8 { utf8 in
-                message.bytes.append(UInt8(utf8.count))
-                message.bytes.append(contentsOf: utf8)
-            }
-            message.bytes.append(0)
-        }
+        if !arguments.isEmpty { field(DBUS_HEADER_FIELD_SIGNATURE, .signature(signature)) }
         message.endArray(fields)
         message.pad(to: 8)
         message.bytes += body.bytes

@@ -73,20 +73,29 @@ private final class CountingTaskExecutor: TaskExecutor {
         loop.stop()
     }
 
-    @Test func theIterationHookRunsAtEachWakeUntilRemoved() async throws {
+    @Test func theIterationHookRunsOnceAtEachWakeUntilRemoved() async throws {
         let loop = try EventLoop(name: "test-loop")
-        let calls = Mutex(0)
-        await onLoop(loop) { loop.setIterationHook { calls.withLock { $0 += 1 } } }
-        // Each job queued from here wakes the loop, which calls the hook before running it.
-        for expected in 1...3 {
-            let seen = await onLoop(loop) { calls.withLock { $0 } }
-            #expect(seen >= expected, "the hook ran \(seen) times by the wake-up of job \(expected)")
+        let calls = Mutex<UInt64>(0)
+        @Sendable func wakeUps() -> UInt64 { loop.wakeUps.load(ordering: .relaxed) }
+        // A timer's expiry is a wake-up for sure (a job queued from here may run before the loop
+        // sleeps); its action runs after the hook of that wake-up.
+        func wokenByATimer() async {
+            await withCheckedContinuation { done in loop.execute { _ = loop.schedule(after: .milliseconds(1)) { done.resume() } } }
         }
-        let before = await onLoop(loop) {
+        let base = await onLoop(loop) {
+            loop.setIterationHook { calls.withLock { $0 += 1 } }
+            return wakeUps()
+        }
+        for _ in 0..<3 { await wokenByATimer() }
+        let (seen, wakes) = await onLoop(loop) { (calls.withLock { $0 }, wakeUps() - base) }
+        #expect(wakes >= 3)
+        #expect(seen == wakes, "once at each wake-up")
+        let (before, removedAt) = await onLoop(loop) {
             loop.setIterationHook(nil)
-            return calls.withLock { $0 }
+            return (calls.withLock { $0 }, wakeUps())
         }
-        _ = await onLoop(loop) { 0 }
+        await wokenByATimer()
+        #expect(wakeUps() > removedAt)
         #expect(calls.withLock { $0 } == before, "removed: not called again")
         loop.stop()
     }

@@ -126,10 +126,6 @@ import TestSupport
     }
 }
 
-/// An idle connection does not wake: once every call of ours is answered, no deadline timer is
-/// left armed. It was: the timer of a call's deadline fired at that deadline although the reply
-/// had long come (bgworkerd's bus thread woke once, 25 s after each admin call, in an idle
-/// window of scripts/adversarial/notify.py).
 /// `yieldOnNextWake` is a one-shot: the first wake of the connection thread takes it.
 @Suite struct HandOffYieldTests {
     @Test func theNextWakeTakesItAndOnlyIt() async throws {
@@ -153,6 +149,10 @@ import TestSupport
     }
 }
 
+/// An idle connection does not wake: once every call of ours is answered, no deadline timer is
+/// left armed. It was: the timer of a call's deadline fired at that deadline although the reply
+/// had long come (bgworkerd's bus thread woke once, 25 s after each admin call, in an idle
+/// window of scripts/adversarial/notify.py).
 @Suite struct ConnectionIdleTests {
     /// Context switches of each `bgw-bus` thread of this process, by tid.
     static func busThreads() -> [String: Int] {

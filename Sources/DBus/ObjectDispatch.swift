@@ -408,13 +408,7 @@ extension LoopState {
             for i in 0..<4 { whole[4 + i] = length[i] }
         }
         whole.append(contentsOf: body)
-        var error = CDBus.DBusError()
-        dbus_error_init(&error)
-        defer { dbus_error_free(&error) }
-        let loaded = whole.withUnsafeBufferPointer { buffer in
-            buffer.withMemoryRebound(to: CChar.self) { dbus_message_demarshal($0.baseAddress, Int32(buffer.count), &error) }
-        }
-        return loaded
+        return whole.withUnsafeBytes(WireFormat.demarshal)
     }
 
     func localMachineID() -> String {

@@ -47,7 +47,9 @@ public enum WireFormat {
         return UnsafeRawBufferPointer(start: buffer, count: Int(length)).map { $0 }
     }
 
-    private static func demarshal(_ bytes: UnsafeRawBufferPointer) -> OpaquePointer? {
+    /// A message read from `bytes` by libdbus (which validates it as one received), owned by the
+    /// caller; nil when libdbus refuses them.
+    static func demarshal(_ bytes: UnsafeRawBufferPointer) -> OpaquePointer? {
         guard let base = bytes.baseAddress, bytes.count > 0, bytes.count <= Int(Int32.max) else { return nil }
         var error = CDBus.DBusError()
         dbus_error_init(&error)

@@ -15,9 +15,7 @@ extension OutgoingSignal {
         guard arguments.count > 1 || arguments.first?.type.isBasic == false else { return nil }
         guard let bytes = wireBytes(serial: 1) else { return nil }
         // dbus_message_demarshal refuses serial 0 and dbus_message_copy resets it to 0.
-        guard let loaded = bytes.withUnsafeBufferPointer({ buffer in
-            buffer.withMemoryRebound(to: CChar.self) { dbus_message_demarshal($0.baseAddress, Int32($0.count), nil) }
-        }) else { return nil }
+        guard let loaded = bytes.withUnsafeBytes(WireFormat.demarshal) else { return nil }
         defer { dbus_message_unref(loaded) }
         return dbus_message_copy(loaded)
     }

@@ -247,6 +247,24 @@ public struct TemporaryDirectory: Sendable {
     public func file(_ name: String) -> String { "\(path)/\(name)" }
 }
 
+/// `body`'s result, or the error `timedOut` makes once `timeout` has passed (`body` is then
+/// cancelled, and must end on cancellation).
+public func withDeadline<T: Sendable>(
+    _ timeout: Duration, orThrow timedOut: @escaping @Sendable () -> any Error,
+    _ body: @escaping @Sendable () async throws -> T
+) async throws -> T {
+    try await withThrowingTaskGroup(of: T.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: timeout)
+            throw timedOut()
+        }
+        defer { group.cancelAll() }
+        guard let result = try await group.next() else { throw CancellationError() }
+        return result
+    }
+}
+
 /// Waits until `condition` holds, checking each time `events` yields; throws at the deadline.
 /// Use with a stream of real events (signals, state changes), never as a timed poll.
 public func waitFor<S: AsyncSequence & Sendable>(
@@ -255,21 +273,12 @@ public func waitFor<S: AsyncSequence & Sendable>(
     timeout: Duration = .seconds(10),
     until condition: @escaping @Sendable (S.Element) -> Bool
 ) async throws -> S.Element where S.Element: Sendable {
-    try await withThrowingTaskGroup(of: S.Element?.self) { group in
-        group.addTask {
-            for try await e in events where condition(e) { return e }
-            return nil
-        }
-        group.addTask {
-            try await Task.sleep(for: timeout)
-            throw TestProcessError("timed out after \(timeout) waiting for \(what)")
-        }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let value = first else {
-            throw TestProcessError("the event stream ended before \(what)")
-        }
-        return value
+    let found = try await withDeadline(timeout, orThrow: { TestProcessError("timed out after \(timeout) waiting for \(what)") }) {
+        for try await e in events where condition(e) { return Optional(e) }
+        return nil
     }
+    guard let found else { throw TestProcessError("the event stream ended before \(what)") }
+    return found
 }
 
 /// posix_spawn's attributes and file actions for a clean child, as the process runner makes its

@@ -51,36 +51,29 @@ public final class WatchedValue<Value: Sendable>: Sendable {
         _ what: String, timeout: Duration = .seconds(10), until condition: @escaping @Sendable (Value) -> Bool
     ) async throws -> Value {
         let id = state.withLock { s -> UInt64 in s.nextID += 1; return s.nextID }
-        return try await withThrowingTaskGroup(of: Value.self) { group in
-            group.addTask {
-                try await withTaskCancellationHandler {
-                    try await withCheckedThrowingContinuation { continuation in
-                        let immediate = self.state.withLock { s -> Result<Value, any Error>? in
-                            if condition(s.value) { return .success(s.value) }
-                            if let reason = s.finished {
-                                return .failure(TestProcessError("\(reason) before \(what)"))
-                            }
-                            if Task.isCancelled { return .failure(CancellationError()) }
-                            s.waiters[id] = Waiter(condition: condition, continuation: continuation)
-                            return nil
+        return try await withDeadline(timeout, orThrow: {
+            TestProcessError("timed out after \(timeout) waiting for \(what); last value: \(self.value)")
+        }) {
+            try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { continuation in
+                    let immediate = self.state.withLock { s -> Result<Value, any Error>? in
+                        if condition(s.value) { return .success(s.value) }
+                        if let reason = s.finished {
+                            return .failure(TestProcessError("\(reason) before \(what)"))
                         }
-                        if let immediate { continuation.resume(with: immediate) }
+                        if Task.isCancelled { return .failure(CancellationError()) }
+                        s.waiters[id] = Waiter(condition: condition, continuation: continuation)
+                        return nil
                     }
-                } onCancel: {
-                    let waiter = self.state.withLock { s -> Waiter? in
-                        defer { s.waiters[id] = nil }
-                        return s.waiters[id]
-                    }
-                    waiter?.continuation.resume(throwing: CancellationError())
+                    if let immediate { continuation.resume(with: immediate) }
                 }
+            } onCancel: {
+                let waiter = self.state.withLock { s -> Waiter? in
+                    defer { s.waiters[id] = nil }
+                    return s.waiters[id]
+                }
+                waiter?.continuation.resume(throwing: CancellationError())
             }
-            group.addTask {
-                try await Task.sleep(for: timeout)
-                throw TestProcessError("timed out after \(timeout) waiting for \(what); last value: \(self.value)")
-            }
-            defer { group.cancelAll() }
-            guard let value = try await group.next() else { throw CancellationError() }
-            return value
         }
     }
 }

@@ -69,7 +69,9 @@ struct NotifyBenchmark: AsyncParsableCommand {
             _ = try await d.waitForState("cycle", "starting", from: 0, timeout: .seconds(30))
             // One deadline for all rounds, and each trigger written once its wait is in place:
             // between a trigger and its signal the bench does nothing (see `SignalLog.next`).
-            daemon = try await withDeadline(roundsDeadline(rounds), "\(rounds) READY=1 rounds") {
+            daemon = try await withDeadline(roundsDeadline(rounds), orThrow: {
+                BenchError("timed out after \(roundsDeadline(rounds)) waiting for \(rounds) READY=1 rounds")
+            }) {
                 var daemon = Samples()
                 for round in 0..<rounds {
                     // Each round starts with the daemon idle, as the floor's relay is: a Ping it
@@ -108,7 +110,9 @@ struct NotifyBenchmark: AsyncParsableCommand {
             let worker = try ChildProcess([program, "cycle", trigger, results], extraEnvironment: ["NOTIFY_SOCKET": socketPath],
                                           captureStdout: false, captureStderr: false)
             let relay = listening.signal.sender
-            floor = try await withDeadline(roundsDeadline(rounds), "\(rounds) relay rounds") {
+            floor = try await withDeadline(roundsDeadline(rounds), orThrow: {
+                BenchError("timed out after \(roundsDeadline(rounds)) waiting for \(rounds) relay rounds")
+            }) {
                 var floor = Samples()
                 for _ in 0..<rounds {
                     try await ping(pinger, relay)

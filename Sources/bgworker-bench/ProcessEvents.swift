@@ -124,29 +124,22 @@ final class ProcessEvents: Sendable {
     /// The first exec of a child of `parent` whose timestamp is after `after`; waits for it.
     func exec(childOf parent: pid_t, after: UInt64, timeout: Duration = .seconds(10)) async throws -> Exec {
         let id = state.withLock { s -> UInt64 in s.nextID += 1; return s.nextID }
-        return try await withThrowingTaskGroup(of: Exec.self) { group in
-            group.addTask {
-                try await withTaskCancellationHandler {
-                    try await withCheckedThrowingContinuation { continuation in
-                        let found = self.state.withLock { s -> Exec? in
-                            if let e = s.execsByParent[parent]?.first(where: { $0.timestamp > after }) { return e }
-                            s.waiters[id] = Waiter(parent: parent, after: after, continuation: continuation)
-                            return nil
-                        }
-                        if let found { continuation.resume(returning: found) }
+        return try await withDeadline(timeout, orThrow: {
+            ProcessEventError(description: "no exec of a child of \(parent) within \(timeout)")
+        }) {
+            try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { continuation in
+                    let found = self.state.withLock { s -> Exec? in
+                        if let e = s.execsByParent[parent]?.first(where: { $0.timestamp > after }) { return e }
+                        s.waiters[id] = Waiter(parent: parent, after: after, continuation: continuation)
+                        return nil
                     }
-                } onCancel: {
-                    let waiter = self.state.withLock { $0.waiters.removeValue(forKey: id) }
-                    waiter?.continuation.resume(throwing: CancellationError())
+                    if let found { continuation.resume(returning: found) }
                 }
+            } onCancel: {
+                let waiter = self.state.withLock { $0.waiters.removeValue(forKey: id) }
+                waiter?.continuation.resume(throwing: CancellationError())
             }
-            group.addTask {
-                try await Task.sleep(for: timeout)
-                throw ProcessEventError(description: "no exec of a child of \(parent) within \(timeout)")
-            }
-            defer { group.cancelAll() }
-            guard let exec = try await group.next() else { throw CancellationError() }
-            return exec
         }
     }
 

@@ -82,7 +82,9 @@ final class SignalLog: Sendable {
     /// The first signal at index `from` or later that matches; waits for it until `timeout`.
     func next(from: Int, timeout: Duration = .seconds(10), _ what: String,
               where match: @escaping @Sendable (DBusSignal) -> Bool) async throws -> Entry {
-        try await withDeadline(timeout, what) { try await self.wait(from: from, what, triggeredBy: {}, where: match) }
+        try await withDeadline(timeout, orThrow: { BenchError("timed out after \(timeout) waiting for \(what)") }) {
+            try await self.next(from: from, what, triggeredBy: {}, where: match)
+        }
     }
 
     /// The first signal at index `from` or later that matches, with `trigger` called once the
@@ -91,11 +93,6 @@ final class SignalLog: Sendable {
     /// where a timeout per wait would start two tasks and a timer just as the signal travels.
     func next(from: Int, _ what: String, triggeredBy trigger: () throws -> Void,
               where match: @escaping @Sendable (DBusSignal) -> Bool) async throws -> Entry {
-        try await wait(from: from, what, triggeredBy: trigger, where: match)
-    }
-
-    private func wait(from: Int, _ what: String, triggeredBy trigger: () throws -> Void,
-                      where match: @escaping @Sendable (DBusSignal) -> Bool) async throws -> Entry {
         let sink = self.sink
         let id = sink.state.withLock { s -> UInt64 in s.nextID += 1; return s.nextID }
         return try await withTaskCancellationHandler {
@@ -121,21 +118,6 @@ final class SignalLog: Sendable {
             let waiter = sink.state.withLock { $0.waiters.removeValue(forKey: id) }
             waiter?.continuation.resume(throwing: CancellationError())
         }
-    }
-}
-
-/// `body`'s result, or an error naming `what` once `timeout` has passed (`body` is cancelled).
-func withDeadline<T: Sendable>(_ timeout: Duration, _ what: String,
-                               _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: timeout)
-            throw BenchError("timed out after \(timeout) waiting for \(what)")
-        }
-        defer { group.cancelAll() }
-        guard let result = try await group.next() else { throw CancellationError() }
-        return result
     }
 }
 
